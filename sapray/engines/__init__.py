@@ -1,0 +1,45 @@
+"""Scoring and generation engines: ``hf`` (transformers, the reference) and ``vllm``.
+
+Both receive token ids already encoded by ``sapray.scoring``, so both score the same tokens.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+EngineName = Literal["hf", "vllm"]
+
+
+@dataclass(frozen=True)
+class SamplingConfig:
+    """Generation settings, named as vLLM's SamplingParams names them."""
+
+    temperature: float = 0.0
+    top_p: float = 1.0
+    max_tokens: int = 256
+    n: int = 1
+    seed: int | None = None
+    stop: list[str] = field(default_factory=list)
+
+
+@dataclass
+class Generation:
+    """The n completions of one prompt, with the token counts cost accounting needs."""
+
+    texts: list[str]
+    prompt_tokens: int
+    completion_tokens: list[int]
+
+
+def load_engine(name: EngineName, model_path: str, **options: Any):
+    """Build an engine by name; options are that engine's keyword arguments."""
+    if name == "hf":
+        from sapray.engines.hf import HFEngine
+
+        return HFEngine(model_path, **options)
+    if name == "vllm":
+        from sapray.engines.vllm import VLLMEngine
+
+        return VLLMEngine(model_path, **options)
+    raise ValueError(f"unknown engine {name!r}: choose 'hf' or 'vllm'")

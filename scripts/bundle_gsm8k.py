@@ -1,0 +1,53 @@
+"""Copy the GSM8K subset that sapray ships from ../shared/data/gsm8k (MIT licence).
+
+Run from the repository root: python scripts/bundle_gsm8k.py [--source DIR]
+Writes sapray/data/gsm8k/{questions,candidates,pool}.jsonl and the licence, and
+tests/data/gsm8k_first20/ with the first 20 test questions and their six strategies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shutil
+from pathlib import Path
+
+from sapray.gsm8k import load_six_strategies
+
+N_QUESTIONS = 200
+N_POOL = 400
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with path.open("w") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--source", default="../shared/data/gsm8k")
+    args = parser.parse_args()
+    source = Path(args.source)
+    questions, candidates = load_six_strategies(source)
+    pool = [json.loads(line) for line in (source / "train.jsonl").open()][:N_POOL]
+    pool_rows = [
+        {"question_id": f"train-{i:04d}", "question": r["question"], "gold": r["answer"].split("####")[-1].strip()}
+        for i, r in enumerate(pool)
+    ]
+    out = Path("sapray/data/gsm8k")
+    keep = {q["question_id"] for q in questions[:N_QUESTIONS]}
+    write_jsonl(out / "questions.jsonl", questions[:N_QUESTIONS])
+    write_jsonl(out / "candidates.jsonl", [c for c in candidates if c["question_id"] in keep])
+    write_jsonl(out / "pool.jsonl", pool_rows)
+    shutil.copy(source / "LICENSE", out / "LICENSE")
+    first20 = {q["question_id"] for q in questions[:20]}
+    test_out = Path("tests/data/gsm8k_first20")
+    write_jsonl(test_out / "questions.jsonl", questions[:20])
+    write_jsonl(test_out / "candidates.jsonl", [c for c in candidates if c["question_id"] in first20])
+    shutil.copy(source / "LICENSE", test_out / "LICENSE")
+
+
+if __name__ == "__main__":
+    main()
