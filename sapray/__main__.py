@@ -1,0 +1,3 @@
+from sapray.cli import main
+
+main()

@@ -1,0 +1,69 @@
+"""Ray Data stages that hold an engine: one actor class per job (score, generate).
+
+Each actor loads its engine once and then serves batches. Rows travel as plain columns; a
+context (text, chat messages or token ids) travels as JSON text so Arrow sees one type.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from sapray.engines import SamplingConfig, load_engine
+from sapray.scoring import ScoreRequest, score
+
+
+def _limit_threads(num_cpus: float) -> None:
+    # Each CPU actor computes on the cores Ray gave it; more threads would fight the other actors.
+    import torch
+
+    torch.set_num_threads(max(1, math.floor(num_cpus)))
+
+
+class ScoreActor:
+    """Scores (context, continuation) rows: request_id, context_json, continuation, context_key."""
+
+    def __init__(self, engine: str, model_path: str, engine_args: dict[str, Any], boundary: str, overlong: str,
+                 num_cpus: float = 1) -> None:
+        _limit_threads(num_cpus)
+        self.engine = load_engine(engine, model_path, **engine_args)
+        self.boundary, self.overlong = boundary, overlong
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        requests = [
+            ScoreRequest(str(rid), json.loads(ctx), cont, key)
+            for rid, ctx, cont, key in zip(batch["request_id"], batch["context_json"], batch["continuation"],
+                                           batch["context_key"], strict=True)
+        ]
+        results = score(self.engine, requests, self.boundary, self.overlong)
+        return {
+            "request_id": [r.request_id for r in results],
+            "logprob_sum": [math.fsum(r.token_logprobs) for r in results],
+            "n_context_tokens": [r.n_context_tokens for r in results],
+            "n_continuation_tokens": [r.n_continuation_tokens for r in results],
+            "truncated_tokens": [r.truncated_tokens for r in results],
+            "error": [r.error or "" for r in results],
+        }
+
+
+class GenerateActor:
+    """Generates from token-id prompts: row_id, prompt_ids -> texts, token counts."""
+
+    def __init__(self, engine: str, model_path: str, engine_args: dict[str, Any], sampling: dict[str, Any],
+                 num_cpus: float = 1) -> None:
+        _limit_threads(num_cpus)
+        self.engine = load_engine(engine, model_path, **engine_args)
+        self.sampling = SamplingConfig(**sampling)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        prompts = [list(map(int, p)) for p in batch["prompt_ids"]]
+        generations = self.engine.generate(prompts, self.sampling)
+        return {
+            "row_id": list(batch["row_id"]),
+            "texts": [g.texts for g in generations],
+            "prompt_tokens": [g.prompt_tokens for g in generations],
+            "completion_tokens": [sum(g.completion_tokens) for g in generations],
+        }

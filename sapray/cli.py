@@ -1,0 +1,112 @@
+"""Command line: ``sapray select``, ``sapray demo``."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from importlib import resources
+
+import click
+
+from sapray.config import ConfigError, SelectConfig, load_config, load_config_file
+
+
+def _setup_logging(verbose: bool) -> None:
+    logging.basicConfig(level=logging.INFO if not verbose else logging.DEBUG,
+                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    for noisy in ("transformers", "vllm", "ray", "filelock", "urllib3"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+
+
+def _execute(cfg: SelectConfig) -> None:
+    from sapray.report import render_table, write_outputs
+    from sapray.select import run_select
+
+    def on_round(index: int, estimate: dict) -> None:
+        lead = estimate["ranking"][:3]
+        means = ", ".join(f"{s} {estimate['per_strategy'][s]['mean_sap']:.3f}" for s in lead)
+        click.echo(f"round {index + 1}: leading {means}", err=True)
+
+    result = run_select(cfg, on_round=on_round)
+    paths = write_outputs(cfg.output, result, cfg.model_dump())
+    click.echo(render_table(result.summary))
+    counts = result.counts
+    click.echo(f"\nrows: {counts['candidate_rows_in']} in = {counts['scored']} scored + {counts['rejected']} "
+               f"rejected + {counts['not_sampled']} not sampled; budget: {result.summary['budget']}")
+    ex = result.summary["exemplars"]
+    if ex.get("filled_unchecked"):
+        click.echo(f"exemplars: {ex['correct']} correct of {ex['pool_questions']} pool answers; "
+                   f"{ex['filled_unchecked']} unchecked answers filled in (shortfall policy 'unchecked')")
+    click.echo(f"timings: {result.timings}")
+    click.echo(f"wrote {paths['selection.json']} and {len(paths) - 1} more files in {cfg.output}")
+
+
+def _overrides(set_items: tuple[str, ...], **flags) -> list[str]:
+    names = {"engine": "engine", "output": "output", "max_questions": "sample.max_questions",
+             "max_tokens": "sample.max_tokens", "seed": "sample.seed", "actors": "ray.actors",
+             "layout": "layout", "model": "model"}
+    return [*set_items, *(f"{names[k]}={v}" for k, v in flags.items() if v is not None)]
+
+
+def common_flags(f):
+    for option in reversed([
+        click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE", help="override a config key"),
+        click.option("--engine", type=click.Choice(["hf", "vllm"]), help="scoring engine"),
+        click.option("--model", help="target: 'smollm2' (embedded) or a local HF model directory"),
+        click.option("--layout", type=click.Choice(["chat", "paper"])),
+        click.option("--output", help="output folder or URI"),
+        click.option("--max-questions", type=int, help="questions per strategy"),
+        click.option("--max-tokens", type=int, help="cap on tokens scored"),
+        click.option("--seed", type=int),
+        click.option("--actors", type=int, help="scoring actors"),
+        click.option("-v", "--verbose", is_flag=True),
+    ]):
+        f = option(f)
+    return f
+
+
+@click.group()
+def main() -> None:
+    """sapray: pick the response strategy your model finds most familiar (self-aligned perplexity)."""
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@common_flags
+def select(config_path: str, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
+    """Score every strategy's responses on a cost-bounded sample and name the most familiar."""
+    _setup_logging(verbose)
+    try:
+        cfg = load_config_file(config_path, _overrides(set_items, **flags))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    _execute(cfg)
+
+
+def demo_config() -> dict:
+    data = resources.files("sapray") / "data" / "gsm8k"
+    return {
+        "model": "smollm2",
+        "engine": "hf",
+        "data": {"questions": str(data / "questions.jsonl"), "candidates": str(data / "candidates.jsonl")},
+        "sample": {"max_questions": 30, "round_size": 10, "seed": 0},
+        "exemplars": {"pool": str(data / "pool.jsonl"), "pool_size": 32, "max_tokens": 192, "n": 3},
+        "ray": {"actors": 1, "batch_size": 18},
+        "output": "runs/demo",
+    }
+
+
+@main.command()
+@common_flags
+def demo(set_items: tuple[str, ...], verbose: bool, **flags) -> None:
+    """Select among GSM8K's six real strategies for the embedded SmolLM2-135M-Instruct."""
+    _setup_logging(verbose)
+    try:
+        cfg = load_config(demo_config(), _overrides(set_items, **flags))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    _execute(cfg)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

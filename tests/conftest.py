@@ -1,0 +1,103 @@
+"""Shared fixtures: the embedded SmolLM2 target, the hf engine, and the 20-question GSM8K test data."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sapray.models import resolve_model
+
+DATA_DIR = Path(__file__).parent / "data" / "gsm8k_first20"
+N_EXEMPLARS = 3
+
+
+def _read_jsonl(path: Path) -> list[dict]:
+    with path.open(encoding="utf-8") as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def load_questions(data_dir: Path = DATA_DIR) -> list[dict]:
+    """Rows with question_id, question, gold, in file order."""
+    return _read_jsonl(data_dir / "questions.jsonl")
+
+
+def load_candidates(data_dir: Path = DATA_DIR) -> list[dict]:
+    """Rows with question_id, strategy, response, in file order (6 strategies per question)."""
+    return _read_jsonl(data_dir / "candidates.jsonl")
+
+
+def exemplars_by_question(questions: list[dict], candidates: list[dict], n: int = N_EXEMPLARS) -> dict[str, list[str]]:
+    """A fixed SAP context per question: the human responses of the next ``n`` questions, wrapping around.
+
+    This only needs to be a fixed context that never includes the question's own answer (METHOD.md §1.2).
+    """
+    human = {c["question_id"]: c["response"] for c in candidates if c["strategy"] == "human"}
+    order = [q["question_id"] for q in questions]
+    out = {}
+    for i, qid in enumerate(order):
+        others = [order[(i + k) % len(order)] for k in range(1, n + 1)]
+        assert qid not in others
+        out[qid] = [human[o] for o in others]
+    return out
+
+
+def gsm8k_pairs(data_dir: Path = DATA_DIR, n_questions: int | None = None) -> list[dict]:
+    """One row per candidate: question_id, strategy, question, response, exemplars (candidates' file order)."""
+    questions = load_questions(data_dir)
+    if n_questions is not None:
+        questions = questions[:n_questions]
+    candidates = load_candidates(data_dir)
+    keep = {q["question_id"] for q in questions}
+    candidates = [c for c in candidates if c["question_id"] in keep]
+    text = {q["question_id"]: q["question"] for q in questions}
+    exemplars = exemplars_by_question(questions, candidates)
+    return [
+        {
+            "question_id": c["question_id"],
+            "strategy": c["strategy"],
+            "question": text[c["question_id"]],
+            "response": c["response"],
+            "exemplars": exemplars[c["question_id"]],
+        }
+        for c in candidates
+    ]
+
+
+@pytest.fixture(scope="session")
+def smollm2_path() -> str:
+    return resolve_model("smollm2")
+
+
+@pytest.fixture(scope="session")
+def hf_engine(smollm2_path):
+    from sapray.engines.hf import HFEngine
+
+    return HFEngine(smollm2_path, device="cpu")
+
+
+@pytest.fixture(scope="session")
+def tokenizer(hf_engine):
+    return hf_engine.tokenizer
+
+
+@pytest.fixture(scope="session")
+def pairs() -> list[dict]:
+    return gsm8k_pairs()
+
+
+@pytest.fixture(scope="session")
+def reference_model(smollm2_path):
+    """The same weights loaded plainly, independent of any sapray engine: float32, CPU, eval mode."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    return AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).to("cpu").eval()
+
+
+@pytest.fixture(scope="session")
+def reference_tokenizer(smollm2_path):
+    from transformers import AutoTokenizer
+
+    return AutoTokenizer.from_pretrained(smollm2_path)
