@@ -75,3 +75,8 @@ def resolve_model(model: str) -> str:
             "(sapray never downloads weights at run time)"
         )
     return model
+
+
+if __name__ == "__main__":
+    logging.basicConfig(level=logging.INFO)
+    print(resolve_model(EMBEDDED))

@@ -8,6 +8,7 @@ bootstrap resamples questions (the same resample for every strategy, as the desi
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Sequence
 
 import numpy as np
@@ -47,7 +48,8 @@ def bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray
     """Column means of ``resamples`` resamples of the rows (NaN-aware): shape (resamples, columns)."""
     rng = np.random.default_rng(seed)
     rows = rng.integers(0, values.shape[0], size=(resamples, values.shape[0]))
-    with np.errstate(invalid="ignore"):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # a resample may miss every row of a strategy: NaN
         return np.nanmean(values[rows], axis=1)
 
 

