@@ -9,12 +9,11 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
+from conftest import DATA_DIR, load_candidates, load_questions
 
 from sapray.config import ConfigError, load_config
 from sapray.report import write_outputs
 from sapray.select import run_select
-
-from conftest import DATA_DIR, load_candidates, load_questions
 
 
 @pytest.fixture(scope="module")
