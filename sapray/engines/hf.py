@@ -38,6 +38,7 @@ class HFEngine:
         max_logit_rows: int = 1024,
         max_length: int | None = None,
         share_contexts: bool = True,
+        adapter: str | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -45,7 +46,12 @@ class HFEngine:
         # CPUs here lack bf16 hardware: float32 there, bf16 on GPUs.
         torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device == "cuda" else torch.float32)
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
-        self.model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype).to(self.device).eval()
+        model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
+        if adapter:  # a LoRA adapter (peft) on this base, merged for plain forward passes
+            from peft import PeftModel
+
+            model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
+        self.model = model.to(self.device).eval()
         self.max_length = max_length or int(getattr(self.model.config, "max_position_embeddings", 2048))
         self.max_batch_tokens = max_batch_tokens
         self.max_logit_rows = max_logit_rows

@@ -39,13 +39,21 @@ class VLLMEngine:
         max_model_len: int | None = 2048,
         enforce_eager: bool | None = None,
         seed: int = 0,
+        adapter: str | None = None,
         **engine_args: Any,
     ) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB_DEFAULT)
+        os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # keep job logs short; set INFO to debug
         from transformers import AutoTokenizer
         from vllm import LLM
 
         cpu = on_cpu()
+        self.lora = None
+        if adapter:  # a LoRA adapter served by vLLM's LoRA support on top of the base weights
+            from vllm.lora.request import LoRARequest
+
+            engine_args = {"enable_lora": True, "max_lora_rank": 64, **engine_args}
+            self.lora = LoRARequest("adapter", 1, adapter)
         self.llm = LLM(
             model=model_path,
             dtype=dtype or ("float32" if cpu else "auto"),
@@ -64,7 +72,7 @@ class VLLMEngine:
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, flat_logprobs=True, detokenize=False,
                                 temperature=0.0)
         prompts = [TokensPrompt(prompt_token_ids=r.input_ids) for r in requests]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora)
         return [_continuation_logprobs(out.prompt_logprobs, r) for out, r in zip(outputs, requests, strict=True)]
 
     def generate(self, prompts: Sequence[list[int]], sampling: SamplingConfig) -> list[Generation]:
@@ -73,7 +81,7 @@ class VLLMEngine:
         params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                                 max_tokens=sampling.max_tokens, seed=sampling.seed, stop=sampling.stop or None)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
-                                    use_tqdm=False)
+                                    use_tqdm=False, lora_request=self.lora)
         return [
             Generation(
                 texts=[c.text for c in out.outputs],

