@@ -108,5 +108,35 @@ def demo(set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     _execute(cfg)
 
 
+@main.command("filter")
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--method", type=click.Choice(["consistency", "dsweight", "lobass", "ifd"]))
+@click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE", help="override a config key")
+@click.option("--output", help="output folder or URI")
+@click.option("-v", "--verbose", is_flag=True)
+def filter_command(config_path: str, method: str | None, set_items: tuple[str, ...], output: str | None,
+                   verbose: bool) -> None:
+    """Keep the samples that will help: self-consistency, DS weight, LoBaSS or IFD."""
+    import json
+
+    from sapray.config import read_yaml
+    from sapray.filter_job import load_filter_config, run_filter
+    from sapray.report import write_filter_outputs
+
+    _setup_logging(verbose)
+    overrides = [*set_items, *([f"method={method}"] if method else []), *([f"output={output}"] if output else [])]
+    try:
+        cfg = load_filter_config(read_yaml(config_path), overrides)
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    result = run_filter(cfg)
+    paths = write_filter_outputs(cfg.output, result)
+    c = result.summary["counts"]
+    click.echo(f"{cfg.method}: {c['rows_in']} in = {c['kept']} kept + {c['dropped']} dropped "
+               f"+ {c['rejected']} rejected")
+    click.echo(json.dumps(result.summary.get("distributions", {}), indent=2))
+    click.echo(f"wrote {paths['kept.jsonl']} and {len(paths) - 1} more files")
+
+
 if __name__ == "__main__":
     sys.exit(main())

@@ -116,6 +116,11 @@ def resolve_paths(raw: dict, base: Path) -> dict:
     def fix(p: str) -> str:
         return p if "://" in p or Path(p).is_absolute() else str((base / p).resolve())
 
+    if isinstance(raw.get("input"), str):
+        raw["input"] = fix(raw["input"])
+    for section, key in (("dsweight", "valid"), ("lobass", "reference_model"), ("lobass", "reference_adapter")):
+        if isinstance(raw.get(section), dict) and isinstance(raw[section].get(key), str):
+            raw[section][key] = fix(raw[section][key])
     data = raw.get("data", {})
     for key in ("questions", "candidates"):
         if isinstance(data.get(key), str):
@@ -130,7 +135,7 @@ def resolve_paths(raw: dict, base: Path) -> dict:
     return raw
 
 
-def load_config(raw: dict, overrides: list[str] = ()) -> SelectConfig:
+def validate(model: type[Strict], raw: dict, overrides: list[str] = ()):
     """Validate a config mapping after applying ``key=value`` overrides; errors name the key."""
     for item in overrides:
         if "=" not in item:
@@ -138,7 +143,7 @@ def load_config(raw: dict, overrides: list[str] = ()) -> SelectConfig:
         key, value = item.split("=", 1)
         _set_dotted(raw, key.strip(), yaml.safe_load(value))
     try:
-        return SelectConfig.model_validate(raw)
+        return model.model_validate(raw)
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
@@ -147,7 +152,11 @@ def load_config(raw: dict, overrides: list[str] = ()) -> SelectConfig:
         raise ConfigError("invalid config:\n  " + "\n  ".join(problems)) from None
 
 
-def load_config_file(path: str | Path, overrides: list[str] = ()) -> SelectConfig:
+def load_config(raw: dict, overrides: list[str] = ()) -> SelectConfig:
+    return validate(SelectConfig, raw, overrides)
+
+
+def read_yaml(path: str | Path) -> dict:
     path = Path(path)
     try:
         raw = yaml.safe_load(path.read_text()) or {}
@@ -155,4 +164,8 @@ def load_config_file(path: str | Path, overrides: list[str] = ()) -> SelectConfi
         raise ConfigError(f"cannot read config {path}: {exc}") from None
     if not isinstance(raw, dict):
         raise ConfigError(f"config {path} must be a mapping")
-    return load_config(resolve_paths(raw, path.parent), overrides)
+    return resolve_paths(raw, path.parent)
+
+
+def load_config_file(path: str | Path, overrides: list[str] = ()) -> SelectConfig:
+    return load_config(read_yaml(path), overrides)

@@ -23,7 +23,7 @@ from pydantic import Field
 from sapray import filters
 from sapray.actors import GenerateActor, ScoreActor
 from sapray.answers import make_checker
-from sapray.config import Columns, RayConfig, Strict
+from sapray.config import Columns, RayConfig, Strict, validate
 from sapray.engines import EngineName, SamplingConfig
 from sapray.exemplars import zero_shot_prompts
 from sapray.models import resolve_model
@@ -74,6 +74,10 @@ class FilterConfig(Strict):
     ifd: IFDConfig = IFDConfig()
     ray: RayConfig = RayConfig()
     output: str = "runs/filter"
+
+
+def load_filter_config(raw: dict, overrides: list[str] = ()) -> FilterConfig:
+    return validate(FilterConfig, raw, overrides)
 
 
 @dataclass

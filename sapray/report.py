@@ -72,3 +72,21 @@ def render_table(summary: dict) -> str:
             line += f"; best in {100 * w['bootstrap_p_best']:.0f}% of bootstrap resamples"
         lines.append(line)
     return "\n".join(lines)
+
+
+def write_filter_outputs(output: str, result) -> dict[str, str]:
+    """kept.jsonl (chat ``messages`` plus provenance), scores.parquet (every sample, kept or with its
+    drop reason), rejects.jsonl and summary.json."""
+    fs, root = filesystem(output)
+    fs.create_dir(root, recursive=True)
+    paths = {name: f"{output.rstrip('/')}/{name}" for name in
+             ("kept.jsonl", "scores.parquet", "rejects.jsonl", "summary.json")}
+    kept = [{"messages": [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["response"]}],
+             "sample_id": r["sample_id"], "source": r["source"]} for r in result.rows if r["kept"]]
+    _write_text(paths["kept.jsonl"], _jsonl(kept))
+    _write_text(paths["rejects.jsonl"], _jsonl([r.to_dict() for r in result.rejects]))
+    _write_text(paths["summary.json"], json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
+    pfs, ppath = filesystem(paths["scores.parquet"])
+    with pfs.open_output_stream(ppath) as f:
+        pq.write_table(pa.Table.from_pylist(result.rows) if result.rows else pa.table({}), f)
+    return paths
