@@ -1,0 +1,152 @@
+"""`sapray filter` end to end on the embedded SmolLM2 through Ray Data (hf engine, CPU)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pyarrow.parquet as pq
+import pytest
+import torch
+from conftest import load_candidates, load_questions
+from test_select import ray_local, write_jsonl  # noqa: F401  (fixture)
+
+from sapray import filters
+from sapray.filter_job import load_filter_config, run_filter
+from sapray.report import write_filter_outputs
+
+
+@pytest.fixture(scope="module")
+def samples_file(tmp_path_factory) -> str:
+    """8 training samples as chat `messages` (4 questions x human and 175b_verification)."""
+    questions = {q["question_id"]: q["question"] for q in load_questions()[:4]}
+    rows = [{"messages": [{"role": "user", "content": questions[c["question_id"]]},
+                          {"role": "assistant", "content": c["response"]}], "sample_id": c["question_id"]}
+            for c in load_candidates() if c["question_id"] in questions
+            and c["strategy"] in ("human", "175b_verification")]
+    rows.append({"messages": [{"role": "user", "content": "What is 2+2?"}]})  # no assistant turn: rejected
+    return write_jsonl(tmp_path_factory.mktemp("samples") / "train.jsonl", rows)
+
+
+def run(raw: dict, tmp_path):
+    cfg = load_filter_config({"ray": {"actors": 1, "batch_size": 16}, "output": str(tmp_path / "out"), **raw})
+    result = run_filter(cfg)
+    write_filter_outputs(cfg.output, result)
+    counts = result.summary["counts"]
+    assert counts["kept"] + counts["dropped"] + counts["rejected"] == counts["rows_in"]
+    kept_lines = (tmp_path / "out" / "kept.jsonl").read_text().splitlines()
+    assert len(kept_lines) == counts["kept"]
+    scores = pq.read_table(tmp_path / "out" / "scores.parquet").to_pylist()
+    assert all(r["reason"] for r in scores if not r["kept"])  # every dropped row says why
+    return result, scores
+
+
+def plain_loss(model, tokenizer, context_ids: list[int], continuation: str) -> float:
+    target = tokenizer(continuation, add_special_tokens=False)["input_ids"]
+    ids = torch.tensor([context_ids + target])
+    labels = ids.clone()
+    labels[0, : len(context_ids)] = -100
+    with torch.no_grad():
+        return model(input_ids=ids, labels=labels).loss.item()
+
+
+def test_dsweight(ray_local, samples_file, tmp_path, smollm2_path):  # noqa: F811
+    valid = write_jsonl(tmp_path / "valid.jsonl", [
+        {"question": q["question"], "answer": c["response"]}
+        for q, c in zip(load_questions()[10:12], [c for c in load_candidates() if c["strategy"] == "human"][10:12],
+                        strict=True)])
+    result, scores = run({"method": "dsweight", "input": samples_file,
+                          "dsweight": {"valid": valid, "keep_fraction": 0.79}}, tmp_path)
+    counts = result.summary["counts"]
+    assert counts == {"rows_in": 9, "kept": 6, "dropped": 2, "rejected": 1}  # round(0.79 * 8 + 0.5) = 6
+    # The authors' whole-string loss, recomputed plainly: start token, then 'Q: {q}\nA: {a}'.
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
+    start = [tokenizer.bos_token_id]
+    valid_rows = [json.loads(line) for line in open(valid)]
+    valid_mean = sum(plain_loss(model, tokenizer, start, f"Q: {v['question']}\nA: {v['answer']}")
+                     for v in valid_rows) / 2
+    assert result.summary["valid_mean_loss"] == pytest.approx(valid_mean, rel=1e-4)
+    for row in scores:
+        loss = plain_loss(model, tokenizer, start, f"Q: {row['question']}\nA: {row['response']}")
+        assert row["loss"] == pytest.approx(loss, rel=1e-4)
+        assert row["ds_weight"] == pytest.approx(min(valid_mean / loss, 2.0), rel=1e-4)
+    kept_shifts = sorted(r["shift"] for r in scores if r["kept"])
+    dropped_shifts = [r["shift"] for r in scores if not r["kept"]]
+    assert max(kept_shifts) <= min(dropped_shifts)
+
+
+def test_ifd_both_directions(ray_local, samples_file, tmp_path):  # noqa: F811
+    high, scores = run({"method": "ifd", "input": samples_file, "ifd": {"direction": "high", "keep_fraction": 0.5}},
+                       tmp_path / "high")
+    for r in scores:
+        assert r["ifd"] == pytest.approx(r["nll_given_question"] / r["nll_alone"])
+    eligible = [r for r in scores if r["ifd"] <= 1]
+    assert high.summary["counts"]["kept"] == filters.keep_count(0.5, len(eligible))
+    assert all(r["ifd"] <= 1 for r in scores if r["kept"])
+    assert all("> 1" in r["reason"] for r in scores if r["ifd"] > 1)
+    low, low_scores = run({"method": "ifd", "input": samples_file, "ifd": {"direction": "low", "keep_fraction": 0.5}},
+                          tmp_path / "low")
+    assert low.summary["counts"]["kept"] == 4
+    kept = [r["ifd"] for r in low_scores if r["kept"]]
+    assert max(kept) <= min(r["ifd"] for r in low_scores if not r["kept"])
+
+
+def train_tiny_lora(base: str, samples: list[dict], out) -> str:
+    """A real LoRA adapter: a few SGD steps on the samples' response tokens."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(base)
+    model = get_peft_model(AutoModelForCausalLM.from_pretrained(base, dtype=torch.float32),
+                           LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj"], lora_dropout=0.0))
+    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=3e-3)
+    model.train()
+    for _ in range(2):
+        for s in samples[:2]:
+            ids = torch.tensor([tokenizer(f"{s['question']}\n{s['response']}")["input_ids"]])
+            loss = model(input_ids=ids, labels=ids).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad()
+    model.save_pretrained(out)
+    return str(out)
+
+
+def test_lobass_with_a_trained_lora_adapter(ray_local, samples_file, tmp_path, smollm2_path):  # noqa: F811
+    rows = [json.loads(line) for line in open(samples_file)][:8]
+    samples = [{"question": r["messages"][0]["content"], "response": r["messages"][1]["content"]} for r in rows]
+    adapter = train_tiny_lora(smollm2_path, samples, tmp_path / "adapter")
+    result, scores = run({"method": "lobass", "input": samples_file,
+                          "lobass": {"reference_adapter": adapter, "keep_fraction": 0.25}}, tmp_path)
+    assert result.summary["counts"] == {"rows_in": 9, "kept": 2, "dropped": 6, "rejected": 1}
+    for r in scores:
+        assert r["learnability"] == pytest.approx((r["loss_initial"] - r["loss_reference"]) / r["loss_initial"])
+    # The adapter was trained on the first two samples: their loss really dropped.
+    assert all(r["loss_reference"] < r["loss_initial"] for r in scores[:2])
+    assert any(abs(r["learnability"]) > 0.01 for r in scores)
+    top = sorted(scores, key=lambda r: -r["learnability"])[:2]
+    assert {r["sample_id"] for r in top} == {r["sample_id"] for r in scores if r["kept"]}
+
+
+def test_self_consistency(ray_local, tmp_path):  # noqa: F811
+    questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:2])
+    result, scores = run({"method": "consistency", "input": questions,
+                          "consistency": {"samples": 4, "temperature": 0.8, "max_tokens": 48, "seed": 1}},
+                         tmp_path)
+    counts = result.summary["counts"]
+    assert counts["rows_in"] == 8 and counts["rejected"] == 0
+    for qid in {r["question_id"] for r in scores}:
+        group = [r for r in scores if r["question_id"] == qid]
+        answers = [r["answer"] for r in group]
+        vote = filters.majority(answers)
+        assert all(r["majority"] == vote for r in group)
+        assert [r["kept"] for r in group] == [vote is not None and a == vote for a in answers]
+        assert all(r["reason"] for r in group if not r["kept"])
+    no_answer = sum(1 for qid in {r["question_id"] for r in scores}
+                    if all(r["answer"] is None for r in scores if r["question_id"] == qid))
+    assert result.summary["questions_without_parsable_answer"] == no_answer
+    assert not math.isnan(result.summary["generated_tokens"])
