@@ -23,6 +23,14 @@ def _limit_threads(num_cpus: float) -> None:
     torch.set_num_threads(max(1, math.floor(num_cpus)))
 
 
+def _placement() -> str:
+    """node id / actor id, so a run can show where its actors ran."""
+    import ray
+
+    ctx = ray.get_runtime_context()
+    return f"{ctx.get_node_id()}/{ctx.get_actor_id()}"
+
+
 class ScoreActor:
     """Scores (context, continuation) rows: request_id, context_json, continuation, context_key."""
 
@@ -31,6 +39,7 @@ class ScoreActor:
         _limit_threads(num_cpus)
         self.engine = load_engine(engine, model_path, **engine_args)
         self.boundary, self.overlong = boundary, overlong
+        self.placement = _placement()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         requests = [
@@ -46,6 +55,7 @@ class ScoreActor:
             "n_continuation_tokens": [r.n_continuation_tokens for r in results],
             "truncated_tokens": [r.truncated_tokens for r in results],
             "error": [r.error or "" for r in results],
+            "actor": [self.placement] * len(results),
         }
 
 

@@ -6,7 +6,8 @@ Output folder (local path or object-store URI):
 - ``scores.parquet``: one row per scored candidate with its provenance.
 - ``rejects.jsonl``: every row left out, with its source (file:row), stage and reason.
 - ``exemplars.jsonl``: the exemplars used, with whether each passed the answer checker.
-- ``run.json``: wall times and the resolved config (not deterministic).
+- ``run.json``: wall times, where the scoring actors ran (node/actor: requests) and the resolved
+  config (not deterministic).
 """
 
 from __future__ import annotations
@@ -38,7 +39,8 @@ def write_outputs(output: str, result, config: dict) -> dict[str, str]:
     _write_text(paths["selection.json"], json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
     _write_text(paths["rejects.jsonl"], _jsonl([r.to_dict() for r in result.rejects]))
     _write_text(paths["exemplars.jsonl"], _jsonl([e.to_dict() for e in result.exemplars]))
-    _write_text(paths["run.json"], json.dumps({"timings": result.timings, "config": config}, indent=2) + "\n")
+    _write_text(paths["run.json"], json.dumps({"timings": result.timings, "actor_placement": result.placement,
+                                                       "config": config}, indent=2) + "\n")
     table = pa.Table.from_pylist(result.scores) if result.scores else pa.table({})
     pfs, ppath = filesystem(paths["scores.parquet"])
     with pfs.open_output_stream(ppath) as f:

@@ -37,6 +37,7 @@ class SelectResult:
     exemplars: list[ex.Exemplar]
     counts: dict
     timings: dict = field(default_factory=dict)
+    placement: dict = field(default_factory=dict)  # "node/actor" -> requests it scored
 
 
 def _mine_exemplars(cfg: SelectConfig, model_path: str, tokenizer, exclude: set[str]) -> tuple[list, dict]:
@@ -192,7 +193,10 @@ def run_select(cfg: SelectConfig, on_round: Callable[[int, dict], None] | None =
     })
     timings = {"mining_s": round(mining_s, 2), "scoring_s": round(scoring_s, 2),
                "total_s": round(time.monotonic() - started, 2)}
-    return SelectResult(summary, scores, rejects, pool, counts, timings)
+    placement: dict[str, int] = {}
+    for row in scored.values():
+        placement[row["actor"]] = placement.get(row["actor"], 0) + 1
+    return SelectResult(summary, scores, rejects, pool, counts, timings, placement)
 
 
 def _collect_round(
