@@ -76,4 +76,5 @@ class GenerateActor:
             "texts": [g.texts for g in generations],
             "prompt_tokens": [g.prompt_tokens for g in generations],
             "completion_tokens": [sum(g.completion_tokens) for g in generations],
+            "error": [""] * len(generations),
         }

@@ -76,11 +76,7 @@ def main() -> None:
 def select(config_path: str, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     """Score every strategy's responses on a cost-bounded sample and name the most familiar."""
     _setup_logging(verbose)
-    try:
-        cfg = load_config_file(config_path, _overrides(set_items, **flags))
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
-    _execute(cfg)
+    _execute(_load(config_path, set_items, **flags))
 
 
 def demo_config() -> dict:
@@ -106,6 +102,53 @@ def demo(set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     _execute(cfg)
+
+
+def _load(config_path: str, set_items, **flags) -> SelectConfig:
+    try:
+        return load_config_file(config_path, _overrides(set_items, **flags))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
+def _show_generation(metadata: dict) -> None:
+    cost = metadata["cost_this_run"]
+    money = f", ${cost['money']:.4f}" if cost.get("money") is not None else ""
+    click.echo(f"training set: {metadata['rows']} rows for {metadata['questions_done']} of {metadata['questions']} "
+               f"questions ({metadata['rejected']} rejected) with {metadata['strategy']}; this run: "
+               f"{cost['prompt_tokens']} prompt + {cost['completion_tokens']} generated tokens, "
+               f"{cost['wall_s']:.1f} s{money}")
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--strategy", required=True, help="strategy to generate the full training set with")
+@common_flags
+def generate(config_path: str, strategy: str, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
+    """Generate the full training set with one strategy (resumable: rerun the same command)."""
+    from sapray.run_job import run_generate
+
+    _setup_logging(verbose)
+    cfg = _load(config_path, set_items, **flags)
+    _show_generation(run_generate(cfg, strategy))
+
+
+@main.command()
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@common_flags
+def run(config_path: str, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
+    """Generate the sample with every strategy, select, then generate the full set with the winner."""
+    from sapray.report import render_table
+    from sapray.run_job import run_all
+
+    _setup_logging(verbose)
+    cfg = _load(config_path, set_items, **flags)
+    result, costs, metadata = run_all(cfg)
+    click.echo(render_table(result.summary))
+    for name, c in costs.items():
+        click.echo(f"sample generation {name}: {c['prompt_tokens']} prompt + {c['completion_tokens']} generated "
+                   f"tokens, {c['wall_s']:.1f} s, {c['rejected']} rejected")
+    _show_generation(metadata)
 
 
 @main.command("filter")

@@ -6,13 +6,15 @@ single keys with ``--set section.key=value`` (the value parsed as YAML).
 
 from __future__ import annotations
 
+import hashlib
+import json
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from sapray.engines import EngineName
+from sapray.engines import EngineName, SamplingConfig
 
 
 class Strict(BaseModel):
@@ -35,11 +37,9 @@ class DataConfig(Strict):
     candidates_by_strategy: dict[str, str] | None = Field(None, description="strategy name -> file")
     columns: Columns = Columns()
 
-    @model_validator(mode="after")
-    def one_candidate_source(self) -> DataConfig:
-        if (self.candidates is None) == (self.candidates_by_strategy is None):
-            raise ValueError("give exactly one of data.candidates or data.candidates_by_strategy")
-        return self
+    def candidate_sources(self) -> dict[str | None, str]:
+        """Files to read candidates from: None for the long table, else the strategy's name."""
+        return {**({None: self.candidates} if self.candidates else {}), **(self.candidates_by_strategy or {})}
 
 
 class SampleConfig(Strict):
@@ -77,10 +77,73 @@ class ExemplarConfig(Strict):
 
 class RayConfig(Strict):
     address: str | None = Field(None, description="None: start or join a local Ray; 'auto' or ray://...")
-    actors: int = Field(1, ge=1)
+    actors: int | None = Field(None, ge=1, description="engine actors; None: one per GPU group on a cluster with "
+                               "GPUs, else 1 (see sapray.placement)")
     batch_size: int = Field(32, ge=1)
     num_cpus_per_actor: float = Field(1, ge=0)
-    num_gpus_per_actor: float = Field(0, ge=0)
+    num_gpus_per_actor: float | None = Field(None, ge=0, description="None: vLLM tensor_parallel_size x "
+                                             "pipeline_parallel_size (hf: 1) on a cluster with GPUs, else 0")
+
+
+class TeacherConfig(Strict):
+    kind: Literal["vllm", "hf", "openai", "file"]
+    model: str | None = Field(None, description="vllm/hf: 'smollm2' or a local HF directory; openai: model name")
+    engine_args: dict[str, Any] = {}
+    base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
+    api_key_env: str | None = Field("OPENAI_API_KEY", description="openai: environment variable holding the key")
+    path: str | None = Field(None, description="file: rows with question_id and response")
+    strategy: str | None = Field(None, description="file: keep only rows whose strategy column is this")
+    max_concurrency: int = Field(8, ge=1)
+    timeout_s: float = Field(60.0, gt=0)
+    max_retries: int = Field(5, ge=0)
+    requests_per_second: float | None = Field(None, gt=0)
+    price_per_million_prompt: float | None = Field(None, ge=0)
+    price_per_million_completion: float | None = Field(None, ge=0)
+
+    @model_validator(mode="after")
+    def needs(self) -> TeacherConfig:
+        required = {"vllm": ["model"], "hf": ["model"], "openai": ["model", "base_url"], "file": ["path"]}[self.kind]
+        missing = [k for k in required if getattr(self, k) is None]
+        if missing:
+            raise ValueError(f"a {self.kind} teacher needs {missing}")
+        return self
+
+    def describe(self) -> str:
+        return f"file:{self.path}" if self.kind == "file" else f"{self.kind}:{self.model}"
+
+
+class StrategyConfig(Strict):
+    name: str
+    teacher: TeacherConfig
+    prompt: str = Field("{question}", description="user message; placeholders {question} and {gold}")
+    system: str | None = None
+    temperature: float = Field(0.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_tokens: int = Field(256, ge=1)
+    seed: int | None = 0
+    stop: list[str] = []
+    samples_per_question: int = Field(1, ge=1)
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
+                              n=self.samples_per_question, seed=self.seed, stop=list(self.stop))
+
+    def prompt_hash(self) -> str:
+        text = json.dumps({"system": self.system, "prompt": self.prompt}, sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def messages(self, question: dict) -> list[dict]:
+        user = self.prompt.format(question=question["question"], gold=question.get("gold") or "")
+        return ([{"role": "system", "content": self.system}] if self.system else []) + [
+            {"role": "user", "content": user}]
+
+
+class GenerateConfig(Strict):
+    output: str = "runs/train"
+    shard_size: int = Field(64, ge=1, description="questions per resumable shard")
+    filter_correct: bool = Field(False, description="keep only responses that pass the answer checker")
+    checker: Literal["gsm8k", "choice", "exact", "regex"] = "gsm8k"
+    regex: str | None = None
 
 
 class SelectConfig(Strict):
@@ -95,6 +158,18 @@ class SelectConfig(Strict):
     ray: RayConfig = RayConfig()
     bootstrap: int = Field(1000, ge=0, description="resamples for the 95% confidence intervals")
     output: str = "runs/select"
+    # `sapray run` / `sapray generate`: strategies with teachers, and the full-scale output.
+    strategies: list[StrategyConfig] = []
+    generate: GenerateConfig = GenerateConfig()
+
+    @model_validator(mode="after")
+    def some_candidates(self) -> SelectConfig:
+        if not self.data.candidate_sources() and not self.strategies:
+            raise ValueError("give data.candidates, data.candidates_by_strategy or strategies with teachers")
+        names = [s.name for s in self.strategies]
+        if len(names) != len(set(names)):
+            raise ValueError(f"strategy names must be unique: {names}")
+        return self
 
 
 class ConfigError(ValueError):

@@ -90,7 +90,7 @@ def run_select(cfg: SelectConfig, on_round: Callable[[int, dict], None] | None =
 
     # read
     questions, rejects = read_questions(cfg.data.questions, cfg.data.columns, need_gold=False)
-    sources = cfg.data.candidates_by_strategy or {None: cfg.data.candidates}
+    sources = cfg.data.candidate_sources()
     candidates, candidate_rejects, rows_in = read_candidates(sources, cfg.data.columns, questions)
     rejects = [*rejects, *candidate_rejects]
     strategies = sorted({c["strategy"] for c in candidates})

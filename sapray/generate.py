@@ -1,0 +1,235 @@
+"""Generate responses with a strategy: for the selection sample, and at full scale for the winner.
+
+A strategy is a teacher (a vLLM or hf model, an OpenAI-compatible endpoint, or a file of
+precomputed responses), a prompt template with ``{question}`` and ``{gold}`` placeholders, sampling
+parameters and samples per question. Generation runs on Ray Data (one actor pool per model teacher,
+a bounded-concurrency stage per API teacher) and is resumable: finished questions are written in
+atomic shards (``shards/part-NNNNN.jsonl``), and a restarted run skips every question already in a
+shard, so the final set holds each question exactly once. The training set is written as chat
+``messages`` JSONL and Parquet with provenance columns (strategy, teacher, sampling, prompt hash).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import pyarrow as pa
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from sapray.actors import GenerateActor
+from sapray.answers import make_checker
+from sapray.config import GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
+from sapray.models import resolve_model
+from sapray.raydata import map_with_actors
+from sapray.read import Reject, filesystem, iter_records
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class Cost:
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    wall_s: float = 0.0
+    requests: int = 0
+    money: float | None = None
+
+    def add(self, other: Cost) -> None:
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.wall_s += other.wall_s
+        self.requests += other.requests
+        if other.money is not None:
+            self.money = (self.money or 0.0) + other.money
+
+
+@dataclass
+class Generated:
+    rows: list[dict]
+    rejects: list[Reject]
+    cost: Cost = field(default_factory=Cost)
+
+
+def _uses_gold(strategy: StrategyConfig) -> bool:
+    return "{gold}" in strategy.prompt or "{gold}" in (strategy.system or "")
+
+
+def _money(teacher: TeacherConfig, prompt_tokens: int, completion_tokens: int) -> float | None:
+    if teacher.price_per_million_prompt is None and teacher.price_per_million_completion is None:
+        return None
+    return (prompt_tokens * (teacher.price_per_million_prompt or 0.0)
+            + completion_tokens * (teacher.price_per_million_completion or 0.0)) / 1e6
+
+
+def _stream(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig) -> Iterator[dict]:
+    """Teacher outputs per question: row_id, texts, prompt_tokens, completion_tokens, error."""
+    teacher, sampling = strategy.teacher, strategy.sampling()
+    if teacher.kind == "file":
+        answers: dict[str, list[str]] = {}
+        for _, row in iter_records(teacher.path):
+            if (isinstance(row, dict) and isinstance(row.get("response"), str)
+                    and teacher.strategy in (None, row.get("strategy"))):
+                answers.setdefault(str(row.get("question_id")), []).append(row["response"])
+        for q in questions:
+            texts = answers.get(q["question_id"], [])
+            yield {"row_id": q["question_id"], "texts": texts, "prompt_tokens": 0, "completion_tokens": 0,
+                   "error": "" if texts else f"no response in {teacher.path}"}
+        return
+    if teacher.kind == "openai":
+        from sapray.teachers import ApiTeacherActor
+
+        rows = [{"row_id": q["question_id"], "messages_json": json.dumps(strategy.messages(q))} for q in questions]
+        api_ray = ray_cfg.model_copy(update={"num_gpus_per_actor": 0})
+        yield from map_with_actors(rows, ApiTeacherActor, {
+            "base_url": teacher.base_url, "model": teacher.model, "api_key_env": teacher.api_key_env,
+            "sampling": sampling.__dict__, "max_concurrency": teacher.max_concurrency,
+            "timeout_s": teacher.timeout_s, "max_retries": teacher.max_retries,
+            "requests_per_second": teacher.requests_per_second}, api_ray)
+        return
+    from transformers import AutoTokenizer
+
+    model_path = resolve_model(teacher.model)
+    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    rows = []
+    for q in questions:
+        text = tokenizer.apply_chat_template(strategy.messages(q), tokenize=False, add_generation_prompt=True)
+        rows.append({"row_id": q["question_id"],
+                     "prompt_ids": tokenizer(text, add_special_tokens=False)["input_ids"]})
+    yield from map_with_actors(rows, GenerateActor, {
+        "engine": teacher.kind, "model_path": model_path, "engine_args": teacher.engine_args,
+        "sampling": sampling.__dict__}, ray_cfg)
+
+
+def generate(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig,
+             gen: GenerateConfig | None = None) -> Iterator[tuple[list[dict], list[Reject], Cost]]:
+    """Per question: (training rows, rejects, cost). Rows carry provenance; failures become rejects."""
+    checker = make_checker(gen.checker, gen.regex) if gen and gen.filter_correct else None
+    sampling = json.dumps(strategy.sampling().__dict__, sort_keys=True)
+    by_id = {q["question_id"]: q for q in questions}
+    usable = []
+    for q in questions:
+        if _uses_gold(strategy) and not q.get("gold"):
+            yield [], [Reject(q.get("source", ""), f"strategy {strategy.name} uses {{gold}} and the question has none",
+                              "generate", q["question_id"], strategy.name)], Cost()
+        else:
+            usable.append(q)
+    started = time.monotonic()
+    for out in _stream(strategy, usable, ray_cfg):
+        q = by_id[out["row_id"]]
+        cost = Cost(int(out["prompt_tokens"]), int(out["completion_tokens"]), requests=1)
+        cost.money = _money(strategy.teacher, cost.prompt_tokens, cost.completion_tokens)
+        cost.wall_s, started = time.monotonic() - started, time.monotonic()
+        if out["error"]:
+            yield [], [Reject(q.get("source", ""), out["error"], "generate", q["question_id"], strategy.name)], cost
+            continue
+        rows, rejects = [], []
+        for k, text in enumerate(out["texts"]):
+            reason = None
+            if not text.strip():
+                reason = "empty response"
+            elif checker and q.get("gold") is not None and not checker.check(text, q["gold"]):
+                reason = f"answer does not pass the {checker.name} checker"
+            if reason:
+                rejects.append(Reject(q.get("source", ""), f"sample {k}: {reason}", "generate", q["question_id"],
+                                      strategy.name))
+                continue
+            rows.append({
+                "messages": [*strategy.messages(q), {"role": "assistant", "content": text}],
+                "question_id": q["question_id"], "strategy": strategy.name, "response": text, "sample_index": k,
+                "teacher": strategy.teacher.describe(), "sampling": sampling, "prompt_hash": strategy.prompt_hash(),
+            })
+        yield rows, rejects, cost
+
+
+# -- resumable full-scale output ---------------------------------------------------------------
+
+def _join(root: str, name: str) -> str:
+    return f"{root.rstrip('/')}/{name}"
+
+
+def finished_questions(output: str) -> tuple[set[str], int]:
+    """Question ids already written by earlier runs into complete shards, and the next shard number."""
+    fs, path = filesystem(_join(output, "shards"))
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return set(), 0
+    done, last = set(), -1
+    for info in fs.get_file_info(pafs.FileSelector(path)):
+        name = info.base_name
+        if not (name.startswith("part-") and name.endswith(".jsonl")):
+            if ".tmp" in name:
+                fs.delete_file(info.path)  # a shard a killed run did not finish: its questions run again
+            continue
+        last = max(last, int(name[5:10]))
+        with fs.open_input_stream(info.path) as f:
+            for line in f.read().decode().splitlines():
+                done.add(json.loads(line)["question_id"])
+    return done, last + 1
+
+
+def _write_atomic(uri: str, text: str) -> None:
+    fs, path = filesystem(uri)
+    tmp = path + ".tmp"
+    with fs.open_output_stream(tmp) as f:
+        f.write(text.encode())
+    fs.move(tmp, path)
+
+
+def _shard_text(entries: list[dict]) -> str:
+    return "".join(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n" for e in entries)
+
+
+def run_full_generation(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig,
+                        gen: GenerateConfig) -> dict:
+    """Generate for every question not yet done, shard by shard; then write the training set."""
+    done, shard_no = finished_questions(gen.output)
+    todo = [q for q in questions if q["question_id"] not in done]
+    log.info("full-scale generation with %s: %d questions, %d already done, %d to go",
+             strategy.name, len(questions), len(done), len(todo))
+    fs, root = filesystem(_join(gen.output, "shards"))
+    fs.create_dir(root, recursive=True)
+    cost, pending = Cost(), []
+    for rows, rejects, c in generate(strategy, todo, ray_cfg, gen):
+        cost.add(c)
+        qid = (rows or [{}])[0].get("question_id") or (rejects or [Reject("", "", "")])[0].question_id
+        # A shard entry per question holds its rows and its rejects, so resume sees it as done.
+        pending.append({"question_id": qid, "rows": rows, "rejects": [r.to_dict() for r in rejects]})
+        if len(pending) >= gen.shard_size:
+            _write_atomic(_join(gen.output, f"shards/part-{shard_no:05d}.jsonl"), _shard_text(pending))
+            shard_no, pending = shard_no + 1, []
+    if pending:
+        _write_atomic(_join(gen.output, f"shards/part-{shard_no:05d}.jsonl"), _shard_text(pending))
+    return write_training_set(gen.output, strategy, len(questions), cost)
+
+
+def write_training_set(output: str, strategy: StrategyConfig, n_questions: int, cost: Cost) -> dict:
+    """Merge the shards into train.jsonl (messages), train.parquet, rejects.jsonl and metadata.json."""
+    fs, path = filesystem(_join(output, "shards"))
+    entries = []
+    for info in sorted(fs.get_file_info(pafs.FileSelector(path)), key=lambda i: i.base_name):
+        if info.base_name.endswith(".jsonl") and ".tmp" not in info.base_name:
+            with fs.open_input_stream(info.path) as f:
+                entries += [json.loads(line) for line in f.read().decode().splitlines()]
+    rows = [r for e in entries for r in e["rows"]]
+    rejects = [r for e in entries for r in e["rejects"]]
+    ids = [e["question_id"] for e in entries]
+    if len(ids) != len(set(ids)):
+        raise AssertionError("a question appears in two shards")
+    _write_atomic(_join(output, "train.jsonl"), _shard_text(
+        [{"messages": r["messages"], **{k: v for k, v in r.items() if k != "messages"}} for r in rows]))
+    _write_atomic(_join(output, "rejects.jsonl"), _shard_text(rejects))
+    table = pa.Table.from_pylist(rows) if rows else pa.table({})
+    pfs, ppath = filesystem(_join(output, "train.parquet"))
+    with pfs.open_output_stream(ppath) as f:
+        pq.write_table(table, f)
+    metadata = {
+        "strategy": strategy.name, "teacher": strategy.teacher.describe(), "prompt_hash": strategy.prompt_hash(),
+        "questions": n_questions, "questions_done": len(ids), "rows": len(rows), "rejected": len(rejects),
+        "cost_this_run": cost.__dict__,
+    }
+    _write_atomic(_join(output, "metadata.json"), json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    return metadata

@@ -1,0 +1,90 @@
+"""``sapray run``: generate the sample -> select -> full-scale generation with the winner.
+
+``sapray generate --strategy NAME`` is the last step alone.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+
+from sapray.config import SelectConfig, StrategyConfig, TeacherConfig
+from sapray.generate import Cost, generate, run_full_generation
+from sapray.raydata import init_ray
+from sapray.read import filesystem, read_candidates, read_questions
+from sapray.report import write_outputs
+from sapray.sample import paired_question_ids, sample_order
+from sapray.select import SelectResult, run_select
+
+log = logging.getLogger("sapray")
+
+
+def _write_jsonl(uri: str, rows: list[dict]) -> None:
+    fs, path = filesystem(uri)
+    with fs.open_output_stream(path) as f:
+        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+
+
+def generate_sample(cfg: SelectConfig) -> tuple[dict[str, str], dict[str, dict]]:
+    """Responses from every teacher strategy for the questions select will sample; files by strategy."""
+    questions, _ = read_questions(cfg.data.questions, cfg.data.columns, need_gold=False)
+    existing = cfg.data.candidate_sources()
+    if existing:  # paired design: only questions that the given candidate files cover completely
+        rows, _, _ = read_candidates(existing, cfg.data.columns, questions)
+        names = sorted({r["strategy"] for r in rows})
+        eligible, _ = paired_question_ids(rows, names)
+    else:
+        eligible = sorted(questions)
+    n = cfg.sample.max_questions or len(eligible)
+    chosen = [questions[q] for q in sample_order(eligible, cfg.sample.seed)[:n]]
+    fs, root = filesystem(f"{cfg.output.rstrip('/')}/sample_candidates")
+    fs.create_dir(root, recursive=True)
+    files, costs = {}, {}
+    for strategy in cfg.strategies:
+        log.info("generating the sample with strategy %s (%s, %d questions)", strategy.name,
+                 strategy.teacher.describe(), len(chosen))
+        cost, rows, rejects = Cost(), [], 0
+        for new, bad, c in generate(strategy, chosen, cfg.ray):
+            cost.add(c)
+            rejects += len(bad)
+            # select scores one response per (question, strategy): the first sample
+            rows += [{"question_id": r["question_id"], "strategy": r["strategy"], "response": r["response"]}
+                     for r in new if r["sample_index"] == 0]
+        files[strategy.name] = f"{cfg.output.rstrip('/')}/sample_candidates/{strategy.name}.jsonl"
+        _write_jsonl(files[strategy.name], rows)
+        costs[strategy.name] = {**cost.__dict__, "rejected": rejects}
+    return files, costs
+
+
+def strategy_for(cfg: SelectConfig, name: str) -> StrategyConfig:
+    """The named strategy; a strategy that only exists as data becomes a file teacher over that data."""
+    for s in cfg.strategies:
+        if s.name == name:
+            return s
+    for strategy_name, path in cfg.data.candidate_sources().items():
+        if strategy_name in (None, name):
+            return StrategyConfig(name=name, teacher=TeacherConfig(kind="file", path=path, strategy=name))
+    raise ValueError(f"unknown strategy {name!r}: define it under strategies or give its candidates")
+
+
+def run_generate(cfg: SelectConfig, name: str) -> dict:
+    init_ray(cfg.ray)
+    questions, rejects = read_questions(cfg.data.questions, cfg.data.columns, need_gold=False)
+    metadata = run_full_generation(strategy_for(cfg, name), list(questions.values()), cfg.ray, cfg.generate)
+    metadata["question_rows_rejected"] = len(rejects)
+    return metadata
+
+
+def run_all(cfg: SelectConfig) -> tuple[SelectResult, dict, dict]:
+    init_ray(cfg.ray)
+    files, sample_costs = generate_sample(cfg) if cfg.strategies else ({}, {})
+    by_strategy = {**(cfg.data.candidates_by_strategy or {}), **files}
+    select_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"candidates_by_strategy": by_strategy})})
+    result = run_select(select_cfg)
+    write_outputs(cfg.output, result, cfg.model_dump())
+    _write_jsonl(f"{cfg.output.rstrip('/')}/sample_generation_cost.jsonl",
+                 [{"strategy": k, **v} for k, v in sample_costs.items()])
+    winner = result.summary["winner"]["strategy"]
+    log.info("winner: %s; generating the full training set with it", winner)
+    metadata = run_generate(cfg, winner)
+    return result, sample_costs, metadata
