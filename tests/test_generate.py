@@ -1,0 +1,210 @@
+"""Generation: teachers, `sapray run`, resume after kill -9, API teachers against a real server."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.request
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+import yaml
+from conftest import DATA_DIR, load_questions
+from test_select import exemplar_file, ray_local, write_jsonl  # noqa: F401  (fixtures)
+
+from sapray.config import load_config
+from sapray.run_job import run_all, run_generate
+
+SECRET = "sk-sapray-test-7f3c9e1d"
+
+
+def teacher_strategies(kind: str) -> list[dict]:
+    return [
+        {"name": "smol_plain", "teacher": {"kind": kind, "model": "smollm2"}, "prompt": "{question}",
+         "max_tokens": 24},
+        {"name": "smol_steps", "teacher": {"kind": kind, "model": "smollm2"},
+         "prompt": "{question}\nLet's think step by step.", "max_tokens": 24},
+    ]
+
+
+def job(tmp_path: Path, exemplars: str, questions: str, **extra) -> dict:
+    return {
+        "model": "smollm2", "engine": "hf",
+        "data": {"questions": questions, "candidates": str(DATA_DIR / "candidates.jsonl")},
+        "sample": {"max_questions": 2, "round_size": 2}, "exemplars": {"file": exemplars},
+        "ray": {"actors": 1, "batch_size": 24}, "bootstrap": 50, "output": str(tmp_path / "select"),
+        "generate": {"output": str(tmp_path / "train"), "shard_size": 2}, **extra,
+    }
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.vllm
+def test_run_with_vllm_teacher_two_prompt_styles_and_the_bundled_six(ray_local, exemplar_file, tmp_path):  # noqa: F811
+    pytest.importorskip("vllm")
+    questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:3])
+    cfg = load_config(job(tmp_path, exemplar_file, questions, strategies=teacher_strategies("vllm")))
+    result, costs, metadata = run_all(cfg)
+    assert set(result.summary["strategies"]) == {"smol_plain", "smol_steps", "human", "socratic", "6b_finetuning",
+                                                 "6b_verification", "175b_finetuning", "175b_verification"}
+    assert result.counts["scored"] == 2 * 8
+    assert costs["smol_plain"]["completion_tokens"] > 0 and costs["smol_steps"]["prompt_tokens"] > 0
+    train = read_jsonl(tmp_path / "train" / "train.jsonl")
+    assert metadata["questions"] == 3 and metadata["rows"] + metadata["rejected"] == 3
+    assert sorted(r["question_id"] for r in train) == sorted({r["question_id"] for r in train})
+    for row in train:
+        roles = [m["role"] for m in row["messages"]]
+        assert roles == ["user", "assistant"] and row["strategy"] == result.summary["winner"]["strategy"]
+        assert row["prompt_hash"] and row["teacher"] and json.loads(row["sampling"])["max_tokens"] > 0
+    assert pq.read_table(tmp_path / "train" / "train.parquet").num_rows == len(train)
+
+
+def test_generate_resumes_after_kill_9_without_duplicates(tmp_path, exemplar_file):  # noqa: F811
+    questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:10])
+    config = job(tmp_path, exemplar_file, questions, strategies=teacher_strategies("hf"))
+    config["strategies"][0]["max_tokens"] = 12
+    config["generate"]["shard_size"] = 1
+    config["ray"]["batch_size"] = 1
+    path = tmp_path / "job.yaml"
+    path.write_text(yaml.safe_dump(config))
+    command = [sys.executable, "-m", "sapray", "generate", "--config", str(path), "--strategy", "smol_plain"]
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
+    log = (tmp_path / "first.log").open("w")
+    first = subprocess.Popen(command, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
+    shards = tmp_path / "train" / "shards"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline and len(list(shards.glob("part-*.jsonl"))) < 3:
+        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
+        time.sleep(0.2)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    done_before = {json.loads(line)["question_id"] for p in shards.glob("part-*.jsonl") for line in p.open()}
+    assert 3 <= len(done_before) < 10, "kill -9 should land mid-run"
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    assert second.returncode == 0, second.stderr[-2000:]
+    assert f"{len(done_before)} already done" in second.stderr
+    train = read_jsonl(tmp_path / "train" / "train.jsonl")
+    ids = [r["question_id"] for r in train]
+    assert sorted(ids) == sorted(q["question_id"] for q in load_questions()[:10])  # each exactly once
+
+
+# -- an OpenAI-compatible teacher: vLLM's server on loopback behind a fault-injecting proxy ------
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class FaultProxy(ThreadingHTTPServer):
+    """Forwards to the real server after injecting a 429, a 500 and a stall; 400s any 'POISON' prompt."""
+
+    def __init__(self, upstream: str) -> None:
+        self.upstream, self.seen, self.faults, self.lock = upstream, [], ["429", "500", "stall"], threading.Lock()
+        self.unauthorized = 0
+        super().__init__(("127.0.0.1", free_port()), ProxyHandler)
+
+
+class ProxyHandler(BaseHTTPRequestHandler):
+    def log_message(self, *args) -> None:
+        pass
+
+    def _reply(self, status: int, body: bytes) -> None:
+        self.send_response(status)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(body)))
+        self.end_headers()
+        self.wfile.write(body)
+
+    def do_POST(self) -> None:  # noqa: N802
+        server: FaultProxy = self.server
+        body = self.rfile.read(int(self.headers["Content-Length"]))
+        if self.headers.get("Authorization") != f"Bearer {SECRET}":
+            server.unauthorized += 1
+            return self._reply(401, b'{"error": "bad key"}')
+        if b"POISON" in body:
+            return self._reply(400, b'{"error": "content rejected"}')
+        with server.lock:
+            fault = server.faults.pop(0) if server.faults else None
+            server.seen.append(fault or "ok")
+        if fault == "429":
+            return self._reply(429, b'{"error": "rate limited"}')
+        if fault == "500":
+            return self._reply(500, b'{"error": "upstream broke"}')
+        if fault == "stall":
+            time.sleep(4)  # longer than the client's timeout
+        request = urllib.request.Request(server.upstream + self.path, data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=300) as response:
+            self._reply(response.status, response.read())
+
+
+@pytest.fixture(scope="module")
+def vllm_server(smollm2_path, tmp_path_factory):
+    pytest.importorskip("vllm")
+    port = free_port()
+    log = tmp_path_factory.mktemp("serve") / "serve.log"
+    env = {**os.environ, "VLLM_CPU_KVCACHE_SPACE": "1"}
+    with log.open("w") as out:
+        server = subprocess.Popen(
+            [sys.executable, "-m", "vllm.entrypoints.openai.api_server", "--model", smollm2_path,
+             "--served-model-name", "smollm2", "--host", "127.0.0.1", "--port", str(port), "--dtype", "float32",
+             "--enforce-eager", "--max-model-len", "1024"],
+            stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    url = f"http://127.0.0.1:{port}"
+    try:
+        deadline = time.monotonic() + 400
+        while True:
+            try:
+                urllib.request.urlopen(url + "/v1/models", timeout=2)
+                break
+            except OSError:
+                if server.poll() is not None or time.monotonic() > deadline:
+                    raise RuntimeError("vllm serve did not start:\n" + log.read_text()[-3000:]) from None
+                time.sleep(1)
+        yield url
+    finally:
+        os.killpg(server.pid, signal.SIGTERM)
+        server.wait(timeout=60)
+
+
+@pytest.mark.vllm
+def test_openai_teacher_retries_transient_failures_and_rejects_permanent_ones(
+        ray_local, exemplar_file, vllm_server, tmp_path, monkeypatch):  # noqa: F811
+    proxy = FaultProxy(vllm_server)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SAPRAY_TEST_API_KEY", SECRET)
+    rows = load_questions()[:3] + [{"question_id": "poison", "question": "POISON question", "gold": "1"}]
+    questions = write_jsonl(tmp_path / "q.jsonl", rows)
+    teacher = {"kind": "openai", "model": "smollm2", "base_url": f"http://127.0.0.1:{proxy.server_port}/v1",
+               "api_key_env": "SAPRAY_TEST_API_KEY", "timeout_s": 2, "max_retries": 4, "max_concurrency": 1,
+               "requests_per_second": 20, "price_per_million_prompt": 0.5, "price_per_million_completion": 1.5}
+    strategies = [{"name": "api", "teacher": teacher, "prompt": "{question}", "max_tokens": 16}]
+    cfg = load_config(job(tmp_path, exemplar_file, questions, strategies=strategies))
+    try:
+        metadata = run_generate(cfg, "api")
+    finally:
+        proxy.shutdown()
+    assert proxy.unauthorized == 0
+    assert proxy.seen[:3] == ["429", "500", "stall"] and proxy.seen.count("ok") >= 3
+    assert metadata["rows"] == 3 and metadata["rejected"] == 1
+    rejects = read_jsonl(tmp_path / "train" / "rejects.jsonl")
+    assert rejects[0]["question_id"] == "poison" and "permanent error" in rejects[0]["reason"]
+    assert "HTTP 400" in rejects[0]["reason"]
+    cost = metadata["cost_this_run"]
+    assert cost["completion_tokens"] > 0 and cost["prompt_tokens"] > 0
+    assert cost["money"] == pytest.approx((cost["prompt_tokens"] * 0.5 + cost["completion_tokens"] * 1.5) / 1e6)
+    # The key lives only in the environment: no output file mentions it.
+    for path in tmp_path.rglob("*"):
+        if path.is_file():
+            assert SECRET.encode() not in path.read_bytes(), path
