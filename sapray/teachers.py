@@ -52,8 +52,10 @@ class ApiTeacherActor:
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None, sampling: dict[str, Any],
                  max_concurrency: int = 8, timeout_s: float = 60.0, max_retries: int = 5,
-                 requests_per_second: float | None = None, backoff_s: float = 0.5) -> None:
+                 requests_per_second: float | None = None, backoff_s: float = 0.5, num_cpus: float = 1) -> None:
         import httpx
+
+        # num_cpus (the Ray reservation) does not bound this stage: its threads wait on the network.
 
         self.url = base_url.rstrip("/") + "/chat/completions"
         self.model, self.api_key_env, self.sampling = model, api_key_env, sampling
