@@ -1,7 +1,7 @@
 """Copy the GSM8K subset that sapray ships from ../shared/data/gsm8k (MIT licence).
 
 Run from the repository root: python scripts/bundle_gsm8k.py [--source DIR]
-Writes sapray/data/gsm8k/{questions,candidates,pool}.jsonl and the licence, and
+Writes sapray/data/gsm8k/{questions,candidates,pool,valid}.jsonl and the licence, and
 tests/data/gsm8k_first20/ with the first 20 test questions and their six strategies.
 """
 
@@ -16,6 +16,7 @@ from sapray.gsm8k import load_six_strategies
 
 N_QUESTIONS = 200
 N_POOL = 400
+N_VALID = 10
 
 
 def write_jsonl(path: Path, rows: list[dict]) -> None:
@@ -41,6 +42,11 @@ def main() -> None:
     write_jsonl(out / "questions.jsonl", questions[:N_QUESTIONS])
     write_jsonl(out / "candidates.jsonl", [c for c in candidates if c["question_id"] in keep])
     write_jsonl(out / "pool.jsonl", pool_rows)
+    # A small labeled valid set for DS weight (METHOD.md §4): train questions after the pool.
+    train = [json.loads(line) for line in (source / "train.jsonl").open()]
+    write_jsonl(out / "valid.jsonl", [
+        {"question_id": f"train-{i:04d}", "question": r["question"], "answer": r["answer"]}
+        for i, r in enumerate(train[N_POOL:N_POOL + N_VALID], start=N_POOL)])
     shutil.copy(source / "LICENSE", out / "LICENSE")
     first20 = {q["question_id"] for q in questions[:20]}
     test_out = Path("tests/data/gsm8k_first20")

@@ -1,0 +1,24 @@
+"""Every example job config in jobs/ validates, and its local input files exist."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from sapray.config import load_config_file, read_yaml
+from sapray.filter_job import load_filter_config
+
+JOBS = Path(__file__).resolve().parent.parent / "jobs"
+
+
+@pytest.mark.parametrize("name", ["gsm8k_demo.yaml", "gsm8k_run.yaml"])
+def test_select_and_run_configs_validate(name):
+    cfg = load_config_file(JOBS / name)
+    assert Path(cfg.data.questions).exists() and Path(cfg.data.candidates).exists()
+    assert Path(cfg.exemplars.pool).exists()
+
+
+def test_filter_config_validates():
+    cfg = load_filter_config(read_yaml(JOBS / "filter_dsweight.yaml"))
+    assert cfg.method == "dsweight" and Path(cfg.dsweight.valid).exists()
