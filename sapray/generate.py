@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import logging
+import os
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -85,11 +86,14 @@ def _stream(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig)
 
         rows = [{"row_id": q["question_id"], "messages_json": json.dumps(strategy.messages(q))} for q in questions]
         api_ray = ray_cfg.model_copy(update={"num_gpus_per_actor": 0})
+        # The key travels in the environment only: the driver's variable is set in the stage's workers.
+        key = os.environ.get(teacher.api_key_env) if teacher.api_key_env else None
         yield from map_with_actors(rows, ApiTeacherActor, {
             "base_url": teacher.base_url, "model": teacher.model, "api_key_env": teacher.api_key_env,
             "sampling": sampling.__dict__, "max_concurrency": teacher.max_concurrency,
             "timeout_s": teacher.timeout_s, "max_retries": teacher.max_retries,
-            "requests_per_second": teacher.requests_per_second}, api_ray)
+            "requests_per_second": teacher.requests_per_second}, api_ray,
+            env={teacher.api_key_env: key} if key else None)
         return
     from transformers import AutoTokenizer
 
