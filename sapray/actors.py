@@ -50,7 +50,7 @@ class ScoreActor:
         results = score(self.engine, requests, self.boundary, self.overlong)
         return {
             "request_id": [r.request_id for r in results],
-            "logprob_sum": [math.fsum(r.token_logprobs) for r in results],
+            "token_logprobs": [r.token_logprobs for r in results],
             "n_context_tokens": [r.n_context_tokens for r in results],
             "n_continuation_tokens": [r.n_continuation_tokens for r in results],
             "truncated_tokens": [r.truncated_tokens for r in results],

@@ -29,6 +29,7 @@ class Columns(Strict):
     gold: str = "gold"
     strategy: str = "strategy"
     response: str = "response"
+    reward: str = "reward"  # optional: a numeric reward per candidate enables mean reward and CAR
 
 
 class DataConfig(Strict):

@@ -97,7 +97,8 @@ def build_requests(
             request_id=f"{row_id}/{kind}",
             context=layout.context(user_text_for(kind, question, exemplars)),
             continuation=layout.continuation(response) if isinstance(response, str) else response,
-            context_key=f"{group}/{kind}",
+            # The empty context is the same for every question.
+            context_key="empty" if kind == "empty" else f"{group}/{kind}",
         )
         for kind in kinds
     ]

@@ -10,8 +10,7 @@ exemplar that answers that same question.
 
 from __future__ import annotations
 
-import json
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from sapray.answers import make_checker
@@ -111,9 +110,3 @@ def zero_shot_prompts(tokenizer, questions: Sequence[str]) -> list[list[int]]:
                        add_special_tokens=False)["input_ids"])
         for q in questions
     ]
-
-
-def write_exemplars(path, exemplars: Sequence[Exemplar], opener: Callable = open) -> None:
-    with opener(path, "w") as f:
-        for e in exemplars:
-            f.write(json.dumps(e.to_dict(), ensure_ascii=False) + "\n")

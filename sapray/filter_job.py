@@ -20,7 +20,7 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from sapray import filters
+from sapray import filters, metrics
 from sapray.actors import GenerateActor, ScoreActor
 from sapray.answers import make_checker
 from sapray.config import Columns, RayConfig, Strict, validate
@@ -124,7 +124,7 @@ def _score(cfg: FilterConfig, model: str, requests: list[dict], engine_args: dic
 
 
 def _nll(result: dict) -> float:
-    return -result["logprob_sum"] / result["n_continuation_tokens"]
+    return metrics.mean_loss(result["token_logprobs"])
 
 
 def _chat(question: str) -> list[dict]:
@@ -219,8 +219,8 @@ def run_ifd(cfg: FilterConfig, samples: list[dict], rejects: list[Reject]) -> tu
     scored = _score(cfg, cfg.model, requests)
 
     def score_fn(given_question: dict, alone: dict) -> dict:
-        nq, n0 = _nll(given_question), _nll(alone)
-        return {"nll_given_question": nq, "nll_alone": n0, "ifd": nq / n0 if n0 else math.inf}
+        return {"nll_given_question": _nll(given_question), "nll_alone": _nll(alone),
+                "ifd": metrics.ifd(given_question["token_logprobs"], alone["token_logprobs"])}
 
     rows = _apply_scores(samples, lambda s: [scored[f"{s['sample_id']}/q"], scored[f"{s['sample_id']}/0"]],
                          rejects, score_fn)

@@ -168,5 +168,7 @@ def read_candidates(
                 rejects.append(Reject(source, problem, "candidates", question_id=qid, strategy=name))
                 continue
             seen[(qid, name)] = source
-            rows.append({**values, "source": source})
+            reward = row.get(columns.reward)
+            has_reward = isinstance(reward, int | float) and not isinstance(reward, bool)
+            rows.append({**values, "source": source, "reward": float(reward) if has_reward else None})
     return rows, rejects, rows_in

@@ -13,6 +13,8 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from sapray import metrics
+
 
 def _matrix(scores: Sequence[dict], strategies: list[str], key: str) -> tuple[list[str], np.ndarray]:
     questions = sorted({s["question_id"] for s in scores})
@@ -53,6 +55,16 @@ def bootstrap_means(values: np.ndarray, resamples: int, seed: int) -> np.ndarray
         return np.nanmean(values[rows], axis=1)
 
 
+def _reward_stats(scores: Sequence[dict], strategy: str) -> dict:
+    """Mean reward and CAR (METHOD.md §2), only where every scored response has a reward."""
+    rows = [s for s in scores if s["strategy"] == strategy]
+    if not rows or any(s.get("reward") is None for s in rows):
+        return {}
+    mean_reward = float(np.mean([s["reward"] for s in rows]))
+    mean_nll = float(np.mean([s["nll_ppl"] for s in rows]))
+    return {"mean_reward": _r(mean_reward), "car": _r(metrics.car(mean_reward, mean_nll))}
+
+
 def summarize(scores: Sequence[dict], strategies: list[str], bootstrap: int = 1000, seed: int = 0) -> dict:
     """Per-strategy statistics, the win-rate matrix and the ranking, as a JSON-ready dict."""
     _, sap = _matrix(scores, strategies, "sap")
@@ -78,6 +90,7 @@ def summarize(scores: Sequence[dict], strategies: list[str], bootstrap: int = 10
             "mean_ppl": _r(np.nanmean(ppl[:, j])) if len(column) else None,
             "mean_ifd": _r(np.nanmean(ifd[:, j])) if len(column) else None,
             "mean_length": _r(np.nanmean(length[:, j])) if len(column) else None,
+            **_reward_stats(scores, name),
         }
     ranked = sorted((j for j in range(len(strategies)) if counts[j]), key=lambda j: (mean_sap[j], strategies[j]))
     win = win_rates(sap)

@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from sapray import exemplars as ex
+from sapray import metrics
 from sapray.actors import GenerateActor, ScoreActor
 from sapray.config import SelectConfig
 from sapray.contexts import CONTEXT_KINDS, Layout, build_requests
@@ -68,12 +68,12 @@ def _mine_exemplars(cfg: SelectConfig, model_path: str, tokenizer, exclude: set[
 
 
 def _candidate_metrics(candidate: dict, by_kind: dict[str, dict]) -> dict:
-    nll = {k: -r["logprob_sum"] / r["n_continuation_tokens"] for k, r in by_kind.items()}
+    logprobs = {k: r["token_logprobs"] for k, r in by_kind.items()}
     return {
-        "sap": math.exp(nll["sap"]),
-        "ppl": math.exp(nll["ppl"]),
-        "ifd": nll["ppl"] / nll["empty"] if nll["empty"] else math.inf,
-        "nll_sap": nll["sap"], "nll_ppl": nll["ppl"], "nll_empty": nll["empty"],
+        "sap": metrics.sap(logprobs["sap"]),
+        "ppl": metrics.perplexity(logprobs["ppl"]),
+        "ifd": metrics.ifd(logprobs["ppl"], logprobs["empty"]),
+        **{f"nll_{k}": metrics.nll(v) for k, v in logprobs.items()},
         "length": by_kind["sap"]["n_continuation_tokens"],
         "context_tokens_sap": by_kind["sap"]["n_context_tokens"],
         "truncated_tokens": max(r["truncated_tokens"] for r in by_kind.values()),
@@ -215,6 +215,7 @@ def _collect_round(
                 continue
             out.append({
                 "question_id": qid, "strategy": c["strategy"], **_candidate_metrics(c, by_kind),
+                "reward": c["reward"],
                 "exemplar_ids": [e.exemplar_id for e in chosen],
                 "exemplars_checked": all(e.checked for e in chosen),
                 "model": cfg.model, "engine": cfg.engine, "layout": cfg.layout, "source": c["source"],
