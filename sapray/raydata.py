@@ -25,7 +25,7 @@ def init_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    ray.init(address=address, include_dashboard=False if address is None else None,
+    ray.init(address=address, include_dashboard=False if address in (None, "local") else None,
              logging_level=logging.WARNING, log_to_driver=True,
              configure_logging=True)
     ctx = ray.data.DataContext.get_current()
@@ -47,15 +47,22 @@ def map_with_actors(
     """Stream the actor pool's output rows, in input order."""
     import ray
 
+    from sapray.placement import cluster_view, plan
+
     if not rows:
         return iter(())
+    # Placement first: a config the cluster cannot hold fails here, before any actor starts.
+    where = plan(actor_kwargs.get("engine", "hf"), actor_kwargs.get("engine_args") or {}, cfg, *cluster_view())
+    log.info("%s: %s", actor_cls.__name__, where.describe())
+    if "engine_args" in actor_kwargs:
+        actor_kwargs = {**actor_kwargs, "engine_args": where.engine_args}
     ds = ray.data.from_arrow(blocks(rows, cfg.batch_size))
     mapped = ds.map_batches(
         actor_cls,
-        fn_constructor_kwargs={**actor_kwargs, "num_cpus": cfg.num_cpus_per_actor},
+        fn_constructor_kwargs={**actor_kwargs, "num_cpus": where.num_cpus},
         batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=cfg.actors),
-        num_cpus=cfg.num_cpus_per_actor,
-        num_gpus=cfg.num_gpus_per_actor or None,
+        compute=ray.data.ActorPoolStrategy(size=where.actors),
+        num_cpus=where.num_cpus,
+        num_gpus=where.num_gpus or None,
     )
     return mapped.iter_rows()

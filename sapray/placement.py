@@ -1,0 +1,140 @@
+"""Where engine actors run: GPUs per actor and how many actors, checked against the cluster first.
+
+A pure decision from the config and the cluster's resources (``ray.cluster_resources()`` and the
+GPUs of each alive node), made before any actor starts:
+
+- GPUs per actor: ``ray.num_gpus_per_actor`` when set. Unset (auto): on a cluster with GPUs a
+  vLLM actor takes ``tensor_parallel_size x pipeline_parallel_size`` GPUs (one engine per GPU
+  group) and an hf actor takes 1; on a cluster without GPUs, 0 (the engines run on CPU).
+- Actors: ``ray.actors`` when set. Unset: one per GPU group (cluster GPUs // GPUs per actor) when
+  the actors use GPUs, else 1.
+- Checks, each a ``PlacementError`` naming what is missing: actors that need GPUs on a cluster
+  without them (or with too few), a GPU group larger than the largest node (a tensor-parallel
+  group must fit on one node), and more actors than the cluster can hold at once (Ray Data would
+  otherwise wait for resources that never come).
+- CPU stages (reading, sampling, building contexts, reducing) run in the driver and request no GPU.
+- A vLLM actor spanning several GPUs runs vLLM's multiprocessing executor inside the actor
+  (``distributed_executor_backend: mp``, unless set), so the GPUs Ray gave the actor are the
+  ones vLLM uses, as Ray Data's own vLLM stage does for non-Ray executors.
+
+The counts are of the cluster as it is when the job starts: an autoscaling cluster must already
+have its GPU workers up (cluster/ray-cluster.yaml keeps ``min_workers`` at the size you want).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from sapray.config import ConfigError, RayConfig
+
+
+class PlacementError(ConfigError):
+    """The config asks for resources the cluster does not have."""
+
+
+@dataclass(frozen=True)
+class Placement:
+    actors: int
+    num_gpus: float  # per actor
+    num_cpus: float  # per actor
+    engine_args: dict[str, Any] = field(default_factory=dict)
+    reason: str = ""
+
+    def describe(self) -> str:
+        gpus = f", {self.num_gpus:g} GPU each" if self.num_gpus else " (CPU)"
+        return f"{self.actors} actor(s), {self.num_cpus:g} CPU{gpus}; {self.reason}"
+
+
+def gpu_group(engine: str, engine_args: Mapping[str, Any]) -> int:
+    """GPUs one engine instance spans: vLLM's tensor x pipeline parallel sizes; hf runs on one device."""
+    if engine != "vllm":
+        return 1
+    tp = int(engine_args.get("tensor_parallel_size") or 1)
+    pp = int(engine_args.get("pipeline_parallel_size") or 1)
+    return tp * pp
+
+
+def plan(
+    engine: str,
+    engine_args: Mapping[str, Any],
+    cfg: RayConfig,
+    cluster: Mapping[str, float],
+    node_gpus: Sequence[float] | None = None,
+) -> Placement:
+    """Decide actors and GPUs per actor; raise PlacementError if the cluster cannot hold them.
+
+    ``cluster``: ``ray.cluster_resources()``; ``node_gpus``: the GPUs of each alive node (when
+    known, a GPU group must fit on one of them).
+    """
+    total_gpus = float(cluster.get("GPU", 0))
+    total_cpus = float(cluster.get("CPU", 0))
+    group = gpu_group(engine, engine_args)
+    args = dict(engine_args)
+
+    if cfg.num_gpus_per_actor is not None:
+        gpus = float(cfg.num_gpus_per_actor)
+        why = f"ray.num_gpus_per_actor={gpus:g}"
+        if engine == "vllm" and gpus and group > gpus:
+            raise PlacementError(
+                f"engine_args asks vLLM for {group} GPUs per engine (tensor_parallel_size x pipeline_parallel_size) "
+                f"but ray.num_gpus_per_actor is {gpus:g}; set it to {group} or leave it unset")
+    elif total_gpus > 0:
+        gpus = float(group)
+        why = (f"{group} GPU(s) per engine (tensor_parallel_size x pipeline_parallel_size)" if engine == "vllm"
+               else "one GPU per hf engine")
+    else:
+        if group > 1:
+            raise PlacementError(
+                f"engine_args asks vLLM for tensor/pipeline parallelism over {group} GPUs, but the Ray cluster "
+                f"has no GPUs ({_show(cluster)}); start GPU workers or drop tensor_parallel_size")
+        gpus = 0.0
+        why = "no GPUs in the cluster: engines run on CPU"
+
+    if gpus > 0 and total_gpus < gpus:
+        raise PlacementError(
+            f"each engine actor needs {gpus:g} GPU(s) ({why}) but the Ray cluster has {total_gpus:g} "
+            f"({_show(cluster)}); run on GPU nodes, or set ray.num_gpus_per_actor=0 for CPU engines")
+    if gpus > 0 and node_gpus and max(node_gpus) < gpus:
+        raise PlacementError(
+            f"each engine actor needs {gpus:g} GPUs on one node ({why}) but the largest node has "
+            f"{max(node_gpus):g} (nodes: {[float(g) for g in node_gpus]}); a tensor-parallel group must fit on "
+            "one node")
+
+    if cfg.actors is not None:
+        actors = cfg.actors
+        how = "ray.actors"
+    elif gpus > 0:
+        per_node = node_gpus if node_gpus else [total_gpus]
+        actors = max(1, sum(math.floor(g / gpus + 1e-9) for g in per_node))
+        how = f"one per {gpus:g}-GPU group of {total_gpus:g} GPUs"
+    else:
+        actors = 1
+        how = "one CPU actor (set ray.actors for more)"
+
+    if gpus > 0 and actors * gpus > total_gpus + 1e-9:
+        raise PlacementError(
+            f"{actors} actors x {gpus:g} GPUs = {actors * gpus:g} GPUs, but the Ray cluster has {total_gpus:g}; "
+            "lower ray.actors or leave it unset (one actor per GPU group)")
+    if cfg.num_cpus_per_actor and actors * cfg.num_cpus_per_actor > total_cpus + 1e-9:
+        raise PlacementError(
+            f"{actors} actors x {cfg.num_cpus_per_actor:g} CPUs = {actors * cfg.num_cpus_per_actor:g} CPUs, but the "
+            f"Ray cluster has {total_cpus:g}; lower ray.actors or ray.num_cpus_per_actor")
+
+    if engine == "vllm" and gpus > 0 and group > 1:
+        args.setdefault("distributed_executor_backend", "mp")
+    return Placement(actors, gpus, float(cfg.num_cpus_per_actor), args, f"{how}; {why}")
+
+
+def _show(cluster: Mapping[str, float]) -> str:
+    return f"CPU {float(cluster.get('CPU', 0)):g}, GPU {float(cluster.get('GPU', 0)):g}"
+
+
+def cluster_view() -> tuple[dict[str, float], list[float]]:
+    """The connected Ray cluster's resources and each alive node's GPUs."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    return dict(ray.cluster_resources()), [float(n.get("Resources", {}).get("GPU", 0)) for n in nodes]

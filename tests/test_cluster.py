@@ -1,0 +1,195 @@
+"""Cluster mode for real: a two-node Ray cluster on 127.0.0.1 (a head with the dashboard, a second
+node beside it, one CPU each), the select job submitted with ``ray job submit`` exactly as on a real
+cluster, and its outputs compared with a local-mode run of the same config.
+
+The cluster is hermetic: its own temp dirs and ports, and its own auth token (RAY_AUTH_MODE=token,
+RAY_AUTH_TOKEN), so it neither joins nor disturbs any other Ray on the machine. It is torn down by
+process group and by its temp dir in a ``finally`` (not ``ray stop --force``, which would end every
+Ray process on the machine, other users' included).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import pytest
+import yaml
+from small_job import DATA_DIR, REPO, exemplar_rows, jsonl, small_config
+
+pytestmark = pytest.mark.cluster
+
+RAY = str(Path(sys.executable).with_name("ray"))
+# Keep the working_dir upload small (Ray's limit is 100 MiB; sapray's is ~1 MB).
+EXCLUDES = [".git", ".venv", "venv", "runs", "out", "build", "**/__pycache__", ".pytest_cache", ".ruff_cache",
+            "*.egg-info"]
+
+
+def free_ports(n: int) -> list[int]:
+    socks = [socket.socket() for _ in range(n)]
+    try:
+        for s in socks:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in socks]
+    finally:
+        for s in socks:
+            s.close()
+
+
+class LocalCluster:
+    """A head and extra nodes started with ``ray start``, each in its own process group."""
+
+    def __init__(self, root: Path) -> None:
+        self.root = root
+        self.gcs, self.dashboard, self.client, agent = free_ports(4)
+        self.agent_ports = [agent]
+        self.groups: list[int] = []
+        self.env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN_PATH")}
+        self.env.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32), RAY_USAGE_STATS_ENABLED="0",
+                        PYTHONUNBUFFERED="1")
+        self.api = f"http://127.0.0.1:{self.dashboard}"
+
+    def _start(self, args: list[str], name: str) -> None:
+        log = (self.root / f"{name}.log").open("w")
+        proc = subprocess.Popen([RAY, "start", *args, "--disable-usage-stats"], env=self.env, stdout=log,
+                                stderr=subprocess.STDOUT, start_new_session=True)
+        self.groups.append(proc.pid)  # the group outlives `ray start`: its daemons stay in it
+        if proc.wait(timeout=180) != 0:
+            raise RuntimeError(f"ray start ({name}) failed:\n{(self.root / f'{name}.log').read_text()[-4000:]}")
+
+    def start_head(self) -> None:
+        self._start(["--head", "--node-ip-address", "127.0.0.1", "--port", str(self.gcs),
+                     "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard),
+                     "--include-dashboard", "true", "--ray-client-server-port", str(self.client),
+                     "--dashboard-agent-listen-port", str(self.agent_ports[0]),
+                     "--num-cpus", "1", "--num-gpus", "0", "--temp-dir", str(self.root / "h")], "head")
+
+    def add_node(self) -> None:
+        i = len(self.agent_ports)
+        (agent,) = free_ports(1)
+        self.agent_ports.append(agent)
+        # A second node on the same machine: its own temp dir (sockets, session files) and agent port.
+        self._start(["--address", f"127.0.0.1:{self.gcs}", "--num-cpus", "1", "--num-gpus", "0",
+                     "--dashboard-agent-listen-port", str(agent), "--temp-dir", str(self.root / f"w{i}")], f"node{i}")
+
+    def ray(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+        out = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
+        if check and out.returncode != 0:
+            raise RuntimeError(f"ray {' '.join(args)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n"
+                               f"{out.stderr[-3000:]}")
+        return out
+
+    def alive_nodes(self) -> list[str]:
+        out = self.ray("list", "nodes", "--address", self.api, "--format", "json", check=False)
+        if out.returncode != 0:
+            return []
+        return [n["node_id"] for n in json.loads(out.stdout) if n.get("state") == "ALIVE"]
+
+    def wait_for_nodes(self, n: int, timeout: float = 120) -> list[str]:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            nodes = self.alive_nodes()
+            if len(nodes) >= n:
+                return nodes
+            time.sleep(2)
+        raise TimeoutError(f"{n} nodes did not come up; alive: {self.alive_nodes()}")
+
+    def stop(self) -> None:
+        """End what this cluster started, by process group, then any straggler whose command line
+        names this cluster's temp dir (job drivers run in their own group)."""
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            for pgid in self.groups:
+                try:
+                    os.killpg(pgid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            for pid in _pids_mentioning(str(self.root)):
+                try:
+                    os.kill(pid, sig)
+                except (ProcessLookupError, PermissionError):
+                    pass
+            time.sleep(3 if sig == signal.SIGTERM else 0)
+
+
+def _pids_mentioning(text: str) -> list[int]:
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in cmdline:
+            pids.append(int(entry.name))
+    return pids
+
+
+def test_select_job_on_two_node_cluster():
+    # Short root: Ray's unix socket paths (root/h/session_.../sockets/...) must stay under 107 bytes.
+    root = Path(tempfile.mkdtemp(prefix="sapray-", dir="/tmp"))
+    cluster = LocalCluster(root)
+    try:
+        (root / "exemplars.jsonl").write_text(jsonl(exemplar_rows()))
+        config = small_config(str(DATA_DIR / "questions.jsonl"), str(DATA_DIR / "candidates.jsonl"),
+                              str(root / "exemplars.jsonl"), str(root / "unused"))
+        (root / "job.yaml").write_text(yaml.safe_dump(config))
+        select = ["-m", "sapray", "select", "--config", str(root / "job.yaml")]
+
+        # Local mode first (its own single-node Ray; one actor), so the two runs do not share the CPUs.
+        t0 = time.monotonic()
+        local = subprocess.run([sys.executable, *select, "--set", "ray.address=local", "--set", "ray.actors=1",
+                                "--output", str(root / "local")], cwd=REPO, env=cluster.env, capture_output=True,
+                               text=True, timeout=600)
+        assert local.returncode == 0, local.stderr[-4000:]
+        local_s = time.monotonic() - t0
+
+        t0 = time.monotonic()
+        cluster.start_head()
+        cluster.add_node()
+        nodes = cluster.wait_for_nodes(2)
+        assert len(nodes) == 2
+        start_s = time.monotonic() - t0
+
+        t0 = time.monotonic()
+        job_id = f"sapray-test-{secrets.token_hex(4)}"
+        # Ray Data starts both actors before sending work and gives each one block at a time, so the
+        # two blocks (one per question) land on both nodes.
+        runtime_env = {"excludes": EXCLUDES, "env_vars": {
+            "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "300",
+            "RAY_DATA_ACTOR_DEFAULT_MAX_TASKS_IN_FLIGHT_TO_MAX_CONCURRENCY_FACTOR": "1"}}
+        submit = cluster.ray(
+            "job", "submit", "--address", cluster.api, "--submission-id", job_id, "--working-dir", str(REPO),
+            "--runtime-env-json", json.dumps(runtime_env), "--",
+            sys.executable, *select, "--set", "ray.address=auto", "--set", "ray.actors=2",
+            "--output", str(root / "cluster"), timeout=600, check=False)
+        job_s = time.monotonic() - t0
+        status = cluster.ray("job", "status", "--address", cluster.api, job_id).stdout
+        logs = cluster.ray("job", "logs", "--address", cluster.api, job_id).stdout
+        assert f"Job '{job_id}' succeeded" in status, f"{status}\n{submit.stdout[-4000:]}\n{submit.stderr[-2000:]}"
+        assert "round 1: leading" in logs and "round 2: leading" in logs  # progress, as the job runs
+        assert "winner:" in logs and f"wrote {root / 'cluster'}/selection.json" in logs
+
+        # The same selection, byte for byte: fixed-size Ray Data blocks make scores independent of the pool.
+        assert (root / "cluster" / "selection.json").read_bytes() == (root / "local" / "selection.json").read_bytes()
+        assert (root / "cluster" / "exemplars.jsonl").read_bytes() == (root / "local" / "exemplars.jsonl").read_bytes()
+
+        # Scoring actors ran on both nodes: run.json's actor_placement keys are "node id/actor id".
+        placement = json.loads((root / "cluster" / "run.json").read_text())["actor_placement"]
+        assert len(placement) == 2 and sum(placement.values()) == 2 * 6 * 3
+        assert {key.split("/")[0] for key in placement} == set(nodes)
+        local_placement = json.loads((root / "local" / "run.json").read_text())["actor_placement"]
+        assert len(local_placement) == 1
+        print(f"\nlocal run {local_s:.1f}s; cluster start {start_s:.1f}s; job {job_s:.1f}s; placement {placement}")
+    finally:
+        cluster.stop()
+        shutil.rmtree(root, ignore_errors=True)

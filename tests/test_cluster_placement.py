@@ -1,0 +1,106 @@
+"""Placement: GPUs per actor and actor counts from the config and the cluster's resources, and the
+checks that fail a job before any actor starts."""
+
+from __future__ import annotations
+
+import time
+
+import pytest
+
+from sapray.config import RayConfig
+from sapray.placement import PlacementError, plan
+
+CPU2 = {"CPU": 2.0, "memory": 2e10}
+
+
+def ray_cfg(**kw) -> RayConfig:
+    return RayConfig(**kw)
+
+
+def test_cpu_cluster_defaults_to_one_cpu_actor():
+    p = plan("hf", {}, ray_cfg(), CPU2, [0.0])
+    assert (p.actors, p.num_gpus, p.num_cpus) == (1, 0.0, 1.0)
+    p = plan("vllm", {}, ray_cfg(actors=2), CPU2, [0.0])
+    assert (p.actors, p.num_gpus) == (2, 0.0)
+    assert p.engine_args == {}
+
+
+def test_hf_takes_one_gpu_each_and_one_actor_per_gpu():
+    p = plan("hf", {}, ray_cfg(), {"CPU": 32, "GPU": 8}, [4, 4])
+    assert (p.actors, p.num_gpus) == (8, 1.0)
+
+
+def test_vllm_tensor_parallel_sets_gpus_per_actor():
+    p = plan("vllm", {"tensor_parallel_size": 2}, ray_cfg(), {"CPU": 32, "GPU": 8}, [4, 4])
+    assert (p.actors, p.num_gpus) == (4, 2.0)
+    assert p.engine_args == {"tensor_parallel_size": 2, "distributed_executor_backend": "mp"}
+    p = plan("vllm", {"tensor_parallel_size": 2, "pipeline_parallel_size": 2}, ray_cfg(), {"CPU": 32, "GPU": 8},
+             [4, 4])
+    assert (p.actors, p.num_gpus) == (2, 4.0)
+    # one GPU per engine: vLLM's own default executor, nothing injected
+    p = plan("vllm", {"max_model_len": 4096}, ray_cfg(), {"CPU": 32, "GPU": 8}, [8])
+    assert (p.actors, p.num_gpus, p.engine_args) == (8, 1.0, {"max_model_len": 4096})
+
+
+def test_gpu_groups_are_counted_per_node():
+    # 3 GPUs on each of two nodes hold one 2-GPU group each, not three
+    p = plan("vllm", {"tensor_parallel_size": 2}, ray_cfg(), {"CPU": 16, "GPU": 6}, [3, 3])
+    assert p.actors == 2
+
+
+def test_explicit_settings_win():
+    p = plan("hf", {}, ray_cfg(actors=2, num_gpus_per_actor=0.5), {"CPU": 8, "GPU": 1}, [1])
+    assert (p.actors, p.num_gpus) == (2, 0.5)
+    p = plan("hf", {}, ray_cfg(num_gpus_per_actor=0.5), {"CPU": 8, "GPU": 2}, [1, 1])
+    assert p.actors == 4
+    p = plan("hf", {}, ray_cfg(num_gpus_per_actor=0), {"CPU": 8, "GPU": 2}, [2])
+    assert (p.actors, p.num_gpus) == (1, 0.0)  # CPU engines on a GPU cluster, when asked
+
+
+@pytest.mark.parametrize(("engine", "engine_args", "cfg", "cluster", "nodes", "message"), [
+    ("hf", {}, {"num_gpus_per_actor": 1}, CPU2, [0], "needs 1 GPU(s)"),
+    ("vllm", {"tensor_parallel_size": 2}, {}, CPU2, [0], "has no GPUs"),
+    ("vllm", {"tensor_parallel_size": 4}, {}, {"CPU": 16, "GPU": 4}, [2, 2], "must fit on one node"),
+    ("vllm", {"tensor_parallel_size": 4}, {"num_gpus_per_actor": 1}, {"CPU": 16, "GPU": 4}, [4], "set it to 4"),
+    ("hf", {}, {"actors": 3, "num_gpus_per_actor": 2}, {"CPU": 16, "GPU": 4}, [4], "3 actors x 2 GPUs"),
+    ("hf", {}, {"actors": 3}, CPU2, [0], "3 actors x 1 CPUs = 3 CPUs"),
+])
+def test_impossible_placements_fail_with_the_reason(engine, engine_args, cfg, cluster, nodes, message):
+    with pytest.raises(PlacementError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        plan(engine, engine_args, ray_cfg(**cfg), cluster, nodes)
+
+
+def test_config_accepts_unset_actors_and_gpus():
+    cfg = RayConfig()
+    assert cfg.actors is None and cfg.num_gpus_per_actor is None
+
+
+@pytest.fixture(scope="module")
+def ray_cpu():
+    import ray
+
+    ray.init(num_cpus=1, include_dashboard=False, logging_level="WARNING")
+    yield
+    ray.shutdown()
+
+
+class NeverStarted:
+    def __init__(self, **kwargs):
+        raise AssertionError("no actor may start when placement fails")
+
+    def __call__(self, batch):
+        return batch
+
+
+def test_map_with_actors_fails_at_once_without_gpus(ray_cpu):
+    from sapray.raydata import map_with_actors
+
+    rows = [{"x": i} for i in range(4)]
+    t0 = time.monotonic()
+    with pytest.raises(PlacementError, match="has no GPUs"):
+        map_with_actors(rows, NeverStarted, {"engine": "vllm", "engine_args": {"tensor_parallel_size": 2}},
+                        RayConfig(batch_size=2))
+    with pytest.raises(PlacementError, match="needs 1 GPU"):
+        map_with_actors(rows, NeverStarted, {"engine": "hf", "engine_args": {}},
+                        RayConfig(batch_size=2, num_gpus_per_actor=1))
+    assert time.monotonic() - t0 < 10
