@@ -1,7 +1,9 @@
 """Ray Data stages that hold an engine: one actor class per job (score, generate).
 
-Each actor loads its engine once and then serves batches. Rows travel as plain columns; a
-context (text, chat messages or token ids) travels as JSON text so Arrow sees one type.
+Each actor loads its engine once and then serves batches. Actors resolve the model name themselves
+(``smollm2`` is converted once per node), so a cluster's nodes need not share the driver's paths.
+Rows travel as plain columns; a context (text, chat messages or token ids) travels as JSON text so
+Arrow sees one type.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from sapray.engines import SamplingConfig, load_engine
+from sapray.models import resolve_model
 from sapray.scoring import ScoreRequest, score
 
 
@@ -34,10 +37,10 @@ def _placement() -> str:
 class ScoreActor:
     """Scores (context, continuation) rows: request_id, context_json, continuation, context_key."""
 
-    def __init__(self, engine: str, model_path: str, engine_args: dict[str, Any], boundary: str, overlong: str,
+    def __init__(self, engine: str, model: str, engine_args: dict[str, Any], boundary: str, overlong: str,
                  num_cpus: float = 1) -> None:
         _limit_threads(num_cpus)
-        self.engine = load_engine(engine, model_path, **engine_args)
+        self.engine = load_engine(engine, resolve_model(model), **engine_args)
         self.boundary, self.overlong = boundary, overlong
         self.placement = _placement()
 
@@ -62,10 +65,10 @@ class ScoreActor:
 class GenerateActor:
     """Generates from token-id prompts: row_id, prompt_ids -> texts, token counts."""
 
-    def __init__(self, engine: str, model_path: str, engine_args: dict[str, Any], sampling: dict[str, Any],
+    def __init__(self, engine: str, model: str, engine_args: dict[str, Any], sampling: dict[str, Any],
                  num_cpus: float = 1) -> None:
         _limit_threads(num_cpus)
-        self.engine = load_engine(engine, model_path, **engine_args)
+        self.engine = load_engine(engine, resolve_model(model), **engine_args)
         self.sampling = SamplingConfig(**sampling)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:

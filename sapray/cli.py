@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import sys
 from importlib import resources
@@ -9,6 +10,25 @@ from importlib import resources
 import click
 
 from sapray.config import ConfigError, SelectConfig, load_config, load_config_file
+
+
+def _user_errors() -> tuple[type[Exception], ...]:
+    from sapray.exemplars import ExemplarShortfall
+    from sapray.read import InputError
+
+    return ConfigError, InputError, ExemplarShortfall
+
+
+def friendly(command):
+    """Errors about the user's input or cluster end the command with their message, not a traceback."""
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except _user_errors() as exc:
+            raise click.ClickException(str(exc)) from None
+
+    return wrapper
 
 
 def _setup_logging(verbose: bool) -> None:
@@ -73,6 +93,7 @@ def main() -> None:
 @main.command()
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @common_flags
+@friendly
 def select(config_path: str, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     """Score every strategy's responses on a cost-bounded sample and name the most familiar."""
     _setup_logging(verbose)
@@ -94,6 +115,7 @@ def demo_config() -> dict:
 
 @main.command()
 @common_flags
+@friendly
 def demo(set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     """Select among GSM8K's six real strategies for the embedded SmolLM2-135M-Instruct."""
     _setup_logging(verbose)
@@ -124,6 +146,7 @@ def _show_generation(metadata: dict) -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @click.option("--strategy", required=True, help="strategy to generate the full training set with")
 @common_flags
+@friendly
 def generate(config_path: str, strategy: str, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     """Generate the full training set with one strategy (resumable: rerun the same command)."""
     from sapray.run_job import run_generate
@@ -136,6 +159,7 @@ def generate(config_path: str, strategy: str, set_items: tuple[str, ...], verbos
 @main.command()
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
 @common_flags
+@friendly
 def run(config_path: str, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     """Generate the sample with every strategy, select, then generate the full set with the winner."""
     from sapray.report import render_table
@@ -157,6 +181,7 @@ def run(config_path: str, set_items: tuple[str, ...], verbose: bool, **flags) ->
 @click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE", help="override a config key")
 @click.option("--output", help="output folder or URI")
 @click.option("-v", "--verbose", is_flag=True)
+@friendly
 def filter_command(config_path: str, method: str | None, set_items: tuple[str, ...], output: str | None,
                    verbose: bool) -> None:
     """Keep the samples that will help: self-consistency, DS weight, LoBaSS or IFD."""

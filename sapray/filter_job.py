@@ -117,7 +117,7 @@ def _score(cfg: FilterConfig, model: str, requests: list[dict], engine_args: dic
     """Score request rows (request_id, context, continuation) with a ScoreActor pool; by request_id."""
     rows = [{"request_id": r["request_id"], "context_json": json.dumps(r["context"]),
              "continuation": r["continuation"], "context_key": r.get("context_key", "")} for r in requests]
-    kwargs = {"engine": cfg.engine, "model_path": resolve_model(model),
+    kwargs = {"engine": cfg.engine, "model": model,
               "engine_args": {**cfg.engine_args, **(engine_args or {})},
               "boundary": "joint", "overlong": cfg.overlong}
     return {row["request_id"]: row for row in map_with_actors(rows, ScoreActor, kwargs, cfg.ray)}
@@ -269,7 +269,7 @@ def run_consistency(cfg: FilterConfig, questions: dict[str, dict]) -> tuple[list
     sampling = SamplingConfig(temperature=cc.temperature, max_tokens=cc.max_tokens, n=cc.samples, seed=cc.seed)
     rows_in = [{"row_id": q, "prompt_ids": p} for q, p in zip(ids, prompts, strict=True)]
     generated = {r["row_id"]: r for r in map_with_actors(
-        rows_in, GenerateActor, {"engine": cfg.engine, "model_path": model_path, "engine_args": cfg.engine_args,
+        rows_in, GenerateActor, {"engine": cfg.engine, "model": cfg.model, "engine_args": cfg.engine_args,
                                  "sampling": sampling.__dict__}, cfg.ray)}
     checker = make_checker(cc.checker, cc.regex)
     rows, no_answer = [], 0

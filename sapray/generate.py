@@ -27,7 +27,7 @@ from sapray.answers import make_checker
 from sapray.config import GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
 from sapray.models import resolve_model
 from sapray.raydata import map_with_actors
-from sapray.read import Reject, filesystem, iter_records
+from sapray.read import Reject, child, filesystem, iter_records
 
 log = logging.getLogger(__name__)
 
@@ -105,7 +105,7 @@ def _stream(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig)
         rows.append({"row_id": q["question_id"],
                      "prompt_ids": tokenizer(text, add_special_tokens=False)["input_ids"]})
     yield from map_with_actors(rows, GenerateActor, {
-        "engine": teacher.kind, "model_path": model_path, "engine_args": teacher.engine_args,
+        "engine": teacher.kind, "model": teacher.model, "engine_args": teacher.engine_args,
         "sampling": sampling.__dict__}, ray_cfg)
 
 
@@ -152,13 +152,9 @@ def generate(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig
 
 # -- resumable full-scale output ---------------------------------------------------------------
 
-def _join(root: str, name: str) -> str:
-    return f"{root.rstrip('/')}/{name}"
-
-
 def finished_questions(output: str) -> tuple[set[str], int]:
     """Question ids already written by earlier runs into complete shards, and the next shard number."""
-    fs, path = filesystem(_join(output, "shards"))
+    fs, path = filesystem(child(output, "shards"))
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return set(), 0
     done, last = set(), -1
@@ -194,7 +190,7 @@ def run_full_generation(strategy: StrategyConfig, questions: list[dict], ray_cfg
     todo = [q for q in questions if q["question_id"] not in done]
     log.info("full-scale generation with %s: %d questions, %d already done, %d to go",
              strategy.name, len(questions), len(done), len(todo))
-    fs, root = filesystem(_join(gen.output, "shards"))
+    fs, root = filesystem(child(gen.output, "shards"))
     fs.create_dir(root, recursive=True)
     cost, pending = Cost(), []
     for rows, rejects, c in generate(strategy, todo, ray_cfg, gen):
@@ -203,16 +199,16 @@ def run_full_generation(strategy: StrategyConfig, questions: list[dict], ray_cfg
         # A shard entry per question holds its rows and its rejects, so resume sees it as done.
         pending.append({"question_id": qid, "rows": rows, "rejects": [r.to_dict() for r in rejects]})
         if len(pending) >= gen.shard_size:
-            _write_atomic(_join(gen.output, f"shards/part-{shard_no:05d}.jsonl"), _shard_text(pending))
+            _write_atomic(child(gen.output, f"shards/part-{shard_no:05d}.jsonl"), _shard_text(pending))
             shard_no, pending = shard_no + 1, []
     if pending:
-        _write_atomic(_join(gen.output, f"shards/part-{shard_no:05d}.jsonl"), _shard_text(pending))
+        _write_atomic(child(gen.output, f"shards/part-{shard_no:05d}.jsonl"), _shard_text(pending))
     return write_training_set(gen.output, strategy, len(questions), cost)
 
 
 def write_training_set(output: str, strategy: StrategyConfig, n_questions: int, cost: Cost) -> dict:
     """Merge the shards into train.jsonl (messages), train.parquet, rejects.jsonl and metadata.json."""
-    fs, path = filesystem(_join(output, "shards"))
+    fs, path = filesystem(child(output, "shards"))
     entries = []
     for info in sorted(fs.get_file_info(pafs.FileSelector(path)), key=lambda i: i.base_name):
         if info.base_name.endswith(".jsonl") and ".tmp" not in info.base_name:
@@ -223,11 +219,11 @@ def write_training_set(output: str, strategy: StrategyConfig, n_questions: int, 
     ids = [e["question_id"] for e in entries]
     if len(ids) != len(set(ids)):
         raise AssertionError("a question appears in two shards")
-    _write_atomic(_join(output, "train.jsonl"), _shard_text(
+    _write_atomic(child(output, "train.jsonl"), _shard_text(
         [{"messages": r["messages"], **{k: v for k, v in r.items() if k != "messages"}} for r in rows]))
-    _write_atomic(_join(output, "rejects.jsonl"), _shard_text(rejects))
+    _write_atomic(child(output, "rejects.jsonl"), _shard_text(rejects))
     table = pa.Table.from_pylist(rows) if rows else pa.table({})
-    pfs, ppath = filesystem(_join(output, "train.parquet"))
+    pfs, ppath = filesystem(child(output, "train.parquet"))
     with pfs.open_output_stream(ppath) as f:
         pq.write_table(table, f)
     metadata = {
@@ -235,5 +231,5 @@ def write_training_set(output: str, strategy: StrategyConfig, n_questions: int, 
         "questions": n_questions, "questions_done": len(ids), "rows": len(rows), "rejected": len(rejects),
         "cost_this_run": cost.__dict__,
     }
-    _write_atomic(_join(output, "metadata.json"), json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    _write_atomic(child(output, "metadata.json"), json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     return metadata

@@ -49,6 +49,12 @@ def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
     return pafs.LocalFileSystem(), uri
 
 
+def child(uri: str, name: str) -> str:
+    """``uri/name``, keeping a URI's query (``s3://b/out?endpoint_override=...``) at the end."""
+    base, sep, query = uri.partition("?")
+    return f"{base.rstrip('/')}/{name}{sep}{query}"
+
+
 def _arrow_rows(table: pa.Table, uri: str) -> Iterator[tuple[str, dict | str]]:
     for i, row in enumerate(table.to_pylist(), start=1):
         yield f"{uri}:{i}", row

@@ -18,7 +18,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sapray.read import filesystem
+from sapray.read import child, filesystem
 
 
 def _write_text(uri: str, text: str) -> None:
@@ -34,7 +34,7 @@ def _jsonl(rows: Sequence[dict]) -> str:
 def write_outputs(output: str, result, config: dict) -> dict[str, str]:
     fs, root = filesystem(output)
     fs.create_dir(root, recursive=True)
-    paths = {name: f"{output.rstrip('/')}/{name}" for name in ("selection.json", "scores.parquet", "rejects.jsonl",
+    paths = {name: child(output, name) for name in ("selection.json", "scores.parquet", "rejects.jsonl",
                                            "exemplars.jsonl", "run.json")}
     _write_text(paths["selection.json"], json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
     _write_text(paths["rejects.jsonl"], _jsonl([r.to_dict() for r in result.rejects]))
@@ -81,7 +81,7 @@ def write_filter_outputs(output: str, result) -> dict[str, str]:
     drop reason), rejects.jsonl and summary.json."""
     fs, root = filesystem(output)
     fs.create_dir(root, recursive=True)
-    paths = {name: f"{output.rstrip('/')}/{name}" for name in
+    paths = {name: child(output, name) for name in
              ("kept.jsonl", "scores.parquet", "rejects.jsonl", "summary.json")}
     kept = [{"messages": [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["response"]}],
              "sample_id": r["sample_id"], "source": r["source"]} for r in result.rows if r["kept"]]

@@ -11,7 +11,7 @@ import logging
 from sapray.config import SelectConfig, StrategyConfig, TeacherConfig
 from sapray.generate import Cost, generate, run_full_generation
 from sapray.raydata import init_ray
-from sapray.read import filesystem, read_candidates, read_questions
+from sapray.read import child, filesystem, read_candidates, read_questions
 from sapray.report import write_outputs
 from sapray.sample import paired_question_ids, sample_order
 from sapray.select import SelectResult, run_select
@@ -37,7 +37,7 @@ def generate_sample(cfg: SelectConfig) -> tuple[dict[str, str], dict[str, dict]]
         eligible = sorted(questions)
     n = cfg.sample.max_questions or len(eligible)
     chosen = [questions[q] for q in sample_order(eligible, cfg.sample.seed)[:n]]
-    fs, root = filesystem(f"{cfg.output.rstrip('/')}/sample_candidates")
+    fs, root = filesystem(child(cfg.output, "sample_candidates"))
     fs.create_dir(root, recursive=True)
     files, costs = {}, {}
     for strategy in cfg.strategies:
@@ -50,7 +50,7 @@ def generate_sample(cfg: SelectConfig) -> tuple[dict[str, str], dict[str, dict]]
             # select scores one response per (question, strategy): the first sample
             rows += [{"question_id": r["question_id"], "strategy": r["strategy"], "response": r["response"]}
                      for r in new if r["sample_index"] == 0]
-        files[strategy.name] = f"{cfg.output.rstrip('/')}/sample_candidates/{strategy.name}.jsonl"
+        files[strategy.name] = child(cfg.output, f"sample_candidates/{strategy.name}.jsonl")
         _write_jsonl(files[strategy.name], rows)
         costs[strategy.name] = {**cost.__dict__, "rejected": rejects}
     return files, costs
@@ -82,7 +82,7 @@ def run_all(cfg: SelectConfig) -> tuple[SelectResult, dict, dict]:
     select_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"candidates_by_strategy": by_strategy})})
     result = run_select(select_cfg)
     write_outputs(cfg.output, result, cfg.model_dump())
-    _write_jsonl(f"{cfg.output.rstrip('/')}/sample_generation_cost.jsonl",
+    _write_jsonl(child(cfg.output, "sample_generation_cost.jsonl"),
                  [{"strategy": k, **v} for k, v in sample_costs.items()])
     winner = result.summary["winner"]["strategy"]
     log.info("winner: %s; generating the full training set with it", winner)

@@ -56,7 +56,7 @@ def _mine_exemplars(cfg: SelectConfig, model_path: str, tokenizer, exclude: set[
     sampling = SamplingConfig(temperature=0.0, max_tokens=cfg.exemplars.max_tokens)
     out = {r["row_id"]: r for r in map_with_actors(
         rows, GenerateActor,
-        {"engine": cfg.engine, "model_path": model_path, "engine_args": cfg.engine_args,
+        {"engine": cfg.engine, "model": cfg.model, "engine_args": cfg.engine_args,
          "sampling": sampling.__dict__},
         cfg.ray)}
     answers = [out[q["question_id"]]["texts"][0] for q in pool]
@@ -153,7 +153,7 @@ def run_select(cfg: SelectConfig, on_round: Callable[[int, dict], None] | None =
 
     # score on Ray Data, reducing after each round
     t0 = time.monotonic()
-    actor_kwargs = {"engine": cfg.engine, "model_path": model_path, "engine_args": cfg.engine_args,
+    actor_kwargs = {"engine": cfg.engine, "model": cfg.model, "engine_args": cfg.engine_args,
                     "boundary": layout.boundary, "overlong": cfg.overlong}
     scored: dict[str, dict] = {}
     scores: list[dict] = []
