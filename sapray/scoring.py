@@ -25,7 +25,7 @@ many. A continuation that does not fit on its own is always rejected.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
@@ -107,6 +107,10 @@ def render_context(context: Context, tokenizer: Any) -> tuple[str | None, list[i
     if isinstance(context, str):
         return context, None
     if isinstance(context, list) and context and all(isinstance(t, int) and not isinstance(t, bool) for t in context):
+        vocabulary = len(tokenizer)
+        outside = [t for t in context if not 0 <= t < vocabulary]
+        if outside:
+            raise RequestError(f"context token ids {outside[:5]} are outside the vocabulary [0, {vocabulary})")
         return None, list(context)
     if isinstance(context, list) and context:
         _check_messages(context)
@@ -174,15 +178,15 @@ def encode_all(
     max_length: int,
     boundary: Boundary = "split",
     overlong: Overlong = "reject",
-) -> tuple[list[EncodedRequest], list[ScoreResult]]:
-    """Encode a batch; a bad row becomes a rejected ScoreResult that names it, never an exception."""
-    encoded, rejected = [], []
+) -> list[EncodedRequest | ScoreResult]:
+    """Encode a batch, position for position; a bad row becomes a rejected ScoreResult that names it."""
+    out: list[EncodedRequest | ScoreResult] = []
     for request in requests:
         try:
-            encoded.append(encode(request, tokenizer, max_length, boundary, overlong))
+            out.append(encode(request, tokenizer, max_length, boundary, overlong))
         except RequestError as exc:
-            rejected.append(ScoreResult(request_id=str(request.request_id), error=f"{request.request_id}: {exc}"))
-    return encoded, rejected
+            out.append(ScoreResult(request_id=request.request_id, error=f"{request.request_id}: {exc}"))
+    return out
 
 
 def score(
@@ -190,20 +194,21 @@ def score(
     requests: Sequence[ScoreRequest],
     boundary: Boundary = "split",
     overlong: Overlong = "reject",
-    progress: Callable[[int], None] | None = None,
 ) -> list[ScoreResult]:
-    """Score a batch of requests; results come back in request order, rejected rows included."""
-    encoded, rejected = encode_all(requests, engine.tokenizer, engine.max_length, boundary, overlong)
-    logprobs = engine.sequence_logprobs(encoded) if encoded else []
-    if progress is not None:
-        progress(len(encoded))
-    by_id = {r.request_id: r for r in rejected}
-    for enc, lps in zip(encoded, logprobs, strict=True):
-        by_id[enc.request_id] = ScoreResult(
-            request_id=enc.request_id,
-            token_logprobs=lps,
-            n_context_tokens=len(enc.context_ids),
-            n_continuation_tokens=len(enc.continuation_ids),
-            truncated_tokens=enc.truncated_tokens,
+    """Score a batch of requests; results come back in request order, rejected rows included.
+
+    Results are matched by position, so request ids need not be unique or strings.
+    """
+    slots = encode_all(requests, engine.tokenizer, engine.max_length, boundary, overlong)
+    encoded = [s for s in slots if isinstance(s, EncodedRequest)]
+    logprobs = iter(engine.sequence_logprobs(encoded) if encoded else [])
+    return [
+        slot if isinstance(slot, ScoreResult) else ScoreResult(
+            request_id=slot.request_id,
+            token_logprobs=next(logprobs),
+            n_context_tokens=len(slot.context_ids),
+            n_continuation_tokens=len(slot.continuation_ids),
+            truncated_tokens=slot.truncated_tokens,
         )
-    return [by_id[str(r.request_id)] for r in requests]
+        for slot in slots
+    ]

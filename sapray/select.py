@@ -18,13 +18,13 @@ from sapray import metrics
 from sapray.actors import GenerateActor, ScoreActor
 from sapray.config import SelectConfig
 from sapray.contexts import CONTEXT_KINDS, Layout, build_requests
-from sapray.engines import SamplingConfig
+from sapray.engines import SamplingConfig, max_length_of
 from sapray.models import resolve_model
 from sapray.raydata import init_ray, map_with_actors
 from sapray.read import CANDIDATE_STAGES, Reject, read_candidates, read_questions
 from sapray.reduce import summarize
 from sapray.sample import Budget, paired_question_ids, rounds, sample_order
-from sapray.scoring import encode_all
+from sapray.scoring import EncodedRequest, encode_all
 
 log = logging.getLogger("sapray")
 
@@ -127,14 +127,12 @@ def run_select(cfg: SelectConfig, on_round: Callable[[int, dict], None] | None =
                                   [e.text for e in chosen], CONTEXT_KINDS, question_id=qid)
         return out
 
-    limit = int(cfg.engine_args.get("max_model_len") or cfg.engine_args.get("max_length") or
-                getattr(tokenizer, "model_max_length", 2048))
-    limit = min(limit, 2048) if cfg.engine == "vllm" and "max_model_len" not in cfg.engine_args else limit
+    limit = max_length_of(cfg.engine_args)
     encoded_cost: dict[str, int] = {}
 
     def tokens_of(qid: str) -> int:
-        enc, _ = encode_all(requests_of(qid), tokenizer, limit, layout.boundary, cfg.overlong)
-        encoded_cost[qid] = sum(len(e.input_ids) for e in enc)
+        slots = encode_all(requests_of(qid), tokenizer, limit, layout.boundary, cfg.overlong)
+        encoded_cost[qid] = sum(len(e.input_ids) for e in slots if isinstance(e, EncodedRequest))
         return encoded_cost[qid]
 
     budget = Budget(cfg.sample.max_questions, cfg.sample.max_tokens)

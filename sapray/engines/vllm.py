@@ -17,7 +17,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from sapray.engines import Generation, SamplingConfig
+from sapray.engines import DEFAULT_MAX_LENGTH, Generation, SamplingConfig
 from sapray.scoring import EncodedRequest
 
 CPU_KVCACHE_GIB_DEFAULT = "2"
@@ -36,7 +36,7 @@ class VLLMEngine:
         self,
         model_path: str,
         dtype: str | None = None,
-        max_model_len: int | None = 2048,
+        max_model_len: int | None = DEFAULT_MAX_LENGTH,
         enforce_eager: bool | None = None,
         seed: int = 0,
         adapter: str | None = None,
