@@ -151,3 +151,19 @@ def test_hf_sequence_logprobs_single_sequence(hf_engine, reference_model, refere
     y = reference_tokenizer(cont, add_special_tokens=False)["input_ids"]
     (lps,) = hf_engine.sequence_logprobs([EncodedRequest("one", list(c), list(y))])
     assert lps == pytest.approx(_plain_logprobs(reference_model, c, y), abs=1e-4)
+
+
+def test_hf_sequence_logprobs_with_a_shared_context_match_a_plain_forward(hf_engine, reference_model,
+                                                                         reference_tokenizer):
+    """Requests with identical context ids (one question's SAP context, every strategy) against plain forwards."""
+    tok = reference_tokenizer
+    context = tok("Question: Janet has 16 eggs and eats 3. How many are left?\nAnswer:",
+                  add_special_tokens=False)["input_ids"]
+    continuations = [" 13", " She has 16 - 3 = 13 eggs left.\nA: 13", " Janet has 13.", " 16 - 3 = 13"]
+    requests = [EncodedRequest(f"s{k}", list(context), tok(c, add_special_tokens=False)["input_ids"])
+                for k, c in enumerate(continuations)]
+    requests.append(EncodedRequest("other", tok("Hi", add_special_tokens=False)["input_ids"],
+                                   tok(" there", add_special_tokens=False)["input_ids"]))
+    got = hf_engine.sequence_logprobs(requests)
+    for req, lps in zip(requests, got, strict=True):
+        assert lps == pytest.approx(_plain_logprobs(reference_model, req.context_ids, req.continuation_ids), abs=1e-4)
