@@ -133,13 +133,17 @@ def _load(config_path: str, set_items, **flags) -> SelectConfig:
         raise click.UsageError(str(exc)) from None
 
 
-def _show_generation(metadata: dict) -> None:
-    cost = metadata["cost_this_run"]
+def _tokens_and_money(cost: dict) -> str:
     money = f", ${cost['money']:.4f}" if cost.get("money") is not None else ""
+    return f"{cost['prompt_tokens']} prompt + {cost['completion_tokens']} generated tokens{money}"
+
+
+def _show_generation(metadata: dict) -> None:
+    this_run = metadata["cost_this_run"]
     click.echo(f"training set: {metadata['rows']} rows for {metadata['questions_done']} of {metadata['questions']} "
                f"questions ({metadata['rejected']} rejected) with {metadata['strategy']}; this run: "
-               f"{cost['prompt_tokens']} prompt + {cost['completion_tokens']} generated tokens, "
-               f"{cost['wall_s']:.1f} s{money}")
+               f"{_tokens_and_money(this_run)}, {this_run['wall_s']:.1f} s; all runs: "
+               f"{_tokens_and_money(metadata['cost_total'])}")
 
 
 @main.command()
@@ -170,8 +174,7 @@ def run(config_path: str, set_items: tuple[str, ...], verbose: bool, **flags) ->
     result, costs, metadata = run_all(cfg)
     click.echo(render_table(result.summary))
     for name, c in costs.items():
-        click.echo(f"sample generation {name}: {c['prompt_tokens']} prompt + {c['completion_tokens']} generated "
-                   f"tokens, {c['wall_s']:.1f} s, {c['rejected']} rejected")
+        click.echo(f"sample generation {name}: {_tokens_and_money(c)}, {c['wall_s']:.1f} s, {c['rejected']} rejected")
     _show_generation(metadata)
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import string
 from pathlib import Path
 from typing import Any, Literal
 
@@ -110,14 +111,20 @@ class TeacherConfig(Strict):
         return self
 
     def describe(self) -> str:
-        return f"file:{self.path}" if self.kind == "file" else f"{self.kind}:{self.model}"
+        if self.kind == "file":
+            return f"file:{self.path}" + (f"[{self.strategy}]" if self.strategy else "")
+        return f"{self.kind}:{self.model}"
+
+
+PLACEHOLDERS = ("question", "gold", "examples")
 
 
 class StrategyConfig(Strict):
     name: str
     teacher: TeacherConfig
-    prompt: str = Field("{question}", description="user message; placeholders {question} and {gold}")
+    prompt: str = Field("{question}", description="user message; placeholders {question}, {gold}, {examples}")
     system: str | None = None
+    examples: list[str] = Field([], description="fill {examples}: responses whose style the teacher should follow")
     temperature: float = Field(0.0, ge=0)
     top_p: float = Field(1.0, gt=0, le=1)
     max_tokens: int = Field(256, ge=1)
@@ -125,18 +132,38 @@ class StrategyConfig(Strict):
     stop: list[str] = []
     samples_per_question: int = Field(1, ge=1)
 
+    @model_validator(mode="after")
+    def known_placeholders(self) -> StrategyConfig:
+        """A stray brace or unknown placeholder fails here, not later in a worker (write {{ }} for braces)."""
+        for text in (self.prompt, self.system or ""):
+            try:
+                names = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
+            except ValueError as exc:
+                raise ValueError(f"strategy {self.name!r}: bad template {text!r}: {exc}") from None
+            unknown = names - set(PLACEHOLDERS)
+            if unknown:
+                raise ValueError(f"strategy {self.name!r}: unknown placeholder(s) {sorted(unknown)} in {text!r}; "
+                                 f"use {list(PLACEHOLDERS)} and write literal braces as {{{{ }}}}")
+        if "{examples}" in self.prompt + (self.system or "") and not self.examples:
+            raise ValueError(f"strategy {self.name!r}: the template uses {{examples}} but no examples are given")
+        return self
+
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
                               n=self.samples_per_question, seed=self.seed, stop=list(self.stop))
 
     def prompt_hash(self) -> str:
-        text = json.dumps({"system": self.system, "prompt": self.prompt}, sort_keys=True)
+        template = {"system": self.system, "prompt": self.prompt}
+        if self.examples:  # only when used, so hashes of outputs written before examples existed still match
+            template["examples"] = self.examples
+        text = json.dumps(template, sort_keys=True)
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def messages(self, question: dict) -> list[dict]:
-        user = self.prompt.format(question=question["question"], gold=question.get("gold") or "")
-        return ([{"role": "system", "content": self.system}] if self.system else []) + [
-            {"role": "user", "content": user}]
+        fields = {"question": question["question"], "gold": question.get("gold") or "",
+                  "examples": "\n\n".join(self.examples)}
+        system = [{"role": "system", "content": self.system.format(**fields)}] if self.system else []
+        return system + [{"role": "user", "content": self.prompt.format(**fields)}]
 
 
 class GenerateConfig(Strict):

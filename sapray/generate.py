@@ -24,10 +24,10 @@ import pyarrow.parquet as pq
 
 from sapray.actors import GenerateActor
 from sapray.answers import make_checker
-from sapray.config import GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
+from sapray.config import ConfigError, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
 from sapray.models import resolve_model
 from sapray.raydata import map_with_actors
-from sapray.read import Reject, child, filesystem, iter_records
+from sapray.read import InputError, Reject, child, filesystem, iter_records
 
 log = logging.getLogger(__name__)
 
@@ -72,10 +72,15 @@ def _stream(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig)
     teacher, sampling = strategy.teacher, strategy.sampling()
     if teacher.kind == "file":
         answers: dict[str, list[str]] = {}
+        present: set[str] = set()
         for _, row in iter_records(teacher.path):
-            if (isinstance(row, dict) and isinstance(row.get("response"), str)
-                    and teacher.strategy in (None, row.get("strategy"))):
-                answers.setdefault(str(row.get("question_id")), []).append(row["response"])
+            if isinstance(row, dict) and isinstance(row.get("response"), str):
+                present.add(str(row.get("strategy")))
+                if teacher.strategy in (None, row.get("strategy")):
+                    answers.setdefault(str(row.get("question_id")), []).append(row["response"])
+        if not answers:  # a misspelt strategy would otherwise reject every question one by one
+            raise InputError(f"{teacher.path} has no responses for strategy {teacher.strategy!r} "
+                             f"(it has {sorted(present)})")
         for q in questions:
             texts = answers.get(q["question_id"], [])
             yield {"row_id": q["question_id"], "texts": texts, "prompt_tokens": 0, "completion_tokens": 0,
@@ -183,39 +188,81 @@ def _shard_text(entries: list[dict]) -> str:
     return "".join(json.dumps(e, ensure_ascii=False, sort_keys=True) + "\n" for e in entries)
 
 
+def _provenance(strategy: StrategyConfig) -> dict:
+    return {"strategy": strategy.name, "teacher": strategy.teacher.describe(), "prompt_hash": strategy.prompt_hash(),
+            "sampling": strategy.sampling().__dict__}
+
+
+def claim_output(output: str, strategy: StrategyConfig, resuming: bool) -> None:
+    """Record which strategy writes this output; resuming it with another strategy or prompt is an error."""
+    uri = child(output, "shards/manifest.json")
+    fs, path = filesystem(uri)
+    mine = _provenance(strategy)
+    if not resuming or fs.get_file_info(path).type == pafs.FileType.NotFound:
+        _write_atomic(uri, json.dumps(mine, indent=2, sort_keys=True) + "\n")
+        return
+    with fs.open_input_stream(path) as f:
+        theirs = json.loads(f.read().decode())
+    changed = sorted(k for k in mine if theirs.get(k) != mine[k])
+    if changed:
+        raise ConfigError(f"{output} already holds a training set from strategy {theirs.get('strategy')!r} "
+                          f"and it differs in {changed}: resuming would mix them; choose another "
+                          f"generate.output or delete {output}")
+
+
 def run_full_generation(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig,
-                        gen: GenerateConfig) -> dict:
-    """Generate for every question not yet done, shard by shard; then write the training set."""
+                        gen: GenerateConfig, input_rejects: list[Reject] = ()) -> dict:
+    """Generate for every question not yet done, shard by shard; then write the training set.
+
+    ``input_rejects`` are question rows that could not be read; they go to the rejects file too, so the
+    input rows reconcile: read rows = questions + input rejects.
+    """
+    fs, root = filesystem(child(gen.output, "shards"))
+    fs.create_dir(root, recursive=True)
     done, shard_no = finished_questions(gen.output)
+    claim_output(gen.output, strategy, resuming=bool(done))
     todo = [q for q in questions if q["question_id"] not in done]
     log.info("full-scale generation with %s: %d questions, %d already done, %d to go",
              strategy.name, len(questions), len(done), len(todo))
-    fs, root = filesystem(child(gen.output, "shards"))
-    fs.create_dir(root, recursive=True)
-    cost, pending = Cost(), []
+    cost, pending, finished = Cost(), [], len(done)
     for rows, rejects, c in generate(strategy, todo, ray_cfg, gen):
         cost.add(c)
         qid = (rows or [{}])[0].get("question_id") or (rejects or [Reject("", "", "")])[0].question_id
-        # A shard entry per question holds its rows and its rejects, so resume sees it as done.
-        pending.append({"question_id": qid, "rows": rows, "rejects": [r.to_dict() for r in rejects]})
+        # A shard entry per question holds its rows, rejects and cost, so resume sees it as done.
+        pending.append({"question_id": qid, "rows": rows, "rejects": [r.to_dict() for r in rejects],
+                        "cost": {"prompt_tokens": c.prompt_tokens, "completion_tokens": c.completion_tokens,
+                                 "money": c.money}})
         if len(pending) >= gen.shard_size:
             _write_atomic(child(gen.output, f"shards/part-{shard_no:05d}.jsonl"), _shard_text(pending))
+            finished += len(pending)
+            log.info("generated %d/%d questions (%d tokens so far this run)", finished, len(questions),
+                     cost.completion_tokens)
             shard_no, pending = shard_no + 1, []
     if pending:
         _write_atomic(child(gen.output, f"shards/part-{shard_no:05d}.jsonl"), _shard_text(pending))
-    return write_training_set(gen.output, strategy, len(questions), cost)
+    return write_training_set(gen.output, strategy, len(questions), cost, list(input_rejects))
 
 
-def write_training_set(output: str, strategy: StrategyConfig, n_questions: int, cost: Cost) -> dict:
+def _total_cost(entries: list[dict]) -> dict:
+    """Tokens and money over every shard, whichever run wrote it."""
+    costs = [e.get("cost") or {} for e in entries]
+    money = [c["money"] for c in costs if c.get("money") is not None]
+    return {"prompt_tokens": sum(c.get("prompt_tokens", 0) for c in costs),
+            "completion_tokens": sum(c.get("completion_tokens", 0) for c in costs),
+            "money": sum(money) if money else None}
+
+
+def write_training_set(output: str, strategy: StrategyConfig, n_questions: int, cost: Cost,
+                       input_rejects: list[Reject]) -> dict:
     """Merge the shards into train.jsonl (messages), train.parquet, rejects.jsonl and metadata.json."""
     fs, path = filesystem(child(output, "shards"))
     entries = []
     for info in sorted(fs.get_file_info(pafs.FileSelector(path)), key=lambda i: i.base_name):
-        if info.base_name.endswith(".jsonl") and ".tmp" not in info.base_name:
+        if info.base_name.startswith("part-") and info.base_name.endswith(".jsonl"):
             with fs.open_input_stream(info.path) as f:
                 entries += [json.loads(line) for line in f.read().decode().splitlines()]
     rows = [r for e in entries for r in e["rows"]]
-    rejects = [r for e in entries for r in e["rejects"]]
+    rejects = [r.to_dict() for r in input_rejects] + [r for e in entries for r in e["rejects"]]
     ids = [e["question_id"] for e in entries]
     if len(ids) != len(set(ids)):
         raise AssertionError("a question appears in two shards")
@@ -227,9 +274,9 @@ def write_training_set(output: str, strategy: StrategyConfig, n_questions: int, 
     with pfs.open_output_stream(ppath) as f:
         pq.write_table(table, f)
     metadata = {
-        "strategy": strategy.name, "teacher": strategy.teacher.describe(), "prompt_hash": strategy.prompt_hash(),
-        "questions": n_questions, "questions_done": len(ids), "rows": len(rows), "rejected": len(rejects),
-        "cost_this_run": cost.__dict__,
+        **_provenance(strategy),
+        "questions": n_questions, "questions_done": len(ids), "question_rows_rejected": len(input_rejects),
+        "rows": len(rows), "rejected": len(rejects), "cost_this_run": cost.__dict__, "cost_total": _total_cost(entries),
     }
     _write_atomic(child(output, "metadata.json"), json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     return metadata

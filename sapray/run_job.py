@@ -8,7 +8,7 @@ from __future__ import annotations
 import json
 import logging
 
-from sapray.config import SelectConfig, StrategyConfig, TeacherConfig
+from sapray.config import ConfigError, SelectConfig, StrategyConfig, TeacherConfig
 from sapray.generate import Cost, generate, run_full_generation
 from sapray.raydata import init_ray
 from sapray.read import child, filesystem, read_candidates, read_questions
@@ -64,15 +64,15 @@ def strategy_for(cfg: SelectConfig, name: str) -> StrategyConfig:
     for strategy_name, path in cfg.data.candidate_sources().items():
         if strategy_name in (None, name):
             return StrategyConfig(name=name, teacher=TeacherConfig(kind="file", path=path, strategy=name))
-    raise ValueError(f"unknown strategy {name!r}: define it under strategies or give its candidates")
+    known = [s.name for s in cfg.strategies] + [k for k in cfg.data.candidate_sources() if k]
+    raise ConfigError(f"unknown strategy {name!r}: define it under strategies or give its candidates "
+                      f"(known: {known})")
 
 
 def run_generate(cfg: SelectConfig, name: str) -> dict:
     init_ray(cfg.ray)
     questions, rejects = read_questions(cfg.data.questions, cfg.data.columns, need_gold=False)
-    metadata = run_full_generation(strategy_for(cfg, name), list(questions.values()), cfg.ray, cfg.generate)
-    metadata["question_rows_rejected"] = len(rejects)
-    return metadata
+    return run_full_generation(strategy_for(cfg, name), list(questions.values()), cfg.ray, cfg.generate, rejects)
 
 
 def run_all(cfg: SelectConfig) -> tuple[SelectResult, dict, dict]:

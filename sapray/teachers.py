@@ -3,11 +3,11 @@
 (vLLM and hf teachers reuse ``sapray.actors.GenerateActor``; a ``file`` teacher is read as is.)
 
 The API stage sends each row's chat messages to ``{base_url}/chat/completions`` with bounded
-concurrency, a per-request timeout, a rate limit (requests per second, shared by the actor's
-threads) and retries with exponential backoff and jitter on 429, 5xx, timeouts and dropped
-connections. Other 4xx answers are permanent: the row comes back with the error, and the caller
-writes it to the rejects file. The API key is read from the environment variable the config names,
-at call time, and never returned, logged or written anywhere.
+concurrency, a per-request timeout, a rate limit (requests per second, shared by the actor's threads)
+and retries with exponential backoff and jitter on 429, 5xx, timeouts and dropped connections, waiting
+at least as long as a server's ``Retry-After`` asks. Other 4xx answers are permanent: the row comes back
+with the error, and the caller writes it to the rejects file. The API key is read from the environment
+variable the config names, at call time, and never returned, logged or written anywhere.
 """
 
 from __future__ import annotations
@@ -43,8 +43,12 @@ class RateLimiter:
         time.sleep(max(0.0, start - now))
 
 
-class ApiError(RuntimeError):
-    pass
+def retry_after_seconds(header: str | None, cap_s: float = 60.0) -> float | None:
+    """A 429/503 ``Retry-After`` in seconds (the delta form; the HTTP-date form is ignored), capped."""
+    try:
+        return min(max(float(header), 0.0), cap_s) if header else None
+    except ValueError:
+        return None
 
 
 class ApiTeacherActor:
@@ -85,6 +89,7 @@ class ApiTeacherActor:
         while True:
             attempts += 1
             self.limiter.wait()
+            server_wait = None
             try:
                 response = self.client.post(self.url, json=self._body(messages), headers=self._headers())
                 if response.status_code == 200:
@@ -96,6 +101,7 @@ class ApiTeacherActor:
                             "attempts": attempts}
                 last = f"HTTP {response.status_code}: {response.text[:200]}"
                 retry = response.status_code in RETRY_STATUS
+                server_wait = retry_after_seconds(response.headers.get("Retry-After"))
             except (httpx.TimeoutException, httpx.TransportError) as exc:
                 last, retry = f"{type(exc).__name__}: {exc}"[:200], True
             except (ValueError, KeyError, TypeError) as exc:
@@ -104,7 +110,8 @@ class ApiTeacherActor:
                 verdict = "gave up after retries" if retry else "permanent error"
                 return {"texts": [], "prompt_tokens": 0, "completion_tokens": 0, "attempts": attempts,
                         "error": f"{verdict} ({attempts} attempt(s)): {last}"}
-            time.sleep(self.backoff_s * 2 ** (attempts - 1) * (0.5 + random.random()))
+            backoff = self.backoff_s * 2 ** (attempts - 1) * (0.5 + random.random())
+            time.sleep(max(backoff, server_wait or 0.0))
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         results = list(self.pool.map(lambda m: self._call(json.loads(m)), batch["messages_json"]))

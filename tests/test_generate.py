@@ -22,6 +22,7 @@ from test_select import exemplar_file, ray_local, write_jsonl  # noqa: F401  (fi
 
 from sapray.config import load_config
 from sapray.run_job import run_all, run_generate
+from sapray.teachers import retry_after_seconds
 
 SECRET = "sk-sapray-test-7f3c9e1d"
 
@@ -111,6 +112,7 @@ class FaultProxy(ThreadingHTTPServer):
 
     def __init__(self, upstream: str) -> None:
         self.upstream, self.seen, self.faults, self.lock = upstream, [], ["429", "500", "stall"], threading.Lock()
+        self.arrivals: list[float] = []
         self.unauthorized = 0
         super().__init__(("127.0.0.1", free_port()), ProxyHandler)
 
@@ -119,8 +121,10 @@ class ProxyHandler(BaseHTTPRequestHandler):
     def log_message(self, *args) -> None:
         pass
 
-    def _reply(self, status: int, body: bytes) -> None:
+    def _reply(self, status: int, body: bytes, headers: dict[str, str] | None = None) -> None:
         self.send_response(status)
+        for name, value in (headers or {}).items():
+            self.send_header(name, value)
         self.send_header("Content-Type", "application/json")
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
@@ -137,8 +141,9 @@ class ProxyHandler(BaseHTTPRequestHandler):
         with server.lock:
             fault = server.faults.pop(0) if server.faults else None
             server.seen.append(fault or "ok")
+            server.arrivals.append(time.monotonic())
         if fault == "429":
-            return self._reply(429, b'{"error": "rate limited"}')
+            return self._reply(429, b'{"error": "rate limited"}', {"Retry-After": "1"})
         if fault == "500":
             return self._reply(500, b'{"error": "upstream broke"}')
         if fault == "stall":
@@ -180,7 +185,7 @@ def vllm_server(smollm2_path, tmp_path_factory):
 
 @pytest.mark.vllm
 def test_openai_teacher_retries_transient_failures_and_rejects_permanent_ones(
-        ray_local, exemplar_file, vllm_server, tmp_path, monkeypatch):  # noqa: F811
+        ray_local, exemplar_file, vllm_server, tmp_path, monkeypatch, capfd):  # noqa: F811
     proxy = FaultProxy(vllm_server)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     monkeypatch.setenv("SAPRAY_TEST_API_KEY", SECRET)
@@ -197,6 +202,7 @@ def test_openai_teacher_retries_transient_failures_and_rejects_permanent_ones(
         proxy.shutdown()
     assert proxy.unauthorized == 0
     assert proxy.seen[:3] == ["429", "500", "stall"] and proxy.seen.count("ok") >= 3
+    assert proxy.arrivals[1] - proxy.arrivals[0] >= 0.9  # the 429's Retry-After: 1 was honoured
     assert metadata["rows"] == 3 and metadata["rejected"] == 1
     rejects = read_jsonl(tmp_path / "train" / "rejects.jsonl")
     assert rejects[0]["question_id"] == "poison" and "permanent error" in rejects[0]["reason"]
@@ -204,7 +210,20 @@ def test_openai_teacher_retries_transient_failures_and_rejects_permanent_ones(
     cost = metadata["cost_this_run"]
     assert cost["completion_tokens"] > 0 and cost["prompt_tokens"] > 0
     assert cost["money"] == pytest.approx((cost["prompt_tokens"] * 0.5 + cost["completion_tokens"] * 1.5) / 1e6)
-    # The key lives only in the environment: no output file mentions it.
-    for path in tmp_path.rglob("*"):
+    # The key lives only in the environment: no output file, console line or Ray worker log mentions it.
+    import ray
+
+    session_logs = Path(ray._private.worker._global_node.get_session_dir_path()) / "logs"
+    for path in [*tmp_path.rglob("*"), *session_logs.rglob("*")]:
         if path.is_file():
             assert SECRET.encode() not in path.read_bytes(), path
+    console = capfd.readouterr()
+    assert SECRET not in console.out and SECRET not in console.err
+
+
+def test_retry_after_header_parsing():
+    assert retry_after_seconds("2") == 2.0
+    assert retry_after_seconds("0.5") == 0.5
+    assert retry_after_seconds("86400") == 60.0  # capped
+    assert retry_after_seconds("Wed, 21 Oct 2026 07:28:00 GMT") is None
+    assert retry_after_seconds(None) is None and retry_after_seconds("-3") == 0.0

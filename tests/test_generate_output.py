@@ -1,0 +1,83 @@
+"""The full-scale output without a model: prompt templates, the output's owner, cost over runs, rejects.
+
+A ``file`` teacher (precomputed responses) runs the same write/resume path as a model teacher, without Ray.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import DATA_DIR, load_candidates, load_questions
+
+from sapray.config import ConfigError, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
+from sapray.generate import run_full_generation
+from sapray.read import InputError, Reject
+
+
+def file_strategy(strategy: str, name: str | None = None) -> StrategyConfig:
+    teacher = TeacherConfig(kind="file", path=str(DATA_DIR / "candidates.jsonl"), strategy=strategy)
+    return StrategyConfig(name=name or strategy, teacher=teacher)
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.mark.parametrize("prompt, message", [
+    ("Solve {question} like {style}", r"unknown placeholder\(s\) \['style'\]"),
+    ("Return JSON {\"answer\": 1} for {question}", r"unknown placeholder"),
+    ("Unclosed {question", "bad template"),
+    ("Answer like these:\n{examples}\n\n{question}", r"uses \{examples\} but no examples"),
+])
+def test_bad_prompt_templates_fail_at_load_naming_the_strategy(prompt, message):
+    with pytest.raises(ValueError, match=message) as info:
+        StrategyConfig(name="styled", teacher={"kind": "vllm", "model": "smollm2"}, prompt=prompt)
+    assert "strategy 'styled'" in str(info.value)
+
+
+def test_templates_fill_question_gold_examples_and_literal_braces():
+    strategy = StrategyConfig(
+        name="styled", teacher={"kind": "vllm", "model": "smollm2"}, system="Follow this style:\n{examples}",
+        prompt="Q: {question}\nReference: {gold}\nReply as JSON {{\"answer\": ...}}", examples=["A: 1", "A: 2"])
+    question = {"question": "What is {x}?", "gold": "7"}  # braces inside values are data, not placeholders
+    assert strategy.messages(question) == [
+        {"role": "system", "content": "Follow this style:\nA: 1\n\nA: 2"},
+        {"role": "user", "content": "Q: What is {x}?\nReference: 7\nReply as JSON {\"answer\": ...}"},
+    ]
+    plain = StrategyConfig(name="p", teacher={"kind": "vllm", "model": "smollm2"})
+    assert strategy.prompt_hash() != plain.prompt_hash()
+    assert plain.prompt_hash() == plain.model_copy(update={"examples": []}).prompt_hash()
+
+
+def test_output_resumes_sums_cost_over_runs_and_refuses_another_strategy(tmp_path):
+    questions = load_questions()[:6]
+    gen = GenerateConfig(output=str(tmp_path / "train"), shard_size=2)
+    bad_row = Reject("q.jsonl:7", "missing required column(s) ['question']", "questions")
+    first = run_full_generation(file_strategy("socratic"), questions[:4], RayConfig(), gen, [bad_row])
+    assert (first["questions_done"], first["rows"], first["question_rows_rejected"]) == (4, 4, 1)
+    again = run_full_generation(file_strategy("socratic"), questions, RayConfig(), gen, [bad_row])
+    assert again["questions_done"] == 6 and again["rows"] == 6 and again["rejected"] == 1
+    # file teachers cost nothing; the point is that totals cover both runs' shards and the run's own part
+    assert again["cost_total"]["prompt_tokens"] == 0 and again["cost_this_run"]["requests"] == 2
+
+    train = read_jsonl(tmp_path / "train" / "train.jsonl")
+    expected = {c["question_id"]: c["response"] for c in load_candidates() if c["strategy"] == "socratic"}
+    assert [r["question_id"] for r in train] == [q["question_id"] for q in questions]
+    assert all(r["messages"][-1] == {"role": "assistant", "content": expected[r["question_id"]]} for r in train)
+    assert read_jsonl(tmp_path / "train" / "rejects.jsonl") == [bad_row.to_dict()]
+
+    with pytest.raises(ConfigError, match=r"from strategy 'socratic' and it differs in \['strategy', 'teacher'\]"):
+        run_full_generation(file_strategy("human"), questions, RayConfig(), gen)
+    changed_prompt = file_strategy("socratic").model_copy(update={"prompt": "Q: {question}"})
+    with pytest.raises(ConfigError, match=r"differs in \['prompt_hash'\]"):
+        run_full_generation(changed_prompt, questions, RayConfig(), gen)
+
+
+def test_misspelt_file_strategy_fails_naming_what_the_file_has(tmp_path):
+    gen = GenerateConfig(output=str(tmp_path / "train"))
+    with pytest.raises(InputError, match=r"no responses for strategy 'socractic' \(it has \['175b_finetuning'"):
+        run_full_generation(file_strategy("socractic"), load_questions()[:2], RayConfig(), gen)
+    # nothing was written, so the corrected name may use the same output
+    assert run_full_generation(file_strategy("socratic"), load_questions()[:2], RayConfig(), gen)["rows"] == 2
