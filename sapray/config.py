@@ -215,12 +215,18 @@ def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
 
 
 def resolve_paths(raw: dict, base: Path) -> dict:
-    """Relative data paths in a config file are relative to that file's folder."""
+    """Relative paths in a config file, inputs and outputs, are relative to that file's folder.
+
+    (Paths given on the command line, ``--set`` and ``--output``, stay relative to the working directory.)
+    """
     def fix(p: str) -> str:
         return p if "://" in p or Path(p).is_absolute() else str((base / p).resolve())
 
-    if isinstance(raw.get("input"), str):
-        raw["input"] = fix(raw["input"])
+    for key in ("input", "output"):
+        if isinstance(raw.get(key), str):
+            raw[key] = fix(raw[key])
+    if isinstance(raw.get("generate"), dict) and isinstance(raw["generate"].get("output"), str):
+        raw["generate"]["output"] = fix(raw["generate"]["output"])
     for section, key in (("dsweight", "valid"), ("lobass", "reference_model"), ("lobass", "reference_adapter")):
         if isinstance(raw.get(section), dict) and isinstance(raw[section].get(key), str):
             raw[section][key] = fix(raw[section][key])

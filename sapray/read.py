@@ -69,6 +69,8 @@ def iter_records(uri: str) -> Iterator[tuple[str, dict | str]]:
     if info.type == pafs.FileType.Directory:
         arrow = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path)) if f.path.endswith(".arrow"))
         if not arrow:
+            if fs.get_file_info(child(path, "dataset_dict.json")).type == pafs.FileType.File:
+                raise InputError(f"{uri}: a DatasetDict; name one split's folder, e.g. {child(uri, 'train')}")
             raise InputError(f"{uri}: a directory without .arrow files (expected datasets.save_to_disk output)")
         for part in arrow:
             with fs.open_input_stream(part) as stream:
@@ -84,7 +86,16 @@ def iter_records(uri: str) -> Iterator[tuple[str, dict | str]]:
         yield from _arrow_rows(table, uri)
     elif path.endswith((".jsonl", ".json")):
         with fs.open_input_stream(path) as f:
-            for i, line in enumerate(f.read().decode("utf-8").splitlines(), start=1):
+            text = f.read().decode("utf-8")
+        if path.endswith(".json") and text.lstrip().startswith("["):  # a JSON array, as datasets also reads
+            try:
+                rows = json.loads(text)
+            except json.JSONDecodeError as exc:
+                raise InputError(f"{uri}: malformed JSON array: {exc.msg} at line {exc.lineno}") from None
+            for i, row in enumerate(rows, start=1):
+                yield f"{uri}:{i}", row if isinstance(row, dict) else "an array item that is not an object"
+        else:
+            for i, line in enumerate(text.splitlines(), start=1):
                 if not line.strip():
                     continue
                 try:
