@@ -63,7 +63,7 @@ class ScoreActor:
 
 
 class GenerateActor:
-    """Generates from token-id prompts: row_id, prompt_ids -> texts, token counts."""
+    """Generates from token-id prompts: row_id, prompt_ids -> texts, finish reasons, token counts."""
 
     def __init__(self, engine: str, model: str, engine_args: dict[str, Any], sampling: dict[str, Any],
                  num_cpus: float = 1) -> None:
@@ -79,5 +79,6 @@ class GenerateActor:
             "texts": [g.texts for g in generations],
             "prompt_tokens": [g.prompt_tokens for g in generations],
             "completion_tokens": [sum(g.completion_tokens) for g in generations],
+            "finish_reasons": [g.finish_reasons for g in generations],
             "error": [""] * len(generations),
         }

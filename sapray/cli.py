@@ -55,8 +55,9 @@ def _execute(cfg: SelectConfig) -> None:
                f"rejected + {counts['not_sampled']} not sampled; budget: {result.summary['budget']}")
     ex = result.summary["exemplars"]
     if ex.get("filled_unchecked"):
-        click.echo(f"exemplars: {ex['correct']} correct of {ex['pool_questions']} pool answers; "
-                   f"{ex['filled_unchecked']} unchecked answers filled in (shortfall policy 'unchecked')")
+        click.echo(f"exemplars: {ex['correct']} correct of {ex['pool_questions']} pool answers "
+                   f"({ex.get('truncated', 0)} cut off at exemplars.max_tokens); {ex['filled_unchecked']} "
+                   "unchecked answers filled in (shortfall policy 'unchecked')")
     click.echo(f"timings: {result.timings}")
     click.echo(f"wrote {paths['selection.json']} and {len(paths) - 1} more files in {cfg.output}")
 
@@ -141,7 +142,8 @@ def _tokens_and_money(cost: dict) -> str:
 def _show_generation(metadata: dict) -> None:
     this_run = metadata["cost_this_run"]
     click.echo(f"training set: {metadata['rows']} rows for {metadata['questions_done']} of {metadata['questions']} "
-               f"questions ({metadata['rejected']} rejected) with {metadata['strategy']}; this run: "
+               f"questions ({metadata['rejected']} rejected, {metadata['rows_truncated']} kept rows cut off at "
+               f"max_tokens) with {metadata['strategy']}; this run: "
                f"{_tokens_and_money(this_run)}, {this_run['wall_s']:.1f} s; all runs: "
                f"{_tokens_and_money(metadata['cost_total'])}")
 

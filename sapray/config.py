@@ -170,6 +170,7 @@ class GenerateConfig(Strict):
     output: str = "runs/train"
     shard_size: int = Field(64, ge=1, description="questions per resumable shard")
     filter_correct: bool = Field(False, description="keep only responses that pass the answer checker")
+    drop_truncated: bool = Field(False, description="reject responses cut off at max_tokens (else kept, counted)")
     checker: Literal["gsm8k", "choice", "exact", "regex"] = "gsm8k"
     regex: str | None = None
 

@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from sapray.answers import make_checker
-from sapray.read import iter_records
+from sapray.read import InputError, iter_records
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,7 @@ class MiningReport:
     unparsable: int
     filled_unchecked: int
     checker: str
+    truncated: int = 0  # answers cut off at max_tokens (counted in unparsable)
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -52,23 +53,32 @@ def mine(
     checker_name: str,
     regex: str | None = None,
     shortfall: str = "unchecked",
+    truncated: Sequence[bool] | None = None,
 ) -> tuple[list[Exemplar], MiningReport]:
-    """Turn the model's answers to ``pool`` questions into exemplars by the checker and shortfall policy."""
+    """Turn the model's answers to ``pool`` questions into exemplars by the checker and shortfall policy.
+
+    An answer cut off at max_tokens never counts as correct (its last number is not its answer); it is
+    counted as unparsable and used to fill a shortfall only after the complete answers.
+    """
+    truncated = list(truncated) if truncated is not None else [False] * len(answers)
     if checker_name == "none":
         exemplars = [Exemplar(f"mined-{q['question_id']}", a, q["question_id"], False)
                      for q, a in zip(pool, answers, strict=True) if a.strip()]
-        return exemplars, MiningReport(len(pool), 0, 0, 0, len(exemplars), "none")
+        return exemplars, MiningReport(len(pool), 0, 0, 0, len(exemplars), "none", sum(truncated))
     checker = make_checker(checker_name, regex)
-    correct, others, wrong, unparsable = [], [], 0, 0
-    for question, answer in zip(pool, answers, strict=True):
-        verdict = checker.check(answer, question["gold"]) if question.get("gold") is not None else None
+    correct, others, cut_off, wrong, unparsable = [], [], [], 0, 0
+    for question, answer, cut in zip(pool, answers, truncated, strict=True):
+        checkable = question.get("gold") is not None and not cut
+        verdict = checker.check(answer, question["gold"]) if checkable else None
         if verdict:
             correct.append(Exemplar(f"mined-{question['question_id']}", answer, question["question_id"], True))
             continue
         wrong += verdict is False
         unparsable += verdict is None
         if answer.strip():
-            others.append(Exemplar(f"mined-{question['question_id']}", answer, question["question_id"], False))
+            (cut_off if cut else others).append(
+                Exemplar(f"mined-{question['question_id']}", answer, question["question_id"], False))
+    others += cut_off
     missing = max(0, n - len(correct))
     if missing and shortfall == "error":
         raise ExemplarShortfall(
@@ -78,7 +88,8 @@ def mine(
     fill = others[:missing]
     if len(correct) + len(fill) < n:
         raise ExemplarShortfall(f"the model gave only {len(correct) + len(fill)} usable answers; {n} needed")
-    return correct + fill, MiningReport(len(pool), len(correct), wrong, unparsable, len(fill), checker_name)
+    return correct + fill, MiningReport(len(pool), len(correct), wrong, unparsable, len(fill), checker_name,
+                                        sum(truncated))
 
 
 def load_exemplar_file(uri: str) -> list[Exemplar]:
@@ -86,7 +97,7 @@ def load_exemplar_file(uri: str) -> list[Exemplar]:
     exemplars = []
     for source, row in iter_records(uri):
         if isinstance(row, str) or not isinstance(row.get("text"), str) or not row["text"].strip():
-            raise ValueError(f"{source}: an exemplar row needs a non-empty string 'text'")
+            raise InputError(f"{source}: an exemplar row needs a non-empty string 'text'")
         exemplars.append(Exemplar(str(row.get("exemplar_id", source)), row["text"], row.get("question_id"),
                                   bool(row.get("checked", True))))
     return exemplars

@@ -83,7 +83,8 @@ def _stream(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig)
                              f"(it has {sorted(present)})")
         for q in questions:
             texts = answers.get(q["question_id"], [])
-            yield {"row_id": q["question_id"], "texts": texts, "prompt_tokens": 0, "completion_tokens": 0,
+            yield {"row_id": q["question_id"], "texts": texts, "finish_reasons": [None] * len(texts),
+                   "prompt_tokens": 0, "completion_tokens": 0,
                    "error": "" if texts else f"no response in {teacher.path}"}
         return
     if teacher.kind == "openai":
@@ -137,10 +138,12 @@ def generate(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig
             yield [], [Reject(q.get("source", ""), out["error"], "generate", q["question_id"], strategy.name)], cost
             continue
         rows, rejects = [], []
-        for k, text in enumerate(out["texts"]):
+        for k, (text, finish) in enumerate(zip(out["texts"], out["finish_reasons"], strict=True)):
             reason = None
             if not text.strip():
                 reason = "empty response"
+            elif finish == "length" and gen and gen.drop_truncated:
+                reason = f"truncated at max_tokens ({strategy.max_tokens})"
             elif checker and q.get("gold") is not None and not checker.check(text, q["gold"]):
                 reason = f"answer does not pass the {checker.name} checker"
             if reason:
@@ -150,6 +153,7 @@ def generate(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig
             rows.append({
                 "messages": [*strategy.messages(q), {"role": "assistant", "content": text}],
                 "question_id": q["question_id"], "strategy": strategy.name, "response": text, "sample_index": k,
+                "finish_reason": finish,
                 "teacher": strategy.teacher.describe(), "sampling": sampling, "prompt_hash": strategy.prompt_hash(),
             })
         yield rows, rejects, cost
@@ -277,6 +281,7 @@ def write_training_set(output: str, strategy: StrategyConfig, n_questions: int, 
         **_provenance(strategy),
         "questions": n_questions, "questions_done": len(ids), "question_rows_rejected": len(input_rejects),
         "rows": len(rows), "rejected": len(rejects), "cost_this_run": cost.__dict__, "cost_total": _total_cost(entries),
+        "rows_truncated": sum(r.get("finish_reason") == "length" for r in rows),
     }
     _write_atomic(child(output, "metadata.json"), json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     return metadata

@@ -60,8 +60,9 @@ def _mine_exemplars(cfg: SelectConfig, model_path: str, tokenizer, exclude: set[
          "sampling": sampling.__dict__},
         cfg.ray)}
     answers = [out[q["question_id"]]["texts"][0] for q in pool]
+    truncated = [out[q["question_id"]]["finish_reasons"][0] == "length" for q in pool]
     mined, report = ex.mine(pool, answers, cfg.exemplars.n, cfg.exemplars.checker, cfg.exemplars.regex,
-                            cfg.exemplars.shortfall)
+                            cfg.exemplars.shortfall, truncated)
     info = {"source": cfg.exemplars.pool, "pool_rejects": len(rejects), **report.to_dict(),
             "generated_tokens": int(sum(r["completion_tokens"] for r in out.values()))}
     return mined, info

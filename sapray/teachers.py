@@ -52,7 +52,7 @@ def retry_after_seconds(header: str | None, cap_s: float = 60.0) -> float | None
 
 
 class ApiTeacherActor:
-    """Rows: row_id, messages_json -> texts (n samples), prompt/completion tokens, error, attempts."""
+    """Rows: row_id, messages_json -> texts (n samples), finish reasons, token counts, error, attempts."""
 
     def __init__(self, base_url: str, model: str, api_key_env: str | None, sampling: dict[str, Any],
                  max_concurrency: int = 8, timeout_s: float = 60.0, max_retries: int = 5,
@@ -95,8 +95,10 @@ class ApiTeacherActor:
                 if response.status_code == 200:
                     data = response.json()
                     usage = data.get("usage") or {}
-                    texts = [c["message"]["content"] or "" for c in sorted(data["choices"], key=lambda c: c["index"])]
-                    return {"texts": texts, "prompt_tokens": int(usage.get("prompt_tokens", 0)),
+                    choices = sorted(data["choices"], key=lambda c: c["index"])
+                    return {"texts": [c["message"]["content"] or "" for c in choices],
+                            "finish_reasons": [c.get("finish_reason") or "stop" for c in choices],
+                            "prompt_tokens": int(usage.get("prompt_tokens", 0)),
                             "completion_tokens": int(usage.get("completion_tokens", 0)), "error": "",
                             "attempts": attempts}
                 last = f"HTTP {response.status_code}: {response.text[:200]}"
@@ -108,7 +110,8 @@ class ApiTeacherActor:
                 last, retry = f"malformed response: {exc}"[:200], False
             if not retry or attempts > self.max_retries:
                 verdict = "gave up after retries" if retry else "permanent error"
-                return {"texts": [], "prompt_tokens": 0, "completion_tokens": 0, "attempts": attempts,
+                return {"texts": [], "finish_reasons": [], "prompt_tokens": 0, "completion_tokens": 0,
+                        "attempts": attempts,
                         "error": f"{verdict} ({attempts} attempt(s)): {last}"}
             backoff = self.backoff_s * 2 ** (attempts - 1) * (0.5 + random.random())
             time.sleep(max(backoff, server_wait or 0.0))

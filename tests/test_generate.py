@@ -67,6 +67,8 @@ def test_run_with_vllm_teacher_two_prompt_styles_and_the_bundled_six(ray_local, 
         roles = [m["role"] for m in row["messages"]]
         assert roles == ["user", "assistant"] and row["strategy"] == result.summary["winner"]["strategy"]
         assert row["prompt_hash"] and row["teacher"] and json.loads(row["sampling"])["max_tokens"] > 0
+        assert row["finish_reason"] in ("stop", "length")
+    assert metadata["rows_truncated"] == sum(r["finish_reason"] == "length" for r in train)
     assert pq.read_table(tmp_path / "train" / "train.parquet").num_rows == len(train)
 
 
@@ -97,6 +99,21 @@ def test_generate_resumes_after_kill_9_without_duplicates(tmp_path, exemplar_fil
     train = read_jsonl(tmp_path / "train" / "train.jsonl")
     ids = [r["question_id"] for r in train]
     assert sorted(ids) == sorted(q["question_id"] for q in load_questions()[:10])  # each exactly once
+
+
+def test_hf_generation_says_why_it_stopped(hf_engine):
+    from sapray.engines import SamplingConfig
+
+    tok = hf_engine.tokenizer
+    prompt = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 2? Reply with one number."}],
+                                     tokenize=True, add_generation_prompt=True)
+    prompt = list(prompt["input_ids"] if hasattr(prompt, "keys") else prompt)
+    (short,) = hf_engine.generate([prompt], SamplingConfig(max_tokens=2))
+    assert short.finish_reasons == ["length"] and short.completion_tokens == [2]
+    (full,) = hf_engine.generate([prompt], SamplingConfig(max_tokens=64))
+    assert full.finish_reasons == ["stop"] and full.completion_tokens[0] < 64  # it ended with EOS
+    (cut,) = hf_engine.generate([prompt], SamplingConfig(max_tokens=64, stop=[full.texts[0][-1]]))
+    assert cut.finish_reasons == ["stop"] and not cut.texts[0].endswith(full.texts[0][-1])
 
 
 # -- an OpenAI-compatible teacher: vLLM's server on loopback behind a fault-injecting proxy ------

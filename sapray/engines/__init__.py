@@ -38,6 +38,7 @@ class Generation:
     texts: list[str]
     prompt_tokens: int
     completion_tokens: list[int]
+    finish_reasons: list[str]  # vLLM's and OpenAI's words: "stop" (EOS or a stop string) or "length" (max_tokens)
 
 
 def load_engine(name: EngineName, model_path: str, **options: Any):

@@ -181,12 +181,16 @@ class HFEngine:
             generated = self.model.generate(input_ids=ids.to(self.device), attention_mask=mask.to(self.device),
                                             **kwargs)[:, width:].cpu()
             for row, p in enumerate(chunk):
-                texts, counts = [], []
+                texts, counts, reasons = [], [], []
                 for seq in generated[row * sampling.n:(row + 1) * sampling.n].tolist():
                     seq = _until_eos(seq, self.tokenizer.eos_token_id, self.pad_id)
-                    texts.append(_cut_at_stop(self.tokenizer.decode(seq, skip_special_tokens=True), sampling.stop))
+                    full = self.tokenizer.decode(seq, skip_special_tokens=True)
+                    texts.append(_cut_at_stop(full, sampling.stop))
                     counts.append(len(seq))
-                results.append(Generation(texts=texts, prompt_tokens=len(p), completion_tokens=counts))
+                    ended = len(seq) < sampling.max_tokens or texts[-1] != full
+                    reasons.append("stop" if ended else "length")
+                results.append(Generation(texts=texts, prompt_tokens=len(p), completion_tokens=counts,
+                                          finish_reasons=reasons))
         return results
 
 

@@ -87,6 +87,7 @@ class VLLMEngine:
                 texts=[c.text for c in out.outputs],
                 prompt_tokens=len(out.prompt_token_ids),
                 completion_tokens=[len(c.token_ids) for c in out.outputs],
+                finish_reasons=[c.finish_reason or "stop" for c in out.outputs],
             )
             for out in outputs
         ]
