@@ -88,18 +88,21 @@ def _stream(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig)
                    "error": "" if texts else f"no response in {teacher.path}"}
         return
     if teacher.kind == "openai":
-        from sapray.teachers import ApiTeacherActor
+        from sapray.teachers import ApiTeacherActor, Secret
 
+        key = None
+        if teacher.api_key_env:
+            if not os.environ.get(teacher.api_key_env):
+                raise ConfigError(f"strategy {strategy.name}: the API key variable {teacher.api_key_env} is not set "
+                                  "in this (the driver's) environment")
+            key = Secret(os.environ[teacher.api_key_env])
         rows = [{"row_id": q["question_id"], "messages_json": json.dumps(strategy.messages(q))} for q in questions]
         api_ray = ray_cfg.model_copy(update={"num_gpus_per_actor": 0})
-        # The key travels in the environment only: the driver's variable is set in the stage's workers.
-        key = os.environ.get(teacher.api_key_env) if teacher.api_key_env else None
         yield from map_with_actors(rows, ApiTeacherActor, {
-            "base_url": teacher.base_url, "model": teacher.model, "api_key_env": teacher.api_key_env,
+            "base_url": teacher.base_url, "model": teacher.model, "api_key": key,
             "sampling": sampling.__dict__, "max_concurrency": teacher.max_concurrency,
             "timeout_s": teacher.timeout_s, "max_retries": teacher.max_retries,
-            "requests_per_second": teacher.requests_per_second}, api_ray,
-            env={teacher.api_key_env: key} if key else None)
+            "requests_per_second": teacher.requests_per_second}, api_ray)
         return
     from transformers import AutoTokenizer
 

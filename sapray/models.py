@@ -8,9 +8,12 @@ Any local Hugging Face model directory works as a target too.
 
 from __future__ import annotations
 
+import hashlib
 import importlib.util
 import logging
 import os
+import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 EMBEDDED = "smollm2"
@@ -35,13 +38,27 @@ def embedded_gguf() -> Path:
     return path
 
 
-def convert_gguf(gguf: Path, out: Path) -> Path:
-    """Dequantize a GGUF into a float32 Hugging Face directory (atomic: written aside, then renamed)."""
+def _build_once(out: Path, build: Callable[[Path], None]) -> str:
+    """A cached model directory: built aside by ``build(tmp)``, then renamed, so readers never see half."""
+    if not (out / "config.json").exists():
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+        build(tmp)
+        try:
+            tmp.rename(out)
+        except OSError:
+            if not (out / "config.json").exists():  # another process may have won the rename
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
+    return str(out)
+
+
+def convert_gguf(gguf: Path, tmp: Path) -> None:
+    """Dequantize a GGUF into a float32 Hugging Face directory."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    log.info("converting %s into %s (once)", gguf.name, out)
-    tmp = out.with_name(out.name + f".tmp{os.getpid()}")
+    log.info("converting %s into a Hugging Face directory (once)", gguf.name)
     tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
     loaded = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name, dtype=torch.float32)
     # transformers marks a GGUF-loaded model as quantized and refuses to save it; the weights are
@@ -53,22 +70,36 @@ def convert_gguf(gguf: Path, out: Path) -> Path:
     model.load_state_dict(loaded.state_dict())
     model.save_pretrained(tmp)
     tokenizer.save_pretrained(tmp)
-    tmp.rename(out)
-    return out
+
+
+def merge_adapter(model_path: str, adapter: str) -> str:
+    """The base with a LoRA adapter merged in, as a cached Hugging Face directory (built once per pair).
+
+    vLLM's LoRA path breaks or silently drops the adapter on ``prompt_logprobs`` (vllm-project/vllm
+    #29955, #51594), which scoring needs; a merged copy is the same model without that path.
+    """
+    digest = hashlib.sha256(str(Path(model_path).resolve()).encode())
+    for f in sorted(Path(adapter).iterdir()):
+        if f.is_file():
+            digest.update(f.name.encode() + f.read_bytes())
+
+    def build(tmp: Path) -> None:
+        from peft import PeftModel
+        from transformers import AutoModelForCausalLM, AutoTokenizer
+
+        log.info("merging adapter %s into %s (once)", adapter, model_path)
+        base = AutoModelForCausalLM.from_pretrained(model_path, dtype="auto")
+        PeftModel.from_pretrained(base, adapter).merge_and_unload().save_pretrained(tmp)
+        AutoTokenizer.from_pretrained(model_path).save_pretrained(tmp)
+
+    return _build_once(cache_root() / "merged" / digest.hexdigest()[:16], build)
 
 
 def resolve_model(model: str) -> str:
     """A model name or path as something both engines can load: ``smollm2`` or a local HF directory."""
     if model == EMBEDDED:
-        out = cache_root() / "models" / "SmolLM2-135M-Instruct"
-        if not (out / "config.json").exists():
-            out.parent.mkdir(parents=True, exist_ok=True)
-            try:
-                convert_gguf(embedded_gguf(), out)
-            except OSError:
-                if not (out / "config.json").exists():  # another process may have won the rename
-                    raise
-        return str(out)
+        return _build_once(cache_root() / "models" / "SmolLM2-135M-Instruct",
+                           lambda tmp: convert_gguf(embedded_gguf(), tmp))
     if not Path(model).is_dir():
         raise FileNotFoundError(
             f"model {model!r} is neither {EMBEDDED!r} nor a local Hugging Face directory "

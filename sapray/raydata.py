@@ -43,9 +43,8 @@ def map_with_actors(
     actor_cls: type,
     actor_kwargs: dict[str, Any],
     cfg: RayConfig,
-    env: dict[str, str] | None = None,
 ) -> Iterator[dict]:
-    """Stream the actor pool's output rows, in input order; ``env`` is set in the actors' processes."""
+    """Stream the actor pool's output rows, in input order."""
     import ray
 
     from sapray.placement import cluster_view, plan
@@ -65,6 +64,5 @@ def map_with_actors(
         compute=ray.data.ActorPoolStrategy(size=where.actors),
         num_cpus=where.num_cpus,
         num_gpus=where.num_gpus or None,
-        **({"runtime_env": {"env_vars": env}} if env else {}),
     )
     return mapped.iter_rows()

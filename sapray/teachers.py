@@ -6,14 +6,14 @@ The API stage sends each row's chat messages to ``{base_url}/chat/completions`` 
 concurrency, a per-request timeout, a rate limit (requests per second, shared by the actor's threads)
 and retries with exponential backoff and jitter on 429, 5xx, timeouts and dropped connections, waiting
 at least as long as a server's ``Retry-After`` asks. Other 4xx answers are permanent: the row comes back
-with the error, and the caller writes it to the rejects file. The API key is read from the environment
-variable the config names, at call time, and never returned, logged or written anywhere.
+with the error, and the caller writes it to the rejects file. The API key is read from the driver's
+environment variable that the config names and reaches the actors as a masked constructor argument:
+not through ``runtime_env``, whose ``env_vars`` Ray writes to its session logs.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import random
 import threading
 import time
@@ -51,10 +51,25 @@ def retry_after_seconds(header: str | None, cap_s: float = 60.0) -> float | None
         return None
 
 
+class Secret:
+    """A value that does not print: its repr and str are masked, so no log or error message shows it."""
+
+    def __init__(self, value: str) -> None:
+        self._value = value
+
+    def reveal(self) -> str:
+        return self._value
+
+    def __repr__(self) -> str:
+        return "Secret('***')"
+
+    __str__ = __repr__
+
+
 class ApiTeacherActor:
     """Rows: row_id, messages_json -> texts (n samples), finish reasons, token counts, error, attempts."""
 
-    def __init__(self, base_url: str, model: str, api_key_env: str | None, sampling: dict[str, Any],
+    def __init__(self, base_url: str, model: str, api_key: Secret | None, sampling: dict[str, Any],
                  max_concurrency: int = 8, timeout_s: float = 60.0, max_retries: int = 5,
                  requests_per_second: float | None = None, backoff_s: float = 0.5, num_cpus: float = 1) -> None:
         import httpx
@@ -62,15 +77,12 @@ class ApiTeacherActor:
         # num_cpus (the Ray reservation) does not bound this stage: its threads wait on the network.
 
         self.url = base_url.rstrip("/") + "/chat/completions"
-        self.model, self.api_key_env, self.sampling = model, api_key_env, sampling
+        self.model, self.sampling = model, sampling
+        self.headers = {"Authorization": f"Bearer {api_key.reveal()}"} if api_key else {}
         self.max_retries, self.backoff_s = max_retries, backoff_s
         self.pool = ThreadPoolExecutor(max_workers=max_concurrency)
         self.client = httpx.Client(timeout=timeout_s)
         self.limiter = RateLimiter(requests_per_second)
-
-    def _headers(self) -> dict[str, str]:
-        key = os.environ.get(self.api_key_env) if self.api_key_env else None
-        return {"Authorization": f"Bearer {key}"} if key else {}
 
     def _body(self, messages: list[dict]) -> dict:
         s = self.sampling
@@ -91,7 +103,7 @@ class ApiTeacherActor:
             self.limiter.wait()
             server_wait = None
             try:
-                response = self.client.post(self.url, json=self._body(messages), headers=self._headers())
+                response = self.client.post(self.url, json=self._body(messages), headers=self.headers)
                 if response.status_code == 200:
                     data = response.json()
                     usage = data.get("usage") or {}

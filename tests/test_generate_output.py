@@ -81,3 +81,19 @@ def test_misspelt_file_strategy_fails_naming_what_the_file_has(tmp_path):
         run_full_generation(file_strategy("socractic"), load_questions()[:2], RayConfig(), gen)
     # nothing was written, so the corrected name may use the same output
     assert run_full_generation(file_strategy("socratic"), load_questions()[:2], RayConfig(), gen)["rows"] == 2
+
+
+def test_an_api_teacher_whose_key_variable_is_unset_fails_before_any_request(tmp_path, monkeypatch):
+    monkeypatch.delenv("SAPRAY_UNSET_KEY", raising=False)
+    strategy = StrategyConfig(name="api", teacher={"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1",
+                                                   "api_key_env": "SAPRAY_UNSET_KEY"})
+    with pytest.raises(ConfigError, match="strategy api: the API key variable SAPRAY_UNSET_KEY is not set"):
+        run_full_generation(strategy, load_questions()[:1], RayConfig(), GenerateConfig(output=str(tmp_path / "t")))
+
+
+def test_a_secret_never_prints():
+    from sapray.teachers import Secret
+
+    secret = Secret("sk-very-secret")
+    assert "sk-very" not in repr(secret) + str(secret) + f"{secret}" + repr({"api_key": secret})
+    assert secret.reveal() == "sk-very-secret"

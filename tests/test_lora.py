@@ -1,4 +1,4 @@
-"""LoRA adapters on the target: peft on the hf engine, ``LoRARequest`` on the vllm engine.
+"""LoRA adapters on the target: peft on the hf engine, a merged cached copy on the vllm engine.
 
 The adapter is made here with peft (random, non-zero weights on the attention and MLP projections) on the
 embedded SmolLM2, so nothing is downloaded. Three checks that could each fail:
@@ -38,7 +38,7 @@ def adapter_dir(smollm2_path, tmp_path_factory) -> str:
     with torch.no_grad():  # peft's non-default init is large; scale B so the model stays a language model
         for name, param in model.named_parameters():
             if "lora_B" in name:
-                param.mul_(0.05)
+                param.mul_(0.25)
     path = tmp_path_factory.mktemp("lora") / "adapter"
     model.save_pretrained(path)
     return str(path)
@@ -82,8 +82,8 @@ def test_hf_adapter_matches_unmerged_peft(smollm2_path, adapter_dir, hf_with_ada
     base = hf_engine.sequence_logprobs(encoded)
     for g, e, b in zip(got, expected, base, strict=True):
         assert g == pytest.approx(e, abs=1e-4)
-        # the adapter moves the SAP by more than any numerical noise
-        assert abs(metrics.sap(g) - metrics.sap(b)) > 1e-2
+        # the adapter moves the SAP far beyond numerical noise (1e-4) yet leaves a language model
+        assert 0.05 < abs(metrics.sap(g) - metrics.sap(b)) < 0.5 * metrics.sap(b)
 
 
 @pytest.mark.vllm

@@ -48,12 +48,10 @@ class VLLMEngine:
         from vllm import LLM
 
         cpu = on_cpu()
-        self.lora = None
-        if adapter:  # a LoRA adapter served by vLLM's LoRA support on top of the base weights
-            from vllm.lora.request import LoRARequest
+        if adapter:  # merged into a cached copy: vLLM's LoRA path mishandles prompt_logprobs
+            from sapray.models import merge_adapter
 
-            engine_args = {"enable_lora": True, "max_lora_rank": 64, **engine_args}
-            self.lora = LoRARequest("adapter", 1, adapter)
+            model_path = merge_adapter(model_path, adapter)
         self.llm = LLM(
             model=model_path,
             dtype=dtype or ("float32" if cpu else "auto"),
@@ -72,7 +70,7 @@ class VLLMEngine:
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, flat_logprobs=True, detokenize=False,
                                 temperature=0.0)
         prompts = [TokensPrompt(prompt_token_ids=r.input_ids) for r in requests]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False, lora_request=self.lora)
+        outputs = self.llm.generate(prompts, params, use_tqdm=False)
         return [_continuation_logprobs(out.prompt_logprobs, r) for out, r in zip(outputs, requests, strict=True)]
 
     def generate(self, prompts: Sequence[list[int]], sampling: SamplingConfig) -> list[Generation]:
@@ -81,7 +79,7 @@ class VLLMEngine:
         params = SamplingParams(n=sampling.n, temperature=sampling.temperature, top_p=sampling.top_p,
                                 max_tokens=sampling.max_tokens, seed=sampling.seed, stop=sampling.stop or None)
         outputs = self.llm.generate([TokensPrompt(prompt_token_ids=list(p)) for p in prompts], params,
-                                    use_tqdm=False, lora_request=self.lora)
+                                    use_tqdm=False)
         return [
             Generation(
                 texts=[c.text for c in out.outputs],
