@@ -35,3 +35,4 @@ lint: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_scoring.py
+	$(PY) benchmarks/bench_generate.py
