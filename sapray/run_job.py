@@ -85,6 +85,7 @@ def run_all(cfg: SelectConfig) -> tuple[SelectResult, dict, dict]:
     _write_jsonl(child(cfg.output, "sample_generation_cost.jsonl"),
                  [{"strategy": k, **v} for k, v in sample_costs.items()])
     winner = result.summary["winner"]["strategy"]
-    log.info("winner: %s; generating the full training set with it", winner)
+    log.info("winner: %s; generating the full training set with it (if stopped, `sapray generate --strategy %s` "
+             "with the same config resumes this step alone)", winner, winner)
     metadata = run_generate(cfg, winner)
     return result, sample_costs, metadata
