@@ -173,8 +173,8 @@ def run(config_path: str, set_items: tuple[str, ...], verbose: bool, **flags) ->
 
     _setup_logging(verbose)
     cfg = _load(config_path, set_items, **flags)
-    result, costs, metadata = run_all(cfg)
-    click.echo(render_table(result.summary))
+    summary, costs, metadata = run_all(cfg)
+    click.echo(render_table(summary))
     for name, c in costs.items():
         click.echo(f"sample generation {name}: {_tokens_and_money(c)}, {c['wall_s']:.1f} s, {c['rejected']} rejected")
     _show_generation(metadata)

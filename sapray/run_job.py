@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import logging
+from typing import Any
 
 from sapray.config import ConfigError, SelectConfig, StrategyConfig, TeacherConfig
 from sapray.generate import Cost, generate, run_full_generation
@@ -14,7 +15,7 @@ from sapray.raydata import init_ray
 from sapray.read import child, filesystem, read_candidates, read_questions
 from sapray.report import write_outputs
 from sapray.sample import paired_question_ids, sample_order
-from sapray.select import SelectResult, run_select
+from sapray.select import run_select
 
 log = logging.getLogger("sapray")
 
@@ -75,17 +76,50 @@ def run_generate(cfg: SelectConfig, name: str) -> dict:
     return run_full_generation(strategy_for(cfg, name), list(questions.values()), cfg.ray, cfg.generate, rejects)
 
 
-def run_all(cfg: SelectConfig) -> tuple[SelectResult, dict, dict]:
+def _read_json(uri: str, jsonl: bool = False) -> Any:
+    fs, path = filesystem(uri)
+    with fs.open_input_stream(path) as f:
+        text = f.read().decode("utf-8")
+    return [json.loads(line) for line in text.splitlines()] if jsonl else json.loads(text)
+
+
+def finished_selection(cfg: SelectConfig) -> tuple[dict, dict] | None:
+    """The selection and sample costs that an earlier `sapray run` with this same config wrote, if any."""
+    try:
+        run = _read_json(child(cfg.output, "run.json"))
+        summary = _read_json(child(cfg.output, "selection.json"))
+        costs = _read_json(child(cfg.output, "sample_generation_cost.jsonl"), jsonl=True)
+    except (OSError, json.JSONDecodeError):  # not there (or unreadable): select again
+        return None
+    if run.get("config") != json.loads(json.dumps(cfg.model_dump())):
+        return None
+    return summary, {c.pop("strategy"): c for c in costs}
+
+
+def run_all(cfg: SelectConfig) -> tuple[dict, dict, dict]:
+    """(selection summary, sample generation costs, training set metadata).
+
+    A restart with the same config after the selection finished (say, killed during the full-scale
+    generation) reuses that selection and resumes the full set, rather than redoing both.
+    """
     init_ray(cfg.ray)
-    files, sample_costs = generate_sample(cfg) if cfg.strategies else ({}, {})
-    by_strategy = {**(cfg.data.candidates_by_strategy or {}), **files}
-    select_cfg = cfg.model_copy(update={"data": cfg.data.model_copy(update={"candidates_by_strategy": by_strategy})})
-    result = run_select(select_cfg)
-    write_outputs(cfg.output, result, cfg.model_dump())
-    _write_jsonl(child(cfg.output, "sample_generation_cost.jsonl"),
-                 [{"strategy": k, **v} for k, v in sample_costs.items()])
-    winner = result.summary["winner"]["strategy"]
+    done = finished_selection(cfg)
+    if done:
+        summary, sample_costs = done
+        log.info("the selection for this config is already in %s; resuming the full set", cfg.output)
+    else:
+        files, sample_costs = generate_sample(cfg) if cfg.strategies else ({}, {})
+        by_strategy = {**(cfg.data.candidates_by_strategy or {}), **files}
+        select_cfg = cfg.model_copy(
+            update={"data": cfg.data.model_copy(update={"candidates_by_strategy": by_strategy})})
+        result = run_select(select_cfg)
+        write_outputs(cfg.output, result, cfg.model_dump())
+        # written last: finished_selection needs it, so a selection killed while writing is redone
+        _write_jsonl(child(cfg.output, "sample_generation_cost.jsonl"),
+                     [{"strategy": k, **v} for k, v in sample_costs.items()])
+        summary = result.summary
+    winner = summary["winner"]["strategy"]
     log.info("winner: %s; generating the full training set with it (if stopped, `sapray generate --strategy %s` "
              "with the same config resumes this step alone)", winner, winner)
     metadata = run_generate(cfg, winner)
-    return result, sample_costs, metadata
+    return summary, sample_costs, metadata

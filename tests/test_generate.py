@@ -55,32 +55,35 @@ def test_run_with_vllm_teacher_two_prompt_styles_and_the_bundled_six(ray_local, 
     pytest.importorskip("vllm")
     questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:3])
     cfg = load_config(job(tmp_path, exemplar_file, questions, strategies=teacher_strategies("vllm")))
-    result, costs, metadata = run_all(cfg)
-    assert set(result.summary["strategies"]) == {"smol_plain", "smol_steps", "human", "socratic", "6b_finetuning",
+    summary, costs, metadata = run_all(cfg)
+    assert set(summary["strategies"]) == {"smol_plain", "smol_steps", "human", "socratic", "6b_finetuning",
                                                  "6b_verification", "175b_finetuning", "175b_verification"}
-    assert result.counts["scored"] == 2 * 8
+    assert summary["counts"]["scored"] == 2 * 8
     assert costs["smol_plain"]["completion_tokens"] > 0 and costs["smol_steps"]["prompt_tokens"] > 0
     train = read_jsonl(tmp_path / "train" / "train.jsonl")
     assert metadata["questions"] == 3 and metadata["rows"] + metadata["rejected"] == 3
     assert sorted(r["question_id"] for r in train) == sorted({r["question_id"] for r in train})
     for row in train:
         roles = [m["role"] for m in row["messages"]]
-        assert roles == ["user", "assistant"] and row["strategy"] == result.summary["winner"]["strategy"]
+        assert roles == ["user", "assistant"] and row["strategy"] == summary["winner"]["strategy"]
         assert row["prompt_hash"] and row["teacher"] and json.loads(row["sampling"])["max_tokens"] > 0
         assert row["finish_reason"] in ("stop", "length")
     assert metadata["rows_truncated"] == sum(r["finish_reason"] == "length" for r in train)
     assert pq.read_table(tmp_path / "train" / "train.parquet").num_rows == len(train)
 
 
-def test_generate_resumes_after_kill_9_without_duplicates(tmp_path, exemplar_file):  # noqa: F811
+def test_run_resumes_after_kill_9_in_full_generation_without_duplicates(tmp_path, exemplar_file):  # noqa: F811
+    """`sapray run`, killed during the full set and run again: the selection is reused, the set completed."""
     questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:10])
     config = job(tmp_path, exemplar_file, questions, strategies=teacher_strategies("hf"))
-    config["strategies"][0]["max_tokens"] = 12
+    del config["data"]["candidates"]  # only the two hf teachers compete, so the winner is one to kill
+    for strategy in config["strategies"]:
+        strategy["max_tokens"] = 12
     config["generate"]["shard_size"] = 1
     config["ray"]["batch_size"] = 1
     path = tmp_path / "job.yaml"
     path.write_text(yaml.safe_dump(config))
-    command = [sys.executable, "-m", "sapray", "generate", "--config", str(path), "--strategy", "smol_plain"]
+    command = [sys.executable, "-m", "sapray", "run", "--config", str(path)]
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # a local Ray of its own
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(command, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
@@ -93,9 +96,13 @@ def test_generate_resumes_after_kill_9_without_duplicates(tmp_path, exemplar_fil
     first.wait()
     done_before = {json.loads(line)["question_id"] for p in shards.glob("part-*.jsonl") for line in p.open()}
     assert 3 <= len(done_before) < 10, "kill -9 should land mid-run"
+    winner = json.loads((tmp_path / "select" / "selection.json").read_text())["winner"]["strategy"]
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
     assert second.returncode == 0, second.stderr[-2000:]
+    assert "the selection for this config is already in" in second.stderr
+    assert "generating the sample" not in second.stderr
     assert f"{len(done_before)} already done" in second.stderr
+    assert json.loads((tmp_path / "train" / "metadata.json").read_text())["strategy"] == winner
     train = read_jsonl(tmp_path / "train" / "train.jsonl")
     ids = [r["question_id"] for r in train]
     assert sorted(ids) == sorted(q["question_id"] for q in load_questions()[:10])  # each exactly once

@@ -97,3 +97,20 @@ def test_a_secret_never_prints():
     secret = Secret("sk-very-secret")
     assert "sk-very" not in repr(secret) + str(secret) + f"{secret}" + repr({"api_key": secret})
     assert secret.reveal() == "sk-very-secret"
+
+
+def test_a_finished_selection_is_reused_only_for_the_same_config(tmp_path):
+    from sapray.config import load_config
+    from sapray.run_job import finished_selection
+
+    raw = {"data": {"questions": str(DATA_DIR / "questions.jsonl"), "candidates": str(DATA_DIR / "candidates.jsonl")},
+           "exemplars": {"file": "x.jsonl"}, "output": str(tmp_path / "sel")}
+    cfg = load_config(raw)
+    out = tmp_path / "sel"
+    out.mkdir()
+    (out / "selection.json").write_text(json.dumps({"winner": {"strategy": "human"}}))
+    (out / "run.json").write_text(json.dumps({"config": cfg.model_dump()}))
+    assert finished_selection(cfg) is None  # no sample cost file: the selection did not finish writing
+    (out / "sample_generation_cost.jsonl").write_text(json.dumps({"strategy": "t", "prompt_tokens": 3}) + "\n")
+    assert finished_selection(cfg) == ({"winner": {"strategy": "human"}}, {"t": {"prompt_tokens": 3}})
+    assert finished_selection(load_config(raw, ["sample.seed=1"])) is None
