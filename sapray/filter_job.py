@@ -274,7 +274,7 @@ def run_consistency(cfg: FilterConfig, questions: dict[str, dict]) -> tuple[list
     checker = make_checker(cc.checker, cc.regex)
     rows, no_answer = [], 0
     for qid in ids:
-        texts = list(generated[qid]["texts"])
+        texts, finish = list(generated[qid]["texts"]), list(generated[qid]["finish_reasons"])
         answers = [canonical_answer(checker.extract(t)) for t in texts]
         vote = filters.majority(answers)
         no_answer += vote is None
@@ -286,7 +286,7 @@ def run_consistency(cfg: FilterConfig, questions: dict[str, dict]) -> tuple[list
                       else f"answer {answer} disagrees with majority {vote}")
             rows.append({
                 "sample_id": f"{qid}#{k}", "question_id": qid, "question": questions[qid]["question"],
-                "response": text, "answer": answer, "majority": vote,
+                "response": text, "finish_reason": finish[k], "answer": answer, "majority": vote,
                 "agreement": sum(a == vote for a in answers) / len(answers) if vote else 0.0,
                 "majority_correct": None if gold is None or vote is None
                 else canonical_answer(checker.extract(gold) or gold) == vote,

@@ -15,7 +15,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 
 import pyarrow as pa
@@ -218,7 +218,7 @@ def claim_output(output: str, strategy: StrategyConfig, resuming: bool) -> None:
 
 
 def run_full_generation(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig,
-                        gen: GenerateConfig, input_rejects: list[Reject] = ()) -> dict:
+                        gen: GenerateConfig, input_rejects: Sequence[Reject] = ()) -> dict:
     """Generate for every question not yet done, shard by shard; then write the training set.
 
     ``input_rejects`` are question rows that could not be read; they go to the rejects file too, so the

@@ -146,6 +146,7 @@ def test_self_consistency(ray_local, tmp_path):  # noqa: F811
         assert all(r["majority"] == vote for r in group)
         assert [r["kept"] for r in group] == [vote is not None and a == vote for a in answers]
         assert all(r["reason"] for r in group if not r["kept"])
+        assert all(r["finish_reason"] in ("stop", "length") for r in group)
     no_answer = sum(1 for qid in {r["question_id"] for r in scores}
                     if all(r["answer"] is None for r in scores if r["question_id"] == qid))
     assert result.summary["questions_without_parsable_answer"] == no_answer
