@@ -27,7 +27,7 @@ from sapray.answers import make_checker
 from sapray.config import ConfigError, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
 from sapray.models import resolve_model
 from sapray.raydata import map_with_actors
-from sapray.read import InputError, Reject, child, filesystem, iter_records
+from sapray.read import InputError, Reject, child, filesystem, iter_records, read_text
 
 log = logging.getLogger(__name__)
 
@@ -164,23 +164,21 @@ def generate(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig
 
 # -- resumable full-scale output ---------------------------------------------------------------
 
-def finished_questions(output: str) -> tuple[set[str], int]:
-    """Question ids already written by earlier runs into complete shards, and the next shard number."""
+def read_shards(output: str) -> tuple[list[dict], int]:
+    """The entries of every complete shard, in shard order, and the next shard number."""
     fs, path = filesystem(child(output, "shards"))
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return set(), 0
-    done, last = set(), -1
-    for info in fs.get_file_info(pafs.FileSelector(path)):
+        return [], 0
+    entries, last = [], -1
+    for info in sorted(fs.get_file_info(pafs.FileSelector(path)), key=lambda i: i.base_name):
         name = info.base_name
         if not (name.startswith("part-") and name.endswith(".jsonl")):
             if ".tmp" in name:
                 fs.delete_file(info.path)  # a shard a killed run did not finish: its questions run again
             continue
         last = max(last, int(name[5:10]))
-        with fs.open_input_stream(info.path) as f:
-            for line in f.read().decode().splitlines():
-                done.add(json.loads(line)["question_id"])
-    return done, last + 1
+        entries += [json.loads(line) for line in read_text(info.path, fs).splitlines()]
+    return entries, last + 1
 
 
 def _write_atomic(uri: str, text: str) -> None:
@@ -208,8 +206,7 @@ def claim_output(output: str, strategy: StrategyConfig, resuming: bool) -> None:
     if not resuming or fs.get_file_info(path).type == pafs.FileType.NotFound:
         _write_atomic(uri, json.dumps(mine, indent=2, sort_keys=True) + "\n")
         return
-    with fs.open_input_stream(path) as f:
-        theirs = json.loads(f.read().decode())
+    theirs = json.loads(read_text(path, fs))
     changed = sorted(k for k in mine if theirs.get(k) != mine[k])
     if changed:
         raise ConfigError(f"{output} already holds a training set from strategy {theirs.get('strategy')!r} "
@@ -226,7 +223,8 @@ def run_full_generation(strategy: StrategyConfig, questions: list[dict], ray_cfg
     """
     fs, root = filesystem(child(gen.output, "shards"))
     fs.create_dir(root, recursive=True)
-    done, shard_no = finished_questions(gen.output)
+    entries, shard_no = read_shards(gen.output)
+    done = {e["question_id"] for e in entries}
     claim_output(gen.output, strategy, resuming=bool(done))
     todo = [q for q in questions if q["question_id"] not in done]
     log.info("full-scale generation with %s: %d questions, %d already done, %d to go",
@@ -262,12 +260,7 @@ def _total_cost(entries: list[dict]) -> dict:
 def write_training_set(output: str, strategy: StrategyConfig, n_questions: int, cost: Cost,
                        input_rejects: list[Reject]) -> dict:
     """Merge the shards into train.jsonl (messages), train.parquet, rejects.jsonl and metadata.json."""
-    fs, path = filesystem(child(output, "shards"))
-    entries = []
-    for info in sorted(fs.get_file_info(pafs.FileSelector(path)), key=lambda i: i.base_name):
-        if info.base_name.startswith("part-") and info.base_name.endswith(".jsonl"):
-            with fs.open_input_stream(info.path) as f:
-                entries += [json.loads(line) for line in f.read().decode().splitlines()]
+    entries, _ = read_shards(output)
     rows = [r for e in entries for r in e["rows"]]
     rejects = [r.to_dict() for r in input_rejects] + [r for e in entries for r in e["rejects"]]
     ids = [e["question_id"] for e in entries]

@@ -55,6 +55,14 @@ def child(uri: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}{sep}{query}"
 
 
+def read_text(uri: str, fs: pafs.FileSystem | None = None) -> str:
+    """A whole file as UTF-8 text; ``fs`` when ``uri`` is already a path on that filesystem."""
+    if fs is None:
+        fs, uri = filesystem(uri)
+    with fs.open_input_stream(uri) as f:
+        return f.read().decode("utf-8")
+
+
 def _arrow_rows(table: pa.Table, uri: str) -> Iterator[tuple[str, dict | str]]:
     for i, row in enumerate(table.to_pylist(), start=1):
         yield f"{uri}:{i}", row
@@ -85,8 +93,7 @@ def iter_records(uri: str) -> Iterator[tuple[str, dict | str]]:
                                                                             column_types=None))
         yield from _arrow_rows(table, uri)
     elif path.endswith((".jsonl", ".json")):
-        with fs.open_input_stream(path) as f:
-            text = f.read().decode("utf-8")
+        text = read_text(path, fs)
         if path.endswith(".json") and text.lstrip().startswith("["):  # a JSON array, as datasets also reads
             try:
                 rows = json.loads(text)

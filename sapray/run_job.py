@@ -12,7 +12,7 @@ from typing import Any
 from sapray.config import ConfigError, SelectConfig, StrategyConfig, TeacherConfig
 from sapray.generate import Cost, generate, run_full_generation
 from sapray.raydata import init_ray
-from sapray.read import child, filesystem, read_candidates, read_questions
+from sapray.read import child, filesystem, read_candidates, read_questions, read_text
 from sapray.report import write_outputs
 from sapray.sample import paired_question_ids, sample_order
 from sapray.select import run_select
@@ -77,9 +77,7 @@ def run_generate(cfg: SelectConfig, name: str) -> dict:
 
 
 def _read_json(uri: str, jsonl: bool = False) -> Any:
-    fs, path = filesystem(uri)
-    with fs.open_input_stream(path) as f:
-        text = f.read().decode("utf-8")
+    text = read_text(uri)
     return [json.loads(line) for line in text.splitlines()] if jsonl else json.loads(text)
 
 

@@ -114,3 +114,14 @@ def test_a_finished_selection_is_reused_only_for_the_same_config(tmp_path):
     (out / "sample_generation_cost.jsonl").write_text(json.dumps({"strategy": "t", "prompt_tokens": 3}) + "\n")
     assert finished_selection(cfg) == ({"winner": {"strategy": "human"}}, {"t": {"prompt_tokens": 3}})
     assert finished_selection(load_config(raw, ["sample.seed=1"])) is None
+
+
+def test_total_cost_sums_every_shard_entry_by_hand():
+    from sapray.generate import _total_cost
+
+    entries = [{"cost": {"prompt_tokens": 10, "completion_tokens": 5, "money": 0.25}},
+               {"cost": {"prompt_tokens": 7, "completion_tokens": 0, "money": None}},  # a run without prices
+               {"cost": {"prompt_tokens": 3, "completion_tokens": 20, "money": 0.5}},
+               {}]  # an entry written before costs were recorded
+    assert _total_cost(entries) == {"prompt_tokens": 20, "completion_tokens": 25, "money": 0.75}
+    assert _total_cost([{"cost": {"prompt_tokens": 1, "completion_tokens": 1, "money": None}}])["money"] is None
