@@ -42,12 +42,7 @@ def _execute(cfg: SelectConfig) -> None:
     from sapray.report import render_table, write_outputs
     from sapray.select import run_select
 
-    def on_round(index: int, estimate: dict) -> None:
-        lead = estimate["ranking"][:3]
-        means = ", ".join(f"{s} {estimate['per_strategy'][s]['mean_sap']:.3f}" for s in lead)
-        click.echo(f"round {index + 1}: leading {means}", err=True)
-
-    result = run_select(cfg, on_round=on_round)
+    result = run_select(cfg, on_round=lambda line: click.echo(line, err=True))
     paths = write_outputs(cfg.output, result, cfg.model_dump())
     click.echo(render_table(result.summary))
     counts = result.counts
@@ -173,7 +168,7 @@ def run(config_path: str, set_items: tuple[str, ...], verbose: bool, **flags) ->
 
     _setup_logging(verbose)
     cfg = _load(config_path, set_items, **flags)
-    summary, costs, metadata = run_all(cfg)
+    summary, costs, metadata = run_all(cfg, on_round=lambda line: click.echo(line, err=True))
     click.echo(render_table(summary))
     for name, c in costs.items():
         click.echo(f"sample generation {name}: {_tokens_and_money(c)}, {c['wall_s']:.1f} s, {c['rejected']} rejected")

@@ -38,6 +38,10 @@ class DataConfig(Strict):
     candidates: str | None = Field(None, description="one long table: question_id, strategy, response")
     candidates_by_strategy: dict[str, str] | None = Field(None, description="strategy name -> file")
     columns: Columns = Columns()
+    strategies: list[str] | None = Field(None, description="the strategies to compare (default: every strategy "
+                                         "in the candidates with enough coverage)")
+    min_coverage: float = Field(0.5, ge=0, le=1, description="a strategy with a usable candidate for fewer than "
+                                "this share of the questions is excluded (with its reason), not the questions")
 
     def candidate_sources(self) -> dict[str | None, str]:
         """Files to read candidates from: None for the long table, else the strategy's name."""
@@ -46,15 +50,29 @@ class DataConfig(Strict):
 
 class SampleConfig(Strict):
     seed: int = 0
+    stop: Literal["confident", "fixed"] = Field(
+        "confident", description="confident: race, dropping strategies once they have lost and stopping when the "
+        "choice is known (sapray.race); fixed: score every strategy on every sampled question")
+    confidence: float = Field(0.95, gt=0.5, lt=1, description="race: confidence that holds over every look")
+    epsilon: float = Field(0.02, ge=0, description="race: indifference margin, a share of the leader's mean SAP")
+    min_questions: int = Field(10, ge=2, description="race: no decision before this many paired questions")
+    tuned_for: int = Field(50, ge=1, description="race: questions at which the confidence sequence is tightest")
+    pick: Literal["lowest_sap", "cheapest"] = Field(
+        "lowest_sap", description="run: after a tie or a budget stop, the contender to generate the full set with")
     max_questions: int | None = Field(50, ge=1, description="questions per strategy (paired: the same for all)")
     max_tokens: int | None = Field(None, ge=1, description="cap on tokens scored (context + continuation)")
-    round_size: int = Field(25, ge=1, description="questions scored per round before estimates are updated")
+    max_money: float | None = Field(None, gt=0, description="cap on sample generation cost where teachers have "
+                                    "prices")
+    round_size: int = Field(10, ge=1, description="questions scored per round before estimates are updated")
 
     @model_validator(mode="after")
     def some_bound(self) -> SampleConfig:
         if self.max_questions is None and self.max_tokens is None:
             raise ValueError("set sample.max_questions or sample.max_tokens (a run must be cost-bounded)")
         return self
+
+
+MetricName = Literal["sap", "ppl", "ifd"]
 
 
 class ExemplarConfig(Strict):
@@ -180,6 +198,8 @@ class SelectConfig(Strict):
     engine: EngineName = "hf"
     engine_args: dict[str, Any] = {}
     layout: Literal["chat", "paper"] = "chat"
+    metrics: list[MetricName] = Field(["sap", "ppl", "ifd"], description="what to score; SAP ranks and is always "
+                                      "scored, PPL and IFD need contexts of their own")
     overlong: Literal["reject", "truncate"] = "reject"
     data: DataConfig
     sample: SampleConfig = SampleConfig()
@@ -195,6 +215,8 @@ class SelectConfig(Strict):
     def some_candidates(self) -> SelectConfig:
         if not self.data.candidate_sources() and not self.strategies:
             raise ValueError("give data.candidates, data.candidates_by_strategy or strategies with teachers")
+        if "sap" not in self.metrics:
+            raise ValueError("metrics must include 'sap': it ranks the strategies")
         names = [s.name for s in self.strategies]
         if len(names) != len(set(names)):
             raise ValueError(f"strategy names must be unique: {names}")

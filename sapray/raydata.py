@@ -25,6 +25,10 @@ def init_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
+    # On a busy machine the dashboard agent starts slowly, and the raylet's default wait for it
+    # ends the local node at startup; a local Ray started here waits longer.
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "600000")
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "600")
     ray.init(address=address, include_dashboard=False if address in (None, "local") else None,
              logging_level=logging.WARNING, log_to_driver=True,
              configure_logging=True)

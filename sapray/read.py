@@ -25,13 +25,14 @@ class InputError(ValueError):
     """An input that cannot be read at all (missing file or column); names the file."""
 
 
-CANDIDATE_STAGES = ("candidates", "sample", "score")
+CANDIDATE_STAGES = ("candidates", "strategy", "sample", "score")
 
 
 @dataclass(frozen=True)
 class Reject:
     """A row left out, with why. ``stage``: questions (a questions-file row) or, for candidate rows,
-    candidates (at read), sample (not pairable) or score (the engine refused it)."""
+    candidates (at read), strategy (its strategy was excluded), sample (not pairable) or score (the
+    engine refused it)."""
 
     source: str
     reason: str

@@ -65,54 +65,84 @@ def _reward_stats(scores: Sequence[dict], strategy: str) -> dict:
     return {"mean_reward": _r(mean_reward), "car": _r(metrics.car(mean_reward, mean_nll))}
 
 
-def summarize(scores: Sequence[dict], strategies: list[str], bootstrap: int = 1000, seed: int = 0) -> dict:
-    """Per-strategy statistics, the win-rate matrix and the ranking, as a JSON-ready dict."""
+def _finite_mean(column: np.ndarray) -> float | None:
+    """Mean of the finite values; None when there are none (a metric that was not scored)."""
+    finite = column[np.isfinite(column)]
+    return _r(finite.mean()) if len(finite) else None
+
+
+def evidence(paired_questions: int, min_questions: int) -> dict:
+    """Whether the paired sample can support a ranking at all (fewer questions: say so, claim nothing)."""
+    if paired_questions >= max(2, min_questions):
+        return {"sufficient": True, "paired_questions": paired_questions,
+                "reason": f"{paired_questions} paired questions"}
+    return {"sufficient": False, "paired_questions": paired_questions,
+            "reason": f"only {paired_questions} paired question(s), fewer than {max(2, min_questions)}: too few "
+                      "to rank strategies; the order shown is no more than a hint"}
+
+
+def summarize(scores: Sequence[dict], strategies: list[str], bootstrap: int = 1000, seed: int = 0,
+              contenders: list[str] | None = None, min_questions: int = 10) -> dict:
+    """Per-strategy statistics, the win-rate matrix and the ranking, as a JSON-ready dict.
+
+    ``contenders`` (default: every strategy with scores) are the strategies still in the running;
+    the winner is the contender of lowest mean SAP, and P(best) is computed among the contenders
+    on the questions they were all scored on.
+    """
     _, sap = _matrix(scores, strategies, "sap")
-    _, ppl = _matrix(scores, strategies, "ppl")
-    _, ifd = _matrix(scores, strategies, "ifd")
-    _, length = _matrix(scores, strategies, "length")
     counts = (~np.isnan(sap)).sum(axis=0)
-    with np.errstate(invalid="ignore", divide="ignore"):
-        mean_sap = np.nanmean(sap, axis=0)
-        boot = bootstrap_means(sap, bootstrap, seed) if bootstrap and len(sap) else None
     per_strategy = {}
+    boot = bootstrap_means(sap, bootstrap, seed) if bootstrap and len(sap) else None
     for j, name in enumerate(strategies):
         column = sap[:, j][~np.isnan(sap[:, j])]
         lo = hi = float("nan")
-        if boot is not None and len(column):
+        if boot is not None and len(column) > 1:
             lo, hi = np.nanpercentile(boot[:, j], [2.5, 97.5])
         per_strategy[name] = {
             "n": int(counts[j]),
-            "mean_sap": _r(mean_sap[j]) if len(column) else None,
+            "mean_sap": _r(column.mean()) if len(column) else None,
             "median_sap": _r(np.median(column)) if len(column) else None,
             "geomean_sap": _r(np.exp(np.mean(np.log(column)))) if len(column) else None,
             "ci95_mean_sap": [_r(lo), _r(hi)],
-            "mean_ppl": _r(np.nanmean(ppl[:, j])) if len(column) else None,
-            "mean_ifd": _r(np.nanmean(ifd[:, j])) if len(column) else None,
-            "mean_length": _r(np.nanmean(length[:, j])) if len(column) else None,
+            **{f"mean_{key}": _finite_mean(_matrix(scores, strategies, key)[1][:, j])
+               for key in ("ppl", "ifd", "length")},
             **_reward_stats(scores, name),
         }
-    ranked = sorted((j for j in range(len(strategies)) if counts[j]), key=lambda j: (mean_sap[j], strategies[j]))
+    mean_of = {n: per_strategy[n]["mean_sap"] for n in strategies if per_strategy[n]["mean_sap"] is not None}
+    contenders = [n for n in (contenders if contenders is not None else strategies) if n in mean_of]
+    ranked = sorted(contenders, key=lambda n: (mean_of[n], n)) + sorted(
+        (n for n in mean_of if n not in contenders), key=lambda n: (mean_of[n], n))
     win = win_rates(sap)
+    index = {n: j for j, n in enumerate(strategies)}
+    together = sap[:, [index[n] for n in contenders]]
+    paired = int((~np.isnan(together).any(axis=1)).sum()) if contenders else 0
     result = {
-        "ranking": [strategies[j] for j in ranked],
+        "ranking": ranked,
         "per_strategy": per_strategy,
         "win_rate": {strategies[a]: {strategies[b]: _r(win[a, b]) for b in range(len(strategies)) if b != a}
                      for a in range(len(strategies))},
         "winner": None,
+        "evidence": evidence(paired, min_questions),
     }
     if ranked:
         first = ranked[0]
-        winner = {"strategy": strategies[first], "mean_sap": _r(mean_sap[first])}
+        winner = {"strategy": first, "mean_sap": mean_of[first]}
         if len(ranked) > 1:
             second = ranked[1]
+            both = ~np.isnan(sap[:, index[first]]) & ~np.isnan(sap[:, index[second]])
             winner.update({
-                "runner_up": strategies[second],
-                "margin_mean_sap": _r(mean_sap[second] - mean_sap[first]),
-                "win_rate_vs_runner_up": _r(win[first, second]),
+                "runner_up": second,
+                "margin_mean_sap": _r(np.mean(sap[both, index[second]] - sap[both, index[first]]))
+                if both.any() else None,
+                "win_rate_vs_runner_up": _r(win[index[first], index[second]]),
             })
-        if boot is not None:
-            best = np.nanargmin(np.where(np.isnan(boot), np.inf, boot), axis=1)
-            winner["bootstrap_p_best"] = _r(float(np.mean(best == first)))
+        if not result["evidence"]["sufficient"]:
+            winner["provisional"] = True
+        elif bootstrap and len(contenders) > 1:
+            complete = together[~np.isnan(together).any(axis=1)]
+            means = bootstrap_means(complete, bootstrap, seed)
+            best = np.argmin(means, axis=1)
+            winner["bootstrap_p_best"] = _r(float(np.mean(best == contenders.index(first))))
+            winner["p_best"] = {n: _r(float(np.mean(best == k))) for k, n in enumerate(contenders)}
         result["winner"] = winner
     return result

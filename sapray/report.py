@@ -64,11 +64,20 @@ def render_table(summary: dict) -> str:
         lines.append(f"{rank:>4}  {name:<20}{s['n']:>5}{_fmt(s['mean_sap'], 10)}{ci:>20}{_fmt(s['median_sap'], 9)}"
                      f"{_fmt(s['mean_ppl'], 9)}{_fmt(s['mean_ifd'], 8)}{_fmt(s['mean_length'], 8, 1)}")
     w = summary.get("winner")
+    race = summary.get("race")
+    if race:
+        lines += ["", f"race ({race['stop']}): {race['ended']}: {race['end_reason']}"]
+        if race["eliminated"]:
+            lines.append("eliminated: " + ", ".join(f"{n} (round {r})" for n, r in race["eliminated"].items()))
+    evidence = summary.get("evidence")
+    if evidence and not evidence["sufficient"]:
+        lines += ["", f"NOT ENOUGH EVIDENCE: {evidence['reason']}"]
     if w:
         lines.append("")
-        line = f"winner: {w['strategy']} (mean SAP {w['mean_sap']:.3f})"
-        if "runner_up" in w:
-            line += (f", ahead of {w['runner_up']} by {w['margin_mean_sap']:.3f}; more familiar on "
+        line = f"{'provisional ' if w.get('provisional') else ''}winner: {w['strategy']} (mean SAP {w['mean_sap']:.3f})"
+        if w.get("margin_mean_sap") is not None:
+            line += (f", ahead of {w['runner_up']} by {w['margin_mean_sap']:.3f} on their shared questions; "
+                     "more familiar on "
                      f"{100 * w['win_rate_vs_runner_up']:.0f}% of paired questions")
         if w.get("bootstrap_p_best") is not None:
             line += f"; best in {100 * w['bootstrap_p_best']:.0f}% of bootstrap resamples"

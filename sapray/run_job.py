@@ -7,15 +7,15 @@ from __future__ import annotations
 
 import json
 import logging
+from collections.abc import Callable
 from typing import Any
 
 from sapray.config import ConfigError, SelectConfig, StrategyConfig, TeacherConfig
 from sapray.generate import Cost, generate, run_full_generation
 from sapray.raydata import init_ray
-from sapray.read import child, filesystem, read_candidates, read_questions, read_text
+from sapray.read import Reject, child, filesystem, read_questions, read_text
 from sapray.report import write_outputs
-from sapray.sample import paired_question_ids, sample_order
-from sapray.select import run_select
+from sapray.select import TeacherRounds, run_select
 
 log = logging.getLogger("sapray")
 
@@ -26,35 +26,54 @@ def _write_jsonl(uri: str, rows: list[dict]) -> None:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
 
 
-def generate_sample(cfg: SelectConfig) -> tuple[dict[str, str], dict[str, dict]]:
-    """Responses from every teacher strategy for the questions select will sample; files by strategy."""
-    questions, _ = read_questions(cfg.data.questions, cfg.data.columns, need_gold=False)
-    existing = cfg.data.candidate_sources()
-    if existing:  # paired design: only questions that the given candidate files cover completely
-        rows, _, _ = read_candidates(existing, cfg.data.columns, questions)
-        names = sorted({r["strategy"] for r in rows})
-        eligible, _ = paired_question_ids(rows, names)
-    else:
-        eligible = sorted(questions)
-    n = cfg.sample.max_questions or len(eligible)
-    chosen = [questions[q] for q in sample_order(eligible, cfg.sample.seed)[:n]]
-    fs, root = filesystem(child(cfg.output, "sample_candidates"))
-    fs.create_dir(root, recursive=True)
-    files, costs = {}, {}
-    for strategy in cfg.strategies:
-        log.info("generating the sample with strategy %s (%s, %d questions)", strategy.name,
-                 strategy.teacher.describe(), len(chosen))
-        cost, rows, rejects = Cost(), [], 0
-        for new, bad, c in generate(strategy, chosen, cfg.ray):
-            cost.add(c)
-            rejects += len(bad)
-            # select scores one response per (question, strategy): the first sample
-            rows += [{"question_id": r["question_id"], "strategy": r["strategy"], "response": r["response"]}
-                     for r in new if r["sample_index"] == 0]
-        files[strategy.name] = child(cfg.output, f"sample_candidates/{strategy.name}.jsonl")
-        _write_jsonl(files[strategy.name], rows)
-        costs[strategy.name] = {**cost.__dict__, "rejected": rejects}
-    return files, costs
+def teacher_rounds(cfg: SelectConfig) -> TeacherRounds:
+    """The config's teacher strategies, generating the selection sample round by round.
+
+    Only the strategies still in the race are asked, so an eliminated strategy's teacher gets no
+    request after the round that dropped it. Select scores one response per (question, strategy):
+    the first sample.
+    """
+    by_name = {s.name: s for s in cfg.strategies}
+    costs = {name: Cost() for name in by_name}
+    rejected = dict.fromkeys(by_name, 0)
+    asked = dict.fromkeys(by_name, 0)
+
+    def generate_round(questions: list[dict], names: list[str]) -> tuple[list[dict], list[Reject]]:
+        rows, rejects = [], []
+        for name in names:
+            strategy = by_name[name]
+            log.info("generating the sample with strategy %s (%s, %d questions)", name, strategy.teacher.describe(),
+                     len(questions))
+            asked[name] += len(questions)
+            for new, bad, cost in generate(strategy, questions, cfg.ray):
+                costs[name].add(cost)
+                rejected[name] += len(bad)
+                rejects += bad
+                rows += [{"question_id": r["question_id"], "strategy": name, "response": r["response"],
+                          "source": f"teacher:{name}"} for r in new if r["sample_index"] == 0]
+        teachers.rows += rows
+        for name in names:
+            teachers.cost[name] = {**costs[name].__dict__, "rejected": rejected[name], "questions": asked[name]}
+        return rows, rejects
+
+    teachers = TeacherRounds(sorted(by_name), generate_round)
+    return teachers
+
+
+def pick_for_full_set(cfg: SelectConfig, summary: dict, sample_costs: dict[str, dict]) -> str:
+    """The winner; after a tie or a budget stop with ``sample.pick: cheapest``, the contender whose
+    sample cost least per question (money where priced, then generated tokens; data costs nothing)."""
+    race = summary.get("race") or {}
+    if cfg.sample.pick == "lowest_sap" or race.get("ended") not in ("tie", "budget", "exhausted"):
+        return summary["winner"]["strategy"]
+
+    def cost_per_question(name: str) -> tuple[float, float]:
+        c = sample_costs.get(name)
+        if not c or not c["questions"]:
+            return 0.0, 0.0
+        return (c["money"] or 0.0) / c["questions"], (c["prompt_tokens"] + c["completion_tokens"]) / c["questions"]
+
+    return min(race["contenders"], key=lambda n: (cost_per_question(n), race["contenders"].index(n)))
 
 
 def strategy_for(cfg: SelectConfig, name: str) -> StrategyConfig:
@@ -94,7 +113,7 @@ def finished_selection(cfg: SelectConfig) -> tuple[dict, dict] | None:
     return summary, {c.pop("strategy"): c for c in costs}
 
 
-def run_all(cfg: SelectConfig) -> tuple[dict, dict, dict]:
+def run_all(cfg: SelectConfig, on_round: Callable[[str], None] | None = None) -> tuple[dict, dict, dict]:
     """(selection summary, sample generation costs, training set metadata).
 
     A restart with the same config after the selection finished (say, killed during the full-scale
@@ -106,17 +125,21 @@ def run_all(cfg: SelectConfig) -> tuple[dict, dict, dict]:
         summary, sample_costs = done
         log.info("the selection for this config is already in %s; resuming the full set", cfg.output)
     else:
-        files, sample_costs = generate_sample(cfg) if cfg.strategies else ({}, {})
-        by_strategy = {**(cfg.data.candidates_by_strategy or {}), **files}
-        select_cfg = cfg.model_copy(
-            update={"data": cfg.data.model_copy(update={"candidates_by_strategy": by_strategy})})
-        result = run_select(select_cfg)
+        teachers = teacher_rounds(cfg) if cfg.strategies else None
+        result = run_select(cfg, on_round=on_round, teachers=teachers)
         write_outputs(cfg.output, result, cfg.model_dump())
+        sample_costs = teachers.cost if teachers else {}
+        if teachers:
+            fs, root = filesystem(child(cfg.output, "sample_candidates"))
+            fs.create_dir(root, recursive=True)
+            for name in teachers.names:
+                _write_jsonl(child(cfg.output, f"sample_candidates/{name}.jsonl"),
+                             [r for r in teachers.rows if r["strategy"] == name])
         # written last: finished_selection needs it, so a selection killed while writing is redone
         _write_jsonl(child(cfg.output, "sample_generation_cost.jsonl"),
                      [{"strategy": k, **v} for k, v in sample_costs.items()])
         summary = result.summary
-    winner = summary["winner"]["strategy"]
+    winner = pick_for_full_set(cfg, summary, sample_costs)
     log.info("winner: %s; generating the full training set with it (if stopped, `sapray generate --strategy %s` "
              "with the same config resumes this step alone)", winner, winner)
     metadata = run_generate(cfg, winner)

@@ -1,15 +1,23 @@
-"""The ``select`` job, top to bottom: read -> sample -> exemplars -> contexts -> score -> reduce -> report.
+"""The ``select`` job, top to bottom: read -> choose strategies -> exemplars -> rounds of
+(generate -> contexts -> score -> race) -> reduce.
 
-Row accounting: every candidate row read ends up in exactly one of scored, rejected (with a reason
-in rejects.jsonl) or not_sampled, and the job checks that the counts add up.
+Rounds: the sampled questions are taken ``round_size`` at a time. With ``sample.stop: confident``
+each round is its own Ray Data pass over the strategies still in the race, so an eliminated
+strategy's requests never reach the scoring actors (nor, in ``sapray run``, its teacher); with
+``fixed`` every planned round is scored in one pass.
+
+Row accounting: every candidate row read or generated ends up in exactly one of scored, rejected
+(with a reason in rejects.jsonl) or not_sampled (its question was not sampled, or its strategy was
+eliminated first), and the job checks that the counts add up.
 """
 
 from __future__ import annotations
 
 import json
 import logging
+import math
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -17,16 +25,43 @@ from sapray import exemplars as ex
 from sapray import metrics
 from sapray.actors import GenerateActor, ScoreActor
 from sapray.config import SelectConfig
-from sapray.contexts import CONTEXT_KINDS, Layout, build_requests
+from sapray.contexts import Layout, build_requests
 from sapray.engines import SamplingConfig, max_length_of
 from sapray.models import resolve_model
+from sapray.race import Race, RaceRule
 from sapray.raydata import init_ray, map_with_actors
 from sapray.read import CANDIDATE_STAGES, Reject, read_candidates, read_questions
 from sapray.reduce import summarize
-from sapray.sample import Budget, paired_question_ids, rounds, sample_order
+from sapray.sample import Budget, choose_strategies, paired_question_ids, rounds, sample_order
 from sapray.scoring import EncodedRequest, encode_all
 
 log = logging.getLogger("sapray")
+
+# The contexts each metric needs (METHOD.md §1-2): SAP its own, PPL the plain question, IFD both
+# the plain question and the empty context.
+KINDS_OF_METRIC = {"sap": ("sap",), "ppl": ("ppl",), "ifd": ("ppl", "empty")}
+
+
+def context_kinds(names: list[str]) -> tuple[str, ...]:
+    needed = {k for m in names for k in KINDS_OF_METRIC[m]}
+    return tuple(k for k in ("sap", "ppl", "empty") if k in needed)
+
+
+@dataclass
+class TeacherRounds:
+    """Strategies whose sample is generated round by round (``sapray run``).
+
+    ``generate(questions, strategies)`` returns candidate rows (question_id, strategy, response)
+    and generation rejects, and ``cost[strategy]`` holds what generation has spent so far.
+    """
+
+    names: list[str]
+    generate: Callable[[list[dict], list[str]], tuple[list[dict], list[Reject]]]
+    cost: dict[str, dict] = field(default_factory=dict)
+    rows: list[dict] = field(default_factory=list)  # every candidate generated, for the record
+
+    def money(self) -> float:
+        return sum(c.get("money") or 0.0 for c in self.cost.values())
 
 
 @dataclass
@@ -68,49 +103,75 @@ def _mine_exemplars(cfg: SelectConfig, model_path: str, tokenizer, exclude: set[
     return mined, info
 
 
-def _candidate_metrics(candidate: dict, by_kind: dict[str, dict]) -> dict:
+def _candidate_metrics(by_kind: dict[str, dict]) -> dict:
+    """The metrics of one candidate from its scored contexts; a metric whose context was not scored is NaN."""
     logprobs = {k: r["token_logprobs"] for k, r in by_kind.items()}
+    nan = math.nan
     return {
         "sap": metrics.sap(logprobs["sap"]),
-        "ppl": metrics.perplexity(logprobs["ppl"]),
-        "ifd": metrics.ifd(logprobs["ppl"], logprobs["empty"]),
+        "ppl": metrics.perplexity(logprobs["ppl"]) if "ppl" in logprobs else nan,
+        "ifd": metrics.ifd(logprobs["ppl"], logprobs["empty"]) if "empty" in logprobs else nan,
         **{f"nll_{k}": metrics.nll(v) for k, v in logprobs.items()},
         "length": by_kind["sap"]["n_continuation_tokens"],
         "context_tokens_sap": by_kind["sap"]["n_context_tokens"],
+        "scored_tokens": sum(r["n_context_tokens"] + r["n_continuation_tokens"] for r in by_kind.values()),
         "truncated_tokens": max(r["truncated_tokens"] for r in by_kind.values()),
     }
 
 
-def run_select(cfg: SelectConfig, on_round: Callable[[int, dict], None] | None = None) -> SelectResult:
+def _say_round(record: dict, confidence: float, epsilon: float) -> str:
+    """One console line per round: who leads, who was dropped and why."""
+    leader = record["leader"]
+    line = (f"round {record['round']}: {record['questions']} questions, {len(record['mean_sap'])} strategies; "
+            f"leading {leader} (mean SAP {record['mean_sap'][leader]:.3f})")
+    for name in record["eliminated"]:
+        worse = record["intervals"][name]["lo"]
+        line += (f"; dropped {name} (worse than {leader} by >= {worse:.3f} SAP, more than {epsilon:.0%}; "
+                 f"{confidence:.0%} confidence)")
+    return line
+
+
+def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
+               teachers: TeacherRounds | None = None) -> SelectResult:
     from transformers import AutoTokenizer
 
     started = time.monotonic()
     model_path = resolve_model(cfg.model)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     layout = Layout(cfg.layout, model_name=cfg.model if cfg.model != "smollm2" else Path(model_path).name)
+    generated = teachers.names if teachers else []
 
-    # read
+    # read, and choose the strategies to pair
     questions, rejects = read_questions(cfg.data.questions, cfg.data.columns, need_gold=False)
     sources = cfg.data.candidate_sources()
-    candidates, candidate_rejects, rows_in = read_candidates(sources, cfg.data.columns, questions)
+    candidates, candidate_rejects, rows_in = (read_candidates(sources, cfg.data.columns, questions)
+                                              if sources else ([], [], 0))
     rejects = [*rejects, *candidate_rejects]
-    strategies = sorted({c["strategy"] for c in candidates})
+    chosen = choose_strategies(candidates, cfg.data.strategies, cfg.data.min_coverage, generated)
+    strategies = chosen.chosen
     if not strategies:
         raise ValueError("no valid candidates to score")
+    for name in chosen.similar_names:
+        log.warning("strategy names %s differ only in case or surrounding spaces: one strategy, or several?", name)
+    for c in candidates:
+        if c["strategy"] in chosen.excluded:
+            rejects.append(Reject(c["source"], f"strategy {c['strategy']} excluded: {chosen.excluded[c['strategy']]}",
+                                  "strategy", c["question_id"], c["strategy"]))
+    candidates = [c for c in candidates if c["strategy"] not in chosen.excluded]
 
-    # sample (paired: only questions with every strategy)
-    complete, lacking = paired_question_ids(candidates, strategies)
+    # sample (paired: only questions with every data strategy; generated ones cover what is sampled)
+    data_strategies = [s for s in strategies if s not in generated]
+    complete, lacking = (paired_question_ids(candidates, data_strategies) if data_strategies
+                         else (sorted(questions), {}))
     for c in candidates:
         if c["question_id"] in lacking:
             rejects.append(Reject(c["source"], f"question lacks strategies {lacking[c['question_id']]} "
                                   "(paired design scores complete questions only)", "sample",
                                   c["question_id"], c["strategy"]))
-    by_question: dict[str, list[dict]] = {}
+    by_question: dict[str, dict[str, dict]] = {}
     for c in candidates:
         if c["question_id"] not in lacking:
-            by_question.setdefault(c["question_id"], []).append(c)
-    for rows in by_question.values():
-        rows.sort(key=lambda r: r["strategy"])
+            by_question.setdefault(c["question_id"], {})[c["strategy"]] = c
 
     init_ray(cfg.ray)
     t0 = time.monotonic()
@@ -118,105 +179,172 @@ def run_select(cfg: SelectConfig, on_round: Callable[[int, dict], None] | None =
     mining_s = time.monotonic() - t0
     order = sample_order(complete, cfg.sample.seed)
     position = {q: i for i, q in enumerate(order)}
+    kinds = context_kinds(cfg.metrics)
+    limit = max_length_of(cfg.engine_args)
 
-    # contexts: every kind for every candidate of a question, grouped by question
-    def requests_of(qid: str) -> list:
-        chosen = ex.choose(pool, position[qid], qid, cfg.exemplars.n)
+    def requests_of(qid: str, names: list[str]) -> list:
+        chosen_exemplars = [e.text for e in ex.choose(pool, position[qid], qid, cfg.exemplars.n)]
         out = []
-        for c in by_question[qid]:
-            out += build_requests(layout, f"{qid}/{c['strategy']}", questions[qid]["question"], c["response"],
-                                  [e.text for e in chosen], CONTEXT_KINDS, question_id=qid)
+        for name in names:
+            if name in by_question.get(qid, {}):
+                out += build_requests(layout, f"{qid}/{name}", questions[qid]["question"],
+                                      by_question[qid][name]["response"], chosen_exemplars, kinds, question_id=qid)
         return out
 
-    limit = max_length_of(cfg.engine_args)
-    encoded_cost: dict[str, int] = {}
+    def tokens_of(qid: str, names: list[str]) -> int:
+        slots = encode_all(requests_of(qid, names), tokenizer, limit, layout.boundary, cfg.overlong)
+        return sum(len(e.input_ids) for e in slots if isinstance(e, EncodedRequest))
 
-    def tokens_of(qid: str) -> int:
-        slots = encode_all(requests_of(qid), tokenizer, limit, layout.boundary, cfg.overlong)
-        encoded_cost[qid] = sum(len(e.input_ids) for e in slots if isinstance(e, EncodedRequest))
-        return encoded_cost[qid]
-
-    budget = Budget(cfg.sample.max_questions, cfg.sample.max_tokens)
-    plan = list(rounds(order, budget, cfg.sample.round_size, tokens_of))
-    sampled = [q for r in plan for q in r]
-    log.info("sample: %d questions x %d strategies in %d round(s), %d tokens to score (budget: %s)",
-             len(sampled), len(strategies), len(plan), budget.tokens, budget.to_dict())
-
-    request_rows, round_of = [], {}
-    for i, round_ids in enumerate(plan):
-        for qid in round_ids:
-            round_of[qid] = i
-            for r in requests_of(qid):
-                request_rows.append({"request_id": r.request_id, "context_json": json.dumps(r.context),
-                                     "continuation": r.continuation, "context_key": r.context_key or ""})
-
-    # score on Ray Data, reducing after each round
-    t0 = time.monotonic()
+    confident = cfg.sample.stop == "confident"
+    s = cfg.sample
+    race = Race(strategies, RaceRule(s.confidence, s.epsilon, s.min_questions, s.tuned_for))
+    budget = Budget(s.max_questions, s.max_tokens, s.max_money)
+    plan = rounds(order, budget, s.round_size, lambda qid: tokens_of(qid, race.remaining))
+    passes: Iterator[list[list[str]]] = ([r] for r in plan) if confident else iter([list(plan)])
     actor_kwargs = {"engine": cfg.engine, "model": cfg.model, "engine_args": cfg.engine_args,
                     "boundary": layout.boundary, "overlong": cfg.overlong}
-    scored: dict[str, dict] = {}
     scores: list[dict] = []
-    expected = {i: sum(len(by_question[q]) * len(CONTEXT_KINDS) for q in ids) for i, ids in enumerate(plan)}
-    done_in_round = dict.fromkeys(expected, 0)
-    for row in map_with_actors(request_rows, ScoreActor, actor_kwargs, cfg.ray):
-        scored[row["request_id"]] = row
-        qid = row["request_id"].split("/")[0]
-        done_in_round[round_of[qid]] += 1
-        r = round_of[qid]
-        if done_in_round[r] == expected[r]:
-            new = _collect_round(plan[r], by_question, scored, questions, rejects, pool, position, cfg)
+    placement: dict[str, int] = {}
+    requests_scored = 0
+    round_number = 0
+    t0 = time.monotonic()
+    generation_s = 0.0
+    for pass_rounds in passes:
+        live = list(race.remaining)
+        if teachers:
+            g0 = time.monotonic()
+            asked = [questions[q] for r in pass_rounds for q in r]
+            new_rows, generation_rejects = teachers.generate(asked, [n for n in live if n in generated])
+            generation_s += time.monotonic() - g0
+            rejects += generation_rejects
+            for row in new_rows:
+                by_question.setdefault(row["question_id"], {})[row["strategy"]] = row
+            rows_in += len(new_rows)
+            budget.tokens += sum(tokens_of(q, [n for n in live if n in generated]) for r in pass_rounds for q in r)
+            spent = teachers.money()
+            budget.money_per_question = (spent - budget.money) / max(1, len(asked))
+            budget.money = spent
+        request_rows, round_of = [], {}
+        for i, round_ids in enumerate(pass_rounds):
+            for qid in round_ids:
+                round_of[qid] = i
+                for r in requests_of(qid, live):
+                    request_rows.append({"request_id": r.request_id, "context_json": json.dumps(r.context),
+                                         "continuation": r.continuation, "context_key": r.context_key or ""})
+        expected = [sum(len(requests_of(q, live)) for q in ids) for ids in pass_rounds]
+        done = [0] * len(pass_rounds)
+        scored: dict[str, dict] = {}
+        for row in map_with_actors(request_rows, ScoreActor, actor_kwargs, cfg.ray):
+            scored[row["request_id"]] = row
+            placement[row["actor"]] = placement.get(row["actor"], 0) + 1
+            i = round_of[row["request_id"].split("/")[0]]
+            done[i] += 1
+            if done[i] < expected[i]:
+                continue
+            round_number += 1
+            new = _collect_round(pass_rounds[i], live, by_question, scored, kinds, rejects, pool, position, cfg)
             scores.extend(new)
-            estimate = summarize(scores, strategies, bootstrap=0)
+            for score in new:
+                race.add(score["question_id"], score["strategy"], score["sap"])
+            record = race.look(round_number, budget.tokens, budget.money if teachers else None, decide=confident)
             if on_round:
-                on_round(r, estimate)
-    scoring_s = time.monotonic() - t0
+                on_round(_say_round(record, s.confidence, s.epsilon))
+        requests_scored += len(request_rows)
+        if race.ended:
+            break
+    scoring_s = time.monotonic() - t0 - generation_s
+    if not race.ended:
+        if budget.stopped_by == "all_questions":
+            race.stop("exhausted", f"every eligible question was scored ({budget.questions}) before a confident "
+                      "decision; the contenders are ranked by mean SAP")
+        else:
+            race.stop("budget", f"the {budget.stopped_by} cap was reached before a confident decision; the "
+                      "contenders are ranked by mean SAP")
 
-    summary = summarize(scores, strategies, cfg.bootstrap, cfg.sample.seed)
-    not_sampled = sum(len(by_question[q]) for q in complete if q not in round_of)
+    contenders = race.contenders()
+    summary = summarize(scores, strategies, cfg.bootstrap, s.seed, contenders=contenders,
+                        min_questions=s.min_questions)
+    summary["ranking"] = contenders + sorted(race.eliminated, key=lambda n: (-race.eliminated[n], summary[
+        "per_strategy"][n]["mean_sap"] or math.inf, n))
+    summary["race"] = race.to_dict(s.stop)
+    summary["race"]["cost"] = _cost_table(scores, strategies, budget.questions, teachers)
+
+    scored_keys = {(sc["question_id"], sc["strategy"]) for sc in scores}
+    rejected_keys = {(r.question_id, r.strategy) for r in rejects if r.stage == "score"}
+    sampled = set(race.row)
+    not_sampled = [(q, n) for q in complete for n in by_question.get(q, {})
+                   if (q, n) not in scored_keys and (q, n) not in rejected_keys]
     counts = {
         "candidate_rows_in": rows_in,
         "scored": len(scores),
         "rejected": sum(1 for r in rejects if r.stage in CANDIDATE_STAGES),
-        "not_sampled": not_sampled,
+        "not_sampled": len(not_sampled),
+        "not_sampled_eliminated": sum(1 for q, n in not_sampled if q in sampled and n in race.eliminated),
         "question_rows_rejected": sum(1 for r in rejects if r.stage == "questions"),
-        "questions_sampled": len(sampled),
+        "questions_sampled": budget.questions,
         "strategies": len(strategies),
-        "requests_scored": len(request_rows),
+        "requests_scored": requests_scored,
     }
     if counts["scored"] + counts["rejected"] + counts["not_sampled"] != rows_in:
         raise AssertionError(f"row counts do not reconcile: {counts}")
     summary.update({
         "model": cfg.model, "engine": cfg.engine, "layout": cfg.layout, "boundary": layout.boundary,
-        "strategies": strategies, "budget": budget.to_dict(), "counts": counts, "exemplars": exemplar_info,
+        "metrics": list(cfg.metrics), "strategies": strategies, "strategy_set": chosen.to_dict(),
+        "budget": budget.to_dict(), "counts": counts, "exemplars": exemplar_info,
         "statistic": "mean SAP per strategy (lower = more familiar, ranked first)",
     })
-    timings = {"mining_s": round(mining_s, 2), "scoring_s": round(scoring_s, 2),
-               "total_s": round(time.monotonic() - started, 2)}
-    placement: dict[str, int] = {}
-    for row in scored.values():
-        placement[row["actor"]] = placement.get(row["actor"], 0) + 1
+    timings = {"mining_s": round(mining_s, 2), "sample_generation_s": round(generation_s, 2),
+               "scoring_s": round(scoring_s, 2), "total_s": round(time.monotonic() - started, 2)}
     return SelectResult(summary, scores, rejects, pool, counts, timings, placement)
 
 
+def _cost_table(scores: list[dict], strategies: list[str], questions: int, teachers: TeacherRounds | None) -> dict:
+    """Per strategy: what scoring (and generating) its sample cost, and what dropping it early saved
+    against the fixed design at the same number of questions (its mean cost per question times the
+    questions it was not asked)."""
+    table = {}
+    for name in strategies:
+        rows = [sc for sc in scores if sc["strategy"] == name]
+        n = len(rows)
+        tokens = sum(sc["scored_tokens"] for sc in rows)
+        entry = {"questions": n, "scoring_tokens": tokens,
+                 "scoring_tokens_saved": round(tokens / n * (questions - n)) if n else 0}
+        gen = (teachers.cost.get(name) if teachers else None)
+        if gen:
+            asked = gen["questions"]
+            per_question = {k: gen[k] / asked if asked else 0.0 for k in ("prompt_tokens", "completion_tokens")}
+            entry["generation"] = gen
+            entry["generation_saved"] = {
+                "tokens": round(sum(per_question.values()) * (questions - asked)),
+                "money": (round(gen["money"] / asked * (questions - asked), 6)
+                          if gen.get("money") is not None and asked else None),
+            }
+        table[name] = entry
+    return table
+
+
 def _collect_round(
-    round_ids: list[str], by_question: dict[str, list[dict]], scored: dict[str, dict], questions: dict,
-    rejects: list[Reject], pool: list, position: dict[str, int], cfg: SelectConfig,
+    round_ids: list[str], live: list[str], by_question: dict[str, dict[str, dict]], scored: dict[str, dict],
+    kinds: tuple[str, ...], rejects: list[Reject], pool: list, position: dict[str, int], cfg: SelectConfig,
 ) -> list[dict]:
     """Per-candidate metrics for one finished round; a candidate with a refused request is rejected."""
     out = []
     for qid in round_ids:
         chosen = ex.choose(pool, position[qid], qid, cfg.exemplars.n)
-        for c in by_question[qid]:
-            by_kind = {k: scored[f"{qid}/{c['strategy']}/{k}"] for k in CONTEXT_KINDS}
+        for name in live:
+            c = by_question.get(qid, {}).get(name)
+            if c is None:
+                continue
+            by_kind = {k: scored[f"{qid}/{name}/{k}"] for k in kinds}
             errors = [r["error"] for r in by_kind.values() if r["error"]]
             if errors:
-                rejects.append(Reject(c["source"], "; ".join(errors), "score", qid, c["strategy"]))
+                rejects.append(Reject(c.get("source", ""), "; ".join(errors), "score", qid, name))
                 continue
             out.append({
-                "question_id": qid, "strategy": c["strategy"], **_candidate_metrics(c, by_kind),
-                "reward": c["reward"],
+                "question_id": qid, "strategy": name, **_candidate_metrics(by_kind),
+                "reward": c.get("reward"),
                 "exemplar_ids": [e.exemplar_id for e in chosen],
                 "exemplars_checked": all(e.checked for e in chosen),
-                "model": cfg.model, "engine": cfg.engine, "layout": cfg.layout, "source": c["source"],
+                "model": cfg.model, "engine": cfg.engine, "layout": cfg.layout, "source": c.get("source", ""),
             })
     return out

@@ -10,6 +10,11 @@ import pytest
 
 from sapray.models import resolve_model
 
+# A busy machine starts Ray's dashboard agent slowly; the raylet's default wait for it (a few
+# seconds) then kills the node at startup. Every Ray a test starts inherits this patience.
+os.environ.setdefault("RAY_agent_register_timeout_ms", "600000")
+os.environ.setdefault("RAY_raylet_start_wait_time_s", "600")
+
 DATA_DIR = Path(__file__).parent / "data" / "gsm8k_first20"
 N_EXEMPLARS = 3
 

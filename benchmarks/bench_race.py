@@ -1,0 +1,116 @@
+"""Replay seeded races on real per-question SAP, against fixed designs, with no model.
+
+The table (``benchmarks/data/gsm8k_sap_smollm2.parquet``, made by ``benchmarks/sap_table.py``)
+holds SmolLM2-135M-Instruct's SAP of every GSM8K test question for the six real strategies. The
+full-data winner is the strategy of lowest mean SAP over all questions. Each replay shuffles the
+questions with its seed and runs either
+
+- the race (``sapray.race``, exactly as ``select`` runs it: rounds of ``--round-size``, looks
+  after every round, eliminated strategies not scored further), or
+- a fixed design of n questions (every strategy on the first n questions),
+
+and counts the tokens it would have scored (the table's per-candidate token counts).
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_race.py [--replays 200]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from sapray.race import Race, RaceRule
+
+TABLE = Path(__file__).parent / "data" / "gsm8k_sap_smollm2.parquet"
+
+
+def load(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
+    """(strategies, SAP question x strategy, tokens question x strategy)."""
+    rows = pq.read_table(path).to_pylist()
+    strategies = sorted({r["strategy"] for r in rows})
+    questions = sorted({r["question_id"] for r in rows})
+    qi = {q: i for i, q in enumerate(questions)}
+    si = {s: j for j, s in enumerate(strategies)}
+    sap = np.full((len(questions), len(strategies)), np.nan)
+    tokens = np.zeros_like(sap)
+    for r in rows:
+        sap[qi[r["question_id"]], si[r["strategy"]]] = r["sap"]
+        tokens[qi[r["question_id"]], si[r["strategy"]]] = r["scored_tokens"]
+    keep = ~np.isnan(sap).any(axis=1)  # paired: questions every strategy was scored on
+    return strategies, sap[keep], tokens[keep]
+
+
+def race(strategies: list[str], sap: np.ndarray, tokens: np.ndarray, order: np.ndarray, rule: RaceRule,
+         round_size: int, max_questions: int) -> tuple[str, list[str], int, int]:
+    """(how it ended, the reported set, questions, tokens scored)."""
+    r = Race(strategies, rule)
+    spent = 0
+    asked = 0
+    for start in range(0, min(max_questions, len(order)), round_size):
+        for i in order[start:min(start + round_size, max_questions)]:
+            for name in r.remaining:
+                r.add(str(i), name, float(sap[i, r.column[name]]))
+                spent += int(tokens[i, r.column[name]])
+            asked += 1
+        r.look(start // round_size + 1, spent, None)
+        if r.ended:
+            return r.ended, r.contenders(), asked, spent
+    return "budget", r.contenders(), asked, spent
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--table", type=Path, default=TABLE)
+    parser.add_argument("--replays", type=int, default=200)
+    parser.add_argument("--round-size", type=int, default=10)
+    parser.add_argument("--max-questions", type=int, default=400, help="the race's question cap")
+    parser.add_argument("--confidence", type=float, default=0.95)
+    parser.add_argument("--epsilon", type=float, default=0.02)
+    parser.add_argument("--fixed", type=int, nargs="+", default=[30, 50, 100, 200])
+    parser.add_argument("--json", type=Path, help="write the results here")
+    args = parser.parse_args()
+
+    strategies, sap, tokens = load(args.table)
+    means = sap.mean(axis=0)
+    best = strategies[int(np.argmin(means))]
+    within = {s for s, m in zip(strategies, means, strict=True) if m <= means.min() * (1 + args.epsilon)}
+    print(f"{sap.shape[0]} paired questions x {len(strategies)} strategies; full-data mean SAP: "
+          + ", ".join(f"{s} {m:.3f}" for s, m in sorted(zip(strategies, means, strict=True), key=lambda x: x[1])))
+    print(f"full-data winner: {best}; within {args.epsilon:.0%} of it: {sorted(within)}")
+    rule = RaceRule(args.confidence, args.epsilon, tuned_for=50)
+    rows = []
+    outcomes = [race(strategies, sap, tokens, np.random.default_rng(seed).permutation(len(sap)), rule,
+                     args.round_size, args.max_questions) for seed in range(args.replays)]
+    rows.append({
+        "design": f"race (cap {args.max_questions})",
+        "picks_full_winner": np.mean([c[0] == best for _, c, _, _ in outcomes]),
+        "set_holds_full_winner": np.mean([best in c for _, c, _, _ in outcomes]),
+        "median_questions": float(np.median([q for _, _, q, _ in outcomes])),
+        "median_tokens": float(np.median([t for _, _, _, t in outcomes])),
+        "ended": dict(Counter(e for e, _, _, _ in outcomes)),
+    })
+    for n in args.fixed:
+        picks, spent = [], []
+        for seed in range(args.replays):
+            chosen = np.random.default_rng(seed).permutation(len(sap))[:n]
+            picks.append(strategies[int(np.argmin(sap[chosen].mean(axis=0)))])
+            spent.append(tokens[chosen].sum())
+        rows.append({"design": f"fixed {n}", "picks_full_winner": np.mean([p == best for p in picks]),
+                     "set_holds_full_winner": np.mean([p == best for p in picks]),
+                     "median_questions": float(n), "median_tokens": float(np.median(spent)), "ended": {}})
+    print(f"\n{'design':<20}{'picks winner':>14}{'set holds it':>14}{'questions':>11}{'tokens':>11}  ended")
+    for r in rows:
+        print(f"{r['design']:<20}{r['picks_full_winner']:>14.1%}{r['set_holds_full_winner']:>14.1%}"
+              f"{r['median_questions']:>11.0f}{r['median_tokens']:>11.0f}  {r['ended']}")
+    if args.json:
+        args.json.write_text(json.dumps({"winner": best, "means": dict(zip(strategies, means.tolist(), strict=True)),
+                                         "rows": rows}, indent=2, default=float) + "\n")
+
+
+if __name__ == "__main__":
+    main()
