@@ -156,6 +156,12 @@ def _table(header: list[str], rows: list[list[str]], numeric: Collection[int] = 
     return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
 
 
+def _facts(rows: list[tuple[str, str]]) -> str:
+    """A two-column table of labelled, already-escaped values, without a header."""
+    body = "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
+    return f"<table><tbody>{body}</tbody></table>"
+
+
 def _badge(text: str, kind: str) -> str:
     return f'<span class="badge b-{kind}">{escape(text)}</span>'
 
@@ -381,13 +387,12 @@ def _cost_rows(run: dict) -> list[dict]:
                      "wall_s": timings.get("mining_s")})
     for c in run.get("sample_generation_cost") or []:
         rows.append({"stage": "sample generation", "detail": c.get("strategy", ""), "prompt": c.get("prompt_tokens"),
-                     "generated": c.get("completion_tokens"), "wall_s": c.get("wall_s"), "money": c.get("money"),
-                     "priced": c.get("money") is not None})
+                     "generated": c.get("completion_tokens"), "wall_s": c.get("wall_s"), "money": c.get("money")})
     budget = sel.get("budget") or {}
     rows.append({"stage": "scoring", "detail": f"{budget.get('questions_scored', '?')} questions × "
                                                f"{len(sel.get('strategies') or sel.get('ranking') or [])} strategies",
                  "prompt": last_round.get("tokens", budget.get("tokens_scored")), "wall_s": timings.get("scoring_s"),
-                 "money": last_round.get("money"), "priced": last_round.get("money") is not None})
+                 **({"money": last_round["money"]} if last_round.get("money") is not None else {})})
     training = run.get("training")
     if training:
         c = training.get("cost_this_run") or {}
@@ -396,7 +401,7 @@ def _cost_rows(run: dict) -> list[dict]:
                   f"{_num(total.get('prompt_tokens'))} + {_num(total.get('completion_tokens'))} tokens)")
         rows.append({"stage": "full generation", "detail": detail,
                      "prompt": c.get("prompt_tokens"), "generated": c.get("completion_tokens"),
-                     "wall_s": c.get("wall_s"), "money": c.get("money"), "priced": c.get("money") is not None})
+                     "wall_s": c.get("wall_s"), "money": c.get("money")})
     return rows
 
 
@@ -405,7 +410,7 @@ def _cost_section(figs: _Figures, run: dict) -> str:
     table = _table(["stage", "what", "prompt / scored tokens", "generated tokens", "wall time", "money"],
                    [[escape(r["stage"]), escape(str(r.get("detail", ""))), _num(r.get("prompt")),
                      _num(r.get("generated")), _seconds(r.get("wall_s")),
-                     _money(r.get("money")) if r.get("priced") else "–"] for r in rows], {2, 3, 4, 5})
+                     _money(r["money"]) if "money" in r else "–"] for r in rows], {2, 3, 4, 5})
     stages: dict[str, float] = {}
     for r in rows:
         if r.get("wall_s") is not None:
@@ -510,11 +515,10 @@ def _ranking_section(figs: _Figures, sel: dict, order: list[str], winner: str | 
 def _race_section(figs: _Figures, race: dict | None, order: list[str], winner: str | None,
                   colors: dict[str, str], scores: list[dict], round_size: int | None) -> str:
     if race:
-        facts = [["stop rule", escape(str(race.get("stop")))], ["confidence", _num(race.get("confidence"))],
-                 ["epsilon", _num(race.get("epsilon"))], ["method", escape(str(race.get("method", "")))],
-                 ["ended", escape(str(race.get("ended")))], ["why", escape(str(race.get("end_reason", "")))],
-                 ["contenders left", escape(", ".join(race.get("contenders") or []) or "–")]]
-        html = _table(["", ""], facts)
+        html = _facts([("stop rule", escape(str(race.get("stop")))), ("confidence", _num(race.get("confidence"))),
+                       ("epsilon", _num(race.get("epsilon"))), ("method", escape(str(race.get("method", "")))),
+                       ("ended", escape(str(race.get("ended")))), ("why", escape(str(race.get("end_reason", "")))),
+                       ("contenders left", escape(", ".join(race.get("contenders") or []) or "–"))])
         rounds = race.get("rounds") or []
         eliminated = race.get("eliminated") or {}
         if rounds:
@@ -528,10 +532,11 @@ def _race_section(figs: _Figures, race: dict | None, order: list[str], winner: s
                         for r in rounds], {0, 1, 3, 5, 6})
         return html
     rounds = _running_from_scores(scores, order, round_size)
+    note = ('<p class="muted">This selection ran without a race: every strategy was scored on every sampled '
+            "question.</p>")
     if not rounds:
-        return '<p class="muted">No scores.</p>'
-    return ('<p class="muted">This selection ran without a race: every strategy was scored on every sampled '
-            "question.</p>" + _running_figure(figs, rounds, order, {}, colors, race=False))
+        return note + '<p class="muted">No per-question scores to show it round by round.</p>'
+    return note + _running_figure(figs, rounds, order, {}, colors, race=False)
 
 
 def _exemplar_section(run: dict) -> str:
