@@ -399,6 +399,9 @@ def _cost_rows(run: dict) -> list[dict]:
         total = training.get("cost_total") or {}
         detail = (f"{training.get('strategy', '')}: {training.get('rows')} rows (this run; all runs: "
                   f"{_num(total.get('prompt_tokens'))} + {_num(total.get('completion_tokens'))} tokens)")
+        winner = (sel.get("winner") or {}).get("strategy")
+        if winner and training.get("strategy") != winner:  # generate.output holds another strategy's set
+            detail += f"; not the winner {winner}"
         rows.append({"stage": "full generation", "detail": detail,
                      "prompt": c.get("prompt_tokens"), "generated": c.get("completion_tokens"),
                      "wall_s": c.get("wall_s"), "money": c.get("money")})
