@@ -28,6 +28,7 @@ from sapray.read import child, filesystem, read_text
 ACCENT = "#c2410c"
 MUTED = "#94a3b8"
 # the keep criterion of each filter method: (score column, True when low scores are kept)
+MAX_DOTS = 400  # per strategy, in the per-question figure
 FILTER_SCORE = {"dsweight": ("shift", True), "lobass": ("learnability", False), "ifd": ("ifd", None),
                 "consistency": ("agreement", None)}
 
@@ -171,7 +172,7 @@ def _reason_pattern(reason: str) -> str:
     return re.sub(r"\d+(?:\.\d+)?", "#", reason)
 
 
-def _reasons_table(items: list[tuple[str, str, str]]) -> str:
+def _reasons_table(items: list[tuple[str, str, str]], stages: bool = True) -> str:
     """(stage, reason, source) -> counts per (stage, reason pattern) with one example each."""
     if not items:
         return '<p class="muted">None.</p>'
@@ -182,6 +183,8 @@ def _reasons_table(items: list[tuple[str, str, str]]) -> str:
     rows = [[escape(stage), escape(pattern), str(n), f"{escape(example[(stage, pattern)][0])}<br>"
              f'<span class="muted">{escape(example[(stage, pattern)][1])}</span>']
             for (stage, pattern), n in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))]
+    if not stages:
+        return _table(["reason (numbers as #)", "rows", "example"], [r[1:] for r in rows], {1})
     return _table(["stage", "reason (numbers as #)", "rows", "example"], rows, {2})
 
 
@@ -274,10 +277,7 @@ def _heatmap(figs: _Figures, sel: dict, order: list[str]) -> str:
 
 def _running_from_scores(scores: list[dict], order: list[str], round_size: int | None) -> list[dict]:
     """Without a race: cumulative mean SAP after each round of questions, in the order they were scored."""
-    questions: list[str] = []
-    for s in scores:
-        if s["question_id"] not in questions:
-            questions.append(s["question_id"])
+    questions = list(dict.fromkeys(s["question_id"] for s in scores))
     step = round_size or 1
     by_question: dict[str, dict[str, float]] = {}
     for s in scores:
@@ -357,7 +357,11 @@ def _distribution_figure(figs: _Figures, scores: list[dict], order: list[str], w
                medianprops={"color": "#1e293b"}, boxprops={"color": "#64748b"}, whiskerprops={"color": "#64748b"},
                capprops={"color": "#64748b"})
     rng = np.random.default_rng(0)  # fixed jitter: the same data gives the same figure
+    dots = max(len(v) for v in data) <= MAX_DOTS
     for y, (name, vals) in enumerate(zip(order, data, strict=True)):
+        if not dots:  # thousands of dots would bloat the page; the box and the mean say enough
+            ax.plot([np.mean(vals)], [y], "D", color="#1e293b", markersize=5, zorder=4)
+            continue
         jitter = rng.uniform(-0.18, 0.18, size=len(vals))
         ax.scatter(vals, y + jitter, s=12, alpha=0.7, color=ACCENT if name == winner else "#2563eb",
                    linewidths=0, zorder=3)
@@ -367,7 +371,8 @@ def _distribution_figure(figs: _Figures, scores: list[dict], order: list[str], w
     ax.invert_yaxis()
     ax.set_xlabel("SAP of one response (per question)")
     _style(ax)
-    return figs.svg(fig, "Per-question SAP for each strategy: one dot per scored response, box = quartiles, "
+    dot_note = "one dot per scored response, " if dots else ""
+    return figs.svg(fig, f"Per-question SAP for each strategy: {dot_note}box = quartiles, whiskers = 1.5 IQR, "
                          "diamond = mean (the ranking statistic).")
 
 
@@ -512,6 +517,12 @@ def _ranking_section(figs: _Figures, sel: dict, order: list[str], winner: str | 
                      *[_num(s.get(k)) for k in extra]])
         classes.append("win" if name == winner else "out" if name in eliminated else "")
     table = _table(header, rows, {0, 3, 4, 5, 6, 7, 8, 9, 10, *range(11, 11 + len(extra))}, classes)
+    unscored = sorted(n for n in per if n not in order)
+    if unscored:
+        table += (f'<p class="caution">Not scored (every row rejected or none sampled): '
+                  f"{escape(', '.join(unscored))}.</p>")
+    if not order:
+        return table
     return _ranking_figure(figs, sel, order, winner, set(eliminated)) + table
 
 
@@ -682,11 +693,10 @@ def render_filter(run: dict) -> str:
     dists = summary.get("distributions") or {}
     main_fig = _filter_figure(figs, rows, column, threshold, ifd_high, True) if column else None
     others = [_filter_figure(figs, rows, k, None, False, False) for k in dists if k != column]
-    dist_rows = [[escape(k), *[_num(d.get(q), 4) for q in ("count", "mean", "std", "min", "p25", "median", "p75",
-                                                         "max")]] for k, d in dists.items()]
+    stats = ("count", "mean", "std", "min", "p10", "p25", "p50", "p75", "p90", "max")
+    dist_rows = [[escape(k), *[_num(d.get(q), 4) for q in stats]] for k, d in dists.items()]
     scores_html = ((main_fig or "") + "".join(f for f in others if f)
-                   + _table(["score", "count", "mean", "std", "min", "p25", "median", "p75", "max"], dist_rows,
-                            set(range(1, 9))))
+                   + _table(["score", *stats[:6], "median", *stats[7:]], dist_rows, set(range(1, len(stats) + 1))))
     counts_html = (f'<p>{_badge("reconciles" if ok else "does not reconcile", "ok" if ok else "bad")} rows in '
                    f"<strong>{_num(counts.get('rows_in'))}</strong> = {_num(counts.get('kept'))} kept + "
                    f"{_num(counts.get('dropped'))} dropped + {_num(counts.get('rejected'))} rejected</p>")
@@ -696,7 +706,7 @@ def render_filter(run: dict) -> str:
         ("scores", "Score distributions", scores_html),
         ("counts", "Counts", counts_html),
         ("drops", "Drop reasons", _reasons_table([("dropped", r.get("reason", ""), r.get("source", ""))
-                                                   for r in rows if not r.get("kept")])),
+                                                   for r in rows if not r.get("kept")], stages=False)),
         ("rejects", "Rejected rows", _reasons_table(
             [(r.get("stage", ""), r.get("reason", ""), r.get("source", "")) for r in run.get("rejects") or []])),
         ("settings", "Settings", settings_html),

@@ -23,6 +23,7 @@ import yaml
 from small_job import DATA_DIR, REPO, exemplar_rows, jsonl, small_config
 from test_s3 import BUCKET, CREDENTIALS, s3_server  # noqa: F401  (the moto server fixture)
 
+from sapray.filters import distribution
 from sapray.html_report import ReportError, load_run, write_report
 
 RACE_SELECTION = Path(__file__).parent / "data" / "report" / "race_selection.json"
@@ -172,11 +173,13 @@ def test_no_winner_thin_evidence_and_old_runs(tmp_path):
     old = copy.deepcopy(json.loads(RACE_SELECTION.read_text()))
     for key in ("race", "evidence"):
         del old[key]
+    old["per_strategy"]["never"] = {"n": 0, "mean_sap": None, "ci95_mean_sap": [None, None]}
     (tmp_path / "old").mkdir()
     (tmp_path / "old" / "selection.json").write_text(json.dumps(old))
     text = _text(Path(write_report(str(tmp_path / "old"))).read_text())
     assert "Winner: cot_teacher" in text and "ran without a race" in text
     assert "No per-question scores" in text and "run.json is missing" in text
+    assert "Not scored (every row rejected or none sampled): never." in text
     with pytest.raises(ReportError, match="no selection.json or summary.json"):
         load_run(str(tmp_path / "nowhere"))
 
@@ -193,7 +196,7 @@ def test_filter_report(tmp_path):
     pq.write_table(pa.Table.from_pylist(rows), folder / "scores.parquet")
     summary = {"method": "ifd", "model": "smollm2", "engine": "hf", "direction": "high", "keep_fraction": 0.5,
                "counts": {"rows_in": 11, "kept": 4, "dropped": 6, "rejected": 1},
-               "distributions": {"ifd": {"count": 10, "mean": 0.783}, "nll_given_question": {"count": 10}}}
+               "distributions": {"ifd": distribution(ifd), "nll_given_question": distribution(ifd)}}
     (folder / "summary.json").write_text(json.dumps(summary))
     (folder / "rejects.jsonl").write_text(jsonl([{"source": "in.jsonl:11", "reason": "empty response",
                                                    "stage": "read"}]))
@@ -203,6 +206,7 @@ def test_filter_report(tmp_path):
     assert "reconciles rows in 11 = 4 kept + 6 dropped + 1 rejected" in text
     assert "ifd # outside the highest #% 4" in text
     assert "ifd # > # (the question makes the response harder) 2" in text
+    assert "ifd 10 0.7830" in text and "1.4000" in text  # count, mean (7.83 / 10), max
     assert "keep threshold 0.62" in page and "IFD = 1 (dropped above)" in page
     assert "read empty response 1" in text
 
