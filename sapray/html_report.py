@@ -435,7 +435,8 @@ def _cost_section(figs: _Figures, run: dict) -> str:
         ax.invert_yaxis()
         ax.set_xlabel("wall time (s)")
         _style(ax)
-        figure = figs.svg(fig, "Wall time by stage (sample generation summed over strategies).")
+        summed = " (sample generation summed over strategies)" if run.get("sample_generation_cost") else ""
+        figure = figs.svg(fig, f"Wall time by stage{summed}.")
     total = (run["run"].get("timings") or {}).get("total_s")
     note = f"Selection wall time in all: {_seconds(total)}. " if total is not None else ""
     note += "Money is shown where the config prices a teacher; the target's own scoring is not priced."
