@@ -275,28 +275,34 @@ def _heatmap(figs: _Figures, sel: dict, order: list[str]) -> str:
                          "strategy's response has the lower SAP (ties count half).")
 
 
-def _running_from_scores(scores: list[dict], order: list[str], round_size: int | None) -> list[dict]:
-    """Without a race: cumulative mean SAP after each round of questions, in the order they were scored."""
+def _running_from_scores(scores: list[dict], order: list[str]) -> list[dict]:
+    """Without a race: the cumulative mean SAP after each question, in the order the questions were scored
+    (rounds are collected as they finish, so this is how the estimate moved)."""
     questions = list(dict.fromkeys(s["question_id"] for s in scores))
-    step = round_size or 1
     by_question: dict[str, dict[str, float]] = {}
     for s in scores:
         by_question.setdefault(s["question_id"], {})[s["strategy"]] = s["sap"]
-    rounds = []
-    for end in range(step, len(questions) + step, step):
-        seen = questions[:end]
-        means = {}
-        for name in order:
-            vals = [by_question[q][name] for q in seen if name in by_question[q]]
-            if vals:
-                means[name] = float(np.mean(vals))
-        rounds.append({"round": len(rounds) + 1, "questions": min(end, len(questions)), "mean_sap": means})
-    return rounds
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    steps = []
+    for i, q in enumerate(questions, start=1):
+        for name, value in by_question[q].items():
+            sums[name] = sums.get(name, 0.0) + value
+            counts[name] = counts.get(name, 0) + 1
+        steps.append({"round": i, "questions": i, "mean_sap": {n: sums[n] / counts[n] for n in order if n in sums}})
+    return steps
 
 
 def _running_figure(figs: _Figures, rounds: list[dict], order: list[str], eliminated: dict[str, int],
-                    colors: dict[str, str], race: bool) -> str:
+                    colors: dict[str, str], race: bool, round_size: int | None = None) -> str:
+    from matplotlib.ticker import MaxNLocator
+
     fig, ax = figs.new(7.6, 3.6)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    last = rounds[-1].get("questions", rounds[-1]["round"])
+    if round_size and not race:
+        for end in range(round_size, last, round_size):
+            ax.axvline(end + 0.5, color="#94a3b8", linewidth=0.9, linestyle=":")
     x_of = {r["round"]: r.get("questions", r["round"]) for r in rounds}
     for name in order:
         pts = [(x_of[r["round"]], r["mean_sap"][name]) for r in rounds
@@ -312,9 +318,15 @@ def _running_figure(figs: _Figures, rounds: list[dict], order: list[str], elimin
     ax.grid(color="#e2e8f0", linewidth=0.8)
     ax.spines[["top", "right"]].set_visible(False)
     ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
-    note = (" A cross marks the round in which the race eliminated a strategy." if race else
-            " Rounds as they finished scoring (recomputed from scores.parquet).")
-    return figs.svg(fig, "Running estimate: each strategy's mean SAP after every round." + note)
+    if race:
+        text = ("Running estimate: each strategy's mean SAP after every round of the race; a cross marks the round "
+                "in which the race eliminated a strategy.")
+    else:
+        rounds_note = f"; dotted lines end each round of {round_size} questions" if round_size and round_size < last \
+            else ""
+        text = ("Running estimate: each strategy's mean SAP after every question, in the order the questions were "
+                f"scored (recomputed from scores.parquet){rounds_note}.")
+    return figs.svg(fig, text)
 
 
 def _interval_figure(figs: _Figures, race: dict, order: list[str], winner: str | None) -> str | None:
@@ -546,12 +558,12 @@ def _race_section(figs: _Figures, race: dict | None, order: list[str], winner: s
                          _num(r.get("tokens")), _money(r.get("money")) if r.get("money") is not None else "–"]
                         for r in rounds], {0, 1, 3, 5, 6})
         return html
-    rounds = _running_from_scores(scores, order, round_size)
+    rounds = _running_from_scores(scores, order)
     note = ('<p class="muted">This selection ran without a race: every strategy was scored on every sampled '
             "question.</p>")
     if not rounds:
         return note + '<p class="muted">No per-question scores to show it round by round.</p>'
-    return note + _running_figure(figs, rounds, order, {}, colors, race=False)
+    return note + _running_figure(figs, rounds, order, {}, colors, race=False, round_size=round_size)
 
 
 def _exemplar_section(run: dict) -> str:

@@ -144,7 +144,7 @@ def test_race_report(tmp_path):
     assert "evidence sufficient" in text
     for name, round_no in selection["race"]["eliminated"].items():
         assert f"eliminated in round {round_no}" in text and name in text
-    assert "A cross marks the round in which the race eliminated a strategy" in text
+    assert "a cross marks the round in which the race eliminated a strategy" in text
     assert "anytime-valid intervals" in text and "±epsilon = 0.02" in text
     # cost by stage: mining, per-strategy sample generation (priced and not), scoring, the full set
     assert "exemplar mining 32 pool questions answered by the target – 4,096" in text
