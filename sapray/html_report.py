@@ -300,7 +300,7 @@ def _running_figure(figs: _Figures, rounds: list[dict], order: list[str], elimin
     fig, ax = figs.new(7.6, 3.6)
     ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     last = rounds[-1].get("questions", rounds[-1]["round"])
-    if round_size and not race:
+    if round_size and round_size > 1 and not race:  # rounds of one question: every point ends one
         for end in range(round_size, last, round_size):
             ax.axvline(end + 0.5, color="#94a3b8", linewidth=0.9, linestyle=":")
     x_of = {r["round"]: r.get("questions", r["round"]) for r in rounds}
@@ -322,8 +322,8 @@ def _running_figure(figs: _Figures, rounds: list[dict], order: list[str], elimin
         text = ("Running estimate: each strategy's mean SAP after every round of the race; a cross marks the round "
                 "in which the race eliminated a strategy.")
     else:
-        rounds_note = f"; dotted lines end each round of {round_size} questions" if round_size and round_size < last \
-            else ""
+        rounds_note = (f"; dotted lines end each round of {round_size} questions"
+                       if round_size and 1 < round_size < last else "")
         text = ("Running estimate: each strategy's mean SAP after every question, in the order the questions were "
                 f"scored (recomputed from scores.parquet){rounds_note}.")
     return figs.svg(fig, text)

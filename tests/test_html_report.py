@@ -25,6 +25,7 @@ from test_s3 import BUCKET, CREDENTIALS, s3_server  # noqa: F401  (the moto serv
 
 from sapray.filters import distribution
 from sapray.html_report import ReportError, load_run, write_report
+from sapray.validate import rows_from_records, validate
 
 RACE_SELECTION = Path(__file__).parent / "data" / "report" / "race_selection.json"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
@@ -138,7 +139,14 @@ def _text(html: str) -> str:
 
 def test_race_report(tmp_path):
     selection = json.loads(RACE_SELECTION.read_text())
-    page = Path(write_report(str(_race_run(tmp_path / "race", selection)))).read_text()
+    folder = _race_run(tmp_path / "race", selection)
+    # a validation.json in the folder (sapray validate --json) adds its section
+    # SAP agrees with accuracy on p (rho 1) and disagrees on q (rho -1), with equal sd: weighted rho 0
+    pairs = [("p", "a", 0.6, 1.0), ("p", "b", 0.4, 2.0), ("q", "a", 0.2, 1.0), ("q", "b", 0.4, 2.0)]
+    two_pairs = [{"model": "m", "task": t, "strategy": s, "accuracy": a, "sap": v} for t, s, a, v in pairs]
+    (folder / "validation.json").write_text(json.dumps(validate(rows_from_records(
+        [(f"r:{i}", r) for i, r in enumerate(two_pairs, start=1)], "r"))))
+    page = Path(write_report(str(folder))).read_text()
     text = _text(page)
     assert "The race ended (winner): cot_teacher was more familiar than every other strategy" in text
     assert "evidence sufficient" in text
@@ -156,7 +164,11 @@ def test_race_report(tmp_path):
     # rejects grouped by reason with the numbers folded, and the counts reconciliation
     assert "score over-long: # tokens > # 3" in text
     assert "reconciles candidate rows in 250 = 100 scored + 4 rejected + 146 not sampled" in text
-    assert page.count("<svg") == 6  # ranking, win rates, running estimate, intervals, per-question SAP, cost
+    assert "Validation against downstream accuracy" in text
+    assert "sap lower 0.000 0.000 0.4000 0" in text  # rho +1 and -1 with equal sd; top-1 (.6 + .2) / 2
+    assert "Upper bound (mean best accuracy over 2 (model, task) pairs): 0.5000" in text
+    # ranking, win rates, running estimate, intervals, per-question SAP, cost, validation
+    assert page.count("<svg") == 7
 
 
 def test_no_winner_thin_evidence_and_old_runs(tmp_path):
