@@ -131,7 +131,7 @@ def _num(x: Any, digits: int = 3) -> str:
     if isinstance(x, int):
         return f"{x:,}"
     if isinstance(x, float):
-        return f"{x:,.{digits}f}"
+        return f"{x if round(x, digits) else 0.0:,.{digits}f}"  # no "-0.000" from rounding noise
     return escape(str(x))
 
 

@@ -311,7 +311,9 @@ def rows_from_accuracy(records: list[tuple[str, dict]], uri: str) -> list[dict]:
 
 
 def _f(x: float | None, digits: int = 3) -> str:
-    return "-" if x is None else f"{x:.{digits}f}"
+    if x is None:
+        return "-"
+    return f"{x if round(x, digits) else 0.0:.{digits}f}"  # no "-0.000" from rounding noise
 
 
 def render_validation(result: dict) -> str:

@@ -20,6 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import load_candidates, load_questions
 from small_job import DATA_DIR, REPO, exemplar_rows, jsonl, small_config
 from test_s3 import BUCKET, CREDENTIALS, s3_server  # noqa: F401  (the moto server fixture)
 
@@ -221,6 +222,38 @@ def test_filter_report(tmp_path):
     assert "ifd 10 0.7830" in text and "1.4000" in text  # count, mean (7.83 / 10), max
     assert "keep threshold 0.62" in page and "IFD = 1 (dropped above)" in page
     assert "read empty response 1" in text
+
+
+def test_real_filter_writes_report_and_sapray_report_rebuilds_it(tmp_path):
+    """`sapray filter --method ifd` on 4 samples (2 questions x 2 strategies) and one row without a response."""
+    questions = {q["question_id"]: q["question"] for q in load_questions()[:2]}
+    rows = [{"messages": [{"role": "user", "content": questions[c["question_id"]]},
+                          {"role": "assistant", "content": c["response"]}], "sample_id": c["question_id"]}
+            for c in load_candidates() if c["question_id"] in questions and c["strategy"] in ("human", "socratic")]
+    rows.append({"messages": [{"role": "user", "content": "What is 2+2?"}]})
+    (tmp_path / "train.jsonl").write_text(jsonl(rows))
+    config = {"method": "ifd", "input": str(tmp_path / "train.jsonl"), "ifd": {"keep_fraction": 0.5},
+              "ray": {"actors": 1, "batch_size": 16, "num_cpus_per_actor": 1}, "output": str(tmp_path / "out")}
+    (tmp_path / "filter.yaml").write_text(yaml.safe_dump(config))
+    done = subprocess.run([sys.executable, "-m", "sapray", "filter", "--config", str(tmp_path / "filter.yaml"),
+                           "--set", "ray.address=local"], cwd=REPO, env=_env(), capture_output=True, text=True,
+                          timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+    out = tmp_path / "out"
+    summary = json.loads((out / "summary.json").read_text())
+    kept = [r["ifd"] for r in pq.read_table(out / "scores.parquet").to_pylist() if r["kept"]]
+    text = _text((out / "report.html").read_text())
+    c = summary["counts"]
+    assert (f"reconciles rows in {c['rows_in']} = {c['kept']} kept + {c['dropped']} dropped + "
+            f"{c['rejected']} rejected") in text
+    assert f"threshold on ifd: {min(kept):.4g}" in text and "empty response" not in text
+    assert "needs string question and response" in text  # the row without an assistant turn
+    copy_dir = tmp_path / "copy"
+    copy_dir.mkdir()
+    for name in ("summary.json", "scores.parquet", "rejects.jsonl"):
+        shutil.copy(out / name, copy_dir / name)
+    write_report(str(copy_dir))
+    assert (copy_dir / "report.html").read_bytes() == (out / "report.html").read_bytes()
 
 
 def _browse(page_path: Path, screenshot: Path) -> dict:
