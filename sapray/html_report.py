@@ -754,17 +754,19 @@ def validation_section(figs: _Figures, result: dict) -> str:
         left.invert_yaxis()
         left.set_xlabel("σ-weighted Spearman ρ")
         top1 = [metrics[n]["mean_top1_accuracy"] or 0.0 for n in names]
-        right.barh(ys, top1, color=[ACCENT if n == "sap" else "#64748b" for n in names], height=0.55)
+        # dots, not bars: the axis does not start at zero
+        right.scatter(top1, list(ys), s=70, color=[ACCENT if n == "sap" else "#64748b" for n in names], zorder=3)
         if result.get("upper_bound") is not None:
-            right.axvline(result["upper_bound"], color="#059669", linestyle="--", label="upper bound")
-            right.legend(fontsize=8, frameon=False, loc="lower right")
-        lo = min(top1 + [result.get("upper_bound") or 0.0])
-        right.set_xlim(lo - 0.1 * (abs(lo) or 1), None)
+            right.axvline(result["upper_bound"], color="#059669", linestyle="--")
+        ends = top1 + ([result["upper_bound"]] if result.get("upper_bound") is not None else [])
+        pad = 0.1 * (max(ends) - min(ends)) or 0.05
+        right.set_xlim(min(ends) - pad, max(ends) + pad)
         right.set_xlabel("mean top-1 accuracy")
         for ax in (left, right):
             _style(ax)
         html += figs.svg(fig, "How well each metric's ranking of strategies predicts their downstream accuracy "
-                              "(left) and the accuracy of the strategy each metric ranks first (right).")
+                              "(left) and the accuracy of the strategy each metric ranks first (right; dashed: the "
+                              "upper bound, the best strategy's accuracy averaged over pairs).")
     pairs = result.get("pairs") or []
     per_pair = [[escape(p["model"]), escape(p["task"]), _num(p.get("subsets")), _num(p.get("strategies")),
                  _num(p.get("sd_accuracy"), 4), _num(p.get("best_accuracy"), 4),
