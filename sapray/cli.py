@@ -206,5 +206,71 @@ def filter_command(config_path: str, method: str | None, set_items: tuple[str, .
     click.echo(f"wrote {paths['kept.jsonl']} and {len(paths) - 1} more files")
 
 
+
+def _write_file(uri: str, text: str) -> None:
+    from sapray.read import filesystem
+
+    fs, path = filesystem(uri)
+    with fs.open_output_stream(path) as f:
+        f.write(text.encode("utf-8"))
+
+
+@main.command("report")
+@click.argument("run_dir")
+@click.option("--output", help="where to write the page (default: RUN_DIR/report.html)")
+@click.option("--validation", "validation_path", help="a validation.json from sapray validate --json to include "
+              "(default: RUN_DIR/validation.json when there is one)")
+def report_command(run_dir: str, output: str | None, validation_path: str | None) -> None:
+    """Rebuild report.html from a finished select, run or filter folder (local or s3://)."""
+    import json
+
+    from sapray.html_report import ReportError, write_report
+    from sapray.read import read_text
+
+    try:
+        validation = json.loads(read_text(validation_path)) if validation_path else None
+        click.echo(f"wrote {write_report(run_dir, output, validation)}")
+    except (ReportError, OSError, json.JSONDecodeError) as exc:
+        raise click.ClickException(str(exc)) from None
+
+
+@main.command("validate")
+@click.option("--results", help="one row per (model, task[, subset], strategy): accuracy and metric columns "
+              "(sap, ppl, ifd, length, reward, car); CSV, JSONL or Parquet")
+@click.option("--selection", "selections", multiple=True, metavar="TASK[:SUBSET]=PATH",
+              help="a selection.json and the task (and subset) it scored; repeatable; needs --accuracy")
+@click.option("--accuracy", help="with --selection: table of strategy, accuracy (and optionally task, model)")
+@click.option("--metrics", help="comma-separated metrics to judge (default: every metric present)")
+@click.option("--json", "json_out", help="write the result as JSON here")
+@click.option("--html", "html_out", help="write the result as an HTML page here")
+def validate_command(results: str | None, selections: tuple[str, ...], accuracy: str | None, metrics: str | None,
+                     json_out: str | None, html_out: str | None) -> None:
+    """Judge metrics' strategy rankings against downstream accuracy (Spearman, top-1; METHOD.md §3)."""
+    import json
+
+    from sapray import validate as v
+    from sapray.html_report import render_validation_page
+
+    if bool(results) == bool(selections):
+        raise click.UsageError("give either --results or --selection (with --accuracy)")
+    if selections and not accuracy:
+        raise click.UsageError("--selection needs --accuracy")
+    try:
+        if results:
+            rows = v.read_results(results)
+        else:
+            rows = v.rows_from_selections([v.parse_selection_arg(a) for a in selections], accuracy)
+        result = v.validate(rows, [m.strip() for m in metrics.split(",")] if metrics else None)
+    except v.ValidationError as exc:
+        raise click.ClickException(str(exc)) from None
+    click.echo(v.render_validation(result))
+    if json_out:
+        _write_file(json_out, json.dumps(result, indent=2) + "\n")
+        click.echo(f"wrote {json_out}")
+    if html_out:
+        _write_file(html_out, render_validation_page(result))
+        click.echo(f"wrote {html_out}")
+
+
 if __name__ == "__main__":
     sys.exit(main())

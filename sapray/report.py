@@ -8,6 +8,7 @@ Output folder (local path or object-store URI):
 - ``exemplars.jsonl``: the exemplars used, with whether each passed the answer checker.
 - ``run.json``: wall times, where the scoring actors ran (node/actor: requests) and the resolved
   config (not deterministic).
+- ``report.html``: all of the above as one self-contained page (sapray.html_report).
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from collections.abc import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
+from sapray.html_report import write_report
 from sapray.read import child, filesystem
 
 
@@ -45,6 +47,7 @@ def write_outputs(output: str, result, config: dict) -> dict[str, str]:
     pfs, ppath = filesystem(paths["scores.parquet"])
     with pfs.open_output_stream(ppath) as f:
         pq.write_table(table, f)
+    paths["report.html"] = write_report(output)
     return paths
 
 
@@ -100,4 +103,5 @@ def write_filter_outputs(output: str, result) -> dict[str, str]:
     pfs, ppath = filesystem(paths["scores.parquet"])
     with pfs.open_output_stream(ppath) as f:
         pq.write_table(pa.Table.from_pylist(result.rows) if result.rows else pa.table({}), f)
+    paths["report.html"] = write_report(output)
     return paths

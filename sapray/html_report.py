@@ -1,0 +1,820 @@
+"""report.html: a self-contained page for a selection or a filter, built from its output folder alone.
+
+Everything comes from the files a run wrote (selection.json, scores.parquet, rejects.jsonl,
+exemplars.jsonl, run.json and, for ``sapray run``, sample_generation_cost.jsonl and the training
+set's metadata.json; for a filter, summary.json and scores.parquet), so ``sapray report RUN_DIR``
+rebuilds the same bytes later, locally or from an object store. A validation.json in the folder
+(``sapray validate --json``) adds its section. The page has no scripts and loads nothing: figures
+are matplotlib SVG inlined with text kept as text, styles are inline, and a Content-Security-Policy
+forbids any fetch.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import math
+import re
+from collections import Counter
+from collections.abc import Collection
+from html import escape
+from typing import Any
+
+import numpy as np
+import pyarrow.parquet as pq
+
+from sapray.read import child, filesystem, read_text
+
+ACCENT = "#c2410c"
+MUTED = "#94a3b8"
+# the keep criterion of each filter method: (score column, True when low scores are kept)
+MAX_DOTS = 400  # per strategy, in the per-question figure
+FILTER_SCORE = {"dsweight": ("shift", True), "lobass": ("learnability", False), "ifd": ("ifd", None),
+                "consistency": ("agreement", None)}
+
+CSS = """
+body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1e293b;
+ background:#f8fafc;margin:0;line-height:1.45}
+main{max-width:1080px;margin:0 auto;padding:24px 28px 60px;background:#fff;min-height:100vh;
+ box-shadow:0 0 0 1px #e2e8f0}
+h1{font-size:1.6rem;margin:.2em 0 .1em}h2{font-size:1.2rem;margin:2em 0 .5em;padding-bottom:.25em;
+ border-bottom:2px solid #e2e8f0}h3{font-size:1rem;margin:1.3em 0 .4em}
+.sub{color:#64748b;margin:0 0 1em}.summary{font-size:1.05rem;background:#fff7ed;border-left:4px solid #c2410c;
+ padding:10px 14px;margin:14px 0}.caution{background:#fef9c3;border-left:4px solid #ca8a04;padding:10px 14px;
+ margin:10px 0}.ok{background:#ecfdf5;border-left:4px solid #059669;padding:10px 14px;margin:10px 0}
+nav{font-size:.9rem;margin:8px 0 0}nav a{color:#334155;margin-right:14px;text-decoration:none;
+ border-bottom:1px dotted #94a3b8}
+table{border-collapse:collapse;margin:6px 0 12px;font-size:.88rem}
+th,td{padding:4px 10px;text-align:left;border-bottom:1px solid #e2e8f0;vertical-align:top}
+th{background:#f1f5f9;font-weight:600}td.n,th.n{text-align:right;font-variant-numeric:tabular-nums}
+tr.win td{background:#fff7ed;font-weight:600}tr.out td{color:#94a3b8}
+.badge{display:inline-block;padding:0 7px;border-radius:9px;font-size:.78rem;font-weight:600}
+.b-win{background:#c2410c;color:#fff}.b-out{background:#e2e8f0;color:#475569}.b-ok{background:#d1fae5;color:#065f46}
+.b-warn{background:#fef3c7;color:#92400e}.b-bad{background:#fee2e2;color:#991b1b}
+figure{margin:10px 0 18px}figure svg{max-width:100%;height:auto}figcaption{font-size:.85rem;color:#475569}
+pre{background:#f1f5f9;padding:10px;overflow:auto;font-size:.8rem;max-height:480px}
+details summary{cursor:pointer;color:#334155}.muted{color:#64748b}code{font-size:.88em}
+"""
+
+
+class ReportError(ValueError):
+    """A folder that holds no run outputs to report on."""
+
+
+# ---------- reading a run folder ----------
+
+def _text(uri: str) -> str | None:
+    try:
+        return read_text(uri)
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def _json(uri: str) -> Any:
+    text = _text(uri)
+    try:
+        return None if text is None else json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{uri}: not valid JSON ({exc})") from None
+
+
+def _jsonl(uri: str) -> list[dict] | None:
+    text = _text(uri)
+    if text is None:
+        return None
+    try:
+        return [json.loads(line) for line in text.splitlines() if line.strip()]
+    except json.JSONDecodeError as exc:
+        raise ReportError(f"{uri}: not valid JSON lines ({exc})") from None
+
+
+def _parquet(uri: str) -> list[dict] | None:
+    fs, path = filesystem(uri)
+    try:
+        with fs.open_input_file(path) as f:
+            return pq.read_table(f).to_pylist()
+    except (FileNotFoundError, OSError):
+        return None
+
+
+def load_run(folder: str) -> dict:
+    """Every file a report may use, None where absent; ``kind`` is selection or filter."""
+    run: dict[str, Any] = {"selection": _json(child(folder, "selection.json"))}
+    if run["selection"] is not None:
+        run["kind"] = "selection"
+        for name in ("rejects", "exemplars", "sample_generation_cost"):
+            run[name] = _jsonl(child(folder, f"{name}.jsonl"))
+        run["run"] = _json(child(folder, "run.json")) or {}
+        config = run["run"].get("config") or {}
+        # only `sapray run` generates a training set; a plain select's default generate.output means nothing
+        output = (config.get("generate") or {}).get("output")
+        is_run = run["sample_generation_cost"] is not None or config.get("strategies")
+        run["training"] = _json(child(output, "metadata.json")) if is_run and output else None
+    else:
+        run["summary"] = _json(child(folder, "summary.json"))
+        if run["summary"] is None:
+            raise ReportError(f"{folder}: no selection.json or summary.json to report on")
+        run["kind"] = "filter"
+        run["rejects"] = _jsonl(child(folder, "rejects.jsonl"))
+    run["scores"] = _parquet(child(folder, "scores.parquet")) or []
+    run["validation"] = _json(child(folder, "validation.json"))
+    return run
+
+
+# ---------- small formatting helpers ----------
+
+def _num(x: Any, digits: int = 3) -> str:
+    if x is None or (isinstance(x, float) and math.isnan(x)):
+        return "–"
+    if isinstance(x, bool):
+        return "yes" if x else "no"
+    if isinstance(x, int):
+        return f"{x:,}"
+    if isinstance(x, float):
+        return f"{x if round(x, digits) else 0.0:,.{digits}f}"  # no "-0.000" from rounding noise
+    return escape(str(x))
+
+
+def _seconds(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.1f} s" if x < 120 else f"{x / 60:.1f} min"
+
+
+def _money(x: float | None) -> str:
+    return "not priced" if x is None else f"${x:,.4f}"
+
+
+def _table(header: list[str], rows: list[list[str]], numeric: Collection[int] = (),
+           row_class: list[str] | None = None) -> str:
+    """An HTML table from already-escaped cells; ``numeric`` columns are right-aligned."""
+    head = "".join(f'<th class="n">{h}</th>' if i in numeric else f"<th>{h}</th>" for i, h in enumerate(header))
+    body = []
+    for k, row in enumerate(rows):
+        cls = f' class="{row_class[k]}"' if row_class and row_class[k] else ""
+        cells = "".join(f'<td class="n">{c}</td>' if i in numeric else f"<td>{c}</td>" for i, c in enumerate(row))
+        body.append(f"<tr{cls}>{cells}</tr>")
+    return f"<table><thead><tr>{head}</tr></thead><tbody>{''.join(body)}</tbody></table>"
+
+
+def _facts(rows: list[tuple[str, str]]) -> str:
+    """A two-column table of labelled, already-escaped values, without a header."""
+    body = "".join(f"<tr><th>{escape(k)}</th><td>{v}</td></tr>" for k, v in rows)
+    return f"<table><tbody>{body}</tbody></table>"
+
+
+def _badge(text: str, kind: str) -> str:
+    return f'<span class="badge b-{kind}">{escape(text)}</span>'
+
+
+def _reason_pattern(reason: str) -> str:
+    """Group reasons that differ only in their numbers ('shift 1.23 outside ...')."""
+    return re.sub(r"\d+(?:\.\d+)?", "#", reason)
+
+
+def _reasons_table(items: list[tuple[str, str, str]], stages: bool = True) -> str:
+    """(stage, reason, source) -> counts per (stage, reason pattern) with one example each."""
+    if not items:
+        return '<p class="muted">None.</p>'
+    groups: Counter = Counter((stage, _reason_pattern(reason)) for stage, reason, _ in items)
+    example = {}
+    for stage, reason, source in items:
+        example.setdefault((stage, _reason_pattern(reason)), (reason, source))
+    rows = [[escape(stage), escape(pattern), str(n), f"{escape(example[(stage, pattern)][0])}<br>"
+             f'<span class="muted">{escape(example[(stage, pattern)][1])}</span>']
+            for (stage, pattern), n in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))]
+    if not stages:
+        return _table(["reason (numbers as #)", "rows", "example"], [r[1:] for r in rows], {1})
+    return _table(["stage", "reason (numbers as #)", "rows", "example"], rows, {2})
+
+
+# ---------- figures ----------
+
+class _Figures:
+    """matplotlib figures as inline SVG; each figure gets its own id salt so ids never collide on a page
+    and the same data gives the same bytes."""
+
+    def __init__(self) -> None:
+        self.count = 0
+
+    def new(self, width: float, height: float, **subplots):
+        from matplotlib.figure import Figure  # no pyplot: no global state, no GUI backend
+
+        fig = Figure(figsize=(width, height), layout="constrained")
+        return fig, fig.subplots(**subplots)
+
+    def svg(self, fig, caption: str) -> str:
+        import matplotlib
+
+        self.count += 1
+        buffer = io.StringIO()
+        with matplotlib.rc_context({"svg.fonttype": "none", "svg.hashsalt": f"sapray-figure-{self.count}"}):
+            fig.savefig(buffer, format="svg", metadata={"Date": None})
+        svg = buffer.getvalue()
+        svg = svg[svg.index("<svg"):]  # drop the XML prolog and doctype: inline SVG
+        return f'<figure id="figure-{self.count}" class="figure">{svg}<figcaption>{caption}</figcaption></figure>'
+
+
+def _style(ax) -> None:
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.grid(axis="x", color="#e2e8f0", linewidth=0.8)
+    ax.set_axisbelow(True)
+
+
+def _palette(names: list[str]) -> dict[str, str]:
+    """A fixed colour per strategy (by sorted name), so one strategy has one colour in every figure."""
+    from matplotlib import colormaps
+    from matplotlib.colors import to_hex
+
+    cmap = colormaps["tab10" if len(names) <= 10 else "tab20"]
+    return {name: to_hex(cmap(i % cmap.N)) for i, name in enumerate(sorted(names))}
+
+
+# ---------- selection ----------
+
+def _ranking_figure(figs: _Figures, sel: dict, order: list[str], winner: str | None, out: set[str]) -> str:
+    per = sel["per_strategy"]
+    fig, ax = figs.new(7.2, 0.42 * len(order) + 1.1)
+    for y, name in enumerate(order):
+        s = per[name]
+        lo, hi = (s.get("ci95_mean_sap") or [None, None])[:2]
+        color = ACCENT if name == winner else (MUTED if name in out else "#334155")
+        if lo is not None and hi is not None:
+            ax.plot([lo, hi], [y, y], color=color, linewidth=2.2, solid_capstyle="round")
+        ax.plot([s["mean_sap"]], [y], "o", color=color, markersize=8 if name == winner else 6.5, zorder=3)
+    ax.set_yticks(range(len(order)), order)
+    ax.invert_yaxis()
+    ax.set_xlabel("mean SAP (lower = more familiar to the target)")
+    _style(ax)
+    return figs.svg(fig, "Mean SAP per strategy with its 95% bootstrap interval (questions resampled, paired); "
+                         "ranked first at the top" + (", winner in orange." if winner else "."))
+
+
+def _heatmap(figs: _Figures, sel: dict, order: list[str]) -> str:
+    win = sel.get("win_rate") or {}
+    k = len(order)
+    values = np.full((k, k), np.nan)
+    for i, a in enumerate(order):
+        for j, b in enumerate(order):
+            if i != j and win.get(a, {}).get(b) is not None:
+                values[i, j] = win[a][b]
+    fig, ax = figs.new(0.62 * k + 3.2, 0.5 * k + 1.6)
+    image = ax.imshow(values, cmap="RdBu", vmin=0, vmax=1)
+    for i in range(k):
+        for j in range(k):
+            if not np.isnan(values[i, j]):
+                v = values[i, j]
+                ax.text(j, i, f"{100 * v:.0f}", ha="center", va="center", fontsize=8.5,
+                        color="white" if abs(v - 0.5) > 0.3 else "#1e293b")
+    ax.set_xticks(range(k), order, rotation=35, ha="right")
+    ax.set_yticks(range(k), order)
+    ax.set_xlabel("… than this strategy")
+    ax.set_ylabel("this strategy is more familiar …")
+    fig.colorbar(image, ax=ax, shrink=0.8, label="share of paired questions")
+    return figs.svg(fig, "Paired win rates: the percentage of questions scored for both on which the row "
+                         "strategy's response has the lower SAP (ties count half).")
+
+
+def _running_from_scores(scores: list[dict], order: list[str]) -> list[dict]:
+    """Without a race: the cumulative mean SAP after each question, in the order the questions were scored
+    (rounds are collected as they finish, so this is how the estimate moved)."""
+    questions = list(dict.fromkeys(s["question_id"] for s in scores))
+    by_question: dict[str, dict[str, float]] = {}
+    for s in scores:
+        by_question.setdefault(s["question_id"], {})[s["strategy"]] = s["sap"]
+    sums: dict[str, float] = {}
+    counts: dict[str, int] = {}
+    steps = []
+    for i, q in enumerate(questions, start=1):
+        for name, value in by_question[q].items():
+            sums[name] = sums.get(name, 0.0) + value
+            counts[name] = counts.get(name, 0) + 1
+        steps.append({"round": i, "questions": i, "mean_sap": {n: sums[n] / counts[n] for n in order if n in sums}})
+    return steps
+
+
+def _running_figure(figs: _Figures, rounds: list[dict], order: list[str], eliminated: dict[str, int],
+                    colors: dict[str, str], race: bool, round_size: int | None = None) -> str:
+    from matplotlib.ticker import MaxNLocator
+
+    fig, ax = figs.new(7.6, 3.6)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+    last = rounds[-1].get("questions", rounds[-1]["round"])
+    if round_size and round_size > 1 and not race:  # rounds of one question: every point ends one
+        for end in range(round_size, last, round_size):
+            ax.axvline(end + 0.5, color="#94a3b8", linewidth=0.9, linestyle=":")
+    x_of = {r["round"]: r.get("questions", r["round"]) for r in rounds}
+    for name in order:
+        pts = [(x_of[r["round"]], r["mean_sap"][name]) for r in rounds
+               if (r.get("mean_sap") or {}).get(name) is not None]
+        if not pts:
+            continue
+        xs, ys = zip(*pts, strict=True)
+        ax.plot(xs, ys, "-o", color=colors[name], markersize=3.5, linewidth=1.6, label=name)
+        if name in eliminated:
+            ax.plot([xs[-1]], [ys[-1]], "X", color=colors[name], markersize=10, markeredgecolor="white")
+    ax.set_xlabel("questions scored (paired, cumulative)")
+    ax.set_ylabel("mean SAP so far")
+    ax.grid(color="#e2e8f0", linewidth=0.8)
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if race:
+        text = ("Running estimate: each strategy's mean SAP after every round of the race; a cross marks the round "
+                "in which the race eliminated a strategy.")
+    else:
+        rounds_note = (f"; dotted lines end each round of {round_size} questions"
+                       if round_size and 1 < round_size < last else "")
+        text = ("Running estimate: each strategy's mean SAP after every question, in the order the questions were "
+                f"scored (recomputed from scores.parquet){rounds_note}.")
+    return figs.svg(fig, text)
+
+
+def _interval_figure(figs: _Figures, race: dict, order: list[str], winner: str | None) -> str | None:
+    """Each strategy's last anytime-valid interval for mean SAP(strategy) - mean SAP(leader)."""
+    last: dict[str, tuple[int, dict]] = {}
+    for r in race.get("rounds") or []:
+        for name, iv in (r.get("intervals") or {}).items():
+            if iv and iv.get("lo") is not None and iv.get("hi") is not None:
+                last[name] = (r["round"], iv)
+    names = [n for n in order if n in last]
+    if not names:
+        return None
+    fig, ax = figs.new(7.2, 0.42 * len(names) + 1.2)
+    eps = race.get("epsilon")
+    if eps:
+        ax.axvspan(-eps, eps, color="#f1f5f9", zorder=0)
+    ax.axvline(0, color="#64748b", linewidth=1)
+    for y, name in enumerate(names):
+        rnd, iv = last[name]
+        color = ACCENT if name == winner else "#334155"
+        ax.plot([iv["lo"], iv["hi"]], [y, y], color=color, linewidth=2.2, solid_capstyle="round")
+        ax.plot([iv["diff"]], [y], "o", color=color, markersize=6)
+        ax.annotate(f"round {rnd}", (iv["hi"], y), xytext=(5, 0), textcoords="offset points", va="center",
+                    fontsize=7.5, color="#64748b")
+    ax.set_yticks(range(len(names)), names)
+    ax.invert_yaxis()
+    ax.set_xlabel("mean SAP minus the leader's (above 0: less familiar than the leader)")
+    _style(ax)
+    band = f"; the shaded band is ±epsilon = {eps}" if eps else ""
+    return figs.svg(fig, "The race's anytime-valid intervals, each strategy's from the last round it was "
+                         f"scored in{band}. An interval wholly above 0 (beyond epsilon) eliminates the strategy.")
+
+
+def _distribution_figure(figs: _Figures, scores: list[dict], order: list[str], winner: str | None) -> str | None:
+    data = [[s["sap"] for s in scores if s["strategy"] == name and s.get("sap") is not None] for name in order]
+    if not any(data):
+        return None
+    fig, ax = figs.new(7.2, 0.45 * len(order) + 1.2)
+    ax.boxplot(data, positions=range(len(order)), orientation="horizontal", widths=0.55, showfliers=False,
+               medianprops={"color": "#1e293b"}, boxprops={"color": "#64748b"}, whiskerprops={"color": "#64748b"},
+               capprops={"color": "#64748b"})
+    rng = np.random.default_rng(0)  # fixed jitter: the same data gives the same figure
+    dots = max(len(v) for v in data) <= MAX_DOTS
+    for y, (name, vals) in enumerate(zip(order, data, strict=True)):
+        if not dots:  # thousands of dots would bloat the page; the box and the mean say enough
+            ax.plot([np.mean(vals)], [y], "D", color="#1e293b", markersize=5, zorder=4)
+            continue
+        jitter = rng.uniform(-0.18, 0.18, size=len(vals))
+        ax.scatter(vals, y + jitter, s=12, alpha=0.7, color=ACCENT if name == winner else "#2563eb",
+                   linewidths=0, zorder=3)
+        if vals:
+            ax.plot([np.mean(vals)], [y], "D", color="#1e293b", markersize=5, zorder=4)
+    ax.set_yticks(range(len(order)), order)
+    ax.invert_yaxis()
+    ax.set_xlabel("SAP of one response (per question)")
+    _style(ax)
+    dot_note = "one dot per scored response, " if dots else ""
+    return figs.svg(fig, f"Per-question SAP for each strategy: {dot_note}box = quartiles, whiskers = 1.5 IQR, "
+                         "diamond = mean (the ranking statistic).")
+
+
+def _cost_rows(run: dict) -> list[dict]:
+    sel, info = run["selection"], run["run"]
+    timings = info.get("timings") or {}
+    exemplars = sel.get("exemplars") or {}
+    race = sel.get("race") or {}
+    last_round = (race.get("rounds") or [{}])[-1]
+    rows = []
+    if exemplars.get("supplied") is not None:
+        rows.append({"stage": "exemplar mining", "detail": f"{exemplars['supplied']} supplied in a file",
+                     "wall_s": timings.get("mining_s")})
+    else:
+        rows.append({"stage": "exemplar mining", "generated": exemplars.get("generated_tokens"),
+                     "detail": f"{exemplars.get('pool_questions', '?')} pool questions answered by the target",
+                     "wall_s": timings.get("mining_s")})
+    for c in run.get("sample_generation_cost") or []:
+        rows.append({"stage": "sample generation", "detail": c.get("strategy", ""), "prompt": c.get("prompt_tokens"),
+                     "generated": c.get("completion_tokens"), "wall_s": c.get("wall_s"), "money": c.get("money")})
+    budget = sel.get("budget") or {}
+    rows.append({"stage": "scoring", "detail": f"{budget.get('questions_scored', '?')} questions × "
+                                               f"{len(sel.get('strategies') or sel.get('ranking') or [])} strategies",
+                 "prompt": last_round.get("tokens", budget.get("tokens_scored")), "wall_s": timings.get("scoring_s"),
+                 **({"money": last_round["money"]} if last_round.get("money") is not None else {})})
+    training = run.get("training")
+    if training:
+        c = training.get("cost_this_run") or {}
+        total = training.get("cost_total") or {}
+        detail = (f"{training.get('strategy', '')}: {training.get('rows')} rows (this run; all runs: "
+                  f"{_num(total.get('prompt_tokens'))} + {_num(total.get('completion_tokens'))} tokens)")
+        winner = (sel.get("winner") or {}).get("strategy")
+        if winner and training.get("strategy") != winner:  # generate.output holds another strategy's set
+            detail += f"; not the winner {winner}"
+        rows.append({"stage": "full generation", "detail": detail,
+                     "prompt": c.get("prompt_tokens"), "generated": c.get("completion_tokens"),
+                     "wall_s": c.get("wall_s"), "money": c.get("money")})
+    return rows
+
+
+def _cost_section(figs: _Figures, run: dict) -> str:
+    rows = _cost_rows(run)
+    table = _table(["stage", "what", "prompt / scored tokens", "generated tokens", "wall time", "money"],
+                   [[escape(r["stage"]), escape(str(r.get("detail", ""))), _num(r.get("prompt")),
+                     _num(r.get("generated")), _seconds(r.get("wall_s")),
+                     _money(r["money"]) if "money" in r else "–"] for r in rows], {2, 3, 4, 5})
+    stages: dict[str, float] = {}
+    for r in rows:
+        if r.get("wall_s") is not None:
+            stages[r["stage"]] = stages.get(r["stage"], 0.0) + r["wall_s"]
+    figure = ""
+    if any(stages.values()):
+        fig, ax = figs.new(7.2, 0.42 * len(stages) + 1.0)
+        names = list(stages)
+        ax.barh(range(len(names)), [stages[n] for n in names], color="#64748b", height=0.55)
+        for y, n in enumerate(names):
+            ax.annotate(_seconds(stages[n]), (stages[n], y), xytext=(4, 0), textcoords="offset points",
+                        va="center", fontsize=8)
+        ax.set_yticks(range(len(names)), names)
+        ax.invert_yaxis()
+        ax.set_xlabel("wall time (s)")
+        _style(ax)
+        summed = " (sample generation summed over strategies)" if run.get("sample_generation_cost") else ""
+        figure = figs.svg(fig, f"Wall time by stage{summed}.")
+    total = (run["run"].get("timings") or {}).get("total_s")
+    note = f"Selection wall time in all: {_seconds(total)}. " if total is not None else ""
+    note += "Money is shown where the config prices a teacher; the target's own scoring is not priced."
+    return f'{table}{figure}<p class="muted">{note}</p>'
+
+
+def _summary_line(sel: dict, winner: str | None) -> str:
+    per = sel.get("per_strategy") or {}
+    w = sel.get("winner") or {}
+    race = sel.get("race") or {}
+    parts = []
+    if winner:
+        s = per.get(winner, {})
+        lo, hi = (s.get("ci95_mean_sap") or [None, None])[:2]
+        ci = f" (95% CI {_num(lo)}–{_num(hi)})" if lo is not None and hi is not None else ""
+        parts.append(f"Winner: <strong>{escape(winner)}</strong>, mean SAP {_num(w.get('mean_sap'))}{ci} over "
+                     f"{_num(s.get('n'))} questions")
+        if w.get("runner_up"):
+            parts.append(f"ahead of {escape(w['runner_up'])} by {_num(w.get('margin_mean_sap'))}, more familiar on "
+                         f"{_num(100 * w['win_rate_vs_runner_up'], 0)}% of paired questions"
+                         if w.get("win_rate_vs_runner_up") is not None else
+                         f"ahead of {escape(w['runner_up'])} by {_num(w.get('margin_mean_sap'))}")
+        if w.get("bootstrap_p_best") is not None:
+            parts.append(f"best in {_num(100 * w['bootstrap_p_best'], 0)}% of bootstrap resamples")
+    else:
+        parts.append("<strong>No winner</strong> was named")
+    line = "; ".join(parts) + "."
+    if race.get("end_reason"):
+        line += f" The race ended ({escape(str(race.get('ended', '')))}): {escape(race['end_reason'])}"
+    else:
+        budget = sel.get("budget") or {}
+        if budget:
+            line += (f" The run stopped by {escape(str(budget.get('stopped_by')))} after "
+                     f"{_num(budget.get('questions_scored'))} questions "
+                     f"({_num(budget.get('tokens_scored'))} tokens scored).")
+    return line
+
+
+def _evidence_box(sel: dict, winner: str | None) -> str:
+    evidence = sel.get("evidence")
+    if evidence:
+        reason = escape(str(evidence.get("reason", "")))
+        if evidence.get("sufficient"):
+            return f'<div class="ok" id="evidence">{_badge("evidence sufficient", "ok")} {reason}</div>'
+        return (f'<div class="caution" id="evidence">{_badge("thin evidence", "warn")} {reason} Treat the ranking '
+                "as provisional: score more questions before relying on it.</div>")
+    p_best = (sel.get("winner") or {}).get("bootstrap_p_best")
+    if winner and p_best is not None and p_best < 0.95:
+        return (f'<div class="caution" id="evidence">{_badge("not decisive", "warn")} {escape(winner)} was best in '
+                f"only {100 * p_best:.0f}% of bootstrap resamples; the order near the top may change with more "
+                "questions.</div>")
+    return ""
+
+
+def _status(name: str, winner: str | None, eliminated: dict[str, int], contenders: list[str]) -> str:
+    if name == winner:
+        return _badge("winner", "win")
+    if name in eliminated:
+        return _badge(f"eliminated in round {eliminated[name]}", "out")
+    if name in contenders:
+        return _badge("contender", "warn")
+    return ""
+
+
+def _ranking_section(figs: _Figures, sel: dict, order: list[str], winner: str | None,
+                     eliminated: dict[str, int], contenders: list[str]) -> str:
+    per = sel["per_strategy"]
+    extra = [k for k, label in (("mean_reward", "reward"), ("car", "CAR")) if any(k in per[n] for n in order)]
+    header = ["rank", "strategy", "status", "n", "mean SAP", "95% CI", "median", "geo-mean", "PPL", "IFD", "length",
+              *[{"mean_reward": "reward", "car": "CAR"}[k] for k in extra]]
+    rows, classes = [], []
+    for rank, name in enumerate(order, start=1):
+        s = per[name]
+        lo, hi = (s.get("ci95_mean_sap") or [None, None])[:2]
+        rows.append([str(rank), f"<strong>{escape(name)}</strong>" if name == winner else escape(name),
+                     _status(name, winner, eliminated, contenders), _num(s.get("n")), _num(s.get("mean_sap")),
+                     f"{_num(lo)} – {_num(hi)}", _num(s.get("median_sap")), _num(s.get("geomean_sap")),
+                     _num(s.get("mean_ppl")), _num(s.get("mean_ifd")), _num(s.get("mean_length"), 1),
+                     *[_num(s.get(k)) for k in extra]])
+        classes.append("win" if name == winner else "out" if name in eliminated else "")
+    table = _table(header, rows, {0, 3, 4, 5, 6, 7, 8, 9, 10, *range(11, 11 + len(extra))}, classes)
+    unscored = sorted(n for n in per if n not in order)
+    if unscored:
+        table += (f'<p class="caution">Not scored (every row rejected or none sampled): '
+                  f"{escape(', '.join(unscored))}.</p>")
+    if not order:
+        return table
+    return _ranking_figure(figs, sel, order, winner, set(eliminated)) + table
+
+
+def _race_section(figs: _Figures, race: dict | None, order: list[str], winner: str | None,
+                  colors: dict[str, str], scores: list[dict], round_size: int | None) -> str:
+    if race:
+        html = _facts([("stop rule", escape(str(race.get("stop")))), ("confidence", _num(race.get("confidence"))),
+                       ("epsilon", _num(race.get("epsilon"))), ("method", escape(str(race.get("method", "")))),
+                       ("ended", escape(str(race.get("ended")))), ("why", escape(str(race.get("end_reason", "")))),
+                       ("contenders left", escape(", ".join(race.get("contenders") or []) or "–"))])
+        rounds = race.get("rounds") or []
+        eliminated = race.get("eliminated") or {}
+        if rounds:
+            html += _running_figure(figs, rounds, order, eliminated, colors, race=True)
+        interval = _interval_figure(figs, race, order, winner)
+        html += interval or ""
+        html += _table(["round", "questions", "leader", "margin", "eliminated", "tokens scored", "money"],
+                       [[str(r.get("round")), _num(r.get("questions")), escape(str(r.get("leader") or "–")),
+                         _num(r.get("margin")), escape(", ".join(r.get("eliminated") or []) or "–"),
+                         _num(r.get("tokens")), _money(r.get("money")) if r.get("money") is not None else "–"]
+                        for r in rounds], {0, 1, 3, 5, 6})
+        return html
+    rounds = _running_from_scores(scores, order)
+    note = ('<p class="muted">This selection ran without a race: every strategy was scored on every sampled '
+            "question.</p>")
+    if not rounds:
+        return note + '<p class="muted">No per-question scores to show it round by round.</p>'
+    return note + _running_figure(figs, rounds, order, {}, colors, race=False, round_size=round_size)
+
+
+def _exemplar_section(run: dict) -> str:
+    info = run["selection"].get("exemplars") or {}
+    exemplars = run.get("exemplars") or []
+    used: Counter = Counter()
+    for s in run["scores"]:
+        used.update(s.get("exemplar_ids") or [])
+    facts = ", ".join(f"{escape(k)}: {_num(v)}" for k, v in sorted(info.items()))
+    unchecked = [e for e in exemplars if not e.get("checked")]
+    warn = (f'<div class="caution">{_badge(f"{len(unchecked)} unchecked", "warn")} These exemplars did not pass the '
+            "answer checker (no gold answer, or filled in by the shortfall policy); SAP contexts that use them show "
+            "the target possibly wrong answers.</div>" if unchecked else "")
+    rows = [[escape(str(e.get("exemplar_id"))), escape(str(e.get("source_question_id", "–"))),
+             _badge("checked", "ok") if e.get("checked") else _badge("unchecked", "bad"),
+             _num(used.get(e.get("exemplar_id"), 0)),
+             f"<details><summary>{escape(str(e.get('text', ''))[:90])}…</summary><pre>{escape(str(e.get('text', '')))}"
+             "</pre></details>"] for e in exemplars]
+    table = _table(["exemplar", "source question", "checker", "used by scored responses", "text"], rows, {3})
+    return f'<p class="muted">{facts}</p>{warn}{table if exemplars else ""}'
+
+
+def _counts_section(sel: dict) -> str:
+    c = sel.get("counts") or {}
+    if not c:
+        return '<p class="muted">No counts recorded.</p>'
+    total = c.get("scored", 0) + c.get("rejected", 0) + c.get("not_sampled", 0)
+    ok = total == c.get("candidate_rows_in")
+    line = (f'<p>{_badge("reconciles" if ok else "does not reconcile", "ok" if ok else "bad")} candidate rows in '
+            f"<strong>{_num(c.get('candidate_rows_in'))}</strong> = {_num(c.get('scored'))} scored + "
+            f"{_num(c.get('rejected'))} rejected + {_num(c.get('not_sampled'))} not sampled</p>")
+    rest = [[escape(k.replace("_", " ")), _num(v)] for k, v in sorted(c.items())]
+    return line + _table(["count", "value"], rest, {1})
+
+
+def render_selection(run: dict) -> str:
+    sel = run["selection"]
+    figs = _Figures()
+    per = sel.get("per_strategy") or {}
+    ranking = [n for n in sel.get("ranking") or [] if n in per]
+    order = ranking + sorted(n for n in per if n not in ranking)
+    winner = (sel.get("winner") or {}).get("strategy")
+    race = sel.get("race")
+    eliminated = (race or {}).get("eliminated") or {}
+    contenders = [] if not race or race.get("ended") == "winner" else race.get("contenders") or []
+    colors = _palette(order)
+    scored = [n for n in order if per[n].get("mean_sap") is not None]
+    config = (run["run"] or {}).get("config") or {}
+    round_size = (config.get("sample") or {}).get("round_size")
+    title = f"sapray selection: {sel.get('model', '?')}"
+    sub = (f"{len(order)} strategies · engine {escape(str(sel.get('engine', '?')))} · layout "
+           f"{escape(str(sel.get('layout', '?')))} · {escape(str(sel.get('statistic', 'mean SAP')))}")
+    sections = [
+        ("ranking", "Ranking", _ranking_section(figs, sel, scored, winner, eliminated, contenders)),
+        ("win-rates", "Paired win rates", _heatmap(figs, sel, scored) if len(scored) > 1 else
+         '<p class="muted">Only one strategy scored.</p>'),
+        ("running", "Running estimate" + (" and the race" if race else ""),
+         _race_section(figs, race, scored, winner, colors, run["scores"], round_size)),
+        ("distributions", "Per-question SAP", _distribution_figure(figs, run["scores"], scored, winner)
+         or '<p class="muted">No per-question scores (scores.parquet is missing or empty).</p>'),
+        ("cost", "Cost by stage", _cost_section(figs, run)),
+        ("exemplars", "Exemplars", _exemplar_section(run)),
+        ("counts", "Counts", _counts_section(sel)),
+        ("rejects", "Rejected rows", _reasons_table(
+            [(r.get("stage", ""), r.get("reason", ""), r.get("source", "")) for r in run.get("rejects") or []])),
+    ]
+    if run.get("validation"):
+        sections.append(("validation", "Validation against downstream accuracy",
+                         validation_section(figs, run["validation"])))
+    sections.append(("config", "Resolved config", _config_section(run["run"])))
+    header = (f'<p class="summary" id="summary">{_summary_line(sel, winner)}</p>{_evidence_box(sel, winner)}')
+    return _page(title, sub, header, sections)
+
+
+def _config_section(info: dict) -> str:
+    timings = info.get("timings") or {}
+    placement = info.get("actor_placement") or {}
+    html = ""
+    if timings:
+        html += _table(["timing", "seconds"], [[escape(k), _num(v, 2)] for k, v in timings.items()], {1})
+    if placement:
+        html += _table(["actor (node/actor)", "requests scored"],
+                       [[f"<code>{escape(k)}</code>", _num(v)] for k, v in sorted(placement.items())], {1})
+    config = info.get("config")
+    if config is not None:
+        html += ("<details><summary>config as run (run.json)</summary>"
+                 f"<pre>{escape(json.dumps(config, indent=2))}</pre></details>")
+    return html or '<p class="muted">run.json is missing.</p>'
+
+
+# ---------- filter ----------
+
+def _threshold(rows: list[dict], column: str, low_kept: bool | None) -> float | None:
+    kept = [r[column] for r in rows if r.get("kept") and r.get(column) is not None]
+    if not kept or low_kept is None:
+        return None
+    return max(kept) if low_kept else min(kept)
+
+
+def _filter_figure(figs: _Figures, rows: list[dict], column: str, threshold: float | None, ifd_cut: bool,
+                   main: bool) -> str | None:
+    kept = [r[column] for r in rows if r.get(column) is not None and r.get("kept")]
+    dropped = [r[column] for r in rows if r.get(column) is not None and not r.get("kept")]
+    values = [v for v in kept + dropped if math.isfinite(v)]
+    if not values:
+        return None
+    fig, ax = figs.new(6.6 if main else 4.6, 2.9 if main else 2.3)
+    bins = np.histogram_bin_edges(values, bins=min(30, max(5, len(values) // 3)))
+    ax.hist([[v for v in kept if math.isfinite(v)], [v for v in dropped if math.isfinite(v)]], bins=bins,
+            stacked=True, color=["#059669", "#cbd5e1"], label=[f"kept ({len(kept)})", f"dropped ({len(dropped)})"])
+    if threshold is not None:
+        ax.axvline(threshold, color=ACCENT, linewidth=1.8, linestyle="--", label=f"keep threshold {threshold:.4g}")
+    if ifd_cut:
+        ax.axvline(1.0, color="#7c3aed", linewidth=1.4, linestyle=":", label="IFD = 1 (dropped above)")
+    ax.set_xlabel(column.replace("_", " "))
+    ax.set_ylabel("samples")
+    ax.spines[["top", "right"]].set_visible(False)
+    ax.legend(fontsize=7.5, frameon=False)
+    return figs.svg(fig, f"Distribution of {escape(column)} over the scored samples, kept and dropped"
+                         + (" (the keep criterion)." if main else "."))
+
+
+def render_filter(run: dict) -> str:
+    summary, rows = run["summary"], run["scores"]
+    figs = _Figures()
+    method = summary.get("method", "?")
+    counts = summary.get("counts") or {}
+    column, low_kept = FILTER_SCORE.get(method, (None, None))
+    ifd_high = method == "ifd" and summary.get("direction", "high") == "high"
+    if method == "ifd":
+        low_kept = not ifd_high
+    threshold = _threshold(rows, column, low_kept) if column else None
+    total = counts.get("kept", 0) + counts.get("dropped", 0) + counts.get("rejected", 0)
+    ok = total == counts.get("rows_in")
+    fraction = summary.get("keep_fraction")
+    summary_line = (f"<strong>{_num(counts.get('kept'))}</strong> of {_num(counts.get('rows_in'))} rows kept by "
+                    f"<strong>{escape(method)}</strong>" + (f" (keep fraction {fraction:.0%})" if fraction is not None
+                                                           else "")
+                    + (f"; threshold on {escape(column)}: {threshold:.4g}" if threshold is not None else "") + ".")
+    dists = summary.get("distributions") or {}
+    main_fig = _filter_figure(figs, rows, column, threshold, ifd_high, True) if column else None
+    others = [_filter_figure(figs, rows, k, None, False, False) for k in dists if k != column]
+    stats = ("count", "mean", "std", "min", "p10", "p25", "p50", "p75", "p90", "max")
+    dist_rows = [[escape(k), *[_num(d.get(q), 4) for q in stats]] for k, d in dists.items()]
+    scores_html = ((main_fig or "") + "".join(f for f in others if f)
+                   + _table(["score", *stats[:6], "median", *stats[7:]], dist_rows, set(range(1, len(stats) + 1))))
+    counts_html = (f'<p>{_badge("reconciles" if ok else "does not reconcile", "ok" if ok else "bad")} rows in '
+                   f"<strong>{_num(counts.get('rows_in'))}</strong> = {_num(counts.get('kept'))} kept + "
+                   f"{_num(counts.get('dropped'))} dropped + {_num(counts.get('rejected'))} rejected</p>")
+    settings = {k: v for k, v in summary.items() if k not in ("counts", "distributions")}
+    settings_html = _table(["setting", "value"], [[escape(k), _num(v, 4)] for k, v in sorted(settings.items())], {})
+    sections = [
+        ("scores", "Score distributions", scores_html),
+        ("counts", "Counts", counts_html),
+        ("drops", "Drop reasons", _reasons_table([("dropped", r.get("reason", ""), r.get("source", ""))
+                                                   for r in rows if not r.get("kept")], stages=False)),
+        ("rejects", "Rejected rows", _reasons_table(
+            [(r.get("stage", ""), r.get("reason", ""), r.get("source", "")) for r in run.get("rejects") or []])),
+        ("settings", "Settings", settings_html),
+    ]
+    if run.get("validation"):
+        sections.append(("validation", "Validation against downstream accuracy",
+                         validation_section(figs, run["validation"])))
+    sub = f"model {escape(str(summary.get('model', '?')))} · engine {escape(str(summary.get('engine', '?')))}"
+    return _page(f"sapray filter: {method}", sub, f'<p class="summary" id="summary">{summary_line}</p>', sections)
+
+
+# ---------- validation ----------
+
+def validation_section(figs: _Figures, result: dict) -> str:
+    """Metrics judged against downstream accuracy (``sapray validate``): table, figure, per pair."""
+    metrics = result.get("metrics") or {}
+    names = list(metrics)
+    rows = [[f"<strong>{escape(n)}</strong>", "lower" if m["lower_is_better"] else "higher", _num(m["weighted_rho"]),
+             _num(m["mean_rho"]), _num(m["mean_top1_accuracy"], 4), str(len(m["rho_undefined"]))]
+            for n, m in metrics.items()]
+    html = _table(["metric", "better", "σ-weighted ρ", "mean ρ", "mean top-1 accuracy", "ρ undefined"], rows,
+                  {2, 3, 4, 5})
+    html += (f"<p>Upper bound (mean best accuracy over {len(result.get('pairs') or [])} (model, task) pairs): "
+             f"<strong>{_num(result.get('upper_bound'), 4)}</strong></p>")
+    if names:
+        fig, (left, right) = figs.new(8.2, 0.4 * len(names) + 1.4, ncols=2, sharey=True)
+        ys = range(len(names))
+        rho = [metrics[n]["weighted_rho"] if metrics[n]["weighted_rho"] is not None else 0.0 for n in names]
+        left.barh(ys, rho, color=[ACCENT if n == "sap" else "#64748b" for n in names], height=0.55)
+        left.axvline(0, color="#1e293b", linewidth=0.8)
+        left.set_yticks(list(ys), names)
+        left.invert_yaxis()
+        left.set_xlabel("σ-weighted Spearman ρ")
+        top1 = [metrics[n]["mean_top1_accuracy"] or 0.0 for n in names]
+        # dots, not bars: the axis does not start at zero
+        right.scatter(top1, list(ys), s=70, color=[ACCENT if n == "sap" else "#64748b" for n in names], zorder=3)
+        if result.get("upper_bound") is not None:
+            right.axvline(result["upper_bound"], color="#059669", linestyle="--")
+        ends = top1 + ([result["upper_bound"]] if result.get("upper_bound") is not None else [])
+        pad = 0.1 * (max(ends) - min(ends)) or 0.05
+        right.set_xlim(min(ends) - pad, max(ends) + pad)
+        right.set_xlabel("mean top-1 accuracy")
+        for ax in (left, right):
+            _style(ax)
+        html += figs.svg(fig, "How well each metric's ranking of strategies predicts their downstream accuracy "
+                              "(left) and the accuracy of the strategy each metric ranks first (right; dashed: the "
+                              "upper bound, the best strategy's accuracy averaged over pairs).")
+    pairs = result.get("pairs") or []
+    per_pair = [[escape(p["model"]), escape(p["task"]), _num(p.get("subsets")), _num(p.get("strategies")),
+                 _num(p.get("sd_accuracy"), 4), _num(p.get("best_accuracy"), 4),
+                 *[f"{_num(metrics[n]['pairs'][i]['rho'])} / {_num(metrics[n]['pairs'][i]['top1_accuracy'], 4)}"
+                   for n in names]] for i, p in enumerate(pairs)]
+    html += _table(["model", "task", "subsets", "strategies", "sd acc.", "best acc.", *[f"{escape(n)} ρ / top-1"
+                                                                                       for n in names]],
+                   per_pair, set(range(2, 6 + len(names))))
+    for s in result.get("skipped") or []:
+        subset = f", subset {escape(str(s['subset']))}" if s.get("subset") is not None else ""
+        html += f'<p class="muted">Skipped: model {escape(s["model"])}, task {escape(s["task"])}{subset}: ' \
+                f'{escape(s["reason"])}.</p>'
+    html += f'<p class="muted">Ties: {escape(result.get("tie_rule", ""))}.</p>'
+    return html
+
+
+def render_validation_page(result: dict) -> str:
+    figs = _Figures()
+    return _page("sapray validate", "metrics' rankings against downstream accuracy (METHOD.md §3)", "",
+                 [("validation", "Validation against downstream accuracy", validation_section(figs, result))])
+
+
+# ---------- page ----------
+
+def _page(title: str, sub: str, header: str, sections: list[tuple[str, str, str]]) -> str:
+    nav = "".join(f'<a href="#{sid}">{escape(name)}</a>' for sid, name, _ in sections)
+    body = "".join(f'<section id="{sid}"><h2>{escape(name)}</h2>{html}</section>' for sid, name, html in sections)
+    # no scripts, fonts or images to fetch; the policy makes sure nothing is ever requested
+    csp = "default-src 'none'; style-src 'unsafe-inline'; img-src data:"
+    return (f'<!doctype html>\n<html lang="en"><head><meta charset="utf-8">'
+            f'<meta http-equiv="Content-Security-Policy" content="{csp}">'
+            f'<meta name="viewport" content="width=device-width, initial-scale=1">'
+            f"<title>{escape(title)}</title><style>{CSS}</style></head>\n<body><main>"
+            f'<h1>{escape(title)}</h1><p class="sub">{sub}</p><nav>{nav}</nav>{header}{body}'
+            "</main></body></html>\n")
+
+
+def render_report(run: dict) -> str:
+    return render_selection(run) if run["kind"] == "selection" else render_filter(run)
+
+
+def write_report(folder: str, output: str | None = None, validation: dict | None = None) -> str:
+    """Render report.html from ``folder``'s files (local or URI) to ``output`` (default: folder/report.html)."""
+    run = load_run(folder)
+    if validation is not None:
+        run["validation"] = validation
+    target = output or child(folder, "report.html")
+    fs, path = filesystem(target)
+    with fs.open_output_stream(path) as f:
+        f.write(render_report(run).encode("utf-8"))
+    return target

@@ -1,0 +1,338 @@
+"""Judge metrics' rankings against downstream accuracy (METHOD.md §3).
+
+Input: one row per (model, task[, subset], strategy) with the strategy's fine-tuned ``accuracy`` and
+one column per metric present (sap, ppl, ifd, length: lower is better; reward, car: higher is
+better). Or selection.json files, each labelled with a task, plus an accuracy table keyed by strategy.
+
+For each metric and each (model, task) pair:
+- Spearman's rho between the metric's order and the accuracy order (average ranks for ties), signed
+  so that a positive rho means the metric agrees with accuracy whatever its direction;
+- top-1 accuracy: the accuracy of the metric's first-ranked strategy.
+With subsets, each subset is ranked on its own and the pair's rho and top-1 are the means over its
+subsets (the authors' three 50-question slices). Over all pairs: the sigma-weighted rho
+``sum(rho_t * sd_t) / sum(sd_t)`` (``sd_t``: standard deviation, ddof=1, of the strategies'
+accuracies on pair t), the mean top-1 accuracy, and the upper bound (the mean best accuracy).
+
+Tie rules:
+- ranks: tied values share the mean of the ranks they span (on both the metric and accuracy side);
+- rho is undefined (null) when every accuracy, or every metric value, of a subset is tied; a pair's
+  rho is the mean over its subsets where defined (null if none); a pair with a null rho leaves the
+  weighted mean together with its weight, and is listed under ``rho_undefined``;
+- top-1 when several strategies share the best metric value: the mean accuracy of those strategies;
+- a (model, task[, subset]) with fewer than two strategies cannot be ranked: it is skipped and listed
+  under ``skipped`` (a pair all of whose subsets are skipped is skipped).
+With subsets, a strategy's accuracy on the pair (for ``sd_t`` and the upper bound) is the mean of
+its accuracies over the pair's subsets (the same number when accuracy does not depend on the subset).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+from sapray.read import InputError, iter_records, read_text
+
+# metric column -> True when a lower value is better
+LOWER_IS_BETTER = {"sap": True, "ppl": True, "ifd": True, "length": True, "reward": False, "car": False}
+# selection.json per_strategy key for each metric
+SELECTION_KEYS = {"sap": "mean_sap", "ppl": "mean_ppl", "ifd": "mean_ifd", "length": "mean_length",
+                  "reward": "mean_reward", "car": "car"}
+TIE_RULE = ("ties share the mean of their ranks; rho is undefined (null) when all accuracies or all metric values "
+            "of a subset are tied, and such a pair leaves the weighted mean with its weight; top-1 with several "
+            "strategies tied on the best metric value is their mean accuracy")
+_MAX_NAMED = 10
+
+
+class ValidationError(ValueError):
+    """An unusable results table: names the rows or columns at fault."""
+
+
+def average_ranks(values: Sequence[float]) -> list[float]:
+    """1-based ranks, ascending; tied values get the mean of the ranks they span."""
+    order = sorted(range(len(values)), key=lambda i: values[i])
+    ranks = [0.0] * len(values)
+    start = 0
+    while start < len(order):
+        end = start
+        while end + 1 < len(order) and values[order[end + 1]] == values[order[start]]:
+            end += 1
+        for k in range(start, end + 1):
+            ranks[order[k]] = (start + end) / 2 + 1
+        start = end + 1
+    return ranks
+
+
+def spearman(x: Sequence[float], y: Sequence[float]) -> float | None:
+    """Spearman's rho (Pearson's r of the average ranks); None when either side is constant."""
+    rx, ry = average_ranks(x), average_ranks(y)
+    mx, my = math.fsum(rx) / len(rx), math.fsum(ry) / len(ry)
+    sxy = math.fsum((a - mx) * (b - my) for a, b in zip(rx, ry, strict=True))
+    sxx = math.fsum((a - mx) ** 2 for a in rx)
+    syy = math.fsum((b - my) ** 2 for b in ry)
+    if sxx == 0 or syy == 0:
+        return None
+    return sxy / math.sqrt(sxx * syy)
+
+
+def _sd(values: Sequence[float]) -> float:
+    mean = math.fsum(values) / len(values)
+    return math.sqrt(math.fsum((v - mean) ** 2 for v in values) / (len(values) - 1))
+
+
+def _mean(values: Iterable[float]) -> float | None:
+    values = list(values)
+    return math.fsum(values) / len(values) if values else None
+
+
+@dataclass(frozen=True)
+class Row:
+    source: str
+    model: str
+    task: str
+    subset: str | None
+    strategy: str
+    accuracy: float
+    metrics: dict[str, float | None]
+
+
+def _number(value, what: str, source: str) -> float | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if isinstance(value, bool):
+        raise ValidationError(f"{source}: {what} must be a number, got {value!r}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise ValidationError(f"{source}: {what} must be a number, got {value!r}") from None
+    if not math.isfinite(number):
+        raise ValidationError(f"{source}: {what} must be finite, got {value!r}")
+    return number
+
+
+def _named(sources: list[str]) -> str:
+    more = f" and {len(sources) - _MAX_NAMED} more" if len(sources) > _MAX_NAMED else ""
+    return ", ".join(sources[:_MAX_NAMED]) + more
+
+
+def rows_from_records(records: Iterable[tuple[str, dict]], uri: str) -> list[Row]:
+    """Rows of a results table; missing columns, bad numbers and duplicates are errors naming the rows."""
+    records = list(records)
+    bad = [source for source, r in records if isinstance(r, str)]
+    if bad:
+        raise ValidationError(f"unreadable rows: {_named(bad)}")
+    if not records:
+        raise ValidationError(f"{uri}: no rows")
+    columns = set().union(*(r.keys() for _, r in records))
+    missing = [c for c in ("model", "task", "strategy", "accuracy") if c not in columns]
+    if missing:
+        raise ValidationError(f"{uri}: missing column(s) {missing} (have {sorted(columns)})")
+    rows = []
+    for source, r in records:
+        for key in ("model", "task", "strategy"):
+            if r.get(key) is None or str(r[key]).strip() == "":
+                raise ValidationError(f"{source}: empty {key}")
+        accuracy = _number(r.get("accuracy"), "accuracy", source)
+        if accuracy is None:
+            raise ValidationError(f"{source}: empty accuracy")
+        subset = r.get("subset")
+        rows.append(Row(source, str(r["model"]), str(r["task"]), None if subset in (None, "") else str(subset),
+                        str(r["strategy"]), accuracy,
+                        {m: _number(r.get(m), m, source) for m in LOWER_IS_BETTER if m in columns}))
+    return rows
+
+
+def check_rows(rows: list[Row], metrics: Sequence[str] | None = None) -> list[str]:
+    """The metrics to judge; a chosen metric without a value in some rows is an error naming them."""
+    present = [m for m in LOWER_IS_BETTER if any(m in r.metrics for r in rows)]
+    if metrics is not None:
+        unknown = [m for m in metrics if m not in LOWER_IS_BETTER]
+        if unknown:
+            raise ValidationError(f"unknown metric(s) {unknown}; known: {list(LOWER_IS_BETTER)}")
+        absent = [m for m in metrics if m not in present]
+        if absent:
+            raise ValidationError(f"no column for metric(s) {absent}; present: {present}")
+        present = [m for m in LOWER_IS_BETTER if m in metrics]
+    if not present:
+        raise ValidationError(f"no metric column: give at least one of {list(LOWER_IS_BETTER)}")
+    for m in present:
+        lacking = [r.source for r in rows if r.metrics.get(m) is None]
+        if lacking:
+            raise ValidationError(f"metric {m!r} has no value in {len(lacking)} row(s): {_named(lacking)} "
+                                  "(fill them, or leave the metric out with --metrics)")
+    seen: dict[tuple, str] = {}
+    for r in rows:
+        key = (r.model, r.task, r.subset, r.strategy)
+        if key in seen:
+            raise ValidationError(f"{r.source}: duplicate of {seen[key]} (model {r.model!r}, task {r.task!r}, "
+                                  f"subset {r.subset!r}, strategy {r.strategy!r})")
+        seen[key] = r.source
+    return present
+
+
+def _judge_subset(rows: list[Row], metric: str) -> dict:
+    sign = -1.0 if LOWER_IS_BETTER[metric] else 1.0
+    goodness = [sign * r.metrics[metric] for r in rows]  # higher = ranked earlier by the metric
+    accuracy = [r.accuracy for r in rows]
+    best = max(goodness)
+    top = [r for r, g in zip(rows, goodness, strict=True) if g == best]
+    return {"subset": rows[0].subset, "strategies": len(rows), "rho": spearman(goodness, accuracy),
+            "top1_strategies": sorted(r.strategy for r in top),
+            "top1_accuracy": math.fsum(r.accuracy for r in top) / len(top)}
+
+
+def validate(rows: list[Row], metrics: Sequence[str] | None = None) -> dict:
+    """The judgement of every metric present (see the module docstring), as a JSON-ready dict."""
+    chosen = check_rows(rows, metrics)
+    groups: dict[tuple[str, str], dict[str | None, list[Row]]] = {}
+    for r in rows:
+        groups.setdefault((r.model, r.task), {}).setdefault(r.subset, []).append(r)
+    skipped, pairs = [], []
+    for (model, task), subsets in sorted(groups.items()):
+        usable = {}
+        for subset, members in sorted(subsets.items(), key=lambda kv: (kv[0] is not None, kv[0] or "")):
+            if len(members) < 2:
+                skipped.append({"model": model, "task": task, "subset": subset,
+                                "reason": f"{len(members)} strategy: cannot rank"})
+            else:
+                usable[subset] = sorted(members, key=lambda r: r.strategy)
+        if usable:
+            pairs.append((model, task, usable))
+    if not pairs:
+        raise ValidationError("no (model, task) pair has two or more strategies to rank")
+
+    pair_facts = []
+    for model, task, usable in pairs:
+        by_strategy: dict[str, list[float]] = {}
+        for members in usable.values():
+            for r in members:
+                by_strategy.setdefault(r.strategy, []).append(r.accuracy)
+        accuracy = {s: math.fsum(v) / len(v) for s, v in by_strategy.items()}
+        pair_facts.append({"model": model, "task": task, "subsets": len(usable), "strategies": len(accuracy),
+                           "sd_accuracy": _sd(list(accuracy.values())), "best_accuracy": max(accuracy.values()),
+                           "best_strategies": sorted(s for s, a in accuracy.items() if a == max(accuracy.values()))})
+
+    out_metrics = {}
+    for metric in chosen:
+        per_pair = []
+        for (model, task, usable), facts in zip(pairs, pair_facts, strict=True):
+            judged = [_judge_subset(members, metric) for members in usable.values()]
+            rho = _mean(j["rho"] for j in judged if j["rho"] is not None)
+            per_pair.append({"model": model, "task": task, "rho": rho,
+                             "top1_accuracy": _mean(j["top1_accuracy"] for j in judged),
+                             "sd_accuracy": facts["sd_accuracy"],
+                             **({"subsets": judged} if len(judged) > 1 or judged[0]["subset"] is not None
+                                else {"top1_strategies": judged[0]["top1_strategies"]})})
+        defined = [p for p in per_pair if p["rho"] is not None]
+        weight = math.fsum(p["sd_accuracy"] for p in defined)
+        out_metrics[metric] = {
+            "lower_is_better": LOWER_IS_BETTER[metric],
+            "weighted_rho": math.fsum(p["rho"] * p["sd_accuracy"] for p in defined) / weight if weight else None,
+            "mean_rho": _mean(p["rho"] for p in defined),
+            "mean_top1_accuracy": _mean(p["top1_accuracy"] for p in per_pair),
+            "rho_undefined": [{"model": p["model"], "task": p["task"]} for p in per_pair if p["rho"] is None],
+            "pairs": per_pair,
+        }
+    return {"pairs": pair_facts, "upper_bound": _mean(p["best_accuracy"] for p in pair_facts),
+            "metrics": out_metrics, "skipped": skipped, "tie_rule": TIE_RULE}
+
+
+def read_results(uri: str) -> list[Row]:
+    """A results table: CSV, JSONL or Parquet (local or object store)."""
+    try:
+        return rows_from_records(iter_records(uri), uri)
+    except InputError as exc:
+        raise ValidationError(str(exc)) from None
+
+
+_LABEL = re.compile(r"^([\w.-]+)(?::([\w.-]+))?=(.+)$")
+
+
+def parse_selection_arg(arg: str) -> tuple[str, str | None, str]:
+    """``TASK=PATH`` or ``TASK:SUBSET=PATH`` -> (task, subset, path)."""
+    match = _LABEL.match(arg)
+    if not match:
+        raise ValidationError(f"--selection {arg!r}: expected TASK=PATH or TASK:SUBSET=PATH")
+    return match.group(1), match.group(2), match.group(3)
+
+
+def rows_from_selections(selections: Sequence[tuple[str, str | None, str]], accuracy_uri: str) -> list[Row]:
+    """Rows from selection.json files (metric values from per_strategy) joined with an accuracy table.
+
+    The accuracy table has columns strategy and accuracy, and optionally task and model; a row applies
+    to a selection when its task and model (where given) match the selection's. A scored strategy with
+    no accuracy, or with two, is an error naming it.
+    """
+    try:
+        records = list(iter_records(accuracy_uri))
+    except InputError as exc:
+        raise ValidationError(str(exc)) from None
+    table = rows_from_accuracy(records, accuracy_uri)
+    rows = []
+    for task, subset, uri in selections:
+        try:
+            selection = json.loads(read_text(uri))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise ValidationError(f"{uri}: cannot read a selection ({exc})") from None
+        model = str(selection.get("model", ""))
+        for strategy, stats in sorted(selection.get("per_strategy", {}).items()):
+            if not stats.get("n"):
+                continue  # never scored: no metric values
+            found = [a for a in table if a["strategy"] == strategy and a.get("task", task) == task
+                     and a.get("model", model) == model]
+            if len(found) != 1:
+                sources = _named([f["source"] for f in found])
+                how = f"{len(found)} accuracies ({sources})" if found else "no accuracy"
+                raise ValidationError(f"{accuracy_uri}: {how} for strategy {strategy!r} of task {task!r}, "
+                                      f"model {model!r} ({uri})")
+            rows.append(Row(f"{uri}:{strategy}", model, task, subset, strategy, found[0]["accuracy"],
+                            {m: stats.get(k) for m, k in SELECTION_KEYS.items() if stats.get(k) is not None}))
+    return rows
+
+
+def rows_from_accuracy(records: list[tuple[str, dict]], uri: str) -> list[dict]:
+    bad = [source for source, r in records if isinstance(r, str)]
+    if bad:
+        raise ValidationError(f"unreadable rows: {_named(bad)}")
+    out = []
+    for source, r in records:
+        if r.get("strategy") in (None, "") or "accuracy" not in r:
+            raise ValidationError(f"{source}: the accuracy table needs strategy and accuracy columns")
+        accuracy = _number(r["accuracy"], "accuracy", source)
+        if accuracy is None:
+            raise ValidationError(f"{source}: empty accuracy")
+        out.append({"source": source, "strategy": str(r["strategy"]), "accuracy": accuracy,
+                    **{k: str(r[k]) for k in ("task", "model") if r.get(k) not in (None, "")}})
+    if not out:
+        raise ValidationError(f"{uri}: no rows")
+    return out
+
+
+def _f(x: float | None, digits: int = 3) -> str:
+    if x is None:
+        return "-"
+    return f"{x if round(x, digits) else 0.0:.{digits}f}"  # no "-0.000" from rounding noise
+
+
+def render_validation(result: dict) -> str:
+    """Console tables: one line per metric, then rho and top-1 per (model, task)."""
+    header = f"{'metric':<8}{'better':>8}{'weighted rho':>14}{'mean rho':>10}{'mean top-1':>12}{'rho undefined':>15}"
+    lines = [header, "-" * len(header)]
+    for name, m in result["metrics"].items():
+        lines.append(f"{name:<8}{'lower' if m['lower_is_better'] else 'higher':>8}{_f(m['weighted_rho']):>14}"
+                     f"{_f(m['mean_rho']):>10}{_f(m['mean_top1_accuracy'], 4):>12}{len(m['rho_undefined']):>15}")
+    lines.append(f"upper bound (mean best accuracy): {_f(result['upper_bound'], 4)} over {len(result['pairs'])} "
+                 "(model, task) pair(s)")
+    names = list(result["metrics"])
+    lines += ["", f"{'model':<20}{'task':<16}{'sd acc':>8}" + "".join(f"{n + ' rho/top-1':>20}" for n in names)]
+    for i, p in enumerate(result["pairs"]):
+        judged = [result["metrics"][n]["pairs"][i] for n in names]
+        cells = "".join(f"{_f(j['rho']) + ' / ' + _f(j['top1_accuracy'], 4):>20}" for j in judged)
+        lines.append(f"{p['model'][:19]:<20}{p['task'][:15]:<16}{_f(p['sd_accuracy'], 4):>8}{cells}")
+    for s in result["skipped"]:
+        subset = f" subset {s['subset']}" if s["subset"] is not None else ""
+        lines.append(f"skipped: model {s['model']}, task {s['task']}{subset}: {s['reason']}")
+    lines += ["", f"ties: {result['tie_rule']}"]
+    return "\n".join(lines)
