@@ -7,14 +7,14 @@ engine and the demo's exemplar mining, and keeps the small per-question table th
     PYTHONPATH=. .venv/bin/python benchmarks/sap_table.py --data ../shared/data/gsm8k \
         --out benchmarks/data/gsm8k_sap_smollm2.parquet
 
-About 1.8M tokens to score: on the 2-core development machine this runs for about an hour.
+About 1.8M tokens to score, in resumable chunks (rerun the same command to go on); on the
+2-core development machine about an hour when nothing else runs.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import tempfile
 import time
 from importlib import resources
 from pathlib import Path
@@ -32,39 +32,50 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/gsm8k", help="openai/grade-school-math files")
     parser.add_argument("--out", default="benchmarks/data/gsm8k_sap_smollm2.parquet")
-    parser.add_argument("--questions", type=int, default=None, help="only the first N questions (a trial)")
+    parser.add_argument("--work", default="runs/sap_table", help="resumable chunks and the exemplars")
+    parser.add_argument("--chunk", type=int, default=100, help="questions per resumable chunk")
     parser.add_argument("--actors", type=int, default=2)
     args = parser.parse_args()
 
     questions, candidates = load_six_strategies(Path(args.data))
-    if args.questions:
-        keep = {q["question_id"] for q in questions[: args.questions]}
-        questions = [q for q in questions if q["question_id"] in keep]
-        candidates = [c for c in candidates if c["question_id"] in keep]
-    work = Path(tempfile.mkdtemp(prefix="sap_table_"))
-    for name, rows in (("questions", questions), ("candidates", candidates)):
-        (work / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    exemplars = work / "exemplars.jsonl"
     pool = resources.files("sapray") / "data" / "gsm8k" / "pool.jsonl"
-    cfg = load_config({
-        "model": "smollm2", "engine": "hf", "metrics": ["sap"],
-        "data": {"questions": str(work / "questions.jsonl"), "candidates": str(work / "candidates.jsonl")},
-        "sample": {"stop": "fixed", "max_questions": len(questions), "round_size": 100, "seed": 0},
-        # the demo's mining: the same pool, size and token limit
-        "exemplars": {"pool": str(pool), "pool_size": 32, "max_tokens": 192, "n": 3},
-        "ray": {"actors": args.actors, "batch_size": 18},
-        "bootstrap": 0,
-        "output": str(work / "select"),
-    })
     started = time.monotonic()
-    result = run_select(cfg, on_round=print)
-    write_outputs(cfg.output, result, cfg.model_dump())
-    columns = ("question_id", "strategy", "sap", "length", "context_tokens_sap", "scored_tokens", "exemplar_ids")
-    table = pa.Table.from_pylist([{k: s[k] for k in columns} for s in result.scores])
+    for start in range(0, len(questions), args.chunk):
+        part = work / f"part-{start // args.chunk:03d}.parquet"
+        if part.exists():
+            continue
+        chunk = questions[start:start + args.chunk]
+        keep = {q["question_id"] for q in chunk}
+        folder = work / f"chunk-{start // args.chunk:03d}"
+        folder.mkdir(exist_ok=True)
+        for name, rows in (("questions", chunk), ("candidates", [c for c in candidates if c["question_id"] in keep])):
+            (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        # the first chunk mines the demo's exemplars (same pool, size and token limit); the rest reuse them
+        mining = ({"file": str(exemplars), "n": 3} if exemplars.exists()
+                  else {"pool": str(pool), "pool_size": 32, "max_tokens": 192, "n": 3})
+        cfg = load_config({
+            "model": "smollm2", "engine": "hf", "metrics": ["sap"],
+            "data": {"questions": str(folder / "questions.jsonl"), "candidates": str(folder / "candidates.jsonl")},
+            "sample": {"stop": "fixed", "max_questions": len(chunk), "round_size": len(chunk), "seed": 0},
+            "exemplars": mining, "ray": {"actors": args.actors, "batch_size": 18}, "bootstrap": 0,
+            "output": str(folder / "select"),
+        })
+        result = run_select(cfg)
+        write_outputs(cfg.output, result, cfg.model_dump())
+        if not exemplars.exists():
+            exemplars.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in result.exemplars))
+        columns = ("question_id", "strategy", "sap", "length", "context_tokens_sap", "scored_tokens", "exemplar_ids")
+        pq.write_table(pa.Table.from_pylist([{k: s[k] for k in columns} for s in result.scores]), part)
+        print(f"chunk {start // args.chunk}: {len(result.scores)} scores in {result.timings['total_s']:.0f} s "
+              f"({time.monotonic() - started:.0f} s so far)", flush=True)
+    parts = sorted(work.glob("part-*.parquet"))
+    table = pa.concat_tables([pq.read_table(p) for p in parts])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, args.out)
-    print(f"{len(result.scores)} scores, {sum(s['scored_tokens'] for s in result.scores)} tokens in "
-          f"{time.monotonic() - started:.0f} s -> {args.out} (full outputs in {cfg.output})")
-    print(f"exemplars: {result.summary['exemplars']}")
+    print(f"{table.num_rows} scores from {len(parts)} chunks -> {args.out}")
 
 
 if __name__ == "__main__":

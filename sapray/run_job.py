@@ -12,6 +12,7 @@ from typing import Any
 
 from sapray.config import ConfigError, SelectConfig, StrategyConfig, TeacherConfig
 from sapray.generate import Cost, generate, run_full_generation
+from sapray.html_report import write_report
 from sapray.raydata import init_ray
 from sapray.read import Reject, child, filesystem, read_questions, read_text
 from sapray.report import write_outputs
@@ -143,4 +144,5 @@ def run_all(cfg: SelectConfig, on_round: Callable[[str], None] | None = None) ->
     log.info("winner: %s; generating the full training set with it (if stopped, `sapray generate --strategy %s` "
              "with the same config resumes this step alone)", winner, winner)
     metadata = run_generate(cfg, winner)
+    write_report(cfg.output)  # again, now with the sample and full-set costs
     return summary, sample_costs, metadata

@@ -195,3 +195,72 @@ def test_wrong_config_fails_before_work_naming_the_key(exemplar_file, change, me
     raw.update(change)
     with pytest.raises(ConfigError, match=message):
         load_config(raw)
+
+
+def garbled(text: str) -> str:
+    """The same characters, shuffled per word: a response no model finds familiar."""
+    import random
+
+    rng = random.Random(len(text))
+    return " ".join("".join(rng.sample(w, len(w))) for w in text.split()[::-1])
+
+
+def test_race_drops_a_loser_and_never_scores_it_again(ray_local, exemplar_file, tmp_path):
+    keep = ("human", "175b_verification")
+    rows = [c for c in load_candidates() if c["strategy"] in keep]
+    rows += [{**c, "strategy": "garbled", "response": garbled(c["response"])}
+             for c in load_candidates() if c["strategy"] == "human"]
+    candidates = write_jsonl(tmp_path / "candidates.jsonl", rows)
+    lines: list[str] = []
+    raw = base_config(exemplar_file, str(tmp_path / "out"), **{
+        "data.candidates": candidates, "metrics": ["sap"],
+        "sample": {"max_questions": 20, "round_size": 5, "min_questions": 5, "seed": 7}})
+    cfg = load_config(raw)
+    result = run_select(cfg, on_round=lines.append)
+    race = result.summary["race"]
+    assert race["stop"] == "confident" and race["eliminated"] == {"garbled": 1}
+    first = race["rounds"][0]
+    assert first["eliminated"] == ["garbled"] and first["intervals"]["garbled"]["lo"] > first["margin"]
+    assert "round 1: 5 questions" in lines[0] and "dropped garbled" in lines[0]
+    scored = [s for s in result.scores if s["strategy"] == "garbled"]
+    assert len(scored) == 5  # the first round only
+    # SAP only: one request per candidate; the loser's requests stop after round 1
+    assert result.counts["requests_scored"] == len(result.scores) == 15 + 10 * (len(race["rounds"]) - 1)
+    counts = result.counts
+    assert counts["not_sampled_eliminated"] == counts["questions_sampled"] - 5
+    assert counts["scored"] + counts["rejected"] + counts["not_sampled"] == counts["candidate_rows_in"] == 60
+    assert result.summary["ranking"][-1] == "garbled"
+    assert all(math.isnan(s["ppl"]) for s in result.scores)  # PPL was not scored
+    cost = race["cost"]
+    assert cost["garbled"]["questions"] == 5 and cost["garbled"]["scoring_tokens_saved"] > 0
+    # same config, same race, same bytes
+    write_outputs(cfg.output, result, cfg.model_dump())
+    again = tmp_path / "again"
+    run({**raw, "output": str(again)})
+    assert (again / "selection.json").read_bytes() == (tmp_path / "out" / "selection.json").read_bytes()
+
+
+def test_a_stray_strategy_is_excluded_not_the_questions(ray_local, exemplar_file, tmp_path):
+    questions = load_questions()[:4]
+    ids = {q["question_id"] for q in questions}
+    rows = [c for c in load_candidates() if c["question_id"] in ids and c["strategy"] in ("human", "socratic")]
+    rows.append({"question_id": questions[0]["question_id"], "strategy": "Human ", "response": "It is 4."})
+    candidates = write_jsonl(tmp_path / "candidates.jsonl", rows)
+    result = run(base_config(exemplar_file, str(tmp_path / "out"), **{
+        "data.candidates": candidates, "data.questions": write_jsonl(tmp_path / "q.jsonl", questions),
+        "metrics": ["sap"], "sample": {"max_questions": 4, "round_size": 4, "seed": 1}}))
+    chosen = result.summary["strategy_set"]
+    assert chosen["chosen"] == ["human", "socratic"]
+    assert "covers 1 of 4 questions" in chosen["excluded"]["Human "]
+    assert chosen["similar_names"] == [["Human ", "human"]]
+    assert result.summary["per_strategy"]["human"]["n"] == 4  # every question stays in the paired design
+    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").open()]
+    assert [r["stage"] for r in rejects] == ["strategy"]
+    # four questions are too few to rank: no certainty is claimed, anywhere
+    assert result.summary["evidence"]["sufficient"] is False
+    assert result.summary["winner"]["provisional"] is True
+    assert "bootstrap_p_best" not in result.summary["winner"]
+    from sapray.report import render_table
+
+    table = render_table(result.summary)
+    assert "NOT ENOUGH EVIDENCE" in table and "bootstrap resamples" not in table
