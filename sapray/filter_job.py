@@ -28,7 +28,7 @@ from sapray.engines import EngineName, SamplingConfig
 from sapray.exemplars import zero_shot_prompts
 from sapray.models import resolve_model
 from sapray.raydata import init_ray, map_with_actors
-from sapray.read import Reject, iter_records, nothing_usable, read_questions, text_problem
+from sapray.read import MISSING, Reject, iter_records, nothing_usable, read_questions, text_problem
 
 
 class ConsistencyConfig(Strict):
@@ -95,7 +95,7 @@ def read_samples(uri: str, columns: Columns) -> tuple[list[dict], list[Reject]]:
             rejects.append(Reject(source, row, "read"))
             continue
         names = (columns.question, columns.response)
-        question, response = row.get(columns.question), row.get(columns.response)
+        question, response = row.get(columns.question, MISSING), row.get(columns.response, MISSING)
         messages = row.get("messages")
         if isinstance(messages, list):
             users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]

@@ -42,7 +42,7 @@ MAX_ROW_BYTES = 16 * 2**20
 _CHUNK = 2**20
 _BOM = b"\xef\xbb\xbf"
 _SURROGATE = re.compile("[\ud800-\udfff]")
-_MISSING = object()
+MISSING = object()  # text_problem's value for a column the row does not have
 
 
 class InputError(ValueError):
@@ -96,7 +96,7 @@ def read_text(uri: str, fs: pafs.FileSystem | None = None) -> str:
 def text_problem(column: str, value: object) -> str | None:
     """Why ``value`` (from ``column``) is not usable text, or None: a str, at most MAX_TEXT_CHARS long,
     valid UTF-8 (no undecodable byte, no unpaired surrogate) and without NUL characters."""
-    if value is _MISSING:
+    if value is MISSING:
         return f"no column {column!r}"
     if not isinstance(value, str):
         return f"column {column!r} is {'null' if value is None else type(value).__name__}, not a string"
@@ -320,7 +320,7 @@ def _string_fields(row: dict, fields: dict[str, str]) -> tuple[dict[str, str], s
     """Map input columns to sapray's names; the reason a row is bad, if it is."""
     out = {}
     for ours, theirs in fields.items():
-        value = row.get(theirs, _MISSING)
+        value = row.get(theirs, MISSING)
         if ours in ("question_id", "gold"):
             value = _number_as_text(value)
         problem = text_problem(theirs, value)
