@@ -287,7 +287,8 @@ def _records(fs: pafs.FileSystem, path: str, uri: str, is_dir: bool) -> Iterator
         with fs.open_input_file(path) as f:
             yield from _arrow_rows(pq.ParquetFile(f).iter_batches(batch_size=1024), uri)
     elif path.endswith(".csv"):
-        with fs.open_input_stream(path) as f:
+        # buffered: csv reads in small pieces, each a request of its own on an object store
+        with fs.open_input_stream(path, buffer_size=_CHUNK) as f:
             yield from _csv_records(f, uri)
     elif path.endswith((".jsonl", ".json")):
         with fs.open_input_stream(path) as f:
