@@ -321,8 +321,10 @@ def test_generate_with_a_file_teacher_writes_the_same_set_from_faulty_files(fmt,
         raw["data"] = {"questions": str(questions), "candidates": str(candidates)}
         raw["generate"] = {"output": str(tmp_path / kind)}
         metadata[kind] = run_generate(load_config(raw), "socratic")
-        train[kind] = (tmp_path / kind / "train.jsonl").read_text()
-    assert train["faulty"] == train["clean"] and metadata["clean"]["rows"] == len(QUESTIONS)
+        rows = [json.loads(line) for line in (tmp_path / kind / "train.jsonl").read_text().splitlines()]
+        assert all(r.pop("teacher") == f"file:{candidates}[socratic]" for r in rows)
+        train[kind] = rows
+    assert train["faulty"] == train["clean"] and len(train["clean"]) == len(QUESTIONS)
     assert metadata["faulty"]["question_rows_rejected"] == len(bad_questions)
     assert metadata["faulty"]["rows"] + metadata["faulty"]["rejected"] - len(bad_questions) == len(QUESTIONS)
     rejects = [json.loads(line) for line in (tmp_path / "faulty" / "rejects.jsonl").read_text().splitlines()]
