@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -12,6 +17,42 @@ from sapray.models import resolve_model
 
 DATA_DIR = Path(__file__).parent / "data" / "gsm8k_first20"
 N_EXEMPLARS = 3
+
+
+# How long a test waits for what only a busy machine makes slow (a server starting or stopping, a job
+# in a subprocess): a guard against hangs, never a check of speed. SAPRAY_TEST_PATIENCE_S overrides.
+PATIENCE_S = float(os.environ.get("SAPRAY_TEST_PATIENCE_S", 1800))
+
+
+def wait_until(ready: Callable[[], bool], what: str, proc: subprocess.Popen | None = None,
+               log: Path | None = None, poll_s: float = 1.0) -> None:
+    """Poll ``ready`` until it holds; fail naming ``what`` if ``proc`` exits first or PATIENCE_S passes."""
+    deadline = time.monotonic() + PATIENCE_S
+    while not ready():
+        tail = f":\n{log.read_text(errors='replace')[-3000:]}" if log and log.exists() else ""
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {proc.returncode} first{tail}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {PATIENCE_S:.0f} s (SAPRAY_TEST_PATIENCE_S){tail}")
+        time.sleep(poll_s)
+
+
+def stop_process(proc: subprocess.Popen, what: str, group: bool = False) -> None:
+    """SIGTERM (to the process group with ``group``), wait up to PATIENCE_S, then SIGKILL: a slow
+    shutdown is warned about, never a failure."""
+    def send(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    send(signal.SIGTERM)
+    try:
+        proc.wait(timeout=PATIENCE_S)
+    except subprocess.TimeoutExpired:
+        warnings.warn(f"{what} did not stop within {PATIENCE_S:.0f} s of SIGTERM; killed", stacklevel=2)
+        send(signal.SIGKILL)
+        proc.wait()
 
 
 def n_test_questions(default: int) -> int:

@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import load_candidates, load_questions
+from conftest import PATIENCE_S, load_candidates, load_questions
 from small_job import REPO, exemplar_rows, jsonl
 from test_s3 import BUCKET, s3_env, s3_server  # noqa: F401  (fixtures)
 from test_select import ray_local  # noqa: F401  (fixture)
@@ -267,7 +267,8 @@ def test_select_through_the_cli_scores_good_rows_exactly_as_from_clean_files(ray
     config.write_text(yaml.safe_dump(select_config(tmp_path, str(questions), faulty, tmp_path / "faulty")))
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run([sys.executable, "-m", "sapray", "select", "--config", str(config),
-                           "--set", "ray.address=local"], cwd=REPO, env=env, capture_output=True, text=True)
+                           "--set", "ray.address=local"], cwd=REPO, env=env, capture_output=True, text=True,
+                          timeout=PATIENCE_S)
     assert done.returncode == 0, done.stderr[-4000:]
     assert "Traceback" not in done.stderr
 
@@ -299,7 +300,7 @@ def test_the_cli_says_what_is_wrong_without_a_traceback_when_nothing_is_usable(t
     raw["data"] = {"questions": str(tmp_path / "q.jsonl"), "candidates": str(tmp_path / name)}
     (tmp_path / "job.yaml").write_text(yaml.safe_dump(raw))
     done = subprocess.run([sys.executable, "-m", "sapray", "select", "--config", str(tmp_path / "job.yaml")],
-                          cwd=REPO, capture_output=True, text=True)
+                          cwd=REPO, capture_output=True, text=True, timeout=PATIENCE_S)
     assert done.returncode != 0 and "Traceback" not in done.stderr, done.stderr[-3000:]
     error = [line for line in done.stderr.splitlines() if line.startswith("Error: ")]
     assert len(error) == 1 and re.search(message, error[0]), done.stderr[-3000:]
