@@ -9,8 +9,9 @@ rejection names where it came from.
 A fault in a row stays in that row: it becomes a ``Reject`` with its reason and the other rows are
 read on. Row faults: malformed JSON (a truncated last line included), bytes that are not UTF-8, NUL
 characters, an unpaired surrogate, a CSV record with the wrong number of fields, a value that is not
-text (a number, a list, an object, null) where text is expected, and absurd sizes: a JSONL line or
-CSV field over ``MAX_ROW_BYTES`` is skipped unread, a text value over ``MAX_TEXT_CHARS`` is rejected.
+text (a number, a list, an object, null) where text is expected, and absurd sizes: a JSONL line over
+``MAX_ROW_BYTES`` is skipped without being held in memory, a CSV field over it is rejected (Python's
+csv reads a physical line whole), and so is a text value over ``MAX_TEXT_CHARS``.
 Decoded tolerantly, as ``datasets`` and pandas do: a UTF-8 byte order mark (at the start of the
 file, or of a line of concatenated JSONL files), CRLF line ends, and numeric ids (``7``, ``7.0`` ->
 ``"7"``). Only what makes a whole file unusable is an ``InputError`` naming the file: it is missing or
@@ -307,8 +308,8 @@ def iter_records(uri: str) -> Iterator[tuple[str, dict | str]]:
     """(source, row) pairs; a row that cannot be used as a record comes back as the reason, a string.
 
     A file that cannot be read at all raises InputError naming it, whatever pyarrow or the OS said."""
-    fs, path = filesystem(uri)
     try:
+        fs, path = filesystem(uri)
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             raise InputError(f"{uri}: no such file")
@@ -376,6 +377,8 @@ def read_questions(uri: str, columns: Columns, need_gold: bool) -> tuple[dict[st
         qid = values.get("question_id")
         if problem is None and qid in questions:
             problem = f"duplicate question_id {qid!r} (first at {questions[qid]['source']})"
+        elif problem is None and not values["question"].strip():
+            problem = "empty question"
         if problem:
             rejects.append(Reject(source, problem, "questions", question_id=qid))
             continue

@@ -49,7 +49,7 @@ class Raw(bytes):
 def value_faults(fmt: str) -> list[tuple[object, str]]:
     """(bad value for the text column, a fragment of the reason it is rejected with) that ``fmt`` can hold."""
     faults = [(Raw(b"caf\xe9 au lait"), "not valid UTF-8 (byte 0xe9"),
-              ("half\x00written", "holds a NUL character"),
+              ("half\x00written", "holds a NUL character"), ("  \r\n ", "empty "),
               ("x" * (MAX_TEXT_CHARS + 1), f"is {MAX_TEXT_CHARS + 1:,} characters, over the limit")]
     if fmt != "csv":  # CSV has no null
         faults.append((None, "is null, not a string"))
