@@ -93,9 +93,10 @@ def write_faulty(fmt: str, good: list[dict], column: str, path: Path, oversize: 
 
     Returns the file (or folder) and {where: reason fragment} for every bad row, ``where`` being the
     source's suffix after the file's URI (":7", or "/data-00000-of-00002.arrow:3")."""
-    bad = [(_with(good[k % len(good)], column, value), reason)
-           for k, (value, reason) in enumerate(value_faults(fmt), start=1)]
-    # The first row is good (a BOM must not cost it); the bad rows come before the rest.
+    # The first row is good (a BOM must not cost it); the bad rows, copies of the rest with a fault, come
+    # before those: a bad row never takes its key from a good one.
+    bad = [(_with(good[1 + k % (len(good) - 1)], column, value), reason)
+           for k, (value, reason) in enumerate(value_faults(fmt))]
     items = [(good[0], None), *bad, *[(row, None) for row in good[1:]]]
     expected: dict[str, str] = {}
     path = path.with_suffix("" if fmt == "datasets" else f".{fmt}")
@@ -125,7 +126,7 @@ def write_faulty(fmt: str, good: list[dict], column: str, path: Path, oversize: 
             records.append(({**good[0], column: "z" * (MAX_ROW_BYTES + 1)}, "field larger than field limit"))
         for row, _ in records:
             writer.writerow([_text_value(v) for v in row.values()])
-        text = out.getvalue() + out.getvalue().splitlines()[1][:12]  # the first row again, cut mid-record
+        text = out.getvalue() + out.getvalue().splitlines()[1][:5]  # the first row again, cut in its first field
         path.write_bytes(b"\xef\xbb\xbf" + text.encode("utf-8", "surrogateescape"))
         records.append(({}, "fields where the header has"))
         expected = {f":{n}": reason for n, (_, reason) in enumerate(records, start=1) if reason}
