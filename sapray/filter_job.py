@@ -94,15 +94,17 @@ def read_samples(uri: str, columns: Columns) -> tuple[list[dict], list[Reject]]:
         if isinstance(row, str):
             rejects.append(Reject(source, row, "read"))
             continue
-        names = (columns.question, columns.response)
         question, response = row.get(columns.question, MISSING), row.get(columns.response, MISSING)
+        names, problem = (f"column {columns.question!r}", f"column {columns.response!r}"), None
         messages = row.get("messages")
         if isinstance(messages, list):
             users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
             bots = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
-            names = ("messages: first user turn", "messages: last assistant turn")
+            names = ("the first user turn of 'messages'", "the last assistant turn of 'messages'")
             question, response = (users[0] if users else None), (bots[-1] if bots else None)
-        problem = text_problem(names[0], question) or text_problem(names[1], response)
+            if not users or not bots:
+                problem = f"'messages' has no {'user' if not users else 'assistant'} turn"
+        problem = problem or text_problem(question, names[0]) or text_problem(response, names[1])
         if problem is None and not response.strip():
             problem = "empty response"
         if problem:

@@ -27,7 +27,7 @@ from sapray.answers import make_checker
 from sapray.config import ConfigError, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
 from sapray.models import resolve_model
 from sapray.raydata import map_with_actors
-from sapray.read import InputError, Reject, child, filesystem, iter_records, read_text, text_problem
+from sapray.read import MISSING, InputError, Reject, child, filesystem, iter_records, read_text, text_problem
 
 log = logging.getLogger(__name__)
 
@@ -79,7 +79,7 @@ def _stream(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig)
             if isinstance(row, str):
                 unreadable.append(f"{source}: {row}")
                 continue
-            problem = text_problem("response", row.get("response"))
+            problem = text_problem(row.get("response", MISSING), "column 'response'")
             if problem is None:
                 present.add(str(row.get("strategy")))
             if teacher.strategy not in (None, row.get("strategy")):

@@ -94,23 +94,24 @@ def read_text(uri: str, fs: pafs.FileSystem | None = None) -> str:
 
 # -- text values ---------------------------------------------------------------------------------
 
-def text_problem(column: str, value: object) -> str | None:
-    """Why ``value`` (from ``column``) is not usable text, or None: a str, at most MAX_TEXT_CHARS long,
-    valid UTF-8 (no undecodable byte, no unpaired surrogate) and without NUL characters."""
+def text_problem(value: object, what: str) -> str | None:
+    """Why ``value`` is not usable text, or None: a str, at most MAX_TEXT_CHARS long, valid UTF-8 (no
+    undecodable byte, no unpaired surrogate) and without NUL characters. ``what`` names it in the
+    reason: "column 'response'"."""
     if value is MISSING:
-        return f"no column {column!r}"
+        return f"no {what}"
     if not isinstance(value, str):
-        return f"column {column!r} is {'null' if value is None else type(value).__name__}, not a string"
+        return f"{what} is {'null' if value is None else type(value).__name__}, not a string"
     if len(value) > MAX_TEXT_CHARS:
-        return f"column {column!r} is {len(value):,} characters, over the limit of {MAX_TEXT_CHARS:,}"
+        return f"{what} is {len(value):,} characters, over the limit of {MAX_TEXT_CHARS:,}"
     if "\x00" in value:
-        return f"column {column!r} holds a NUL character (binary data?)"
+        return f"{what} holds a NUL character (binary data?)"
     bad = _SURROGATE.search(value)
     if bad:
         code = ord(bad.group())
         if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as surrogateescape decoding keeps it
-            return f"column {column!r} is not valid UTF-8 (byte 0x{code - 0xDC00:02x} at character {bad.start() + 1})"
-        return f"column {column!r} holds an unpaired surrogate U+{code:04X} (not valid Unicode)"
+            return f"{what} is not valid UTF-8 (byte 0x{code - 0xDC00:02x} at character {bad.start() + 1})"
+        return f"{what} holds an unpaired surrogate U+{code:04X} (not valid Unicode)"
     return None
 
 
@@ -325,7 +326,7 @@ def _string_fields(row: dict, fields: dict[str, str]) -> tuple[dict[str, str], s
         value = row.get(theirs, MISSING)
         if ours in ("question_id", "gold"):
             value = _number_as_text(value)
-        problem = text_problem(theirs, value)
+        problem = text_problem(value, f"column {theirs!r}")
         if problem:
             return out, problem
         out[ours] = value
@@ -384,7 +385,7 @@ def read_questions(uri: str, columns: Columns, need_gold: bool) -> tuple[dict[st
             continue
         if "gold" not in values:  # optional here: kept when it is usable text
             gold = _number_as_text(row.get(columns.gold))
-            values["gold"] = gold if text_problem(columns.gold, gold) is None else None
+            values["gold"] = gold if text_problem(gold, "gold") is None else None
         questions[qid] = {**values, "source": source}
     if not questions:
         raise nothing_usable("questions", [uri], rejects)

@@ -204,6 +204,21 @@ def test_every_reader_keeps_every_good_row_and_rejects_each_bad_one(fmt, where, 
     assert_rejects(rejects, uris["samples"], files["samples"][1])
 
 
+def test_chat_messages_rows_with_faults_are_rejected_with_the_turn_at_fault(tmp_path):
+    def chat(*turns: tuple[str, object]) -> dict:
+        return {"messages": [{"role": role, "content": content} for role, content in turns]}
+
+    rows = [chat(("user", "2+2?"), ("assistant", "4")), chat(("user", "2+2?")),
+            chat(("user", [{"type": "text", "text": "2+2?"}]), ("assistant", "4")),
+            chat(("system", "be brief"), ("user", "2+2?"), ("assistant", "4\x00"))]
+    (tmp_path / "chat.jsonl").write_text(jsonl(rows))
+    samples, rejects = read_samples(str(tmp_path / "chat.jsonl"), Columns())
+    assert [(s["question"], s["response"]) for s in samples] == [("2+2?", "4")]
+    assert [r.reason for r in rejects] == [
+        "'messages' has no assistant turn", "the first user turn of 'messages' is list, not a string",
+        "the last assistant turn of 'messages' holds a NUL character (binary data?)"]
+
+
 # -- whole files that cannot be used: one clear error naming the file ---------------------------
 
 def test_a_file_that_cannot_be_read_at_all_is_one_error_naming_it(tmp_path):
