@@ -79,7 +79,8 @@ def _stream(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig)
             if isinstance(row, str):
                 unreadable.append(f"{source}: {row}")
                 continue
-            problem = text_problem(row.get("response", MISSING), "column 'response'")
+            response = row.get("response", MISSING)
+            problem = text_problem(response, "column 'response'") or (None if response.strip() else "empty response")
             if problem is None:
                 present.add(str(row.get("strategy")))
             if teacher.strategy not in (None, row.get("strategy")):
@@ -88,7 +89,7 @@ def _stream(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig)
             if problem:
                 unusable.setdefault(qid, f"{source}: {problem}")
             else:
-                answers.setdefault(qid, []).append(row["response"])
+                answers.setdefault(qid, []).append(response)
         if unreadable:
             log.warning("%d row(s) of %s cannot be read (the first: %s); a question that loses its response "
                         "to one is rejected", len(unreadable), teacher.path, unreadable[0])
