@@ -55,6 +55,22 @@ def stop_process(proc: subprocess.Popen, what: str, group: bool = False) -> None
         proc.wait()
 
 
+def init_local_ray(**kwargs) -> None:
+    """``ray.init`` of a local Ray for a test. Ray waits a fixed 30 s for its raylet to register,
+    which a busy machine can exceed: then it tries again, until PATIENCE_S."""
+    import ray
+
+    deadline = time.monotonic() + PATIENCE_S
+    while True:
+        try:
+            return ray.init(**kwargs)
+        except Exception as exc:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(exc) or time.monotonic() > deadline:
+                raise
+            warnings.warn(f"Ray did not start in its 30 s ({exc}); starting it again", stacklevel=2)
+            ray.shutdown()
+
+
 def n_test_questions(default: int) -> int:
     """How many of the 20 questions a slow model test uses: SAPRAY_TEST_QUESTIONS overrides the default."""
     return max(1, min(20, int(os.environ.get("SAPRAY_TEST_QUESTIONS", default))))
