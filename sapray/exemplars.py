@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
 from sapray.answers import make_checker
-from sapray.read import InputError, iter_records
+from sapray.read import MISSING, InputError, iter_records, text_problem
 
 
 @dataclass(frozen=True)
@@ -96,8 +96,10 @@ def load_exemplar_file(uri: str) -> list[Exemplar]:
     """User-supplied exemplars: rows with ``text`` and optional ``exemplar_id``, ``question_id``."""
     exemplars = []
     for source, row in iter_records(uri):
-        if isinstance(row, str) or not isinstance(row.get("text"), str) or not row["text"].strip():
-            raise InputError(f"{source}: an exemplar row needs a non-empty string 'text'")
+        # A few rows the user chose by hand: a bad one is an error to fix, not a row to skip.
+        problem = row if isinstance(row, str) else text_problem(row.get("text", MISSING), "column 'text'")
+        if problem or not row["text"].strip():
+            raise InputError(f"{source}: an exemplar row needs a non-empty string 'text' ({problem or 'it is empty'})")
         exemplars.append(Exemplar(str(row.get("exemplar_id", source)), row["text"], row.get("question_id"),
                                   bool(row.get("checked", True))))
     return exemplars

@@ -28,7 +28,7 @@ from sapray.engines import EngineName, SamplingConfig
 from sapray.exemplars import zero_shot_prompts
 from sapray.models import resolve_model
 from sapray.raydata import init_ray, map_with_actors
-from sapray.read import Reject, iter_records, read_questions
+from sapray.read import MISSING, Reject, iter_records, nothing_usable, read_questions, text_problem
 
 
 class ConsistencyConfig(Strict):
@@ -88,28 +88,33 @@ class FilterResult:
 
 
 def read_samples(uri: str, columns: Columns) -> tuple[list[dict], list[Reject]]:
-    """Question-response rows from columns or from a ``messages`` list."""
+    """Question-response rows from columns or from a ``messages`` list; InputError if none is usable."""
     samples, rejects = [], []
     for index, (source, row) in enumerate(iter_records(uri)):
         if isinstance(row, str):
             rejects.append(Reject(source, row, "read"))
             continue
-        question, response = row.get(columns.question), row.get(columns.response)
+        question, response = row.get(columns.question, MISSING), row.get(columns.response, MISSING)
+        names, problem = (f"column {columns.question!r}", f"column {columns.response!r}"), None
         messages = row.get("messages")
         if isinstance(messages, list):
             users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
             bots = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+            names = ("the first user turn of 'messages'", "the last assistant turn of 'messages'")
             question, response = (users[0] if users else None), (bots[-1] if bots else None)
-        if not isinstance(question, str) or not isinstance(response, str):
-            rejects.append(Reject(source, "needs string question and response (columns "
-                                          f"{columns.question!r}/{columns.response!r}, or messages)", "read"))
-            continue
-        if not response.strip():
-            rejects.append(Reject(source, "empty response", "read"))
+            if not users or not bots:
+                problem = f"'messages' has no {'user' if not users else 'assistant'} turn"
+        problem = problem or text_problem(question, names[0]) or text_problem(response, names[1])
+        if problem is None and not response.strip():
+            problem = "empty response"
+        if problem:
+            rejects.append(Reject(source, problem, "read"))
             continue
         sample_id = str(row.get("sample_id", row.get(columns.question_id, index)))
         samples.append({"sample_id": f"{sample_id}#{index}", "question": question, "response": response,
                         "source": source, **({"gold": row[columns.gold]} if columns.gold in row else {})})
+    if not samples:
+        raise nothing_usable("samples", [uri], rejects)
     return samples, rejects
 
 
@@ -158,8 +163,6 @@ def run_dsweight(cfg: FilterConfig, samples: list[dict], rejects: list[Reject]) 
         raise ValueError("method dsweight needs a dsweight section with a valid set")
     valid_columns = cfg.columns.model_copy(update={"response": ds.valid_response_column})
     valid, valid_rejects = read_samples(ds.valid, valid_columns)
-    if not valid:
-        raise ValueError(f"{ds.valid}: no usable valid rows ({len(valid_rejects)} rejected)")
     requests = _dsweight_requests(samples, ds.loss, "") + _dsweight_requests(valid, ds.loss, "valid/")
     scored = _score(cfg, cfg.model, requests)
     valid_scored = [scored[f"valid/{v['sample_id']}"] for v in valid]

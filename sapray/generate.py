@@ -27,7 +27,7 @@ from sapray.answers import make_checker
 from sapray.config import ConfigError, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
 from sapray.models import resolve_model
 from sapray.raydata import map_with_actors
-from sapray.read import InputError, Reject, child, filesystem, iter_records, read_text
+from sapray.read import MISSING, InputError, Reject, child, filesystem, iter_records, read_text, text_problem
 
 log = logging.getLogger(__name__)
 
@@ -72,20 +72,36 @@ def _stream(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig)
     teacher, sampling = strategy.teacher, strategy.sampling()
     if teacher.kind == "file":
         answers: dict[str, list[str]] = {}
+        unusable: dict[str, str] = {}  # question id -> why its row in the file cannot be used
+        unreadable: list[str] = []  # rows without even a question id to report them under
         present: set[str] = set()
-        for _, row in iter_records(teacher.path):
-            if isinstance(row, dict) and isinstance(row.get("response"), str):
+        for source, row in iter_records(teacher.path):
+            if isinstance(row, str):
+                unreadable.append(f"{source}: {row}")
+                continue
+            response = row.get("response", MISSING)
+            problem = text_problem(response, "column 'response'") or (None if response.strip() else "empty response")
+            if problem is None:
                 present.add(str(row.get("strategy")))
-                if teacher.strategy in (None, row.get("strategy")):
-                    answers.setdefault(str(row.get("question_id")), []).append(row["response"])
+            if teacher.strategy not in (None, row.get("strategy")):
+                continue
+            qid = str(row.get("question_id"))
+            if problem:
+                unusable.setdefault(qid, f"{source}: {problem}")
+            else:
+                answers.setdefault(qid, []).append(response)
+        if unreadable:
+            log.warning("%d row(s) of %s cannot be read (the first: %s); a question that loses its response "
+                        "to one is rejected", len(unreadable), teacher.path, unreadable[0])
         if not answers:  # a misspelt strategy would otherwise reject every question one by one
             raise InputError(f"{teacher.path} has no responses for strategy {teacher.strategy!r} "
                              f"(it has {sorted(present)})")
         for q in questions:
             texts = answers.get(q["question_id"], [])
+            why = f"; its row {unusable[q['question_id']]}" if q["question_id"] in unusable else ""
             yield {"row_id": q["question_id"], "texts": texts, "finish_reasons": [None] * len(texts),
                    "prompt_tokens": 0, "completion_tokens": 0,
-                   "error": "" if texts else f"no response in {teacher.path}"}
+                   "error": "" if texts else f"no response in {teacher.path}{why}"}
         return
     if teacher.kind == "openai":
         from sapray.teachers import ApiTeacherActor, Secret

@@ -1,28 +1,53 @@
 """Read questions and candidate responses, validating every row.
 
-Formats by suffix: ``.jsonl``/``.json`` (JSON lines), ``.parquet``, ``.csv``, or a directory written
-by ``datasets.Dataset.save_to_disk`` (Arrow files). Paths may be local or object-store URIs
+Formats by suffix: ``.jsonl``/``.json`` (JSON lines, or a JSON array in a ``.json`` file, as
+``datasets`` reads them), ``.parquet``, ``.csv``, or a directory written by
+``datasets.Dataset.save_to_disk`` (Arrow files). Paths may be local or object-store URIs
 (``s3://``, ``gs://``) through pyarrow's filesystems. Every row carries ``source`` (file:row) so a
-rejection names where it came from. A missing required column is an error; a bad row is a
-``Reject`` with its reason, never an exception from deep inside a worker.
+rejection names where it came from.
+
+A fault in a row stays in that row: it becomes a ``Reject`` with its reason and the other rows are
+read on. Row faults: malformed JSON (a truncated last line included), bytes that are not UTF-8, NUL
+characters, an unpaired surrogate, a CSV record with the wrong number of fields, a value that is not
+text (a number, a list, an object, null) where text is expected, and absurd sizes: a JSONL line over
+``MAX_ROW_BYTES`` is skipped without being held in memory, a CSV field over it is rejected (Python's
+csv reads a physical line whole), and so is a text value over ``MAX_TEXT_CHARS``.
+Decoded tolerantly, as ``datasets`` and pandas do: a UTF-8 byte order mark (at the start of the
+file, or of a line of concatenated JSONL files), CRLF line ends, and numeric ids (``7``, ``7.0`` ->
+``"7"``). Only what makes a whole file unusable is an ``InputError`` naming the file: it is missing or
+unreadable, a required column is absent, or no row of it is usable.
 """
 
 from __future__ import annotations
 
+import csv
+import io
 import json
-from collections.abc import Iterator
+import math
+import re
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import asdict, dataclass
 
 import pyarrow as pa
-import pyarrow.csv as pacsv
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from sapray.config import Columns
 
+# A text value (question, response, gold) longer than this is rejected: ~250k tokens, beyond any
+# context sapray scores in, and tokenizing it would only cost the driver memory and minutes before
+# the engine's length limit rejected it anyway.
+MAX_TEXT_CHARS = 1_000_000
+# A JSONL line or CSV field longer than this is counted and rejected without being held in memory.
+MAX_ROW_BYTES = 16 * 2**20
+_CHUNK = 2**20
+_BOM = b"\xef\xbb\xbf"
+_SURROGATE = re.compile("[\ud800-\udfff]")
+MISSING = object()  # text_problem's value for a column the row does not have
+
 
 class InputError(ValueError):
-    """An input that cannot be read at all (missing file or column); names the file."""
+    """An input that cannot be read at all (missing file or column, nothing usable); names the file."""
 
 
 CANDIDATE_STAGES = ("candidates", "strategy", "sample", "score")
@@ -61,103 +86,310 @@ def read_text(uri: str, fs: pafs.FileSystem | None = None) -> str:
     if fs is None:
         fs, uri = filesystem(uri)
     with fs.open_input_stream(uri) as f:
-        return f.read().decode("utf-8")
+        data = f.read()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{uri}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
 
 
-def _arrow_rows(table: pa.Table, uri: str) -> Iterator[tuple[str, dict | str]]:
-    for i, row in enumerate(table.to_pylist(), start=1):
-        yield f"{uri}:{i}", row
+# -- text values ---------------------------------------------------------------------------------
+
+def text_problem(value: object, what: str) -> str | None:
+    """Why ``value`` is not usable text, or None: a str, at most MAX_TEXT_CHARS long, valid UTF-8 (no
+    undecodable byte, no unpaired surrogate) and without NUL characters. ``what`` names it in the
+    reason: "column 'response'"."""
+    if value is MISSING:
+        return f"no {what}"
+    if not isinstance(value, str):
+        return f"{what} is {'null' if value is None else type(value).__name__}, not a string"
+    if len(value) > MAX_TEXT_CHARS:
+        return f"{what} is {len(value):,} characters, over the limit of {MAX_TEXT_CHARS:,}"
+    if "\x00" in value:
+        return f"{what} holds a NUL character (binary data?)"
+    bad = _SURROGATE.search(value)
+    if bad:
+        code = ord(bad.group())
+        if 0xDC80 <= code <= 0xDCFF:  # an undecodable byte, as surrogateescape decoding keeps it
+            return f"{what} is not valid UTF-8 (byte 0x{code - 0xDC00:02x} at character {bad.start() + 1})"
+        return f"{what} holds an unpaired surrogate U+{code:04X} (not valid Unicode)"
+    return None
+
+
+def _number_as_text(value: object) -> object:
+    """Numeric ids and gold answers are common and harmless: 7 and 7.0 read as '7'."""
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return value
+    if isinstance(value, float) and not math.isfinite(value):
+        return value
+    return str(int(value)) if float(value).is_integer() else repr(value)
+
+
+def _number(value: object) -> float | None:
+    """A numeric value, also from text (CSV cells are text); None when there is none."""
+    if isinstance(value, bool):
+        return None
+    try:
+        number = float(value) if isinstance(value, int | float | str) else math.nan
+    except ValueError:
+        return None
+    return number if math.isfinite(number) else None
+
+
+# -- readers: (source, row dict or the reason the row is unusable) --------------------------------
+
+def _split_lines(read: Callable[[int], bytes]) -> Iterator[tuple[int, bytes | int, bool]]:
+    """(line number, the line's bytes -- or its size when over MAX_ROW_BYTES --, whether a newline ended it).
+
+    Reads in chunks, so an over-long line costs time but never memory."""
+    number, parts, size = 1, [], 0
+    while chunk := read(_CHUNK):
+        start = 0
+        while (end := chunk.find(b"\n", start)) != -1:
+            size += end - start
+            yield number, (b"".join([*parts, chunk[start:end]]) if size <= MAX_ROW_BYTES else size), True
+            number, parts, size, start = number + 1, [], 0, end + 1
+        size += len(chunk) - start
+        if size <= MAX_ROW_BYTES:
+            parts.append(chunk[start:])
+        else:
+            parts = []
+    if size:
+        yield number, (b"".join(parts) if size <= MAX_ROW_BYTES else size), False
+
+
+def _malformed(text: str, exc: json.JSONDecodeError, ended: bool) -> str:
+    bad = _SURROGATE.search(text)
+    if bad:
+        return f"not valid UTF-8 (byte 0x{ord(bad.group()) - 0xDC00:02x} at character {bad.start() + 1})"
+    if "\x00" in text:
+        return "malformed JSON: holds NUL bytes (binary data, or a file padded after a crash?)"
+    where = f"malformed JSON: {exc.msg} (column {exc.colno})"
+    return where if ended else f"{where} (the last line, with no line end: truncated?)"
+
+
+def _json_lines(read: Callable[[int], bytes], uri: str) -> Iterator[tuple[str, dict | str]]:
+    for number, line, ended in _split_lines(read):
+        source = f"{uri}:{number}"
+        if isinstance(line, int):
+            yield source, f"line is {line:,} bytes, over the limit of {MAX_ROW_BYTES:,}"
+            continue
+        # A BOM may start any line (concatenated files); CRLF line ends are common.
+        text = line.removeprefix(_BOM).removesuffix(b"\r").decode("utf-8", "surrogateescape")
+        if not text.strip():
+            continue
+        try:
+            row = json.loads(text)
+        except json.JSONDecodeError as exc:
+            yield source, _malformed(text, exc, ended)
+            continue
+        except RecursionError:
+            yield source, "malformed JSON: nested too deeply"
+            continue
+        yield source, row if isinstance(row, dict) else "a JSON line that is not an object"
+
+
+def _json_array(text: str, uri: str) -> Iterator[tuple[str, dict | str]]:
+    """Items one by one, so a truncated or broken array still yields the items before the break."""
+    decoder, space = json.JSONDecoder(), re.compile(r"\s*")
+    pos = space.match(text, text.index("[") + 1).end()
+    if text.startswith("]", pos):
+        return
+    for item_no in range(1, len(text) + 1):
+        source = f"{uri}:{item_no}"
+        try:
+            item, end = decoder.raw_decode(text, pos)
+        except (json.JSONDecodeError, RecursionError) as exc:
+            why = f"{exc.msg} (line {exc.lineno}, column {exc.colno})" if isinstance(exc, json.JSONDecodeError) \
+                else "nested too deeply"
+            yield source, f"malformed JSON array item: {why}; the rest of the file cannot be read"
+            return
+        yield source, item if isinstance(item, dict) else "an array item that is not an object"
+        pos = space.match(text, end).end()
+        if text.startswith(",", pos):
+            pos = space.match(text, pos + 1).end()
+            continue
+        if not text.startswith("]", pos):
+            yield f"{uri}:{item_no + 1}", (f"malformed JSON array: no ',' or ']' after item {item_no}; "
+                                           "the rest of the file cannot be read")
+        elif text[pos + 1:].strip():
+            yield f"{uri}:{item_no + 1}", f"text after the end of the JSON array (from character {pos + 2})"
+        return
+
+
+def _csv_records(stream, uri: str) -> Iterator[tuple[str, dict | str]]:
+    csv.field_size_limit(max(csv.field_size_limit(), MAX_ROW_BYTES))
+    # surrogateescape keeps undecodable bytes to the field they are in; utf-8-sig drops a BOM.
+    reader = csv.reader(io.TextIOWrapper(stream, encoding="utf-8-sig", errors="surrogateescape", newline=""))
+    header, record_no = None, 0
+    while True:
+        try:
+            record = next(reader)
+        except StopIteration:
+            return
+        except csv.Error as exc:  # the reader goes on with the next record
+            if header is None:
+                raise InputError(f"{uri}: unreadable CSV header: {exc}") from None
+            record_no += 1
+            yield f"{uri}:{record_no}", f"unreadable CSV record: {exc}"
+            continue
+        if not record:  # a blank line
+            continue
+        if header is None:
+            header = record
+            continue
+        record_no += 1
+        if len(record) != len(header):
+            yield f"{uri}:{record_no}", f"{len(record)} fields where the header has {len(header)}"
+        else:
+            yield f"{uri}:{record_no}", dict(zip(header, record, strict=True))
+
+
+def _decoded_row(batch: pa.RecordBatch, k: int) -> dict | str:
+    """Row k of a batch whose text is not all valid UTF-8: bad bytes are kept as surrogateescape
+    characters (rejected only if the row's used columns hold them)."""
+    row = {}
+    for name, column in zip(batch.schema.names, batch.columns, strict=True):
+        try:
+            row[name] = column[k].as_py()
+        except UnicodeDecodeError as exc:
+            if not pa.types.is_string(column.type) and not pa.types.is_large_string(column.type):
+                return f"column {name!r} holds text that is not valid UTF-8 ({exc.reason})"
+            row[name] = column[k].cast(pa.large_binary()).as_py().decode("utf-8", "surrogateescape")
+    return row
+
+
+def _arrow_rows(batches: Iterable[pa.RecordBatch], name: str) -> Iterator[tuple[str, dict | str]]:
+    row_no = 0
+    for batch in batches:
+        try:
+            rows = batch.to_pylist()
+        except UnicodeDecodeError:
+            rows = [_decoded_row(batch, k) for k in range(batch.num_rows)]
+        for row in rows:
+            row_no += 1
+            yield f"{name}:{row_no}", row
+
+
+def _dataset_dir(fs: pafs.FileSystem, path: str, uri: str) -> Iterator[tuple[str, dict | str]]:
+    parts = sorted((f for f in fs.get_file_info(pafs.FileSelector(path)) if f.path.endswith(".arrow")),
+                   key=lambda f: f.path)
+    if not parts:
+        if fs.get_file_info(child(path, "dataset_dict.json")).type == pafs.FileType.File:
+            raise InputError(f"{uri}: a DatasetDict; name one split's folder, e.g. {child(uri, 'train')}")
+        raise InputError(f"{uri}: a directory without .arrow files (expected datasets.save_to_disk output)")
+    for part in parts:
+        with fs.open_input_stream(part.path) as stream:
+            yield from _arrow_rows(pa.ipc.open_stream(stream), child(uri, part.base_name))
+
+
+def _records(fs: pafs.FileSystem, path: str, uri: str, is_dir: bool) -> Iterator[tuple[str, dict | str]]:
+    if is_dir:
+        yield from _dataset_dir(fs, path, uri)
+    elif path.endswith(".parquet"):
+        with fs.open_input_file(path) as f:
+            yield from _arrow_rows(pq.ParquetFile(f).iter_batches(batch_size=1024), uri)
+    elif path.endswith(".csv"):
+        # buffered: csv reads in small pieces, each a request of its own on an object store
+        with fs.open_input_stream(path, buffer_size=_CHUNK) as f:
+            yield from _csv_records(f, uri)
+    elif path.endswith((".jsonl", ".json")):
+        with fs.open_input_stream(path) as f:
+            first = f.read(_CHUNK)
+            if path.endswith(".json") and first.removeprefix(_BOM).lstrip().startswith(b"["):
+                # a JSON array, as datasets also reads it: parsed whole
+                yield from _json_array((first + f.read()).decode("utf-8", "surrogateescape"), uri)
+            else:
+                pending = [first]
+                yield from _json_lines(lambda n: pending.pop() if pending else f.read(n), uri)
+    else:
+        raise InputError(f"{uri}: unknown format (use .jsonl, .json, .parquet, .csv or a datasets directory)")
 
 
 def iter_records(uri: str) -> Iterator[tuple[str, dict | str]]:
-    """(source, row) pairs; a row that is not a JSON object comes back as an error string."""
-    fs, path = filesystem(uri)
-    info = fs.get_file_info(path)
-    if info.type == pafs.FileType.NotFound:
-        raise InputError(f"{uri}: no such file")
-    if info.type == pafs.FileType.Directory:
-        arrow = sorted(f.path for f in fs.get_file_info(pafs.FileSelector(path)) if f.path.endswith(".arrow"))
-        if not arrow:
-            if fs.get_file_info(child(path, "dataset_dict.json")).type == pafs.FileType.File:
-                raise InputError(f"{uri}: a DatasetDict; name one split's folder, e.g. {child(uri, 'train')}")
-            raise InputError(f"{uri}: a directory without .arrow files (expected datasets.save_to_disk output)")
-        for part in arrow:
-            with fs.open_input_stream(part) as stream:
-                yield from _arrow_rows(pa.ipc.open_stream(stream).read_all(), part)
-        return
-    if path.endswith(".parquet"):
-        with fs.open_input_file(path) as f:
-            yield from _arrow_rows(pq.read_table(f), uri)
-    elif path.endswith(".csv"):
-        with fs.open_input_stream(path) as f:
-            table = pacsv.read_csv(f, convert_options=pacsv.ConvertOptions(strings_can_be_null=False,
-                                                                            column_types=None))
-        yield from _arrow_rows(table, uri)
-    elif path.endswith((".jsonl", ".json")):
-        text = read_text(path, fs)
-        if path.endswith(".json") and text.lstrip().startswith("["):  # a JSON array, as datasets also reads
-            try:
-                rows = json.loads(text)
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{uri}: malformed JSON array: {exc.msg} at line {exc.lineno}") from None
-            for i, row in enumerate(rows, start=1):
-                yield f"{uri}:{i}", row if isinstance(row, dict) else "an array item that is not an object"
-        else:
-            for i, line in enumerate(text.splitlines(), start=1):
-                if not line.strip():
-                    continue
-                try:
-                    row = json.loads(line)
-                except json.JSONDecodeError as exc:
-                    yield f"{uri}:{i}", f"malformed JSON: {exc.msg} at column {exc.colno}"
-                    continue
-                yield f"{uri}:{i}", row if isinstance(row, dict) else "a JSON line that is not an object"
-    else:
-        raise InputError(f"{uri}: unknown format (use .jsonl, .json, .parquet, .csv or a datasets directory)")
+    """(source, row) pairs; a row that cannot be used as a record comes back as the reason, a string.
+
+    A file that cannot be read at all raises InputError naming it, whatever pyarrow or the OS said."""
+    try:
+        fs, path = filesystem(uri)
+        info = fs.get_file_info(path)
+        if info.type == pafs.FileType.NotFound:
+            raise InputError(f"{uri}: no such file")
+        yield from _records(fs, path, uri, info.type == pafs.FileType.Directory)
+    except (OSError, pa.ArrowException) as exc:
+        raise InputError(f"{uri}: cannot be read: {exc}") from None
 
 
 def _string_fields(row: dict, fields: dict[str, str]) -> tuple[dict[str, str], str | None]:
     """Map input columns to sapray's names; the reason a row is bad, if it is."""
     out = {}
     for ours, theirs in fields.items():
-        value = row.get(theirs)
-        if isinstance(value, int | float) and not isinstance(value, bool) and ours in ("question_id", "gold"):
-            value = str(value)  # numeric ids and gold answers are common and harmless
-        if not isinstance(value, str):
-            return out, f"column {theirs!r} is {type(value).__name__}, not a string"
+        value = row.get(theirs, MISSING)
+        if ours in ("question_id", "gold"):
+            value = _number_as_text(value)
+        problem = text_problem(value, f"column {theirs!r}")
+        if problem:
+            return out, problem
         out[ours] = value
     return out, None
 
 
-def _require_columns(uri: str, first: dict, needed: list[str]) -> None:
-    missing = [c for c in needed if c not in first]
+# A required column absent from this many rows in a row (or from a whole smaller file) is a wrong
+# column name, not a bad row: fail then, rather than reject every row of a big file one by one.
+COLUMN_EVIDENCE_ROWS = 1000
+
+
+def checked_records(uri: str, needed: list[str]) -> Iterator[tuple[str, dict | str]]:
+    """``iter_records``, failing with InputError when a required column is in none of the file's rows."""
+    present: set[str] = set()
+    objects = 0
+    for source, row in iter_records(uri):
+        if isinstance(row, dict):
+            objects += 1
+            present.update(row)
+            if objects == COLUMN_EVIDENCE_ROWS:
+                _require_columns(uri, present, needed)
+        yield source, row
+    if objects:
+        _require_columns(uri, present, needed)
+
+
+def _require_columns(uri: str, present: set[str], needed: list[str]) -> None:
+    missing = [c for c in needed if c not in present]
     if missing:
-        raise InputError(f"{uri}: missing required column(s) {missing}; present: {sorted(first)}")
+        raise InputError(f"{uri}: missing required column(s) {missing}; present: {sorted(present)}")
+
+
+def nothing_usable(what: str, uris: Iterable[str], rejects: list[Reject]) -> InputError:
+    """The error for inputs none of whose rows can be used, with the first reason as a hint."""
+    first = f"; the first: {rejects[0].source}: {rejects[0].reason}" if rejects else ""
+    return InputError(f"{', '.join(uris)}: no usable {what} ({len(rejects)} row(s) rejected{first})")
 
 
 def read_questions(uri: str, columns: Columns, need_gold: bool) -> tuple[dict[str, dict], list[Reject]]:
     fields = {"question_id": columns.question_id, "question": columns.question}
     if need_gold:
         fields["gold"] = columns.gold
-    questions, rejects, checked = {}, [], False
-    for source, row in iter_records(uri):
+    questions, rejects = {}, []
+    for source, row in checked_records(uri, list(fields.values())):
         if isinstance(row, str):
             rejects.append(Reject(source, row, "questions"))
             continue
-        if not checked:
-            _require_columns(uri, row, list(fields.values()))
-            checked = True
         values, problem = _string_fields(row, fields)
         qid = values.get("question_id")
         if problem is None and qid in questions:
             problem = f"duplicate question_id {qid!r} (first at {questions[qid]['source']})"
+        elif problem is None and not values["question"].strip():
+            problem = "empty question"
         if problem:
             rejects.append(Reject(source, problem, "questions", question_id=qid))
             continue
-        values.setdefault("gold", row.get(columns.gold) if isinstance(row.get(columns.gold), str) else None)
+        if "gold" not in values:  # optional here: kept when it is usable text
+            gold = _number_as_text(row.get(columns.gold))
+            values["gold"] = gold if text_problem(gold, "gold") is None else None
         questions[qid] = {**values, "source": source}
     if not questions:
-        raise InputError(f"{uri}: no valid questions")
+        raise nothing_usable("questions", [uri], rejects)
     return questions, rejects
 
 
@@ -170,15 +402,11 @@ def read_candidates(
         fields = {"question_id": columns.question_id, "response": columns.response}
         if strategy is None:
             fields["strategy"] = columns.strategy
-        checked = False
-        for source, row in iter_records(uri):
+        for source, row in checked_records(uri, list(fields.values())):
             rows_in += 1
             if isinstance(row, str):
                 rejects.append(Reject(source, row, "candidates", strategy=strategy))
                 continue
-            if not checked:
-                _require_columns(uri, row, list(fields.values()))
-                checked = True
             values, problem = _string_fields(row, fields)
             values.setdefault("strategy", strategy)
             qid, name = values.get("question_id"), values.get("strategy")
@@ -193,7 +421,7 @@ def read_candidates(
                 rejects.append(Reject(source, problem, "candidates", question_id=qid, strategy=name))
                 continue
             seen[(qid, name)] = source
-            reward = row.get(columns.reward)
-            has_reward = isinstance(reward, int | float) and not isinstance(reward, bool)
-            rows.append({**values, "source": source, "reward": float(reward) if has_reward else None})
+            rows.append({**values, "source": source, "reward": _number(row.get(columns.reward))})
+    if not rows:
+        raise nothing_usable("candidate rows", uris.values(), rejects)
     return rows, rejects, rows_in

@@ -4,6 +4,11 @@ from __future__ import annotations
 
 import json
 import os
+import signal
+import subprocess
+import time
+import warnings
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
@@ -17,6 +22,58 @@ os.environ.setdefault("RAY_raylet_start_wait_time_s", "600")
 
 DATA_DIR = Path(__file__).parent / "data" / "gsm8k_first20"
 N_EXEMPLARS = 3
+
+
+# How long a test waits for what only a busy machine makes slow (a server starting or stopping, a job
+# in a subprocess): a guard against hangs, never a check of speed. SAPRAY_TEST_PATIENCE_S overrides.
+PATIENCE_S = float(os.environ.get("SAPRAY_TEST_PATIENCE_S", 1800))
+
+
+def wait_until(ready: Callable[[], bool], what: str, proc: subprocess.Popen | None = None,
+               log: Path | None = None, poll_s: float = 1.0) -> None:
+    """Poll ``ready`` until it holds; fail naming ``what`` if ``proc`` exits first or PATIENCE_S passes."""
+    deadline = time.monotonic() + PATIENCE_S
+    while not ready():
+        tail = f":\n{log.read_text(errors='replace')[-3000:]}" if log and log.exists() else ""
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"{what}: the process exited with {proc.returncode} first{tail}")
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"{what}: not after {PATIENCE_S:.0f} s (SAPRAY_TEST_PATIENCE_S){tail}")
+        time.sleep(poll_s)
+
+
+def stop_process(proc: subprocess.Popen, what: str, group: bool = False) -> None:
+    """SIGTERM (to the process group with ``group``), wait up to PATIENCE_S, then SIGKILL: a slow
+    shutdown is warned about, never a failure."""
+    def send(sig: int) -> None:
+        try:
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
+        except ProcessLookupError:
+            pass
+
+    send(signal.SIGTERM)
+    try:
+        proc.wait(timeout=PATIENCE_S)
+    except subprocess.TimeoutExpired:
+        warnings.warn(f"{what} did not stop within {PATIENCE_S:.0f} s of SIGTERM; killed", stacklevel=2)
+        send(signal.SIGKILL)
+        proc.wait()
+
+
+def init_local_ray(**kwargs) -> None:
+    """``ray.init`` of a local Ray for a test. Ray waits a fixed 30 s for its raylet to register,
+    which a busy machine can exceed: then it tries again, until PATIENCE_S."""
+    import ray
+
+    deadline = time.monotonic() + PATIENCE_S
+    while True:
+        try:
+            return ray.init(**kwargs)
+        except Exception as exc:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(exc) or time.monotonic() > deadline:
+                raise
+            warnings.warn(f"Ray did not start in its 30 s ({exc}); starting it again", stacklevel=2)
+            ray.shutdown()
 
 
 def n_test_questions(default: int) -> int:

@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import PATIENCE_S, wait_until
 from small_job import DATA_DIR, REPO, exemplar_rows, jsonl, small_config
 
 pytestmark = pytest.mark.cluster
@@ -63,7 +64,7 @@ class LocalCluster:
         proc = subprocess.Popen([RAY, "start", *args, "--disable-usage-stats"], env=self.env, stdout=log,
                                 stderr=subprocess.STDOUT, start_new_session=True)
         self.groups.append(proc.pid)  # the group outlives `ray start`: its daemons stay in it
-        if proc.wait(timeout=180) != 0:
+        if proc.wait(timeout=PATIENCE_S) != 0:
             raise RuntimeError(f"ray start ({name}) failed:\n{(self.root / f'{name}.log').read_text()[-4000:]}")
 
     def start_head(self) -> None:
@@ -81,7 +82,7 @@ class LocalCluster:
         self._start(["--address", f"127.0.0.1:{self.gcs}", "--num-cpus", "1", "--num-gpus", "0",
                      "--dashboard-agent-listen-port", str(agent), "--temp-dir", str(self.root / f"w{i}")], f"node{i}")
 
-    def ray(self, *args: str, timeout: float = 120, check: bool = True) -> subprocess.CompletedProcess:
+    def ray(self, *args: str, timeout: float = PATIENCE_S, check: bool = True) -> subprocess.CompletedProcess:
         out = subprocess.run([RAY, *args], env=self.env, capture_output=True, text=True, timeout=timeout)
         if check and out.returncode != 0:
             raise RuntimeError(f"ray {' '.join(args)} failed ({out.returncode}):\n{out.stdout[-3000:]}\n"
@@ -94,14 +95,9 @@ class LocalCluster:
             return []
         return [n["node_id"] for n in json.loads(out.stdout) if n.get("state") == "ALIVE"]
 
-    def wait_for_nodes(self, n: int, timeout: float = 120) -> list[str]:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            nodes = self.alive_nodes()
-            if len(nodes) >= n:
-                return nodes
-            time.sleep(2)
-        raise TimeoutError(f"{n} nodes did not come up; alive: {self.alive_nodes()}")
+    def wait_for_nodes(self, n: int) -> list[str]:
+        wait_until(lambda: len(self.alive_nodes()) >= n, f"{n} Ray nodes to be alive", poll_s=2)
+        return self.alive_nodes()
 
     def stop(self) -> None:
         """End what this cluster started, by process group, then any straggler whose command line
@@ -149,7 +145,7 @@ def test_select_job_on_two_node_cluster():
         t0 = time.monotonic()
         local = subprocess.run([sys.executable, *select, "--set", "ray.address=local", "--set", "ray.actors=1",
                                 "--output", str(root / "local")], cwd=REPO, env=cluster.env, capture_output=True,
-                               text=True, timeout=600)
+                               text=True, timeout=PATIENCE_S)
         assert local.returncode == 0, local.stderr[-4000:]
         local_s = time.monotonic() - t0
 
@@ -165,13 +161,13 @@ def test_select_job_on_two_node_cluster():
         # Ray Data starts both actors before sending work and gives each one block at a time, so the
         # two blocks (one per question) land on both nodes.
         runtime_env = {"excludes": EXCLUDES, "env_vars": {
-            "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": "300",
+            "RAY_DATA_DEFAULT_WAIT_FOR_MIN_ACTORS_S": str(int(PATIENCE_S)),
             "RAY_DATA_ACTOR_DEFAULT_MAX_TASKS_IN_FLIGHT_TO_MAX_CONCURRENCY_FACTOR": "1"}}
         submit = cluster.ray(
             "job", "submit", "--address", cluster.api, "--submission-id", job_id, "--working-dir", str(REPO),
             "--runtime-env-json", json.dumps(runtime_env), "--",
             sys.executable, *select, "--set", "ray.address=auto", "--set", "ray.actors=2",
-            "--output", str(root / "cluster"), timeout=600, check=False)
+            "--output", str(root / "cluster"), check=False)
         job_s = time.monotonic() - t0
         status = cluster.ray("job", "status", "--address", cluster.api, job_id).stdout
         logs = cluster.ray("job", "logs", "--address", cluster.api, job_id).stdout

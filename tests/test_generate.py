@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import DATA_DIR, load_questions
+from conftest import DATA_DIR, PATIENCE_S, load_questions, stop_process, wait_until
 from test_select import exemplar_file, ray_local, write_jsonl  # noqa: F401  (fixtures)
 
 from sapray.config import load_config
@@ -88,16 +88,14 @@ def test_run_resumes_after_kill_9_in_full_generation_without_duplicates(tmp_path
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(command, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     shards = tmp_path / "train" / "shards"
-    deadline = time.monotonic() + 300
-    while time.monotonic() < deadline and len(list(shards.glob("part-*.jsonl"))) < 3:
-        assert first.poll() is None, (tmp_path / "first.log").read_text()[-3000:]
-        time.sleep(0.2)
+    wait_until(lambda: len(list(shards.glob("part-*.jsonl"))) >= 3, "three shards from the first run", first,
+               tmp_path / "first.log", poll_s=0.2)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
     done_before = {json.loads(line)["question_id"] for p in shards.glob("part-*.jsonl") for line in p.open()}
     assert 3 <= len(done_before) < 10, "kill -9 should land mid-run"
     winner = json.loads((tmp_path / "select" / "selection.json").read_text())["winner"]["strategy"]
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600)
+    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=PATIENCE_S)
     assert second.returncode == 0, second.stderr[-2000:]
     assert "the selection for this config is already in" in second.stderr
     assert "generating the sample" not in second.stderr
@@ -131,13 +129,22 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+# The API teacher's timeout in the test. Normal requests never meet it, however slow the server: the
+# proxy keeps their connection busy (below). Only the stalled request does, which costs this once.
+CLIENT_TIMEOUT_S = 20
+
+
 class FaultProxy(ThreadingHTTPServer):
-    """Forwards to the real server after injecting a 429, a 500 and a stall; 400s any 'POISON' prompt."""
+    """Forwards to the real server after injecting a 429, a 500 and a stall; 400s any 'POISON' prompt.
+
+    The stall holds its request, unanswered, until the client gives up on it and closes the
+    connection (``stall_abandoned`` is set then): a timeout however fast or slow the machine is."""
 
     def __init__(self, upstream: str) -> None:
         self.upstream, self.seen, self.faults, self.lock = upstream, [], ["429", "500", "stall"], threading.Lock()
         self.arrivals: list[float] = []
         self.unauthorized = 0
+        self.stall_abandoned = threading.Event()
         super().__init__(("127.0.0.1", free_port()), ProxyHandler)
 
 
@@ -153,6 +160,33 @@ class ProxyHandler(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
+
+    def _forward(self, body: bytes) -> None:
+        """The upstream answer, with a space (JSON's leading whitespace) sent every second until it
+        comes: the client's read timeout counts from the last byte, so a slow server never trips it.
+        The status is sent first, so it is 200: vLLM answers these valid requests with 200."""
+        server: FaultProxy = self.server
+        request = urllib.request.Request(server.upstream + self.path, data=body,
+                                         headers={"Content-Type": "application/json"})
+        answer: list[bytes] = []
+        done = threading.Event()
+
+        def fetch() -> None:
+            try:
+                with urllib.request.urlopen(request, timeout=PATIENCE_S) as response:
+                    answer.append(response.read())
+            except OSError as exc:  # HTTPError included: the client sees a malformed answer and says so
+                answer.append(json.dumps({"proxy_error": str(exc)}).encode())
+            done.set()
+
+        threading.Thread(target=fetch, daemon=True).start()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.end_headers()  # no Content-Length: HTTP/1.0, the body ends when the connection closes
+        while not done.wait(1.0):
+            self.wfile.write(b" ")
+            self.wfile.flush()
+        self.wfile.write(answer[0])
 
     def do_POST(self) -> None:  # noqa: N802
         server: FaultProxy = self.server
@@ -171,11 +205,11 @@ class ProxyHandler(BaseHTTPRequestHandler):
         if fault == "500":
             return self._reply(500, b'{"error": "upstream broke"}')
         if fault == "stall":
-            time.sleep(4)  # longer than the client's timeout
-        request = urllib.request.Request(server.upstream + self.path, data=body,
-                                         headers={"Content-Type": "application/json"})
-        with urllib.request.urlopen(request, timeout=300) as response:
-            self._reply(response.status, response.read())
+            self.connection.settimeout(PATIENCE_S)
+            if self.connection.recv(1) == b"":  # the client closed the connection: it gave up
+                server.stall_abandoned.set()
+            return None
+        self._forward(body)
 
 
 @pytest.fixture(scope="module")
@@ -191,20 +225,19 @@ def vllm_server(smollm2_path, tmp_path_factory):
              "--enforce-eager", "--max-model-len", "1024"],
             stdout=out, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
+
+    def ready() -> bool:
+        try:
+            urllib.request.urlopen(url + "/v1/models", timeout=PATIENCE_S).close()
+            return True
+        except OSError:  # not listening yet
+            return False
+
     try:
-        deadline = time.monotonic() + 400
-        while True:
-            try:
-                urllib.request.urlopen(url + "/v1/models", timeout=2)
-                break
-            except OSError:
-                if server.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError("vllm serve did not start:\n" + log.read_text()[-3000:]) from None
-                time.sleep(1)
+        wait_until(ready, "vllm serve to answer /v1/models", server, log)
         yield url
     finally:
-        os.killpg(server.pid, signal.SIGTERM)
-        server.wait(timeout=60)
+        stop_process(server, "vllm serve", group=True)
 
 
 @pytest.mark.vllm
@@ -216,7 +249,8 @@ def test_openai_teacher_retries_transient_failures_and_rejects_permanent_ones(
     rows = load_questions()[:3] + [{"question_id": "poison", "question": "POISON question", "gold": "1"}]
     questions = write_jsonl(tmp_path / "q.jsonl", rows)
     teacher = {"kind": "openai", "model": "smollm2", "base_url": f"http://127.0.0.1:{proxy.server_port}/v1",
-               "api_key_env": "SAPRAY_TEST_API_KEY", "timeout_s": 2, "max_retries": 4, "max_concurrency": 1,
+               "api_key_env": "SAPRAY_TEST_API_KEY", "timeout_s": CLIENT_TIMEOUT_S, "max_retries": 4,
+               "max_concurrency": 1,
                "requests_per_second": 20, "price_per_million_prompt": 0.5, "price_per_million_completion": 1.5}
     strategies = [{"name": "api", "teacher": teacher, "prompt": "{question}", "max_tokens": 16}]
     cfg = load_config(job(tmp_path, exemplar_file, questions, strategies=strategies))
@@ -226,6 +260,7 @@ def test_openai_teacher_retries_transient_failures_and_rejects_permanent_ones(
         proxy.shutdown()
     assert proxy.unauthorized == 0
     assert proxy.seen[:3] == ["429", "500", "stall"] and proxy.seen.count("ok") >= 3
+    assert proxy.stall_abandoned.is_set()  # the client timed out on the stall, then retried
     assert proxy.arrivals[1] - proxy.arrivals[0] >= 0.9  # the 429's Retry-After: 1 was honoured
     assert metadata["rows"] == 3 and metadata["rejected"] == 1
     rejects = read_jsonl(tmp_path / "train" / "rejects.jsonl")

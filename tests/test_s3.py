@@ -15,12 +15,12 @@ import os
 import socket
 import subprocess
 import sys
-import time
 
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
+from conftest import PATIENCE_S, stop_process, wait_until
 from small_job import DATA_DIR, REPO, exemplar_rows, jsonl, small_config
 
 from sapray.config import Columns, load_config_file
@@ -44,16 +44,15 @@ def s3_server(tmp_path_factory):
     log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
     proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
                             stdout=log, stderr=subprocess.STDOUT)
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S).close()
+            return True
+        except OSError:
+            return False
+
     try:
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                socket.create_connection(("127.0.0.1", port), timeout=1).close()
-                break
-            except OSError:
-                if proc.poll() is not None or time.monotonic() > deadline:
-                    raise RuntimeError(f"moto server did not start (exit {proc.poll()})") from None
-                time.sleep(0.3)
+        wait_until(listening, "the moto S3 server to listen", proc, poll_s=0.3)
         fs = pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
                                endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True)
         fs.create_dir(BUCKET)  # a bucket
@@ -65,8 +64,7 @@ def s3_server(tmp_path_factory):
                 f.write(data)
         yield f"http://127.0.0.1:{port}"
     finally:
-        proc.terminate()
-        proc.wait(timeout=30)
+        stop_process(proc, "the moto S3 server")
         log.close()
 
 
@@ -94,7 +92,7 @@ def test_select_reads_and_writes_s3(s3_env, tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     done = subprocess.run([sys.executable, "-m", "sapray", "select", "--config", str(path),
                            "--set", "ray.address=local"], cwd=REPO, env={**env, **s3_env},
-                          capture_output=True, text=True, timeout=600)
+                          capture_output=True, text=True, timeout=PATIENCE_S)
     assert done.returncode == 0, done.stderr[-4000:]
     assert f"wrote {out}/selection.json" in done.stdout
 

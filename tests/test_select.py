@@ -9,7 +9,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import DATA_DIR, load_candidates, load_questions
+from conftest import DATA_DIR, init_local_ray, load_candidates, load_questions
 
 from sapray.config import ConfigError, load_config
 from sapray.report import write_outputs
@@ -20,7 +20,7 @@ from sapray.select import run_select
 def ray_local():
     import ray
 
-    ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    init_local_ray(num_cpus=2, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()
 
