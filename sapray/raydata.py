@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -18,6 +19,29 @@ from sapray.config import RayConfig
 log = logging.getLogger(__name__)
 
 
+STARTUP_PATIENCE_S = 600
+
+
+def start_local_ray(patience_s: float, **kwargs: Any) -> None:
+    """``ray.init`` of a local Ray, started again when it fails to come up in time.
+
+    Ray waits a fixed time for its raylet, and the raylet a fixed time for its dashboard agent
+    (a Python process); on a busy machine either can run out, and the node dies at startup.
+    """
+    import ray
+
+    deadline = time.monotonic() + patience_s
+    while True:
+        try:
+            ray.init(**kwargs)
+            return
+        except Exception as exc:  # Ray raises a bare Exception for this
+            if "timed out during startup" not in str(exc) or time.monotonic() > deadline:
+                raise
+            log.warning("Ray did not start in time (a busy machine?); starting it again")
+            ray.shutdown()
+
+
 def init_ray(cfg: RayConfig) -> None:
     """Join ``cfg.address`` (or RAY_ADDRESS), else start a local single-node Ray."""
     import ray
@@ -25,13 +49,12 @@ def init_ray(cfg: RayConfig) -> None:
     if ray.is_initialized():
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
-    # On a busy machine the dashboard agent starts slowly, and the raylet's default wait for it
-    # ends the local node at startup; a local Ray started here waits longer.
-    os.environ.setdefault("RAY_agent_register_timeout_ms", "600000")
-    os.environ.setdefault("RAY_raylet_start_wait_time_s", "600")
-    ray.init(address=address, include_dashboard=False if address in (None, "local") else None,
-             logging_level=logging.WARNING, log_to_driver=True,
-             configure_logging=True)
+    options = {"include_dashboard": False if address in (None, "local") else None,
+               "logging_level": logging.WARNING, "log_to_driver": True, "configure_logging": True}
+    if address in (None, "local"):
+        start_local_ray(STARTUP_PATIENCE_S, address=address, **options)
+    else:
+        ray.init(address=address, **options)
     ctx = ray.data.DataContext.get_current()
     ctx.execution_options.preserve_order = True
     ctx.enable_progress_bars = True

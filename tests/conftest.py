@@ -15,11 +15,6 @@ import pytest
 
 from sapray.models import resolve_model
 
-# A busy machine starts Ray's dashboard agent slowly; the raylet's default wait for it (a few
-# seconds) then kills the node at startup. Every Ray a test starts inherits this patience.
-os.environ.setdefault("RAY_agent_register_timeout_ms", "600000")
-os.environ.setdefault("RAY_raylet_start_wait_time_s", "600")
-
 DATA_DIR = Path(__file__).parent / "data" / "gsm8k_first20"
 N_EXEMPLARS = 3
 
@@ -61,19 +56,10 @@ def stop_process(proc: subprocess.Popen, what: str, group: bool = False) -> None
 
 
 def init_local_ray(**kwargs) -> None:
-    """``ray.init`` of a local Ray for a test. Ray waits a fixed 30 s for its raylet to register,
-    which a busy machine can exceed: then it tries again, until PATIENCE_S."""
-    import ray
+    """``ray.init`` of a local Ray for a test, patient with a busy machine (see sapray.raydata)."""
+    from sapray.raydata import start_local_ray
 
-    deadline = time.monotonic() + PATIENCE_S
-    while True:
-        try:
-            return ray.init(**kwargs)
-        except Exception as exc:  # Ray raises a bare Exception for this
-            if "timed out during startup" not in str(exc) or time.monotonic() > deadline:
-                raise
-            warnings.warn(f"Ray did not start in its 30 s ({exc}); starting it again", stacklevel=2)
-            ray.shutdown()
+    start_local_ray(PATIENCE_S, **kwargs)
 
 
 def n_test_questions(default: int) -> int:
