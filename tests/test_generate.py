@@ -140,8 +140,9 @@ class FaultProxy(ThreadingHTTPServer):
     The stall holds its request, unanswered, until the client gives up on it and closes the
     connection (``stall_abandoned`` is set then): a timeout however fast or slow the machine is."""
 
-    def __init__(self, upstream: str) -> None:
-        self.upstream, self.seen, self.faults, self.lock = upstream, [], ["429", "500", "stall"], threading.Lock()
+    def __init__(self, upstream: str, faults: tuple[str, ...] = ("429", "500", "stall")) -> None:
+        self.upstream, self.seen, self.faults, self.lock = upstream, [], list(faults), threading.Lock()
+        self.bodies: list[bytes] = []  # every request that reached the server, for counting by prompt
         self.arrivals: list[float] = []
         self.unauthorized = 0
         self.stall_abandoned = threading.Event()
@@ -200,6 +201,7 @@ class ProxyHandler(BaseHTTPRequestHandler):
             fault = server.faults.pop(0) if server.faults else None
             server.seen.append(fault or "ok")
             server.arrivals.append(time.monotonic())
+            server.bodies.append(body)
         if fault == "429":
             return self._reply(429, b'{"error": "rate limited"}', {"Retry-After": "1"})
         if fault == "500":
@@ -286,3 +288,46 @@ def test_retry_after_header_parsing():
     assert retry_after_seconds("86400") == 60.0  # capped
     assert retry_after_seconds("Wed, 21 Oct 2026 07:28:00 GMT") is None
     assert retry_after_seconds(None) is None and retry_after_seconds("-3") == 0.0
+
+
+@pytest.mark.vllm
+def test_race_in_run_stops_asking_an_eliminated_teacher(ray_local, exemplar_file, vllm_server, tmp_path,  # noqa: F811
+                                                         monkeypatch):
+    """Three API teachers; the one sampling at temperature 2 writes text the target finds unfamiliar,
+    is dropped after round 1, and its teacher gets no request in the later rounds. The full
+    training set is still written with the winner."""
+    proxy = FaultProxy(vllm_server, faults=())
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SAPRAY_TEST_API_KEY", SECRET)
+    questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:15])
+    teacher = {"kind": "openai", "model": "smollm2", "base_url": f"http://127.0.0.1:{proxy.server_port}/v1",
+               "api_key_env": "SAPRAY_TEST_API_KEY", "timeout_s": 20, "max_concurrency": 2,
+               "price_per_million_prompt": 0.5, "price_per_million_completion": 1.5}
+    strategies = [
+        {"name": "plain", "teacher": teacher, "prompt": "{question}", "max_tokens": 24},
+        {"name": "steps", "teacher": teacher, "prompt": "{question}\nLet's think step by step.", "max_tokens": 24},
+        {"name": "noisy", "teacher": teacher, "prompt": "{question} (noisy)", "max_tokens": 24, "temperature": 2.0,
+         "seed": 3},
+    ]
+    raw = job(tmp_path, exemplar_file, questions, strategies=strategies, metrics=["sap"])
+    del raw["data"]["candidates"]
+    raw["sample"] = {"max_questions": 15, "round_size": 5, "min_questions": 5, "seed": 0}
+    lines: list[str] = []
+    try:
+        summary, costs, metadata = run_all(load_config(raw), on_round=lines.append)
+    finally:
+        proxy.shutdown()
+    race = summary["race"]
+    assert race["eliminated"] == {"noisy": 1}, lines
+    assert "dropped noisy" in lines[0]
+    assert len(race["rounds"]) >= 2  # later rounds ran without it
+    noisy_requests = [b for b in proxy.bodies if b"(noisy)" in b]
+    assert len(noisy_requests) == 5  # round 1 only
+    assert costs["noisy"]["questions"] == 5 and costs["plain"]["questions"] == 5 * len(race["rounds"])
+    saved = race["cost"]["noisy"]["generation_saved"]
+    assert saved["tokens"] > 0 and saved["money"] > 0
+    winner = summary["winner"]["strategy"]
+    assert winner in ("plain", "steps") and metadata["strategy"] == winner
+    assert metadata["rows"] == 15 and metadata["rejected"] == 0
+    train = read_jsonl(tmp_path / "train" / "train.jsonl")
+    assert sorted(r["question_id"] for r in train) == sorted(q["question_id"] for q in load_questions()[:15])
