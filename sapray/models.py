@@ -138,6 +138,7 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> str:
     from huggingface_hub.errors import (
         HfHubHTTPError,
         HFValidationError,
+        IncompleteSnapshotError,
         LocalEntryNotFoundError,
         RepositoryNotFoundError,
         RevisionNotFoundError,
@@ -149,6 +150,8 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> str:
     except HFValidationError:
         raise ConfigError(f"model {repo_id!r} is neither {EMBEDDED!r}, a local directory, nor a Hugging Face "
                           "Hub id (org/name)") from None
+    except IncompleteSnapshotError as exc:  # before its parent class: the snapshot is there, but partial
+        raise ConfigError(f"{what}: {exc}") from None
     except LocalEntryNotFoundError as exc:
         why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else
                f"the Hub cannot be reached ({type(exc.__cause__).__name__ if exc.__cause__ else exc})")

@@ -57,12 +57,12 @@ def offline_env(hf_home: Path) -> dict[str, str]:
     return {**env, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
-def run_python(script: str, hf_home: Path, timeout: int = 600) -> dict:
+def run_python(script: str, hf_home: Path, timeout: int = 600, **env: str) -> dict:
     """Run ``script`` (which prints one JSON line last) in a child process with the offline Hub cache."""
     path = hf_home.parent / f"script_{abs(hash(script))}.py"
     path.write_text(textwrap.dedent(script))
-    done = subprocess.run([sys.executable, str(path)], env=offline_env(hf_home), capture_output=True, text=True,
-                          timeout=timeout, cwd=ROOT)
+    done = subprocess.run([sys.executable, str(path)], env={**offline_env(hf_home), **env}, capture_output=True,
+                          text=True, timeout=timeout, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 
@@ -148,6 +148,24 @@ def test_a_revision_picks_that_commit_and_a_missing_one_is_a_clear_error(hf_home
         assert out[revision] == (f"model {REPO!r} (revision {revision!r}) is not a local directory and not in the "
                                  f"Hugging Face cache {cache} (set HF_HOME or HF_HUB_CACHE to use another), and "
                                  "HF_HUB_OFFLINE is set")
+
+
+def test_an_unreachable_hub_falls_back_to_the_cache_and_otherwise_says_so(hf_home):
+    """Online mode, but the Hub refuses connections (a closed port on this machine, so nothing leaves it)."""
+    out = run_python(f"""
+        import json
+        from sapray.config import ConfigError
+        from sapray.models import locate
+
+        try:
+            locate("HuggingFaceTB/not-cached")
+        except ConfigError as exc:
+            print(json.dumps({{"cached": locate({REPO!r}).commit, "error": str(exc)}}))
+    """, hf_home, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9")
+    assert out["cached"] == MAIN
+    assert out["error"].startswith("model 'HuggingFaceTB/not-cached' (revision 'main') is not a local directory "
+                                   f"and not in the Hugging Face cache {hf_home / 'hub'}")
+    assert out["error"].endswith("and the Hub cannot be reached (ConnectError)")
 
 
 def test_an_id_not_in_the_cache_offline_ends_the_cli_with_a_message_naming_id_revision_and_cache(hf_home,
