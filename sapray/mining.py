@@ -93,7 +93,10 @@ def mine_until(
         asked.append(question)
         rows.append(row)
         text, cut = row["texts"][0], row["finish_reasons"][0] == "length"
-        found += bool(text.strip()) if checker is None else bool(ex.judge(checker, question, text, cut))
+        hit = bool(text.strip()) if checker is None else bool(ex.judge(checker, question, text, cut))
+        found += hit
+        if hit:  # a long run shows its progress
+            log.info("mining: %d of %d found after %d questions", found, n, len(asked))
         if found >= n:
             break
     close = getattr(stream, "close", None)
