@@ -57,14 +57,19 @@ def offline_env(hf_home: Path) -> dict[str, str]:
     return {**env, "HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT)}
 
 
+RESULT = "RESULT "
+
+
 def run_python(script: str, hf_home: Path, timeout: int = 600, **env: str) -> dict:
-    """Run ``script`` (which prints one JSON line last) in a child process with the offline Hub cache."""
+    """Run ``script`` (which prints ``RESULT <json>``) in a child process with the offline Hub cache."""
     path = hf_home.parent / f"script_{abs(hash(script))}.py"
     path.write_text(textwrap.dedent(script))
     done = subprocess.run([sys.executable, str(path)], env={**offline_env(hf_home), **env}, capture_output=True,
                           text=True, timeout=timeout, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    # the script's own line: engines may print to stdout too
+    [result] = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
+    return json.loads(result[len(RESULT):])
 
 
 def test_the_built_cache_is_one_huggingface_hub_accepts(hf_home):
@@ -93,7 +98,7 @@ if __name__ == "__main__":
     for label, model, revision in LOADS:
         engine = load_engine(ENGINE, resolve_model(model, revision))
         out[label] = [r.token_logprobs for r in score(engine, REQUESTS)]
-    print(json.dumps(out))
+    print("RESULT", json.dumps(out))
 """
 
 
@@ -139,7 +144,7 @@ def test_a_revision_picks_that_commit_and_a_missing_one_is_a_clear_error(hf_home
             except ConfigError as exc:
                 return str(exc)
 
-        print(json.dumps({{r: where(r) for r in [None, "main", {OLD!r}, "0" * 40, "v9"]}}))
+        print("RESULT", json.dumps({{r: where(r) for r in [None, "main", {OLD!r}, "0" * 40, "v9"]}}))
     """, hf_home)
     assert out["null"] == out["main"] == [MAIN, MAIN]
     assert out[OLD] == [OLD, OLD]
@@ -160,7 +165,7 @@ def test_an_unreachable_hub_falls_back_to_the_cache_and_otherwise_says_so(hf_hom
         try:
             locate("HuggingFaceTB/not-cached")
         except ConfigError as exc:
-            print(json.dumps({{"cached": locate({REPO!r}).commit, "error": str(exc)}}))
+            print("RESULT", json.dumps({{"cached": locate({REPO!r}).commit, "error": str(exc)}}))
     """, hf_home, HF_HUB_OFFLINE="0", HF_ENDPOINT="http://127.0.0.1:9")
     assert out["cached"] == MAIN
     assert out["error"].startswith("model 'HuggingFaceTB/not-cached' (revision 'main') is not a local directory "
