@@ -20,11 +20,11 @@ N_POOL = 400
 N_VALID = 10
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
+def write_jsonl(path: Path, rows: list[dict], ensure_ascii: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json.dumps(row, ensure_ascii=ensure_ascii) + "\n")
 
 
 def main() -> None:
@@ -34,7 +34,8 @@ def main() -> None:
     args = parser.parse_args()
     source = Path(args.source)
     if args.train_pool:
-        write_jsonl(args.train_pool, train_questions(source))
+        # escaped: one training question holds a raw U+2028, which str.splitlines() would break the row at
+        write_jsonl(args.train_pool, train_questions(source), ensure_ascii=True)
         return
     questions, candidates = load_six_strategies(source)
     pool_rows = train_questions(source)[:N_POOL]
