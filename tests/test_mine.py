@@ -110,3 +110,15 @@ def test_the_mine_command_finds_a_checked_answer_writes_a_select_ready_file_and_
     cfg = load_config({"data": {"questions": str(excluded), "candidates": str(excluded)},
                        "exemplars": {"file": str(out), "n": 1}})
     assert cfg.exemplars.file == str(out)
+
+
+def test_the_shipped_exemplars_are_checked_and_answer_none_of_the_bundled_questions():
+    data = ROOT / "sapray" / "data" / "gsm8k"
+    exemplars = load_exemplar_file(str(data / "exemplars_smollm2.jsonl"))
+    provenance = json.loads((data / "exemplars_smollm2.json").read_text())
+    assert len(exemplars) == provenance["correct"] == 8 and all(e.checked for e in exemplars)
+    assert (provenance["model"], provenance["engine"], provenance["checker"]) == ("smollm2", "vllm", "gsm8k")
+    bundled = [json.loads(line) for line in (data / "questions.jsonl").read_text().splitlines()]
+    mined = [json.loads(line) for line in (data / "exemplars_smollm2.jsonl").read_text().splitlines()]
+    assert not {q["question_id"] for q in bundled} & {e.source_question_id for e in exemplars}
+    assert not {" ".join(q["question"].split()) for q in bundled} & {" ".join(m["question"].split()) for m in mined}
