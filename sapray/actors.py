@@ -1,7 +1,8 @@
 """Ray Data stages that hold an engine: one actor class per job (score, generate).
 
 Each actor loads its engine once and then serves batches. Actors resolve the model name themselves
-(``smollm2`` is converted once per node), so a cluster's nodes need not share the driver's paths.
+(``smollm2`` is converted once per node; a Hub id at ``revision`` comes from that node's Hugging Face
+cache or the Hub), so a cluster's nodes need not share the driver's paths.
 Rows travel as plain columns; a context (text, chat messages or token ids) travels as JSON text so
 Arrow sees one type.
 """
@@ -38,9 +39,9 @@ class ScoreActor:
     """Scores (context, continuation) rows: request_id, context_json, continuation, context_key."""
 
     def __init__(self, engine: str, model: str, engine_args: dict[str, Any], boundary: str, overlong: str,
-                 num_cpus: float = 1) -> None:
+                 num_cpus: float = 1, revision: str | None = None) -> None:
         _limit_threads(num_cpus)
-        self.engine = load_engine(engine, resolve_model(model), **engine_args)
+        self.engine = load_engine(engine, resolve_model(model, revision), **engine_args)
         self.boundary, self.overlong = boundary, overlong
         self.placement = _placement()
 
@@ -66,9 +67,9 @@ class GenerateActor:
     """Generates from token-id prompts: row_id, prompt_ids -> texts, finish reasons, token counts."""
 
     def __init__(self, engine: str, model: str, engine_args: dict[str, Any], sampling: dict[str, Any],
-                 num_cpus: float = 1) -> None:
+                 num_cpus: float = 1, revision: str | None = None) -> None:
         _limit_threads(num_cpus)
-        self.engine = load_engine(engine, resolve_model(model), **engine_args)
+        self.engine = load_engine(engine, resolve_model(model, revision), **engine_args)
         self.sampling = SamplingConfig(**sampling)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:

@@ -270,6 +270,53 @@ def validate_command(results: str | None, selections: tuple[str, ...], accuracy:
     if html_out:
         _write_file(html_out, render_validation_page(result))
         click.echo(f"wrote {html_out}")
+@main.command("mine")
+@click.option("--pool", required=True, help="questions with gold answers (JSONL, JSON, Parquet, CSV, datasets folder)")
+@click.option("--output", required=True, help="exemplar file to write (JSONL); its provenance goes beside it as .json")
+@click.option("--model", default="smollm2", show_default=True,
+              help="target: 'smollm2', a local HF model directory or a Hugging Face Hub id")
+@click.option("--revision", help="Hub id only: branch, tag or commit hash")
+@click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True)
+@click.option("--n", type=click.IntRange(min=1), default=8, show_default=True,
+              help="checked-correct answers to find; mining stops once they are found")
+@click.option("--max-questions", type=click.IntRange(min=1), help="ask at most this many pool questions")
+@click.option("--checker", type=click.Choice(["gsm8k", "choice", "exact", "regex", "none"]), default="gsm8k",
+              show_default=True)
+@click.option("--regex", help="the regex checker's pattern")
+@click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
+              help="answer length cap; a cut-off answer never counts as correct")
+@click.option("--seed", type=int, default=0, show_default=True, help="order in which pool questions are asked")
+@click.option("--exclude", multiple=True, help="question file whose questions must not be mined (by id or text)")
+@click.option("--shortfall", type=click.Choice(["error", "unchecked"]), default="error", show_default=True,
+              help="fewer than n correct: stop, or fill up with unchecked answers")
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True,
+              help="questions generated per batch; mining checks for n after each")
+@click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
+              help="any other key, e.g. engine_args.max_model_len=4096, columns.gold=answer, ray.actors=2")
+@click.option("-v", "--verbose", is_flag=True)
+@friendly
+def mine_command(set_items: tuple[str, ...], verbose: bool, batch_size: int, exclude: tuple[str, ...],
+                 **options) -> None:
+    """Mine exemplars alone: the target answers pool questions until n pass the answer checker."""
+    from sapray.config import validate
+    from sapray.mining import MineConfig, run_mine, write_mined
+
+    _setup_logging(verbose)
+    raw = {**{k: v for k, v in options.items() if v is not None}, "exclude": list(exclude),
+           "ray": {"batch_size": batch_size}}
+    try:
+        cfg = validate(MineConfig, raw, list(set_items))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    result = run_mine(cfg)
+    path, sidecar = write_mined(cfg.output, result)
+    p = result.provenance
+    rate = f"{p['hit_rate']:.1%}" if p["hit_rate"] is not None else "-"
+    click.echo(f"{p['correct']} correct of {p['questions_answered']} questions answered (hit rate {rate}; "
+               f"{p['wrong']} wrong, {p['unparsable']} unparsable, {p['truncated']} cut off at {cfg.max_tokens} "
+               f"tokens) in {p['wall_s']} s with {cfg.engine}; {p['exemplars']} exemplars"
+               + (f" ({p['filled_unchecked']} unchecked)" if p["filled_unchecked"] else ""))
+    click.echo(f"wrote {path} and {sidecar}")
 
 
 if __name__ == "__main__":

