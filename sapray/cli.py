@@ -102,9 +102,13 @@ def demo_config() -> dict:
         "model": "smollm2",
         "engine": "hf",
         "data": {"questions": str(data / "questions.jsonl"), "candidates": str(data / "candidates.jsonl")},
-        "sample": {"max_questions": 30, "round_size": 10, "seed": 0},
-        "exemplars": {"pool": str(data / "pool.jsonl"), "pool_size": 32, "max_tokens": 192, "n": 3},
-        "ray": {"actors": 1, "batch_size": 18},
+        # SAP ranks; the race drops losers as soon as they have lost, so PPL and IFD are left out
+        "metrics": ["sap"],
+        "sample": {"stop": "confident", "max_questions": 60, "round_size": 10, "seed": 0},
+        # SmolLM2's own checked-correct answers, mined once by `sapray mine` (see the README)
+        "exemplars": {"file": str(data / "exemplars_smollm2.jsonl"), "n": 3},
+        # one single-threaded actor per core of this 2-core machine
+        "ray": {"actors": 2, "num_cpus_per_actor": 1, "batch_size": 18},
         "output": "runs/demo",
     }
 

@@ -247,7 +247,7 @@ def test_real_filter_writes_report_and_sapray_report_rebuilds_it(tmp_path):
     assert (f"reconciles rows in {c['rows_in']} = {c['kept']} kept + {c['dropped']} dropped + "
             f"{c['rejected']} rejected") in text
     assert f"threshold on ifd: {min(kept):.4g}" in text and "empty response" not in text
-    assert "needs string question and response" in text  # the row without an assistant turn
+    assert "'messages' has no assistant turn" in text  # the row without an assistant turn
     copy_dir = tmp_path / "copy"
     copy_dir.mkdir()
     for name in ("summary.json", "scores.parquet", "rejects.jsonl"):
