@@ -32,19 +32,22 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default="../shared/data/gsm8k", help="openai/grade-school-math files")
     parser.add_argument("--out", default="benchmarks/data/gsm8k_sap_smollm2.parquet")
-    parser.add_argument("--work", default="runs/sap_table", help="resumable chunks and the exemplars")
+    parser.add_argument("--parts", default="benchmarks/data/gsm8k_sap_smollm2_parts",
+                        help="finished chunks and the exemplars they used (small; kept, so a rerun resumes)")
+    parser.add_argument("--work", default="runs/sap_table", help="each chunk's full selection outputs")
     parser.add_argument("--chunk", type=int, default=100, help="questions per resumable chunk")
     parser.add_argument("--actors", type=int, default=2)
     args = parser.parse_args()
 
     questions, candidates = load_six_strategies(Path(args.data))
-    work = Path(args.work)
+    work, parts_dir = Path(args.work), Path(args.parts)
     work.mkdir(parents=True, exist_ok=True)
-    exemplars = work / "exemplars.jsonl"
+    parts_dir.mkdir(parents=True, exist_ok=True)
+    exemplars = parts_dir / "exemplars.jsonl"
     pool = resources.files("sapray") / "data" / "gsm8k" / "pool.jsonl"
     started = time.monotonic()
     for start in range(0, len(questions), args.chunk):
-        part = work / f"part-{start // args.chunk:03d}.parquet"
+        part = parts_dir / f"part-{start // args.chunk:03d}.parquet"
         if part.exists():
             continue
         chunk = questions[start:start + args.chunk]
@@ -71,7 +74,7 @@ def main() -> None:
         pq.write_table(pa.Table.from_pylist([{k: s[k] for k in columns} for s in result.scores]), part)
         print(f"chunk {start // args.chunk}: {len(result.scores)} scores in {result.timings['total_s']:.0f} s "
               f"({time.monotonic() - started:.0f} s so far)", flush=True)
-    parts = sorted(work.glob("part-*.parquet"))
+    parts = sorted(parts_dir.glob("part-*.parquet"))
     table = pa.concat_tables([pq.read_table(p) for p in parts])
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     pq.write_table(table, args.out)
