@@ -114,7 +114,13 @@ class Race:
         """
         values = np.array(self.sap, dtype=float).reshape(-1, len(self.strategies))
         means = self._means(values)
-        leader = min((s for s in self.remaining if not math.isnan(means[s])), key=lambda s: (means[s], s))
+        scored = [s for s in self.remaining if not math.isnan(means[s])]
+        if not scored:  # every request so far was rejected: nothing to compare yet
+            record = {"round": round_number, "questions": 0, "leader": None, "margin": None, "mean_sap": {},
+                      "intervals": {}, "eliminated": [], "tokens": tokens, "money": money}
+            self.rounds.append(record)
+            return record
+        leader = min(scored, key=lambda s: (means[s], s))
         margin = self.rule.epsilon * means[leader]
         intervals = {s: self.interval(values, s, leader) for s in self.remaining if s != leader}
         decided = decide and all(iv["n"] >= self.rule.min_questions for iv in intervals.values())

@@ -122,6 +122,8 @@ def _candidate_metrics(by_kind: dict[str, dict]) -> dict:
 def _say_round(record: dict, confidence: float, epsilon: float) -> str:
     """One console line per round: who leads, who was dropped and why."""
     leader = record["leader"]
+    if leader is None:
+        return f"round {record['round']}: no candidate could be scored yet"
     line = (f"round {record['round']}: {record['questions']} questions, {len(record['mean_sap'])} strategies; "
             f"leading {leader} (mean SAP {record['mean_sap'][leader]:.3f})")
     for name in record["eliminated"]:
