@@ -340,9 +340,10 @@ def _interval_figure(figs: _Figures, race: dict, order: list[str], winner: str |
     if not names:
         return None
     fig, ax = figs.new(7.2, 0.42 * len(names) + 1.2)
-    eps = race.get("epsilon")
-    if eps:
-        ax.axvspan(-eps, eps, color="#f1f5f9", zorder=0)
+    # the margin is epsilon times the leader's mean SAP, in SAP units: the last round's
+    margin = next((r["margin"] for r in reversed(race.get("rounds") or []) if r.get("margin") is not None), None)
+    if margin:
+        ax.axvspan(-margin, margin, color="#f1f5f9", zorder=0)
     ax.axvline(0, color="#64748b", linewidth=1)
     for y, name in enumerate(names):
         rnd, iv = last[name]
@@ -355,9 +356,10 @@ def _interval_figure(figs: _Figures, race: dict, order: list[str], winner: str |
     ax.invert_yaxis()
     ax.set_xlabel("mean SAP minus the leader's (above 0: less familiar than the leader)")
     _style(ax)
-    band = f"; the shaded band is ±epsilon = {eps}" if eps else ""
+    band = (f"; the shaded band is ± the margin, {margin:.3g} SAP ({race.get('epsilon')} of the leader's mean "
+            "SAP)") if margin else ""
     return figs.svg(fig, "The race's anytime-valid intervals, each strategy's from the last round it was "
-                         f"scored in{band}. An interval wholly above 0 (beyond epsilon) eliminates the strategy.")
+                         f"scored in{band}. An interval wholly above the band eliminates the strategy.")
 
 
 def _distribution_figure(figs: _Figures, scores: list[dict], order: list[str], winner: str | None) -> str | None:

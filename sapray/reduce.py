@@ -78,7 +78,7 @@ def evidence(paired_questions: int, min_questions: int) -> dict:
                 "reason": f"{paired_questions} paired questions"}
     return {"sufficient": False, "paired_questions": paired_questions,
             "reason": f"only {paired_questions} paired question(s), fewer than {max(2, min_questions)}: too few "
-                      "to rank strategies; the order shown is no more than a hint"}
+                      "to rank strategies; the order shown is no more than a hint."}
 
 
 def summarize(scores: Sequence[dict], strategies: list[str], bootstrap: int = 1000, seed: int = 0,

@@ -154,7 +154,7 @@ def test_race_report(tmp_path):
     for name, round_no in selection["race"]["eliminated"].items():
         assert f"eliminated in round {round_no}" in text and name in text
     assert "a cross marks the round in which the race eliminated a strategy" in text
-    assert "anytime-valid intervals" in text and "±epsilon = 0.02" in text
+    assert "anytime-valid intervals" in text and "± the margin, 0.4 SAP (0.02 of the leader" in text
     # cost by stage: mining, per-strategy sample generation (priced and not), scoring, the full set
     assert "exemplar mining 32 pool questions answered by the target – 4,096" in text
     assert "sample generation cot_teacher 4,000 6,000 20.0 s $0.0123" in text
