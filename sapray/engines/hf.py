@@ -42,16 +42,42 @@ class HFEngine:
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.device = device or default_device()
+        device = device or default_device()
         # CPUs here lack bf16 hardware: float32 there, bf16 on GPUs.
-        torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device == "cuda" else torch.float32)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
         if adapter:  # a LoRA adapter (peft) on this base, merged for plain forward passes
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-        self.model = model.to(self.device).eval()
+        self._setup(model.to(device), tokenizer, device, max_batch_tokens, max_logit_rows, max_length, share_contexts)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        max_batch_tokens: int = 8192,
+        max_logit_rows: int = 1024,
+        max_length: int | None = None,
+        share_contexts: bool = True,
+    ) -> HFEngine:
+        """An engine around a model already in memory, on its device and in its dtype.
+
+        benchmarks/bench_gpu.py builds random-weight models from a config directly on the GPU this
+        way, so no weight files need to travel to the GPU machine.
+        """
+        engine = cls.__new__(cls)
+        engine._setup(model, tokenizer, str(model.device), max_batch_tokens, max_logit_rows, max_length,
+                      share_contexts)
+        return engine
+
+    def _setup(self, model: Any, tokenizer: Any, device: str, max_batch_tokens: int, max_logit_rows: int,
+               max_length: int | None, share_contexts: bool) -> None:
+        self.device = device
+        self.tokenizer = tokenizer
+        self.model = model.eval()
         self.max_length = min(max_length or DEFAULT_MAX_LENGTH,
                               int(getattr(self.model.config, "max_position_embeddings", DEFAULT_MAX_LENGTH)))
         self.max_batch_tokens = max_batch_tokens
