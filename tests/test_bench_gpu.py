@@ -10,7 +10,9 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from sapray.engines.hf import HFEngine
 from sapray.scoring import EncodedRequest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -32,6 +34,16 @@ import runpy
 sys.argv = ["bench_gpu.py", *sys.argv[1:]]
 runpy.run_path({str(ROOT / "benchmarks" / "bench_gpu.py")!r}, run_name="__main__")
 """
+
+
+def _load_bench():
+    """benchmarks/bench_gpu.py as a module (benchmarks/ is not a package)."""
+    if "bench_gpu" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "bench_gpu.py")
+        module = importlib.util.module_from_spec(spec)
+        sys.modules["bench_gpu"] = module  # dataclasses look their module up there
+        spec.loader.exec_module(module)
+    return sys.modules["bench_gpu"]
 
 
 def run_blocked(*args: str) -> subprocess.CompletedProcess:
@@ -68,9 +80,10 @@ def test_tiny_cpu_run_reports_every_row_and_passes_the_correctness_check(tokeniz
     assert list(report["models"]) == models
     # 1 question x 6 strategies x 3 contexts
     assert report["workload"]["requests"] == 18
-    settings = [(18, 2048, 256), (0, 8192, 1024)]
-    assert [(r["model"], r["block_rows"], r["max_batch_tokens"], r["max_logit_rows"], r["share_contexts"])
-            for r in report["rows"]] == [(m, *s, share) for m in models for s in settings for share in (True, False)]
+    settings = [(18, 2048, 256, None), (0, 8192, 1024, None), (0, 8192, 1024, 0.25)]
+    assert [(r["model"], r["block_rows"], r["max_batch_tokens"], r["max_logit_rows"], r["max_padding"],
+             r["share_contexts"]) for r in report["rows"]] == [
+        (m, *s, share) for m in models for s in settings for share in (True, False)]
     for r in report["rows"]:
         assert r["requests"] == 18 and r["scored_tokens"] == report["workload"]["scored_tokens"]
         assert r["padded_tokens"] >= r["computed_tokens"] > 0 and r["tflops"] > 0 and r["mfu"] is None
@@ -81,17 +94,15 @@ def test_tiny_cpu_run_reports_every_row_and_passes_the_correctness_check(tokeniz
     for name in models:
         check = report["parity"][name]
         assert check["pass"] and check["sensitive"] and check["requests"] == 18
-        assert check["shared"]["max_abs_logprob"] <= check["tol_abs_logprob"] == 1e-4
+        for variant in ("shared", "unshared", "shared_padding_cap", "unshared_padding_cap"):
+            assert check[variant]["max_abs_logprob"] <= check["tol_abs_logprob"] == 1e-4
         assert report["generation"][name]["generated_tokens"] > 0
     assert "PASS smollm2-135m" in done.stdout and "PASS llama3-8b" in done.stdout
 
 
 def test_flop_count_by_hand():
     """A 3-token context shared by continuations of 2 and 1 tokens, on a made-up shape."""
-    spec = importlib.util.spec_from_file_location("bench_gpu", ROOT / "benchmarks" / "bench_gpu.py")
-    bench = importlib.util.module_from_spec(spec)
-    sys.modules["bench_gpu"] = bench  # dataclasses look their module up there
-    spec.loader.exec_module(bench)
+    bench = _load_bench()
     Shape, computed_positions = bench.Shape, bench.computed_positions
 
     block = [EncodedRequest("a", [1, 2, 3], [4, 5]), EncodedRequest("b", [1, 2, 3], [6]),
@@ -102,3 +113,28 @@ def test_flop_count_by_hand():
     shape = Shape(layer_params=10, n_layers=2, heads=3, head_dim=5, d_model=7, vocab=11, total_params=0)
     # tokens 3 + 2 + 1 + 2 = 8; keys (1+2+3) + (4+5) + 4 + (1+2) = 22; scored continuation tokens 2 + 1 + 1 = 4
     assert shape.flops(shared, 4) == 2 * 10 * 8 + 4 * 2 * 3 * 5 * 22 + 2 * 7 * 11 * 4
+
+
+def test_padding_cap_runs_more_denser_batches_and_keeps_the_numbers(tokenizer_dir):
+    """HFEngine's max_padding on a tiny random-weight model: fewer padded positions, same log-probs."""
+    bench = _load_bench()
+    tokenizer = bench.load_tokenizer(str(tokenizer_dir))
+    requests = bench.workload(tokenizer, 1, 1)
+    model = bench.build_model("smollm2-135m", True, "cpu", torch.float32, tokenizer, seed=0)
+    engine = HFEngine.from_model(model, tokenizer, max_batch_tokens=32768, max_logit_rows=8192)
+    counter = bench.ForwardCounter(model)
+    for share in (True, False):
+        engine.share_contexts = share
+        results = {}
+        for cap in (None, 0.25, 0.0):
+            engine.max_padding = cap
+            counter.reset()
+            results[cap] = (engine.sequence_logprobs(requests), counter.positions, counter.calls)
+        (plain, plain_positions, plain_calls), (capped, positions, calls) = results[None], results[0.25]
+        assert positions < plain_positions and calls > plain_calls
+        for a, b in zip(capped, plain, strict=True):
+            assert a == pytest.approx(b, abs=1e-5)
+        exact, exact_positions, _ = results[0.0]  # no padding at all: only equal lengths share a batch
+        assert exact_positions == sum(n for _, n in bench.computed_positions(requests, share))
+        for a, b in zip(exact, plain, strict=True):
+            assert a == pytest.approx(b, abs=1e-5)
