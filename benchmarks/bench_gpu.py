@@ -40,8 +40,8 @@ chip's dense bf16 peak (table below, or --peak-tflops).
     PYTHONPATH=. python benchmarks/bench_gpu.py --tokenizer out/bench_tokenizer --repeat 3 --json $OUT/gpu.json
     PYTHONPATH=. python benchmarks/bench_gpu.py --device cpu --tiny --json /tmp/tiny.json   # CPU smoke run
 
-Imports only torch, transformers and sapray modules that need neither ray, vllm, pydantic, click
-nor yaml, so it runs on a bare GPU machine.
+Imports only torch, transformers and sapray modules that need none of ray, vllm, pydantic or click
+(nor yaml of their own), so it runs on a bare GPU machine with torch and transformers.
 """
 
 from __future__ import annotations
@@ -284,7 +284,7 @@ def measure(engine: HFEngine, shape: Shape, counter: ForwardCounter, requests: l
     engine.max_logit_rows = setting.max_logit_rows
     engine.max_padding = setting.max_padding
     calls = blocks(requests, setting.block_rows)
-    engine.sequence_logprobs(calls[0][: max(1, setting.block_rows or 18)])  # warm-up: kernels, allocator
+    engine.sequence_logprobs(calls[0][:18])  # warm-up: kernels, allocator
     reset_memory(engine.device)
     counter.reset()
     sync(engine.device)
