@@ -51,7 +51,7 @@ def _load_bench():
 def run_blocked(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-c", RUN_BENCH, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=900)
+                          text=True, timeout=1800)
 
 
 def test_the_blocked_packages_look_uninstalled():
@@ -82,7 +82,7 @@ def test_tiny_cpu_run_reports_every_row_and_passes_the_correctness_check(tokeniz
     assert list(report["models"]) == models
     # 1 question x 6 strategies x 3 contexts
     assert report["workload"]["requests"] == 18
-    settings = [(18, 2048, 256, None), (0, 8192, 1024, None), (0, 8192, 1024, 0.25)]
+    settings = [(18, 2048, 256, None), (0, 8192, 1024, 0.25)]
     assert [(r["model"], r["block_rows"], r["max_batch_tokens"], r["max_logit_rows"], r["max_padding"],
              r["share_contexts"]) for r in report["rows"]] == [
         (m, *s, share) for m in models for s in settings for share in (True, False)]
