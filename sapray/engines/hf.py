@@ -8,6 +8,10 @@ It is also the reference the vLLM engine is checked against. Two paths:
   with left padding every continuation ends at the last position, so only the last
   ``max continuation + 1`` positions go through the LM head (``logits_to_keep``), which keeps memory
   and time off the 49k-wide vocabulary projection.
+
+``max_padding`` (off by default) also closes a batch before its padding would exceed that share of
+the positions it runs: length buckets instead of one wide batch, for large budgets on GPUs, where
+padded positions cost as much as real ones (benchmarks/bench_gpu.py measures both).
 """
 
 from __future__ import annotations
@@ -39,30 +43,64 @@ class HFEngine:
         max_length: int | None = None,
         share_contexts: bool = True,
         adapter: str | None = None,
+        max_padding: float | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
-        self.device = device or default_device()
+        device = device or default_device()
         # CPUs here lack bf16 hardware: float32 there, bf16 on GPUs.
-        torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if self.device == "cuda" else torch.float32)
-        self.tokenizer = AutoTokenizer.from_pretrained(model_path)
+        torch_dtype = getattr(torch, dtype) if dtype else (torch.bfloat16 if device == "cuda" else torch.float32)
+        tokenizer = AutoTokenizer.from_pretrained(model_path)
         model = AutoModelForCausalLM.from_pretrained(model_path, dtype=torch_dtype)
         if adapter:  # a LoRA adapter (peft) on this base, merged for plain forward passes
             from peft import PeftModel
 
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
-        self.model = model.to(self.device).eval()
+        self._setup(model.to(device), tokenizer, device, max_batch_tokens, max_logit_rows, max_length, share_contexts,
+                    max_padding)
+
+    @classmethod
+    def from_model(
+        cls,
+        model: Any,
+        tokenizer: Any,
+        max_batch_tokens: int = 8192,
+        max_logit_rows: int = 1024,
+        max_length: int | None = None,
+        share_contexts: bool = True,
+        max_padding: float | None = None,
+    ) -> HFEngine:
+        """An engine around a model already in memory, on its device and in its dtype.
+
+        benchmarks/bench_gpu.py builds random-weight models from a config directly on the GPU this
+        way, so no weight files need to travel to the GPU machine.
+        """
+        engine = cls.__new__(cls)
+        engine._setup(model, tokenizer, str(model.device), max_batch_tokens, max_logit_rows, max_length,
+                      share_contexts, max_padding)
+        return engine
+
+    def _setup(self, model: Any, tokenizer: Any, device: str, max_batch_tokens: int, max_logit_rows: int,
+               max_length: int | None, share_contexts: bool, max_padding: float | None) -> None:
+        self.device = device
+        self.tokenizer = tokenizer
+        self.model = model.eval()
         self.max_length = min(max_length or DEFAULT_MAX_LENGTH,
                               int(getattr(self.model.config, "max_position_embeddings", DEFAULT_MAX_LENGTH)))
         self.max_batch_tokens = max_batch_tokens
         self.max_logit_rows = max_logit_rows
         self.share_contexts = share_contexts
+        self.max_padding = max_padding
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def _fits(self, rows: int, longest_sequence: int, longest_continuation: int) -> bool:
         """A batch stays under the padded-token budget and the logits budget (rows x vocabulary floats)."""
         return (rows * longest_sequence <= self.max_batch_tokens
                 and rows * (longest_continuation + 1) <= self.max_logit_rows)
+
+    def _dense_enough(self, rows: int, width: int, real_positions: int) -> bool:
+        """With ``max_padding`` set, padding stays under that share of the rows x width positions run."""
+        return self.max_padding is None or rows * width - real_positions <= self.max_padding * rows * width
 
     @torch.inference_mode()
     def sequence_logprobs(self, requests: Sequence[EncodedRequest]) -> list[list[float]]:
@@ -88,16 +126,21 @@ class HFEngine:
         n_ctx = context.shape[1]
         first = self.model(input_ids=context, past_key_values=DynamicCache(config=self.model.config),
                            use_cache=True, logits_to_keep=1)
-        first_logprobs = torch.log_softmax(first.logits[0, -1].float(), dim=-1)
+        # one device-to-host copy, not one synchronizing .item() per member
+        first_logprobs = torch.log_softmax(first.logits[0, -1].float(), dim=-1).cpu()
         members = sorted(members, key=lambda i: len(requests[i].continuation_ids), reverse=True)
         chunk: list[int] = []
+        real = 0  # continuation tokens in the chunk
         for i in [*members, None]:
             longest = len(requests[chunk[0]].continuation_ids) if chunk else 0
-            if chunk and (i is None or not self._fits(len(chunk) + 1, n_ctx + longest, longest)):
+            n = len(requests[i].continuation_ids) if i is not None else 0
+            if chunk and (i is None or not (self._fits(len(chunk) + 1, n_ctx + longest, longest)
+                                            and self._dense_enough(len(chunk) + 1, longest, real + n))):
                 self._score_continuations(requests, chunk, first.past_key_values, first_logprobs, n_ctx, out)
-                chunk = []
+                chunk, real = [], 0
             if i is not None:
                 chunk.append(i)
+                real += n
 
     def _score_continuations(self, requests, chunk, context_cache, first_logprobs, n_ctx, out) -> None:
         width = len(requests[chunk[0]].continuation_ids)  # chunk is sorted longest first
@@ -125,12 +168,16 @@ class HFEngine:
         lengths = {i: len(requests[i].input_ids) for i in indices}
         order = sorted(indices, key=lambda i: lengths[i], reverse=True)
         batches: list[list[int]] = []
+        real = 0  # tokens in the last batch
         for i in order:  # longest first, so a batch's first row is its widest
             if batches and self._fits(len(batches[-1]) + 1, lengths[batches[-1][0]],
-                                      max(len(requests[j].continuation_ids) for j in [*batches[-1], i])):
+                                      max(len(requests[j].continuation_ids) for j in [*batches[-1], i])) \
+                    and self._dense_enough(len(batches[-1]) + 1, lengths[batches[-1][0]], real + lengths[i]):
                 batches[-1].append(i)
+                real += lengths[i]
             else:
                 batches.append([i])
+                real = lengths[i]
         for batch in batches:
             width = max(lengths[i] for i in batch)
             keep = max(len(requests[i].continuation_ids) for i in batch) + 1
