@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sapray.engines import EngineName, SamplingConfig
+from sapray.errors import ConfigError
 
 
 class Strict(BaseModel):
@@ -226,10 +227,6 @@ class SelectConfig(Strict):
         if len(names) != len(set(names)):
             raise ValueError(f"strategy names must be unique: {names}")
         return self
-
-
-class ConfigError(ValueError):
-    pass
 
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:

@@ -1,0 +1,6 @@
+"""Errors about the user's input that the CLI shows as one message (no heavy imports: GPU machines
+without pydantic load the engines, which name models through sapray.models)."""
+
+
+class ConfigError(ValueError):
+    """A config, flag or model name that cannot be used; the message names what is wrong."""
