@@ -306,7 +306,8 @@ def test_real_report_in_headless_chromium(real_run, tmp_path):
     for name in selection["ranking"]:
         assert name in seen["ranking"]
         assert name in seen["figure_text"][0]  # the ranking figure labels every strategy as text
-    assert len(seen["figure_sizes"]) == 5  # ranking, win rates, running estimate, per-question SAP, cost
+    # ranking, win rates, running estimate, the race's intervals, per-question SAP, cost
+    assert len(seen["figure_sizes"]) == 6
     assert all(box and box["width"] > 200 and box["height"] > 100 for box in seen["figure_sizes"])
     assert seen["title"] == f"sapray selection: {selection['model']}"
 
