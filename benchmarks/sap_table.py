@@ -1,7 +1,7 @@
 """Per-question SAP of all 1,319 GSM8K test questions x 6 real strategies, for the race replay.
 
 Runs sapray's own selection once, with the fixed design over every question, SAP only, the hf
-engine and the demo's exemplar mining, and keeps the small per-question table that
+engine and the demo's shipped, checked-correct exemplars, and keeps the small per-question table that
 ``benchmarks/bench_race.py`` replays without a model:
 
     PYTHONPATH=. .venv/bin/python benchmarks/sap_table.py --data ../shared/data/gsm8k \
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--data", default="../shared/data/gsm8k", help="openai/grade-school-math files")
     parser.add_argument("--out", default="benchmarks/data/gsm8k_sap_smollm2.parquet")
     parser.add_argument("--parts", default="benchmarks/data/gsm8k_sap_smollm2_parts",
-                        help="finished chunks and the exemplars they used (small; kept, so a rerun resumes)")
+                        help="finished chunks (small; kept, so a rerun resumes)")
     parser.add_argument("--work", default="runs/sap_table", help="each chunk's full selection outputs")
     parser.add_argument("--chunk", type=int, default=100, help="questions per resumable chunk")
     parser.add_argument("--actors", type=int, default=2)
@@ -43,8 +43,7 @@ def main() -> None:
     work, parts_dir = Path(args.work), Path(args.parts)
     work.mkdir(parents=True, exist_ok=True)
     parts_dir.mkdir(parents=True, exist_ok=True)
-    exemplars = parts_dir / "exemplars.jsonl"
-    pool = resources.files("sapray") / "data" / "gsm8k" / "pool.jsonl"
+    exemplars = resources.files("sapray") / "data" / "gsm8k" / "exemplars_smollm2.jsonl"
     started = time.monotonic()
     for start in range(0, len(questions), args.chunk):
         part = parts_dir / f"part-{start // args.chunk:03d}.parquet"
@@ -56,20 +55,16 @@ def main() -> None:
         folder.mkdir(exist_ok=True)
         for name, rows in (("questions", chunk), ("candidates", [c for c in candidates if c["question_id"] in keep])):
             (folder / f"{name}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-        # the first chunk mines the demo's exemplars (same pool, size and token limit); the rest reuse them
-        mining = ({"file": str(exemplars), "n": 3} if exemplars.exists()
-                  else {"pool": str(pool), "pool_size": 32, "max_tokens": 192, "n": 3})
         cfg = load_config({
             "model": "smollm2", "engine": "hf", "metrics": ["sap"],
             "data": {"questions": str(folder / "questions.jsonl"), "candidates": str(folder / "candidates.jsonl")},
             "sample": {"stop": "fixed", "max_questions": len(chunk), "round_size": len(chunk), "seed": 0},
-            "exemplars": mining, "ray": {"actors": args.actors, "batch_size": 18}, "bootstrap": 0,
+            "exemplars": {"file": str(exemplars), "n": 3},
+            "ray": {"actors": args.actors, "batch_size": 18}, "bootstrap": 0,
             "output": str(folder / "select"),
         })
         result = run_select(cfg)
         write_outputs(cfg.output, result, cfg.model_dump())
-        if not exemplars.exists():
-            exemplars.write_text("".join(json.dumps(e.to_dict()) + "\n" for e in result.exemplars))
         columns = ("question_id", "strategy", "sap", "length", "context_tokens_sap", "scored_tokens", "exemplar_ids")
         pq.write_table(pa.Table.from_pylist([{k: s[k] for k in columns} for s in result.scores]), part)
         print(f"chunk {start // args.chunk}: {len(result.scores)} scores in {result.timings['total_s']:.0f} s "

@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import functools
-import logging
 import sys
 from importlib import resources
+from pathlib import Path
 
 import click
+import yaml
 
-from sapray.config import ConfigError, SelectConfig, load_config, load_config_file
+from sapray.config import ConfigError, SelectConfig, load_config, load_config_file, read_yaml
+from sapray.console import console, session
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -31,36 +33,33 @@ def friendly(command):
     return wrapper
 
 
-def _setup_logging(verbose: bool) -> None:
-    logging.basicConfig(level=logging.INFO if not verbose else logging.DEBUG,
-                        format="%(asctime)s %(name)s: %(message)s", datefmt="%H:%M:%S")
-    for noisy in ("transformers", "vllm", "ray", "filelock", "urllib3"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
-
-
-def _execute(cfg: SelectConfig) -> None:
+def _execute(cfg: SelectConfig, verbose: bool) -> None:
     from sapray.report import render_table, write_outputs
     from sapray.select import run_select
 
-    result = run_select(cfg, on_round=lambda line: click.echo(line, err=True))
-    paths = write_outputs(cfg.output, result, cfg.model_dump())
-    click.echo(render_table(result.summary))
+    with session(cfg.output, verbose):
+        result = run_select(cfg, on_round=console.say)
+        paths = write_outputs(cfg.output, result, cfg.model_dump())
     counts = result.counts
-    click.echo(f"\nrows: {counts['candidate_rows_in']} in = {counts['scored']} scored + {counts['rejected']} "
-               f"rejected + {counts['not_sampled']} not sampled; budget: {result.summary['budget']}")
+    lines = [render_table(result.summary), "",
+             f"rows: {counts['candidate_rows_in']} in = {counts['scored']} scored + {counts['rejected']} rejected + "
+             f"{counts['not_sampled']} not sampled; budget: {result.summary['budget']}"]
     ex = result.summary["exemplars"]
     if ex.get("filled_unchecked"):
-        click.echo(f"exemplars: {ex['correct']} correct of {ex['pool_questions']} pool answers "
-                   f"({ex.get('truncated', 0)} cut off at exemplars.max_tokens); {ex['filled_unchecked']} "
-                   "unchecked answers filled in (shortfall policy 'unchecked')")
-    click.echo(f"timings: {result.timings}")
-    click.echo(f"wrote {paths['selection.json']} and {len(paths) - 1} more files in {cfg.output}")
+        lines.append(f"exemplars: {ex['correct']} correct of {ex['pool_questions']} pool answers "
+                     f"({ex.get('truncated', 0)} cut off at exemplars.max_tokens); {ex['filled_unchecked']} "
+                     "unchecked answers filled in (shortfall policy 'unchecked')")
+    t = result.timings
+    lines.append(f"time: {t['total_s']:.0f} s ({t['mining_s']:.0f} s mining, {t['scoring_s']:.0f} s scoring"
+                 + (f", {t['sample_generation_s']:.0f} s sample generation" if t["sample_generation_s"] else "")
+                 + f"); wrote {paths['report.html']}, selection.json and {len(paths) - 2} more files")
+    console.result("\n".join(lines))
 
 
 def _overrides(set_items: tuple[str, ...], **flags) -> list[str]:
     names = {"engine": "engine", "output": "output", "max_questions": "sample.max_questions",
              "max_tokens": "sample.max_tokens", "seed": "sample.seed", "actors": "ray.actors",
-             "layout": "layout", "model": "model"}
+             "layout": "layout", "model": "model", "revision": "revision"}
     return [*set_items, *(f"{names[k]}={v}" for k, v in flags.items() if v is not None)]
 
 
@@ -68,7 +67,8 @@ def common_flags(f):
     for option in reversed([
         click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE", help="override a config key"),
         click.option("--engine", type=click.Choice(["hf", "vllm"]), help="scoring engine"),
-        click.option("--model", help="target: 'smollm2' (embedded) or a local HF model directory"),
+        click.option("--model", help="target: 'smollm2' (embedded), a local HF model directory or a Hub id"),
+        click.option("--revision", help="with a Hub id: branch, tag or commit hash"),
         click.option("--layout", type=click.Choice(["chat", "paper"])),
         click.option("--output", help="output folder or URI"),
         click.option("--max-questions", type=int, help="questions per strategy"),
@@ -86,14 +86,71 @@ def main() -> None:
     """sapray: pick the response strategy your model finds most familiar (self-aligned perplexity)."""
 
 
+def _absolute(path: str) -> str:
+    return path if "://" in path else str(Path(path).resolve())
+
+
+def data_flags(raw: dict, candidates: tuple[str, ...], questions: str | None, exemplars: str | None,
+               pool: str | None) -> dict:
+    """Put select's data flags into a config mapping (paths made absolute, so a printed config works
+    from anywhere). ``--candidates NAME=PATH`` is one strategy's file; a bare PATH is a long table."""
+    data = raw.setdefault("data", {})
+    long_tables = []
+    for arg in candidates:
+        name, sep, path = arg.partition("=")
+        if sep and name.strip() and "/" not in name:
+            data.setdefault("candidates_by_strategy", {})[name.strip()] = _absolute(path)
+        else:
+            long_tables.append(arg)
+    if len(long_tables) > 1:
+        raise click.UsageError(f"--candidates {long_tables}: one long table only (else name each file: NAME=PATH)")
+    if long_tables:
+        data["candidates"] = _absolute(long_tables[0])
+    if questions:
+        data["questions"] = _absolute(questions)
+    if exemplars or pool:
+        section = raw.setdefault("exemplars", {})
+        section.pop("file", None)
+        section.pop("pool", None)
+        section["file" if exemplars else "pool"] = _absolute(exemplars or pool)
+    return raw
+
+
 @main.command()
-@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="YAML config; without one, the flags below make the config (every other key at its default)")
+@click.option("--candidates", "candidate_args", multiple=True, metavar="[NAME=]PATH",
+              help="one strategy's responses (NAME=PATH; columns question_id, response, or chat 'messages'), or a "
+              "long table with a strategy column (PATH); repeatable")
+@click.option("--questions", help="question_id, question[, gold]; default: the questions the candidate files hold")
+@click.option("--exemplars", "exemplar_file", help="the target's own answers to use as exemplars (JSONL with text)")
+@click.option("--pool", help="questions with gold answers to mine exemplars from (default: the compared questions)")
+@click.option("--print-config", is_flag=True, help="print the full resolved config as YAML and stop")
 @common_flags
 @friendly
-def select(config_path: str, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
-    """Score every strategy's responses on a cost-bounded sample and name the most familiar."""
-    _setup_logging(verbose)
-    _execute(_load(config_path, set_items, **flags))
+def select(config_path: str | None, candidate_args: tuple[str, ...], questions: str | None,
+           exemplar_file: str | None, pool: str | None, print_config: bool, set_items: tuple[str, ...],
+           verbose: bool, **flags) -> None:
+    """Score every strategy's responses on a cost-bounded sample and name the most familiar.
+
+    \b
+    sapray select --model Qwen/Qwen2.5-0.5B-Instruct --candidates gpt4o=gpt4o.jsonl --candidates claude=claude.jsonl
+    sapray select --config select.yaml
+    """
+    if not config_path and not candidate_args:
+        raise click.UsageError("give --config, or --candidates NAME=PATH (once per strategy)")
+    if exemplar_file and pool:
+        raise click.UsageError("give --exemplars or --pool, not both")
+    raw = read_yaml(config_path) if config_path else {}
+    data_flags(raw, candidate_args, questions, exemplar_file, pool)
+    try:
+        cfg = load_config(raw, _overrides(set_items, **flags))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+    if print_config:
+        click.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True), nl=False)
+        return
+    _execute(cfg, verbose)
 
 
 def demo_config() -> dict:
@@ -118,12 +175,11 @@ def demo_config() -> dict:
 @friendly
 def demo(set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     """Select among GSM8K's six real strategies for the embedded SmolLM2-135M-Instruct."""
-    _setup_logging(verbose)
     try:
         cfg = load_config(demo_config(), _overrides(set_items, **flags))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    _execute(cfg)
+    _execute(cfg, verbose)
 
 
 def _load(config_path: str, set_items, **flags) -> SelectConfig:
@@ -140,7 +196,7 @@ def _tokens_and_money(cost: dict) -> str:
 
 def _show_generation(metadata: dict) -> None:
     this_run = metadata["cost_this_run"]
-    click.echo(f"training set: {metadata['rows']} rows for {metadata['questions_done']} of {metadata['questions']} "
+    console.result(f"training set: {metadata['rows']} rows for {metadata['questions_done']} of {metadata['questions']} "
                f"questions ({metadata['rejected']} rejected, {metadata['rows_truncated']} kept rows cut off at "
                f"max_tokens) with {metadata['strategy']}; this run: "
                f"{_tokens_and_money(this_run)}, {this_run['wall_s']:.1f} s; all runs: "
@@ -156,9 +212,10 @@ def generate(config_path: str, strategy: str, set_items: tuple[str, ...], verbos
     """Generate the full training set with one strategy (resumable: rerun the same command)."""
     from sapray.run_job import run_generate
 
-    _setup_logging(verbose)
     cfg = _load(config_path, set_items, **flags)
-    _show_generation(run_generate(cfg, strategy))
+    with session(cfg.generate.output, verbose):
+        metadata = run_generate(cfg, strategy)
+    _show_generation(metadata)
 
 
 @main.command()
@@ -170,12 +227,13 @@ def run(config_path: str, set_items: tuple[str, ...], verbose: bool, **flags) ->
     from sapray.report import render_table
     from sapray.run_job import run_all
 
-    _setup_logging(verbose)
     cfg = _load(config_path, set_items, **flags)
-    summary, costs, metadata = run_all(cfg, on_round=lambda line: click.echo(line, err=True))
-    click.echo(render_table(summary))
+    with session(cfg.output, verbose):
+        summary, costs, metadata = run_all(cfg, on_round=console.say)
+    console.result(render_table(summary))
     for name, c in costs.items():
-        click.echo(f"sample generation {name}: {_tokens_and_money(c)}, {c['wall_s']:.1f} s, {c['rejected']} rejected")
+        console.result(f"sample generation {name}: {_tokens_and_money(c)}, {c['wall_s']:.1f} s, "
+                       f"{c['rejected']} rejected")
     _show_generation(metadata)
 
 
@@ -195,19 +253,19 @@ def filter_command(config_path: str, method: str | None, set_items: tuple[str, .
     from sapray.filter_job import load_filter_config, run_filter
     from sapray.report import write_filter_outputs
 
-    _setup_logging(verbose)
     overrides = [*set_items, *([f"method={method}"] if method else []), *([f"output={output}"] if output else [])]
     try:
         cfg = load_filter_config(read_yaml(config_path), overrides)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    result = run_filter(cfg)
-    paths = write_filter_outputs(cfg.output, result)
+    with session(cfg.output, verbose):
+        result = run_filter(cfg)
+        paths = write_filter_outputs(cfg.output, result)
     c = result.summary["counts"]
-    click.echo(f"{cfg.method}: {c['rows_in']} in = {c['kept']} kept + {c['dropped']} dropped "
+    console.result(f"{cfg.method}: {c['rows_in']} in = {c['kept']} kept + {c['dropped']} dropped "
                f"+ {c['rejected']} rejected")
-    click.echo(json.dumps(result.summary.get("distributions", {}), indent=2))
-    click.echo(f"wrote {paths['kept.jsonl']} and {len(paths) - 1} more files")
+    console.result(json.dumps(result.summary.get("distributions", {}), indent=2))
+    console.result(f"wrote {paths['kept.jsonl']} and {len(paths) - 1} more files")
 
 
 
@@ -305,22 +363,22 @@ def mine_command(set_items: tuple[str, ...], verbose: bool, batch_size: int, exc
     from sapray.config import validate
     from sapray.mining import MineConfig, run_mine, write_mined
 
-    _setup_logging(verbose)
     raw = {**{k: v for k, v in options.items() if v is not None}, "exclude": list(exclude),
            "ray": {"batch_size": batch_size}}
     try:
         cfg = validate(MineConfig, raw, list(set_items))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    result = run_mine(cfg)
-    path, sidecar = write_mined(cfg.output, result)
+    with session(cfg.output.rpartition("/")[0] or ".", verbose):
+        result = run_mine(cfg)
+        path, sidecar = write_mined(cfg.output, result)
     p = result.provenance
     rate = f"{p['hit_rate']:.1%}" if p["hit_rate"] is not None else "-"
-    click.echo(f"{p['correct']} correct of {p['questions_answered']} questions answered (hit rate {rate}; "
+    console.result(f"{p['correct']} correct of {p['questions_answered']} questions answered (hit rate {rate}; "
                f"{p['wrong']} wrong, {p['unparsable']} unparsable, {p['truncated']} cut off at {cfg.max_tokens} "
                f"tokens) in {p['wall_s']} s with {cfg.engine}; {p['exemplars']} exemplars"
                + (f" ({p['filled_unchecked']} unchecked)" if p["filled_unchecked"] else ""))
-    click.echo(f"wrote {path} and {sidecar}")
+    console.result(f"wrote {path} and {sidecar}")
 
 
 if __name__ == "__main__":

@@ -32,10 +32,12 @@ class Columns(Strict):
     strategy: str = "strategy"
     response: str = "response"
     reward: str = "reward"  # optional: a numeric reward per candidate enables mean reward and CAR
+    messages: str = "messages"  # a candidate in chat form: the first user turn and the last assistant turn
 
 
 class DataConfig(Strict):
-    questions: str
+    questions: str | None = Field(None, description="question_id, question[, gold]; None: the questions are the "
+                                  "candidate files' own (chat messages or a question column)")
     candidates: str | None = Field(None, description="one long table: question_id, strategy, response")
     candidates_by_strategy: dict[str, str] | None = Field(None, description="strategy name -> file")
     columns: Columns = Columns()
@@ -79,7 +81,9 @@ MetricName = Literal["sap", "ppl", "ifd"]
 class ExemplarConfig(Strict):
     n: int = Field(3, ge=1)
     file: str | None = Field(None, description="exemplars you supply (JSONL with 'text'), instead of mining")
-    pool: str | None = Field(None, description="questions with gold answers the target answers to mine exemplars")
+    pool: str | None = Field(None, description="questions with gold answers the target answers to mine exemplars; "
+                             "with neither file nor pool, the questions being compared (each question's context "
+                             "then leaves out the target's answer to that same question)")
     pool_size: int = Field(64, ge=1)
     checker: Literal["gsm8k", "choice", "exact", "regex", "none"] = "gsm8k"
     regex: str | None = None
@@ -89,8 +93,8 @@ class ExemplarConfig(Strict):
 
     @model_validator(mode="after")
     def has_source(self) -> ExemplarConfig:
-        if self.file is None and self.pool is None:
-            raise ValueError("give exemplars.file or exemplars.pool")
+        if self.file is not None and self.pool is not None:
+            raise ValueError("give exemplars.file or exemplars.pool, not both")
         if self.checker == "regex" and not self.regex:
             raise ValueError("exemplars.checker 'regex' needs exemplars.regex")
         return self
@@ -209,7 +213,7 @@ class SelectConfig(Strict):
     overlong: Literal["reject", "truncate"] = "reject"
     data: DataConfig
     sample: SampleConfig = SampleConfig()
-    exemplars: ExemplarConfig
+    exemplars: ExemplarConfig = ExemplarConfig()
     ray: RayConfig = RayConfig()
     bootstrap: int = Field(1000, ge=0, description="resamples for the 95% confidence intervals")
     output: str = "runs/select"
@@ -221,6 +225,8 @@ class SelectConfig(Strict):
     def some_candidates(self) -> SelectConfig:
         if not self.data.candidate_sources() and not self.strategies:
             raise ValueError("give data.candidates, data.candidates_by_strategy or strategies with teachers")
+        if not self.data.questions and not self.data.candidate_sources():
+            raise ValueError("give data.questions: teachers need questions to answer")
         if "sap" not in self.metrics:
             raise ValueError("metrics must include 'sap': it ranks the strategies")
         names = [s.name for s in self.strategies]

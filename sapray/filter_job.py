@@ -130,7 +130,7 @@ def _score(cfg: FilterConfig, model: str, revision: str | None, requests: list[d
     kwargs = {"engine": cfg.engine, "model": model, "revision": locate(model, revision).commit,
               "engine_args": {**cfg.engine_args, **(engine_args or {})},
               "boundary": "joint", "overlong": cfg.overlong}
-    return {row["request_id"]: row for row in map_with_actors(rows, ScoreActor, kwargs, cfg.ray)}
+    return {row["request_id"]: row for row in map_with_actors(rows, ScoreActor, kwargs, cfg.ray, what="scoring")}
 
 
 def _nll(result: dict) -> float:
@@ -279,7 +279,8 @@ def run_consistency(cfg: FilterConfig, questions: dict[str, dict]) -> tuple[list
     rows_in = [{"row_id": q, "prompt_ids": p} for q, p in zip(ids, prompts, strict=True)]
     generated = {r["row_id"]: r for r in map_with_actors(
         rows_in, GenerateActor, {"engine": cfg.engine, "model": cfg.model, "revision": resolved.commit,
-                                 "engine_args": cfg.engine_args, "sampling": sampling.__dict__}, cfg.ray)}
+                                 "engine_args": cfg.engine_args, "sampling": sampling.__dict__}, cfg.ray,
+        what="sampling answers")}
     checker = make_checker(cc.checker, cc.regex)
     rows, no_answer = [], 0
     for qid in ids:

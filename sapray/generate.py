@@ -24,10 +24,20 @@ import pyarrow.parquet as pq
 
 from sapray.actors import GenerateActor
 from sapray.answers import make_checker
-from sapray.config import ConfigError, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
+from sapray.config import Columns, ConfigError, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
+from sapray.console import console
 from sapray.models import locate
 from sapray.raydata import map_with_actors
-from sapray.read import MISSING, InputError, Reject, child, filesystem, iter_records, read_text, text_problem
+from sapray.read import (
+    InputError,
+    Reject,
+    candidate_record,
+    child,
+    filesystem,
+    iter_records,
+    read_text,
+    text_index,
+)
 
 log = logging.getLogger(__name__)
 
@@ -67,41 +77,49 @@ def _money(teacher: TeacherConfig, prompt_tokens: int, completion_tokens: int) -
             + completion_tokens * (teacher.price_per_million_completion or 0.0)) / 1e6
 
 
+def _file_answers(teacher: TeacherConfig, questions: list[dict]) -> Iterator[dict]:
+    """A file teacher's responses per question, from rows in column or chat form, joined by question_id
+    or, without one, by exact question text."""
+    by_text = text_index({q["question_id"]: q for q in questions})
+    answers: dict[str, list[str]] = {}
+    unusable: dict[str, str] = {}  # question id -> why its row in the file cannot be used
+    unreadable: list[str] = []  # rows without a question to report them under
+    present: set[str] = set()
+    for source, row in iter_records(teacher.path):
+        record = row if isinstance(row, str) else candidate_record(row, Columns(), str(row.get("strategy")))
+        qid = row.get("question_id") if isinstance(row, dict) else None
+        if isinstance(record, dict):
+            present.add(record["strategy"])
+            if teacher.strategy not in (None, record["strategy"]):
+                continue
+            matches = [record["question_id"]] if record["question_id"] else by_text.get(record["question"].strip())
+            if len(matches or []) != 1:
+                unreadable.append(f"{source}: question text matches {len(matches or [])} questions")
+                continue
+            answers.setdefault(matches[0], []).append(record["response"])
+        elif qid is not None:
+            unusable.setdefault(str(qid), f"{source}: {record}")
+        else:
+            unreadable.append(f"{source}: {record}")
+    if unreadable:
+        log.warning("%d row(s) of %s cannot be used (the first: %s); a question that loses its response "
+                    "to one is rejected", len(unreadable), teacher.path, unreadable[0])
+    if not answers:  # a misspelt strategy would otherwise reject every question one by one
+        raise InputError(f"{teacher.path} has no responses for strategy {teacher.strategy!r} "
+                         f"(it has {sorted(present)})")
+    for q in questions:
+        texts = answers.get(q["question_id"], [])
+        why = f"; its row {unusable[q['question_id']]}" if q["question_id"] in unusable else ""
+        yield {"row_id": q["question_id"], "texts": texts, "finish_reasons": [None] * len(texts),
+               "prompt_tokens": 0, "completion_tokens": 0,
+               "error": "" if texts else f"no response in {teacher.path}{why}"}
+
+
 def _stream(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig) -> Iterator[dict]:
     """Teacher outputs per question: row_id, texts, prompt_tokens, completion_tokens, error."""
     teacher, sampling = strategy.teacher, strategy.sampling()
     if teacher.kind == "file":
-        answers: dict[str, list[str]] = {}
-        unusable: dict[str, str] = {}  # question id -> why its row in the file cannot be used
-        unreadable: list[str] = []  # rows without even a question id to report them under
-        present: set[str] = set()
-        for source, row in iter_records(teacher.path):
-            if isinstance(row, str):
-                unreadable.append(f"{source}: {row}")
-                continue
-            response = row.get("response", MISSING)
-            problem = text_problem(response, "column 'response'") or (None if response.strip() else "empty response")
-            if problem is None:
-                present.add(str(row.get("strategy")))
-            if teacher.strategy not in (None, row.get("strategy")):
-                continue
-            qid = str(row.get("question_id"))
-            if problem:
-                unusable.setdefault(qid, f"{source}: {problem}")
-            else:
-                answers.setdefault(qid, []).append(response)
-        if unreadable:
-            log.warning("%d row(s) of %s cannot be read (the first: %s); a question that loses its response "
-                        "to one is rejected", len(unreadable), teacher.path, unreadable[0])
-        if not answers:  # a misspelt strategy would otherwise reject every question one by one
-            raise InputError(f"{teacher.path} has no responses for strategy {teacher.strategy!r} "
-                             f"(it has {sorted(present)})")
-        for q in questions:
-            texts = answers.get(q["question_id"], [])
-            why = f"; its row {unusable[q['question_id']]}" if q["question_id"] in unusable else ""
-            yield {"row_id": q["question_id"], "texts": texts, "finish_reasons": [None] * len(texts),
-                   "prompt_tokens": 0, "completion_tokens": 0,
-                   "error": "" if texts else f"no response in {teacher.path}{why}"}
+        yield from _file_answers(teacher, questions)
         return
     if teacher.kind == "openai":
         from sapray.teachers import ApiTeacherActor, Secret
@@ -118,7 +136,8 @@ def _stream(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig)
             "base_url": teacher.base_url, "model": teacher.model, "api_key": key,
             "sampling": sampling.__dict__, "max_concurrency": teacher.max_concurrency,
             "timeout_s": teacher.timeout_s, "max_retries": teacher.max_retries,
-            "requests_per_second": teacher.requests_per_second}, api_ray)
+            "requests_per_second": teacher.requests_per_second}, api_ray,
+            what=f"{strategy.name}: asking {teacher.model}")
         return
     from transformers import AutoTokenizer
 
@@ -131,7 +150,8 @@ def _stream(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig)
                      "prompt_ids": tokenizer(text, add_special_tokens=False)["input_ids"]})
     yield from map_with_actors(rows, GenerateActor, {
         "engine": teacher.kind, "model": teacher.model, "revision": resolved.commit,
-        "engine_args": teacher.engine_args, "sampling": sampling.__dict__}, ray_cfg)
+        "engine_args": teacher.engine_args, "sampling": sampling.__dict__}, ray_cfg,
+        what=f"{strategy.name}: generating")
 
 
 def generate(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig,
@@ -243,8 +263,8 @@ def run_full_generation(strategy: StrategyConfig, questions: list[dict], ray_cfg
     done = {e["question_id"] for e in entries}
     claim_output(gen.output, strategy, resuming=bool(done))
     todo = [q for q in questions if q["question_id"] not in done]
-    log.info("full-scale generation with %s: %d questions, %d already done, %d to go",
-             strategy.name, len(questions), len(done), len(todo))
+    console.say(f"full-scale generation with {strategy.name}: {len(questions)} questions, {len(done)} already "
+                f"done, {len(todo)} to go")
     cost, pending, finished = Cost(), [], len(done)
     for rows, rejects, c in generate(strategy, todo, ray_cfg, gen):
         cost.add(c)

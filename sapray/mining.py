@@ -72,7 +72,7 @@ def greedy_answers(pool: Sequence[dict], tokenizer, engine: str, model: str, rev
     sampling = SamplingConfig(temperature=0.0, max_tokens=max_tokens)
     return iter(map_with_actors(rows, GenerateActor, {
         "engine": engine, "model": model, "revision": revision, "engine_args": engine_args,
-        "sampling": sampling.__dict__}, ray_cfg))
+        "sampling": sampling.__dict__}, ray_cfg, what="mining: answering"))
 
 
 def mine_until(

@@ -15,6 +15,7 @@ from typing import Any
 import pyarrow as pa
 
 from sapray.config import RayConfig
+from sapray.console import console
 
 log = logging.getLogger(__name__)
 
@@ -70,8 +71,9 @@ def map_with_actors(
     actor_cls: type,
     actor_kwargs: dict[str, Any],
     cfg: RayConfig,
+    what: str | None = None,
 ) -> Iterator[dict]:
-    """Stream the actor pool's output rows, in input order."""
+    """Stream the actor pool's output rows, in input order, showing progress as ``what``."""
     import ray
 
     from sapray.placement import cluster_view, plan
@@ -80,7 +82,7 @@ def map_with_actors(
         return iter(())
     # Placement first: a config the cluster cannot hold fails here, before any actor starts.
     where = plan(actor_kwargs.get("engine", "hf"), actor_kwargs.get("engine_args") or {}, cfg, *cluster_view())
-    log.info("%s: %s", actor_cls.__name__, where.describe())
+    log.debug("%s: %s", actor_cls.__name__, where.describe())
     if "engine_args" in actor_kwargs:
         actor_kwargs = {**actor_kwargs, "engine_args": where.engine_args}
     ds = ray.data.from_arrow(blocks(rows, cfg.batch_size))
@@ -92,4 +94,4 @@ def map_with_actors(
         num_cpus=where.num_cpus,
         num_gpus=where.num_gpus or None,
     )
-    return mapped.iter_rows()
+    return console.progress(mapped.iter_rows(), len(rows), what or actor_cls.__name__)

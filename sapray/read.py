@@ -21,6 +21,7 @@ unreadable, a required column is absent, or no row of it is usable.
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import math
@@ -339,8 +340,9 @@ def _string_fields(row: dict, fields: dict[str, str]) -> tuple[dict[str, str], s
 COLUMN_EVIDENCE_ROWS = 1000
 
 
-def checked_records(uri: str, needed: list[str]) -> Iterator[tuple[str, dict | str]]:
-    """``iter_records``, failing with InputError when a required column is in none of the file's rows."""
+def checked_records(uri: str, needed: list[str], *alternatives: list[str]) -> Iterator[tuple[str, dict | str]]:
+    """``iter_records``, failing with InputError when no required column set (``needed`` or one of the
+    ``alternatives``) is wholly among the columns of the file's rows."""
     present: set[str] = set()
     objects = 0
     for source, row in iter_records(uri):
@@ -348,16 +350,18 @@ def checked_records(uri: str, needed: list[str]) -> Iterator[tuple[str, dict | s
             objects += 1
             present.update(row)
             if objects == COLUMN_EVIDENCE_ROWS:
-                _require_columns(uri, present, needed)
+                _require_columns(uri, present, [needed, *alternatives])
         yield source, row
     if objects:
-        _require_columns(uri, present, needed)
+        _require_columns(uri, present, [needed, *alternatives])
 
 
-def _require_columns(uri: str, present: set[str], needed: list[str]) -> None:
-    missing = [c for c in needed if c not in present]
-    if missing:
-        raise InputError(f"{uri}: missing required column(s) {missing}; present: {sorted(present)}")
+def _require_columns(uri: str, present: set[str], choices: list[list[str]]) -> None:
+    if any(all(c in present for c in needed) for needed in choices):
+        return
+    missing = [c for c in choices[0] if c not in present]
+    also = "".join(f", or else {needed}" for needed in choices[1:])
+    raise InputError(f"{uri}: missing required column(s) {missing}{also}; present: {sorted(present)}")
 
 
 def nothing_usable(what: str, uris: Iterable[str], rejects: list[Reject]) -> InputError:
@@ -393,35 +397,162 @@ def read_questions(uri: str, columns: Columns, need_gold: bool) -> tuple[dict[st
     return questions, rejects
 
 
+def chat_pair(messages: object, column: str = "messages") -> tuple[str, str] | str:
+    """(question, response) of a chat ``messages`` list as TRL and LLaMA-Factory write SFT data: the first
+    user turn and the last assistant turn after it; else why the row cannot be used."""
+    if not isinstance(messages, list):
+        return f"column {column!r} is {'null' if messages is None else type(messages).__name__}, not a list of turns"
+    turns = []
+    for i, turn in enumerate(messages):
+        if not isinstance(turn, dict) or not isinstance(turn.get("role"), str):
+            return f"{column}[{i}] is not a turn with a role"
+        content = turn.get("content", MISSING)
+        if isinstance(content, list):  # OpenAI-style content parts: the text parts, joined
+            texts = [part.get("text") for part in content if isinstance(part, dict) and part.get("type") == "text"]
+            content = "".join(texts) if texts and all(isinstance(t, str) for t in texts) else content
+        turns.append((turn["role"], content))
+    user = next((i for i, (role, _) in enumerate(turns) if role == "user"), None)
+    if user is None:
+        return f"no user turn in {column!r}"
+    assistant = max((i for i, (role, _) in enumerate(turns) if role == "assistant" and i > user), default=None)
+    if assistant is None:
+        return f"no assistant turn after the first user turn in {column!r}"
+    question, response = turns[user][1], turns[assistant][1]
+    problem = (text_problem(question, f"the first user turn of {column!r}")
+               or text_problem(response, f"the last assistant turn of {column!r}"))
+    return problem or (question, response)
+
+
+def candidate_record(row: dict, columns: Columns, strategy: str | None) -> dict | str:
+    """One candidate row, in column form (question_id or question, response[, strategy]) or chat form
+    (``messages``[, question_id][, strategy]): {question_id (None: join by text), question, response,
+    strategy}; else why it cannot be used."""
+    if columns.messages in row:
+        pair = chat_pair(row[columns.messages], columns.messages)
+        if isinstance(pair, str):
+            return pair
+        question, response = pair
+    else:
+        response = row.get(columns.response, MISSING)
+        problem = text_problem(response, f"column {columns.response!r}")
+        if problem:
+            return problem
+        question = row.get(columns.question)
+        question = question if text_problem(question, "") is None else None  # optional: only to join by
+    qid = _number_as_text(row.get(columns.question_id))
+    if qid is not None and (problem := text_problem(qid, f"column {columns.question_id!r}")):
+        return problem
+    if qid is None and not (question or "").strip():
+        return f"no column {columns.question_id!r} and no question text to join by"
+    if strategy is None:
+        strategy = row.get(columns.strategy, MISSING)
+        if problem := text_problem(strategy, f"column {columns.strategy!r}"):
+            return problem
+    if not response.strip():
+        return "empty response"
+    return {"question_id": qid, "question": question, "response": response, "strategy": strategy}
+
+
+def _read_candidate_files(uris: dict[str | None, str], columns: Columns) -> tuple[list[dict], list[Reject], int]:
+    """Every candidate row of every file, not yet joined to the questions."""
+    records, rejects, rows_in = [], [], 0
+    for strategy, uri in uris.items():
+        long_table = [columns.strategy] if strategy is None else []
+        for source, row in checked_records(uri, [columns.response, *long_table], [columns.messages, *long_table]):
+            rows_in += 1
+            record = row if isinstance(row, str) else candidate_record(row, columns, strategy)
+            if isinstance(record, str):
+                qid = _number_as_text(row.get(columns.question_id)) if isinstance(row, dict) else None
+                rejects.append(Reject(source, record, "candidates", question_id=qid if isinstance(qid, str) else None,
+                                      strategy=strategy))
+            else:
+                records.append({**record, "source": source, "reward": _number(row.get(columns.reward))})
+    return records, rejects, rows_in
+
+
+def text_index(questions: dict[str, dict]) -> dict[str, list[str]]:
+    """Question text (outer spaces aside) -> the ids of the questions with that text."""
+    index: dict[str, list[str]] = {}
+    for qid, q in questions.items():
+        index.setdefault(q["question"].strip(), []).append(qid)
+    return index
+
+
+def derived_question_id(text: str) -> str:
+    """A stable id for a question known only by its text."""
+    return "q-" + hashlib.sha256(text.strip().encode()).hexdigest()[:12]
+
+
+def questions_from_candidates(records: list[dict]) -> dict[str, dict]:
+    """The questions table of candidate files that carry their questions: ids where rows give them
+    (the first text seen for an id), else ``derived_question_id`` of texts no given id has."""
+    questions: dict[str, dict] = {}
+    for r in records:
+        if r["question_id"] is not None and r["question"] and r["question_id"] not in questions:
+            questions[r["question_id"]] = {"question_id": r["question_id"], "question": r["question"],
+                                           "gold": None, "source": r["source"]}
+    known = text_index(questions)
+    for r in records:
+        text = (r["question"] or "").strip()
+        if r["question_id"] is None and text not in known:
+            qid = derived_question_id(text)
+            questions.setdefault(qid, {"question_id": qid, "question": r["question"], "gold": None,
+                                       "source": r["source"]})
+    return questions
+
+
+def _join(records: list[dict], questions: dict[str, dict], rejects: list[Reject]) -> list[dict]:
+    """Candidates joined to questions by question_id when the row has one, else by exact question text
+    (outer spaces aside); unmatched, ambiguous and duplicate rows become rejects."""
+    rows, seen, by_text = [], {}, text_index(questions)
+    for r in records:
+        qid, name, joined_by, problem = r["question_id"], r["strategy"], "question_id", None
+        if qid is None:
+            joined_by, matches = "text", by_text.get(r["question"].strip(), [])
+            if len(matches) == 1:
+                qid = matches[0]
+            elif matches:
+                problem = f"ambiguous: the question text matches {len(matches)} questions {matches[:5]}"
+            else:
+                problem = "unmatched: no question has this exact text"
+        elif qid not in questions:
+            problem = f"unknown question_id {qid!r}"
+        if problem is None and (qid, name) in seen:
+            problem = f"duplicate (question_id, strategy) ({qid!r}, {name!r}); first at {seen[(qid, name)]}"
+        if problem:
+            rejects.append(Reject(r["source"], problem, "candidates", question_id=qid, strategy=name))
+            continue
+        seen[(qid, name)] = r["source"]
+        rows.append({"question_id": qid, "strategy": name, "response": r["response"], "source": r["source"],
+                     "reward": r["reward"], "joined_by": joined_by})
+    return rows
+
+
 def read_candidates(
     uris: dict[str | None, str], columns: Columns, questions: dict[str, dict]
 ) -> tuple[list[dict], list[Reject], int]:
-    """Candidates from one long table (key None) or one file per strategy; returns (rows, rejects, rows_in)."""
-    rows, rejects, seen, rows_in = [], [], {}, 0
-    for strategy, uri in uris.items():
-        fields = {"question_id": columns.question_id, "response": columns.response}
-        if strategy is None:
-            fields["strategy"] = columns.strategy
-        for source, row in checked_records(uri, list(fields.values())):
-            rows_in += 1
-            if isinstance(row, str):
-                rejects.append(Reject(source, row, "candidates", strategy=strategy))
-                continue
-            values, problem = _string_fields(row, fields)
-            values.setdefault("strategy", strategy)
-            qid, name = values.get("question_id"), values.get("strategy")
-            if problem is None:
-                if qid not in questions:
-                    problem = f"unknown question_id {qid!r}"
-                elif (qid, name) in seen:
-                    problem = f"duplicate (question_id, strategy) ({qid!r}, {name!r}); first at {seen[(qid, name)]}"
-                elif not values["response"].strip():
-                    problem = "empty response"
-            if problem:
-                rejects.append(Reject(source, problem, "candidates", question_id=qid, strategy=name))
-                continue
-            seen[(qid, name)] = source
-            rows.append({**values, "source": source, "reward": _number(row.get(columns.reward))})
+    """Candidates from one long table (key None) or one file per strategy, joined to ``questions``;
+    returns (rows, rejects, rows_in)."""
+    records, rejects, rows_in = _read_candidate_files(uris, columns)
+    rows = _join(records, questions, rejects)
     if not rows:
         raise nothing_usable("candidate rows", uris.values(), rejects)
     return rows, rejects, rows_in
+
+
+def read_inputs(questions_uri: str | None, uris: dict[str | None, str], columns: Columns
+                ) -> tuple[dict[str, dict], list[dict], list[Reject], int]:
+    """(questions, candidates, rejects, candidate rows in): the questions from their own table, or,
+    without one, from the candidate files' question texts."""
+    if questions_uri is not None:
+        questions, rejects = read_questions(questions_uri, columns, need_gold=False)
+        if not uris:
+            return questions, [], rejects, 0
+        candidates, candidate_rejects, rows_in = read_candidates(uris, columns, questions)
+        return questions, candidates, [*rejects, *candidate_rejects], rows_in
+    records, rejects, rows_in = _read_candidate_files(uris, columns)
+    questions = questions_from_candidates(records)
+    rows = _join(records, questions, rejects)
+    if not rows:
+        raise nothing_usable("candidate rows", uris.values(), rejects)
+    return questions, rows, rejects, rows_in

@@ -11,10 +11,11 @@ from collections.abc import Callable
 from typing import Any
 
 from sapray.config import ConfigError, SelectConfig, StrategyConfig, TeacherConfig
+from sapray.console import console
 from sapray.generate import Cost, generate, run_full_generation
 from sapray.html_report import write_report
 from sapray.raydata import init_ray
-from sapray.read import Reject, child, filesystem, read_questions, read_text
+from sapray.read import Reject, child, filesystem, read_inputs, read_questions, read_text
 from sapray.report import write_outputs
 from sapray.select import TeacherRounds, run_select
 
@@ -83,8 +84,9 @@ def strategy_for(cfg: SelectConfig, name: str) -> StrategyConfig:
         if s.name == name:
             return s
     for strategy_name, path in cfg.data.candidate_sources().items():
-        if strategy_name in (None, name):
-            return StrategyConfig(name=name, teacher=TeacherConfig(kind="file", path=path, strategy=name))
+        if strategy_name in (None, name):  # a long table is filtered by strategy; a strategy's own file is read whole
+            return StrategyConfig(name=name, teacher=TeacherConfig(kind="file", path=path,
+                                                                   strategy=name if strategy_name is None else None))
     known = [s.name for s in cfg.strategies] + [k for k in cfg.data.candidate_sources() if k]
     raise ConfigError(f"unknown strategy {name!r}: define it under strategies or give its candidates "
                       f"(known: {known})")
@@ -92,7 +94,11 @@ def strategy_for(cfg: SelectConfig, name: str) -> StrategyConfig:
 
 def run_generate(cfg: SelectConfig, name: str) -> dict:
     init_ray(cfg.ray)
-    questions, rejects = read_questions(cfg.data.questions, cfg.data.columns, need_gold=False)
+    if cfg.data.questions:
+        questions, rejects = read_questions(cfg.data.questions, cfg.data.columns, need_gold=False)
+    else:  # the questions the candidate files hold
+        questions, _, _, _ = read_inputs(None, cfg.data.candidate_sources(), cfg.data.columns)
+        rejects = []
     return run_full_generation(strategy_for(cfg, name), list(questions.values()), cfg.ray, cfg.generate, rejects)
 
 
@@ -141,8 +147,8 @@ def run_all(cfg: SelectConfig, on_round: Callable[[str], None] | None = None) ->
                      [{"strategy": k, **v} for k, v in sample_costs.items()])
         summary = result.summary
     winner = pick_for_full_set(cfg, summary, sample_costs)
-    log.info("winner: %s; generating the full training set with it (if stopped, `sapray generate --strategy %s` "
-             "with the same config resumes this step alone)", winner, winner)
+    console.say(f"full training set with {winner} (if stopped, `sapray generate --strategy {winner}` with the same "
+                "config resumes this step alone)")
     metadata = run_generate(cfg, winner)
     write_report(cfg.output)  # again, now with the sample and full-set costs
     return summary, sample_costs, metadata

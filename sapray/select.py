@@ -30,7 +30,7 @@ from sapray.engines import SamplingConfig, max_length_of
 from sapray.models import locate
 from sapray.race import Race, RaceRule
 from sapray.raydata import init_ray, map_with_actors
-from sapray.read import CANDIDATE_STAGES, Reject, read_candidates, read_questions
+from sapray.read import CANDIDATE_STAGES, Reject, read_inputs, read_questions
 from sapray.reduce import summarize
 from sapray.sample import Budget, choose_strategies, paired_question_ids, rounds, sample_order
 from sapray.scoring import EncodedRequest, encode_all
@@ -75,13 +75,19 @@ class SelectResult:
     placement: dict = field(default_factory=dict)  # "node/actor" -> requests it scored
 
 
-def _mine_exemplars(cfg: SelectConfig, commit: str | None, tokenizer, exclude: set[str]) -> tuple[list, dict]:
+def _mine_exemplars(cfg: SelectConfig, commit: str | None, tokenizer, compared: dict[str, dict]) -> tuple[list, dict]:
+    """The exemplar pool: supplied, mined from a pool kept apart from the ``compared`` questions, or,
+    with neither, mined from the compared questions themselves (``ex.choose`` skips a question's own)."""
     if cfg.exemplars.file:
         pool = ex.load_exemplar_file(cfg.exemplars.file)
         return pool, {"source": cfg.exemplars.file, "supplied": len(pool)}
-    questions, rejects = read_questions(cfg.exemplars.pool, cfg.data.columns,
-                                        need_gold=cfg.exemplars.checker != "none")
-    eligible = [q for q in questions if q not in exclude]
+    if cfg.exemplars.pool:
+        questions, rejects = read_questions(cfg.exemplars.pool, cfg.data.columns,
+                                            need_gold=cfg.exemplars.checker != "none")
+        eligible = [q for q in questions if q not in compared]
+    else:
+        questions, rejects = compared, []
+        eligible = list(questions)
     chosen = sample_order(eligible, cfg.sample.seed)[: cfg.exemplars.pool_size]
     pool = [questions[q] for q in chosen]
     log.info("mining exemplars: the target answers %d pool questions (greedy, max %d tokens)",
@@ -93,12 +99,14 @@ def _mine_exemplars(cfg: SelectConfig, commit: str | None, tokenizer, exclude: s
         rows, GenerateActor,
         {"engine": cfg.engine, "model": cfg.model, "revision": commit, "engine_args": cfg.engine_args,
          "sampling": sampling.__dict__},
-        cfg.ray)}
+        cfg.ray, what="mining exemplars")}
     answers = [out[q["question_id"]]["texts"][0] for q in pool]
     truncated = [out[q["question_id"]]["finish_reasons"][0] == "length" for q in pool]
-    mined, report = ex.mine(pool, answers, cfg.exemplars.n, cfg.exemplars.checker, cfg.exemplars.regex,
+    # from the compared questions, one more: a question whose own answer is among them still gets n others
+    need = cfg.exemplars.n + (0 if cfg.exemplars.pool else 1)
+    mined, report = ex.mine(pool, answers, need, cfg.exemplars.checker, cfg.exemplars.regex,
                             cfg.exemplars.shortfall, truncated)
-    info = {"source": cfg.exemplars.pool, "pool_rejects": len(rejects), **report.to_dict(),
+    info = {"source": cfg.exemplars.pool or "the compared questions", "pool_rejects": len(rejects), **report.to_dict(),
             "generated_tokens": int(sum(r["completion_tokens"] for r in out.values()))}
     return mined, info
 
@@ -145,11 +153,12 @@ def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
     generated = teachers.names if teachers else []
 
     # read, and choose the strategies to pair
-    questions, rejects = read_questions(cfg.data.questions, cfg.data.columns, need_gold=False)
-    sources = cfg.data.candidate_sources()
-    candidates, candidate_rejects, rows_in = (read_candidates(sources, cfg.data.columns, questions)
-                                              if sources else ([], [], 0))
-    rejects = [*rejects, *candidate_rejects]
+    questions, candidates, rejects, rows_in = read_inputs(cfg.data.questions, cfg.data.candidate_sources(),
+                                                         cfg.data.columns)
+    joined = {"questions": "file" if cfg.data.questions else "derived from the candidate files",
+              "by_question_id": sum(c["joined_by"] == "question_id" for c in candidates),
+              "by_text": sum(c["joined_by"] == "text" for c in candidates),
+              **{why: sum(r.reason.startswith(why + ":") for r in rejects) for why in ("unmatched", "ambiguous")}}
     chosen = choose_strategies(candidates, cfg.data.strategies, cfg.data.min_coverage, generated)
     strategies = chosen.chosen
     if not strategies:
@@ -178,7 +187,7 @@ def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
 
     init_ray(cfg.ray)
     t0 = time.monotonic()
-    pool, exemplar_info = _mine_exemplars(cfg, resolved.commit, tokenizer, exclude=set(questions))
+    pool, exemplar_info = _mine_exemplars(cfg, resolved.commit, tokenizer, questions)
     mining_s = time.monotonic() - t0
     order = sample_order(complete, cfg.sample.seed)
     position = {q: i for i, q in enumerate(order)}
@@ -237,7 +246,8 @@ def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
         expected = [sum(len(requests_of(q, live)) for q in ids) for ids in pass_rounds]
         done = [0] * len(pass_rounds)
         scored: dict[str, dict] = {}
-        for row in map_with_actors(request_rows, ScoreActor, actor_kwargs, cfg.ray):
+        what = f"round {round_number + 1}: scoring" if confident else "scoring"
+        for row in map_with_actors(request_rows, ScoreActor, actor_kwargs, cfg.ray, what=what):
             scored[row["request_id"]] = row
             placement[row["actor"]] = placement.get(row["actor"], 0) + 1
             i = round_of[row["request_id"].split("/")[0]]
@@ -293,7 +303,7 @@ def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
     summary.update({
         "model": cfg.model, "engine": cfg.engine, "layout": cfg.layout, "boundary": layout.boundary,
         "metrics": list(cfg.metrics), "strategies": strategies, "strategy_set": chosen.to_dict(),
-        "budget": budget.to_dict(), "counts": counts, "exemplars": exemplar_info,
+        "budget": budget.to_dict(), "counts": counts, "candidates_joined": joined, "exemplars": exemplar_info,
         "statistic": "mean SAP per strategy (lower = more familiar, ranked first)",
     })
     timings = {"mining_s": round(mining_s, 2), "sample_generation_s": round(generation_s, 2),

@@ -243,10 +243,10 @@ def test_a_required_column_missing_from_every_row_is_an_error_but_from_some_rows
     rows = [{"question_id": "test-0000", "strategy": "human", "text": "wrong column name"}] * 3
     path.write_text(jsonl(rows))
     with pytest.raises(InputError, match=r"c\.jsonl: missing required column\(s\) \['response'\]"):
-        read_candidates({None: str(path)}, Columns(), {"test-0000": {}})
+        read_candidates({None: str(path)}, Columns(), {"test-0000": {"question": "q"}})
     # The first row lacks it, the next has it: a bad row, not a wrong column name.
     path.write_text(jsonl([rows[0], {**rows[0], "response": "fine"}]))
-    good, rejects, rows_in = read_candidates({None: str(path)}, Columns(), {"test-0000": {}})
+    good, rejects, rows_in = read_candidates({None: str(path)}, Columns(), {"test-0000": {"question": "q"}})
     assert len(good) == 1 and rejects[0].reason == "no column 'response'" and rows_in == 2
 
 
@@ -303,6 +303,12 @@ def test_select_through_the_cli_scores_good_rows_exactly_as_from_clean_files(ray
         assert sorted(got) == sorted(f"{path}{w}" for w in bad)
         assert all(fragment in got[f"{path}{w}"] for w, fragment in bad.items())
     assert f"rows: {counts['candidate_rows_in']} in = " in done.stdout
+    # the console stays quiet: sapray's lines only, on one screen; Ray's and the workers' go to run.log
+    console = done.stdout + done.stderr
+    assert len(console.splitlines()) <= 40, console
+    assert not re.search(r"logging_progress|core_worker|\(\w+ pid=\d+\)|WARNING|INFO", console), console
+    log = (tmp_path / "faulty" / "run.log").read_text()
+    assert "round 1: 2 questions" in log and f"log: {tmp_path / 'faulty' / 'run.log'}" in done.stderr
 
 
 @pytest.mark.parametrize("name, content, message", [

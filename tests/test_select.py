@@ -264,3 +264,40 @@ def test_a_stray_strategy_is_excluded_not_the_questions(ray_local, exemplar_file
 
     table = render_table(result.summary)
     assert "NOT ENOUGH EVIDENCE" in table and "bootstrap resamples" not in table
+
+
+def test_flags_alone_select_from_chat_files_as_the_printed_yaml_does(ray_local, exemplar_file, tmp_path):
+    """`sapray select --model --candidates NAME=PATH ...` with SFT files in chat form gives the same
+    selection.json as `--config` with the YAML that `--print-config` printed for those flags."""
+    import yaml
+    from click.testing import CliRunner
+
+    from sapray.cli import main
+
+    questions = load_questions()[:4]
+    text = {q["question_id"]: q["question"] for q in questions}
+    files = []
+    for name in ("human", "socratic"):
+        rows = [{"messages": [{"role": "user", "content": text[c["question_id"]]},
+                              {"role": "assistant", "content": c["response"]}]}
+                for c in load_candidates() if c["strategy"] == name and c["question_id"] in text]
+        files += ["--candidates", f"{name}={write_jsonl(tmp_path / f'{name}.jsonl', rows)}"]
+    flags = ["select", "--model", "smollm2", *files, "--exemplars", exemplar_file,
+             "--max-questions", "4", "--set", "bootstrap=200", "--set", "ray.actors=1"]
+    runner = CliRunner()
+    printed = runner.invoke(main, [*flags, "--output", str(tmp_path / "flags"), "--print-config"])
+    assert printed.exit_code == 0, printed.output
+    raw = yaml.safe_load(printed.output)
+    assert raw["data"]["questions"] is None and raw["sample"]["stop"] == "confident"
+    raw["output"] = str(tmp_path / "yaml")
+    (tmp_path / "select.yaml").write_text(yaml.safe_dump(raw))
+    by_flags = runner.invoke(main, [*flags, "--output", str(tmp_path / "flags")])
+    assert by_flags.exit_code == 0, by_flags.output
+    by_yaml = runner.invoke(main, ["select", "--config", str(tmp_path / "select.yaml")])
+    assert by_yaml.exit_code == 0, by_yaml.output
+    selection = (tmp_path / "flags" / "selection.json").read_bytes()
+    assert selection == (tmp_path / "yaml" / "selection.json").read_bytes()
+    summary = json.loads(selection)
+    assert summary["candidates_joined"] == {"questions": "derived from the candidate files", "by_question_id": 0,
+                                            "by_text": 8, "unmatched": 0, "ambiguous": 0}
+    assert summary["counts"]["candidate_rows_in"] == 8 and summary["per_strategy"]["human"]["n"] == 4

@@ -1,0 +1,163 @@
+"""The console: a line per stage, a progress line for long stages and the result; the rest to run.log.
+
+Quiet by default. While a job command runs, the process's own standard output and error (file
+descriptors 1 and 2, where Ray's C++ core, its Python loggers, its warnings and the output it forwards
+from workers all write) go to ``run.log`` beside the outputs, and only sapray's lines reach the
+terminal. ``-v`` leaves the streams alone and logs at debug level. Ray errors that it recovered from
+(a worker that died and was restarted) are counted from the log and reported in one line.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import sys
+import tempfile
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import IO, TypeVar
+
+T = TypeVar("T")
+
+# A non-terminal console (CI, a file) gets a progress line this often; a terminal gets a live one.
+PROGRESS_EVERY_S = 10.0
+# Lines of run.log that report a worker or actor lost (Ray restarts it and retries the work).
+WORKER_TROUBLE = re.compile(r"(worker|actor)\b.*\b(died|crashed|exited unexpectedly|was killed)|SIGABRT|SIGSEGV|"
+                            r"Fatal Python error", re.IGNORECASE)
+_FORMAT = "%(asctime)s %(name)s: %(message)s"
+
+
+class Console:
+    """Where sapray's own lines go: ``out`` for results, ``err`` for stage and progress lines."""
+
+    def __init__(self) -> None:
+        self.use(None, None)
+
+    def use(self, out: IO[str] | None, err: IO[str] | None, mirror: bool = False) -> None:
+        """Write to these streams (None: to whatever sys.stdout and sys.stderr are at the time); with
+        ``mirror``, stage lines also go to the log, so that run.log tells the whole story."""
+        self._out, self._err, self.mirror = out, err, mirror
+
+    @property
+    def out(self) -> IO[str]:
+        return self._out or sys.stdout
+
+    @property
+    def err(self) -> IO[str]:
+        return self._err or sys.stderr
+
+    def say(self, line: str) -> None:
+        print(line, file=self.err, flush=True)
+        if self.mirror:
+            logging.getLogger("sapray").info(line)
+
+    def result(self, text: str) -> None:
+        print(text, file=self.out, flush=True)
+
+    def progress(self, items: Iterable[T], total: int, what: str) -> Iterator[T]:
+        """Yield ``items`` while showing ``what: done/total``: redrawn on a terminal, else a line every
+        PROGRESS_EVERY_S, and a last line with the time taken."""
+        live = self.err.isatty()
+        started = shown = time.monotonic()
+        done = 0
+        for item in items:
+            done += 1
+            now = time.monotonic()
+            if live and now - shown >= 0.2:
+                self.err.write(f"\r{what}: {_bar(done, total)} {done}/{total}  {now - started:.0f} s")
+                self.err.flush()
+                shown = now
+            elif not live and now - shown >= PROGRESS_EVERY_S:
+                self.say(f"{what}: {done}/{total} ({now - started:.0f} s)")
+                shown = now
+            yield item
+        if live:
+            self.err.write("\r\033[K")
+        self.say(f"{what}: {done}/{total} in {time.monotonic() - started:.1f} s")
+
+
+def _bar(done: int, total: int, width: int = 24) -> str:
+    filled = int(width * done / max(total, 1))
+    return "[" + "#" * filled + "." * (width - filled) + "]"
+
+
+console = Console()  # the one console; session() points it at the terminal
+
+
+def _real_fd(stream: IO[str], fd: int) -> bool:
+    """Whether ``stream`` writes to file descriptor ``fd`` (not so under pytest or click's test runner)."""
+    try:
+        return stream.fileno() == fd
+    except (AttributeError, OSError, ValueError):
+        return False
+
+
+def _logging(verbose: bool, stream: IO[str]) -> None:
+    logging.basicConfig(level=logging.INFO, format=_FORMAT, datefmt="%H:%M:%S", stream=stream, force=True)
+    logging.getLogger("sapray").setLevel(logging.DEBUG if verbose else logging.INFO)
+
+
+@contextmanager
+def session(output: str | None, verbose: bool) -> Iterator[None]:
+    """Run a job command quietly (see the module's text); the log goes to ``output``/run.log."""
+    streams_are_fds = _real_fd(sys.stdout, 1) and _real_fd(sys.stderr, 2)
+    if verbose or not streams_are_fds:  # -v, or under a test runner: nothing to move
+        console.use(None, None)
+        _logging(verbose, sys.stderr)
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    log_file = tempfile.NamedTemporaryFile("w+b", prefix="sapray-", suffix=".log", delete=False)
+    saved = os.dup(1), os.dup(2)
+    terminal_out, terminal_err = os.fdopen(os.dup(1), "w", buffering=1), os.fdopen(os.dup(2), "w", buffering=1)
+    console.use(terminal_out, terminal_err, mirror=True)
+    os.dup2(log_file.fileno(), 1)
+    os.dup2(log_file.fileno(), 2)
+    _logging(False, sys.stderr)
+    try:
+        yield
+    finally:
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os.dup2(saved[0], 1)
+        os.dup2(saved[1], 2)
+        for fd in saved:
+            os.close(fd)
+        log_file.close()
+        text = Path(log_file.name).read_bytes()
+        where = _keep_log(text, output) or log_file.name
+        if where != log_file.name:
+            os.unlink(log_file.name)
+        trouble = sum(1 for line in text.decode(errors="replace").splitlines() if WORKER_TROUBLE.search(line))
+        if trouble:
+            console.say(f"Ray reported {trouble} worker error line(s); the work was retried (details in {where})")
+        console.say(f"log: {where}")
+        console.use(None, None)
+        terminal_out.close()
+        terminal_err.close()
+
+
+def _keep_log(text: bytes, output: str | None) -> str | None:
+    """Put the command's log at ``output``/run.log (appended locally: a resumed job keeps its history);
+    None if it cannot be written there."""
+    if not output:
+        return None
+    from sapray.read import child, filesystem
+
+    target = child(output, "run.log")
+    fs, path = filesystem(target)
+    try:
+        if "://" in target:
+            with fs.open_output_stream(path) as f:
+                f.write(text)
+        else:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            with open(path, "ab") as f:
+                f.write(text)
+    except OSError:
+        return None
+    return target
