@@ -164,8 +164,8 @@ def demo_config() -> dict:
         "sample": {"stop": "confident", "max_questions": 60, "round_size": 10, "seed": 0},
         # SmolLM2's own checked-correct answers, mined once by `sapray mine` (see the README)
         "exemplars": {"file": str(data / "exemplars_smollm2.jsonl"), "n": 3},
-        # one single-threaded actor per core of this 2-core machine
-        "ray": {"actors": 2, "num_cpus_per_actor": 1, "batch_size": 18},
+        # actors: the default, one single-threaded actor per core
+        "ray": {"batch_size": 18},
         "output": "runs/demo",
     }
 

@@ -103,9 +103,10 @@ class ExemplarConfig(Strict):
 class RayConfig(Strict):
     address: str | None = Field(None, description="None: start or join a local Ray; 'auto' or ray://...")
     actors: int | None = Field(None, ge=1, description="engine actors; None: one per GPU group on a cluster with "
-                               "GPUs, else 1 (see sapray.placement)")
+                               "GPUs, else one per CPU as memory allows (see sapray.placement)")
     batch_size: int = Field(32, ge=1)
-    num_cpus_per_actor: float = Field(1, ge=0)
+    num_cpus_per_actor: float | None = Field(None, ge=0, description="None: 1 (a CPU engine computes on one "
+                                             "thread per CPU it has)")
     num_gpus_per_actor: float | None = Field(None, ge=0, description="None: vLLM tensor_parallel_size x "
                                              "pipeline_parallel_size (hf: 1) on a cluster with GPUs, else 0")
 

@@ -7,7 +7,10 @@ GPUs of each alive node), made before any actor starts:
   vLLM actor takes ``tensor_parallel_size x pipeline_parallel_size`` GPUs (one engine per GPU
   group) and an hf actor takes 1; on a cluster without GPUs, 0 (the engines run on CPU).
 - Actors: ``ray.actors`` when set. Unset: one per GPU group (cluster GPUs // GPUs per actor) when
-  the actors use GPUs, else 1.
+  the actors use GPUs; on CPUs, one single-threaded actor per CPU of each node (``ray.num_cpus_per_actor``
+  CPUs each when set), as many as the cluster's memory holds by the engine's estimate (weights twice
+  over, plus vLLM's CPU KV cache). One actor per core beat one actor on every core here (docs/scaling.md,
+  "CPU split"), and vLLM's CPU engine computes on one core each anyway.
 - Checks, each a ``PlacementError`` naming what is missing: actors that need GPUs on a cluster
   without them (or with too few), a GPU group larger than the largest node (a tensor-parallel
   group must fit on one node), and more actors than the cluster can hold at once (Ray Data would
@@ -24,8 +27,10 @@ have its GPU workers up (cluster/ray-cluster.yaml keeps ``min_workers`` at the s
 from __future__ import annotations
 
 import math
+import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from sapray.config import ConfigError, RayConfig
@@ -63,11 +68,14 @@ def plan(
     cfg: RayConfig,
     cluster: Mapping[str, float],
     node_gpus: Sequence[float] | None = None,
+    node_cpus: Sequence[float] | None = None,
+    actor_bytes: float | None = None,
 ) -> Placement:
     """Decide actors and GPUs per actor; raise PlacementError if the cluster cannot hold them.
 
-    ``cluster``: ``ray.cluster_resources()``; ``node_gpus``: the GPUs of each alive node (when
-    known, a GPU group must fit on one of them).
+    ``cluster``: ``ray.cluster_resources()``; ``node_gpus``, ``node_cpus``: the GPUs and CPUs of each
+    alive node (when known, a GPU group must fit on one of them, and CPU actors are counted per node);
+    ``actor_bytes``: an engine actor's estimated memory, which caps the default number of CPU actors.
     """
     total_gpus = float(cluster.get("GPU", 0))
     total_cpus = float(cluster.get("CPU", 0))
@@ -111,30 +119,48 @@ def plan(
         actors = max(1, sum(math.floor(g / gpus + 1e-9) for g in per_node))
         how = f"one per {gpus:g}-GPU group of {total_gpus:g} GPUs"
     else:
-        actors = 1
-        how = "one CPU actor (set ray.actors for more)"
+        cpus = cfg.num_cpus_per_actor or 1
+        fit = max(1, sum(math.floor(c / cpus + 1e-9) for c in (node_cpus or [total_cpus])))
+        memory = float(cluster.get("memory", 0))
+        room = math.floor(memory / actor_bytes) if actor_bytes and memory else fit
+        actors = max(1, min(fit, room))
+        how = (f"one {cpus:g}-CPU actor per {cpus:g} CPU(s) of each node" if actors == fit else
+               f"{actors} CPU actors: Ray's memory ({memory / 2**30:.1f} GiB) holds {room} engines of "
+               f"~{actor_bytes / 2**30:.1f} GiB")
 
     if gpus > 0 and actors * gpus > total_gpus + 1e-9:
         raise PlacementError(
             f"{actors} actors x {gpus:g} GPUs = {actors * gpus:g} GPUs, but the Ray cluster has {total_gpus:g}; "
             "lower ray.actors or leave it unset (one actor per GPU group)")
-    if cfg.num_cpus_per_actor and actors * cfg.num_cpus_per_actor > total_cpus + 1e-9:
+    cpus = 1.0 if cfg.num_cpus_per_actor is None else float(cfg.num_cpus_per_actor)
+    if cpus and actors * cpus > total_cpus + 1e-9:
         raise PlacementError(
-            f"{actors} actors x {cfg.num_cpus_per_actor:g} CPUs = {actors * cfg.num_cpus_per_actor:g} CPUs, but the "
-            f"Ray cluster has {total_cpus:g}; lower ray.actors or ray.num_cpus_per_actor")
-
+            f"{actors} actors x {cpus:g} CPUs = {actors * cpus:g} CPUs, but the Ray cluster has {total_cpus:g}; "
+            "lower ray.actors or ray.num_cpus_per_actor")
     if engine == "vllm" and gpus > 0 and group > 1:
         args.setdefault("distributed_executor_backend", "mp")
-    return Placement(actors, gpus, float(cfg.num_cpus_per_actor), args, f"{how}; {why}")
+    return Placement(actors, gpus, cpus, args, f"{how}; {why}")
 
 
 def _show(cluster: Mapping[str, float]) -> str:
     return f"CPU {float(cluster.get('CPU', 0)):g}, GPU {float(cluster.get('GPU', 0)):g}"
 
 
-def cluster_view() -> tuple[dict[str, float], list[float]]:
-    """The connected Ray cluster's resources and each alive node's GPUs."""
+def cluster_view() -> tuple[dict[str, float], list[float], list[float]]:
+    """The connected Ray cluster's resources and each alive node's GPUs and CPUs."""
     import ray
 
-    nodes = [n for n in ray.nodes() if n.get("Alive")]
-    return dict(ray.cluster_resources()), [float(n.get("Resources", {}).get("GPU", 0)) for n in nodes]
+    nodes = [n.get("Resources", {}) for n in ray.nodes() if n.get("Alive")]
+    return (dict(ray.cluster_resources()), [float(n.get("GPU", 0)) for n in nodes],
+            [float(n.get("CPU", 0)) for n in nodes])
+
+
+def actor_bytes(engine: str, model_path: str | None) -> float | None:
+    """An engine actor's memory on CPU, roughly: its weights twice over (loading, and float32 for
+    half-precision files) and 1 GiB of runtime, plus vLLM's CPU KV cache (VLLM_CPU_KVCACHE_SPACE, GiB,
+    4 when unset). None when the weights are not on this machine to measure."""
+    if not model_path or not Path(model_path).is_dir():
+        return None
+    weights = sum(f.stat().st_size for f in Path(model_path).glob("*") if f.suffix in (".safetensors", ".bin"))
+    kv = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 4) * 2**30 if engine == "vllm" else 0.0
+    return 2 * weights + 2**30 + kv

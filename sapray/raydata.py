@@ -76,12 +76,16 @@ def map_with_actors(
     """Stream the actor pool's output rows, in input order, showing progress as ``what``."""
     import ray
 
-    from sapray.placement import cluster_view, plan
+    from sapray.models import locate
+    from sapray.placement import actor_bytes, cluster_view, plan
 
     if not rows:
         return iter(())
     # Placement first: a config the cluster cannot hold fails here, before any actor starts.
-    where = plan(actor_kwargs.get("engine", "hf"), actor_kwargs.get("engine_args") or {}, cfg, *cluster_view())
+    engine = actor_kwargs.get("engine", "hf")
+    model = actor_kwargs.get("model") if "engine" in actor_kwargs else None  # API teachers hold no weights
+    size = actor_bytes(engine, locate(model, actor_kwargs.get("revision")).path) if model else None
+    where = plan(engine, actor_kwargs.get("engine_args") or {}, cfg, *cluster_view(), actor_bytes=size)
     log.debug("%s: %s", actor_cls.__name__, where.describe())
     if "engine_args" in actor_kwargs:
         actor_kwargs = {**actor_kwargs, "engine_args": where.engine_args}

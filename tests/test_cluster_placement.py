@@ -16,12 +16,29 @@ def ray_cfg(**kw) -> RayConfig:
     return RayConfig(**kw)
 
 
-def test_cpu_cluster_defaults_to_one_cpu_actor():
+def test_cpu_cluster_defaults_to_one_single_threaded_actor_per_cpu_as_memory_allows():
     p = plan("hf", {}, ray_cfg(), CPU2, [0.0])
+    assert (p.actors, p.num_gpus, p.num_cpus) == (2, 0.0, 1.0)
+    p = plan("vllm", {}, ray_cfg(actors=1), CPU2, [0.0])
     assert (p.actors, p.num_gpus, p.num_cpus) == (1, 0.0, 1.0)
-    p = plan("vllm", {}, ray_cfg(actors=2), CPU2, [0.0])
-    assert (p.actors, p.num_gpus) == (2, 0.0)
     assert p.engine_args == {}
+    # counted per node: 3 + 5 CPUs hold four 2-CPU actors, not 8 // 2 of them spread over both
+    p = plan("hf", {}, ray_cfg(num_cpus_per_actor=2), {"CPU": 8.0}, [0.0, 0.0], [3.0, 5.0])
+    assert (p.actors, p.num_cpus) == (3, 2.0)
+    # memory caps the count: 64 cores, but 20 GiB holds only two engines of 8 GiB
+    p = plan("vllm", {}, ray_cfg(), {"CPU": 64.0, "memory": 20 * 2**30}, [0.0], [64.0], actor_bytes=8 * 2**30)
+    assert p.actors == 2 and "holds 2 engines" in p.reason
+
+
+def test_actor_memory_estimate(tmp_path, monkeypatch):
+    from sapray.placement import actor_bytes
+
+    (tmp_path / "model.safetensors").write_bytes(b"0" * 1000)
+    (tmp_path / "config.json").write_text("{}")
+    assert actor_bytes("hf", str(tmp_path)) == 2000 + 2**30
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
+    assert actor_bytes("vllm", str(tmp_path)) == 2000 + 2**30 + 2 * 2**30
+    assert actor_bytes("hf", str(tmp_path / "absent")) is None
 
 
 def test_hf_takes_one_gpu_each_and_one_actor_per_gpu():
@@ -53,7 +70,7 @@ def test_explicit_settings_win():
     p = plan("hf", {}, ray_cfg(num_gpus_per_actor=0.5), {"CPU": 8, "GPU": 2}, [1, 1])
     assert p.actors == 4
     p = plan("hf", {}, ray_cfg(num_gpus_per_actor=0), {"CPU": 8, "GPU": 2}, [2])
-    assert (p.actors, p.num_gpus) == (1, 0.0)  # CPU engines on a GPU cluster, when asked
+    assert (p.actors, p.num_gpus) == (8, 0.0)  # CPU engines on a GPU cluster, when asked: one per CPU
 
 
 @pytest.mark.parametrize(("engine", "engine_args", "cfg", "cluster", "nodes", "message"), [
