@@ -9,7 +9,10 @@ questions with its seed and runs either
   after every round, eliminated strategies not scored further), or
 - a fixed design of n questions (every strategy on the first n questions),
 
-and counts the tokens it would have scored (the table's per-candidate token counts).
+and reports how often the pick (the race's: the lowest mean SAP among its contenders, what ``sapray
+run`` generates with) is the full-data winner or within epsilon of it, how often the reported set
+holds the winner and how large that set is,
+and the tokens it would have scored (the table's per-candidate token counts).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_race.py [--replays 200]
 """
@@ -68,7 +71,8 @@ def main() -> None:
     parser.add_argument("--table", type=Path, default=TABLE)
     parser.add_argument("--replays", type=int, default=200)
     parser.add_argument("--round-size", type=int, default=10)
-    parser.add_argument("--max-questions", type=int, default=400, help="the race's question cap")
+    parser.add_argument("--caps", type=int, nargs="+", default=[50, 100, 200, 400],
+                        help="the race's question caps (sample.max_questions), one row each")
     parser.add_argument("--confidence", type=float, default=0.95)
     parser.add_argument("--epsilon", type=float, default=0.02)
     parser.add_argument("--fixed", type=int, nargs="+", default=[30, 50, 100, 200])
@@ -82,18 +86,21 @@ def main() -> None:
     print(f"{sap.shape[0]} paired questions x {len(strategies)} strategies; full-data mean SAP: "
           + ", ".join(f"{s} {m:.3f}" for s, m in sorted(zip(strategies, means, strict=True), key=lambda x: x[1])))
     print(f"full-data winner: {best}; within {args.epsilon:.0%} of it: {sorted(within)}")
-    rule = RaceRule(args.confidence, args.epsilon, tuned_for=50)
+    rule = RaceRule(args.confidence, args.epsilon)
     rows = []
-    outcomes = [race(strategies, sap, tokens, np.random.default_rng(seed).permutation(len(sap)), rule,
-                     args.round_size, args.max_questions) for seed in range(args.replays)]
-    rows.append({
-        "design": f"race (cap {args.max_questions})",
-        "picks_full_winner": np.mean([c[0] == best for _, c, _, _ in outcomes]),
-        "set_holds_full_winner": np.mean([best in c for _, c, _, _ in outcomes]),
-        "median_questions": float(np.median([q for _, _, q, _ in outcomes])),
-        "median_tokens": float(np.median([t for _, _, _, t in outcomes])),
-        "ended": dict(Counter(e for e, _, _, _ in outcomes)),
-    })
+    for cap in args.caps:
+        outcomes = [race(strategies, sap, tokens, np.random.default_rng(seed).permutation(len(sap)), rule,
+                         args.round_size, cap) for seed in range(args.replays)]
+        rows.append({
+            "design": f"race, cap {cap}",
+            "picks_full_winner": np.mean([c[0] == best for _, c, _, _ in outcomes]),
+            "picks_within_epsilon": np.mean([c[0] in within for _, c, _, _ in outcomes]),
+            "set_holds_full_winner": np.mean([best in c for _, c, _, _ in outcomes]),
+            "mean_set_size": float(np.mean([len(c) for _, c, _, _ in outcomes])),
+            "median_questions": float(np.median([q for _, _, q, _ in outcomes])),
+            "median_tokens": float(np.median([t for _, _, _, t in outcomes])),
+            "ended": dict(Counter(e for e, _, _, _ in outcomes)),
+        })
     for n in args.fixed:
         picks, spent = [], []
         for seed in range(args.replays):
@@ -101,12 +108,15 @@ def main() -> None:
             picks.append(strategies[int(np.argmin(sap[chosen].mean(axis=0)))])
             spent.append(tokens[chosen].sum())
         rows.append({"design": f"fixed {n}", "picks_full_winner": np.mean([p == best for p in picks]),
-                     "set_holds_full_winner": np.mean([p == best for p in picks]),
+                     "picks_within_epsilon": np.mean([p in within for p in picks]),
+                     "set_holds_full_winner": np.mean([p == best for p in picks]), "mean_set_size": 1.0,
                      "median_questions": float(n), "median_tokens": float(np.median(spent)), "ended": {}})
-    print(f"\n{'design':<20}{'picks winner':>14}{'set holds it':>14}{'questions':>11}{'tokens':>11}  ended")
+    print(f"\n{'design':<16}{'picks winner':>13}{'within eps':>11}{'set holds it':>13}{'set size':>9}{'questions':>10}"
+          f"{'tokens':>11}  ended")
     for r in rows:
-        print(f"{r['design']:<20}{r['picks_full_winner']:>14.1%}{r['set_holds_full_winner']:>14.1%}"
-              f"{r['median_questions']:>11.0f}{r['median_tokens']:>11.0f}  {r['ended']}")
+        print(f"{r['design']:<16}{r['picks_full_winner']:>13.1%}{r['picks_within_epsilon']:>11.1%}"
+              f"{r['set_holds_full_winner']:>13.1%}"
+              f"{r['mean_set_size']:>9.2f}{r['median_questions']:>10.0f}{r['median_tokens']:>11.0f}  {r['ended']}")
     if args.json:
         args.json.write_text(json.dumps({"winner": best, "means": dict(zip(strategies, means.tolist(), strict=True)),
                                          "rows": rows}, indent=2, default=float) + "\n")

@@ -127,6 +127,7 @@ def session(output: str | None, verbose: bool) -> Iterator[None]:
         os.dup2(saved[1], 2)
         for fd in saved:
             os.close(fd)
+        console.mirror = False  # the log is closed: what follows is for the terminal alone
         log_file.close()
         text = Path(log_file.name).read_bytes()
         where = _keep_log(text, output) or log_file.name

@@ -552,6 +552,10 @@ def read_inputs(questions_uri: str | None, uris: dict[str | None, str], columns:
         return questions, candidates, [*rejects, *candidate_rejects], rows_in
     records, rejects, rows_in = _read_candidate_files(uris, columns)
     questions = questions_from_candidates(records)
+    if records and not questions:
+        raise InputError(f"{', '.join(uris.values())}: no question texts to take the questions from (give "
+                         "data.questions, --questions, or candidate files in chat 'messages' form or with a "
+                         f"{columns.question!r} column)")
     rows = _join(records, questions, rejects)
     if not rows:
         raise nothing_usable("candidate rows", uris.values(), rejects)
