@@ -161,8 +161,8 @@ def demo_config() -> dict:
         "data": {"questions": str(data / "questions.jsonl"), "candidates": str(data / "candidates.jsonl")},
         # SAP ranks; the race drops losers as soon as they have lost, so PPL and IFD are left out
         "metrics": ["sap"],
-        # two looks of 10 questions: about 3 minutes on 2 cores; --max-questions 60 lets the race drop losers
-        "sample": {"stop": "confident", "max_questions": 20, "round_size": 10, "seed": 0},
+        # two looks of 8 questions, under 3 minutes on 2 cores; --max-questions 60 lets the race drop losers
+        "sample": {"stop": "confident", "max_questions": 16, "round_size": 8, "seed": 0},
         # SmolLM2's own checked-correct answers, mined once by `sapray mine` (see the README)
         "exemplars": {"file": str(data / "exemplars_smollm2.jsonl"), "n": 3},
         # actors: the default, one single-threaded actor per core

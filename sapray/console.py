@@ -70,7 +70,7 @@ class Console:
                 self.err.write(f"\r{what}: {_bar(done, total)} {done}/{total}  {now - started:.0f} s")
                 self.err.flush()
                 shown = now
-            elif not live and now - shown >= PROGRESS_EVERY_S:
+            elif not live and now - shown >= PROGRESS_EVERY_S and done > 1:  # 1: the first block just came
                 self.say(f"{what}: {done}/{total} ({now - started:.0f} s)")
                 shown = now
             yield item
@@ -121,6 +121,8 @@ def session(output: str | None, verbose: bool) -> Iterator[None]:
     try:
         yield
     finally:
+        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
+            sys.modules["ray"].shutdown()  # Ray forwards worker output late: let it land in the log, not after
         sys.stdout.flush()
         sys.stderr.flush()
         os.dup2(saved[0], 1)

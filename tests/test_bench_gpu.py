@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import PATIENCE_S
 
 from sapray.engines.hf import HFEngine
 from sapray.scoring import EncodedRequest
@@ -51,13 +52,13 @@ def _load_bench():
 def run_blocked(*args: str) -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     return subprocess.run([sys.executable, "-c", RUN_BENCH, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=1800)
+                          text=True, timeout=PATIENCE_S)
 
 
 def test_the_blocked_packages_look_uninstalled():
     probe = HIDE + f"import importlib.util\nprint([importlib.util.find_spec(n) for n in {BLOCKED!r}])\nimport click"
     done = subprocess.run([sys.executable, "-c", probe],
-                          capture_output=True, text=True, timeout=60)
+                          capture_output=True, text=True, timeout=PATIENCE_S)
     assert done.stdout.strip() == str([None] * len(BLOCKED))
     assert "ModuleNotFoundError: No module named 'click'" in done.stderr
 

@@ -20,7 +20,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import load_candidates, load_questions
+from conftest import PATIENCE_S, load_candidates, load_questions
 from small_job import DATA_DIR, REPO, exemplar_rows, jsonl, small_config
 from test_s3 import BUCKET, CREDENTIALS, s3_server  # noqa: F401  (the moto server fixture)
 
@@ -47,7 +47,7 @@ def real_run(tmp_path_factory) -> Path:
     (root / "job.yaml").write_text(yaml.safe_dump(config))
     done = subprocess.run([sys.executable, "-m", "sapray", "select", "--config", str(root / "job.yaml"),
                            "--set", "ray.address=local"], cwd=REPO, env=_env(), capture_output=True, text=True,
-                          timeout=900)
+                          timeout=PATIENCE_S)
     assert done.returncode == 0, done.stderr[-4000:]
     return root / "run"
 
@@ -66,7 +66,7 @@ def test_select_writes_report_and_sapray_report_rebuilds_it(real_run, tmp_path):
         assert name in page
     copy_dir = _copy_without_report(real_run, tmp_path / "copy")
     done = subprocess.run([sys.executable, "-m", "sapray", "report", str(copy_dir)], cwd=REPO, env=_env(),
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=PATIENCE_S)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == f"wrote {copy_dir}/report.html"
     assert (copy_dir / "report.html").read_bytes() == (real_run / "report.html").read_bytes()
@@ -82,13 +82,13 @@ def test_sapray_report_from_s3(real_run, s3_server, tmp_path):  # noqa: F811
     env.pop("AWS_ENDPOINT_URL_S3", None)
     uri = f"s3://{BUCKET}/runs/finished"
     done = subprocess.run([sys.executable, "-m", "sapray", "report", uri], cwd=REPO, env=env, capture_output=True,
-                          text=True, timeout=300)
+                          text=True, timeout=PATIENCE_S)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip() == f"wrote {uri}/report.html"
     with fs.open_input_stream(f"{BUCKET}/runs/finished/report.html") as f:
         assert f.read() == (real_run / "report.html").read_bytes()
     missing = subprocess.run([sys.executable, "-m", "sapray", "report", f"s3://{BUCKET}/runs/nothing"], cwd=REPO,
-                             env=env, capture_output=True, text=True, timeout=300)
+                             env=env, capture_output=True, text=True, timeout=PATIENCE_S)
     assert missing.returncode == 1 and "no selection.json or summary.json" in missing.stderr
     assert "Traceback" not in missing.stderr
 
@@ -237,7 +237,7 @@ def test_real_filter_writes_report_and_sapray_report_rebuilds_it(tmp_path):
     (tmp_path / "filter.yaml").write_text(yaml.safe_dump(config))
     done = subprocess.run([sys.executable, "-m", "sapray", "filter", "--config", str(tmp_path / "filter.yaml"),
                            "--set", "ray.address=local"], cwd=REPO, env=_env(), capture_output=True, text=True,
-                          timeout=900)
+                          timeout=PATIENCE_S)
     assert done.returncode == 0, done.stderr[-4000:]
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())

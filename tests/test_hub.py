@@ -19,6 +19,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from conftest import PATIENCE_S
 
 from sapray.config import ConfigError, TeacherConfig, resolve_paths
 from sapray.models import locate
@@ -60,12 +61,12 @@ def offline_env(hf_home: Path) -> dict[str, str]:
 RESULT = "RESULT "
 
 
-def run_python(script: str, hf_home: Path, timeout: int = 600, **env: str) -> dict:
+def run_python(script: str, hf_home: Path, **env: str) -> dict:
     """Run ``script`` (which prints ``RESULT <json>``) in a child process with the offline Hub cache."""
     path = hf_home.parent / f"script_{abs(hash(script))}.py"
     path.write_text(textwrap.dedent(script))
     done = subprocess.run([sys.executable, str(path)], env={**offline_env(hf_home), **env}, capture_output=True,
-                          text=True, timeout=timeout, cwd=ROOT)
+                          text=True, timeout=PATIENCE_S, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     # the script's own line: engines may print to stdout too
     [result] = [line for line in done.stdout.splitlines() if line.startswith(RESULT)]
@@ -178,7 +179,7 @@ def test_an_id_not_in_the_cache_offline_ends_the_cli_with_a_message_naming_id_re
     done = subprocess.run(
         [sys.executable, "-m", "sapray", "mine", "--model", "HuggingFaceTB/not-cached", "--pool",
          "sapray/data/gsm8k/pool.jsonl", "--output", str(tmp_path / "ex.jsonl")],
-        env=offline_env(hf_home), capture_output=True, text=True, timeout=300, cwd=ROOT)
+        env=offline_env(hf_home), capture_output=True, text=True, timeout=PATIENCE_S, cwd=ROOT)
     assert done.returncode == 1
     assert "Traceback" not in done.stderr
     assert (f"Error: model 'HuggingFaceTB/not-cached' (revision 'main') is not a local directory and not in the "
@@ -193,7 +194,7 @@ def test_mining_by_hub_id_resolves_in_the_ray_actor_and_records_the_commit(hf_ho
         [sys.executable, "-m", "sapray", "mine", "--model", REPO, "--pool", "sapray/data/gsm8k/pool.jsonl",
          "--output", str(out), "--checker", "none", "--n", "1", "--max-questions", "2", "--max-tokens", "8",
          "--batch-size", "1", "--set", "ray.num_cpus_per_actor=1"],
-        env=offline_env(hf_home), capture_output=True, text=True, timeout=600, cwd=ROOT)
+        env=offline_env(hf_home), capture_output=True, text=True, timeout=PATIENCE_S, cwd=ROOT)
     assert done.returncode == 0, done.stderr[-3000:]
     provenance = json.loads(out.with_suffix(".json").read_text())
     assert (provenance["model"], provenance["revision"], provenance["commit"]) == (REPO, None, MAIN)

@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from conftest import PATIENCE_S
 
 from sapray.config import load_config
 from sapray.exemplars import ExemplarShortfall, load_exemplar_file
@@ -92,7 +93,7 @@ def test_the_mine_command_finds_a_checked_answer_writes_a_select_ready_file_and_
     done = subprocess.run(
         [sys.executable, "-m", "sapray", "mine", "--pool", str(pool), "--output", str(out), "--n", "1",
          "--max-tokens", "64", "--batch-size", "1", "--exclude", str(excluded), "--seed", "3"],
-        capture_output=True, text=True, timeout=900, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
+        capture_output=True, text=True, timeout=PATIENCE_S, cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr[-3000:]
     [row] = [json.loads(line) for line in out.read_text().splitlines()]
     assert (row["question_id"], row["checked"], row["gold"]) == ("e0", True, "5") and "5" in row["text"]
