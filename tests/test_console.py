@@ -1,0 +1,67 @@
+"""The quiet console: sapray's lines on the terminal, everything else in run.log (no model, no Ray)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+from conftest import PATIENCE_S
+
+from sapray import console as console_module
+from sapray.console import Console
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def test_progress_off_a_terminal_is_a_line_now_and_then_and_a_last_line(monkeypatch):
+    monkeypatch.setattr(console_module, "PROGRESS_EVERY_S", 0.0)
+    err = io.StringIO()
+    c = Console()
+    c.use(io.StringIO(), err)
+    assert list(c.progress(iter(range(3)), 3, "scoring")) == [0, 1, 2]
+    lines = err.getvalue().splitlines()
+    # no line for the first item (it only says that the first block came back), one per later item, the total
+    assert [line.split(" (")[0] for line in lines[:-1]] == ["scoring: 2/3", "scoring: 3/3"]
+    assert lines[-1].startswith("scoring: 3/3 in ")
+
+
+SCRIPT = """
+import logging, os, sys
+from sapray.console import console, session
+
+with session(sys.argv[1], verbose=False):
+    console.say("round 1: 8 questions")
+    print("a library's print")
+    print("a warning on stderr", file=sys.stderr)
+    os.write(2, b"[2026-11-26 E 1 1] core_worker.cc:2465: noise from C++\\n")
+    logging.getLogger("ray").warning("Token authentication is enabled")
+    print("(ScoreActor pid=7) A worker died or was killed while executing a task", file=sys.stderr)
+console.result("the result")
+"""
+
+
+def test_a_command_session_keeps_the_terminal_to_sapray_and_logs_the_rest(tmp_path):
+    script = tmp_path / "job.py"
+    script.write_text(textwrap.dedent(SCRIPT))
+    out = tmp_path / "out"
+    done = subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, cwd=ROOT,
+                          timeout=PATIENCE_S)
+    assert done.returncode == 0, done.stderr
+    log = out / "run.log"
+    assert done.stdout.splitlines() == ["the result"]
+    assert done.stderr.splitlines() == [
+        "round 1: 8 questions",
+        f"Ray reported 1 worker error line(s); the work was retried (details in {log})",
+        f"log: {log}",
+    ]
+    text = log.read_text()
+    for line in ("round 1: 8 questions", "a library's print", "a warning on stderr", "noise from C++",
+                 "Token authentication is enabled", "A worker died"):
+        assert line in text
+    # a resumed job appends to its log
+    subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, cwd=ROOT,
+                   timeout=PATIENCE_S, check=True)
+    assert log.read_text().count("noise from C++") == 2
