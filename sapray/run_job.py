@@ -6,7 +6,6 @@
 from __future__ import annotations
 
 import json
-import logging
 from collections.abc import Callable
 from typing import Any
 
@@ -19,7 +18,6 @@ from sapray.read import Reject, child, filesystem, read_inputs, read_questions, 
 from sapray.report import write_outputs
 from sapray.select import TeacherRounds, run_select
 
-log = logging.getLogger("sapray")
 
 
 def _write_jsonl(uri: str, rows: list[dict]) -> None:
@@ -44,8 +42,8 @@ def teacher_rounds(cfg: SelectConfig) -> TeacherRounds:
         rows, rejects = [], []
         for name in names:
             strategy = by_name[name]
-            log.info("generating the sample with strategy %s (%s, %d questions)", name, strategy.teacher.describe(),
-                     len(questions))
+            console.say(f"generating the sample with strategy {name} ({strategy.teacher.describe()}, "
+                        f"{len(questions)} questions)")
             asked[name] += len(questions)
             for new, bad, cost in generate(strategy, questions, cfg.ray):
                 costs[name].add(cost)
@@ -130,7 +128,7 @@ def run_all(cfg: SelectConfig, on_round: Callable[[str], None] | None = None) ->
     done = finished_selection(cfg)
     if done:
         summary, sample_costs = done
-        log.info("the selection for this config is already in %s; resuming the full set", cfg.output)
+        console.say(f"the selection for this config is already in {cfg.output}; resuming the full set")
     else:
         teachers = teacher_rounds(cfg) if cfg.strategies else None
         result = run_select(cfg, on_round=on_round, teachers=teachers)

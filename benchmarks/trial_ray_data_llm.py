@@ -1,0 +1,57 @@
+"""Trial: Ray Data LLM's vLLM processor as a sapray teacher stage, on this machine's vLLM.
+
+Generates greedy answers to a few bundled GSM8K questions with ``ray.data.llm.build_processor`` and
+``vLLMEngineProcessorConfig`` (the async engine, continuous batching across blocks), one bad row
+among them, and prints what came back: the texts, token counts, and what happened to the bad row.
+The outcome is recorded in docs/scaling.md ("Ray Data LLM").
+
+    PYTHONPATH=. .venv/bin/python benchmarks/trial_ray_data_llm.py --questions 4
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from importlib import resources
+
+from sapray.models import locate
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--questions", type=int, default=4)
+    parser.add_argument("--max-tokens", type=int, default=32)
+    args = parser.parse_args()
+
+    import ray
+    from ray.data.llm import build_processor, vLLMEngineProcessorConfig
+
+    path = locate("smollm2").path
+    data = resources.files("sapray") / "data" / "gsm8k" / "questions.jsonl"
+    questions = [json.loads(line) for line in data.read_text().splitlines()[: args.questions]]
+    rows = [{"question_id": q["question_id"], "question": q["question"]} for q in questions]
+    rows.append({"question_id": "bad", "question": "x" * 200_000})  # far over max_model_len
+    ray.init(include_dashboard=False)
+    config = vLLMEngineProcessorConfig(
+        model_source=path, batch_size=2, concurrency=1,
+        engine_kwargs={"enforce_eager": True, "max_model_len": 2048, "dtype": "float32"},
+        should_continue_on_error=True,
+    )
+    processor = build_processor(
+        config,
+        preprocess=lambda row: {**row, "messages": [{"role": "user", "content": row["question"]}],
+                                "sampling_params": {"temperature": 0.0, "max_tokens": args.max_tokens}},
+        postprocess=lambda row: {"question_id": row["question_id"], "text": row.get("generated_text"),
+                                 "tokens": row.get("num_generated_tokens"),
+                                 "error": row.get("__inference_error__")},
+    )
+    started = time.monotonic()
+    out = processor(ray.data.from_items(rows)).take_all()
+    print(f"{len(out)} of {len(rows)} rows back in {time.monotonic() - started:.1f} s")
+    for r in out:
+        print(json.dumps(r)[:300])
+
+
+if __name__ == "__main__":
+    main()
