@@ -19,7 +19,6 @@ from sapray.report import write_outputs
 from sapray.select import TeacherRounds, run_select
 
 
-
 def _write_jsonl(uri: str, rows: list[dict]) -> None:
     fs, path = filesystem(uri)
     with fs.open_output_stream(path) as f:
