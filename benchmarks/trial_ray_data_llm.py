@@ -37,6 +37,8 @@ def main() -> None:
         model_source=path, batch_size=2, concurrency=1,
         engine_kwargs={"enforce_eager": True, "max_model_len": 2048, "dtype": "float32"},
         should_continue_on_error=True,
+        # its default bundle is {GPU: 1, CPU: 1}: on a machine without GPUs the actor would wait forever
+        placement_group_config={"bundles": [{"CPU": 1}]},
     )
     processor = build_processor(
         config,
