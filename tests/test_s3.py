@@ -94,7 +94,8 @@ def test_select_reads_and_writes_s3(s3_env, tmp_path):
                            "--set", "ray.address=local"], cwd=REPO, env={**env, **s3_env},
                           capture_output=True, text=True, timeout=PATIENCE_S)
     assert done.returncode == 0, done.stderr[-4000:]
-    assert f"wrote {out}/selection.json" in done.stdout
+    assert f"wrote {out}/report.html, selection.json" in done.stdout
+    assert b"round 1: " in _read(f"{out}/run.log")  # the command's log goes beside the outputs, on S3 too
 
     selection = json.loads(_read(f"{out}/selection.json"))
     assert selection["counts"]["scored"] == 12 and selection["counts"]["candidate_rows_in"] == 120
