@@ -35,6 +35,7 @@ from sapray.read import (
     child,
     filesystem,
     iter_records,
+    joined_question,
     read_text,
     text_index,
 )
@@ -80,7 +81,8 @@ def _money(teacher: TeacherConfig, prompt_tokens: int, completion_tokens: int) -
 def _file_answers(teacher: TeacherConfig, questions: list[dict]) -> Iterator[dict]:
     """A file teacher's responses per question, from rows in column or chat form, joined by question_id
     or, without one, by exact question text."""
-    by_text = text_index({q["question_id"]: q for q in questions})
+    by_id = {q["question_id"]: q for q in questions}
+    by_text = text_index(by_id)
     answers: dict[str, list[str]] = {}
     unusable: dict[str, str] = {}  # question id -> why its row in the file cannot be used
     unreadable: list[str] = []  # rows without a question to report them under
@@ -92,11 +94,12 @@ def _file_answers(teacher: TeacherConfig, questions: list[dict]) -> Iterator[dic
             present.add(record["strategy"])
             if teacher.strategy not in (None, record["strategy"]):
                 continue
-            matches = [record["question_id"]] if record["question_id"] else by_text.get(record["question"].strip())
-            if len(matches or []) != 1:
-                unreadable.append(f"{source}: question text matches {len(matches or [])} questions")
+            # an id this call was not asked about is no fault: the file answers other rounds too
+            joined, problem = joined_question(record, by_id, by_text)
+            if joined is None:
+                unreadable.append(f"{source}: {problem}")
                 continue
-            answers.setdefault(matches[0], []).append(record["response"])
+            answers.setdefault(joined, []).append(record["response"])
         elif qid is not None:
             unusable.setdefault(str(qid), f"{source}: {record}")
         else:

@@ -501,22 +501,28 @@ def questions_from_candidates(records: list[dict]) -> dict[str, dict]:
     return questions
 
 
+def joined_question(record: dict, questions: dict[str, dict], by_text: dict[str, list[str]]
+                    ) -> tuple[str | None, str | None]:
+    """(question_id, why it does not join) of a candidate record: its own id, else the one question
+    with its exact text (outer spaces aside)."""
+    qid = record["question_id"]
+    if qid is not None:
+        return qid, None if qid in questions else f"unknown question_id {qid!r}"
+    matches = by_text.get(record["question"].strip(), [])
+    if len(matches) == 1:
+        return matches[0], None
+    if matches:
+        return None, f"ambiguous: the question text matches {len(matches)} questions {matches[:5]}"
+    return None, "unmatched: no question has this exact text"
+
+
 def _join(records: list[dict], questions: dict[str, dict], rejects: list[Reject]) -> list[dict]:
     """Candidates joined to questions by question_id when the row has one, else by exact question text
     (outer spaces aside); unmatched, ambiguous and duplicate rows become rejects."""
     rows, seen, by_text = [], {}, text_index(questions)
     for r in records:
-        qid, name, joined_by, problem = r["question_id"], r["strategy"], "question_id", None
-        if qid is None:
-            joined_by, matches = "text", by_text.get(r["question"].strip(), [])
-            if len(matches) == 1:
-                qid = matches[0]
-            elif matches:
-                problem = f"ambiguous: the question text matches {len(matches)} questions {matches[:5]}"
-            else:
-                problem = "unmatched: no question has this exact text"
-        elif qid not in questions:
-            problem = f"unknown question_id {qid!r}"
+        name, joined_by = r["strategy"], "question_id" if r["question_id"] is not None else "text"
+        qid, problem = joined_question(r, questions, by_text)
         if problem is None and (qid, name) in seen:
             problem = f"duplicate (question_id, strategy) ({qid!r}, {name!r}); first at {seen[(qid, name)]}"
         if problem:
