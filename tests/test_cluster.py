@@ -174,7 +174,7 @@ def test_select_job_on_two_node_cluster():
         logs = cluster.ray("job", "logs", "--address", cluster.api, job_id).stdout
         assert f"Job '{job_id}' succeeded" in status, f"{status}\n{submit.stdout[-4000:]}\n{submit.stderr[-2000:]}"
         assert "round 1: 1 questions" in logs and "round 2: 2 questions" in logs  # progress, as the job runs
-        assert "winner:" in logs and f"wrote {root / 'cluster'}/selection.json" in logs
+        assert "winner:" in logs and f"wrote {root / 'cluster'}/report.html, selection.json" in logs
 
         # The same selection, byte for byte: fixed-size Ray Data blocks make scores independent of the pool.
         assert (root / "cluster" / "selection.json").read_bytes() == (root / "local" / "selection.json").read_bytes()
