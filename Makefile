@@ -24,11 +24,16 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/sapray demo
 
+# Two workers, one test file each at a time (module fixtures such as an engine stay one per file):
+# most of a test's time is starting processes, Ray and engines, which a second worker overlaps.
+TEST_WORKERS ?= 2
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+
 test: $(STAMP)
-	$(PY) -m pytest -q -ra --durations=15
+	$(PYTEST) -ra --durations=25
 
 test-fast: $(STAMP)
-	$(PY) -m pytest -q -m "not vllm and not cluster"
+	$(PYTEST) -m "not vllm and not cluster"
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sapray tests benchmarks jobs

@@ -299,7 +299,7 @@ def test_race_in_run_stops_asking_an_eliminated_teacher(ray_local, exemplar_file
     proxy = FaultProxy(vllm_server, faults=())
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     monkeypatch.setenv("SAPRAY_TEST_API_KEY", SECRET)
-    questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:15])
+    questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:10])
     teacher = {"kind": "openai", "model": "smollm2", "base_url": f"http://127.0.0.1:{proxy.server_port}/v1",
                "api_key_env": "SAPRAY_TEST_API_KEY", "timeout_s": 20, "max_concurrency": 2,
                "price_per_million_prompt": 0.5, "price_per_million_completion": 1.5}
@@ -311,7 +311,7 @@ def test_race_in_run_stops_asking_an_eliminated_teacher(ray_local, exemplar_file
     ]
     raw = job(tmp_path, exemplar_file, questions, strategies=strategies, metrics=["sap"])
     del raw["data"]["candidates"]
-    raw["sample"] = {"max_questions": 15, "round_size": 5, "min_questions": 5, "seed": 0}
+    raw["sample"] = {"max_questions": 10, "round_size": 5, "min_questions": 5, "seed": 0}
     lines: list[str] = []
     try:
         summary, costs, metadata = run_all(load_config(raw), on_round=lines.append)
@@ -328,6 +328,6 @@ def test_race_in_run_stops_asking_an_eliminated_teacher(ray_local, exemplar_file
     assert saved["tokens"] > 0 and saved["money"] > 0
     winner = summary["winner"]["strategy"]
     assert winner in ("plain", "steps") and metadata["strategy"] == winner
-    assert metadata["rows"] == 15 and metadata["rejected"] == 0
+    assert metadata["rows"] == 10 and metadata["rejected"] == 0
     train = read_jsonl(tmp_path / "train" / "train.jsonl")
-    assert sorted(r["question_id"] for r in train) == sorted(q["question_id"] for q in load_questions()[:15])
+    assert sorted(r["question_id"] for r in train) == sorted(q["question_id"] for q in load_questions()[:10])

@@ -1,4 +1,5 @@
-"""The race's stopping and elimination rule: hand-computed sequences, and its error rate by simulation.
+"""The race's stopping and elimination rule: hand-computed sequences, its error rate by simulation,
+and a real race in the select job (hf engine, Ray Data).
 
 The coverage test is the one that has teeth: peeking after every round, a naive per-round 95%
 interval declares a wrong winner far more often than 5% of the time, while the anytime-valid
@@ -11,8 +12,13 @@ import math
 
 import numpy as np
 import pytest
+from conftest import load_candidates
+from test_select import base_config, exemplar_file, ray_local, run, write_jsonl  # noqa: F401  (fixtures)
 
+from sapray.config import load_config
 from sapray.race import Race, RaceRule, cs_radius, pair_alpha, rho2_for
+from sapray.report import write_outputs
+from sapray.select import run_select
 
 
 def test_radius_by_hand():
@@ -128,3 +134,46 @@ def test_wrong_winner_rate_holds_under_peeking_and_naive_intervals_break_it():
     assert wrong <= bound, f"anytime-valid race: wrong winner in {wrong:.1%} of races (bound {bound:.1%})"
     assert naive > bound, f"the naive rule should break the bound, got {naive:.1%}"
     assert any(ended == "winner" for ended, _ in outcomes)
+
+
+def garbled(text: str) -> str:
+    """The same characters, shuffled per word: a response no model finds familiar."""
+    import random
+
+    rng = random.Random(len(text))
+    return " ".join("".join(rng.sample(w, len(w))) for w in text.split()[::-1])
+
+
+def test_race_drops_a_loser_and_never_scores_it_again(ray_local, exemplar_file, tmp_path):  # noqa: F811
+    keep = ("human", "175b_verification")
+    rows = [c for c in load_candidates() if c["strategy"] in keep]
+    rows += [{**c, "strategy": "garbled", "response": garbled(c["response"])}
+             for c in load_candidates() if c["strategy"] == "human"]
+    candidates = write_jsonl(tmp_path / "candidates.jsonl", rows)
+    lines: list[str] = []
+    raw = base_config(exemplar_file, str(tmp_path / "out"), **{
+        "data.candidates": candidates, "metrics": ["sap"],
+        "sample": {"max_questions": 10, "round_size": 5, "min_questions": 5, "seed": 7}})
+    cfg = load_config(raw)
+    result = run_select(cfg, on_round=lines.append)
+    race = result.summary["race"]
+    assert race["stop"] == "confident" and race["eliminated"] == {"garbled": 1}
+    first = race["rounds"][0]
+    assert first["eliminated"] == ["garbled"] and first["intervals"]["garbled"]["lo"] > first["margin"]
+    assert "round 1: 5 questions" in lines[0] and "dropped garbled" in lines[0]
+    scored = [s for s in result.scores if s["strategy"] == "garbled"]
+    assert len(scored) == 5  # the first round only
+    # SAP only: one request per candidate; the loser's requests stop after round 1
+    assert result.counts["requests_scored"] == len(result.scores) == 15 + 10 * (len(race["rounds"]) - 1)
+    counts = result.counts
+    assert counts["not_sampled_eliminated"] == counts["questions_sampled"] - 5
+    assert counts["scored"] + counts["rejected"] + counts["not_sampled"] == counts["candidate_rows_in"] == 60
+    assert result.summary["ranking"][-1] == "garbled"
+    assert all(math.isnan(s["ppl"]) for s in result.scores)  # PPL was not scored
+    cost = race["cost"]
+    assert cost["garbled"]["questions"] == 5 and cost["garbled"]["scoring_tokens_saved"] > 0
+    # same config, same race, same bytes
+    write_outputs(cfg.output, result, cfg.model_dump())
+    again = tmp_path / "again"
+    run({**raw, "output": str(again)})
+    assert (again / "selection.json").read_bytes() == (tmp_path / "out" / "selection.json").read_bytes()
