@@ -20,7 +20,8 @@ from sapray.console import console
 log = logging.getLogger(__name__)
 
 
-STARTUP_PATIENCE_S = 600
+# How long to keep restarting a local Ray that does not come up (Ray gives its raylet a fixed 30 s).
+STARTUP_PATIENCE_S = float(os.environ.get("SAPRAY_RAY_STARTUP_PATIENCE_S", 600))
 
 
 def start_local_ray(patience_s: float, **kwargs: Any) -> None:

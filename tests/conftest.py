@@ -22,6 +22,9 @@ N_EXEMPLARS = 3
 # How long a test waits for what only a busy machine makes slow (a server starting or stopping, a job
 # in a subprocess): a guard against hangs, never a check of speed. SAPRAY_TEST_PATIENCE_S overrides.
 PATIENCE_S = float(os.environ.get("SAPRAY_TEST_PATIENCE_S", 1800))
+# Jobs the tests start (in this process or as subprocesses) keep restarting a local Ray that a busy
+# machine keeps from coming up, for as long as the tests wait for them.
+os.environ.setdefault("SAPRAY_RAY_STARTUP_PATIENCE_S", str(PATIENCE_S))
 
 
 def wait_until(ready: Callable[[], bool], what: str, proc: subprocess.Popen | None = None,
