@@ -14,7 +14,6 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
-import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import DATA_DIR, PATIENCE_S, load_questions, stop_process, wait_until
@@ -48,28 +47,6 @@ def job(tmp_path: Path, exemplars: str, questions: str, **extra) -> dict:
 
 def read_jsonl(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines()]
-
-
-@pytest.mark.vllm
-def test_run_with_vllm_teacher_two_prompt_styles_and_the_bundled_six(ray_local, exemplar_file, tmp_path):  # noqa: F811
-    pytest.importorskip("vllm")
-    questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:3])
-    cfg = load_config(job(tmp_path, exemplar_file, questions, strategies=teacher_strategies("vllm")))
-    summary, costs, metadata = run_all(cfg)
-    assert set(summary["strategies"]) == {"smol_plain", "smol_steps", "human", "socratic", "6b_finetuning",
-                                                 "6b_verification", "175b_finetuning", "175b_verification"}
-    assert summary["counts"]["scored"] == 2 * 8
-    assert costs["smol_plain"]["completion_tokens"] > 0 and costs["smol_steps"]["prompt_tokens"] > 0
-    train = read_jsonl(tmp_path / "train" / "train.jsonl")
-    assert metadata["questions"] == 3 and metadata["rows"] + metadata["rejected"] == 3
-    assert sorted(r["question_id"] for r in train) == sorted({r["question_id"] for r in train})
-    for row in train:
-        roles = [m["role"] for m in row["messages"]]
-        assert roles == ["user", "assistant"] and row["strategy"] == summary["winner"]["strategy"]
-        assert row["prompt_hash"] and row["teacher"] and json.loads(row["sampling"])["max_tokens"] > 0
-        assert row["finish_reason"] in ("stop", "length")
-    assert metadata["rows_truncated"] == sum(r["finish_reason"] == "length" for r in train)
-    assert pq.read_table(tmp_path / "train" / "train.parquet").num_rows == len(train)
 
 
 def test_run_resumes_after_kill_9_in_full_generation_without_duplicates(tmp_path, exemplar_file):  # noqa: F811
