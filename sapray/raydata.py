@@ -20,8 +20,9 @@ from sapray.console import console
 log = logging.getLogger(__name__)
 
 
-# How long to keep restarting a local Ray that does not come up (Ray gives its raylet a fixed 30 s).
-STARTUP_PATIENCE_S = float(os.environ.get("SAPRAY_RAY_STARTUP_PATIENCE_S", 600))
+# How long to keep restarting a local Ray that does not come up (Ray gives its raylet a fixed 30 s);
+# SAPRAY_RAY_STARTUP_PATIENCE_S overrides, read when Ray starts so a caller may set it at any time.
+STARTUP_PATIENCE_S = 600
 
 
 def start_local_ray(patience_s: float, **kwargs: Any) -> None:
@@ -54,7 +55,8 @@ def init_ray(cfg: RayConfig) -> None:
     options = {"include_dashboard": False if address in (None, "local") else None,
                "logging_level": logging.WARNING, "log_to_driver": True, "configure_logging": True}
     if address in (None, "local"):
-        start_local_ray(STARTUP_PATIENCE_S, address=address, **options)
+        patience = float(os.environ.get("SAPRAY_RAY_STARTUP_PATIENCE_S", STARTUP_PATIENCE_S))
+        start_local_ray(patience, address=address, **options)
     else:
         ray.init(address=address, **options)
     ctx = ray.data.DataContext.get_current()
