@@ -266,7 +266,7 @@ def filter_command(config_path: str, method: str | None, set_items: tuple[str, .
     console.result(f"{cfg.method}: {c['rows_in']} in = {c['kept']} kept + {c['dropped']} dropped "
                f"+ {c['rejected']} rejected")
     console.result(json.dumps(result.summary.get("distributions", {}), indent=2))
-    console.result(f"wrote {paths['kept.jsonl']} and {len(paths) - 1} more files")
+    console.result(f"wrote {paths['kept']}/ (the kept samples) and {len(paths) - 1} more")
 
 
 

@@ -105,6 +105,8 @@ class RayConfig(Strict):
     actors: int | None = Field(None, ge=1, description="engine actors; None: one per GPU group on a cluster with "
                                "GPUs, else one per CPU as memory allows (see sapray.placement)")
     batch_size: int = Field(32, ge=1)
+    shard_mb: float = Field(64, gt=0, description="whole-dataset jobs read their input in pieces of about this "
+                            "many MiB, each by one worker (a Parquet file by row groups)")
     num_cpus_per_actor: float | None = Field(None, ge=0, description="None: 1 (a CPU engine computes on one "
                                              "thread per CPU it has)")
     num_gpus_per_actor: float | None = Field(None, ge=0, description="None: vLLM tensor_parallel_size x "

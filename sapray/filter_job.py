@@ -13,22 +13,37 @@ dropped (with its reason) or rejected (with its reason); the job checks that the
 
 from __future__ import annotations
 
-import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from functools import partial
 from typing import Any, Literal
 
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 from pydantic import Field
 
-from sapray import filters, metrics
-from sapray.actors import GenerateActor, ScoreActor
+from sapray import filters, metrics, order_stats, stages
+from sapray.actors import GenerateActor
 from sapray.answers import make_checker
 from sapray.config import Columns, RayConfig, Strict, validate
 from sapray.engines import EngineName, SamplingConfig
 from sapray.exemplars import zero_shot_prompts
 from sapray.models import locate
 from sapray.raydata import init_ray, map_with_actors
-from sapray.read import MISSING, Reject, iter_records, nothing_usable, read_questions, text_problem
+from sapray.read import (
+    MISSING,
+    InputError,
+    Reject,
+    _number_as_text,
+    child,
+    iter_records,
+    nothing_usable,
+    read_questions,
+    text_problem,
+)
+from sapray.shards import check_columns
 
 
 class ConsistencyConfig(Strict):
@@ -85,175 +100,383 @@ def load_filter_config(raw: dict, overrides: list[str] = ()) -> FilterConfig:
 
 @dataclass
 class FilterResult:
-    rows: list[dict]  # every sample: its scores, kept flag and (if dropped) reason
-    rejects: list[Reject]
     summary: dict
+    paths: dict[str, str]  # name -> folder or file written (kept, scores, rejects)
+
+
+SAMPLE_SCHEMA = pa.schema([
+    ("order", pa.int64()), ("source", pa.string()), ("sample_id", pa.string()), ("question", pa.string()),
+    ("response", pa.string()), ("gold", pa.string()), ("reject", pa.string()), ("reject_stage", pa.string())])
+
+
+def sample_record(index: int, row: dict | str, columns: Columns) -> dict | str:
+    """A question-response sample from columns or a ``messages`` list; else why the row is unusable."""
+    if isinstance(row, str):
+        return row
+    question, response = row.get(columns.question, MISSING), row.get(columns.response, MISSING)
+    names, problem = (f"column {columns.question!r}", f"column {columns.response!r}"), None
+    messages = row.get("messages")
+    if isinstance(messages, list):
+        users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
+        bots = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
+        names = ("the first user turn of 'messages'", "the last assistant turn of 'messages'")
+        question, response = (users[0] if users else None), (bots[-1] if bots else None)
+        if not users or not bots:
+            problem = f"'messages' has no {'user' if not users else 'assistant'} turn"
+    problem = problem or text_problem(question, names[0]) or text_problem(response, names[1])
+    if problem is None and not response.strip():
+        problem = "empty response"
+    if problem:
+        return problem
+    gold = _number_as_text(row.get(columns.gold))
+    sample_id = _number_as_text(row.get("sample_id", row.get(columns.question_id, index)))
+    return {"sample_id": f"{sample_id}#{index}", "question": question, "response": response,
+            "gold": gold if text_problem(gold, "gold") is None else None}
+
+
+def sample_row(index: int, source: str, row: dict | str, columns: Columns) -> dict:
+    """``sample_record`` as a row of SAMPLE_SCHEMA: a reject keeps its place with the reason."""
+    record = sample_record(index, row, columns)
+    if isinstance(record, str):
+        return {"order": index, "source": source, "sample_id": "", "question": "", "response": "", "gold": None,
+                "reject": record, "reject_stage": "read"}
+    return {"order": index, "source": source, **record, "reject": "", "reject_stage": ""}
 
 
 def read_samples(uri: str, columns: Columns) -> tuple[list[dict], list[Reject]]:
-    """Question-response rows from columns or from a ``messages`` list; InputError if none is usable."""
+    """All samples of a small file in the driver (tests, tools); InputError if none is usable."""
     samples, rejects = [], []
     for index, (source, row) in enumerate(iter_records(uri)):
-        if isinstance(row, str):
-            rejects.append(Reject(source, row, "read"))
-            continue
-        question, response = row.get(columns.question, MISSING), row.get(columns.response, MISSING)
-        names, problem = (f"column {columns.question!r}", f"column {columns.response!r}"), None
-        messages = row.get("messages")
-        if isinstance(messages, list):
-            users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-            bots = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
-            names = ("the first user turn of 'messages'", "the last assistant turn of 'messages'")
-            question, response = (users[0] if users else None), (bots[-1] if bots else None)
-            if not users or not bots:
-                problem = f"'messages' has no {'user' if not users else 'assistant'} turn"
-        problem = problem or text_problem(question, names[0]) or text_problem(response, names[1])
-        if problem is None and not response.strip():
-            problem = "empty response"
-        if problem:
-            rejects.append(Reject(source, problem, "read"))
-            continue
-        sample_id = str(row.get("sample_id", row.get(columns.question_id, index)))
-        samples.append({"sample_id": f"{sample_id}#{index}", "question": question, "response": response,
-                        "source": source, **({"gold": row[columns.gold]} if columns.gold in row else {})})
+        record = sample_record(index, row, columns)
+        if isinstance(record, str):
+            rejects.append(Reject(source, record, "read"))
+        else:
+            samples.append({**record, "source": source})
     if not samples:
         raise nothing_usable("samples", [uri], rejects)
     return samples, rejects
-
-
-def _score(cfg: FilterConfig, model: str, revision: str | None, requests: list[dict],
-           engine_args: dict | None = None) -> dict[str, dict]:
-    """Score request rows (request_id, context, continuation) with a ScoreActor pool; by request_id."""
-    rows = [{"request_id": r["request_id"], "context_json": json.dumps(r["context"]),
-             "continuation": r["continuation"], "context_key": r.get("context_key", "")} for r in requests]
-    # Resolved here first, so a missing model fails before any actor starts; actors load the same commit.
-    kwargs = {"engine": cfg.engine, "model": model, "revision": locate(model, revision).commit,
-              "engine_args": {**cfg.engine_args, **(engine_args or {})},
-              "boundary": "joint", "overlong": cfg.overlong}
-    return {row["request_id"]: row for row in map_with_actors(rows, ScoreActor, kwargs, cfg.ray, what="scoring")}
-
-
-def _nll(result: dict) -> float:
-    return metrics.mean_loss(result["token_logprobs"])
 
 
 def _chat(question: str) -> list[dict]:
     return [{"role": "user", "content": question}]
 
 
-def _dsweight_requests(samples: list[dict], loss: str, prefix: str) -> list[dict]:
+# -- the methods: requests per sample, scoring passes, scores from the sums, keep rule -------------------
+
+def _ifd_requests(row: dict) -> list[tuple[Any, str]]:
+    return [(_chat(row["question"]), row["response"]), ("", row["response"])]
+
+
+def _chat_request(row: dict) -> list[tuple[Any, str]]:
+    return [(_chat(row["question"]), row["response"])]
+
+
+def _dsweight_requests(row: dict, loss: str) -> list[tuple[Any, str]]:
     """The authors score the whole 'Q: {q}\\nA: {a}' string; the variant scores only the answer."""
     if loss == "whole":
-        return [{"request_id": f"{prefix}{s['sample_id']}", "context": "",
-                 "continuation": f"Q: {s['question']}\nA: {s['response']}"} for s in samples]
-    return [{"request_id": f"{prefix}{s['sample_id']}", "context": f"Q: {s['question']}\nA:",
-             "continuation": f" {s['response']}"} for s in samples]
+        return [("", f"Q: {row['question']}\nA: {row['response']}")]
+    return [(f"Q: {row['question']}\nA:", f" {row['response']}")]
 
 
-def _apply_scores(samples, scored, rejects, score_fn) -> list[dict]:
-    """Attach scores; a sample whose request the engine refused becomes a reject with the reason."""
-    kept = []
-    for s in samples:
-        errors = [r["error"] for r in scored(s) if r["error"]]
-        if errors:
-            rejects.append(Reject(s["source"], "; ".join(errors), "score"))
-            continue
-        kept.append({**s, **score_fn(*scored(s))})
-    return kept
+def _nll(row: dict, prefix: str = "", r: int = 0) -> float:
+    return metrics.nll_of_sum(row[f"{prefix}sum_{r}"], row[f"{prefix}tokens_{r}"])
 
 
-def run_dsweight(cfg: FilterConfig, samples: list[dict], rejects: list[Reject]) -> tuple[list[dict], dict]:
-    ds = cfg.dsweight
-    if ds is None:
-        raise ValueError("method dsweight needs a dsweight section with a valid set")
-    valid_columns = cfg.columns.model_copy(update={"response": ds.valid_response_column})
-    valid, valid_rejects = read_samples(ds.valid, valid_columns)
-    requests = _dsweight_requests(samples, ds.loss, "") + _dsweight_requests(valid, ds.loss, "valid/")
-    scored = _score(cfg, cfg.model, cfg.revision, requests)
-    valid_scored = [scored[f"valid/{v['sample_id']}"] for v in valid]
-    valid_losses = [_nll(r) for r in valid_scored if not r["error"]]
-    valid_mean = math.fsum(valid_losses) / len(valid_losses)
-
-    def score_fn(result: dict) -> dict:
-        loss = _nll(result)
-        weight = filters.ds_weight(valid_mean, loss)
-        return {"loss": loss, "ds_weight": weight, "shift": filters.ds_shift(weight)}
-
-    rows = _apply_scores(samples, lambda s: [scored[s["sample_id"]]], rejects, score_fn)
-    keep = filters.keep_lowest([r["shift"] for r in rows], ds.keep_fraction)
-    threshold = max((r["shift"] for r, k in zip(rows, keep, strict=True) if k), default=None)
-    for r, k in zip(rows, keep, strict=True):
-        r["kept"] = k
-        r["reason"] = "" if k else f"shift {r['shift']:.4f} outside the lowest {ds.keep_fraction:.0%} (cut {threshold})"
-    info = {"valid_rows": len(valid_losses), "valid_rows_rejected": len(valid_rejects),
-            "valid_mean_loss": valid_mean, "loss": ds.loss, "keep_fraction": ds.keep_fraction,
-            "distributions": {k: filters.distribution([r[k] for r in rows]) for k in ("loss", "ds_weight", "shift")}}
-    return rows, info
+def _ifd_scores(row: dict) -> dict:
+    given_question, alone = _nll(row, r=0), _nll(row, r=1)
+    return {"nll_given_question": given_question, "nll_alone": alone,
+            "ifd": metrics.ifd_of_nll(given_question, alone)}
 
 
-def run_lobass(cfg: FilterConfig, samples: list[dict], rejects: list[Reject]) -> tuple[list[dict], dict]:
-    lb = cfg.lobass
-    if (lb.reference_model is None) == (lb.reference_adapter is None):
-        raise ValueError("lobass needs exactly one of lobass.reference_model or lobass.reference_adapter")
-    requests = [{"request_id": s["sample_id"], "context": _chat(s["question"]), "continuation": s["response"]}
-                for s in samples]
-    initial = _score(cfg, cfg.model, cfg.revision, requests)
-    if lb.reference_adapter:
-        reference = _score(cfg, cfg.model, cfg.revision, requests, {"adapter": lb.reference_adapter})
-    else:
-        reference = _score(cfg, lb.reference_model, lb.reference_revision, requests)
-
-    def score_fn(r0: dict, r1: dict) -> dict:
-        l0, l1 = _nll(r0), _nll(r1)
-        return {"loss_initial": l0, "loss_reference": l1, "learnability": filters.lobass_score(l0, l1)}
-
-    rows = _apply_scores(samples, lambda s: [initial[s["sample_id"]], reference[s["sample_id"]]], rejects, score_fn)
-    keep = filters.keep_highest([r["learnability"] for r in rows], lb.keep_fraction)
-    for r, k in zip(rows, keep, strict=True):
-        r["kept"] = k
-        r["reason"] = "" if k else f"learnability {r['learnability']:.4f} outside the top {lb.keep_fraction:.0%}"
-    info = {"keep_fraction": lb.keep_fraction, "reference": lb.reference_model or lb.reference_adapter,
-            "reference_revision": lb.reference_revision,
-            "distributions": {k: filters.distribution([r[k] for r in rows])
-                              for k in ("loss_initial", "loss_reference", "learnability")}}
-    return rows, info
+def _lobass_scores(row: dict) -> dict:
+    l0, l1 = _nll(row, "initial_"), _nll(row, "reference_")
+    return {"loss_initial": l0, "loss_reference": l1, "learnability": filters.lobass_score(l0, l1)}
 
 
-def run_ifd(cfg: FilterConfig, samples: list[dict], rejects: list[Reject]) -> tuple[list[dict], dict]:
-    requests = []
-    for s in samples:
-        requests.append({"request_id": f"{s['sample_id']}/q", "context": _chat(s["question"]),
-                         "continuation": s["response"]})
-        requests.append({"request_id": f"{s['sample_id']}/0", "context": "", "continuation": s["response"]})
-    scored = _score(cfg, cfg.model, cfg.revision, requests)
+def _dsweight_scores(row: dict, valid_mean: float) -> dict:
+    loss = _nll(row)
+    weight = filters.ds_weight(valid_mean, loss)
+    return {"loss": loss, "ds_weight": weight, "shift": filters.ds_shift(weight)}
 
-    def score_fn(given_question: dict, alone: dict) -> dict:
-        return {"nll_given_question": _nll(given_question), "nll_alone": _nll(alone),
-                "ifd": metrics.ifd(given_question["token_logprobs"], alone["token_logprobs"])}
 
-    rows = _apply_scores(samples, lambda s: [scored[f"{s['sample_id']}/q"], scored[f"{s['sample_id']}/0"]],
-                         rejects, score_fn)
+@dataclass(frozen=True)
+class Rule:
+    """How a method keeps: rank by ``column`` (``lowest`` or highest first) among the eligible rows."""
+
+    column: str
+    lowest: bool
+    fraction: float
+    eligible: Callable[[dict], bool] = lambda row: True
+
+    def rank_value(self, row: dict) -> float:
+        return row[self.column] if self.lowest else -row[self.column]
+
+
+def _rule(cfg: FilterConfig) -> Rule:
+    if cfg.method == "dsweight":
+        return Rule("shift", True, cfg.dsweight.keep_fraction)
+    if cfg.method == "lobass":
+        return Rule("learnability", False, cfg.lobass.keep_fraction)
+    if cfg.ifd.direction == "high":  # Cherry: IFD > 1 means the question does not help; drop those first
+        return Rule("ifd", False, cfg.ifd.keep_fraction, _ifd_at_most_one)
+    return Rule("ifd", True, cfg.ifd.keep_fraction)
+
+
+def _ifd_at_most_one(row: dict) -> bool:
+    return row["ifd"] <= 1.0
+
+
+def _reason(cfg: FilterConfig, row: dict, cut: float | None) -> str:
+    if cfg.method == "dsweight":
+        return f"shift {row['shift']:.4f} outside the lowest {cfg.dsweight.keep_fraction:.0%} (cut {cut})"
+    if cfg.method == "lobass":
+        return f"learnability {row['learnability']:.4f} outside the top {cfg.lobass.keep_fraction:.0%}"
     direction = cfg.ifd.direction
-    if direction == "high":  # Cherry: IFD > 1 means the question does not help; drop those first
-        eligible = [r for r in rows if r["ifd"] <= 1.0]
-        keep = filters.keep_highest([r["ifd"] for r in eligible], cfg.ifd.keep_fraction)
-        kept_ids = {r["sample_id"] for r, k in zip(eligible, keep, strict=True) if k}
+    if direction == "high" and row["ifd"] > 1.0:
+        return f"ifd {row['ifd']:.4f} > 1 (the question makes the response harder)"
+    side = "highest" if direction == "high" else "lowest"
+    return f"ifd {row['ifd']:.4f} outside the {side} {cfg.ifd.keep_fraction:.0%}"
+
+
+SCORE_COLUMNS = {"dsweight": ("loss", "ds_weight", "shift"),
+                 "lobass": ("loss_initial", "loss_reference", "learnability"),
+                 "ifd": ("nll_given_question", "nll_alone", "ifd")}
+
+
+# -- the pipeline ------------------------------------------------------------------------------------
+
+def _encoded(cfg: FilterConfig, ds, build: Callable[[dict], list], requests: int):
+    import ray
+
+    # Tokenizers take no CPU of their own from Ray: on a CPU-only cluster the engine actors hold every CPU.
+    # Up to one per two CPUs of the cluster, so tokenizing keeps up with many engine actors.
+    most = max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
+    return ds.map_batches(
+        stages.EncodeRequests, batch_format="pyarrow", batch_size=cfg.ray.batch_size,
+        fn_constructor_kwargs={"model": cfg.model, "revision": cfg.revision, "engine": cfg.engine,
+                               "engine_args": cfg.engine_args, "build": build, "requests": requests,
+                               "boundary": "joint", "overlong": cfg.overlong},
+        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=most), num_cpus=0)
+
+
+def _scored(cfg: FilterConfig, ds, requests: int, prefix: str, model: str, revision: str | None,
+            engine_args: dict | None = None, drop_ids: bool = True):
+    """Score every request of every row with an engine actor pool; sums and token counts come back."""
+    import ray
+
+    from sapray.placement import actor_bytes, cluster_view, plan
+
+    # Resolved here first, so a missing model fails before any actor starts; actors load the same commit.
+    resolved = locate(model, revision)
+    where = plan(cfg.engine, {**cfg.engine_args, **(engine_args or {})}, cfg.ray, *cluster_view(),
+                 actor_bytes=actor_bytes(cfg.engine, resolved.path))
+    return ds.map_batches(
+        stages.ScoreSums, batch_format="pyarrow", batch_size=cfg.ray.batch_size,
+        fn_constructor_kwargs={"engine": cfg.engine, "model": model, "revision": resolved.commit,
+                               "engine_args": where.engine_args, "requests": requests, "prefix": prefix,
+                               "drop_ids": drop_ids, "num_cpus": where.num_cpus},
+        compute=ray.data.ActorPoolStrategy(size=where.actors), num_cpus=where.num_cpus,
+        num_gpus=where.num_gpus or None)
+
+
+class _Score:
+    """Scores from the sums, the rank key of the keep rule, and whether the row may be kept."""
+
+    def __init__(self, score: Callable[[dict], dict], columns: tuple[str, ...], rule: Rule) -> None:
+        self.score, self.columns, self.rule = score, columns, rule
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        values = {c: [] for c in self.columns}
+        rank, eligible = [], []
+        for row in rows:
+            scores = self.score(row) if not row["reject"] else dict.fromkeys(self.columns, math.nan)
+            for c in self.columns:
+                values[c].append(scores[c])
+            ok = not row["reject"] and self.rule.eligible(scores)
+            eligible.append(ok)
+            rank.append(self.rule.rank_value(scores) if ok else math.nan)
+        out = batch.select([c for c in batch.column_names
+                            if not c.startswith(("sum_", "tokens_", "initial_", "reference_"))])
+        for c in self.columns:
+            out = out.append_column(c, pa.array(values[c], pa.float64()))
+        out = out.append_column("rank_key", pa.array(order_stats.sortable(np.array(rank, dtype=np.float64))))
+        out = out.append_column("ok", pc.equal(batch.column("reject"), ""))
+        return out.append_column("eligible", pa.array(eligible, pa.bool_()))
+
+
+def _ok_finite(column: str) -> Callable[[pa.Table], np.ndarray]:
+    def keys(batch: pa.Table) -> np.ndarray:
+        values = batch.column(column).to_numpy(zero_copy_only=False)
+        ok = np.array([not r for r in batch.column("reject").to_pylist()], dtype=bool) & np.isfinite(values)
+        return order_stats.sortable(values[ok])
+    return keys
+
+
+def _eligible_keys(batch: pa.Table) -> np.ndarray:
+    mask = batch.column("eligible").to_numpy(zero_copy_only=False)
+    return batch.column("rank_key").to_numpy(zero_copy_only=False).astype(np.uint64)[mask]
+
+
+def _tied_orders(key: int) -> Callable[[pa.Table], np.ndarray]:
+    def orders(batch: pa.Table) -> np.ndarray:
+        mask = batch.column("eligible").to_numpy(zero_copy_only=False) & (
+            batch.column("rank_key").to_numpy(zero_copy_only=False).astype(np.uint64) == np.uint64(key))
+        return batch.column("order").to_numpy(zero_copy_only=False).astype(np.uint64)[mask]
+    return orders
+
+
+class _Decide:
+    def __init__(self, cfg: FilterConfig, cut: order_stats.Cut) -> None:
+        self.cfg, self.cut = cfg, cut
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        keys = batch.column("rank_key").to_numpy(zero_copy_only=False).astype(np.uint64)
+        orders = batch.column("order").to_numpy(zero_copy_only=False).astype(np.uint64)
+        kept = self.cut.keeps(keys, orders) & batch.column("eligible").to_numpy(zero_copy_only=False)
+        reasons = ["" if k or row["reject"] else _reason(self.cfg, row, self.cut.value)
+                   for k, row in zip(kept, batch.to_pylist(), strict=True)]
+        return batch.append_column("kept", pa.array(kept, pa.bool_())).append_column("reason", pa.array(reasons))
+
+
+def _summaries(ds, columns: tuple[str, ...], rule: Rule) -> tuple[order_stats.Cut, dict, int]:
+    """(the keep cut, the score distributions, how many rows could be kept), in one set of passes."""
+    _, parts = stages.moments(ds, list(columns), where="ok")
+    eligible, _ = stages.moments(ds, [], where="eligible")
+    k = filters.keep_count(rule.fraction, eligible)
+    ranks = {c: order_stats.quantile_ranks(parts[c][0].n) if parts[c][0].n else [] for c in columns}
+    keys = {c: _ok_finite(c) for c in columns}
+    selected = stages.select(ds, {**keys, "cut": _eligible_keys}, {**ranks, "cut": [k] if k else []})
+
+    def tied_order(key: int, j: int) -> int:
+        return stages.select(ds, {"order": _tied_orders(key)}, {"order": [j]})["order"][0].key
+
+    cut = order_stats.cut_at(k, selected["cut"][0] if k else None, tied_order)
+    dists = {c: order_stats.distribution(parts[c][0], parts[c][1],
+                                         {r: order_stats.value_of(s.key) for r, s in zip(ranks[c], selected.get(c, []),
+                                                                                        strict=True)})
+             for c in columns}
+    return cut, dists, eligible
+
+
+def _usable(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.equal(batch.column("reject"), ""))
+
+
+def _unusable(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.not_equal(batch.column("reject"), ""))
+
+
+def _read_in_cluster(cfg: FilterConfig, uri: str, columns: Columns):
+    """(usable rows, rejected rows, rows in, usable rows) of an input, read in the cluster. Rejected rows
+    are set apart before scoring, so a good row's batch-mates are the same as in a clean file."""
+    check_columns(uri, [[columns.question, columns.response], ["messages"]])
+    ds, rows_in = stages.read_dataset([uri], partial(sample_row, columns=columns), SAMPLE_SCHEMA,
+                                      max(1, int(cfg.ray.shard_mb * 2**20)))
+    ds = ds.materialize()
+    usable = ds.map_batches(_usable, batch_format="pyarrow")
+    rejected = ds.map_batches(_unusable, batch_format="pyarrow")
+    return usable, rejected, rows_in, usable.count()
+
+
+def _valid_mean_loss(cfg: FilterConfig, build) -> tuple[float, int, int]:
+    """(mean loss, rows scored, rows rejected) of the dsweight valid set, through the same stages."""
+    ds = cfg.dsweight
+    columns = cfg.columns.model_copy(update={"response": ds.valid_response_column})
+    usable, _, rows_in, n_usable = _read_in_cluster(cfg, ds.valid, columns)
+    if not n_usable:
+        raise InputError(f"{ds.valid}: no usable valid rows ({rows_in} rejected)")
+    scored = _scored(cfg, _encoded(cfg, usable, build, 1), 1, "", cfg.model, cfg.revision)
+    losses = scored.map_batches(_Score(partial(_dsweight_scores, valid_mean=1.0), SCORE_COLUMNS["dsweight"],
+                                       Rule("shift", True, 1.0)), batch_format="pyarrow").materialize()
+    used, parts = stages.moments(losses, ["loss"], where="ok")
+    if not used:
+        raise InputError(f"{ds.valid}: no valid row could be scored")
+    return parts["loss"][0].mean, used, rows_in - used
+
+
+def _keep_messages(batch: pa.Table) -> pa.Table:
+    kept = batch.filter(pc.field("kept"))
+    messages = [[{"role": "user", "content": q}, {"role": "assistant", "content": r}]
+                for q, r in zip(kept.column("question").to_pylist(), kept.column("response").to_pylist(), strict=True)]
+    return pa.table({"messages": messages, "sample_id": kept.column("sample_id"), "source": kept.column("source")})
+
+
+def _scores_table(columns: tuple[str, ...]) -> Callable[[pa.Table], pa.Table]:
+    def fn(batch: pa.Table) -> pa.Table:
+        return batch.filter(pc.field("ok")).select(
+            ["sample_id", "question", "response", "source", "gold", *columns, "kept", "reason"])
+    return fn
+
+
+def _rejects_table(batch: pa.Table) -> pa.Table:
+    out = _unusable(batch)
+    none = pa.nulls(out.num_rows, pa.string())
+    return pa.table({"source": out.column("source"), "reason": out.column("reject"),
+                     "stage": out.column("reject_stage"), "question_id": none, "strategy": none})
+
+
+def _count_outcomes(batch: pa.Table) -> dict:
+    ok = batch.column("ok").to_numpy(zero_copy_only=False)
+    kept = batch.column("kept").to_numpy(zero_copy_only=False)
+    return {"rows": [batch.num_rows], "kept": [int(kept.sum())], "dropped": [int((ok & ~kept).sum())],
+            "rejected": [int((~ok).sum())]}
+
+
+def run_scored_filter(cfg: FilterConfig) -> tuple[dict, dict, dict[str, str]]:
+    """dsweight, lobass or ifd over the whole input in the cluster: (counts, info, paths written)."""
+    info: dict[str, Any] = {}
+    if cfg.method == "dsweight":
+        if cfg.dsweight is None:
+            raise ValueError("method dsweight needs a dsweight section with a valid set")
+        build, passes = partial(_dsweight_requests, loss=cfg.dsweight.loss), [("", cfg.model, cfg.revision, None)]
+        valid_mean, valid_rows, valid_rejected = _valid_mean_loss(cfg, build)
+        score = partial(_dsweight_scores, valid_mean=valid_mean)
+        info = {"valid_rows": valid_rows, "valid_rows_rejected": valid_rejected, "valid_mean_loss": valid_mean,
+                "loss": cfg.dsweight.loss, "keep_fraction": cfg.dsweight.keep_fraction}
+    elif cfg.method == "lobass":
+        lb = cfg.lobass
+        if (lb.reference_model is None) == (lb.reference_adapter is None):
+            raise ValueError("lobass needs exactly one of lobass.reference_model or lobass.reference_adapter")
+        reference = ((cfg.model, cfg.revision, {"adapter": lb.reference_adapter}) if lb.reference_adapter
+                     else (lb.reference_model, lb.reference_revision, None))
+        build, score = _chat_request, _lobass_scores
+        passes = [("initial_", cfg.model, cfg.revision, None), ("reference_", *reference)]
+        info = {"keep_fraction": lb.keep_fraction, "reference": lb.reference_model or lb.reference_adapter,
+                "reference_revision": lb.reference_revision}
     else:
-        keep = filters.keep_lowest([r["ifd"] for r in rows], cfg.ifd.keep_fraction)
-        kept_ids = {r["sample_id"] for r, k in zip(rows, keep, strict=True) if k}
-    for r in rows:
-        r["kept"] = r["sample_id"] in kept_ids
-        if r["kept"]:
-            r["reason"] = ""
-        elif direction == "high" and r["ifd"] > 1.0:
-            r["reason"] = f"ifd {r['ifd']:.4f} > 1 (the question makes the response harder)"
-        else:
-            r["reason"] = f"ifd {r['ifd']:.4f} outside the {'highest' if direction == 'high' else 'lowest'} " \
-                          f"{cfg.ifd.keep_fraction:.0%}"
-    info = {"direction": direction, "keep_fraction": cfg.ifd.keep_fraction,
-            "distributions": {k: filters.distribution([r[k] for r in rows])
-                              for k in ("nll_given_question", "nll_alone", "ifd")}}
-    return rows, info
+        build, score, passes = _ifd_requests, _ifd_scores, [("", cfg.model, cfg.revision, None)]
+        info = {"direction": cfg.ifd.direction, "keep_fraction": cfg.ifd.keep_fraction}
+    requests = len(build({"question": "q", "response": "r"}))
+    usable, read_rejects, rows_in, n_usable = _read_in_cluster(cfg, cfg.input, cfg.columns)
+    if not n_usable:
+        raise nothing_usable("samples", [cfg.input], [Reject(**r) for r in
+                                                      read_rejects.map_batches(_rejects_table, batch_format="pyarrow")
+                                                      .take(1)])
+    ds = _encoded(cfg, usable, build, requests)
+    for n, (prefix, model, revision, extra) in enumerate(passes):
+        # each pass's actors hold a whole model: passes run one after the other, not side by side
+        ds = _scored(cfg, ds, requests, prefix, model, revision, extra, drop_ids=n == len(passes) - 1).materialize()
+    rule, columns = _rule(cfg), SCORE_COLUMNS[cfg.method]
+    scored = ds.map_batches(_Score(score, columns, rule), batch_format="pyarrow").materialize()
+    cut, distributions, eligible = _summaries(scored, columns, rule)
+    decided = scored.map_batches(_Decide(cfg, cut), batch_format="pyarrow").materialize()
+    counted = decided.map_batches(_count_outcomes, batch_format="pyarrow", batch_size=None).take_all()
+    counts = {"rows_in": rows_in, **{k: sum(c[k] for c in counted) for k in ("kept", "dropped", "rejected")}}
+    counts["rejected"] += rows_in - n_usable
+    if counts["kept"] + counts["dropped"] + counts["rejected"] != rows_in:
+        raise AssertionError(f"row counts do not reconcile: {counts}")
+    paths = {"kept": child(cfg.output, "kept"), "scores": child(cfg.output, "scores"),
+             "rejects": child(cfg.output, "rejects")}
+    stages.write_jsonl(decided.map_batches(_keep_messages, batch_format="pyarrow"), paths["kept"])
+    stages.write_parquet(decided.map_batches(_scores_table(columns), batch_format="pyarrow"), paths["scores"])
+    # read rejects first, then those the encoder refused: the order a single reader gives
+    stages.write_jsonl(read_rejects.union(decided).map_batches(_rejects_table, batch_format="pyarrow"),
+                       paths["rejects"])
+    # the last kept value of the keep column: rows beyond it were dropped (None: nothing kept)
+    info |= {"eligible": eligible, "distributions": distributions,
+             "cut": None if cut.value is None else cut.value if rule.lowest else -cut.value}
+    return counts, info, paths
 
 
 def canonical_answer(answer: str | None) -> str | None:
@@ -308,25 +531,35 @@ def run_consistency(cfg: FilterConfig, questions: dict[str, dict]) -> tuple[list
     return rows, info
 
 
-def run_filter(cfg: FilterConfig) -> FilterResult:
-    init_ray(cfg.ray)
-    if cfg.method == "consistency":
-        # Rows in are the generated samples; rejected question rows are counted apart.
-        questions, question_rejects = read_questions(cfg.input, cfg.columns, need_gold=False)
-        rows, info = run_consistency(cfg, questions)
-        info["question_rows_rejected"] = len(question_rejects)
-        rows_in, rejects = len(rows), []
-        rejects_out = question_rejects
-    else:
-        samples, rejects = read_samples(cfg.input, cfg.columns)
-        rows_in = len(samples) + len(rejects)
-        method = {"dsweight": run_dsweight, "lobass": run_lobass, "ifd": run_ifd}[cfg.method]
-        rows, info = method(cfg, samples, rejects)
-        rejects_out = rejects
+def _consistency_rows(cfg: FilterConfig) -> tuple[dict, dict, dict[str, str]]:
+    """Self-consistency: rows in are the generated samples; rejected question rows are counted apart."""
+    import ray
+
+    questions, question_rejects = read_questions(cfg.input, cfg.columns, need_gold=False)
+    rows, info = run_consistency(cfg, questions)
+    info["question_rows_rejected"] = len(question_rejects)
     kept = sum(r["kept"] for r in rows)
-    counts = {"rows_in": rows_in, "kept": kept, "dropped": len(rows) - kept, "rejected": len(rejects)}
-    if counts["kept"] + counts["dropped"] + counts["rejected"] != rows_in:
-        raise AssertionError(f"row counts do not reconcile: {counts}")
+    counts = {"rows_in": len(rows), "kept": kept, "dropped": len(rows) - kept, "rejected": 0}
+    paths = {"kept": child(cfg.output, "kept"), "scores": child(cfg.output, "scores"),
+             "rejects": child(cfg.output, "rejects")}
+    scores = ray.data.from_items(rows)
+    stages.write_jsonl(scores.map_batches(_keep_messages, batch_format="pyarrow"), paths["kept"])
+    stages.write_parquet(scores, paths["scores"])
+    stages.write_jsonl(ray.data.from_items([r.to_dict() for r in question_rejects]), paths["rejects"])
+    return counts, info, paths
+
+
+def run_filter(cfg: FilterConfig) -> FilterResult:
+    """Run the filter and write kept/, scores/ and rejects/ under ``cfg.output`` (from the workers)."""
+    init_ray(cfg.ray)
+    try:
+        job = _consistency_rows if cfg.method == "consistency" else run_scored_filter
+        counts, info, paths = job(cfg)
+    except Exception as exc:
+        error = None if isinstance(exc, InputError) else stages.input_error(exc)
+        if error is not None:
+            raise error from None
+        raise
     summary = {"method": cfg.method, "model": cfg.model, "revision": cfg.revision, "engine": cfg.engine,
                "counts": counts, **info}
-    return FilterResult(rows, rejects_out, summary)
+    return FilterResult(summary, paths)

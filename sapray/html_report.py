@@ -2,7 +2,7 @@
 
 Everything comes from the files a run wrote (selection.json, scores.parquet, rejects.jsonl,
 exemplars.jsonl, run.json and, for ``sapray run``, sample_generation_cost.jsonl and the training
-set's metadata.json; for a filter, summary.json and scores.parquet), so ``sapray report RUN_DIR``
+set's metadata.json; for a filter, summary.json and the scores/ and rejects/ part files), so ``sapray report RUN_DIR``
 rebuilds the same bytes later, locally or from an object store. A validation.json in the folder
 (``sapray validate --json``) adds its section. The page has no scripts and loads nothing: figures
 are matplotlib SVG inlined with text kept as text, styles are inline, and a Content-Security-Policy
@@ -17,10 +17,12 @@ import math
 import re
 from collections import Counter
 from collections.abc import Collection
+from functools import partial
 from html import escape
 from typing import Any
 
 import numpy as np
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from sapray.read import child, filesystem, read_text
@@ -88,13 +90,26 @@ def _jsonl(uri: str) -> list[dict] | None:
         raise ReportError(f"{uri}: not valid JSON lines ({exc})") from None
 
 
-def _parquet(uri: str) -> list[dict] | None:
+def _parquet(uri: str, skip: Collection[str] = ()) -> list[dict] | None:
+    """The rows of a Parquet file, without the columns in ``skip``."""
     fs, path = filesystem(uri)
     try:
         with fs.open_input_file(path) as f:
-            return pq.read_table(f).to_pylist()
+            parquet = pq.ParquetFile(f)
+            return parquet.read(columns=[c for c in parquet.schema_arrow.names if c not in skip]).to_pylist()
     except (FileNotFoundError, OSError):
         return None
+
+
+def _parts(folder: str, read: Any, ext: str) -> list[dict] | None:
+    """The rows of a folder of part files (a filter's workers write them), in part order."""
+    fs, path = filesystem(folder)
+    try:
+        infos = fs.get_file_info(pafs.FileSelector(path))
+    except (FileNotFoundError, OSError):
+        return None
+    names = sorted(i.base_name for i in infos if i.base_name.endswith(ext))
+    return [row for name in names for row in read(child(folder, name)) or []]
 
 
 def load_run(folder: str) -> dict:
@@ -115,8 +130,14 @@ def load_run(folder: str) -> dict:
         if run["summary"] is None:
             raise ReportError(f"{folder}: no selection.json or summary.json to report on")
         run["kind"] = "filter"
-        run["rejects"] = _jsonl(child(folder, "rejects.jsonl"))
-    run["scores"] = _parquet(child(folder, "scores.parquet")) or []
+        # part files since filters run in the cluster, single files before; texts are never shown, so a
+        # filter over a million samples does not load them
+        scores = partial(_parquet, skip=("question", "response"))
+        run["rejects"] = _parts(child(folder, "rejects"), _jsonl, ".jsonl") or _jsonl(child(folder, "rejects.jsonl"))
+        run["scores"] = (_parts(child(folder, "scores"), scores, ".parquet")
+                         or scores(child(folder, "scores.parquet")) or [])
+    if run["kind"] == "selection":
+        run["scores"] = _parquet(child(folder, "scores.parquet")) or []
     run["validation"] = _json(child(folder, "validation.json"))
     return run
 

@@ -18,6 +18,13 @@ def nll(token_logprobs: Sequence[float]) -> float:
     return -math.fsum(token_logprobs) / len(token_logprobs)
 
 
+def nll_of_sum(logprob_sum: float, tokens: int) -> float:
+    """NLL from the sum of the continuation's log-probs and its length (what engine actors return)."""
+    if tokens == 0:
+        raise ValueError("NLL of an empty continuation is undefined")
+    return -logprob_sum / tokens
+
+
 def perplexity(token_logprobs: Sequence[float]) -> float:
     """exp(NLL). Given the plain-question context this is PPL; given the SAP context, SAP."""
     return math.exp(nll(token_logprobs))
@@ -34,15 +41,12 @@ def ifd(token_logprobs_given_question: Sequence[float], token_logprobs_alone: Se
     Direction is the caller's choice: strategy selection ranks low IFD first, the
     Cherry data filter keeps high IFD and drops IFD > 1.
     """
-    denominator = nll(token_logprobs_alone)
-    if denominator == 0.0:
-        return math.inf
-    return nll(token_logprobs_given_question) / denominator
+    return ifd_of_nll(nll(token_logprobs_given_question), nll(token_logprobs_alone))
 
 
-def mean_loss(token_logprobs: Sequence[float]) -> float:
-    """Per-sample mean token cross-entropy, the loss that DS weight and LoBaSS use (equal to NLL)."""
-    return nll(token_logprobs)
+def ifd_of_nll(nll_given_question: float, nll_alone: float) -> float:
+    """IFD from the two NLLs; infinite when the response alone has zero loss."""
+    return math.inf if nll_alone == 0.0 else nll_given_question / nll_alone
 
 
 def car(mean_reward: float, mean_nll_given_question: float) -> float:

@@ -139,24 +139,36 @@ def _number(value: object) -> float | None:
 
 # -- readers: (source, row dict or the reason the row is unusable) --------------------------------
 
-def _split_lines(read: Callable[[int], bytes]) -> Iterator[tuple[int, bytes | int, bool]]:
-    """(line number, the line's bytes -- or its size when over MAX_ROW_BYTES --, whether a newline ended it).
+def split_lines(read: Callable[[int], bytes], base: int = 0) -> Iterator[tuple[int, bytes | int, bool]]:
+    """(offset of the line's first byte, counted from ``base``; the line's bytes -- or its size when over
+    MAX_ROW_BYTES --; whether a newline ended it).
 
     Reads in chunks, so an over-long line costs time but never memory."""
-    number, parts, size = 1, [], 0
+    offset, parts, size, consumed = base, [], 0, base
     while chunk := read(_CHUNK):
         start = 0
         while (end := chunk.find(b"\n", start)) != -1:
             size += end - start
-            yield number, (b"".join([*parts, chunk[start:end]]) if size <= MAX_ROW_BYTES else size), True
-            number, parts, size, start = number + 1, [], 0, end + 1
+            yield offset, (b"".join([*parts, chunk[start:end]]) if size <= MAX_ROW_BYTES else size), True
+            offset, parts, size, start = consumed + end + 1, [], 0, end + 1
         size += len(chunk) - start
         if size <= MAX_ROW_BYTES:
             parts.append(chunk[start:])
         else:
             parts = []
+        consumed += len(chunk)
     if size:
-        yield number, (b"".join(parts) if size <= MAX_ROW_BYTES else size), False
+        yield offset, (b"".join(parts) if size <= MAX_ROW_BYTES else size), False
+
+
+def line_text(line: bytes) -> str:
+    """A JSONL line as text: a BOM may start any line (concatenated files); CRLF line ends are common."""
+    return line.removeprefix(_BOM).removesuffix(b"\r").decode("utf-8", "surrogateescape")
+
+
+def is_record(line: bytes | int) -> bool:
+    """Whether a line of JSONL is a record (a blank line is not; an over-long one is, to be rejected)."""
+    return isinstance(line, int) or bool(line_text(line).strip())
 
 
 def _malformed(text: str, exc: json.JSONDecodeError, ended: bool) -> str:
@@ -169,16 +181,17 @@ def _malformed(text: str, exc: json.JSONDecodeError, ended: bool) -> str:
     return where if ended else f"{where} (the last line, with no line end: truncated?)"
 
 
-def _json_lines(read: Callable[[int], bytes], uri: str) -> Iterator[tuple[str, dict | str]]:
-    for number, line, ended in _split_lines(read):
+def json_lines(lines: Iterable[tuple[int, bytes | int, bool]], uri: str, first_line: int = 1
+               ) -> Iterator[tuple[str, dict | str]]:
+    """Records of ``split_lines`` output; ``first_line`` is the number of the first line given."""
+    for number, (_, line, ended) in enumerate(lines, first_line):
         source = f"{uri}:{number}"
         if isinstance(line, int):
             yield source, f"line is {line:,} bytes, over the limit of {MAX_ROW_BYTES:,}"
             continue
-        # A BOM may start any line (concatenated files); CRLF line ends are common.
-        text = line.removeprefix(_BOM).removesuffix(b"\r").decode("utf-8", "surrogateescape")
-        if not text.strip():
+        if not is_record(line):
             continue
+        text = line_text(line)
         try:
             row = json.loads(text)
         except json.JSONDecodeError as exc:
@@ -260,26 +273,31 @@ def _decoded_row(batch: pa.RecordBatch, k: int) -> dict | str:
     return row
 
 
-def _arrow_rows(batches: Iterable[pa.RecordBatch], name: str) -> Iterator[tuple[str, dict | str]]:
-    row_no = 0
+def _arrow_rows(batches: Iterable[pa.RecordBatch], name: str, first_row: int = 1) -> Iterator[tuple[str, dict | str]]:
+    row_no = first_row
     for batch in batches:
         try:
             rows = batch.to_pylist()
         except UnicodeDecodeError:
             rows = [_decoded_row(batch, k) for k in range(batch.num_rows)]
         for row in rows:
-            row_no += 1
             yield f"{name}:{row_no}", row
+            row_no += 1
 
 
-def _dataset_dir(fs: pafs.FileSystem, path: str, uri: str) -> Iterator[tuple[str, dict | str]]:
+def dataset_parts(fs: pafs.FileSystem, path: str, uri: str) -> list[pafs.FileInfo]:
+    """The Arrow files of a ``datasets.save_to_disk`` folder, in order; InputError when there are none."""
     parts = sorted((f for f in fs.get_file_info(pafs.FileSelector(path)) if f.path.endswith(".arrow")),
                    key=lambda f: f.path)
     if not parts:
         if fs.get_file_info(child(path, "dataset_dict.json")).type == pafs.FileType.File:
             raise InputError(f"{uri}: a DatasetDict; name one split's folder, e.g. {child(uri, 'train')}")
         raise InputError(f"{uri}: a directory without .arrow files (expected datasets.save_to_disk output)")
-    for part in parts:
+    return parts
+
+
+def _dataset_dir(fs: pafs.FileSystem, path: str, uri: str) -> Iterator[tuple[str, dict | str]]:
+    for part in dataset_parts(fs, path, uri):
         with fs.open_input_stream(part.path) as stream:
             yield from _arrow_rows(pa.ipc.open_stream(stream), child(uri, part.base_name))
 
@@ -302,7 +320,7 @@ def _records(fs: pafs.FileSystem, path: str, uri: str, is_dir: bool) -> Iterator
                 yield from _json_array((first + f.read()).decode("utf-8", "surrogateescape"), uri)
             else:
                 pending = [first]
-                yield from _json_lines(lambda n: pending.pop() if pending else f.read(n), uri)
+                yield from json_lines(split_lines(lambda n: pending.pop() if pending else f.read(n)), uri)
     else:
         raise InputError(f"{uri}: unknown format (use .jsonl, .json, .parquet, .csv or a datasets directory)")
 

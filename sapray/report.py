@@ -89,19 +89,11 @@ def render_table(summary: dict) -> str:
 
 
 def write_filter_outputs(output: str, result) -> dict[str, str]:
-    """kept.jsonl (chat ``messages`` plus provenance), scores.parquet (every sample, kept or with its
-    drop reason), rejects.jsonl and summary.json."""
-    fs, root = filesystem(output)
-    fs.create_dir(root, recursive=True)
-    paths = {name: child(output, name) for name in
-             ("kept.jsonl", "scores.parquet", "rejects.jsonl", "summary.json")}
-    kept = [{"messages": [{"role": "user", "content": r["question"]}, {"role": "assistant", "content": r["response"]}],
-             "sample_id": r["sample_id"], "source": r["source"]} for r in result.rows if r["kept"]]
-    _write_text(paths["kept.jsonl"], _jsonl(kept))
-    _write_text(paths["rejects.jsonl"], _jsonl([r.to_dict() for r in result.rejects]))
+    """summary.json and report.html beside the folders the filter's workers wrote: kept/ (chat
+    ``messages`` plus provenance, JSON lines), scores/ (every sample, kept or with its drop reason,
+    Parquet) and rejects/ (JSON lines)."""
+    paths = dict(result.paths)
+    paths["summary.json"] = child(output, "summary.json")
     _write_text(paths["summary.json"], json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
-    pfs, ppath = filesystem(paths["scores.parquet"])
-    with pfs.open_output_stream(ppath) as f:
-        pq.write_table(pa.Table.from_pylist(result.rows) if result.rows else pa.table({}), f)
     paths["report.html"] = write_report(output)
     return paths

@@ -31,7 +31,7 @@ from test_select import ray_local  # noqa: F401  (fixture)
 
 from sapray.config import Columns, load_config
 from sapray.filter_job import load_filter_config, read_samples, run_filter
-from sapray.read import MAX_ROW_BYTES, MAX_TEXT_CHARS, InputError, read_candidates, read_questions
+from sapray.read import MAX_ROW_BYTES, MAX_TEXT_CHARS, InputError, Reject, read_candidates, read_questions
 from sapray.report import write_outputs
 from sapray.run_job import run_generate
 from sapray.select import run_select
@@ -371,19 +371,23 @@ def test_a_question_whose_only_teacher_row_is_bad_is_rejected_with_that_rows_rea
 
 
 def test_filter_scores_good_samples_exactly_as_from_a_clean_file(ray_local, tmp_path):  # noqa: F811
+    """The faulty file (17 MiB with its over-long line) is read in 4 MiB shards by several workers."""
     good = [{"question": q["question"], "response": r["response"]}
             for q, r in zip(QUESTIONS, candidate_rows("socratic"), strict=True)]
     (tmp_path / "clean.jsonl").write_text(jsonl(good))
     faulty, bad = write_faulty("jsonl", good, "response", tmp_path / "faulty")
-    results = {}
+    results, scores = {}, {}
     for kind, path in (("clean", tmp_path / "clean.jsonl"), ("faulty", faulty)):
-        cfg = load_filter_config({"method": "ifd", "input": str(path), "ray": {"actors": 1, "batch_size": 6},
-                                  "output": str(tmp_path / f"out-{kind}")})
+        cfg = load_filter_config({"method": "ifd", "input": str(path), "output": str(tmp_path / f"out-{kind}"),
+                                  "ray": {"actors": 1, "batch_size": 6, "shard_mb": 4}})
         results[kind] = run_filter(cfg)
+        scores[kind] = [r for part in sorted((tmp_path / f"out-{kind}" / "scores").iterdir())
+                        for r in pq.read_table(part).to_pylist()]
     keep = ("question", "response", "nll_given_question", "nll_alone", "ifd", "kept", "reason")
-    assert [{k: r[k] for k in keep} for r in results["faulty"].rows] == \
-           [{k: r[k] for k in keep} for r in results["clean"].rows]
+    assert [{k: r[k] for k in keep} for r in scores["faulty"]] == [{k: r[k] for k in keep} for r in scores["clean"]]
     counts = results["faulty"].summary["counts"]
     assert counts["rows_in"] == len(good) + len(bad) and counts["rejected"] == len(bad)
     assert counts["kept"] + counts["dropped"] == len(good)
-    assert_rejects(results["faulty"].rejects, str(faulty), bad)
+    rejects = [Reject(**json.loads(line)) for part in sorted((tmp_path / "out-faulty" / "rejects").iterdir())
+               for line in part.read_text().splitlines()]
+    assert_rejects(rejects, str(faulty), bad)

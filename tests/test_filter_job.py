@@ -28,15 +28,28 @@ def samples_file(tmp_path_factory) -> str:
     return write_jsonl(tmp_path_factory.mktemp("samples") / "train.jsonl", rows)
 
 
+def read_parts(folder) -> list[dict]:
+    """The rows of a folder of part files, in part order."""
+    rows = []
+    for part in sorted(folder.iterdir()):
+        if part.suffix == ".parquet":
+            rows += pq.read_table(part).to_pylist()
+        else:
+            rows += [json.loads(line) for line in part.read_text().splitlines()]
+    return rows
+
+
 def run(raw: dict, tmp_path):
     cfg = load_filter_config({"ray": {"actors": 1, "batch_size": 16}, "output": str(tmp_path / "out"), **raw})
     result = run_filter(cfg)
     write_filter_outputs(cfg.output, result)
     counts = result.summary["counts"]
     assert counts["kept"] + counts["dropped"] + counts["rejected"] == counts["rows_in"]
-    kept_lines = (tmp_path / "out" / "kept.jsonl").read_text().splitlines()
-    assert len(kept_lines) == counts["kept"]
-    scores = pq.read_table(tmp_path / "out" / "scores.parquet").to_pylist()
+    kept = read_parts(tmp_path / "out" / "kept")
+    assert len(kept) == counts["kept"]
+    scores = read_parts(tmp_path / "out" / "scores")
+    assert len(scores) == counts["kept"] + counts["dropped"]
+    assert len(read_parts(tmp_path / "out" / "rejects")) == counts["rejected"]
     assert all(r["reason"] for r in scores if not r["kept"])  # every dropped row says why
     return result, scores
 
@@ -87,11 +100,15 @@ def test_ifd_both_directions(ray_local, samples_file, tmp_path):  # noqa: F811
     assert high.summary["counts"]["kept"] == filters.keep_count(0.5, len(eligible))
     assert all(r["ifd"] <= 1 for r in scores if r["kept"])
     assert all("> 1" in r["reason"] for r in scores if r["ifd"] > 1)
+    assert high.summary["cut"] == min(r["ifd"] for r in scores if r["kept"])  # the exact distributed cut
     low, low_scores = run({"method": "ifd", "input": samples_file, "ifd": {"direction": "low", "keep_fraction": 0.5}},
                           tmp_path / "low")
     assert low.summary["counts"]["kept"] == 4
     kept = [r["ifd"] for r in low_scores if r["kept"]]
     assert max(kept) <= min(r["ifd"] for r in low_scores if not r["kept"])
+    assert low.summary["cut"] == max(kept)
+    assert low.summary["distributions"]["ifd"] == pytest.approx(filters.distribution([r["ifd"] for r in low_scores]),
+                                                                 rel=1e-12)
 
 
 def train_tiny_lora(base: str, samples: list[dict], out) -> str:
@@ -151,3 +168,28 @@ def test_self_consistency(ray_local, tmp_path):  # noqa: F811
                     if all(r["answer"] is None for r in scores if r["question_id"] == qid))
     assert result.summary["questions_without_parsable_answer"] == no_answer
     assert not math.isnan(result.summary["generated_tokens"])
+
+
+def test_same_bytes_whatever_the_actors_and_input_order_whatever_the_shards(
+        ray_local, samples_file, tmp_path):  # noqa: F811
+    """Many small shards (1 KiB) read by different workers, scored by one actor or two: the same files."""
+    rows = [json.loads(line) for line in open(samples_file)]
+    path = write_jsonl(tmp_path / "many.jsonl", rows * 3)  # 27 rows, 3 without a response
+    outputs = {}
+    for actors, shard_mb in ((1, 1 / 1024), (2, 1 / 1024), (1, 64)):
+        cfg = load_filter_config({"method": "ifd", "input": path, "ifd": {"direction": "low", "keep_fraction": 0.5},
+                                  "ray": {"actors": actors, "batch_size": 4, "shard_mb": shard_mb},
+                                  "output": str(tmp_path / f"out-{actors}-{shard_mb}")})
+        result = run_filter(cfg)
+        assert result.summary["counts"] == {"rows_in": 27, "kept": 12, "dropped": 12, "rejected": 3}
+        out = tmp_path / f"out-{actors}-{shard_mb}"
+        outputs[actors, shard_mb] = {f"{d}/{p.name}": p.read_bytes() for d in ("kept", "scores", "rejects")
+                                     for p in sorted((out / d).iterdir())}
+    assert outputs[1, 1 / 1024] == outputs[2, 1 / 1024]
+    few, many = (read_parts(tmp_path / f"out-1-{mb}" / "scores") for mb in (64, 1 / 1024))
+    assert [r["sample_id"] for r in many] == [r["sample_id"] for r in few]  # input order, across shards
+    assert [r["source"] for r in many] == [f"{path}:{n}" for n in range(1, 28) if n % 9]
+    assert [r["ifd"] for r in many] == pytest.approx([r["ifd"] for r in few], rel=1e-5)
+    rejects = read_parts(tmp_path / "out-1-64" / "rejects")
+    assert [r["source"] for r in rejects] == [f"{path}:{n}" for n in (9, 18, 27)]
+    assert all(r["reason"] == "'messages' has no assistant turn" and r["stage"] == "read" for r in rejects)

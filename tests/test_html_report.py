@@ -206,13 +206,16 @@ def test_filter_report(tmp_path):
              "source": f"in.jsonl:{i + 1}",
              "reason": "" if i in kept else (f"ifd {v:.4f} > 1 (the question makes the response harder)" if v > 1
                                             else f"ifd {v:.4f} outside the highest 50%")} for i, v in enumerate(ifd)]
-    pq.write_table(pa.Table.from_pylist(rows), folder / "scores.parquet")
+    (folder / "scores").mkdir()  # part files, as the filter's workers write them
+    pq.write_table(pa.Table.from_pylist(rows[:6]), folder / "scores" / "part-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(rows[6:]), folder / "scores" / "part-00001.parquet")
     summary = {"method": "ifd", "model": "smollm2", "engine": "hf", "direction": "high", "keep_fraction": 0.5,
                "counts": {"rows_in": 11, "kept": 4, "dropped": 6, "rejected": 1},
                "distributions": {"ifd": distribution(ifd), "nll_given_question": distribution(ifd)}}
     (folder / "summary.json").write_text(json.dumps(summary))
-    (folder / "rejects.jsonl").write_text(jsonl([{"source": "in.jsonl:11", "reason": "empty response",
-                                                   "stage": "read"}]))
+    (folder / "rejects").mkdir()
+    (folder / "rejects" / "part-00000.jsonl").write_text(jsonl([{"source": "in.jsonl:11", "reason": "empty response",
+                                                                  "stage": "read"}]))
     page = Path(write_report(str(folder))).read_text()
     text = _text(page)
     assert "4 of 11 rows kept by ifd (keep fraction 50%); threshold on ifd: 0.62." in text
@@ -241,7 +244,8 @@ def test_real_filter_writes_report_and_sapray_report_rebuilds_it(tmp_path):
     assert done.returncode == 0, done.stderr[-4000:]
     out = tmp_path / "out"
     summary = json.loads((out / "summary.json").read_text())
-    kept = [r["ifd"] for r in pq.read_table(out / "scores.parquet").to_pylist() if r["kept"]]
+    kept = [r["ifd"] for part in sorted((out / "scores").iterdir()) for r in pq.read_table(part).to_pylist()
+            if r["kept"]]
     text = _text((out / "report.html").read_text())
     c = summary["counts"]
     assert (f"reconciles rows in {c['rows_in']} = {c['kept']} kept + {c['dropped']} dropped + "
@@ -250,8 +254,9 @@ def test_real_filter_writes_report_and_sapray_report_rebuilds_it(tmp_path):
     assert "'messages' has no assistant turn" in text  # the row without an assistant turn
     copy_dir = tmp_path / "copy"
     copy_dir.mkdir()
-    for name in ("summary.json", "scores.parquet", "rejects.jsonl"):
-        shutil.copy(out / name, copy_dir / name)
+    shutil.copy(out / "summary.json", copy_dir / "summary.json")
+    for name in ("scores", "rejects"):
+        shutil.copytree(out / name, copy_dir / name)
     write_report(str(copy_dir))
     assert (copy_dir / "report.html").read_bytes() == (out / "report.html").read_bytes()
 

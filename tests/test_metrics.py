@@ -86,12 +86,19 @@ def test_ifd_empty_inputs_raise():
         metrics.ifd([math.log(0.5)], [])
 
 
-# --- mean loss, CAR ----------------------------------------------------------------------------
+# --- from sums (what engine actors return), CAR ---------------------------------------------------
 
 
-def test_mean_loss_equals_mean_token_cross_entropy():
-    # [ln 1/2, ln 1/4, ln 1/8]: cross-entropies 1, 2, 3 (times ln 2), mean = 2 ln 2
-    assert metrics.mean_loss([math.log(0.5), math.log(0.25), math.log(0.125)]) == pytest.approx(2.0 * LN2, rel=1e-12)
+def test_nll_and_ifd_from_sums_equal_the_per_token_forms():
+    # [ln 1/2, ln 1/4, ln 1/8]: cross-entropies 1, 2, 3 (times ln 2), mean = 2 ln 2, the filters' loss
+    given = [math.log(0.5), math.log(0.25), math.log(0.125)]
+    alone = [math.log(0.25), math.log(0.25), math.log(0.25)]
+    assert metrics.nll_of_sum(math.fsum(given), 3) == metrics.nll(given) == pytest.approx(2.0 * LN2, rel=1e-12)
+    assert metrics.ifd_of_nll(metrics.nll_of_sum(math.fsum(given), 3), metrics.nll_of_sum(math.fsum(alone), 3)) \
+        == metrics.ifd(given, alone) == pytest.approx(1.0, rel=1e-12)
+    assert metrics.ifd_of_nll(1.0, 0.0) == math.inf
+    with pytest.raises(ValueError):
+        metrics.nll_of_sum(0.0, 0)
 
 
 def test_car():
@@ -103,7 +110,7 @@ def test_car():
     assert metrics.car(0.0, 2.0) == 0.0
 
 
-@pytest.mark.parametrize("fn", [metrics.nll, metrics.perplexity, metrics.sap, metrics.mean_loss])
+@pytest.mark.parametrize("fn", [metrics.nll, metrics.perplexity, metrics.sap])
 def test_empty_input_raises(fn):
     with pytest.raises(ValueError):
         fn([])

@@ -146,3 +146,36 @@ def test_uri_paths_are_not_resolved_locally(tmp_path):
     assert cfg.data.candidates == "gs://other/candidates.parquet"
     assert cfg.exemplars.file == f"s3://{BUCKET}/in/exemplars.jsonl"
     assert cfg.output == f"s3://{BUCKET}/runs/x"
+
+
+def test_filter_reads_and_writes_s3_from_the_workers(s3_env, tmp_path):
+    """`sapray filter` (ifd) on an s3:// input read in 1 KiB shards: the workers read the bucket and
+    write kept/, scores/ and rejects/ part files back to it."""
+    questions, _ = read_questions(str(DATA_DIR / "questions.jsonl"), Columns(), need_gold=False)
+    candidates = [json.loads(line) for line in (DATA_DIR / "candidates.jsonl").read_text().splitlines()][:6]
+    rows = [{"question": questions[c["question_id"]]["question"], "response": c["response"]} for c in candidates]
+    rows.insert(2, {"question": "What is 2+2?", "response": ""})
+    fs, _ = pafs.FileSystem.from_uri(f"s3://{BUCKET}")
+    with fs.open_output_stream(f"{BUCKET}/in/samples.jsonl") as f:
+        f.write(jsonl(rows).encode())
+    out = f"s3://{BUCKET}/runs/filter"
+    config = {"method": "ifd", "input": f"s3://{BUCKET}/in/samples.jsonl", "ifd": {"keep_fraction": 0.5},
+              "ray": {"actors": 1, "batch_size": 4, "shard_mb": 1 / 1024}, "output": out}
+    path = tmp_path / "filter.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-m", "sapray", "filter", "--config", str(path),
+                           "--set", "ray.address=local"], cwd=REPO, env={**env, **s3_env},
+                          capture_output=True, text=True, timeout=PATIENCE_S)
+    assert done.returncode == 0, done.stderr[-4000:]
+    assert f"wrote {out}/kept/ (the kept samples)" in done.stdout
+    summary = json.loads(_read(f"{out}/summary.json"))
+    assert summary["counts"] == {"rows_in": 7, "kept": 3, "dropped": 3, "rejected": 1}
+    parts = {name: sorted(i.path for i in fs.get_file_info(pafs.FileSelector(f"{BUCKET}/runs/filter/{name}")))
+             for name in ("kept", "scores", "rejects")}
+    kept = [json.loads(line) for p in parts["kept"] for line in _read(f"s3://{p}").decode().splitlines()]
+    assert len(kept) == 3 and all(k["messages"][0]["role"] == "user" for k in kept)
+    scores = [r for p in parts["scores"] for r in pq.read_table(p, filesystem=fs).to_pylist()]
+    assert [r["source"] for r in scores] == [f"s3://{BUCKET}/in/samples.jsonl:{n}" for n in (1, 2, 4, 5, 6, 7)]
+    (reject,) = [json.loads(line) for p in parts["rejects"] for line in _read(f"s3://{p}").decode().splitlines()]
+    assert reject["source"] == f"s3://{BUCKET}/in/samples.jsonl:3" and reject["reason"] == "empty response"

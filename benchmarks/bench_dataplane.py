@@ -1,0 +1,142 @@
+"""Data-plane benchmark: driver peak RSS and rows/s of the whole-dataset jobs as their input grows.
+
+The model is a tiny random-weight Llama (two layers of width 16, the embedded SmolLM2 tokenizer and
+vocabulary), built here from a config and saved once under ``--workdir``, so what is measured is the
+data plane (reading, validating, tokenizing, moving rows and scores, deciding, writing) rather than
+the model. Inputs are synthetic question/response rows written here as JSON lines.
+
+Each run is its own process, so its peak RSS (``ru_maxrss``) is that job's driver alone; Ray's
+workers and actors are other processes. "now" runs this checkout; "before" runs the same job from a
+git worktree of ``--baseline`` (the commit before the job moved into the cluster) with the same
+Python environment, in the same invocation, so the two columns are measured side by side.
+
+Jobs measured:
+- ``filter``: ``sapray filter`` with ``method: ifd`` (two scoring requests per sample), at each size
+  and with 1 and 2 engine actors.
+
+    PYTHONPATH=. .venv/bin/python benchmarks/bench_dataplane.py --sizes 10000,100000 --actors 1,2 \\
+        --json runs/bench_dataplane.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import random
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+
+# Run in a child process with the tree to measure first on sys.path: the same calls work on both trees.
+CHILD = """
+import json, resource, sys, time
+from sapray.filter_job import load_filter_config, run_filter
+from sapray.report import write_filter_outputs
+cfg = load_filter_config(json.loads(sys.argv[1]))
+started = time.perf_counter()
+result = run_filter(cfg)
+write_filter_outputs(cfg.output, result)
+seconds = time.perf_counter() - started
+print("RESULT " + json.dumps({"seconds": seconds, "counts": result.summary["counts"],
+                              "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+WORDS = ("apple", "train", "seven", "dollars", "minutes", "each", "total", "how", "many", "more", "than", "half",
+         "twice", "bakes", "sells", "buys", "pages", "miles", "hours", "left", "after", "gives", "friend", "cost")
+
+
+def tiny_model(workdir: Path) -> str:
+    """A two-layer Llama of width 16 with random weights and the embedded tokenizer, saved once."""
+    path = workdir / "tiny-llama"
+    if (path / "config.json").exists():
+        return str(path)
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    from sapray.models import resolve_model
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2"))
+    config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=len(tokenizer), max_position_embeddings=2048,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return str(path)
+
+
+def samples_file(workdir: Path, n: int) -> str:
+    """n question/response rows (about 12 and 8 words), the same for a given n."""
+    path = workdir / f"samples-{n}.jsonl"
+    if not path.exists():
+        rng = random.Random(n)
+        with open(path, "w") as f:
+            for i in range(n):
+                question = " ".join(rng.choices(WORDS, k=12)) + "?"
+                response = " ".join(rng.choices(WORDS, k=8)) + "."
+                f.write(json.dumps({"sample_id": f"s{i}", "question": question, "response": response}) + "\n")
+    return str(path)
+
+
+def baseline_tree(workdir: Path, commit: str) -> Path:
+    tree = workdir / f"baseline-{commit}"
+    if not tree.exists():
+        subprocess.run(["git", "-C", str(REPO), "worktree", "add", "--detach", str(tree), commit], check=True,
+                       capture_output=True)
+    return tree
+
+
+def run_filter(tree: Path, model: str, input_path: str, actors: int, output: Path, batch_size: int) -> dict:
+    config = {"method": "ifd", "input": input_path, "model": model, "output": str(output),
+              "ray": {"actors": actors, "batch_size": batch_size}}
+    env = {**os.environ, "PYTHONPATH": str(tree), "RAY_DEDUP_LOGS": "0"}
+    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(config)], cwd=tree, env=env,
+                          capture_output=True, text=True)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    if done.returncode or not lines:
+        raise SystemExit(f"filter failed in {tree} ({input_path}, {actors} actors):\n{done.stderr[-3000:]}")
+    return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--sizes", default="10000,100000", help="input rows, comma-separated")
+    parser.add_argument("--actors", default="1,2", help="engine actors, comma-separated")
+    parser.add_argument("--baseline", default="12df868", help="commit to measure beside this checkout ('' for none)")
+    parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--workdir", default=None, help="where models, inputs and outputs go (default: a temp dir)")
+    parser.add_argument("--json", default=None, help="also write the results here")
+    args = parser.parse_args()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sapray-dataplane-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    model = tiny_model(workdir)
+    trees = {"now": REPO}
+    if args.baseline:
+        trees["before"] = baseline_tree(workdir, args.baseline)
+    results = []
+    print(f"{'job':<8}{'rows':>9}{'actors':>7}{'tree':>8}{'seconds':>9}{'rows/s':>9}{'driver peak RSS MB':>20}")
+    for size in [int(s) for s in args.sizes.split(",")]:
+        path = samples_file(workdir, size)
+        for actors in [int(a) for a in args.actors.split(",")]:
+            for name, tree in trees.items():
+                out = run_filter(tree, model, path, actors, workdir / f"out-{name}-{size}-{actors}", args.batch_size)
+                row = {"job": "filter", "rows": size, "actors": actors, "tree": name, **out,
+                       "rows_per_s": size / out["seconds"]}
+                results.append(row)
+                print(f"{'filter':<8}{size:>9}{actors:>7}{name:>8}{out['seconds']:>9.1f}{row['rows_per_s']:>9.0f}"
+                      f"{out['driver_peak_rss_mb']:>20.0f}", flush=True)
+    machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
+    if args.json:
+        Path(args.json).write_text(json.dumps({"machine": machine, "baseline": args.baseline,
+                                               "results": results}, indent=2) + "\n")
+    print(f"machine: {machine}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,253 @@
+"""Ray Data stages of the whole-dataset jobs: every row is read, encoded, scored, decided and written
+in the cluster; the driver receives counts, moments and histograms.
+
+    read_dataset   shards (byte ranges, row groups, files) -> rows, parsed and validated in workers
+    EncodeRequests CPU workers: each row's requests, rendered and tokenized (token ids out)
+    ScoreSums      engine actors: per request the sum of the continuation's log-probs and its length
+    summarize      moments and exact order statistics (``order_stats``), computed where the blocks are
+    write_*        Parquet and JSON lines part files, written by the workers (local paths or s3://)
+
+Rows carry ``order`` (their place in the input, across files) and ``reject`` (why the row is out, "" if
+it is not), so a rejected row travels to the rejects file instead of being dropped on the way.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from sapray.order_stats import Moments, Selected, add_counts, digit_counts, select_keys
+from sapray.read import InputError, filesystem
+from sapray.shards import Shard, count_shard, offsets, plan_shards, read_shard
+
+# (index, source, row or the reason it is unusable) -> the output row, with ``reject`` set when it is out
+RowFn = Callable[[int, str, dict | str], dict]
+
+
+def input_error(exc: BaseException) -> InputError | None:
+    """The InputError a worker raised, from the exception Ray wrapped it in."""
+    while exc is not None:
+        if isinstance(exc, InputError):
+            return InputError(str(exc).splitlines()[-1].removeprefix("sapray.read.InputError: "))
+        exc = exc.__cause__ or exc.__context__
+    return None
+
+
+def _count(row: dict) -> dict:
+    lines, records = count_shard(Shard(**json.loads(row["shard"])))
+    return {"position": row["position"], "lines": lines, "records": records}
+
+
+def _read_shards(batch: dict[str, np.ndarray], to_row: RowFn, schema: pa.Schema) -> pa.Table:
+    rows = [to_row(index, source, row)
+            for shard, first_line, first_index in zip(batch["shard"], batch["first_line"], batch["first_index"],
+                                                      strict=True)
+            for index, source, row in read_shard(Shard(**json.loads(shard)), int(first_line), int(first_index))]
+    return pa.Table.from_pylist(rows, schema=schema)
+
+
+def read_dataset(uris: Iterable[str], to_row: RowFn, schema: pa.Schema, shard_bytes: int):
+    """(the rows of every input as a Ray Dataset, in input order; how many records there are).
+
+    Files are listed and sized in the driver (a missing or unknown file fails here, naming it); shards
+    are counted, then read, by workers."""
+    import ray
+
+    shards = [s for uri in uris for s in plan_shards(uri, shard_bytes)]
+    items = [{"position": i, "shard": json.dumps(s.to_dict())} for i, s in enumerate(shards)]
+    counted = sorted(ray.data.from_items(items, override_num_blocks=len(items)).map(_count).take_all(),
+                     key=lambda r: r["position"])
+    starts = offsets(shards, [(c["lines"], c["records"]) for c in counted])
+    ds = ray.data.from_items(starts, override_num_blocks=len(starts)).map_batches(
+        _read_shards, fn_kwargs={"to_row": to_row, "schema": schema}, batch_size=1)
+    return ds, sum(c["records"] for c in counted)
+
+
+class EncodeRequests:
+    """CPU stage: each row's scoring requests, tokenized as ``scoring.encode`` does for the engine.
+
+    ``build(row)`` gives the row's (context, continuation) pairs, always as many; a request the rules
+    refuse (over-length, no tokens) makes the row a reject with the reason."""
+
+    def __init__(self, model: str, revision: str | None, engine: str, engine_args: dict[str, Any],
+                 build: Callable[[dict], list[tuple[Any, str]]], requests: int, boundary: str, overlong: str) -> None:
+        from transformers import AutoConfig, AutoTokenizer
+
+        from sapray.engines import max_length_of
+        from sapray.models import resolve_model
+
+        path = resolve_model(model, revision)
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        limit = max_length_of(engine_args)
+        if engine == "hf":  # the hf engine also stops at the model's positions (HFEngine._setup)
+            limit = min(limit, int(getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", limit)))
+        self.max_length, self.build, self.requests = limit, build, requests
+        self.boundary, self.overlong = boundary, overlong
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from sapray.scoring import RequestError, ScoreRequest, encode
+
+        rows = batch.to_pylist()
+        ids: list[list[tuple[list[int], list[int]]]] = []
+        for row in rows:
+            encoded = []
+            if not row["reject"]:
+                try:
+                    encoded = [(e.context_ids, e.continuation_ids) for e in (
+                        encode(ScoreRequest(str(row["order"]), context, continuation), self.tokenizer,
+                               self.max_length, self.boundary, self.overlong)
+                        for context, continuation in self.build(row))]
+                except RequestError as exc:
+                    row["reject"], row["reject_stage"] = str(exc), "score"
+            ids.append(encoded or [([], [])] * self.requests)
+        out = pa.Table.from_pylist(rows, schema=batch.schema)
+        for r in range(self.requests):
+            out = out.append_column(f"context_ids_{r}", pa.array([e[r][0] for e in ids], pa.list_(pa.int32())))
+            out = out.append_column(f"continuation_ids_{r}", pa.array([e[r][1] for e in ids], pa.list_(pa.int32())))
+        return out
+
+
+class ScoreSums:
+    """Engine actor: for each request of each row, the sum of the continuation's token log-probs
+    (``{prefix}sum_{r}``) and its token count (``{prefix}tokens_{r}``); per-token values only with
+    ``token_logprobs`` (debugging). With ``drop_ids`` the token ids leave the rows here."""
+
+    def __init__(self, engine: str, model: str, engine_args: dict[str, Any], requests: int, prefix: str,
+                 drop_ids: bool, token_logprobs: bool = False, num_cpus: float = 1,
+                 revision: str | None = None) -> None:
+        from sapray.actors import _limit_threads
+        from sapray.engines import load_engine
+        from sapray.models import resolve_model
+
+        _limit_threads(num_cpus)
+        self.engine = load_engine(engine, resolve_model(model, revision), **engine_args)
+        self.requests, self.prefix, self.drop_ids, self.token_logprobs = requests, prefix, drop_ids, token_logprobs
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from sapray.scoring import EncodedRequest
+
+        ok = [not r for r in batch.column("reject").to_pylist()]
+        slots, encoded = [], []
+        for r in range(self.requests):
+            contexts = batch.column(f"context_ids_{r}").to_pylist()
+            continuations = batch.column(f"continuation_ids_{r}").to_pylist()
+            for i in range(batch.num_rows):
+                if ok[i]:
+                    slots.append((r, i))
+                    encoded.append(EncodedRequest(str(i), contexts[i], continuations[i]))
+        logprobs = self.engine.sequence_logprobs(encoded) if encoded else []
+        sums = np.zeros((self.requests, batch.num_rows))
+        tokens = np.zeros((self.requests, batch.num_rows), dtype=np.int64)
+        per_token: list[list[list[float]]] = [[[] for _ in range(batch.num_rows)] for _ in range(self.requests)]
+        for (r, i), values in zip(slots, logprobs, strict=True):
+            sums[r, i], tokens[r, i] = math.fsum(values), len(values)
+            per_token[r][i] = values
+        out = batch
+        if self.drop_ids:
+            out = out.drop_columns([f"{kind}_ids_{r}" for r in range(self.requests)
+                                    for kind in ("context", "continuation")])
+        for r in range(self.requests):
+            out = out.append_column(f"{self.prefix}sum_{r}", pa.array(sums[r]))
+            out = out.append_column(f"{self.prefix}tokens_{r}", pa.array(tokens[r]))
+            if self.token_logprobs:
+                out = out.append_column(f"{self.prefix}token_logprobs_{r}",
+                                        pa.array(per_token[r], pa.list_(pa.float64())))
+        return out
+
+
+# -- summaries computed where the blocks are --------------------------------------------------------
+
+def _block_moments(columns: list[str], where: str | None) -> Callable[[pa.Table], dict]:
+    def fn(batch: pa.Table) -> dict:
+        mask = (np.ones(batch.num_rows, dtype=bool) if where is None
+                else batch.column(where).to_numpy(zero_copy_only=False))
+        out = {"rows": [int(mask.sum())]}
+        for c in columns:
+            values = batch.column(c).to_numpy(zero_copy_only=False)[mask].astype(np.float64)
+            finite = values[np.isfinite(values)]
+            m = Moments.of(finite)
+            out |= {f"{c}.n": [m.n], f"{c}.mean": [m.mean], f"{c}.m2": [m.m2], f"{c}.non_finite": [len(values) - m.n]}
+        return out
+    return fn
+
+
+def moments(ds, columns: list[str], where: str | None = None) -> tuple[int, dict[str, tuple[Moments, int]]]:
+    """(rows, {column: (moments of its finite values, how many are not finite)}) over the rows where
+    the boolean column ``where`` is true (all rows without it)."""
+    parts = ds.map_batches(_block_moments(columns, where), batch_format="pyarrow", batch_size=None).take_all()
+    rows = sum(p["rows"] for p in parts)
+    out = {}
+    for c in columns:
+        total = Moments()
+        for p in parts:  # in block order: the same sums whatever ran where
+            total = total.merge(Moments(p[f"{c}.n"], p[f"{c}.mean"], p[f"{c}.m2"]))
+        out[c] = (total, sum(p[f"{c}.non_finite"] for p in parts))
+    return rows, out
+
+
+def select(ds, keys: dict[str, Callable[[pa.Table], np.ndarray]],
+           ranks: dict[str, list[int]]) -> dict[str, list[Selected]]:
+    """Exact order statistics: for each name, the uint64 keys at ``ranks[name]`` (1-based) of the keys
+    ``keys[name](block)`` gives for each block. ``order_stats.DIGITS`` passes over ``ds``."""
+    def count(prefixes: dict[str, np.ndarray], level: int) -> dict[str, np.ndarray]:
+        def fn(batch: pa.Table) -> dict:
+            return {name: [digit_counts(keys[name](batch), p, level).ravel()] for name, p in prefixes.items()}
+        parts = ds.map_batches(fn, batch_format="pyarrow", batch_size=None).take_all()
+        return {name: add_counts((np.asarray(part[name], dtype=np.int64).reshape(3, -1) for part in parts), len(p))
+                for name, p in prefixes.items()}
+
+    wanted = {name: r for name, r in ranks.items() if r}
+    return select_keys(wanted, count) if wanted else {}
+
+
+# -- writers ----------------------------------------------------------------------------------------
+
+def _names(ext: str):
+    from ray.data.datasource import FilenameProvider
+
+    class Parts(FilenameProvider):
+        """part-00000.jsonl, ... in block order: the same names on every run."""
+
+        def get_filename_for_task(self, write_uuid: str, task_index: int) -> str:
+            return f"part-{task_index:05d}.{ext}"
+
+    return Parts()
+
+
+def _jsonl_sink(path: str, **kwargs: Any):
+    from ray.data.datasource import BlockBasedFileDatasink
+
+    class JsonLines(BlockBasedFileDatasink):
+        """One JSON object per line, as sapray writes JSON lines everywhere (sorted keys, UTF-8 as is;
+        Ray's own JSON writer goes through pandas, which escapes every '/')."""
+
+        def write_block_to_file(self, block, file) -> None:
+            file.write("".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n"
+                               for row in block.to_arrow().to_pylist()).encode("utf-8"))
+
+    return JsonLines(path, file_format="jsonl", **kwargs)
+
+
+def write_jsonl(ds, uri: str) -> str:
+    """``ds`` as JSON lines part files in the folder ``uri``, replacing what an earlier run left there."""
+    from ray.data import SaveMode
+
+    fs, path = filesystem(uri)
+    ds.write_datasink(_jsonl_sink(path, filesystem=fs, filename_provider=_names("jsonl"), mode=SaveMode.OVERWRITE))
+    fs.create_dir(path, recursive=True)  # also when nothing was written: an empty folder says "none"
+    return uri
+
+
+def write_parquet(ds, uri: str) -> str:
+    """``ds`` as Parquet part files in the folder ``uri``, replacing what an earlier run left there."""
+    from ray.data import SaveMode
+
+    fs, path = filesystem(uri)
+    ds.write_parquet(path, filesystem=fs, filename_provider=_names("parquet"), mode=SaveMode.OVERWRITE)
+    fs.create_dir(path, recursive=True)
+    return uri
