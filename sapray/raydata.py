@@ -25,6 +25,15 @@ log = logging.getLogger(__name__)
 STARTUP_PATIENCE_S = 600
 
 
+# How Ray says that a process of a starting node missed one of its fixed waits: the raylet's 30 s
+# ("... timed out during startup") or the GCS server's port file (seen at load 60+ on 2 cores).
+STARTUP_TIMEOUTS = ("timed out during startup", "Timed out waiting for file")
+
+
+def startup_timed_out(exc: BaseException) -> bool:
+    return any(text in str(exc) for text in STARTUP_TIMEOUTS)
+
+
 def start_local_ray(patience_s: float, **kwargs: Any) -> None:
     """``ray.init`` of a local Ray, started again when it fails to come up in time.
 
@@ -39,7 +48,7 @@ def start_local_ray(patience_s: float, **kwargs: Any) -> None:
             ray.init(**kwargs)
             return
         except Exception as exc:  # Ray raises a bare Exception for this
-            if "timed out during startup" not in str(exc) or time.monotonic() > deadline:
+            if not startup_timed_out(exc) or time.monotonic() > deadline:
                 raise
             log.warning("Ray did not start in time (a busy machine?); starting it again")
             ray.shutdown()
