@@ -374,8 +374,10 @@ def _read_in_cluster(cfg: FilterConfig, uri: str, columns: Columns):
     ds, rows_in = stages.read_dataset([uri], partial(sample_row, columns=columns), SAMPLE_SCHEMA,
                                       max(1, int(cfg.ray.shard_mb * 2**20)))
     ds = ds.materialize()
-    usable = ds.map_batches(_usable, batch_format="pyarrow")
-    rejected = ds.map_batches(_unusable, batch_format="pyarrow")
+    # Materialized apart, so the scoring pipeline starts with no CPU task ahead of its actor pools: with
+    # one engine actor per CPU (the CPU default) such a task would never get a CPU.
+    usable = ds.map_batches(_usable, batch_format="pyarrow").materialize()
+    rejected = ds.map_batches(_unusable, batch_format="pyarrow").materialize()
     return usable, rejected, rows_in, usable.count()
 
 
