@@ -58,8 +58,18 @@ def init_ray(cfg: RayConfig) -> None:
     """Join ``cfg.address`` (or RAY_ADDRESS), else start a local single-node Ray."""
     import ray
 
-    if ray.is_initialized():
-        return
+    if not ray.is_initialized():
+        _start_or_join(cfg)
+    # Also when Ray was started by the caller: whole-dataset jobs write rows in block order.
+    ctx = ray.data.DataContext.get_current()
+    ctx.execution_options.preserve_order = True
+    ctx.enable_progress_bars = True
+    ctx.print_on_execution_start = False
+
+
+def _start_or_join(cfg: RayConfig) -> None:
+    import ray
+
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     options = {"include_dashboard": False if address in (None, "local") else None,
                "logging_level": logging.WARNING, "log_to_driver": True, "configure_logging": True}
@@ -68,10 +78,6 @@ def init_ray(cfg: RayConfig) -> None:
         start_local_ray(patience, address=address, **options)
     else:
         ray.init(address=address, **options)
-    ctx = ray.data.DataContext.get_current()
-    ctx.execution_options.preserve_order = True
-    ctx.enable_progress_bars = True
-    ctx.print_on_execution_start = False
 
 
 def blocks(rows: Sequence[dict], batch_size: int) -> list[pa.Table]:
