@@ -13,9 +13,12 @@ Python environment, in the same invocation, so the two columns are measured side
 Jobs measured:
 - ``filter``: ``sapray filter`` with ``method: ifd`` (two scoring requests per sample), at each size
   and with 1 and 2 engine actors.
+- ``generate``: ``sapray generate`` with a file teacher (one precomputed response per question, in a
+  file of its own, joined by question_id): questions read, joined, outcomes made, shards written and
+  merged into the training set. No engine actor, so one row per size.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_dataplane.py --sizes 10000,100000 --actors 1,2 \\
-        --json runs/bench_dataplane.json
+        --generate-sizes 100000,1000000 --json runs/bench_dataplane.json
 """
 
 from __future__ import annotations
@@ -35,14 +38,22 @@ REPO = Path(__file__).resolve().parent.parent
 # Run in a child process with the tree to measure first on sys.path: the same calls work on both trees.
 CHILD = """
 import json, resource, sys, time
-from sapray.filter_job import load_filter_config, run_filter
-from sapray.report import write_filter_outputs
-cfg = load_filter_config(json.loads(sys.argv[1]))
+job, config = sys.argv[1], json.loads(sys.argv[2])
 started = time.perf_counter()
-result = run_filter(cfg)
-write_filter_outputs(cfg.output, result)
+if job == "filter":
+    from sapray.filter_job import load_filter_config, run_filter
+    from sapray.report import write_filter_outputs
+    cfg = load_filter_config(config)
+    result = run_filter(cfg)
+    write_filter_outputs(cfg.output, result)
+    counts = result.summary["counts"]
+else:
+    from sapray.config import load_config
+    from sapray.run_job import run_generate
+    metadata = run_generate(load_config(config), "teacher")
+    counts = {"rows": metadata["rows"], "rejected": metadata["rejected"]}
 seconds = time.perf_counter() - started
-print("RESULT " + json.dumps({"seconds": seconds, "counts": result.summary["counts"],
+print("RESULT " + json.dumps({"seconds": seconds, "counts": counts,
                               "driver_peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
 """
 
@@ -84,6 +95,20 @@ def samples_file(workdir: Path, n: int) -> str:
     return str(path)
 
 
+def generate_files(workdir: Path, n: int) -> tuple[str, str]:
+    """n questions and a file teacher's response to each, the same for a given n."""
+    questions, responses = workdir / f"questions-{n}.jsonl", workdir / f"responses-{n}.jsonl"
+    if not responses.exists():
+        rng = random.Random(n)
+        with open(questions, "w") as q, open(responses, "w") as r:
+            for i in range(n):
+                q.write(json.dumps({"question_id": f"q{i}", "question": " ".join(rng.choices(WORDS, k=12)) + "?"})
+                        + "\n")
+                r.write(json.dumps({"question_id": f"q{i}", "strategy": "teacher",
+                                    "response": " ".join(rng.choices(WORDS, k=8)) + "."}) + "\n")
+    return str(questions), str(responses)
+
+
 def baseline_tree(workdir: Path, commit: str) -> Path:
     tree = workdir / f"baseline-{commit}"
     if not tree.exists():
@@ -92,16 +117,32 @@ def baseline_tree(workdir: Path, commit: str) -> Path:
     return tree
 
 
-def run_filter(tree: Path, model: str, input_path: str, actors: int, output: Path, batch_size: int) -> dict:
-    config = {"method": "ifd", "input": input_path, "model": model, "output": str(output),
-              "ray": {"actors": actors, "batch_size": batch_size}}
+def run_job(tree: Path, job: str, config: dict) -> dict:
     env = {**os.environ, "PYTHONPATH": str(tree), "RAY_DEDUP_LOGS": "0"}
-    done = subprocess.run([sys.executable, "-c", CHILD, json.dumps(config)], cwd=tree, env=env,
+    done = subprocess.run([sys.executable, "-c", CHILD, job, json.dumps(config)], cwd=tree, env=env,
                           capture_output=True, text=True)
     lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
     if done.returncode or not lines:
-        raise SystemExit(f"filter failed in {tree} ({input_path}, {actors} actors):\n{done.stderr[-3000:]}")
+        raise SystemExit(f"{job} failed in {tree} ({config}):\n{done.stderr[-3000:]}")
     return json.loads(lines[-1].removeprefix("RESULT "))
+
+
+def filter_config(model: str, input_path: str, actors: int, output: Path, batch_size: int) -> dict:
+    return {"method": "ifd", "input": input_path, "model": model, "output": str(output),
+            "ray": {"actors": actors, "batch_size": batch_size}}
+
+
+def generate_config(questions: str, responses: str, output: Path, shard_size: int) -> dict:
+    return {"data": {"questions": questions, "candidates_by_strategy": {"teacher": responses}},
+            "output": str(output / "select"),
+            "generate": {"output": str(output / "train"), "shard_size": shard_size}}
+
+
+def _report(results: list[dict], job: str, size: int, actors: int, name: str, out: dict) -> None:
+    row = {"job": job, "rows": size, "actors": actors, "tree": name, **out, "rows_per_s": size / out["seconds"]}
+    results.append(row)
+    print(f"{job:<9}{size:>9}{actors:>7}{name:>8}{out['seconds']:>9.1f}{row['rows_per_s']:>9.0f}"
+          f"{out['driver_peak_rss_mb']:>20.0f}", flush=True)
 
 
 def main() -> None:
@@ -110,27 +151,29 @@ def main() -> None:
     parser.add_argument("--actors", default="1,2", help="engine actors, comma-separated")
     parser.add_argument("--baseline", default="12df868", help="commit to measure beside this checkout ('' for none)")
     parser.add_argument("--batch-size", type=int, default=256)
+    parser.add_argument("--generate-sizes", default="100000,1000000", help="questions, comma-separated ('' for none)")
+    parser.add_argument("--shard-size", type=int, default=1000, help="generate.shard_size of the generate runs")
     parser.add_argument("--workdir", default=None, help="where models, inputs and outputs go (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the results here")
     args = parser.parse_args()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="sapray-dataplane-"))
     workdir.mkdir(parents=True, exist_ok=True)
-    model = tiny_model(workdir)
     trees = {"now": REPO}
     if args.baseline:
         trees["before"] = baseline_tree(workdir, args.baseline)
-    results = []
-    print(f"{'job':<8}{'rows':>9}{'actors':>7}{'tree':>8}{'seconds':>9}{'rows/s':>9}{'driver peak RSS MB':>20}")
-    for size in [int(s) for s in args.sizes.split(",")]:
-        path = samples_file(workdir, size)
+    results: list[dict] = []
+    print(f"{'job':<9}{'rows':>9}{'actors':>7}{'tree':>8}{'seconds':>9}{'rows/s':>9}{'driver peak RSS MB':>20}")
+    for size in [int(s) for s in args.sizes.split(",") if s]:
+        model, path = tiny_model(workdir), samples_file(workdir, size)
         for actors in [int(a) for a in args.actors.split(",")]:
             for name, tree in trees.items():
-                out = run_filter(tree, model, path, actors, workdir / f"out-{name}-{size}-{actors}", args.batch_size)
-                row = {"job": "filter", "rows": size, "actors": actors, "tree": name, **out,
-                       "rows_per_s": size / out["seconds"]}
-                results.append(row)
-                print(f"{'filter':<8}{size:>9}{actors:>7}{name:>8}{out['seconds']:>9.1f}{row['rows_per_s']:>9.0f}"
-                      f"{out['driver_peak_rss_mb']:>20.0f}", flush=True)
+                config = filter_config(model, path, actors, workdir / f"filter-{name}-{size}-{actors}", args.batch_size)
+                _report(results, "filter", size, actors, name, run_job(tree, "filter", config))
+    for size in [int(s) for s in args.generate_sizes.split(",") if s]:
+        questions, responses = generate_files(workdir, size)
+        for name, tree in trees.items():
+            config = generate_config(questions, responses, workdir / f"generate-{name}-{size}", args.shard_size)
+            _report(results, "generate", size, 0, name, run_job(tree, "generate", config))
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "baseline": args.baseline,

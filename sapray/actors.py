@@ -64,7 +64,7 @@ class ScoreActor:
 
 
 class GenerateActor:
-    """Generates from token-id prompts: row_id, prompt_ids -> texts, finish reasons, token counts."""
+    """Generates from token-id prompts: prompt_ids -> texts, finish reasons, token counts (other columns pass)."""
 
     def __init__(self, engine: str, model: str, engine_args: dict[str, Any], sampling: dict[str, Any],
                  num_cpus: float = 1, revision: str | None = None) -> None:
@@ -76,7 +76,7 @@ class GenerateActor:
         prompts = [list(map(int, p)) for p in batch["prompt_ids"]]
         generations = self.engine.generate(prompts, self.sampling)
         return {
-            "row_id": list(batch["row_id"]),
+            **{k: v for k, v in batch.items() if k != "prompt_ids"},  # the row's other columns pass through
             "texts": [g.texts for g in generations],
             "prompt_tokens": [g.prompt_tokens for g in generations],
             "completion_tokens": [sum(g.completion_tokens) for g in generations],

@@ -31,12 +31,13 @@ from sapray.config import Columns, RayConfig, Strict, validate
 from sapray.engines import EngineName, SamplingConfig
 from sapray.exemplars import zero_shot_prompts
 from sapray.models import locate
-from sapray.raydata import init_ray, map_with_actors
+from sapray.raydata import actor_pool, init_ray, map_with_actors
 from sapray.read import (
     MISSING,
     InputError,
     Reject,
     _number_as_text,
+    chat_pair,
     child,
     iter_records,
     nothing_usable,
@@ -110,24 +111,23 @@ SAMPLE_SCHEMA = pa.schema([
 
 
 def sample_record(index: int, row: dict | str, columns: Columns) -> dict | str:
-    """A question-response sample from columns or a ``messages`` list; else why the row is unusable."""
+    """A question-response sample from columns or a chat ``messages`` list (as ``read.chat_pair`` reads
+    SFT data); else why the row is unusable."""
     if isinstance(row, str):
         return row
-    question, response = row.get(columns.question, MISSING), row.get(columns.response, MISSING)
-    names, problem = (f"column {columns.question!r}", f"column {columns.response!r}"), None
-    messages = row.get("messages")
-    if isinstance(messages, list):
-        users = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "user"]
-        bots = [m.get("content") for m in messages if isinstance(m, dict) and m.get("role") == "assistant"]
-        names = ("the first user turn of 'messages'", "the last assistant turn of 'messages'")
-        question, response = (users[0] if users else None), (bots[-1] if bots else None)
-        if not users or not bots:
-            problem = f"'messages' has no {'user' if not users else 'assistant'} turn"
-    problem = problem or text_problem(question, names[0]) or text_problem(response, names[1])
-    if problem is None and not response.strip():
-        problem = "empty response"
-    if problem:
-        return problem
+    if columns.messages in row:
+        pair = chat_pair(row[columns.messages], columns.messages)
+        if isinstance(pair, str):
+            return pair
+        question, response = pair
+    else:
+        question, response = row.get(columns.question, MISSING), row.get(columns.response, MISSING)
+        problem = (text_problem(question, f"column {columns.question!r}")
+                   or text_problem(response, f"column {columns.response!r}"))
+        if problem:
+            return problem
+    if not response.strip():
+        return "empty response"
     gold = _number_as_text(row.get(columns.gold))
     sample_id = _number_as_text(row.get("sample_id", row.get(columns.question_id, index)))
     return {"sample_id": f"{sample_id}#{index}", "question": question, "response": response,
@@ -246,37 +246,22 @@ SCORE_COLUMNS = {"dsweight": ("loss", "ds_weight", "shift"),
 # -- the pipeline ------------------------------------------------------------------------------------
 
 def _encoded(cfg: FilterConfig, ds, build: Callable[[dict], list], requests: int):
-    import ray
-
-    # Tokenizers take no CPU of their own from Ray: on a CPU-only cluster the engine actors hold every CPU.
-    # Up to one per two CPUs of the cluster, so tokenizing keeps up with many engine actors.
-    most = max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
     return ds.map_batches(
         stages.EncodeRequests, batch_format="pyarrow", batch_size=cfg.ray.batch_size,
         fn_constructor_kwargs={"model": cfg.model, "revision": cfg.revision, "engine": cfg.engine,
                                "engine_args": cfg.engine_args, "build": build, "requests": requests,
-                               "boundary": "joint", "overlong": cfg.overlong},
-        compute=ray.data.ActorPoolStrategy(min_size=1, max_size=most), num_cpus=0)
+                               "boundary": "joint", "overlong": cfg.overlong}, **stages.cpu_pool())
 
 
 def _scored(cfg: FilterConfig, ds, requests: int, prefix: str, model: str, revision: str | None,
             engine_args: dict | None = None, drop_ids: bool = True):
     """Score every request of every row with an engine actor pool; sums and token counts come back."""
-    import ray
-
-    from sapray.placement import actor_bytes, cluster_view, plan
-
     # Resolved here first, so a missing model fails before any actor starts; actors load the same commit.
-    resolved = locate(model, revision)
-    where = plan(cfg.engine, {**cfg.engine_args, **(engine_args or {})}, cfg.ray, *cluster_view(),
-                 actor_bytes=actor_bytes(cfg.engine, resolved.path))
-    return ds.map_batches(
-        stages.ScoreSums, batch_format="pyarrow", batch_size=cfg.ray.batch_size,
-        fn_constructor_kwargs={"engine": cfg.engine, "model": model, "revision": resolved.commit,
-                               "engine_args": where.engine_args, "requests": requests, "prefix": prefix,
-                               "drop_ids": drop_ids, "num_cpus": where.num_cpus},
-        compute=ray.data.ActorPoolStrategy(size=where.actors), num_cpus=where.num_cpus,
-        num_gpus=where.num_gpus or None)
+    pool = actor_pool(stages.ScoreSums, {
+        "engine": cfg.engine, "model": model, "revision": locate(model, revision).commit,
+        "engine_args": {**cfg.engine_args, **(engine_args or {})}, "requests": requests, "prefix": prefix,
+        "drop_ids": drop_ids}, cfg.ray)
+    return ds.map_batches(**pool, batch_format="pyarrow")
 
 
 class _Score:
@@ -308,7 +293,7 @@ class _Score:
 def _ok_finite(column: str) -> Callable[[pa.Table], np.ndarray]:
     def keys(batch: pa.Table) -> np.ndarray:
         values = batch.column(column).to_numpy(zero_copy_only=False)
-        ok = np.array([not r for r in batch.column("reject").to_pylist()], dtype=bool) & np.isfinite(values)
+        ok = pc.equal(batch.column("reject"), "").to_numpy(zero_copy_only=False) & np.isfinite(values)
         return order_stats.sortable(values[ok])
     return keys
 
@@ -359,25 +344,13 @@ def _summaries(ds, columns: tuple[str, ...], rule: Rule) -> tuple[order_stats.Cu
     return cut, dists, eligible
 
 
-def _usable(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.equal(batch.column("reject"), ""))
-
-
-def _unusable(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.not_equal(batch.column("reject"), ""))
-
-
 def _read_in_cluster(cfg: FilterConfig, uri: str, columns: Columns):
     """(usable rows, rejected rows, rows in, usable rows) of an input, read in the cluster. Rejected rows
     are set apart before scoring, so a good row's batch-mates are the same as in a clean file."""
-    check_columns(uri, [[columns.question, columns.response], ["messages"]])
+    check_columns(uri, [[columns.question, columns.response], [columns.messages]])
     ds, rows_in = stages.read_dataset([uri], partial(sample_row, columns=columns), SAMPLE_SCHEMA,
                                       max(1, int(cfg.ray.shard_mb * 2**20)))
-    ds = ds.materialize()
-    # Materialized apart, so the scoring pipeline starts with no CPU task ahead of its actor pools: with
-    # one engine actor per CPU (the CPU default) such a task would never get a CPU.
-    usable = ds.map_batches(_usable, batch_format="pyarrow").materialize()
-    rejected = ds.map_batches(_unusable, batch_format="pyarrow").materialize()
+    usable, rejected = stages.split_rejected(ds)
     return usable, rejected, rows_in, usable.count()
 
 
@@ -412,7 +385,7 @@ def _scores_table(columns: tuple[str, ...]) -> Callable[[pa.Table], pa.Table]:
 
 
 def _rejects_table(batch: pa.Table) -> pa.Table:
-    out = _unusable(batch)
+    out = batch.filter(pc.not_equal(batch.column("reject"), ""))
     none = pa.nulls(out.num_rows, pa.string())
     return pa.table({"source": out.column("source"), "reason": out.column("reject"),
                      "stage": out.column("reject_stage"), "question_id": none, "strategy": none})

@@ -84,6 +84,26 @@ def blocks(rows: Sequence[dict], batch_size: int) -> list[pa.Table]:
     return [pa.Table.from_pylist(list(rows[i:i + batch_size])) for i in range(0, len(rows), batch_size)]
 
 
+def actor_pool(actor_cls: type, actor_kwargs: dict[str, Any], cfg: RayConfig) -> dict[str, Any]:
+    """``map_batches`` arguments for a pool of ``actor_cls`` the cluster can hold, placed as
+    ``placement.plan`` says; a config the cluster cannot hold fails here, before any actor starts."""
+    import ray
+
+    from sapray.models import locate
+    from sapray.placement import actor_bytes, cluster_view, plan
+
+    engine = actor_kwargs.get("engine", "hf")
+    model = actor_kwargs.get("model") if "engine" in actor_kwargs else None  # API teachers hold no weights
+    size = actor_bytes(engine, locate(model, actor_kwargs.get("revision")).path) if model else None
+    where = plan(engine, actor_kwargs.get("engine_args") or {}, cfg, *cluster_view(), actor_bytes=size)
+    log.debug("%s: %s", actor_cls.__name__, where.describe())
+    if "engine_args" in actor_kwargs:
+        actor_kwargs = {**actor_kwargs, "engine_args": where.engine_args}
+    return {"fn": actor_cls, "fn_constructor_kwargs": {**actor_kwargs, "num_cpus": where.num_cpus},
+            "batch_size": cfg.batch_size, "compute": ray.data.ActorPoolStrategy(size=where.actors),
+            "num_cpus": where.num_cpus, "num_gpus": where.num_gpus or None}
+
+
 def map_with_actors(
     rows: Sequence[dict],
     actor_cls: type,
@@ -94,26 +114,8 @@ def map_with_actors(
     """Stream the actor pool's output rows, in input order, showing progress as ``what``."""
     import ray
 
-    from sapray.models import locate
-    from sapray.placement import actor_bytes, cluster_view, plan
-
     if not rows:
         return iter(())
-    # Placement first: a config the cluster cannot hold fails here, before any actor starts.
-    engine = actor_kwargs.get("engine", "hf")
-    model = actor_kwargs.get("model") if "engine" in actor_kwargs else None  # API teachers hold no weights
-    size = actor_bytes(engine, locate(model, actor_kwargs.get("revision")).path) if model else None
-    where = plan(engine, actor_kwargs.get("engine_args") or {}, cfg, *cluster_view(), actor_bytes=size)
-    log.debug("%s: %s", actor_cls.__name__, where.describe())
-    if "engine_args" in actor_kwargs:
-        actor_kwargs = {**actor_kwargs, "engine_args": where.engine_args}
-    ds = ray.data.from_arrow(blocks(rows, cfg.batch_size))
-    mapped = ds.map_batches(
-        actor_cls,
-        fn_constructor_kwargs={**actor_kwargs, "num_cpus": where.num_cpus},
-        batch_size=cfg.batch_size,
-        compute=ray.data.ActorPoolStrategy(size=where.actors),
-        num_cpus=where.num_cpus,
-        num_gpus=where.num_gpus or None,
-    )
+    pool = actor_pool(actor_cls, actor_kwargs, cfg)
+    mapped = ray.data.from_arrow(blocks(rows, cfg.batch_size)).map_batches(**pool)
     return console.progress(mapped.iter_rows(), len(rows), what or actor_cls.__name__)

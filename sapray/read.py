@@ -388,27 +388,34 @@ def nothing_usable(what: str, uris: Iterable[str], rejects: list[Reject]) -> Inp
     return InputError(f"{', '.join(uris)}: no usable {what} ({len(rejects)} row(s) rejected{first})")
 
 
-def read_questions(uri: str, columns: Columns, need_gold: bool) -> tuple[dict[str, dict], list[Reject]]:
+def question_record(row: dict | str, columns: Columns, need_gold: bool) -> tuple[dict, str | None]:
+    """A question row's {question_id, question, gold} and why it is unusable (None: it is usable).
+    Duplicate ids are the caller's to find: that needs every row."""
+    if isinstance(row, str):
+        return {}, row
     fields = {"question_id": columns.question_id, "question": columns.question}
     if need_gold:
         fields["gold"] = columns.gold
+    values, problem = _string_fields(row, fields)
+    if problem is None and not values["question"].strip():
+        problem = "empty question"
+    if problem is None and "gold" not in values:  # optional here: kept when it is usable text
+        gold = _number_as_text(row.get(columns.gold))
+        values["gold"] = gold if text_problem(gold, "gold") is None else None
+    return values, problem
+
+
+def read_questions(uri: str, columns: Columns, need_gold: bool) -> tuple[dict[str, dict], list[Reject]]:
+    required = [columns.question_id, columns.question] + ([columns.gold] if need_gold else [])
     questions, rejects = {}, []
-    for source, row in checked_records(uri, list(fields.values())):
-        if isinstance(row, str):
-            rejects.append(Reject(source, row, "questions"))
-            continue
-        values, problem = _string_fields(row, fields)
+    for source, row in checked_records(uri, required):
+        values, problem = question_record(row, columns, need_gold)
         qid = values.get("question_id")
         if problem is None and qid in questions:
             problem = f"duplicate question_id {qid!r} (first at {questions[qid]['source']})"
-        elif problem is None and not values["question"].strip():
-            problem = "empty question"
         if problem:
             rejects.append(Reject(source, problem, "questions", question_id=qid))
             continue
-        if "gold" not in values:  # optional here: kept when it is usable text
-            gold = _number_as_text(row.get(columns.gold))
-            values["gold"] = gold if text_problem(gold, "gold") is None else None
         questions[qid] = {**values, "source": source}
     if not questions:
         raise nothing_usable("questions", [uri], rejects)

@@ -11,10 +11,11 @@ from typing import Any
 
 from sapray.config import ConfigError, SelectConfig, StrategyConfig, TeacherConfig
 from sapray.console import console
-from sapray.generate import Cost, generate, run_full_generation
+from sapray.generate import Cost, generate
+from sapray.generate_job import run_full_generation
 from sapray.html_report import write_report
 from sapray.raydata import init_ray
-from sapray.read import Reject, child, filesystem, read_inputs, read_questions, read_text
+from sapray.read import Reject, child, filesystem, read_inputs, read_text
 from sapray.report import write_outputs
 from sapray.select import TeacherRounds, run_select
 
@@ -91,12 +92,11 @@ def strategy_for(cfg: SelectConfig, name: str) -> StrategyConfig:
 
 def run_generate(cfg: SelectConfig, name: str) -> dict:
     init_ray(cfg.ray)
-    if cfg.data.questions:
-        questions, rejects = read_questions(cfg.data.questions, cfg.data.columns, need_gold=False)
-    else:  # the questions the candidate files hold
-        questions, _, _, _ = read_inputs(None, cfg.data.candidate_sources(), cfg.data.columns)
-        rejects = []
-    return run_full_generation(strategy_for(cfg, name), list(questions.values()), cfg.ray, cfg.generate, rejects)
+    strategy = strategy_for(cfg, name)
+    if cfg.data.questions:  # read by the workers
+        return run_full_generation(strategy, cfg.data.questions, cfg.ray, cfg.generate, columns=cfg.data.columns)
+    questions, _, _, _ = read_inputs(None, cfg.data.candidate_sources(), cfg.data.columns)  # those candidates hold
+    return run_full_generation(strategy, list(questions.values()), cfg.ray, cfg.generate)
 
 
 def _read_json(uri: str, jsonl: bool = False) -> Any:

@@ -20,6 +20,7 @@ from typing import Any
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from sapray.order_stats import Moments, Selected, add_counts, digit_counts, select_keys
 from sapray.read import InputError, filesystem
@@ -66,6 +67,39 @@ def read_dataset(uris: Iterable[str], to_row: RowFn, schema: pa.Schema, shard_by
     ds = ray.data.from_items(starts, override_num_blocks=len(starts)).map_batches(
         _read_shards, fn_kwargs={"to_row": to_row, "schema": schema}, batch_size=1)
     return ds, sum(c["records"] for c in counted)
+
+
+def _usable(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.equal(batch.column("reject"), ""))
+
+
+def _unusable(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.not_equal(batch.column("reject"), ""))
+
+
+def split_rejected(ds) -> tuple[Any, Any]:
+    """(usable rows, rejected rows), each materialized: a pipeline that starts from them has no CPU task
+    ahead of its actor pools (with one engine actor per CPU, the CPU default, such a task would never
+    get a CPU), and a usable row's batch-mates are the same as in a clean input."""
+    ds = ds.materialize()
+    return (ds.map_batches(_usable, batch_format="pyarrow").materialize(),
+            ds.map_batches(_unusable, batch_format="pyarrow").materialize())
+
+
+def cpu_pool() -> dict[str, Any]:
+    """``map_batches`` arguments of a CPU stage that runs beside engine actors (tokenizing, rendering):
+    it takes no CPU of its own from Ray, as on a CPU-only cluster the engine actors hold every CPU, and
+    runs up to one actor per two CPUs of the cluster, so it keeps up with many engine actors."""
+    import ray
+
+    return {"compute": ray.data.ActorPoolStrategy(min_size=1, max_size=cpu_workers()), "num_cpus": 0}
+
+
+def cpu_workers() -> int:
+    """How many workers a CPU stage beside engine actors runs: one per two CPUs of the cluster."""
+    import ray
+
+    return max(1, int(ray.cluster_resources().get("CPU", 1)) // 2)
 
 
 class EncodeRequests:

@@ -130,4 +130,5 @@ class ApiTeacherActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         results = list(self.pool.map(lambda m: self._call(json.loads(m)), batch["messages_json"]))
-        return {"row_id": list(batch["row_id"]), **{k: [r[k] for r in results] for k in results[0]}}
+        passed = {k: v for k, v in batch.items() if k != "messages_json"}  # the row's other columns pass through
+        return {**passed, **{k: [r[k] for r in results] for k in results[0]}}

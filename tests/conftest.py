@@ -11,6 +11,7 @@ import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 
 from sapray.models import resolve_model
@@ -159,3 +160,14 @@ def reference_tokenizer(smollm2_path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm2_path)
+
+
+def read_parts(folder) -> list[dict]:
+    """The rows of a folder of part files, in part order."""
+    rows = []
+    for part in sorted(folder.iterdir()):
+        if part.suffix == ".parquet":
+            rows += pq.read_table(part).to_pylist()
+        else:
+            rows += [json.loads(line) for line in part.read_text().splitlines()]
+    return rows

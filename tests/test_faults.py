@@ -24,7 +24,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import PATIENCE_S, load_candidates, load_questions
+from conftest import PATIENCE_S, load_candidates, load_questions, read_parts
 from small_job import REPO, exemplar_rows, jsonl
 from test_s3 import BUCKET, s3_env, s3_server  # noqa: F401  (fixtures)
 from test_select import ray_local  # noqa: F401  (fixture)
@@ -213,9 +213,10 @@ def test_chat_messages_rows_with_faults_are_rejected_with_the_turn_at_fault(tmp_
             chat(("system", "be brief"), ("user", "2+2?"), ("assistant", "4\x00"))]
     (tmp_path / "chat.jsonl").write_text(jsonl(rows))
     samples, rejects = read_samples(str(tmp_path / "chat.jsonl"), Columns())
-    assert [(s["question"], s["response"]) for s in samples] == [("2+2?", "4")]
+    # OpenAI-style content parts are text too, as everywhere sapray reads chat rows (read.chat_pair)
+    assert [(s["question"], s["response"]) for s in samples] == [("2+2?", "4"), ("2+2?", "4")]
     assert [r.reason for r in rejects] == [
-        "'messages' has no assistant turn", "the first user turn of 'messages' is list, not a string",
+        "no assistant turn after the first user turn in 'messages'",
         "the last assistant turn of 'messages' holds a NUL character (binary data?)"]
 
 
@@ -344,13 +345,13 @@ def test_generate_with_a_file_teacher_writes_the_same_set_from_faulty_files(fmt,
         raw["data"] = {"questions": str(questions), "candidates": str(candidates)}
         raw["generate"] = {"output": str(tmp_path / kind)}
         metadata[kind] = run_generate(load_config(raw), "socratic")
-        rows = [json.loads(line) for line in (tmp_path / kind / "train.jsonl").read_text().splitlines()]
+        rows = read_parts(tmp_path / kind / "train")
         assert all(r.pop("teacher") == f"file:{candidates}[socratic]" for r in rows)
         train[kind] = rows
     assert train["faulty"] == train["clean"] and len(train["clean"]) == len(QUESTIONS)
     assert metadata["faulty"]["question_rows_rejected"] == len(bad_questions)
     assert metadata["faulty"]["rows"] + metadata["faulty"]["rejected"] - len(bad_questions) == len(QUESTIONS)
-    rejects = [json.loads(line) for line in (tmp_path / "faulty" / "rejects.jsonl").read_text().splitlines()]
+    rejects = read_parts(tmp_path / "faulty" / "rejects")
     assert sorted(r["source"] for r in rejects) == sorted(f"{questions}{w}" for w in bad_questions)
     assert bad_candidates  # the teacher file's bad rows cost no question its response
 
@@ -365,7 +366,7 @@ def test_a_question_whose_only_teacher_row_is_bad_is_rejected_with_that_rows_rea
     raw["generate"] = {"output": str(tmp_path / "train")}
     metadata = run_generate(load_config(raw), "human")
     assert metadata["rows"] == 2 and metadata["rejected"] == 1
-    (reject,) = [json.loads(line) for line in (tmp_path / "train" / "rejects.jsonl").read_text().splitlines()]
+    (reject,) = read_parts(tmp_path / "train" / "rejects")
     assert reject["question_id"] == rows[1]["question_id"]
     assert reject["reason"].endswith(f"its row {tmp_path / 'c.jsonl'}:2: column 'response' is dict, not a string")
 

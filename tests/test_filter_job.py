@@ -5,10 +5,9 @@ from __future__ import annotations
 import json
 import math
 
-import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import load_candidates, load_questions
+from conftest import load_candidates, load_questions, read_parts
 from test_select import ray_local, write_jsonl  # noqa: F401  (fixture)
 
 from sapray import filters
@@ -26,17 +25,6 @@ def samples_file(tmp_path_factory) -> str:
             and c["strategy"] in ("human", "175b_verification")]
     rows.append({"messages": [{"role": "user", "content": "What is 2+2?"}]})  # no assistant turn: rejected
     return write_jsonl(tmp_path_factory.mktemp("samples") / "train.jsonl", rows)
-
-
-def read_parts(folder) -> list[dict]:
-    """The rows of a folder of part files, in part order."""
-    rows = []
-    for part in sorted(folder.iterdir()):
-        if part.suffix == ".parquet":
-            rows += pq.read_table(part).to_pylist()
-        else:
-            rows += [json.loads(line) for line in part.read_text().splitlines()]
-    return rows
 
 
 def run(raw: dict, tmp_path):
@@ -192,4 +180,5 @@ def test_same_bytes_whatever_the_actors_and_input_order_whatever_the_shards(
     assert [r["ifd"] for r in many] == pytest.approx([r["ifd"] for r in few], rel=1e-5)
     rejects = read_parts(tmp_path / "out-1-64" / "rejects")
     assert [r["source"] for r in rejects] == [f"{path}:{n}" for n in (9, 18, 27)]
-    assert all(r["reason"] == "'messages' has no assistant turn" and r["stage"] == "read" for r in rejects)
+    assert all(r["reason"] == "no assistant turn after the first user turn in 'messages'" and r["stage"] == "read"
+               for r in rejects)

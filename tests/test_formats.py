@@ -6,9 +6,10 @@ import json
 
 import pytest
 from conftest import load_questions
+from test_select import ray_local  # noqa: F401  (fixture)
 
 from sapray.config import Columns, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
-from sapray.generate import run_full_generation
+from sapray.generate_job import run_full_generation
 from sapray.read import InputError, read_questions
 
 datasets = pytest.importorskip("datasets")
@@ -40,7 +41,7 @@ def test_json_array_files_read_like_datasets_reads_them(tmp_path):
     assert list(questions) == expected
 
 
-def test_training_set_loads_in_datasets_and_renders_with_the_chat_template(tmp_path, tokenizer):
+def test_training_set_loads_in_datasets_and_renders_with_the_chat_template(ray_local, tmp_path, tokenizer):  # noqa: F811
     from conftest import DATA_DIR
 
     strategy = StrategyConfig(name="socratic", system="You are a careful tutor.",
@@ -48,8 +49,8 @@ def test_training_set_loads_in_datasets_and_renders_with_the_chat_template(tmp_p
                                                     strategy="socratic"))
     out = tmp_path / "train"
     run_full_generation(strategy, load_questions()[:5], RayConfig(), GenerateConfig(output=str(out)))
-    from_jsonl = datasets.load_dataset("json", data_files=str(out / "train.jsonl"))["train"]
-    from_parquet = datasets.load_dataset("parquet", data_files=str(out / "train.parquet"))["train"]
+    from_jsonl = datasets.load_dataset("json", data_files=str(out / "train" / "*.jsonl"))["train"]
+    from_parquet = datasets.load_dataset("parquet", data_files=str(out / "parquet" / "*.parquet"))["train"]
     assert from_jsonl.num_rows == from_parquet.num_rows == 5
     assert from_jsonl["messages"] == from_parquet["messages"]
     for row in from_jsonl:

@@ -14,9 +14,10 @@ import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import DATA_DIR, PATIENCE_S, load_questions, stop_process, wait_until
+from conftest import DATA_DIR, PATIENCE_S, load_questions, read_parts, stop_process, wait_until
 from test_select import exemplar_file, ray_local, write_jsonl  # noqa: F401  (fixtures)
 
 from sapray.config import load_config
@@ -45,10 +46,6 @@ def job(tmp_path: Path, exemplars: str, questions: str, **extra) -> dict:
     }
 
 
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
-
-
 def test_run_resumes_after_kill_9_in_full_generation_without_duplicates(tmp_path, exemplar_file):  # noqa: F811
     """`sapray run`, killed during the full set and run again: the selection is reused, the set completed."""
     questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:10])
@@ -65,11 +62,11 @@ def test_run_resumes_after_kill_9_in_full_generation_without_duplicates(tmp_path
     log = (tmp_path / "first.log").open("w")
     first = subprocess.Popen(command, env=env, start_new_session=True, stdout=log, stderr=subprocess.STDOUT)
     shards = tmp_path / "train" / "shards"
-    wait_until(lambda: len(list(shards.glob("part-*.jsonl"))) >= 3, "three shards from the first run", first,
+    wait_until(lambda: len(list(shards.glob("part-*.parquet"))) >= 3, "three shards from the first run", first,
                tmp_path / "first.log", poll_s=0.2)
     os.killpg(first.pid, signal.SIGKILL)
     first.wait()
-    done_before = {json.loads(line)["question_id"] for p in shards.glob("part-*.jsonl") for line in p.open()}
+    done_before = {q for p in shards.glob("part-*.parquet") for q in pq.read_table(p)["question_id"].to_pylist()}
     assert 3 <= len(done_before) < 10, "kill -9 should land mid-run"
     winner = json.loads((tmp_path / "select" / "selection.json").read_text())["winner"]["strategy"]
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=PATIENCE_S)
@@ -78,7 +75,7 @@ def test_run_resumes_after_kill_9_in_full_generation_without_duplicates(tmp_path
     assert "generating the sample" not in second.stderr
     assert f"{len(done_before)} already done" in second.stderr
     assert json.loads((tmp_path / "train" / "metadata.json").read_text())["strategy"] == winner
-    train = read_jsonl(tmp_path / "train" / "train.jsonl")
+    train = read_parts(tmp_path / "train" / "train")
     ids = [r["question_id"] for r in train]
     assert sorted(ids) == sorted(q["question_id"] for q in load_questions()[:10])  # each exactly once
 
@@ -242,7 +239,7 @@ def test_openai_teacher_retries_transient_failures_and_rejects_permanent_ones(
     assert proxy.stall_abandoned.is_set()  # the client timed out on the stall, then retried
     assert proxy.arrivals[1] - proxy.arrivals[0] >= 0.9  # the 429's Retry-After: 1 was honoured
     assert metadata["rows"] == 3 and metadata["rejected"] == 1
-    rejects = read_jsonl(tmp_path / "train" / "rejects.jsonl")
+    rejects = read_parts(tmp_path / "train" / "rejects")
     assert rejects[0]["question_id"] == "poison" and "permanent error" in rejects[0]["reason"]
     assert "HTTP 400" in rejects[0]["reason"]
     cost = metadata["cost_this_run"]
@@ -306,5 +303,5 @@ def test_race_in_run_stops_asking_an_eliminated_teacher(ray_local, exemplar_file
     winner = summary["winner"]["strategy"]
     assert winner in ("plain", "steps") and metadata["strategy"] == winner
     assert metadata["rows"] == 10 and metadata["rejected"] == 0
-    train = read_jsonl(tmp_path / "train" / "train.jsonl")
+    train = read_parts(tmp_path / "train" / "train")
     assert sorted(r["question_id"] for r in train) == sorted(q["question_id"] for q in load_questions()[:10])

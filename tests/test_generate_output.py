@@ -1,28 +1,25 @@
 """The full-scale output without a model: prompt templates, the output's owner, cost over runs, rejects.
 
-A ``file`` teacher (precomputed responses) runs the same write/resume path as a model teacher, without Ray.
+A ``file`` teacher (precomputed responses) runs the same cluster path as a model teacher: read, join,
+shards written by workers, resume, merge.
 """
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
-from conftest import DATA_DIR, load_candidates, load_questions
+from conftest import DATA_DIR, load_candidates, load_questions, read_parts
+from test_select import ray_local  # noqa: F401  (fixture)
 
 from sapray.config import ConfigError, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
-from sapray.generate import run_full_generation
+from sapray.generate_job import run_full_generation
 from sapray.read import InputError, Reject
 
 
 def file_strategy(strategy: str, name: str | None = None) -> StrategyConfig:
     teacher = TeacherConfig(kind="file", path=str(DATA_DIR / "candidates.jsonl"), strategy=strategy)
     return StrategyConfig(name=name or strategy, teacher=teacher)
-
-
-def read_jsonl(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines()]
 
 
 @pytest.mark.parametrize("prompt, message", [
@@ -51,7 +48,7 @@ def test_templates_fill_question_gold_examples_and_literal_braces():
     assert plain.prompt_hash() == plain.model_copy(update={"examples": []}).prompt_hash()
 
 
-def test_output_resumes_sums_cost_over_runs_and_refuses_another_strategy(tmp_path):
+def test_output_resumes_sums_cost_over_runs_and_refuses_another_strategy(ray_local, tmp_path):  # noqa: F811
     questions = load_questions()[:6]
     gen = GenerateConfig(output=str(tmp_path / "train"), shard_size=2)
     bad_row = Reject("q.jsonl:7", "missing required column(s) ['question']", "questions")
@@ -62,11 +59,12 @@ def test_output_resumes_sums_cost_over_runs_and_refuses_another_strategy(tmp_pat
     # file teachers cost nothing; the point is that totals cover both runs' shards and the run's own part
     assert again["cost_total"]["prompt_tokens"] == 0 and again["cost_this_run"]["requests"] == 2
 
-    train = read_jsonl(tmp_path / "train" / "train.jsonl")
+    train = read_parts(tmp_path / "train" / "train")
     expected = {c["question_id"]: c["response"] for c in load_candidates() if c["strategy"] == "socratic"}
     assert [r["question_id"] for r in train] == [q["question_id"] for q in questions]
     assert all(r["messages"][-1] == {"role": "assistant", "content": expected[r["question_id"]]} for r in train)
-    assert read_jsonl(tmp_path / "train" / "rejects.jsonl") == [bad_row.to_dict()]
+    assert read_parts(tmp_path / "train" / "rejects") == [bad_row.to_dict()]
+    assert read_parts(tmp_path / "train" / "parquet") == train
 
     with pytest.raises(ConfigError, match=r"from strategy 'socratic' and it differs in \['strategy', 'teacher'\]"):
         run_full_generation(file_strategy("human"), questions, RayConfig(), gen)
@@ -75,7 +73,7 @@ def test_output_resumes_sums_cost_over_runs_and_refuses_another_strategy(tmp_pat
         run_full_generation(changed_prompt, questions, RayConfig(), gen)
 
 
-def test_misspelt_file_strategy_fails_naming_what_the_file_has(tmp_path):
+def test_misspelt_file_strategy_fails_naming_what_the_file_has(ray_local, tmp_path):  # noqa: F811
     gen = GenerateConfig(output=str(tmp_path / "train"))
     with pytest.raises(InputError, match=r"no responses for strategy 'socractic' \(it has \['175b_finetuning'"):
         run_full_generation(file_strategy("socractic"), load_questions()[:2], RayConfig(), gen)
@@ -83,7 +81,7 @@ def test_misspelt_file_strategy_fails_naming_what_the_file_has(tmp_path):
     assert run_full_generation(file_strategy("socratic"), load_questions()[:2], RayConfig(), gen)["rows"] == 2
 
 
-def test_an_api_teacher_whose_key_variable_is_unset_fails_before_any_request(tmp_path, monkeypatch):
+def test_an_api_teacher_whose_key_variable_is_unset_fails_before_any_request(ray_local, tmp_path, monkeypatch):  # noqa: F811
     monkeypatch.delenv("SAPRAY_UNSET_KEY", raising=False)
     strategy = StrategyConfig(name="api", teacher={"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1",
                                                    "api_key_env": "SAPRAY_UNSET_KEY"})
@@ -116,12 +114,53 @@ def test_a_finished_selection_is_reused_only_for_the_same_config(tmp_path):
     assert finished_selection(load_config(raw, ["sample.seed=1"])) is None
 
 
-def test_total_cost_sums_every_shard_entry_by_hand():
-    from sapray.generate import _total_cost
+def test_entry_totals_sum_every_shard_entry_and_this_runs_by_hand():
+    import pyarrow as pa
 
-    entries = [{"cost": {"prompt_tokens": 10, "completion_tokens": 5, "money": 0.25}},
-               {"cost": {"prompt_tokens": 7, "completion_tokens": 0, "money": None}},  # a run without prices
-               {"cost": {"prompt_tokens": 3, "completion_tokens": 20, "money": 0.5}},
-               {}]  # an entry written before costs were recorded
-    assert _total_cost(entries) == {"prompt_tokens": 20, "completion_tokens": 25, "money": 0.75}
-    assert _total_cost([{"cost": {"prompt_tokens": 1, "completion_tokens": 1, "money": None}}])["money"] is None
+    from sapray.generate_job import ENTRY_SCHEMA, entry_totals
+
+    def entry(run, prompt, completion, money, rows=1, rejected=0, truncated=0):
+        return {"order": 0, "question_id": "q", "rows_json": "[]", "rejects_json": "[]", "rows": rows,
+                "rejected": rejected, "truncated": truncated, "prompt_tokens": prompt, "completion_tokens": completion,
+                "money": money, "run": run}
+
+    batch = pa.Table.from_pylist([entry("a", 10, 5, 0.25), entry("b", 7, 0, None, rows=0, rejected=2),  # no prices
+                                  entry("a", 3, 20, 0.5, rows=2, truncated=1)], schema=ENTRY_SCHEMA)
+    totals = entry_totals(batch, "a")
+    assert totals == {
+        "all.rows": [3], "all.rejected": [2], "all.truncated": [1], "all.prompt_tokens": [20],
+        "all.completion_tokens": [25], "all.money": [0.75], "all.questions": [3],
+        "run.rows": [3], "run.rejected": [0], "run.truncated": [1], "run.prompt_tokens": [13],
+        "run.completion_tokens": [25], "run.money": [0.75], "run.questions": [2]}
+    assert entry_totals(batch, "b")["run.money"] == [None]  # a run without prices has no money, not 0
+
+
+def test_the_cluster_join_rejects_duplicate_ids_and_joins_id_less_responses_by_text(ray_local, tmp_path):  # noqa: F811
+    """Questions read in 1 KiB shards; a teacher file in chat form without ids joins by exact text. A
+    second row with a known id is a duplicate; a text two questions share joins neither."""
+    questions = load_questions()[:4]
+    rows = [*questions, {**questions[1], "question": "a different text"},
+            {"question_id": "twin", "question": questions[2]["question"]}]
+    (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    chats = [{"messages": [{"role": "user", "content": q["question"]}, {"role": "assistant", "content": f"answer {i}"}]}
+             for i, q in enumerate(questions)]
+    (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chats))
+    strategy = StrategyConfig(name="chat", teacher=TeacherConfig(kind="file", path=str(tmp_path / "chat.jsonl")))
+    outputs = {}
+    for shard_mb, shard_size in ((64, 64), (1 / 1024, 1)):  # one shard and block, or many: the same set
+        out = tmp_path / f"out-{shard_size}"
+        metadata = run_full_generation(strategy, str(tmp_path / "q.jsonl"), RayConfig(shard_mb=shard_mb),
+                                       GenerateConfig(output=str(out), shard_size=shard_size))
+        outputs[shard_size] = read_parts(out / "train"), read_parts(out / "rejects"), metadata
+    (train, rejects, metadata), (train_many, rejects_many, _) = outputs[64], outputs[1]
+    assert (train_many, rejects_many) == (train, rejects)
+    ids = [q["question_id"] for q in questions]
+    assert [(r["question_id"], r["response"]) for r in train] == [(ids[0], "answer 0"), (ids[1], "answer 1"),
+                                                                  (ids[3], "answer 3")]
+    path = tmp_path / "q.jsonl"
+    assert [(r["source"], r["stage"]) for r in rejects] == [(f"{path}:5", "questions"), (f"{path}:3", "generate"),
+                                                            (f"{path}:6", "generate")]
+    assert rejects[0]["reason"] == f"duplicate question_id {ids[1]!r} (first at {path}:2)"
+    assert rejects[1]["reason"] == rejects[2]["reason"] == f"no response in {tmp_path / 'chat.jsonl'}"
+    assert (metadata["questions"], metadata["questions_done"], metadata["question_rows_rejected"]) == (5, 5, 1)
+    assert metadata["rows"] + metadata["rejected"] == len(rows)

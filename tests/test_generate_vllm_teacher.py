@@ -7,10 +7,9 @@ from __future__ import annotations
 
 import json
 
-import pyarrow.parquet as pq
 import pytest
-from conftest import load_questions
-from test_generate import job, read_jsonl, teacher_strategies
+from conftest import load_questions, read_parts
+from test_generate import job, teacher_strategies
 from test_select import exemplar_file, ray_local, write_jsonl  # noqa: F401  (fixtures)
 
 from sapray.config import load_config
@@ -27,7 +26,7 @@ def test_run_with_vllm_teacher_two_prompt_styles_and_the_bundled_six(ray_local, 
                                                  "6b_verification", "175b_finetuning", "175b_verification"}
     assert summary["counts"]["scored"] == 2 * 8
     assert costs["smol_plain"]["completion_tokens"] > 0 and costs["smol_steps"]["prompt_tokens"] > 0
-    train = read_jsonl(tmp_path / "train" / "train.jsonl")
+    train = read_parts(tmp_path / "train" / "train")
     assert metadata["questions"] == 3 and metadata["rows"] + metadata["rejected"] == 3
     assert sorted(r["question_id"] for r in train) == sorted({r["question_id"] for r in train})
     for row in train:
@@ -36,4 +35,4 @@ def test_run_with_vllm_teacher_two_prompt_styles_and_the_bundled_six(ray_local, 
         assert row["prompt_hash"] and row["teacher"] and json.loads(row["sampling"])["max_tokens"] > 0
         assert row["finish_reason"] in ("stop", "length")
     assert metadata["rows_truncated"] == sum(r["finish_reason"] == "length" for r in train)
-    assert pq.read_table(tmp_path / "train" / "train.parquet").num_rows == len(train)
+    assert read_parts(tmp_path / "train" / "parquet") == train

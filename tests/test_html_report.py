@@ -251,7 +251,7 @@ def test_real_filter_writes_report_and_sapray_report_rebuilds_it(tmp_path):
     assert (f"reconciles rows in {c['rows_in']} = {c['kept']} kept + {c['dropped']} dropped + "
             f"{c['rejected']} rejected") in text
     assert f"threshold on ifd: {min(kept):.4g}" in text and "empty response" not in text
-    assert "'messages' has no assistant turn" in text  # the row without an assistant turn
+    assert "no assistant turn after the first user turn in 'messages'" in text  # the row without one
     copy_dir = tmp_path / "copy"
     copy_dir.mkdir()
     shutil.copy(out / "summary.json", copy_dir / "summary.json")

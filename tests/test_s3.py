@@ -83,17 +83,27 @@ def _read(uri: str) -> bytes:
         return f.read()
 
 
+def _parts(fs: pafs.FileSystem, folder: str) -> list[str]:
+    return sorted(i.path for i in fs.get_file_info(pafs.FileSelector(folder)))
+
+
+def _run_cli(command: str, config: dict, tmp_path, s3_env: dict[str, str], *args: str) -> subprocess.CompletedProcess:
+    """``python -m sapray COMMAND --config job.yaml ARGS`` with a local Ray of its own and the S3 settings."""
+    path = tmp_path / f"{command}.yaml"
+    path.write_text(yaml.safe_dump(config))
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-m", "sapray", command, "--config", str(path), *args,
+                           "--set", "ray.address=local"], cwd=REPO, env={**env, **s3_env},
+                          capture_output=True, text=True, timeout=PATIENCE_S)
+    assert done.returncode == 0, done.stderr[-4000:]
+    return done
+
+
 def test_select_reads_and_writes_s3(s3_env, tmp_path):
     out = f"s3://{BUCKET}/runs/small"
     config = small_config(f"s3://{BUCKET}/in/questions.jsonl", f"s3://{BUCKET}/in/candidates.jsonl",
                           f"s3://{BUCKET}/in/exemplars.jsonl", out)
-    path = tmp_path / "job.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-m", "sapray", "select", "--config", str(path),
-                           "--set", "ray.address=local"], cwd=REPO, env={**env, **s3_env},
-                          capture_output=True, text=True, timeout=PATIENCE_S)
-    assert done.returncode == 0, done.stderr[-4000:]
+    done = _run_cli("select", config, tmp_path, s3_env)
     assert f"wrote {out}/report.html, selection.json" in done.stdout
     assert b"round 1: " in _read(f"{out}/run.log")  # the command's log goes beside the outputs, on S3 too
 
@@ -161,21 +171,39 @@ def test_filter_reads_and_writes_s3_from_the_workers(s3_env, tmp_path):
     out = f"s3://{BUCKET}/runs/filter"
     config = {"method": "ifd", "input": f"s3://{BUCKET}/in/samples.jsonl", "ifd": {"keep_fraction": 0.5},
               "ray": {"actors": 1, "batch_size": 4, "shard_mb": 1 / 1024}, "output": out}
-    path = tmp_path / "filter.yaml"
-    path.write_text(yaml.safe_dump(config))
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-m", "sapray", "filter", "--config", str(path),
-                           "--set", "ray.address=local"], cwd=REPO, env={**env, **s3_env},
-                          capture_output=True, text=True, timeout=PATIENCE_S)
-    assert done.returncode == 0, done.stderr[-4000:]
+    done = _run_cli("filter", config, tmp_path, s3_env)
     assert f"wrote {out}/kept/ (the kept samples)" in done.stdout
     summary = json.loads(_read(f"{out}/summary.json"))
     assert summary["counts"] == {"rows_in": 7, "kept": 3, "dropped": 3, "rejected": 1}
-    parts = {name: sorted(i.path for i in fs.get_file_info(pafs.FileSelector(f"{BUCKET}/runs/filter/{name}")))
-             for name in ("kept", "scores", "rejects")}
+    parts = {name: _parts(fs, f"{BUCKET}/runs/filter/{name}") for name in ("kept", "scores", "rejects")}
     kept = [json.loads(line) for p in parts["kept"] for line in _read(f"s3://{p}").decode().splitlines()]
     assert len(kept) == 3 and all(k["messages"][0]["role"] == "user" for k in kept)
     scores = [r for p in parts["scores"] for r in pq.read_table(p, filesystem=fs).to_pylist()]
     assert [r["source"] for r in scores] == [f"s3://{BUCKET}/in/samples.jsonl:{n}" for n in (1, 2, 4, 5, 6, 7)]
     (reject,) = [json.loads(line) for p in parts["rejects"] for line in _read(f"s3://{p}").decode().splitlines()]
     assert reject["source"] == f"s3://{BUCKET}/in/samples.jsonl:3" and reject["reason"] == "empty response"
+
+
+def test_generate_reads_and_writes_s3_from_the_workers(s3_env, tmp_path):
+    """`sapray generate` with a file teacher, s3:// questions read in 1 KiB shards and an s3:// output:
+    the workers write the shards and the training set's part files to the bucket."""
+    out = f"s3://{BUCKET}/runs/train"
+    config = small_config(f"s3://{BUCKET}/in/questions.jsonl", f"s3://{BUCKET}/in/candidates.jsonl",
+                          f"s3://{BUCKET}/in/exemplars.jsonl", f"s3://{BUCKET}/runs/unused")
+    config["generate"] = {"output": out, "shard_size": 3}
+    config["ray"]["shard_mb"] = 1 / 1024
+    done = _run_cli("generate", config, tmp_path, s3_env, "--strategy", "socratic")
+    assert "training set: 20 rows for 20 of 20 questions" in done.stdout
+    fs, _ = pafs.FileSystem.from_uri(f"s3://{BUCKET}")
+    shards = [p for p in _parts(fs, f"{BUCKET}/runs/train/shards") if p.endswith(".parquet")]
+    assert len(shards) >= 7  # 20 questions in shards of at most 3
+    train = [json.loads(line) for p in _parts(fs, f"{BUCKET}/runs/train/train")
+             for line in _read(f"s3://{p}").decode().splitlines()]
+    expected = [json.loads(line) for line in (DATA_DIR / "candidates.jsonl").read_text().splitlines()]
+    assert [r["question_id"] for r in train] == [q["question_id"] for q in map(
+        json.loads, (DATA_DIR / "questions.jsonl").read_text().splitlines())]
+    assert {r["question_id"]: r["response"] for r in train} == {
+        c["question_id"]: c["response"] for c in expected if c["strategy"] == "socratic"}
+    assert [r for p in _parts(fs, f"{BUCKET}/runs/train/parquet") for r in pq.read_table(p, filesystem=fs).to_pylist()
+            ] == train
+    assert json.loads(_read(f"{out}/metadata.json"))["questions_done"] == 20

@@ -1,0 +1,496 @@
+"""Full-scale generation in the cluster: the last step of ``sapray run``, and ``sapray generate``.
+
+    questions     the questions file, read and validated by workers (or the rows a caller holds)
+    join          hash-partitioned by question id: duplicate ids rejected, questions an earlier run
+                  finished (its shards) skipped, a file teacher's responses attached
+    teacher       a file teacher's responses, or a pool of engine actors or API clients
+    outcome       per question: training rows with provenance, rejects, cost (``generate.Outcomes``)
+    shards        each batch written by the worker that made it, as one atomic Parquet file: a run
+                  killed, even by ``kill -9``, loses the batches in flight only, and a restart skips
+                  every question a shard holds, so the set holds each question exactly once
+    training set  the shards merged in input order by workers: ``train/`` (chat ``messages`` JSON
+                  lines), ``parquet/`` and ``rejects/`` part files; ``metadata.json`` from sums
+
+The driver holds counts and sums, never rows.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+import uuid
+import zlib
+from collections.abc import Sequence
+from functools import partial
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from sapray import stages
+from sapray.config import Columns, ConfigError, GenerateConfig, RayConfig, StrategyConfig
+from sapray.console import console
+from sapray.generate import (
+    Outcomes,
+    api_teacher_kwargs,
+    file_answer,
+    file_outputs,
+    gold_problem,
+    joined_by_text,
+    model_teacher_kwargs,
+    no_responses,
+    prompt_ids,
+    warn_unjoined,
+)
+from sapray.models import locate
+from sapray.raydata import actor_pool, init_ray
+from sapray.read import Reject, child, filesystem, nothing_usable, question_record, read_text
+from sapray.shards import check_columns
+
+log = logging.getLogger(__name__)
+
+QUESTION_SCHEMA = pa.schema([
+    ("order", pa.int64()), ("source", pa.string()), ("question_id", pa.string()), ("question", pa.string()),
+    ("gold", pa.string()), ("reject", pa.string()), ("reject_stage", pa.string())])
+ANSWER_SCHEMA = pa.schema([
+    ("order", pa.int64()), ("source", pa.string()), ("question_id", pa.string()), ("question", pa.string()),
+    ("response", pa.string()), ("strategy", pa.string()), ("reject", pa.string())])
+# Rows of the hash join: questions, an earlier run's finished ids ("done") and a file's answers, keyed alike.
+JOIN_SCHEMA = pa.schema([("bucket", pa.int64()), ("kind", pa.string()), *QUESTION_SCHEMA,
+                         ("response", pa.string()), ("strategy", pa.string())])
+OUTPUT_FIELDS = [("texts", pa.list_(pa.string())), ("finish_reasons", pa.list_(pa.string())),
+                 ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("error", pa.string())]
+# One shard entry per question: its training rows and rejects (JSON) and what they cost.
+ENTRY_SCHEMA = pa.schema([
+    ("order", pa.int64()), ("question_id", pa.string()), ("rows_json", pa.string()), ("rejects_json", pa.string()),
+    ("rows", pa.int64()), ("rejected", pa.int64()), ("truncated", pa.int64()), ("prompt_tokens", pa.int64()),
+    ("completion_tokens", pa.int64()), ("money", pa.float64()), ("run", pa.string())])
+TRAIN_SCHEMA = pa.schema([
+    ("messages", pa.list_(pa.struct([("role", pa.string()), ("content", pa.string())]))),
+    ("question_id", pa.string()), ("strategy", pa.string()), ("response", pa.string()),
+    ("sample_index", pa.int64()), ("finish_reason", pa.string()), ("teacher", pa.string()),
+    ("sampling", pa.string()), ("prompt_hash", pa.string())])
+REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in ("source", "reason", "stage", "question_id", "strategy")])
+
+JOIN_BUCKET_ROWS = 250_000  # rows per hash bucket: one bucket is joined in one worker's memory
+
+
+# -- questions --------------------------------------------------------------------------------------
+
+def question_row(index: int, source: str, row: dict | str, columns: Columns) -> dict:
+    """A row of QUESTION_SCHEMA; a reject keeps its place with the reason."""
+    values, problem = question_record(row, columns, need_gold=False)
+    return {"order": index, "source": source, "question_id": values.get("question_id"),
+            "question": values.get("question", ""), "gold": values.get("gold"), "reject": problem or "",
+            "reject_stage": "questions" if problem else ""}
+
+
+def _read_questions(questions: str | Sequence[dict], columns: Columns, ray_cfg: RayConfig,
+                    input_rejects: Sequence[Reject]):
+    """(question rows, rows read): a file is read by workers; rows a caller holds (the questions of
+    candidate files, tests) become a dataset, and the rows it could not read come along as rejects."""
+    import ray
+
+    if isinstance(questions, str):
+        check_columns(questions, [[columns.question_id, columns.question]])
+        return stages.read_dataset([questions], partial(question_row, columns=columns), QUESTION_SCHEMA,
+                                   max(1, int(ray_cfg.shard_mb * 2**20)))
+    rows = [{"order": i, "source": q.get("source", ""), "question_id": q["question_id"], "question": q["question"],
+             "gold": q.get("gold"), "reject": "", "reject_stage": ""} for i, q in enumerate(questions)]
+    rows += [{"order": len(rows) + i, "source": r.source, "question_id": r.question_id, "question": "",
+              "gold": None, "reject": r.reason, "reject_stage": r.stage} for i, r in enumerate(input_rejects)]
+    return ray.data.from_arrow(pa.Table.from_pylist(rows, schema=QUESTION_SCHEMA)), len(rows)
+
+
+def _gold_rejects(strategy: StrategyConfig):
+    def fn(batch: pa.Table) -> pa.Table:
+        rows = batch.to_pylist()
+        for row in rows:
+            problem = None if row["reject"] else gold_problem(strategy, row)
+            if problem:
+                row["reject"], row["reject_stage"] = problem, "generate"
+        return pa.Table.from_pylist(rows, schema=batch.schema)
+    return fn
+
+
+# -- the hash join ----------------------------------------------------------------------------------
+
+def bucket_of(keys: Sequence[str | None], buckets: int) -> np.ndarray:
+    """A stable bucket per key (crc32, the same in every process, unlike Python's salted ``hash``)."""
+    return np.array([zlib.crc32((k or "").encode()) % buckets for k in keys], dtype=np.int64)
+
+
+def _by_id(batch: pa.Table) -> list[str | None]:
+    return batch.column("question_id").to_pylist()
+
+
+def _by_text(batch: pa.Table) -> list[str]:
+    return [q.strip() for q in batch.column("question").to_pylist()]  # as read.text_index matches texts
+
+
+def _as_join_rows(kind: str, key, buckets: int):
+    def fn(batch: pa.Table) -> pa.Table:
+        n = batch.num_rows
+        columns = {"bucket": pa.array(bucket_of(key(batch), buckets)), "kind": pa.array([kind] * n, pa.string())}
+        for name, type_ in list(zip(JOIN_SCHEMA.names, JOIN_SCHEMA.types, strict=True))[2:]:
+            columns[name] = batch.column(name) if name in batch.column_names else pa.nulls(n, type_)
+        return pa.table(columns, schema=JOIN_SCHEMA)
+    return fn
+
+
+def _of_kind(rows: list[dict], kind: str, schema: pa.Schema) -> list[dict]:
+    return [{k: r[k] for k in schema.names} for r in rows if r["kind"] == kind]
+
+
+def _text_join(group: pa.Table) -> pa.Table:
+    """A bucket of question texts and answers without ids: the answers get their question's id."""
+    rows = group.to_pylist()
+    answers = joined_by_text(_of_kind(rows, "answer", ANSWER_SCHEMA), _of_kind(rows, "question", QUESTION_SCHEMA))
+    return pa.Table.from_pylist(answers, schema=ANSWER_SCHEMA)
+
+
+def _id_join(path: str | None):
+    """A bucket of questions, finished ids and (for a file teacher) answers, all hashed by question id:
+    each question once (a later row with its id is a duplicate), unless an earlier run finished it; with
+    a file teacher, the teacher's output for it."""
+    schema = pa.schema([*QUESTION_SCHEMA, *(OUTPUT_FIELDS if path else [])])
+
+    def fn(group: pa.Table) -> pa.Table:
+        rows = group.to_pylist()
+        done = {r["question_id"] for r in rows if r["kind"] == "done"}
+        first: dict[str, str] = {}
+        out = []
+        for q in sorted(_of_kind(rows, "question", QUESTION_SCHEMA), key=lambda q: q["order"]):
+            if q["question_id"] in first:
+                q["reject"], q["reject_stage"] = (f"duplicate question_id {q['question_id']!r} "
+                                                  f"(first at {first[q['question_id']]})"), "questions"
+            else:
+                first[q["question_id"]] = q["source"]
+                if q["question_id"] in done:
+                    continue
+            out.append(q)
+        if path:
+            usable = [q for q in out if not q["reject"]]
+            outputs = {o["row_id"]: o for o in file_outputs(usable, _of_kind(rows, "answer", ANSWER_SCHEMA), path)}
+            for q in out:
+                o = outputs.get(q["question_id"]) if not q["reject"] else None
+                q.update({name: (o[name] if o else None) for name, _ in OUTPUT_FIELDS})
+        return pa.Table.from_pylist(out, schema=schema)
+    return fn
+
+
+def _unjoined(batch: pa.Table) -> dict:
+    """Answer rows that name no question they can join (unusable without an id, or no text match)."""
+    lost = batch.filter(pc.and_(pc.not_equal(batch.column("reject"), ""), pc.is_null(batch.column("question_id"))))
+    first = lost.slice(0, 1).to_pylist()
+    return {"count": [lost.num_rows], "first": [f"{first[0]['source']}: {first[0]['reject']}" if first else ""]}
+
+
+def _file_teacher_answers(strategy: StrategyConfig, questions, ray_cfg: RayConfig, buckets: int):
+    """The file's rows of this strategy (and its unusable rows), each with the id of its question."""
+    teacher = strategy.teacher
+
+    def summary(batch: pa.Table) -> dict:
+        usable = batch.filter(pc.equal(batch.column("reject"), ""))
+        strategies = usable.column("strategy")
+        return {"strategies": [sorted(set(strategies.to_pylist()))],
+                "mine": [usable.num_rows if teacher.strategy is None
+                         else int(pc.sum(pc.equal(strategies, teacher.strategy)).as_py() or 0)],
+                "by_text": [usable.filter(pc.equal(strategies, teacher.strategy)).column("question_id").null_count
+                            if teacher.strategy is not None else usable.column("question_id").null_count]}
+
+    def mine(batch: pa.Table) -> pa.Table:
+        if teacher.strategy is None:
+            return batch
+        return batch.filter(pc.or_(pc.not_equal(batch.column("reject"), ""),
+                                   pc.equal(batch.column("strategy"), teacher.strategy)))
+
+    ds, _ = stages.read_dataset([teacher.path], file_answer, ANSWER_SCHEMA, max(1, int(ray_cfg.shard_mb * 2**20)))
+    ds = ds.materialize()
+    parts = ds.map_batches(summary, batch_format="pyarrow", batch_size=None).take_all()
+    if not sum(p["mine"] for p in parts):
+        raise no_responses(teacher, {s for p in parts for s in p["strategies"]})
+    ds = ds.map_batches(mine, batch_format="pyarrow").materialize()
+    if sum(p["by_text"] for p in parts):  # answers that carry no id take it from the one question with their text
+        keyed = questions.map_batches(_as_join_rows("question", _by_text, buckets), batch_format="pyarrow").union(
+            ds.map_batches(_as_join_rows("answer", _by_text, buckets), batch_format="pyarrow"))
+        ds = keyed.groupby("bucket").map_groups(_text_join, batch_format="pyarrow").materialize()
+    lost = ds.map_batches(_unjoined, batch_format="pyarrow", batch_size=None).take_all()
+    warn_unjoined(teacher.path, sum(p["count"] for p in lost), next((p["first"] for p in lost if p["first"]), ""))
+    return ds
+
+
+def _to_do(strategy: StrategyConfig, questions, done, ray_cfg: RayConfig, rows: int):
+    """The questions still to do, in input order (and duplicate-id rejects), with a file teacher's
+    output attached."""
+    buckets = max(1, math.ceil(rows / JOIN_BUCKET_ROWS))
+    path = strategy.teacher.path if strategy.teacher.kind == "file" else None
+    parts = [questions.map_batches(_as_join_rows("question", _by_id, buckets), batch_format="pyarrow")]
+    if done is not None:
+        parts.append(done.map_batches(_as_join_rows("done", _by_id, buckets), batch_format="pyarrow"))
+    if path:
+        answers = _file_teacher_answers(strategy, questions, ray_cfg, buckets)
+        parts.append(answers.map_batches(_as_join_rows("answer", _by_id, buckets), batch_format="pyarrow"))
+    union = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+    return union.groupby("bucket").map_groups(_id_join(path), batch_format="pyarrow").sort("order")
+
+
+# -- the teacher and the outcome --------------------------------------------------------------------
+
+class RenderPrompts:
+    """CPU stage: a model teacher's prompt for each question, chat-templated and tokenized."""
+
+    def __init__(self, strategy: StrategyConfig, revision: str | None) -> None:
+        from transformers import AutoTokenizer
+
+        from sapray.models import resolve_model
+
+        self.strategy = strategy
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(strategy.teacher.model, revision))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        ids = [prompt_ids(self.tokenizer, self.strategy, q) for q in batch.to_pylist()]
+        return batch.append_column("row_id", batch.column("question_id")).append_column(
+            "prompt_ids", pa.array(ids, pa.list_(pa.int32())))
+
+
+def _api_messages(strategy: StrategyConfig):
+    def fn(batch: pa.Table) -> pa.Table:
+        messages = [json.dumps(strategy.messages(q)) for q in batch.to_pylist()]
+        return batch.append_column("row_id", batch.column("question_id")).append_column(
+            "messages_json", pa.array(messages, pa.string()))
+    return fn
+
+
+def _taught(strategy: StrategyConfig, ds, ray_cfg: RayConfig):
+    """Each question with its teacher's output (texts, finish_reasons, tokens, error). The CPU stages
+    ahead of the pool take no CPU from Ray (``stages.cpu_pool``)."""
+    teacher = strategy.teacher
+    if teacher.kind == "file":
+        return ds
+    if teacher.kind == "openai":
+        api_ray = ray_cfg.model_copy(update={"num_gpus_per_actor": 0})
+        return ds.map_batches(_api_messages(strategy), batch_format="pyarrow", num_cpus=0).map_batches(
+            **actor_pool(*api_teacher_kwargs(strategy), api_ray))
+    commit = locate(teacher.model, teacher.revision).commit
+    rendered = ds.map_batches(RenderPrompts, batch_format="pyarrow", batch_size=ray_cfg.batch_size,
+                              fn_constructor_kwargs={"strategy": strategy, "revision": commit}, **stages.cpu_pool())
+    return rendered.map_batches(**actor_pool(*model_teacher_kwargs(strategy, commit), ray_cfg))
+
+
+def _entries(outcomes: Outcomes, run: str):
+    """Shard entries: per question its training rows, rejects and cost."""
+    def fn(batch: pa.Table) -> pa.Table:
+        entries = []
+        for row in batch.to_pylist():
+            rows, rejects, cost = outcomes(row, {name: row[name] for name, _ in OUTPUT_FIELDS})
+            entries.append({
+                "order": row["order"], "question_id": row["question_id"],
+                "rows_json": json.dumps(rows, ensure_ascii=False, sort_keys=True),
+                "rejects_json": json.dumps([r.to_dict() for r in rejects], ensure_ascii=False, sort_keys=True),
+                "rows": len(rows), "rejected": len(rejects),
+                "truncated": sum(r["finish_reason"] == "length" for r in rows),
+                "prompt_tokens": cost.prompt_tokens, "completion_tokens": cost.completion_tokens,
+                "money": cost.money, "run": run})
+        return pa.Table.from_pylist(entries, schema=ENTRY_SCHEMA)
+    return fn
+
+
+def _write_shard(folder: str, run: str):
+    """Each batch of entries as one Parquet file, written to a temporary name and then moved, so a shard
+    is there whole or not at all; named by its first question, so a retried task writes the same file."""
+    def fn(batch: pa.Table) -> dict:
+        fs, path = filesystem(child(folder, f"part-{run}-{min(batch.column('order').to_pylist()):012d}.parquet"))
+        with fs.open_output_stream(path + ".tmp") as f:
+            pq.write_table(batch, f)
+        fs.move(path + ".tmp", path)
+        return {"questions": [batch.num_rows]}
+    return fn
+
+
+# -- shards of earlier runs, and the output's owner -------------------------------------------------
+
+def shard_files(output: str) -> list[str]:
+    """The complete shards in ``output``; a shard a killed run did not finish is deleted (its questions
+    run again)."""
+    folder = child(output, "shards")
+    fs, path = filesystem(folder)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
+        return []
+    found = []
+    for info in sorted(fs.get_file_info(pafs.FileSelector(path)), key=lambda i: i.base_name):
+        if info.base_name.endswith(".tmp"):
+            fs.delete_file(info.path)
+        elif info.base_name.startswith("part-") and info.base_name.endswith(".parquet"):
+            found.append(child(folder, info.base_name))
+        elif info.base_name.startswith("part-") and info.base_name.endswith(".jsonl"):
+            raise ConfigError(f"{output} holds shards of an older sapray (JSON lines): finish it with that "
+                              "version, or choose another generate.output")
+    return found
+
+
+def _provenance(strategy: StrategyConfig) -> dict:
+    return {"strategy": strategy.name, "teacher": strategy.teacher.describe(), "prompt_hash": strategy.prompt_hash(),
+            "sampling": strategy.sampling().__dict__}
+
+
+def _write_text(uri: str, text: str) -> None:
+    """Whole or not at all: written to a temporary name, then moved."""
+    fs, path = filesystem(uri)
+    with fs.open_output_stream(path + ".tmp") as f:
+        f.write(text.encode())
+    fs.move(path + ".tmp", path)
+
+
+def claim_output(output: str, strategy: StrategyConfig, resuming: bool) -> None:
+    """Record which strategy writes this output; resuming it with another strategy or prompt is an error."""
+    uri = child(output, "shards/manifest.json")
+    fs, path = filesystem(uri)
+    mine = _provenance(strategy)
+    if not resuming or fs.get_file_info(path).type == pafs.FileType.NotFound:
+        _write_text(uri, json.dumps(mine, indent=2, sort_keys=True) + "\n")
+        return
+    theirs = json.loads(read_text(path, fs))
+    changed = sorted(k for k in mine if theirs.get(k) != mine[k])
+    if changed:
+        raise ConfigError(f"{output} already holds a training set from strategy {theirs.get('strategy')!r} "
+                          f"and it differs in {changed}: resuming would mix them; choose another "
+                          f"generate.output or delete {output}")
+
+
+def _read_shards(paths: list[str], columns: list[str] | None = None):
+    import ray
+
+    if not paths:
+        return ray.data.from_arrow(ENTRY_SCHEMA.empty_table())
+    fs, _ = filesystem(paths[0])
+    return ray.data.read_parquet([filesystem(p)[1] for p in paths], filesystem=fs, columns=columns)
+
+
+# -- the training set -------------------------------------------------------------------------------
+
+def entry_totals(batch: pa.Table, run: str) -> dict:
+    """Sums over shard entries (all, and this run's), for metadata.json."""
+    mine = pc.equal(batch.column("run"), run)
+    totals = {}
+    for scope, table in (("all", batch), ("run", batch.filter(mine))):
+        for name in ("rows", "rejected", "truncated", "prompt_tokens", "completion_tokens"):
+            totals[f"{scope}.{name}"] = [int(pc.sum(table.column(name)).as_py() or 0)]
+        money = table.column("money")
+        totals[f"{scope}.money"] = [pc.sum(money).as_py() if money.null_count < len(money) else None]
+        totals[f"{scope}.questions"] = [table.num_rows]
+    return totals
+
+
+def _sum(parts: list[dict], key: str) -> float | int | None:
+    values = [p[key] for p in parts if p[key] is not None]
+    return sum(values) if values else None
+
+
+def _train_rows(batch: pa.Table) -> pa.Table:
+    rows = [r for text in batch.column("rows_json").to_pylist() for r in json.loads(text)]
+    return pa.Table.from_pylist(rows, schema=TRAIN_SCHEMA)
+
+
+def _entry_rejects(batch: pa.Table) -> pa.Table:
+    rejects = [r for text in batch.column("rejects_json").to_pylist() for r in json.loads(text)]
+    return pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
+
+
+def _question_rejects(strategy: str):
+    def fn(batch: pa.Table) -> pa.Table:
+        stage = batch.column("reject_stage")
+        named = pc.if_else(pc.equal(stage, "generate"), strategy, pa.scalar(None, pa.string()))
+        return pa.table({"source": batch.column("source"), "reason": batch.column("reject"), "stage": stage,
+                         "question_id": batch.column("question_id"), "strategy": named}, schema=REJECT_SCHEMA)
+    return fn
+
+
+def _twice(batch: pa.Table) -> pa.Table:
+    return batch.filter(pc.greater(batch.column("count()"), 1))
+
+
+def _duplicated(entries) -> str | None:
+    """A question id that two shard entries hold, if any (never, unless a shard was copied in by hand)."""
+    twice = entries.groupby("question_id").count().map_batches(_twice, batch_format="pyarrow").take(1)
+    return twice[0]["question_id"] if twice else None
+
+
+def write_training_set(output: str, strategy: StrategyConfig, entries, rejected_questions, run: str,
+                       wall_s: float, questions: int, by_stage: dict[str, int]) -> dict:
+    """Merge the shards into ``train/`` (chat messages), ``parquet/`` and ``rejects/`` part files in
+    input order, and metadata.json from the sums. ``rejected_questions``: question rows that were not
+    asked (unreadable, duplicate id, or no gold for a strategy that needs it)."""
+    duplicate = _duplicated(entries)
+    if duplicate is not None:
+        raise AssertionError(f"question {duplicate!r} appears in two shards of {output}")
+    ordered = entries.sort("order").materialize()
+    train = ordered.map_batches(_train_rows, batch_format="pyarrow").materialize()
+    stages.write_jsonl(train, child(output, "train"))
+    stages.write_parquet(train, child(output, "parquet"))
+    input_rejects = rejected_questions.map_batches(_question_rejects(strategy.name), batch_format="pyarrow")
+    stages.write_jsonl(input_rejects.union(ordered.map_batches(_entry_rejects, batch_format="pyarrow")),
+                       child(output, "rejects"))
+    parts = ordered.map_batches(partial(entry_totals, run=run), batch_format="pyarrow", batch_size=None).take_all()
+    metadata = {
+        **_provenance(strategy),
+        "questions": questions, "questions_done": _sum(parts, "all.questions") or 0,
+        "question_rows_rejected": by_stage.get("questions", 0), "rows": _sum(parts, "all.rows") or 0,
+        "rejected": sum(by_stage.values()) + (_sum(parts, "all.rejected") or 0),
+        "rows_truncated": _sum(parts, "all.truncated") or 0,
+        "cost_this_run": {"prompt_tokens": _sum(parts, "run.prompt_tokens") or 0,
+                          "completion_tokens": _sum(parts, "run.completion_tokens") or 0, "wall_s": wall_s,
+                          "requests": _sum(parts, "run.questions") or 0, "money": _sum(parts, "run.money")},
+        "cost_total": {"prompt_tokens": _sum(parts, "all.prompt_tokens") or 0,
+                       "completion_tokens": _sum(parts, "all.completion_tokens") or 0,
+                       "money": _sum(parts, "all.money")},
+    }
+    _write_text(child(output, "metadata.json"), json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    return metadata
+
+
+# -- the job ----------------------------------------------------------------------------------------
+
+def run_full_generation(strategy: StrategyConfig, questions: str | Sequence[dict], ray_cfg: RayConfig,
+                        gen: GenerateConfig, input_rejects: Sequence[Reject] = (),
+                        columns: Columns | None = None) -> dict:
+    """Generate for every question not yet done, shards written by the workers; then merge the
+    training set. ``questions``: a questions file (read in the cluster), or the rows a caller holds
+    with ``input_rejects``, the rows it could not read (they go to the rejects, so rows reconcile:
+    rows read = questions + rejects of the questions stage)."""
+    init_ray(ray_cfg)
+    started = time.monotonic()
+    run = uuid.uuid4().hex[:8]
+    read, rows_in = _read_questions(questions, columns or Columns(), ray_cfg, input_rejects)
+    usable, rejected = stages.split_rejected(read.map_batches(_gold_rejects(strategy), batch_format="pyarrow"))
+    n_usable = usable.count()
+    if not n_usable:
+        raise nothing_usable("questions", [questions if isinstance(questions, str) else "the questions"],
+                             [Reject(r["source"], r["reject"], r["reject_stage"]) for r in rejected.take(1)])
+    fs, root = filesystem(child(gen.output, "shards"))
+    fs.create_dir(root, recursive=True)
+    earlier = shard_files(gen.output)
+    done = _read_shards(earlier, ["question_id"]) if earlier else None
+    claim_output(gen.output, strategy, resuming=bool(earlier))
+    todo, duplicates = stages.split_rejected(_to_do(strategy, usable, done, ray_cfg, rows_in))
+    n_duplicates, n_todo = duplicates.count(), todo.count()
+    console.say(f"full-scale generation with {strategy.name}: {n_usable - n_duplicates} questions, "
+                f"{n_usable - n_duplicates - n_todo} already done, {n_todo} to go")
+    if n_todo:
+        entries = _taught(strategy, todo, ray_cfg).map_batches(
+            _entries(Outcomes.of(strategy, gen), run), batch_format="pyarrow", batch_size=ray_cfg.batch_size,
+            num_cpus=0, concurrency=stages.cpu_workers())
+        written = entries.map_batches(_write_shard(child(gen.output, "shards"), run), batch_format="pyarrow",
+                                      batch_size=gen.shard_size, num_cpus=0, concurrency=1)
+        counts = (None for part in written.iter_rows() for _ in range(part["questions"]))
+        for _ in console.progress(counts, n_todo, f"{strategy.name}: generating"):
+            pass
+    rejected_questions = rejected.union(duplicates)
+    by_stage = {r["reject_stage"]: r["count()"] for r in rejected_questions.groupby("reject_stage").count().take_all()}
+    return write_training_set(gen.output, strategy, _read_shards(shard_files(gen.output)), rejected_questions, run,
+                              time.monotonic() - started, n_usable - n_duplicates + by_stage.get("generate", 0),
+                              by_stage)
