@@ -76,8 +76,8 @@ def file_answer(index: int, source: str, row: dict | str) -> dict:
 
 
 def joined_by_text(answers: list[dict], questions: list[dict]) -> list[dict]:
-    """``answers`` without a question_id, given the id of the one question with their exact text (or a
-    reject saying why there is none)."""
+    """``answers`` without a question_id, given the id of the one question with their exact text
+    (``joined_by``: "text") or a reject saying why there is none."""
     by_text = text_index({q["question_id"]: q for q in questions})
     out = []
     for a in answers:
@@ -85,7 +85,7 @@ def joined_by_text(answers: list[dict], questions: list[dict]) -> list[dict]:
             out.append(a)
             continue
         joined, problem = joined_question(a, {}, by_text)
-        out.append({**a, "question_id": joined} if joined else {**a, "reject": problem})
+        out.append({**a, "question_id": joined, "joined_by": "text"} if joined else {**a, "reject": problem})
     return out
 
 

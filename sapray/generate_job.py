@@ -58,10 +58,10 @@ QUESTION_SCHEMA = pa.schema([
     ("gold", pa.string()), ("reject", pa.string()), ("reject_stage", pa.string())])
 ANSWER_SCHEMA = pa.schema([
     ("order", pa.int64()), ("source", pa.string()), ("question_id", pa.string()), ("question", pa.string()),
-    ("response", pa.string()), ("strategy", pa.string()), ("reject", pa.string())])
+    ("response", pa.string()), ("strategy", pa.string()), ("reject", pa.string()), ("joined_by", pa.string())])
 # Rows of the hash join: questions, an earlier run's finished ids ("done") and a file's answers, keyed alike.
 JOIN_SCHEMA = pa.schema([("bucket", pa.int64()), ("kind", pa.string()), *QUESTION_SCHEMA,
-                         ("response", pa.string()), ("strategy", pa.string())])
+                         ("response", pa.string()), ("strategy", pa.string()), ("joined_by", pa.string())])
 OUTPUT_FIELDS = [("texts", pa.list_(pa.string())), ("finish_reasons", pa.list_(pa.string())),
                  ("prompt_tokens", pa.int64()), ("completion_tokens", pa.int64()), ("error", pa.string())]
 # One shard entry per question: its training rows and rejects (JSON) and what they cost.
@@ -147,9 +147,13 @@ def _of_kind(rows: list[dict], kind: str, schema: pa.Schema) -> list[dict]:
 
 
 def _text_join(group: pa.Table) -> pa.Table:
-    """A bucket of question texts and answers without ids: the answers get their question's id."""
+    """A bucket of question texts and answers without ids: the answers get their question's id (the
+    text of an id's first row: a later row with that id is a duplicate, rejected by the id join)."""
     rows = group.to_pylist()
-    answers = joined_by_text(_of_kind(rows, "answer", ANSWER_SCHEMA), _of_kind(rows, "question", QUESTION_SCHEMA))
+    first: dict[str, dict] = {}
+    for q in sorted(_of_kind(rows, "question", QUESTION_SCHEMA), key=lambda q: q["order"]):
+        first.setdefault(q["question_id"], q)
+    answers = joined_by_text(_of_kind(rows, "answer", ANSWER_SCHEMA), list(first.values()))
     return pa.Table.from_pylist(answers, schema=ANSWER_SCHEMA)
 
 
@@ -163,24 +167,35 @@ def _id_join(path: str | None):
         rows = group.to_pylist()
         done = {r["question_id"] for r in rows if r["kind"] == "done"}
         first: dict[str, str] = {}
+        first_text: dict[str, str] = {}
         out = []
         for q in sorted(_of_kind(rows, "question", QUESTION_SCHEMA), key=lambda q: q["order"]):
             if q["question_id"] in first:
                 q["reject"], q["reject_stage"] = (f"duplicate question_id {q['question_id']!r} "
                                                   f"(first at {first[q['question_id']]})"), "questions"
             else:
-                first[q["question_id"]] = q["source"]
+                first[q["question_id"]], first_text[q["question_id"]] = q["source"], q["question"].strip()
                 if q["question_id"] in done:
                     continue
             out.append(q)
         if path:
             usable = [q for q in out if not q["reject"]]
-            outputs = {o["row_id"]: o for o in file_outputs(usable, _of_kind(rows, "answer", ANSWER_SCHEMA), path)}
+            answers = [_unless_duplicate_text(a, first_text) for a in _of_kind(rows, "answer", ANSWER_SCHEMA)]
+            outputs = {o["row_id"]: o for o in file_outputs(usable, answers, path)}
             for q in out:
                 o = outputs.get(q["question_id"]) if not q["reject"] else None
                 q.update({name: (o[name] if o else None) for name, _ in OUTPUT_FIELDS})
         return pa.Table.from_pylist(out, schema=schema)
     return fn
+
+
+def _unless_duplicate_text(answer: dict, first_text: dict[str, str]) -> dict:
+    """An answer joined by text to a question's duplicate row (text buckets see rows before duplicates are
+    found) joins no question: a duplicate row is rejected, text and all."""
+    qid = answer["question_id"]
+    if answer["joined_by"] == "text" and qid in first_text and answer["question"].strip() != first_text[qid]:
+        return {**answer, "question_id": None, "reject": "unmatched: no question has this exact text"}
+    return answer
 
 
 def _unjoined(batch: pa.Table) -> dict:

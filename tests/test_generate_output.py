@@ -135,19 +135,24 @@ def test_entry_totals_sum_every_shard_entry_and_this_runs_by_hand():
     assert entry_totals(batch, "b")["run.money"] == [None]  # a run without prices has no money, not 0
 
 
-def test_the_cluster_join_rejects_duplicate_ids_and_joins_id_less_responses_by_text(ray_local, tmp_path):  # noqa: F811
-    """Questions read in 1 KiB shards; a teacher file in chat form without ids joins by exact text. A
-    second row with a known id is a duplicate; a text two questions share joins neither."""
+def test_the_cluster_join_rejects_duplicate_ids_and_joins_id_less_responses_by_text(ray_local, tmp_path,  # noqa: F811
+                                                                                     monkeypatch):
+    """A teacher file in chat form without ids joins by exact text. A second row with a known id is a
+    duplicate (its text joins nothing); a text two questions share joins neither. The same set from one
+    shard and one join bucket as from 1 KiB shards and buckets of 2 rows."""
+    import sapray.generate_job
     questions = load_questions()[:4]
     rows = [*questions, {**questions[1], "question": "a different text"},
             {"question_id": "twin", "question": questions[2]["question"]}]
     (tmp_path / "q.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
     chats = [{"messages": [{"role": "user", "content": q["question"]}, {"role": "assistant", "content": f"answer {i}"}]}
              for i, q in enumerate(questions)]
+    chats.append({"messages": [{"role": "user", "content": "a different text"}, {"role": "assistant", "content": "x"}]})
     (tmp_path / "chat.jsonl").write_text("".join(json.dumps(r) + "\n" for r in chats))
     strategy = StrategyConfig(name="chat", teacher=TeacherConfig(kind="file", path=str(tmp_path / "chat.jsonl")))
     outputs = {}
-    for shard_mb, shard_size in ((64, 64), (1 / 1024, 1)):  # one shard and block, or many: the same set
+    for shard_mb, shard_size in ((64, 64), (1 / 1024, 1)):
+        monkeypatch.setattr(sapray.generate_job, "JOIN_BUCKET_ROWS", 250_000 if shard_size == 64 else 2)
         out = tmp_path / f"out-{shard_size}"
         metadata = run_full_generation(strategy, str(tmp_path / "q.jsonl"), RayConfig(shard_mb=shard_mb),
                                        GenerateConfig(output=str(out), shard_size=shard_size))
