@@ -10,6 +10,7 @@ Ray process on the machine, other users' included).
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import secrets
@@ -26,6 +27,8 @@ import pytest
 import yaml
 from conftest import PATIENCE_S, wait_until
 from small_job import DATA_DIR, REPO, exemplar_rows, jsonl, small_config
+
+from sapray.raydata import STARTUP_TIMEOUTS
 
 pytestmark = pytest.mark.cluster
 
@@ -59,13 +62,21 @@ class LocalCluster:
                         PYTHONUNBUFFERED="1")
         self.api = f"http://127.0.0.1:{self.dashboard}"
 
-    def _start(self, args: list[str], name: str) -> None:
-        log = (self.root / f"{name}.log").open("w")
-        proc = subprocess.Popen([RAY, "start", *args, "--disable-usage-stats"], env=self.env, stdout=log,
-                                stderr=subprocess.STDOUT, start_new_session=True)
-        self.groups.append(proc.pid)  # the group outlives `ray start`: its daemons stay in it
-        if proc.wait(timeout=PATIENCE_S) != 0:
-            raise RuntimeError(f"ray start ({name}) failed:\n{(self.root / f'{name}.log').read_text()[-4000:]}")
+    def _start(self, args: list[str], name: str, attempts: int = 5) -> None:
+        """``ray start``; again (after stopping what it left) when a node missed one of Ray's fixed startup
+        waits, as sapray's own local start does on a busy machine (``raydata.startup_timed_out``)."""
+        for attempt in range(attempts):
+            log = (self.root / f"{name}.log").open("w")
+            proc = subprocess.Popen([RAY, "start", *args, "--disable-usage-stats"], env=self.env, stdout=log,
+                                    stderr=subprocess.STDOUT, start_new_session=True)
+            self.groups.append(proc.pid)  # the group outlives `ray start`: its daemons stay in it
+            if proc.wait(timeout=PATIENCE_S) == 0:
+                return
+            text = (self.root / f"{name}.log").read_text()
+            if attempt == attempts - 1 or not any(t in text for t in STARTUP_TIMEOUTS):
+                raise RuntimeError(f"ray start ({name}) failed:\n{text[-4000:]}")
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.groups.pop(), signal.SIGKILL)
 
     def start_head(self) -> None:
         self._start(["--head", "--node-ip-address", "127.0.0.1", "--port", str(self.gcs),
