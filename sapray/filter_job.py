@@ -33,15 +33,14 @@ from sapray.exemplars import zero_shot_prompts
 from sapray.models import locate
 from sapray.raydata import actor_pool, init_ray, map_with_actors
 from sapray.read import (
-    MISSING,
     InputError,
     Reject,
     _number_as_text,
-    chat_pair,
     child,
     iter_records,
     nothing_usable,
     read_questions,
+    row_pair,
     text_problem,
 )
 from sapray.shards import check_columns
@@ -111,21 +110,14 @@ SAMPLE_SCHEMA = pa.schema([
 
 
 def sample_record(index: int, row: dict | str, columns: Columns) -> dict | str:
-    """A question-response sample from columns or a chat ``messages`` list (as ``read.chat_pair`` reads
-    SFT data); else why the row is unusable."""
+    """A question-response sample from columns or a chat ``messages`` list (``read.row_pair``); else why
+    the row is unusable."""
     if isinstance(row, str):
         return row
-    if columns.messages in row:
-        pair = chat_pair(row[columns.messages], columns.messages)
-        if isinstance(pair, str):
-            return pair
-        question, response = pair
-    else:
-        question, response = row.get(columns.question, MISSING), row.get(columns.response, MISSING)
-        problem = (text_problem(question, f"column {columns.question!r}")
-                   or text_problem(response, f"column {columns.response!r}"))
-        if problem:
-            return problem
+    pair = row_pair(row, columns, question_required=True)
+    if isinstance(pair, str):
+        return pair
+    question, response = pair
     if not response.strip():
         return "empty response"
     gold = _number_as_text(row.get(columns.gold))

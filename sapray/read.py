@@ -448,22 +448,26 @@ def chat_pair(messages: object, column: str = "messages") -> tuple[str, str] | s
     return problem or (question, response)
 
 
+def row_pair(row: dict, columns: Columns, question_required: bool) -> tuple[str | None, str] | str:
+    """(question, response) of a row in chat form (``messages``, see ``chat_pair``) or column form; else
+    why it cannot be used. In column form, a question that is not usable text is None unless required."""
+    if columns.messages in row:
+        return chat_pair(row[columns.messages], columns.messages)
+    question, response = row.get(columns.question, MISSING), row.get(columns.response, MISSING)
+    problem = text_problem(question, f"column {columns.question!r}")
+    if problem and question_required:
+        return problem
+    return text_problem(response, f"column {columns.response!r}") or (None if problem else question, response)
+
+
 def candidate_record(row: dict, columns: Columns, strategy: str | None) -> dict | str:
     """One candidate row, in column form (question_id or question, response[, strategy]) or chat form
     (``messages``[, question_id][, strategy]): {question_id (None: join by text), question, response,
     strategy}; else why it cannot be used."""
-    if columns.messages in row:
-        pair = chat_pair(row[columns.messages], columns.messages)
-        if isinstance(pair, str):
-            return pair
-        question, response = pair
-    else:
-        response = row.get(columns.response, MISSING)
-        problem = text_problem(response, f"column {columns.response!r}")
-        if problem:
-            return problem
-        question = row.get(columns.question)
-        question = question if text_problem(question, "") is None else None  # optional: only to join by
+    pair = row_pair(row, columns, question_required=False)  # the question is optional: only to join by
+    if isinstance(pair, str):
+        return pair
+    question, response = pair
     qid = _number_as_text(row.get(columns.question_id))
     if qid is not None and (problem := text_problem(qid, f"column {columns.question_id!r}")):
         return problem
