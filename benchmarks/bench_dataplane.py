@@ -16,9 +16,13 @@ Jobs measured:
 - ``generate``: ``sapray generate`` with a file teacher (one precomputed response per question, in a
   file of its own, joined by question_id): questions read, joined, outcomes made, shards written and
   merged into the training set. No engine actor, so one row per size.
+- ``select``: ``sapray select`` over a long candidate table (6 strategies per question) and its
+  questions file: the read pass (read, validate, join, coverage, complete questions, rejects written)
+  over every row, then 10 sampled questions scored with SAP only (supplied exemplars, one engine
+  actor: the scoring is the same at every size, so what grows is the read pass).
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_dataplane.py --sizes 10000,100000 --actors 1,2 \\
-        --generate-sizes 100000,1000000 --json runs/bench_dataplane.json
+        --generate-sizes 100000,1000000 --select-sizes 100000,1000000 --json runs/bench_dataplane.json
 """
 
 from __future__ import annotations
@@ -47,6 +51,14 @@ if job == "filter":
     result = run_filter(cfg)
     write_filter_outputs(cfg.output, result)
     counts = result.summary["counts"]
+elif job == "select":
+    from sapray.config import load_config
+    from sapray.report import write_outputs
+    from sapray.select import run_select
+    cfg = load_config(config)
+    result = run_select(cfg)
+    write_outputs(cfg.output, result, cfg.model_dump())
+    counts = result.counts
 else:
     from sapray.config import load_config
     from sapray.run_job import run_generate
@@ -109,6 +121,38 @@ def generate_files(workdir: Path, n: int) -> tuple[str, str]:
     return str(questions), str(responses)
 
 
+STRATEGIES = ("human", "socratic", "gpt4o", "claude", "rewrite", "steps")
+
+
+def select_files(workdir: Path, rows: int) -> tuple[str, str, str]:
+    """A questions file, a long candidate table of ``rows`` rows (every question answered by each of the
+    six strategies) and four exemplars, the same for a given size."""
+    n = rows // len(STRATEGIES)
+    questions, candidates, exemplars = (workdir / f"select-{name}-{rows}.jsonl"
+                                        for name in ("questions", "candidates", "exemplars"))
+    if not candidates.exists():
+        rng = random.Random(rows)
+        with open(questions, "w") as q, open(candidates, "w") as c:
+            for i in range(n):
+                q.write(json.dumps({"question_id": f"q{i}", "question": " ".join(rng.choices(WORDS, k=12)) + "?"})
+                        + "\n")
+                for strategy in STRATEGIES:
+                    c.write(json.dumps({"question_id": f"q{i}", "strategy": strategy,
+                                        "response": " ".join(rng.choices(WORDS, k=8)) + "."}) + "\n")
+        exemplars.write_text("".join(json.dumps({"exemplar_id": f"ex-{i}", "text": f"So it is {i}.\nA: {i}"}) + "\n"
+                                     for i in range(4)))
+    return str(questions), str(candidates), str(exemplars)
+
+
+def select_config(model: str, files: tuple[str, str, str], actors: int, output: Path, batch_size: int) -> dict:
+    questions, candidates, exemplars = files
+    return {"model": model, "engine": "hf", "metrics": ["sap"],
+            "data": {"questions": questions, "candidates": candidates},
+            "sample": {"max_questions": 10, "round_size": 10, "stop": "fixed"},
+            "exemplars": {"file": exemplars, "n": 3}, "bootstrap": 200,
+            "ray": {"actors": actors, "batch_size": batch_size}, "output": str(output)}
+
+
 def baseline_tree(workdir: Path, commit: str) -> Path:
     tree = workdir / f"baseline-{commit}"
     if not tree.exists():
@@ -152,6 +196,9 @@ def main() -> None:
     parser.add_argument("--baseline", default="12df868", help="commit to measure beside this checkout ('' for none)")
     parser.add_argument("--batch-size", type=int, default=256)
     parser.add_argument("--generate-sizes", default="100000,1000000", help="questions, comma-separated ('' for none)")
+    parser.add_argument("--select-sizes", default="100000,1000000",
+                        help="candidate rows, comma-separated ('' for none)")
+    parser.add_argument("--select-actors", default="1", help="scoring actors of the select runs, comma-separated")
     parser.add_argument("--shard-size", type=int, default=1000, help="generate.shard_size of the generate runs")
     parser.add_argument("--workdir", default=None, help="where models, inputs and outputs go (default: a temp dir)")
     parser.add_argument("--json", default=None, help="also write the results here")
@@ -174,6 +221,13 @@ def main() -> None:
         for name, tree in trees.items():
             config = generate_config(questions, responses, workdir / f"generate-{name}-{size}", args.shard_size)
             _report(results, "generate", size, 0, name, run_job(tree, "generate", config))
+    for size in [int(s) for s in args.select_sizes.split(",") if s]:
+        model, files = tiny_model(workdir), select_files(workdir, size)
+        for actors in [int(a) for a in args.select_actors.split(",")]:
+            for name, tree in trees.items():
+                output = workdir / f"select-{name}-{size}-{actors}"
+                config = select_config(model, files, actors, output, args.batch_size)
+                _report(results, "select", size, actors, name, run_job(tree, "select", config))
     machine = f"{platform.machine()}, {os.cpu_count()} CPUs, {platform.python_version()}"
     if args.json:
         Path(args.json).write_text(json.dumps({"machine": machine, "baseline": args.baseline,

@@ -35,10 +35,10 @@ from sapray.raydata import actor_pool, init_ray, map_with_actors
 from sapray.read import (
     InputError,
     Reject,
-    _number_as_text,
     child,
     iter_records,
     nothing_usable,
+    number_as_text,
     read_questions,
     row_pair,
     text_problem,
@@ -120,8 +120,8 @@ def sample_record(index: int, row: dict | str, columns: Columns) -> dict | str:
     question, response = pair
     if not response.strip():
         return "empty response"
-    gold = _number_as_text(row.get(columns.gold))
-    sample_id = _number_as_text(row.get("sample_id", row.get(columns.question_id, index)))
+    gold = number_as_text(row.get(columns.gold))
+    sample_id = number_as_text(row.get("sample_id", row.get(columns.question_id, index)))
     return {"sample_id": f"{sample_id}#{index}", "question": question, "response": response,
             "gold": gold if text_problem(gold, "gold") is None else None}
 

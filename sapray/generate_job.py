@@ -18,14 +18,11 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 import time
 import uuid
-import zlib
 from collections.abc import Sequence
 from functools import partial
 
-import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
@@ -48,7 +45,7 @@ from sapray.generate import (
 )
 from sapray.models import locate
 from sapray.raydata import actor_pool, init_ray
-from sapray.read import Reject, child, filesystem, nothing_usable, question_record, read_text
+from sapray.read import Reject, child, duplicate_id, filesystem, nothing_usable, question_record, read_text
 from sapray.shards import check_columns
 
 log = logging.getLogger(__name__)
@@ -75,8 +72,6 @@ TRAIN_SCHEMA = pa.schema([
     ("sample_index", pa.int64()), ("finish_reason", pa.string()), ("teacher", pa.string()),
     ("sampling", pa.string()), ("prompt_hash", pa.string())])
 REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in ("source", "reason", "stage", "question_id", "strategy")])
-
-JOIN_BUCKET_ROWS = 250_000  # rows per hash bucket: one bucket is joined in one worker's memory
 
 
 # -- questions --------------------------------------------------------------------------------------
@@ -119,23 +114,10 @@ def _gold_rejects(strategy: StrategyConfig):
 
 # -- the hash join ----------------------------------------------------------------------------------
 
-def bucket_of(keys: Sequence[str | None], buckets: int) -> np.ndarray:
-    """A stable bucket per key (crc32, the same in every process, unlike Python's salted ``hash``)."""
-    return np.array([zlib.crc32((k or "").encode()) % buckets for k in keys], dtype=np.int64)
-
-
-def _by_id(batch: pa.Table) -> list[str | None]:
-    return batch.column("question_id").to_pylist()
-
-
-def _by_text(batch: pa.Table) -> list[str]:
-    return [q.strip() for q in batch.column("question").to_pylist()]  # as read.text_index matches texts
-
-
 def _as_join_rows(kind: str, key, buckets: int):
     def fn(batch: pa.Table) -> pa.Table:
         n = batch.num_rows
-        columns = {"bucket": pa.array(bucket_of(key(batch), buckets)), "kind": pa.array([kind] * n, pa.string())}
+        columns = {"bucket": pa.array(stages.bucket_of(key(batch), buckets)), "kind": pa.array([kind] * n, pa.string())}
         for name, type_ in list(zip(JOIN_SCHEMA.names, JOIN_SCHEMA.types, strict=True))[2:]:
             columns[name] = batch.column(name) if name in batch.column_names else pa.nulls(n, type_)
         return pa.table(columns, schema=JOIN_SCHEMA)
@@ -171,8 +153,7 @@ def _id_join(path: str | None):
         out = []
         for q in sorted(_of_kind(rows, "question", QUESTION_SCHEMA), key=lambda q: q["order"]):
             if q["question_id"] in first:
-                q["reject"], q["reject_stage"] = (f"duplicate question_id {q['question_id']!r} "
-                                                  f"(first at {first[q['question_id']]})"), "questions"
+                q["reject"], q["reject_stage"] = duplicate_id(q["question_id"], first[q["question_id"]]), "questions"
             else:
                 first[q["question_id"]], first_text[q["question_id"]] = q["source"], q["question"].strip()
                 if q["question_id"] in done:
@@ -231,8 +212,8 @@ def _file_teacher_answers(strategy: StrategyConfig, questions, ray_cfg: RayConfi
         raise no_responses(teacher, {s for p in parts for s in p["strategies"]})
     ds = ds.map_batches(mine, batch_format="pyarrow").materialize()
     if sum(p["by_text"] for p in parts):  # answers that carry no id take it from the one question with their text
-        keyed = questions.map_batches(_as_join_rows("question", _by_text, buckets), batch_format="pyarrow").union(
-            ds.map_batches(_as_join_rows("answer", _by_text, buckets), batch_format="pyarrow"))
+        keyed = questions.map_batches(_as_join_rows("question", stages.by_text, buckets), batch_format="pyarrow").union(
+            ds.map_batches(_as_join_rows("answer", stages.by_text, buckets), batch_format="pyarrow"))
         ds = keyed.groupby("bucket").map_groups(_text_join, batch_format="pyarrow").materialize()
     lost = ds.map_batches(_unjoined, batch_format="pyarrow", batch_size=None).take_all()
     warn_unjoined(teacher.path, sum(p["count"] for p in lost), next((p["first"] for p in lost if p["first"]), ""))
@@ -242,14 +223,14 @@ def _file_teacher_answers(strategy: StrategyConfig, questions, ray_cfg: RayConfi
 def _to_do(strategy: StrategyConfig, questions, done, ray_cfg: RayConfig, rows: int):
     """The questions still to do, in input order (and duplicate-id rejects), with a file teacher's
     output attached."""
-    buckets = max(1, math.ceil(rows / JOIN_BUCKET_ROWS))
+    buckets = stages.buckets_for(rows)
     path = strategy.teacher.path if strategy.teacher.kind == "file" else None
-    parts = [questions.map_batches(_as_join_rows("question", _by_id, buckets), batch_format="pyarrow")]
+    parts = [questions.map_batches(_as_join_rows("question", stages.by_id, buckets), batch_format="pyarrow")]
     if done is not None:
-        parts.append(done.map_batches(_as_join_rows("done", _by_id, buckets), batch_format="pyarrow"))
+        parts.append(done.map_batches(_as_join_rows("done", stages.by_id, buckets), batch_format="pyarrow"))
     if path:
         answers = _file_teacher_answers(strategy, questions, ray_cfg, buckets)
-        parts.append(answers.map_batches(_as_join_rows("answer", _by_id, buckets), batch_format="pyarrow"))
+        parts.append(answers.map_batches(_as_join_rows("answer", stages.by_id, buckets), batch_format="pyarrow"))
     union = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
     return union.groupby("bucket").map_groups(_id_join(path), batch_format="pyarrow").sort("order")
 

@@ -117,7 +117,7 @@ def text_problem(value: object, what: str) -> str | None:
     return None
 
 
-def _number_as_text(value: object) -> object:
+def number_as_text(value: object) -> object:
     """Numeric ids and gold answers are common and harmless: 7 and 7.0 read as '7'."""
     if isinstance(value, bool) or not isinstance(value, int | float):
         return value
@@ -126,7 +126,7 @@ def _number_as_text(value: object) -> object:
     return str(int(value)) if float(value).is_integer() else repr(value)
 
 
-def _number(value: object) -> float | None:
+def number_or_none(value: object) -> float | None:
     """A numeric value, also from text (CSV cells are text); None when there is none."""
     if isinstance(value, bool):
         return None
@@ -345,7 +345,7 @@ def _string_fields(row: dict, fields: dict[str, str]) -> tuple[dict[str, str], s
     for ours, theirs in fields.items():
         value = row.get(theirs, MISSING)
         if ours in ("question_id", "gold"):
-            value = _number_as_text(value)
+            value = number_as_text(value)
         problem = text_problem(value, f"column {theirs!r}")
         if problem:
             return out, problem
@@ -382,10 +382,12 @@ def _require_columns(uri: str, present: set[str], choices: list[list[str]]) -> N
     raise InputError(f"{uri}: missing required column(s) {missing}{also}; present: {sorted(present)}")
 
 
-def nothing_usable(what: str, uris: Iterable[str], rejects: list[Reject]) -> InputError:
-    """The error for inputs none of whose rows can be used, with the first reason as a hint."""
+def nothing_usable(what: str, uris: Iterable[str], rejects: list[Reject], count: int | None = None) -> InputError:
+    """The error for inputs none of whose rows can be used, with the first reason as a hint; ``count``:
+    how many were rejected, when ``rejects`` holds the first only."""
     first = f"; the first: {rejects[0].source}: {rejects[0].reason}" if rejects else ""
-    return InputError(f"{', '.join(uris)}: no usable {what} ({len(rejects)} row(s) rejected{first})")
+    n = len(rejects) if count is None else count
+    return InputError(f"{', '.join(uris)}: no usable {what} ({n} row(s) rejected{first})")
 
 
 def question_record(row: dict | str, columns: Columns, need_gold: bool) -> tuple[dict, str | None]:
@@ -400,9 +402,14 @@ def question_record(row: dict | str, columns: Columns, need_gold: bool) -> tuple
     if problem is None and not values["question"].strip():
         problem = "empty question"
     if problem is None and "gold" not in values:  # optional here: kept when it is usable text
-        gold = _number_as_text(row.get(columns.gold))
+        gold = number_as_text(row.get(columns.gold))
         values["gold"] = gold if text_problem(gold, "gold") is None else None
     return values, problem
+
+
+def duplicate_id(qid: str, first_source: str) -> str:
+    """Why a question row whose id an earlier row has is rejected."""
+    return f"duplicate question_id {qid!r} (first at {first_source})"
 
 
 def read_questions(uri: str, columns: Columns, need_gold: bool) -> tuple[dict[str, dict], list[Reject]]:
@@ -412,7 +419,7 @@ def read_questions(uri: str, columns: Columns, need_gold: bool) -> tuple[dict[st
         values, problem = question_record(row, columns, need_gold)
         qid = values.get("question_id")
         if problem is None and qid in questions:
-            problem = f"duplicate question_id {qid!r} (first at {questions[qid]['source']})"
+            problem = duplicate_id(qid, questions[qid]["source"])
         if problem:
             rejects.append(Reject(source, problem, "questions", question_id=qid))
             continue
@@ -468,7 +475,7 @@ def candidate_record(row: dict, columns: Columns, strategy: str | None) -> dict 
     if isinstance(pair, str):
         return pair
     question, response = pair
-    qid = _number_as_text(row.get(columns.question_id))
+    qid = number_as_text(row.get(columns.question_id))
     if qid is not None and (problem := text_problem(qid, f"column {columns.question_id!r}")):
         return problem
     if qid is None and not (question or "").strip():
@@ -491,11 +498,11 @@ def _read_candidate_files(uris: dict[str | None, str], columns: Columns) -> tupl
             rows_in += 1
             record = row if isinstance(row, str) else candidate_record(row, columns, strategy)
             if isinstance(record, str):
-                qid = _number_as_text(row.get(columns.question_id)) if isinstance(row, dict) else None
+                qid = number_as_text(row.get(columns.question_id)) if isinstance(row, dict) else None
                 rejects.append(Reject(source, record, "candidates", question_id=qid if isinstance(qid, str) else None,
                                       strategy=strategy))
             else:
-                records.append({**record, "source": source, "reward": _number(row.get(columns.reward))})
+                records.append({**record, "source": source, "reward": number_or_none(row.get(columns.reward))})
     return records, rejects, rows_in
 
 

@@ -4,7 +4,9 @@ Output folder (local path or object-store URI):
 - ``selection.json``: ranking, per-strategy statistics, win rates, winner, budget, counts,
   exemplar provenance. Deterministic: same config and seed, same bytes (no timings in it).
 - ``scores.parquet``: one row per scored candidate with its provenance.
-- ``rejects.jsonl``: every row left out, with its source (file:row), stage and reason.
+- ``rejects/``: every row left out, with its source (file:row), stage and reason, as JSON lines part
+  files: the read pass's, written by the workers, and ``part-scoring.jsonl``, the driver's (rows the
+  engine refused, sample generation's rejects).
 - ``exemplars.jsonl``: the exemplars used, with whether each passed the answer checker.
 - ``run.json``: wall times, where the scoring actors ran (node/actor: requests) and the resolved
   config (not deterministic).
@@ -21,6 +23,7 @@ import pyarrow.parquet as pq
 
 from sapray.html_report import write_report
 from sapray.read import child, filesystem
+from sapray.stages import write_jsonl
 
 
 def _write_text(uri: str, text: str) -> None:
@@ -36,10 +39,13 @@ def _jsonl(rows: Sequence[dict]) -> str:
 def write_outputs(output: str, result, config: dict) -> dict[str, str]:
     fs, root = filesystem(output)
     fs.create_dir(root, recursive=True)
-    paths = {name: child(output, name) for name in ("selection.json", "scores.parquet", "rejects.jsonl",
-                                           "exemplars.jsonl", "run.json")}
+    paths = {name: child(output, name) for name in ("selection.json", "scores.parquet", "rejects",
+                                                    "exemplars.jsonl", "run.json")}
     _write_text(paths["selection.json"], json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
-    _write_text(paths["rejects.jsonl"], _jsonl([r.to_dict() for r in result.rejects]))
+    if result.input_rejects is not None:
+        write_jsonl(result.input_rejects, paths["rejects"])
+    fs.create_dir(child(root, "rejects"), recursive=True)
+    _write_text(child(paths["rejects"], "part-scoring.jsonl"), _jsonl([r.to_dict() for r in result.rejects]))
     _write_text(paths["exemplars.jsonl"], _jsonl([e.to_dict() for e in result.exemplars]))
     _write_text(paths["run.json"], json.dumps({"timings": result.timings, "actor_placement": result.placement,
                                                        "config": config}, indent=2) + "\n")

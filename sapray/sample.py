@@ -15,14 +15,9 @@ from dataclasses import dataclass
 from sapray.read import InputError
 
 
-def paired_question_ids(candidates: list[dict], strategies: list[str]) -> tuple[list[str], dict[str, list[str]]]:
-    """Question ids that have every strategy, and for the others the strategies they lack."""
-    have: dict[str, set[str]] = {}
-    for row in candidates:
-        have.setdefault(row["question_id"], set()).add(row["strategy"])
-    complete = sorted(q for q, s in have.items() if len(s) == len(strategies))
-    lacking = {q: sorted(set(strategies) - s) for q, s in have.items() if len(s) < len(strategies)}
-    return complete, lacking
+def lacking_strategies(have: set[str], strategies: list[str]) -> list[str]:
+    """The strategies a question's candidates lack (empty: the question can be paired)."""
+    return sorted(set(strategies) - have)
 
 
 def sample_order(question_ids: list[str], seed: int) -> list[str]:
@@ -110,20 +105,17 @@ class StrategySet:
                 "excluded": self.excluded, "similar_names": self.similar_names}
 
 
-def choose_strategies(candidates: list[dict], named: list[str] | None, min_coverage: float,
+def choose_strategies(coverage: dict[str, int], questions: int, named: list[str] | None, min_coverage: float,
                       generated: list[str] = ()) -> StrategySet:
     """Pick the strategies to pair, so that one stray strategy cannot empty the paired design.
 
+    ``coverage``: per strategy, the questions with a usable candidate; ``questions``: those with any.
     A strategy is kept when ``named`` lists it (or ``named`` is None) and it has a usable candidate
     for at least ``min_coverage`` of the questions that have any candidate; a named strategy below
     that share is excluded too, with its reason. ``generated`` strategies (teachers that write the
     sample round by round) cover every sampled question by construction.
     """
-    by_strategy: dict[str, set[str]] = {}
-    for row in candidates:
-        by_strategy.setdefault(row["strategy"], set()).add(row["question_id"])
-    questions = len({q for qs in by_strategy.values() for q in qs})
-    coverage = {s: len(qs) for s, qs in sorted(by_strategy.items())}
+    coverage = dict(sorted(coverage.items()))
     excluded = {}
     for s, n in coverage.items():
         if named is not None and s not in named:

@@ -20,6 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from sapray import exemplars as ex
 from sapray import metrics
@@ -30,10 +31,11 @@ from sapray.engines import SamplingConfig, max_length_of
 from sapray.models import locate
 from sapray.race import Race, RaceRule
 from sapray.raydata import init_ray, map_with_actors
-from sapray.read import CANDIDATE_STAGES, Reject, read_inputs, read_questions
+from sapray.read import CANDIDATE_STAGES, Reject, read_questions
 from sapray.reduce import summarize
-from sapray.sample import Budget, choose_strategies, paired_question_ids, rounds, sample_order
+from sapray.sample import Budget, rounds, sample_order
 from sapray.scoring import EncodedRequest, encode_all
+from sapray.select_read import read_selection_inputs
 
 log = logging.getLogger("sapray")
 
@@ -73,22 +75,26 @@ class SelectResult:
     counts: dict
     timings: dict = field(default_factory=dict)
     placement: dict = field(default_factory=dict)  # "node/actor" -> requests it scored
+    input_rejects: Any = None  # the read pass's rejects: a dataset, written by the workers
 
 
-def _mine_exemplars(cfg: SelectConfig, commit: str | None, tokenizer, compared: dict[str, dict]) -> tuple[list, dict]:
+def _mine_exemplars(cfg: SelectConfig, commit: str | None, tokenizer, compared: list[str],
+                    fetch: Callable[[set[str]], dict[str, dict]]) -> tuple[list, dict]:
     """The exemplar pool: supplied, mined from a pool kept apart from the ``compared`` questions, or,
-    with neither, mined from the compared questions themselves (``ex.choose`` skips a question's own)."""
+    with neither, mined from the compared questions themselves (``ex.choose`` skips a question's own;
+    ``fetch`` brings their rows from the cluster)."""
     if cfg.exemplars.file:
         pool = ex.load_exemplar_file(cfg.exemplars.file)
         return pool, {"source": cfg.exemplars.file, "supplied": len(pool)}
     if cfg.exemplars.pool:
         questions, rejects = read_questions(cfg.exemplars.pool, cfg.data.columns,
                                             need_gold=cfg.exemplars.checker != "none")
-        eligible = [q for q in questions if q not in compared]
+        kept_apart = set(compared)
+        chosen = sample_order([q for q in questions if q not in kept_apart], cfg.sample.seed)[: cfg.exemplars.pool_size]
     else:
-        questions, rejects = compared, []
-        eligible = list(questions)
-    chosen = sample_order(eligible, cfg.sample.seed)[: cfg.exemplars.pool_size]
+        rejects = []
+        chosen = sample_order(compared, cfg.sample.seed)[: cfg.exemplars.pool_size]
+        questions = fetch(set(chosen))
     pool = [questions[q] for q in chosen]
     log.info("mining exemplars: the target answers %d pool questions (greedy, max %d tokens)",
              len(pool), cfg.exemplars.max_tokens)
@@ -152,44 +158,31 @@ def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
     layout = Layout(cfg.layout, model_name=cfg.model if cfg.model != "smollm2" else Path(model_path).name)
     generated = teachers.names if teachers else []
 
-    # read, and choose the strategies to pair
-    questions, candidates, rejects, rows_in = read_inputs(cfg.data.questions, cfg.data.candidate_sources(),
-                                                         cfg.data.columns)
-    joined = {"questions": "file" if cfg.data.questions else "derived from the candidate files",
-              "by_question_id": sum(c["joined_by"] == "question_id" for c in candidates),
-              "by_text": sum(c["joined_by"] == "text" for c in candidates),
-              **{why: sum(r.reason.startswith(why + ":") for r in rejects) for why in ("unmatched", "ambiguous")}}
-    chosen = choose_strategies(candidates, cfg.data.strategies, cfg.data.min_coverage, generated)
+    # read in the cluster, and choose the strategies to pair
+    init_ray(cfg.ray)
+    inputs = read_selection_inputs(cfg.data, cfg.ray, generated)
+    chosen = inputs.chosen
     strategies = chosen.chosen
     if not strategies:
         raise ValueError("no valid candidates to score")
     for name in chosen.similar_names:
         log.warning("strategy names %s differ only in case or surrounding spaces: one strategy, or several?", name)
-    for c in candidates:
-        if c["strategy"] in chosen.excluded:
-            rejects.append(Reject(c["source"], f"strategy {c['strategy']} excluded: {chosen.excluded[c['strategy']]}",
-                                  "strategy", c["question_id"], c["strategy"]))
-    candidates = [c for c in candidates if c["strategy"] not in chosen.excluded]
 
-    # sample (paired: only questions with every data strategy; generated ones cover what is sampled)
-    data_strategies = [s for s in strategies if s not in generated]
-    complete, lacking = (paired_question_ids(candidates, data_strategies) if data_strategies
-                         else (sorted(questions), {}))
-    for c in candidates:
-        if c["question_id"] in lacking:
-            rejects.append(Reject(c["source"], f"question lacks strategies {lacking[c['question_id']]} "
-                                  "(paired design scores complete questions only)", "sample",
-                                  c["question_id"], c["strategy"]))
+    # sample (paired: only questions with every data strategy; generated ones cover what is sampled): the
+    # rows of the questions the sample can reach come to the driver
+    order = sample_order(inputs.complete, cfg.sample.seed)
+    reachable = order[: cfg.sample.max_questions] if cfg.sample.max_questions else order
+    questions, rows = inputs.fetch(set(reachable))
     by_question: dict[str, dict[str, dict]] = {}
-    for c in candidates:
-        if c["question_id"] not in lacking:
-            by_question.setdefault(c["question_id"], {})[c["strategy"]] = c
+    for c in rows:
+        by_question.setdefault(c["question_id"], {})[c["strategy"]] = c
+    rows_fetched, rows_in = len(rows), inputs.rows_in
+    rejects: list[Reject] = []  # the driver's: scoring and sample generation
 
-    init_ray(cfg.ray)
     t0 = time.monotonic()
-    pool, exemplar_info = _mine_exemplars(cfg, resolved.commit, tokenizer, questions)
+    pool, exemplar_info = _mine_exemplars(cfg, resolved.commit, tokenizer, inputs.question_ids,
+                                          lambda ids: inputs.fetch(ids)[0])
     mining_s = time.monotonic() - t0
-    order = sample_order(complete, cfg.sample.seed)
     position = {q: i for i, q in enumerate(order)}
     kinds = context_kinds(cfg.metrics)
     limit = max_length_of(cfg.engine_args)
@@ -285,15 +278,16 @@ def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
     scored_keys = {(sc["question_id"], sc["strategy"]) for sc in scores}
     rejected_keys = {(r.question_id, r.strategy) for r in rejects if r.stage == "score"}
     sampled = set(race.row)
-    not_sampled = [(q, n) for q in complete for n in by_question.get(q, {})
+    not_sampled = [(q, n) for q in reachable for n in by_question.get(q, {})
                    if (q, n) not in scored_keys and (q, n) not in rejected_keys]
     counts = {
         "candidate_rows_in": rows_in,
         "scored": len(scores),
-        "rejected": sum(1 for r in rejects if r.stage in CANDIDATE_STAGES),
-        "not_sampled": len(not_sampled),
+        "rejected": inputs.rejected + sum(1 for r in rejects if r.stage in CANDIDATE_STAGES),
+        # rows of complete questions the sample could not reach stayed in the cluster
+        "not_sampled": len(not_sampled) + inputs.usable - rows_fetched,
         "not_sampled_eliminated": sum(1 for q, n in not_sampled if q in sampled and n in race.eliminated),
-        "question_rows_rejected": sum(1 for r in rejects if r.stage == "questions"),
+        "question_rows_rejected": inputs.question_rows_rejected,
         "questions_sampled": budget.questions,
         "strategies": len(strategies),
         "requests_scored": requests_scored,
@@ -303,12 +297,12 @@ def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
     summary.update({
         "model": cfg.model, "engine": cfg.engine, "layout": cfg.layout, "boundary": layout.boundary,
         "metrics": list(cfg.metrics), "strategies": strategies, "strategy_set": chosen.to_dict(),
-        "budget": budget.to_dict(), "counts": counts, "candidates_joined": joined, "exemplars": exemplar_info,
+        "budget": budget.to_dict(), "counts": counts, "candidates_joined": inputs.joined, "exemplars": exemplar_info,
         "statistic": "mean SAP per strategy (lower = more familiar, ranked first)",
     })
     timings = {"mining_s": round(mining_s, 2), "sample_generation_s": round(generation_s, 2),
                "scoring_s": round(scoring_s, 2), "total_s": round(time.monotonic() - started, 2)}
-    return SelectResult(summary, scores, rejects, pool, counts, timings, placement)
+    return SelectResult(summary, scores, rejects, pool, counts, timings, placement, inputs.rejects)
 
 
 def _cost_table(scores: list[dict], strategies: list[str], questions: int, teachers: TeacherRounds | None) -> dict:

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Callable, Iterable
+import zlib
+from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
 import numpy as np
@@ -84,6 +85,28 @@ def split_rejected(ds) -> tuple[Any, Any]:
     ds = ds.materialize()
     return (ds.map_batches(_usable, batch_format="pyarrow").materialize(),
             ds.map_batches(_unusable, batch_format="pyarrow").materialize())
+
+
+# -- hash joins: rows keyed alike land in the same bucket, and a bucket is joined in one worker ------
+
+JOIN_BUCKET_ROWS = 250_000  # rows per hash bucket: one bucket is joined in one worker's memory
+
+
+def buckets_for(rows: int) -> int:
+    return max(1, math.ceil(rows / JOIN_BUCKET_ROWS))
+
+
+def bucket_of(keys: Sequence[str | None], buckets: int) -> np.ndarray:
+    """A stable bucket per key (crc32, the same in every process, unlike Python's salted ``hash``)."""
+    return np.array([zlib.crc32((k or "").encode()) % buckets for k in keys], dtype=np.int64)
+
+
+def by_id(batch: pa.Table) -> list[str | None]:
+    return batch.column("question_id").to_pylist()
+
+
+def by_text(batch: pa.Table) -> list[str]:
+    return [(q or "").strip() for q in batch.column("question").to_pylist()]  # as read.text_index matches texts
 
 
 def cpu_pool() -> dict[str, Any]:

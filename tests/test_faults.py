@@ -298,7 +298,7 @@ def test_select_through_the_cli_scores_good_rows_exactly_as_from_clean_files(ray
     assert counts["scored"] == clean_counts["scored"] == 2 * len(STRATEGIES)
     assert counts["not_sampled"] == clean_counts["not_sampled"] == len(STRATEGIES)
     assert counts["question_rows_rejected"] == len(bad_questions)
-    rejects = [json.loads(line) for line in (tmp_path / "faulty" / "rejects.jsonl").read_text().splitlines()]
+    rejects = read_parts(tmp_path / "faulty" / "rejects")
     for path, bad in {**expected, str(questions): bad_questions}.items():
         got = {r["source"]: r["reason"] for r in rejects if r["source"].startswith(path)}
         assert sorted(got) == sorted(f"{path}{w}" for w in bad)

@@ -140,7 +140,7 @@ def test_the_cluster_join_rejects_duplicate_ids_and_joins_id_less_responses_by_t
     """A teacher file in chat form without ids joins by exact text. A second row with a known id is a
     duplicate (its text joins nothing); a text two questions share joins neither. The same set from one
     shard and one join bucket as from 1 KiB shards and buckets of 2 rows."""
-    import sapray.generate_job
+    import sapray.stages
     questions = load_questions()[:4]
     rows = [*questions, {**questions[1], "question": "a different text"},
             {"question_id": "twin", "question": questions[2]["question"]}]
@@ -152,7 +152,7 @@ def test_the_cluster_join_rejects_duplicate_ids_and_joins_id_less_responses_by_t
     strategy = StrategyConfig(name="chat", teacher=TeacherConfig(kind="file", path=str(tmp_path / "chat.jsonl")))
     outputs = {}
     for shard_mb, shard_size in ((64, 64), (1 / 1024, 1)):
-        monkeypatch.setattr(sapray.generate_job, "JOIN_BUCKET_ROWS", 250_000 if shard_size == 64 else 2)
+        monkeypatch.setattr(sapray.stages, "JOIN_BUCKET_ROWS", 250_000 if shard_size == 64 else 2)
         out = tmp_path / f"out-{shard_size}"
         metadata = run_full_generation(strategy, str(tmp_path / "q.jsonl"), RayConfig(shard_mb=shard_mb),
                                        GenerateConfig(output=str(out), shard_size=shard_size))

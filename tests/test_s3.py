@@ -117,7 +117,9 @@ def test_select_reads_and_writes_s3(s3_env, tmp_path):
     assert len(scores) == 12
     assert all(r["source"].startswith(f"s3://{BUCKET}/in/candidates.jsonl:") for r in scores)
     assert len(_read(f"{out}/exemplars.jsonl").decode().splitlines()) == 4
-    assert _read(f"{out}/rejects.jsonl") == b""
+    rejects_fs, rejects_path = filesystem(f"{out}/rejects")
+    parts = _parts(rejects_fs, rejects_path)
+    assert parts and all(_read(f"s3://{p}") == b"" for p in parts)  # no rejects
     run = json.loads(_read(f"{out}/run.json"))
     # URIs in the config stay URIs (never resolved against the config file's folder)
     assert run["config"]["data"]["questions"] == f"s3://{BUCKET}/in/questions.jsonl"

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import json
 
-from conftest import load_candidates, load_questions
+from conftest import load_candidates, load_questions, read_parts
 from test_select import base_config, exemplar_file, ray_local, run, write_jsonl  # noqa: F401  (fixtures)
 
 
@@ -29,7 +29,7 @@ def test_bad_rows_are_rejected_with_reasons_and_counts_reconcile(ray_local, exem
     counts = result.counts
     assert counts["candidate_rows_in"] == len(rows) == 22
     assert counts["scored"] + counts["rejected"] + counts["not_sampled"] == counts["candidate_rows_in"]
-    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").open()]
+    rejects = read_parts(tmp_path / "out" / "rejects")
     reasons = {r["source"].rsplit(":", 1)[1]: r["reason"] for r in rejects if r["stage"] != "sample"}
     assert "malformed JSON" in reasons["18"]
     assert "unknown question_id 'nope'" in reasons["19"]
@@ -60,7 +60,7 @@ def test_a_stray_strategy_is_excluded_not_the_questions(ray_local, exemplar_file
     assert "covers 1 of 4 questions" in chosen["excluded"]["Human "]
     assert chosen["similar_names"] == [["Human ", "human"]]
     assert result.summary["per_strategy"]["human"]["n"] == 4  # every question stays in the paired design
-    rejects = [json.loads(line) for line in (tmp_path / "out" / "rejects.jsonl").open()]
+    rejects = read_parts(tmp_path / "out" / "rejects")
     assert [r["stage"] for r in rejects] == ["strategy"]
     # four questions are too few to rank: no certainty is claimed, anywhere
     assert result.summary["evidence"]["sufficient"] is False
