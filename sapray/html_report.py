@@ -1,9 +1,9 @@
 """report.html: a self-contained page for a selection or a filter, built from its output folder alone.
 
-Everything comes from the files a run wrote (selection.json, scores.parquet, rejects.jsonl,
-exemplars.jsonl, run.json and, for ``sapray run``, sample_generation_cost.jsonl and the training
-set's metadata.json; for a filter, summary.json and the scores/ and rejects/ part files), so ``sapray report RUN_DIR``
-rebuilds the same bytes later, locally or from an object store. A validation.json in the folder
+Everything comes from the files a run wrote (selection.json, scores.parquet, the rejects/ part
+files, exemplars.jsonl, run.json and, for ``sapray run``, sample_generation_cost.jsonl and the
+training set's metadata.json; for a filter, summary.json and the scores/ part files), so ``sapray
+report RUN_DIR`` rebuilds the same bytes later, locally or from an object store. A validation.json in the folder
 (``sapray validate --json``) adds its section. The page has no scripts and loads nothing: figures
 are matplotlib SVG inlined with text kept as text, styles are inline, and a Content-Security-Policy
 forbids any fetch.
@@ -117,7 +117,7 @@ def load_run(folder: str) -> dict:
     run: dict[str, Any] = {"selection": _json(child(folder, "selection.json"))}
     if run["selection"] is not None:
         run["kind"] = "selection"
-        for name in ("rejects", "exemplars", "sample_generation_cost"):
+        for name in ("exemplars", "sample_generation_cost"):
             run[name] = _jsonl(child(folder, f"{name}.jsonl"))
         run["run"] = _json(child(folder, "run.json")) or {}
         config = run["run"].get("config") or {}
@@ -133,9 +133,10 @@ def load_run(folder: str) -> dict:
         # part files since filters run in the cluster, single files before; texts are never shown, so a
         # filter over a million samples does not load them
         scores = partial(_parquet, skip=("question", "response"))
-        run["rejects"] = _parts(child(folder, "rejects"), _jsonl, ".jsonl") or _jsonl(child(folder, "rejects.jsonl"))
         run["scores"] = (_parts(child(folder, "scores"), scores, ".parquet")
                          or scores(child(folder, "scores.parquet")) or [])
+    # part files since the read pass runs in the cluster, one file before
+    run["rejects"] = _parts(child(folder, "rejects"), _jsonl, ".jsonl") or _jsonl(child(folder, "rejects.jsonl"))
     if run["kind"] == "selection":
         run["scores"] = _parquet(child(folder, "scores.parquet")) or []
     run["validation"] = _json(child(folder, "validation.json"))

@@ -7,7 +7,7 @@ strategy's requests never reach the scoring actors (nor, in ``sapray run``, its 
 ``fixed`` every planned round is scored in one pass.
 
 Row accounting: every candidate row read or generated ends up in exactly one of scored, rejected
-(with a reason in rejects.jsonl) or not_sampled (its question was not sampled, or its strategy was
+(with a reason in rejects/) or not_sampled (its question was not sampled, or its strategy was
 eliminated first), and the job checks that the counts add up.
 """
 

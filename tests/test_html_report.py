@@ -30,7 +30,7 @@ from sapray.validate import rows_from_records, validate
 
 RACE_SELECTION = Path(__file__).parent / "data" / "report" / "race_selection.json"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
-RUN_FILES = ("selection.json", "scores.parquet", "rejects.jsonl", "exemplars.jsonl", "run.json")
+RUN_FILES = ("selection.json", "scores.parquet", "rejects/part-scoring.jsonl", "exemplars.jsonl", "run.json")
 
 
 def _env() -> dict[str, str]:
@@ -53,7 +53,7 @@ def real_run(tmp_path_factory) -> Path:
 
 
 def _copy_without_report(run: Path, target: Path) -> Path:
-    target.mkdir()
+    (target / "rejects").mkdir(parents=True)
     for name in RUN_FILES:
         shutil.copy(run / name, target / name)
     return target
