@@ -84,16 +84,20 @@ def question_row(index: int, source: str, row: dict | str, columns: Columns) -> 
             "reject_stage": "questions" if problem else ""}
 
 
-def _read_questions(questions: str | Sequence[dict], columns: Columns, ray_cfg: RayConfig,
+def _read_questions(questions: str | Sequence[dict] | tuple, columns: Columns, ray_cfg: RayConfig,
                     input_rejects: Sequence[Reject]):
-    """(question rows, rows read): a file is read by workers; rows a caller holds (the questions of
-    candidate files, tests) become a dataset, and the rows it could not read come along as rejects."""
+    """(question rows, rows read): a file is read by workers; a dataset of questions (those of candidate
+    files) is taken as it is; rows a caller holds (tests) become a dataset, and the rows it could not
+    read come along as rejects."""
     import ray
 
     if isinstance(questions, str):
         check_columns(questions, [[columns.question_id, columns.question]])
         return stages.read_dataset([questions], partial(question_row, columns=columns), QUESTION_SCHEMA,
                                    max(1, int(ray_cfg.shard_mb * 2**20)))
+    if isinstance(questions, tuple):  # (dataset, rows) of select_read.candidate_file_questions
+        ds, rows = questions
+        return ds.map_batches(lambda batch: batch.select(QUESTION_SCHEMA.names), batch_format="pyarrow"), rows
     rows = [{"order": i, "source": q.get("source", ""), "question_id": q["question_id"], "question": q["question"],
              "gold": q.get("gold"), "reject": "", "reject_stage": ""} for i, q in enumerate(questions)]
     rows += [{"order": len(rows) + i, "source": r.source, "question_id": r.question_id, "question": "",
@@ -375,14 +379,19 @@ def entry_totals(batch: pa.Table, run: str) -> dict:
     totals = {}
     for scope, table in (("all", batch), ("run", batch.filter(mine))):
         for name in ("rows", "rejected", "truncated", "prompt_tokens", "completion_tokens"):
-            totals[f"{scope}.{name}"] = [int(pc.sum(table.column(name)).as_py() or 0)]
+            totals[f"{scope}.{name}"] = [int(pc.sum(table.column(name)).as_py() or 0)]  # None: no rows
         money = table.column("money")
         totals[f"{scope}.money"] = [pc.sum(money).as_py() if money.null_count < len(money) else None]
         totals[f"{scope}.questions"] = [table.num_rows]
     return totals
 
 
-def _sum(parts: list[dict], key: str) -> float | int | None:
+def _sum(parts: list[dict], key: str) -> int:
+    return sum(p[key] for p in parts)
+
+
+def _money(parts: list[dict], key: str) -> float | None:
+    """Money summed where teachers have prices; None when none has."""
     values = [p[key] for p in parts if p[key] is not None]
     return sum(values) if values else None
 
@@ -434,16 +443,16 @@ def write_training_set(output: str, strategy: StrategyConfig, entries, rejected_
     parts = ordered.map_batches(partial(entry_totals, run=run), batch_format="pyarrow", batch_size=None).take_all()
     metadata = {
         **_provenance(strategy),
-        "questions": questions, "questions_done": _sum(parts, "all.questions") or 0,
-        "question_rows_rejected": by_stage.get("questions", 0), "rows": _sum(parts, "all.rows") or 0,
-        "rejected": sum(by_stage.values()) + (_sum(parts, "all.rejected") or 0),
-        "rows_truncated": _sum(parts, "all.truncated") or 0,
-        "cost_this_run": {"prompt_tokens": _sum(parts, "run.prompt_tokens") or 0,
-                          "completion_tokens": _sum(parts, "run.completion_tokens") or 0, "wall_s": wall_s,
-                          "requests": _sum(parts, "run.questions") or 0, "money": _sum(parts, "run.money")},
-        "cost_total": {"prompt_tokens": _sum(parts, "all.prompt_tokens") or 0,
-                       "completion_tokens": _sum(parts, "all.completion_tokens") or 0,
-                       "money": _sum(parts, "all.money")},
+        "questions": questions, "questions_done": _sum(parts, "all.questions"),
+        "question_rows_rejected": by_stage.get("questions", 0), "rows": _sum(parts, "all.rows"),
+        "rejected": sum(by_stage.values()) + _sum(parts, "all.rejected"),
+        "rows_truncated": _sum(parts, "all.truncated"),
+        "cost_this_run": {"prompt_tokens": _sum(parts, "run.prompt_tokens"),
+                          "completion_tokens": _sum(parts, "run.completion_tokens"), "wall_s": wall_s,
+                          "requests": _sum(parts, "run.questions"), "money": _money(parts, "run.money")},
+        "cost_total": {"prompt_tokens": _sum(parts, "all.prompt_tokens"),
+                       "completion_tokens": _sum(parts, "all.completion_tokens"),
+                       "money": _money(parts, "all.money")},
     }
     _write_text(child(output, "metadata.json"), json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     return metadata
@@ -451,13 +460,13 @@ def write_training_set(output: str, strategy: StrategyConfig, entries, rejected_
 
 # -- the job ----------------------------------------------------------------------------------------
 
-def run_full_generation(strategy: StrategyConfig, questions: str | Sequence[dict], ray_cfg: RayConfig,
+def run_full_generation(strategy: StrategyConfig, questions: str | Sequence[dict] | tuple, ray_cfg: RayConfig,
                         gen: GenerateConfig, input_rejects: Sequence[Reject] = (),
                         columns: Columns | None = None) -> dict:
     """Generate for every question not yet done, shards written by the workers; then merge the
-    training set. ``questions``: a questions file (read in the cluster), or the rows a caller holds
-    with ``input_rejects``, the rows it could not read (they go to the rejects, so rows reconcile:
-    rows read = questions + rejects of the questions stage)."""
+    training set. ``questions``: a questions file (read in the cluster), a (dataset, rows) of questions,
+    or the rows a caller holds with ``input_rejects``, the rows it could not read (they go to the
+    rejects, so rows reconcile: rows read = questions + rejects of the questions stage)."""
     init_ray(ray_cfg)
     started = time.monotonic()
     run = uuid.uuid4().hex[:8]

@@ -489,23 +489,6 @@ def candidate_record(row: dict, columns: Columns, strategy: str | None) -> dict 
     return {"question_id": qid, "question": question, "response": response, "strategy": strategy}
 
 
-def _read_candidate_files(uris: dict[str | None, str], columns: Columns) -> tuple[list[dict], list[Reject], int]:
-    """Every candidate row of every file, not yet joined to the questions."""
-    records, rejects, rows_in = [], [], 0
-    for strategy, uri in uris.items():
-        long_table = [columns.strategy] if strategy is None else []
-        for source, row in checked_records(uri, [columns.response, *long_table], [columns.messages, *long_table]):
-            rows_in += 1
-            record = row if isinstance(row, str) else candidate_record(row, columns, strategy)
-            if isinstance(record, str):
-                qid = number_as_text(row.get(columns.question_id)) if isinstance(row, dict) else None
-                rejects.append(Reject(source, record, "candidates", question_id=qid if isinstance(qid, str) else None,
-                                      strategy=strategy))
-            else:
-                records.append({**record, "source": source, "reward": number_or_none(row.get(columns.reward))})
-    return records, rejects, rows_in
-
-
 def text_index(questions: dict[str, dict]) -> dict[str, list[str]]:
     """Question text (outer spaces aside) -> the ids of the questions with that text."""
     index: dict[str, list[str]] = {}
@@ -517,24 +500,6 @@ def text_index(questions: dict[str, dict]) -> dict[str, list[str]]:
 def derived_question_id(text: str) -> str:
     """A stable id for a question known only by its text."""
     return "q-" + hashlib.sha256(text.strip().encode()).hexdigest()[:12]
-
-
-def questions_from_candidates(records: list[dict]) -> dict[str, dict]:
-    """The questions table of candidate files that carry their questions: ids where rows give them
-    (the first text seen for an id), else ``derived_question_id`` of texts no given id has."""
-    questions: dict[str, dict] = {}
-    for r in records:
-        if r["question_id"] is not None and r["question"] and r["question_id"] not in questions:
-            questions[r["question_id"]] = {"question_id": r["question_id"], "question": r["question"],
-                                           "gold": None, "source": r["source"]}
-    known = text_index(questions)
-    for r in records:
-        text = (r["question"] or "").strip()
-        if r["question_id"] is None and text not in known:
-            qid = derived_question_id(text)
-            questions.setdefault(qid, {"question_id": qid, "question": r["question"], "gold": None,
-                                       "source": r["source"]})
-    return questions
 
 
 def joined_question(record: dict, questions: dict[str, dict], by_text: dict[str, list[str]]
@@ -550,55 +515,3 @@ def joined_question(record: dict, questions: dict[str, dict], by_text: dict[str,
     if matches:
         return None, f"ambiguous: the question text matches {len(matches)} questions {matches[:5]}"
     return None, "unmatched: no question has this exact text"
-
-
-def _join(records: list[dict], questions: dict[str, dict], rejects: list[Reject]) -> list[dict]:
-    """Candidates joined to questions by question_id when the row has one, else by exact question text
-    (outer spaces aside); unmatched, ambiguous and duplicate rows become rejects."""
-    rows, seen, by_text = [], {}, text_index(questions)
-    for r in records:
-        name, joined_by = r["strategy"], "question_id" if r["question_id"] is not None else "text"
-        qid, problem = joined_question(r, questions, by_text)
-        if problem is None and (qid, name) in seen:
-            problem = f"duplicate (question_id, strategy) ({qid!r}, {name!r}); first at {seen[(qid, name)]}"
-        if problem:
-            rejects.append(Reject(r["source"], problem, "candidates", question_id=qid, strategy=name))
-            continue
-        seen[(qid, name)] = r["source"]
-        rows.append({"question_id": qid, "strategy": name, "response": r["response"], "source": r["source"],
-                     "reward": r["reward"], "joined_by": joined_by})
-    return rows
-
-
-def read_candidates(
-    uris: dict[str | None, str], columns: Columns, questions: dict[str, dict]
-) -> tuple[list[dict], list[Reject], int]:
-    """Candidates from one long table (key None) or one file per strategy, joined to ``questions``;
-    returns (rows, rejects, rows_in)."""
-    records, rejects, rows_in = _read_candidate_files(uris, columns)
-    rows = _join(records, questions, rejects)
-    if not rows:
-        raise nothing_usable("candidate rows", uris.values(), rejects)
-    return rows, rejects, rows_in
-
-
-def read_inputs(questions_uri: str | None, uris: dict[str | None, str], columns: Columns
-                ) -> tuple[dict[str, dict], list[dict], list[Reject], int]:
-    """(questions, candidates, rejects, candidate rows in): the questions from their own table, or,
-    without one, from the candidate files' question texts."""
-    if questions_uri is not None:
-        questions, rejects = read_questions(questions_uri, columns, need_gold=False)
-        if not uris:
-            return questions, [], rejects, 0
-        candidates, candidate_rejects, rows_in = read_candidates(uris, columns, questions)
-        return questions, candidates, [*rejects, *candidate_rejects], rows_in
-    records, rejects, rows_in = _read_candidate_files(uris, columns)
-    questions = questions_from_candidates(records)
-    if records and not questions:
-        raise InputError(f"{', '.join(uris.values())}: no question texts to take the questions from (give "
-                         "data.questions, --questions, or candidate files in chat 'messages' form or with a "
-                         f"{columns.question!r} column)")
-    rows = _join(records, questions, rejects)
-    if not rows:
-        raise nothing_usable("candidate rows", uris.values(), rejects)
-    return questions, rows, rejects, rows_in

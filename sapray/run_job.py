@@ -15,9 +15,10 @@ from sapray.generate import Cost, generate
 from sapray.generate_job import run_full_generation
 from sapray.html_report import write_report
 from sapray.raydata import init_ray
-from sapray.read import Reject, child, filesystem, read_inputs, read_text
+from sapray.read import Reject, child, filesystem, read_text
 from sapray.report import write_outputs
 from sapray.select import TeacherRounds, run_select
+from sapray.select_read import candidate_file_questions
 
 
 def _write_jsonl(uri: str, rows: list[dict]) -> None:
@@ -95,8 +96,8 @@ def run_generate(cfg: SelectConfig, name: str) -> dict:
     strategy = strategy_for(cfg, name)
     if cfg.data.questions:  # read by the workers
         return run_full_generation(strategy, cfg.data.questions, cfg.ray, cfg.generate, columns=cfg.data.columns)
-    questions, _, _, _ = read_inputs(None, cfg.data.candidate_sources(), cfg.data.columns)  # those candidates hold
-    return run_full_generation(strategy, list(questions.values()), cfg.ray, cfg.generate)
+    # the questions the candidate files hold, found in the cluster as select finds them
+    return run_full_generation(strategy, candidate_file_questions(cfg.data, cfg.ray), cfg.ray, cfg.generate)
 
 
 def _read_json(uri: str, jsonl: bool = False) -> Any:

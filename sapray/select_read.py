@@ -2,7 +2,8 @@
 and joined by workers; the driver receives what it decides with, never the whole table.
 
     questions   ``data.questions`` read by workers (a later row with an id is a duplicate), or taken
-                from the candidate files' own question texts (``read.questions_from_candidates``' rule)
+                from the candidate files' own texts: an id's first text, and for a text no id has, an id
+                made from it (``read.derived_question_id``)
     candidates  every row of every candidate file (``read.candidate_record``); a reject keeps its place
     join        rows without a question_id take the id of the one question with their exact text (hash
                 buckets by text), then every row meets its question (hash buckets by id): unknown ids,
@@ -36,6 +37,7 @@ from sapray.read import (
     candidate_record,
     derived_question_id,
     duplicate_id,
+    joined_question,
     nothing_usable,
     number_as_text,
     number_or_none,
@@ -161,8 +163,9 @@ def _id_join(rows: list[dict]) -> list[dict]:
         if r["kind"] != "candidate":
             continue
         key = (r["question_id"], r["strategy"])
-        if r["question_id"] not in questions:
-            r["reject"], r["reject_stage"] = f"unknown question_id {r['question_id']!r}", "candidates"
+        _, problem = joined_question(r, questions, {})
+        if problem:
+            r["reject"], r["reject_stage"] = problem, "candidates"
         elif key in seen:
             r["reject"], r["reject_stage"] = (f"duplicate (question_id, strategy) {key!r}; first at {seen[key]}",
                                               "candidates")
@@ -314,7 +317,8 @@ def _questions_file(uri: str, columns: Columns, shard_bytes: int):
 
 
 def _questions_of_candidates(with_id, without_id, uris: dict[str | None, str], columns: Columns, buckets: int):
-    """The questions of candidate files that carry their texts (``read.questions_from_candidates``' rule)."""
+    """The questions of candidate files that carry their texts: each id's first text; a text no id has
+    gets an id made from it."""
     questions = _by_bucket([with_id], stages.by_id, buckets, _given_questions)
     if without_id.count():
         questions = questions.union(_by_bucket([questions, without_id], stages.by_text, buckets, _derived_questions))
@@ -325,6 +329,26 @@ def _questions_of_candidates(with_id, without_id, uris: dict[str | None, str], c
     return questions.materialize()
 
 
+def _usable_candidates(data: DataConfig, shard_bytes: int):
+    """(usable candidate rows with an id, those without, rejected rows, rows read)."""
+    uris = data.candidate_sources()
+    candidates, rows_in = _read_candidates(uris, data.columns, shard_bytes)
+    good, bad = stages.split_rejected(candidates)
+    if not good.count():
+        raise nothing_usable("candidate rows", uris.values(), _first_rejects(bad), bad.count())
+    return (good.map_batches(_has_id, batch_format="pyarrow").materialize(),
+            good.map_batches(_lacks_id, batch_format="pyarrow").materialize(), bad, rows_in)
+
+
+def candidate_file_questions(data: DataConfig, ray_cfg: RayConfig):
+    """(the questions of candidate files that carry their texts, as a dataset; how many): what
+    ``sapray generate`` answers when there is no ``data.questions``."""
+    with_id, without_id, _, rows_in = _usable_candidates(data, max(1, int(ray_cfg.shard_mb * 2**20)))
+    questions = _questions_of_candidates(with_id, without_id, data.candidate_sources(), data.columns,
+                                         stages.buckets_for(rows_in))
+    return questions, questions.count()
+
+
 def _joined(data: DataConfig, shard_bytes: int):
     """(questions and candidate rows, joined, rejected ones included; question rejects; candidate rows read)."""
     uris, columns = data.candidate_sources(), data.columns
@@ -332,13 +356,8 @@ def _joined(data: DataConfig, shard_bytes: int):
                                    else (None, None))
     if not uris:
         return questions, question_rejects, 0
-    candidates, rows_in = _read_candidates(uris, columns, shard_bytes)
-    good, bad = stages.split_rejected(candidates)
-    if not good.count():
-        raise nothing_usable("candidate rows", uris.values(), _first_rejects(bad), bad.count())
+    with_id, without_id, bad, rows_in = _usable_candidates(data, shard_bytes)
     buckets = stages.buckets_for(rows_in)
-    with_id = good.map_batches(_has_id, batch_format="pyarrow").materialize()
-    without_id = good.map_batches(_lacks_id, batch_format="pyarrow").materialize()
     if questions is None:
         questions = _questions_of_candidates(with_id, without_id, uris, columns, buckets)
     if without_id.count():

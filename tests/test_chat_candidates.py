@@ -7,10 +7,12 @@ from pathlib import Path
 
 import pytest
 from conftest import load_candidates, load_questions
+from test_select import ray_local  # noqa: F401  (fixture)
 
-from sapray.config import Columns, StrategyConfig, TeacherConfig
+from sapray.config import DataConfig, RayConfig, StrategyConfig, TeacherConfig
 from sapray.generate import _file_answers
-from sapray.read import chat_pair, derived_question_id, read_inputs
+from sapray.read import chat_pair, derived_question_id
+from sapray.select_read import read_selection_inputs
 
 
 def chat(question: str, response: str, system: str | None = "You are helpful.") -> list[dict]:
@@ -62,29 +64,40 @@ def chat_files(tmp_path):
     return qfile, files, cands
 
 
-def test_joined_by_id_and_by_text_with_unmatched_and_ambiguous_rejected(chat_files):
+def read_pass(data: DataConfig) -> tuple:
+    """select's read pass in the cluster, and every question's rows and every reject brought back."""
+    inputs = read_selection_inputs(data, RayConfig(), [])
+    questions, rows = inputs.fetch(set(inputs.question_ids))
+    return inputs, questions, rows, inputs.rejects.take_all()
+
+
+def test_joined_by_id_and_by_text_with_unmatched_and_ambiguous_rejected(ray_local, chat_files):  # noqa: F811
     qfile, files, cands = chat_files
-    questions, rows, rejects, rows_in = read_inputs(qfile, files, Columns())
-    assert rows_in == 41 == len(rows) + len(rejects)
+    inputs, _, rows, rejects = read_pass(DataConfig(questions=qfile, candidates_by_strategy=files))
+    assert inputs.rows_in == 41 == len(rows) + len(rejects)
     by_key = {(r["question_id"], r["strategy"]): r for r in rows}
     for c in cands:
         if c["strategy"] in files and c["question_id"] != "test-0001":
             assert by_key[(c["question_id"], c["strategy"])]["response"] == c["response"]
-    assert sum(r["joined_by"] == "question_id" for r in rows) == 20
-    assert sum(r["joined_by"] == "text" for r in rows) == 19
-    reasons = sorted(r.reason for r in rejects)
+    assert (inputs.joined["by_question_id"], inputs.joined["by_text"]) == (20, 19)
+    unjoined = [r for r in rejects if r["stage"] == "candidates"]
+    reasons = sorted(r["reason"] for r in unjoined)
     assert reasons[0].startswith("ambiguous: the question text matches 2 questions ['test-0001', 'twin-of-0001']")
     assert reasons[1] == "unmatched: no question has this exact text"
-    assert {r.source.rsplit(":", 1)[0] for r in rejects} == {files["socratic"]}
+    assert {r["source"].rsplit(":", 1)[0] for r in unjoined} == {files["socratic"]}
+    # test-0001 lost its socratic row (ambiguous), so its human row cannot be paired
+    assert [(r["stage"], r["question_id"], r["strategy"]) for r in rejects if r["stage"] != "candidates"] == [
+        ("sample", "test-0001", "human")]
 
 
-def test_questions_derived_from_the_files_take_given_ids(chat_files):
+def test_questions_derived_from_the_files_take_given_ids(ray_local, chat_files):  # noqa: F811
     _, files, cands = chat_files
-    questions, rows, rejects, rows_in = read_inputs(None, files, Columns())
+    inputs, questions, rows, rejects = read_pass(DataConfig(candidates_by_strategy=files))
     # human's rows name the ids; socratic's text-only rows join them; the stray question gets a derived id
     stray = derived_question_id("A question nobody asked?")
-    assert sorted(questions) == sorted({c["question_id"] for c in cands} | {stray})
-    assert rows_in == 41 == len(rows) and not rejects
+    assert sorted(questions) == sorted(inputs.question_ids) == sorted({c["question_id"] for c in cands} | {stray})
+    assert inputs.rows_in == 41 == len(rows) + 1
+    assert [(r["stage"], r["question_id"]) for r in rejects] == [("sample", stray)]  # only socratic answers it
     assert all(q["gold"] is None for q in questions.values())
 
 

@@ -31,10 +31,12 @@ from test_select import ray_local  # noqa: F401  (fixture)
 
 from sapray.config import Columns, load_config
 from sapray.filter_job import load_filter_config, read_samples, run_filter
-from sapray.read import MAX_ROW_BYTES, MAX_TEXT_CHARS, InputError, Reject, read_candidates, read_questions
+from sapray.read import MAX_ROW_BYTES, MAX_TEXT_CHARS, InputError, Reject, iter_records, read_questions
 from sapray.report import write_outputs
 from sapray.run_job import run_generate
 from sapray.select import run_select
+from sapray.select_read import candidate_row
+from sapray.shards import check_columns
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "datasets")
 MISSING = object()  # a fault: the column left out of the row
@@ -172,6 +174,15 @@ def upload(local: Path, name: str) -> str:
 
 # -- every reader, every format, local and on S3 -------------------------------------------------
 
+def read_candidate_file(uri: str) -> tuple[list[dict], list[Reject]]:
+    """A long candidate table's rows as select's read pass makes them (its column check, then
+    ``select_read.candidate_row`` per record), here in one process: the usable rows and the rejects."""
+    check_columns(uri, [["response", "strategy"], ["messages", "strategy"]])
+    rows = [candidate_row(i, source, row, Columns(), None, 0) for i, (source, row) in enumerate(iter_records(uri))]
+    return ([r for r in rows if not r["reject"]],
+            [Reject(r["source"], r["reject"], r["reject_stage"]) for r in rows if r["reject"]])
+
+
 @pytest.mark.parametrize("where", ["local", "s3"])
 @pytest.mark.parametrize("fmt", FORMATS)
 def test_every_reader_keeps_every_good_row_and_rejects_each_bad_one(fmt, where, tmp_path, request):
@@ -193,11 +204,10 @@ def test_every_reader_keeps_every_good_row_and_rejects_each_bad_one(fmt, where, 
     assert [{k: v for k, v in q.items() if k != "source"} for q in questions.values()] == QUESTIONS
     assert_rejects(rejects, uris["questions"], files["questions"][1])
 
-    rows, rejects, rows_in = read_candidates({None: uris["candidates"]}, Columns(), questions)
+    rows, rejects = read_candidate_file(uris["candidates"])
     assert [(r["question_id"], r["strategy"], r["response"]) for r in rows] == [
         (r["question_id"], "human", r["response"]) for r in candidate_rows("human")]
     assert_rejects(rejects, uris["candidates"], files["candidates"][1])
-    assert rows_in == len(rows) + len(rejects)
 
     samples, rejects = read_samples(uris["samples"], Columns())
     assert [s["response"] for s in samples] == [r["response"] for r in candidate_rows("human")]
@@ -226,7 +236,7 @@ def test_a_file_that_cannot_be_read_at_all_is_one_error_naming_it(tmp_path):
     broken = tmp_path / "candidates.parquet"
     broken.write_bytes(b"PAR1" + b"\x00" * 100)  # a Parquet file cut short by a crash
     with pytest.raises(InputError, match=r"candidates\.parquet: cannot be read: .*Parquet"):
-        read_candidates({None: str(broken)}, Columns(), {})
+        read_candidate_file(str(broken))
     arrow = tmp_path / "ds"
     arrow.mkdir()
     (arrow / "data-00000-of-00001.arrow").write_bytes(b"not arrow at all")
@@ -244,11 +254,11 @@ def test_a_required_column_missing_from_every_row_is_an_error_but_from_some_rows
     rows = [{"question_id": "test-0000", "strategy": "human", "text": "wrong column name"}] * 3
     path.write_text(jsonl(rows))
     with pytest.raises(InputError, match=r"c\.jsonl: missing required column\(s\) \['response'\]"):
-        read_candidates({None: str(path)}, Columns(), {"test-0000": {"question": "q"}})
+        read_candidate_file(str(path))
     # The first row lacks it, the next has it: a bad row, not a wrong column name.
     path.write_text(jsonl([rows[0], {**rows[0], "response": "fine"}]))
-    good, rejects, rows_in = read_candidates({None: str(path)}, Columns(), {"test-0000": {"question": "q"}})
-    assert len(good) == 1 and rejects[0].reason == "no column 'response'" and rows_in == 2
+    good, rejects = read_candidate_file(str(path))
+    assert len(good) == 1 and [r.reason for r in rejects] == ["no column 'response'"]
 
 
 # -- the jobs ---------------------------------------------------------------------------------------
