@@ -149,7 +149,8 @@ def _derived_questions(rows: list[dict]) -> list[dict]:
 def _text_join(rows: list[dict]) -> list[dict]:
     """One text bucket: each id-less candidate takes the id of the one question with its text."""
     questions = [r for r in rows if r["kind"] == "question"]
-    return joined_by_text([r for r in rows if r["kind"] == "candidate"], questions)
+    joined = joined_by_text([r for r in rows if r["kind"] == "candidate"], questions)
+    return [{**r, "reject_stage": "candidates"} if r["reject"] else r for r in joined]
 
 
 def _id_join(rows: list[dict]) -> list[dict]:
@@ -160,7 +161,7 @@ def _id_join(rows: list[dict]) -> list[dict]:
     seen: dict[tuple[str, str], str] = {}
     have: dict[str, list[str]] = {qid: [] for qid in questions}
     for r in rows:
-        if r["kind"] != "candidate":
+        if r["kind"] != "candidate" or r["reject"]:  # not joined by text: rejected already, with the reason
             continue
         key = (r["question_id"], r["strategy"])
         _, problem = joined_question(r, questions, {})
@@ -217,7 +218,7 @@ def _summary(batch: pa.Table) -> dict:
             for name in r["have"] or []:
                 coverage[name] = coverage.get(name, 0) + 1
             continue
-        out[f"stage.{r['reject_stage']}"] += 1
+        out[f"stage.{r['reject_stage'] if r['reject'] else ''}"] += 1
         if not r["reject"]:
             out["by_question_id" if r["joined_by"] == "question_id" else "by_text"] += 1
         for why in ("unmatched", "ambiguous"):
