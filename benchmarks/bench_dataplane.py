@@ -107,18 +107,24 @@ def samples_file(workdir: Path, n: int) -> str:
     return str(path)
 
 
-def generate_files(workdir: Path, n: int) -> tuple[str, str]:
-    """n questions and a file teacher's response to each, the same for a given n."""
-    questions, responses = workdir / f"questions-{n}.jsonl", workdir / f"responses-{n}.jsonl"
+def question_files(workdir: Path, name: str, n: int, strategies: tuple[str, ...]) -> tuple[str, str]:
+    """n questions and a long table of each strategy's response to each, the same for a given n."""
+    questions, responses = workdir / f"{name}-questions-{n}.jsonl", workdir / f"{name}-responses-{n}.jsonl"
     if not responses.exists():
         rng = random.Random(n)
         with open(questions, "w") as q, open(responses, "w") as r:
             for i in range(n):
                 q.write(json.dumps({"question_id": f"q{i}", "question": " ".join(rng.choices(WORDS, k=12)) + "?"})
                         + "\n")
-                r.write(json.dumps({"question_id": f"q{i}", "strategy": "teacher",
-                                    "response": " ".join(rng.choices(WORDS, k=8)) + "."}) + "\n")
+                for strategy in strategies:
+                    r.write(json.dumps({"question_id": f"q{i}", "strategy": strategy,
+                                        "response": " ".join(rng.choices(WORDS, k=8)) + "."}) + "\n")
     return str(questions), str(responses)
+
+
+def generate_files(workdir: Path, n: int) -> tuple[str, str]:
+    """n questions and a file teacher's response to each."""
+    return question_files(workdir, "generate", n, ("teacher",))
 
 
 STRATEGIES = ("human", "socratic", "gpt4o", "claude", "rewrite", "steps")
@@ -126,22 +132,12 @@ STRATEGIES = ("human", "socratic", "gpt4o", "claude", "rewrite", "steps")
 
 def select_files(workdir: Path, rows: int) -> tuple[str, str, str]:
     """A questions file, a long candidate table of ``rows`` rows (every question answered by each of the
-    six strategies) and four exemplars, the same for a given size."""
-    n = rows // len(STRATEGIES)
-    questions, candidates, exemplars = (workdir / f"select-{name}-{rows}.jsonl"
-                                        for name in ("questions", "candidates", "exemplars"))
-    if not candidates.exists():
-        rng = random.Random(rows)
-        with open(questions, "w") as q, open(candidates, "w") as c:
-            for i in range(n):
-                q.write(json.dumps({"question_id": f"q{i}", "question": " ".join(rng.choices(WORDS, k=12)) + "?"})
-                        + "\n")
-                for strategy in STRATEGIES:
-                    c.write(json.dumps({"question_id": f"q{i}", "strategy": strategy,
-                                        "response": " ".join(rng.choices(WORDS, k=8)) + "."}) + "\n")
-        exemplars.write_text("".join(json.dumps({"exemplar_id": f"ex-{i}", "text": f"So it is {i}.\nA: {i}"}) + "\n"
-                                     for i in range(4)))
-    return str(questions), str(candidates), str(exemplars)
+    six strategies) and four exemplars."""
+    questions, candidates = question_files(workdir, "select", rows // len(STRATEGIES), STRATEGIES)
+    exemplars = workdir / "select-exemplars.jsonl"
+    exemplars.write_text("".join(json.dumps({"exemplar_id": f"ex-{i}", "text": f"So it is {i}.\nA: {i}"}) + "\n"
+                                 for i in range(4)))
+    return questions, candidates, str(exemplars)
 
 
 def select_config(model: str, files: tuple[str, str, str], actors: int, output: Path, batch_size: int) -> dict:
