@@ -71,7 +71,6 @@ TRAIN_SCHEMA = pa.schema([
     ("question_id", pa.string()), ("strategy", pa.string()), ("response", pa.string()),
     ("sample_index", pa.int64()), ("finish_reason", pa.string()), ("teacher", pa.string()),
     ("sampling", pa.string()), ("prompt_hash", pa.string())])
-REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in ("source", "reason", "stage", "question_id", "strategy")])
 
 
 # -- questions --------------------------------------------------------------------------------------
@@ -235,8 +234,7 @@ def _to_do(strategy: StrategyConfig, questions, done, ray_cfg: RayConfig, rows: 
     if path:
         answers = _file_teacher_answers(strategy, questions, ray_cfg, buckets)
         parts.append(answers.map_batches(_as_join_rows("answer", stages.by_id, buckets), batch_format="pyarrow"))
-    union = parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-    return union.groupby("bucket").map_groups(_id_join(path), batch_format="pyarrow").sort("order")
+    return stages.union_all(parts).groupby("bucket").map_groups(_id_join(path), batch_format="pyarrow").sort("order")
 
 
 # -- the teacher and the outcome --------------------------------------------------------------------
@@ -403,7 +401,7 @@ def _train_rows(batch: pa.Table) -> pa.Table:
 
 def _entry_rejects(batch: pa.Table) -> pa.Table:
     rejects = [r for text in batch.column("rejects_json").to_pylist() for r in json.loads(text)]
-    return pa.Table.from_pylist(rejects, schema=REJECT_SCHEMA)
+    return pa.Table.from_pylist(rejects, schema=stages.REJECT_SCHEMA)
 
 
 def _question_rejects(strategy: str):
@@ -411,7 +409,7 @@ def _question_rejects(strategy: str):
         stage = batch.column("reject_stage")
         named = pc.if_else(pc.equal(stage, "generate"), strategy, pa.scalar(None, pa.string()))
         return pa.table({"source": batch.column("source"), "reason": batch.column("reject"), "stage": stage,
-                         "question_id": batch.column("question_id"), "strategy": named}, schema=REJECT_SCHEMA)
+                         "question_id": batch.column("question_id"), "strategy": named}, schema=stages.REJECT_SCHEMA)
     return fn
 
 

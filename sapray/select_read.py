@@ -52,7 +52,6 @@ ROW_SCHEMA = pa.schema([
     ("question", pa.string()), ("gold", pa.string()), ("response", pa.string()), ("strategy", pa.string()),
     ("reward", pa.float64()), ("joined_by", pa.string()), ("reject", pa.string()), ("reject_stage", pa.string()),
     ("have", pa.list_(pa.string())), ("complete", pa.bool_())])
-REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in ("source", "reason", "stage", "question_id", "strategy")])
 FILE_BITS = 40  # a candidate's order: file number << FILE_BITS | its record number, so files follow each other
 
 
@@ -80,10 +79,6 @@ def candidate_row(index: int, source: str, row: dict | str, columns: Columns, st
 
 # -- reading ---------------------------------------------------------------------------------------
 
-def _union(parts: list):
-    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
-
-
 def _read_candidates(uris: dict[str | None, str], columns: Columns, shard_bytes: int):
     """(every candidate row as a dataset, rows read); a file missing the columns fails here, naming it."""
     parts, rows_in = [], 0
@@ -94,7 +89,7 @@ def _read_candidates(uris: dict[str | None, str], columns: Columns, shard_bytes:
                                                    file_number=number), ROW_SCHEMA, shard_bytes)
         parts.append(ds)
         rows_in += n
-    return _union(parts), rows_in
+    return stages.union_all(parts), rows_in
 
 
 def _keyed(key: Callable[[pa.Table], list], buckets: int):
@@ -108,7 +103,7 @@ def _by_bucket(parts: list, key: Callable[[pa.Table], list], buckets: int, fn: C
     def group(table: pa.Table) -> pa.Table:
         rows = sorted(table.drop_columns(["bucket"]).to_pylist(), key=lambda r: (r["kind"] != "question", r["order"]))
         return pa.Table.from_pylist(fn(rows), schema=ROW_SCHEMA)
-    keyed = _union([p.map_batches(_keyed(key, buckets), batch_format="pyarrow") for p in parts])
+    keyed = stages.union_all([p.map_batches(_keyed(key, buckets), batch_format="pyarrow") for p in parts])
     return keyed.groupby("bucket").map_groups(group, batch_format="pyarrow").materialize()
 
 
@@ -241,15 +236,7 @@ def _totals(ds) -> dict:
 def _as_rejects(batch: pa.Table) -> pa.Table:
     return pa.table({"source": batch.column("source"), "reason": batch.column("reject"),
                      "stage": batch.column("reject_stage"), "question_id": batch.column("question_id"),
-                     "strategy": batch.column("strategy")}, schema=REJECT_SCHEMA)
-
-
-def _rejected(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.not_equal(batch.column("reject"), ""))
-
-
-def _usable(batch: pa.Table) -> pa.Table:
-    return batch.filter(pc.equal(batch.column("reject"), ""))
+                     "strategy": batch.column("strategy")}, schema=stages.REJECT_SCHEMA)
 
 
 def _with_ids(ids: set[str]):
@@ -276,7 +263,7 @@ def _lacks_id(batch: pa.Table) -> pa.Table:
 
 def _first_rejects(ds) -> list:
     return [Reject(r["source"], r["reject"], r["reject_stage"]) for r in
-            ds.map_batches(_rejected, batch_format="pyarrow").take(1)]
+            ds.map_batches(stages.rejected_rows, batch_format="pyarrow").take(1)]
 
 
 # -- the pass --------------------------------------------------------------------------------------
@@ -293,7 +280,7 @@ class SelectionInputs:
     question_rows_rejected: int
     usable: int  # usable candidate rows (all of complete questions)
     joined: dict
-    rejects: Any  # a dataset of REJECT_SCHEMA rows, for the workers to write
+    rejects: Any  # a dataset of stages.REJECT_SCHEMA rows, for the workers to write
     decided: Any  # every question and every usable candidate, materialized
 
     def fetch(self, ids: set[str]) -> tuple[dict[str, dict], list[dict]]:
@@ -382,11 +369,11 @@ def read_selection_inputs(data: DataConfig, ray_cfg: RayConfig, generated: list[
     data_strategies = [s for s in chosen.chosen if s not in generated]
     decided = joined_rows.map_batches(_decide(chosen, data_strategies), batch_format="pyarrow").materialize()
     after = _totals(decided)
-    rejects = decided.map_batches(_rejected, batch_format="pyarrow")
+    usable, rejects = stages.split_rejected(decided)
     if question_rejects is not None:
         rejects = question_rejects.union(rejects)
     ids, complete = [], []
-    for part in decided.map_batches(_question_ids, batch_format="pyarrow", batch_size=None).take_all():
+    for part in usable.map_batches(_question_ids, batch_format="pyarrow", batch_size=None).take_all():
         ids += part["ids"]
         complete += [q for q, ok in zip(part["ids"], part["complete"], strict=True) if ok]
     return SelectionInputs(
@@ -397,4 +384,4 @@ def read_selection_inputs(data: DataConfig, ray_cfg: RayConfig, generated: list[
         joined={"questions": "file" if data.questions else "derived from the candidate files",
                 **{k: totals[k] for k in ("by_question_id", "by_text", "unmatched", "ambiguous")}},
         rejects=rejects.map_batches(_as_rejects, batch_format="pyarrow"),
-        decided=decided.map_batches(_usable, batch_format="pyarrow").materialize())
+        decided=usable)

@@ -70,11 +70,19 @@ def read_dataset(uris: Iterable[str], to_row: RowFn, schema: pa.Schema, shard_by
     return ds, sum(c["records"] for c in counted)
 
 
-def _usable(batch: pa.Table) -> pa.Table:
+# the rejects every job writes: one row per row left out
+REJECT_SCHEMA = pa.schema([(name, pa.string()) for name in ("source", "reason", "stage", "question_id", "strategy")])
+
+
+def union_all(parts: list):
+    return parts[0].union(*parts[1:]) if len(parts) > 1 else parts[0]
+
+
+def usable_rows(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.equal(batch.column("reject"), ""))
 
 
-def _unusable(batch: pa.Table) -> pa.Table:
+def rejected_rows(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.not_equal(batch.column("reject"), ""))
 
 
@@ -83,8 +91,8 @@ def split_rejected(ds) -> tuple[Any, Any]:
     ahead of its actor pools (with one engine actor per CPU, the CPU default, such a task would never
     get a CPU), and a usable row's batch-mates are the same as in a clean input."""
     ds = ds.materialize()
-    return (ds.map_batches(_usable, batch_format="pyarrow").materialize(),
-            ds.map_batches(_unusable, batch_format="pyarrow").materialize())
+    return (ds.map_batches(usable_rows, batch_format="pyarrow").materialize(),
+            ds.map_batches(rejected_rows, batch_format="pyarrow").materialize())
 
 
 # -- hash joins: rows keyed alike land in the same bucket, and a bucket is joined in one worker ------
