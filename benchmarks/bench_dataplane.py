@@ -1,7 +1,8 @@
 """Data-plane benchmark: driver peak RSS and rows/s of the whole-dataset jobs as their input grows.
 
-The model is a tiny random-weight Llama (two layers of width 16, the embedded SmolLM2 tokenizer and
-vocabulary), built here from a config and saved once under ``--workdir``, so what is measured is the
+The model is ``smollm2-tiny-random`` (``sapray.models``: a random-weight Llama of two layers of width
+64 with the embedded SmolLM2 tokenizer and vocabulary, built once), handed to the jobs as its
+directory, so that a baseline checkout runs it too, and what is measured is the
 data plane (reading, validating, tokenizing, moving rows and scores, deciding, writing) rather than
 the model. Inputs are synthetic question/response rows written here as JSON lines.
 
@@ -37,6 +38,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from sapray.models import TINY_RANDOM, resolve_model
+
 REPO = Path(__file__).resolve().parent.parent
 
 # Run in a child process with the tree to measure first on sys.path: the same calls work on both trees.
@@ -71,27 +74,6 @@ print("RESULT " + json.dumps({"seconds": seconds, "counts": counts,
 
 WORDS = ("apple", "train", "seven", "dollars", "minutes", "each", "total", "how", "many", "more", "than", "half",
          "twice", "bakes", "sells", "buys", "pages", "miles", "hours", "left", "after", "gives", "friend", "cost")
-
-
-def tiny_model(workdir: Path) -> str:
-    """A two-layer Llama of width 16 with random weights and the embedded tokenizer, saved once."""
-    path = workdir / "tiny-llama"
-    if (path / "config.json").exists():
-        return str(path)
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
-
-    from sapray.models import resolve_model
-
-    tokenizer = AutoTokenizer.from_pretrained(resolve_model("smollm2"))
-    config = LlamaConfig(hidden_size=16, intermediate_size=32, num_hidden_layers=2, num_attention_heads=2,
-                         num_key_value_heads=1, vocab_size=len(tokenizer), max_position_embeddings=2048,
-                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
-                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
-    torch.manual_seed(0)
-    AutoModelForCausalLM.from_config(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return str(path)
 
 
 def samples_file(workdir: Path, n: int) -> str:
@@ -207,7 +189,7 @@ def main() -> None:
     results: list[dict] = []
     print(f"{'job':<9}{'rows':>9}{'actors':>7}{'tree':>8}{'seconds':>9}{'rows/s':>9}{'driver peak RSS MB':>20}")
     for size in [int(s) for s in args.sizes.split(",") if s]:
-        model, path = tiny_model(workdir), samples_file(workdir, size)
+        model, path = resolve_model(TINY_RANDOM), samples_file(workdir, size)
         for actors in [int(a) for a in args.actors.split(",")]:
             for name, tree in trees.items():
                 config = filter_config(model, path, actors, workdir / f"filter-{name}-{size}-{actors}", args.batch_size)
@@ -218,7 +200,7 @@ def main() -> None:
             config = generate_config(questions, responses, workdir / f"generate-{name}-{size}", args.shard_size)
             _report(results, "generate", size, 0, name, run_job(tree, "generate", config))
     for size in [int(s) for s in args.select_sizes.split(",") if s]:
-        model, files = tiny_model(workdir), select_files(workdir, size)
+        model, files = resolve_model(TINY_RANDOM), select_files(workdir, size)
         for actors in [int(a) for a in args.select_actors.split(",")]:
             for name, tree in trees.items():
                 output = workdir / f"select-{name}-{size}-{actors}"

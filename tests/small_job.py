@@ -1,10 +1,13 @@
-"""A tiny select job for the cluster and object-store tests: 2 questions x 6 strategies x 3 contexts,
-hf engine, a supplied exemplar file (no mining): 36 scoring requests in two rounds."""
+"""A tiny select job for the cluster, object-store and report tests: 2 questions x 6 strategies x 3
+contexts, hf engine, a supplied exemplar file (no mining): 36 scoring requests in two rounds, scored by
+the tiny random-weight model (these tests check where things run and what is written, not SAP)."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
+
+from sapray.models import TINY_RANDOM
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "tests" / "data" / "gsm8k_first20"
@@ -25,7 +28,7 @@ def jsonl(rows: list[dict]) -> str:
 
 def small_config(questions: str, candidates: str, exemplars: str, output: str) -> dict:
     return {
-        "model": "smollm2",
+        "model": TINY_RANDOM,
         "engine": "hf",
         "data": {"questions": questions, "candidates": candidates},
         "sample": {"max_questions": 2, "round_size": 1, "seed": 7},

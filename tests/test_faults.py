@@ -6,6 +6,8 @@ them the faults a real file carries -- undecodable bytes, NUL bytes, a byte orde
 ends, a truncated last line, values of the wrong type or nested where text is expected, and absurd
 sizes. Each check compares with the clean rows: every good row is read (and scored) exactly as from
 a clean file, every bad row is a reject naming its file:row with the reason, and the counts add up.
+The jobs score with the tiny random-weight model (``smollm2-tiny-random``): what is compared is the
+data plane, and it costs a fraction of the real model's time.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ from test_select import ray_local  # noqa: F401  (fixture)
 
 from sapray.config import Columns, load_config
 from sapray.filter_job import load_filter_config, read_samples, run_filter
+from sapray.models import TINY_RANDOM
 from sapray.read import MAX_ROW_BYTES, MAX_TEXT_CHARS, InputError, Reject, iter_records, read_questions
 from sapray.report import write_outputs
 from sapray.run_job import run_generate
@@ -271,7 +274,8 @@ def _scores(table_path: Path) -> dict[tuple[str, str], dict]:
 def select_config(tmp_path: Path, questions: str, candidates: dict[str, str], output: Path) -> dict:
     exemplars = tmp_path / "exemplars.jsonl"
     exemplars.write_text(jsonl(exemplar_rows()))
-    return {"model": "smollm2", "engine": "hf", "data": {"questions": questions, "candidates_by_strategy": candidates},
+    return {"model": TINY_RANDOM, "engine": "hf",
+            "data": {"questions": questions, "candidates_by_strategy": candidates},
             "sample": {"max_questions": 2, "round_size": 2, "seed": 3}, "exemplars": {"file": str(exemplars), "n": 3},
             "ray": {"actors": 1, "batch_size": 15}, "bootstrap": 50, "output": str(output)}
 
@@ -389,7 +393,8 @@ def test_filter_scores_good_samples_exactly_as_from_a_clean_file(ray_local, tmp_
     faulty, bad = write_faulty("jsonl", good, "response", tmp_path / "faulty")
     results, scores = {}, {}
     for kind, path in (("clean", tmp_path / "clean.jsonl"), ("faulty", faulty)):
-        cfg = load_filter_config({"method": "ifd", "input": str(path), "output": str(tmp_path / f"out-{kind}"),
+        cfg = load_filter_config({"method": "ifd", "model": TINY_RANDOM, "input": str(path),
+                                  "output": str(tmp_path / f"out-{kind}"),
                                   "ray": {"actors": 1, "batch_size": 6, "shard_mb": 4}})
         results[kind] = run_filter(cfg)
         scores[kind] = [r for part in sorted((tmp_path / f"out-{kind}" / "scores").iterdir())

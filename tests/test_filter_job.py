@@ -12,6 +12,7 @@ from test_select import ray_local, write_jsonl  # noqa: F401  (fixture)
 
 from sapray import filters
 from sapray.filter_job import load_filter_config, run_filter
+from sapray.models import TINY_RANDOM
 from sapray.report import write_filter_outputs
 
 
@@ -165,7 +166,8 @@ def test_same_bytes_whatever_the_actors_and_input_order_whatever_the_shards(
     path = write_jsonl(tmp_path / "many.jsonl", rows * 3)  # 27 rows, 3 without a response
     outputs = {}
     for actors, shard_mb in ((1, 1 / 1024), (2, 1 / 1024), (1, 64)):
-        cfg = load_filter_config({"method": "ifd", "input": path, "ifd": {"direction": "low", "keep_fraction": 0.5},
+        cfg = load_filter_config({"method": "ifd", "model": TINY_RANDOM, "input": path,
+                                  "ifd": {"direction": "low", "keep_fraction": 0.5},
                                   "ray": {"actors": actors, "batch_size": 4, "shard_mb": shard_mb},
                                   "output": str(tmp_path / f"out-{actors}-{shard_mb}")})
         result = run_filter(cfg)

@@ -22,7 +22,7 @@ import pytest
 from conftest import PATIENCE_S
 
 from sapray.config import ConfigError, TeacherConfig, resolve_paths
-from sapray.models import locate
+from sapray.models import TINY_RANDOM, build_tiny_random, locate, resolve_model
 
 REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MAIN = hashlib.sha1(b"sapray test main").hexdigest()
@@ -136,7 +136,7 @@ def test_a_revision_picks_that_commit_and_a_missing_one_is_a_clear_error(hf_home
         from pathlib import Path
 
         from sapray.config import ConfigError
-        from sapray.models import locate
+        from sapray.models import TINY_RANDOM, build_tiny_random, locate, resolve_model
 
         def where(revision):
             try:
@@ -161,7 +161,7 @@ def test_an_unreachable_hub_falls_back_to_the_cache_and_otherwise_says_so(hf_hom
     out = run_python(f"""
         import json
         from sapray.config import ConfigError
-        from sapray.models import locate
+        from sapray.models import TINY_RANDOM, build_tiny_random, locate, resolve_model
 
         try:
             locate("HuggingFaceTB/not-cached")
@@ -210,6 +210,22 @@ def test_a_revision_on_a_local_model_or_an_api_teacher_is_refused(smollm2_path):
         TeacherConfig(kind="openai", model="gpt", base_url="http://x", revision="main")
     assert TeacherConfig(kind="vllm", model=REPO, revision="main").describe() == f"vllm:{REPO}@main"
     assert TeacherConfig(kind="vllm", model=REPO).describe() == f"vllm:{REPO}"
+
+
+def test_the_tiny_random_model_is_the_same_on_every_build_and_speaks_the_embedded_tokenizer(tmp_path, smollm2_path):
+    from transformers import AutoTokenizer
+
+    from sapray.engines.hf import HFEngine
+    from sapray.scoring import EncodedRequest
+
+    build_tiny_random(smollm2_path, tmp_path / "again")
+    built = Path(resolve_model(TINY_RANDOM))
+    assert (tmp_path / "again" / "model.safetensors").read_bytes() == (built / "model.safetensors").read_bytes()
+    text = "Natalia sold clips to 48 of her friends.\nA: 72"
+    ids = AutoTokenizer.from_pretrained(built)(text)["input_ids"]
+    assert ids == AutoTokenizer.from_pretrained(smollm2_path)(text)["input_ids"]
+    (logprobs,) = HFEngine(str(built), device="cpu").sequence_logprobs([EncodedRequest("r", ids[:4], ids[4:])])
+    assert len(logprobs) == len(ids) - 4 and all(-30 < v < 0 for v in logprobs)
 
 
 def test_a_path_that_is_neither_a_directory_nor_an_id_is_a_clear_error():

@@ -1,5 +1,6 @@
 """The select job's inputs end to end (hf engine, Ray Data): bad rows rejected with reasons and counts
-reconciled, a stray strategy excluded rather than the questions, and flags alone on chat files."""
+reconciled, a stray strategy excluded rather than the questions, and flags alone on chat files. The
+tiny random-weight model scores: these check what is read, joined, counted and recorded, not SAP."""
 
 from __future__ import annotations
 
@@ -7,6 +8,8 @@ import json
 
 from conftest import load_candidates, load_questions, read_parts
 from test_select import base_config, exemplar_file, ray_local, run, write_jsonl  # noqa: F401  (fixtures)
+
+from sapray.models import TINY_RANDOM
 
 
 def test_bad_rows_are_rejected_with_reasons_and_counts_reconcile(ray_local, exemplar_file, tmp_path):  # noqa: F811
@@ -24,7 +27,8 @@ def test_bad_rows_are_rejected_with_reasons_and_counts_reconcile(ray_local, exem
     candidates = write_jsonl(tmp_path / "candidates.jsonl", rows)
     qfile = write_jsonl(tmp_path / "questions.jsonl", questions)
     raw = base_config(exemplar_file, str(tmp_path / "out"), **{
-        "data.candidates": candidates, "data.questions": qfile, "engine_args": {"max_length": 1024}})
+        "data.candidates": candidates, "data.questions": qfile, "engine_args": {"max_length": 1024},
+        "model": TINY_RANDOM})
     result = run(raw)
     counts = result.counts
     assert counts["candidate_rows_in"] == len(rows) == 22
@@ -54,7 +58,7 @@ def test_a_stray_strategy_is_excluded_not_the_questions(ray_local, exemplar_file
     candidates = write_jsonl(tmp_path / "candidates.jsonl", rows)
     result = run(base_config(exemplar_file, str(tmp_path / "out"), **{
         "data.candidates": candidates, "data.questions": write_jsonl(tmp_path / "q.jsonl", questions),
-        "metrics": ["sap"], "sample": {"max_questions": 4, "round_size": 4, "seed": 1}}))
+        "metrics": ["sap"], "sample": {"max_questions": 4, "round_size": 4, "seed": 1}, "model": TINY_RANDOM}))
     chosen = result.summary["strategy_set"]
     assert chosen["chosen"] == ["human", "socratic"]
     assert "covers 1 of 4 questions" in chosen["excluded"]["Human "]
@@ -88,7 +92,7 @@ def test_flags_alone_select_from_chat_files_as_the_printed_yaml_does(ray_local, 
                               {"role": "assistant", "content": c["response"]}]}
                 for c in load_candidates() if c["strategy"] == name and c["question_id"] in text]
         files += ["--candidates", f"{name}={write_jsonl(tmp_path / f'{name}.jsonl', rows)}"]
-    flags = ["select", "--model", "smollm2", *files, "--exemplars", exemplar_file,
+    flags = ["select", "--model", TINY_RANDOM, *files, "--exemplars", exemplar_file,
              "--max-questions", "4", "--set", "bootstrap=200", "--set", "ray.actors=1"]
     runner = CliRunner()
     printed = runner.invoke(main, [*flags, "--output", str(tmp_path / "flags"), "--print-config"])
