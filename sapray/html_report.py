@@ -16,10 +16,10 @@ import json
 import math
 import re
 from collections import Counter
-from collections.abc import Collection
+from collections.abc import Collection, Iterable, Iterator
 from functools import partial
 from html import escape
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import pyarrow.fs as pafs
@@ -101,15 +101,45 @@ def _parquet(uri: str, skip: Collection[str] = ()) -> list[dict] | None:
         return None
 
 
-def _parts(folder: str, read: Any, ext: str) -> list[dict] | None:
-    """The rows of a folder of part files (a filter's workers write them), in part order."""
+def _part_names(folder: str, ext: str) -> list[str] | None:
+    """The part files of a folder (the workers write them), in part order; None without the folder."""
     fs, path = filesystem(folder)
     try:
         infos = fs.get_file_info(pafs.FileSelector(path))
     except (FileNotFoundError, OSError):
         return None
-    names = sorted(i.base_name for i in infos if i.base_name.endswith(ext))
-    return [row for name in names for row in read(child(folder, name)) or []]
+    return [child(folder, name) for name in sorted(i.base_name for i in infos if i.base_name.endswith(ext))]
+
+
+def _parts(folder: str, read: Any, ext: str) -> list[dict] | None:
+    """The rows of a folder of part files, in part order."""
+    names = _part_names(folder, ext)
+    return None if names is None else [row for name in names for row in read(name) or []]
+
+
+def _jsonl_stream(uris: list[str]) -> Iterator[dict]:
+    """The rows of JSON lines files one at a time, so that a million rejects are never all in memory."""
+    for uri in uris:
+        fs, path = filesystem(uri)
+        try:
+            stream = fs.open_input_stream(path)
+        except (FileNotFoundError, OSError):
+            continue
+        with stream, io.TextIOWrapper(stream, encoding="utf-8") as lines:
+            for n, line in enumerate(lines, 1):
+                if line.strip():
+                    try:
+                        yield json.loads(line)
+                    except json.JSONDecodeError as exc:
+                        raise ReportError(f"{uri}:{n}: not valid JSON lines ({exc})") from None
+
+
+def _reject_groups(folder: str) -> list[ReasonGroup]:
+    """The run's rejects grouped by stage and reason, read part by part (one file before the read pass
+    ran in the cluster)."""
+    parts = _part_names(child(folder, "rejects"), ".jsonl") or [child(folder, "rejects.jsonl")]
+    return _group_reasons((r.get("stage", ""), r.get("reason", ""), r.get("source", ""))
+                          for r in _jsonl_stream(parts))
 
 
 def load_run(folder: str) -> dict:
@@ -135,8 +165,7 @@ def load_run(folder: str) -> dict:
         scores = partial(_parquet, skip=("question", "response"))
         run["scores"] = (_parts(child(folder, "scores"), scores, ".parquet")
                          or scores(child(folder, "scores.parquet")) or [])
-    # part files since the read pass runs in the cluster, one file before
-    run["rejects"] = _parts(child(folder, "rejects"), _jsonl, ".jsonl") or _jsonl(child(folder, "rejects.jsonl"))
+    run["reject_groups"] = _reject_groups(folder)
     if run["kind"] == "selection":
         run["scores"] = _parquet(child(folder, "scores.parquet")) or []
     run["validation"] = _json(child(folder, "validation.json"))
@@ -194,17 +223,32 @@ def _reason_pattern(reason: str) -> str:
     return re.sub(r"\d+(?:\.\d+)?", "#", reason)
 
 
-def _reasons_table(items: list[tuple[str, str, str]], stages: bool = True) -> str:
-    """(stage, reason, source) -> counts per (stage, reason pattern) with one example each."""
-    if not items:
-        return '<p class="muted">None.</p>'
-    groups: Counter = Counter((stage, _reason_pattern(reason)) for stage, reason, _ in items)
+class ReasonGroup(NamedTuple):
+    stage: str
+    pattern: str
+    rows: int
+    reason: str  # the first row's reason and source, as an example
+    source: str
+
+
+def _group_reasons(items: Iterable[tuple[str, str, str]]) -> list[ReasonGroup]:
+    """(stage, reason, source) -> one group per (stage, reason pattern), the most rows first."""
+    counts: Counter = Counter()
     example = {}
     for stage, reason, source in items:
-        example.setdefault((stage, _reason_pattern(reason)), (reason, source))
-    rows = [[escape(stage), escape(pattern), str(n), f"{escape(example[(stage, pattern)][0])}<br>"
-             f'<span class="muted">{escape(example[(stage, pattern)][1])}</span>']
-            for (stage, pattern), n in sorted(groups.items(), key=lambda kv: (-kv[1], kv[0]))]
+        key = (stage, _reason_pattern(reason))
+        counts[key] += 1
+        example.setdefault(key, (reason, source))
+    return [ReasonGroup(stage, pattern, n, *example[stage, pattern])
+            for (stage, pattern), n in sorted(counts.items(), key=lambda kv: (-kv[1], kv[0]))]
+
+
+def _reasons_table(groups: list[ReasonGroup], stages: bool = True) -> str:
+    """Counts per (stage, reason pattern) with one example each."""
+    if not groups:
+        return '<p class="muted">None.</p>'
+    rows = [[escape(g.stage), escape(g.pattern), str(g.rows),
+             f'{escape(g.reason)}<br><span class="muted">{escape(g.source)}</span>'] for g in groups]
     if not stages:
         return _table(["reason (numbers as #)", "rows", "example"], [r[1:] for r in rows], {1})
     return _table(["stage", "reason (numbers as #)", "rows", "example"], rows, {2})
@@ -651,8 +695,7 @@ def render_selection(run: dict) -> str:
         ("cost", "Cost by stage", _cost_section(figs, run)),
         ("exemplars", "Exemplars", _exemplar_section(run)),
         ("counts", "Counts", _counts_section(sel)),
-        ("rejects", "Rejected rows", _reasons_table(
-            [(r.get("stage", ""), r.get("reason", ""), r.get("source", "")) for r in run.get("rejects") or []])),
+        ("rejects", "Rejected rows", _reasons_table(run["reject_groups"])),
     ]
     if run.get("validation"):
         sections.append(("validation", "Validation against downstream accuracy",
@@ -742,10 +785,9 @@ def render_filter(run: dict) -> str:
     sections = [
         ("scores", "Score distributions", scores_html),
         ("counts", "Counts", counts_html),
-        ("drops", "Drop reasons", _reasons_table([("dropped", r.get("reason", ""), r.get("source", ""))
-                                                   for r in rows if not r.get("kept")], stages=False)),
-        ("rejects", "Rejected rows", _reasons_table(
-            [(r.get("stage", ""), r.get("reason", ""), r.get("source", "")) for r in run.get("rejects") or []])),
+        ("drops", "Drop reasons", _reasons_table(_group_reasons(
+            ("dropped", r.get("reason", ""), r.get("source", "")) for r in rows if not r.get("kept")), stages=False)),
+        ("rejects", "Rejected rows", _reasons_table(run["reject_groups"])),
         ("settings", "Settings", settings_html),
     ]
     if run.get("validation"):

@@ -6,6 +6,7 @@ same batches whatever the number of actors: scores do not depend on the pool siz
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -40,10 +41,12 @@ def start_local_ray(patience_s: float, **kwargs: Any) -> None:
     Ray waits a fixed time for its raylet, and the raylet a fixed time for its dashboard agent
     (a Python process); on a busy machine either can run out, and the node dies at startup.
     """
+    import psutil
     import ray
 
     deadline = time.monotonic() + patience_s
     while True:
+        before = {p.pid for p in psutil.Process().children()}
         try:
             ray.init(**kwargs)
             return
@@ -52,6 +55,23 @@ def start_local_ray(patience_s: float, **kwargs: Any) -> None:
                 raise
             log.warning("Ray did not start in time (a busy machine?); starting it again")
             ray.shutdown()
+            _stop_processes_started_since(before)
+
+
+def _stop_processes_started_since(before: set[int]) -> None:
+    """Kill what a failed ``ray.init`` left running: its node's processes (GCS server, raylet, dashboard,
+    monitors) are children of this process that ``ray.shutdown`` does not know, and each start again
+    would add its own, making a busy machine busier until no start can succeed."""
+    import psutil
+
+    started = [p for p in psutil.Process().children() if p.pid not in before]
+    for process in started:
+        with contextlib.suppress(psutil.Error):
+            started += process.children(recursive=True)
+    for process in started:
+        with contextlib.suppress(psutil.Error):
+            process.kill()
+    psutil.wait_procs(started, timeout=60)
 
 
 def init_ray(cfg: RayConfig) -> None:

@@ -66,6 +66,26 @@ def init_local_ray(**kwargs) -> None:
     start_local_ray(PATIENCE_S, **kwargs)
 
 
+@pytest.fixture(scope="session")
+def _ray_of_this_process():
+    """Stops, when the session ends, the local Ray that ``ray_local`` started in this test process."""
+    yield
+    import ray
+
+    ray.shutdown()
+
+
+@pytest.fixture(scope="module")
+def ray_local(_ray_of_this_process):
+    """A local Ray with 2 CPUs for in-process jobs: one per test process (started by the first module
+    that needs it, kept for the next), as a Ray start costs seconds to a minute on a busy machine. A
+    module that needs another Ray (``test_cluster_placement``) shuts this one down; the next starts it."""
+    import ray
+
+    if not ray.is_initialized():
+        init_local_ray(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+
+
 def n_test_questions(default: int) -> int:
     """How many of the 20 questions a slow model test uses: SAPRAY_TEST_QUESTIONS overrides the default."""
     return max(1, min(20, int(os.environ.get("SAPRAY_TEST_QUESTIONS", default))))

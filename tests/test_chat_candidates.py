@@ -7,7 +7,6 @@ from pathlib import Path
 
 import pytest
 from conftest import load_candidates, load_questions
-from test_select import ray_local  # noqa: F401  (fixture)
 
 from sapray.config import DataConfig, RayConfig, StrategyConfig, TeacherConfig
 from sapray.generate import _file_answers
@@ -71,7 +70,7 @@ def read_pass(data: DataConfig) -> tuple:
     return inputs, questions, rows, inputs.rejects.take_all()
 
 
-def test_joined_by_id_and_by_text_with_unmatched_and_ambiguous_rejected(ray_local, chat_files):  # noqa: F811
+def test_joined_by_id_and_by_text_with_unmatched_and_ambiguous_rejected(ray_local, chat_files):
     qfile, files, cands = chat_files
     inputs, _, rows, rejects = read_pass(DataConfig(questions=qfile, candidates_by_strategy=files))
     assert inputs.rows_in == 41 == len(rows) + len(rejects)
@@ -90,7 +89,7 @@ def test_joined_by_id_and_by_text_with_unmatched_and_ambiguous_rejected(ray_loca
         ("sample", "test-0001", "human")]
 
 
-def test_questions_derived_from_the_files_take_given_ids(ray_local, chat_files):  # noqa: F811
+def test_questions_derived_from_the_files_take_given_ids(ray_local, chat_files):
     _, files, cands = chat_files
     inputs, questions, rows, rejects = read_pass(DataConfig(candidates_by_strategy=files))
     # human's rows name the ids; socratic's text-only rows join them; the stray question gets a derived id

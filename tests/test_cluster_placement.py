@@ -93,8 +93,11 @@ def test_config_accepts_unset_actors_and_gpus():
 
 @pytest.fixture(scope="module")
 def ray_cpu():
+    """A Ray of one CPU: the test process's shared one (``ray_local``) is stopped first, started again
+    by the next module that asks for it."""
     import ray
 
+    ray.shutdown()
     init_local_ray(num_cpus=1, include_dashboard=False, logging_level="WARNING")
     yield
     ray.shutdown()

@@ -29,7 +29,6 @@ import yaml
 from conftest import PATIENCE_S, load_candidates, load_questions, read_parts
 from small_job import REPO, exemplar_rows, jsonl
 from test_s3 import BUCKET, s3_env, s3_server  # noqa: F401  (fixtures)
-from test_select import ray_local  # noqa: F401  (fixture)
 
 from sapray.config import Columns, load_config
 from sapray.filter_job import load_filter_config, read_samples, run_filter
@@ -280,7 +279,7 @@ def select_config(tmp_path: Path, questions: str, candidates: dict[str, str], ou
             "ray": {"actors": 1, "batch_size": 15}, "bootstrap": 50, "output": str(output)}
 
 
-def test_select_through_the_cli_scores_good_rows_exactly_as_from_clean_files(ray_local, tmp_path):  # noqa: F811
+def test_select_through_the_cli_scores_good_rows_exactly_as_from_clean_files(ray_local, tmp_path):
     """One strategy per format, every file faulty, run by `python -m sapray select` as a user would."""
     clean = {s: str(tmp_path / f"clean-{s}.jsonl") for s in STRATEGIES}
     for s, path in clean.items():
@@ -344,7 +343,7 @@ def test_the_cli_says_what_is_wrong_without_a_traceback_when_nothing_is_usable(t
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-def test_generate_with_a_file_teacher_writes_the_same_set_from_faulty_files(fmt, ray_local, tmp_path):  # noqa: F811
+def test_generate_with_a_file_teacher_writes_the_same_set_from_faulty_files(fmt, ray_local, tmp_path):
     teacher_rows = [{**r, "strategy": s} for s in ("human", "socratic") for r in candidate_rows(s)]
     metadata, train = {}, {}
     for kind in ("clean", "faulty"):
@@ -370,7 +369,7 @@ def test_generate_with_a_file_teacher_writes_the_same_set_from_faulty_files(fmt,
     assert bad_candidates  # the teacher file's bad rows cost no question its response
 
 
-def test_a_question_whose_only_teacher_row_is_bad_is_rejected_with_that_rows_reason(ray_local, tmp_path):  # noqa: F811
+def test_a_question_whose_only_teacher_row_is_bad_is_rejected_with_that_rows_reason(ray_local, tmp_path):
     (tmp_path / "q.jsonl").write_text(jsonl(QUESTIONS))
     rows = [{**r, "strategy": "human"} for r in candidate_rows("human")]
     rows[1]["response"] = {"text": rows[1]["response"]}
@@ -385,7 +384,7 @@ def test_a_question_whose_only_teacher_row_is_bad_is_rejected_with_that_rows_rea
     assert reject["reason"].endswith(f"its row {tmp_path / 'c.jsonl'}:2: column 'response' is dict, not a string")
 
 
-def test_filter_scores_good_samples_exactly_as_from_a_clean_file(ray_local, tmp_path):  # noqa: F811
+def test_filter_scores_good_samples_exactly_as_from_a_clean_file(ray_local, tmp_path):
     """The faulty file (17 MiB with its over-long line) is read in 4 MiB shards by several workers."""
     good = [{"question": q["question"], "response": r["response"]}
             for q, r in zip(QUESTIONS, candidate_rows("socratic"), strict=True)]

@@ -8,7 +8,7 @@ import math
 import pytest
 import torch
 from conftest import load_candidates, load_questions, read_parts
-from test_select import ray_local, write_jsonl  # noqa: F401  (fixture)
+from test_select import write_jsonl
 
 from sapray import filters
 from sapray.filter_job import load_filter_config, run_filter
@@ -52,7 +52,7 @@ def plain_loss(model, tokenizer, context_ids: list[int], continuation: str) -> f
         return model(input_ids=ids, labels=labels).loss.item()
 
 
-def test_dsweight(ray_local, samples_file, tmp_path, smollm2_path):  # noqa: F811
+def test_dsweight(ray_local, samples_file, tmp_path, smollm2_path):
     valid = write_jsonl(tmp_path / "valid.jsonl", [
         {"question": q["question"], "answer": c["response"]}
         for q, c in zip(load_questions()[10:12], [c for c in load_candidates() if c["strategy"] == "human"][10:12],
@@ -80,7 +80,7 @@ def test_dsweight(ray_local, samples_file, tmp_path, smollm2_path):  # noqa: F81
     assert max(kept_shifts) <= min(dropped_shifts)
 
 
-def test_ifd_both_directions(ray_local, samples_file, tmp_path):  # noqa: F811
+def test_ifd_both_directions(ray_local, samples_file, tmp_path):
     high, scores = run({"method": "ifd", "input": samples_file, "ifd": {"direction": "high", "keep_fraction": 0.5}},
                        tmp_path / "high")
     for r in scores:
@@ -122,7 +122,7 @@ def train_tiny_lora(base: str, samples: list[dict], out) -> str:
     return str(out)
 
 
-def test_lobass_with_a_trained_lora_adapter(ray_local, samples_file, tmp_path, smollm2_path):  # noqa: F811
+def test_lobass_with_a_trained_lora_adapter(ray_local, samples_file, tmp_path, smollm2_path):
     rows = [json.loads(line) for line in open(samples_file)][:8]
     samples = [{"question": r["messages"][0]["content"], "response": r["messages"][1]["content"]} for r in rows]
     adapter = train_tiny_lora(smollm2_path, samples, tmp_path / "adapter")
@@ -138,7 +138,7 @@ def test_lobass_with_a_trained_lora_adapter(ray_local, samples_file, tmp_path, s
     assert {r["sample_id"] for r in top} == {r["sample_id"] for r in scores if r["kept"]}
 
 
-def test_self_consistency(ray_local, tmp_path):  # noqa: F811
+def test_self_consistency(ray_local, tmp_path):
     questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:2])
     result, scores = run({"method": "consistency", "input": questions,
                           "consistency": {"samples": 4, "temperature": 0.8, "max_tokens": 48, "seed": 1}},
@@ -160,7 +160,7 @@ def test_self_consistency(ray_local, tmp_path):  # noqa: F811
 
 
 def test_same_bytes_whatever_the_actors_and_input_order_whatever_the_shards(
-        ray_local, samples_file, tmp_path):  # noqa: F811
+        ray_local, samples_file, tmp_path):
     """Many small shards (1 KiB) read by different workers, scored by one actor or two: the same files."""
     rows = [json.loads(line) for line in open(samples_file)]
     path = write_jsonl(tmp_path / "many.jsonl", rows * 3)  # 27 rows, 3 without a response

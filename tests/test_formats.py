@@ -6,7 +6,6 @@ import json
 
 import pytest
 from conftest import load_questions
-from test_select import ray_local  # noqa: F401  (fixture)
 
 from sapray.config import Columns, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
 from sapray.generate_job import run_full_generation
@@ -41,7 +40,7 @@ def test_json_array_files_read_like_datasets_reads_them(tmp_path):
     assert list(questions) == expected
 
 
-def test_training_set_loads_in_datasets_and_renders_with_the_chat_template(ray_local, tmp_path, tokenizer):  # noqa: F811
+def test_training_set_loads_in_datasets_and_renders_with_the_chat_template(ray_local, tmp_path, tokenizer):
     from conftest import DATA_DIR
 
     strategy = StrategyConfig(name="socratic", system="You are a careful tutor.",

@@ -18,20 +18,21 @@ import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import DATA_DIR, PATIENCE_S, load_questions, read_parts, stop_process, wait_until
-from test_select import exemplar_file, ray_local, write_jsonl  # noqa: F401  (fixtures)
+from test_select import exemplar_file, write_jsonl  # noqa: F401  (fixture)
 
 from sapray.config import load_config
+from sapray.models import TINY_RANDOM
 from sapray.run_job import run_all, run_generate
 from sapray.teachers import retry_after_seconds
 
 SECRET = "sk-sapray-test-7f3c9e1d"
 
 
-def teacher_strategies(kind: str) -> list[dict]:
+def teacher_strategies(kind: str, model: str = "smollm2") -> list[dict]:
     return [
-        {"name": "smol_plain", "teacher": {"kind": kind, "model": "smollm2"}, "prompt": "{question}",
+        {"name": "smol_plain", "teacher": {"kind": kind, "model": model}, "prompt": "{question}",
          "max_tokens": 24},
-        {"name": "smol_steps", "teacher": {"kind": kind, "model": "smollm2"},
+        {"name": "smol_steps", "teacher": {"kind": kind, "model": model},
          "prompt": "{question}\nLet's think step by step.", "max_tokens": 24},
     ]
 
@@ -47,9 +48,11 @@ def job(tmp_path: Path, exemplars: str, questions: str, **extra) -> dict:
 
 
 def test_run_resumes_after_kill_9_in_full_generation_without_duplicates(tmp_path, exemplar_file):  # noqa: F811
-    """`sapray run`, killed during the full set and run again: the selection is reused, the set completed."""
+    """`sapray run`, killed during the full set and run again: the selection is reused, the set completed.
+    Target and teachers are the tiny random-weight model: what is checked is the resume, not the text."""
     questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:10])
-    config = job(tmp_path, exemplar_file, questions, strategies=teacher_strategies("hf"))
+    config = job(tmp_path, exemplar_file, questions, model=TINY_RANDOM,
+                 strategies=teacher_strategies("hf", TINY_RANDOM))
     del config["data"]["candidates"]  # only the two hf teachers compete, so the winner is one to kill
     for strategy in config["strategies"]:
         strategy["max_tokens"] = 12

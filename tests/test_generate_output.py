@@ -10,7 +10,6 @@ import json
 
 import pytest
 from conftest import DATA_DIR, load_candidates, load_questions, read_parts
-from test_select import ray_local  # noqa: F401  (fixture)
 
 from sapray.config import ConfigError, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
 from sapray.generate_job import run_full_generation
@@ -48,7 +47,7 @@ def test_templates_fill_question_gold_examples_and_literal_braces():
     assert plain.prompt_hash() == plain.model_copy(update={"examples": []}).prompt_hash()
 
 
-def test_output_resumes_sums_cost_over_runs_and_refuses_another_strategy(ray_local, tmp_path):  # noqa: F811
+def test_output_resumes_sums_cost_over_runs_and_refuses_another_strategy(ray_local, tmp_path):
     questions = load_questions()[:6]
     gen = GenerateConfig(output=str(tmp_path / "train"), shard_size=2)
     bad_row = Reject("q.jsonl:7", "missing required column(s) ['question']", "questions")
@@ -73,7 +72,7 @@ def test_output_resumes_sums_cost_over_runs_and_refuses_another_strategy(ray_loc
         run_full_generation(changed_prompt, questions, RayConfig(), gen)
 
 
-def test_misspelt_file_strategy_fails_naming_what_the_file_has(ray_local, tmp_path):  # noqa: F811
+def test_misspelt_file_strategy_fails_naming_what_the_file_has(ray_local, tmp_path):
     gen = GenerateConfig(output=str(tmp_path / "train"))
     with pytest.raises(InputError, match=r"no responses for strategy 'socractic' \(it has \['175b_finetuning'"):
         run_full_generation(file_strategy("socractic"), load_questions()[:2], RayConfig(), gen)
@@ -81,7 +80,7 @@ def test_misspelt_file_strategy_fails_naming_what_the_file_has(ray_local, tmp_pa
     assert run_full_generation(file_strategy("socratic"), load_questions()[:2], RayConfig(), gen)["rows"] == 2
 
 
-def test_an_api_teacher_whose_key_variable_is_unset_fails_before_any_request(ray_local, tmp_path, monkeypatch):  # noqa: F811
+def test_an_api_teacher_whose_key_variable_is_unset_fails_before_any_request(ray_local, tmp_path, monkeypatch):
     monkeypatch.delenv("SAPRAY_UNSET_KEY", raising=False)
     strategy = StrategyConfig(name="api", teacher={"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1",
                                                    "api_key_env": "SAPRAY_UNSET_KEY"})
@@ -135,7 +134,7 @@ def test_entry_totals_sum_every_shard_entry_and_this_runs_by_hand():
     assert entry_totals(batch, "b")["run.money"] == [None]  # a run without prices has no money, not 0
 
 
-def test_the_cluster_join_rejects_duplicate_ids_and_joins_id_less_responses_by_text(ray_local, tmp_path,  # noqa: F811
+def test_the_cluster_join_rejects_duplicate_ids_and_joins_id_less_responses_by_text(ray_local, tmp_path,
                                                                                      monkeypatch):
     """A teacher file in chat form without ids joins by exact text. A second row with a known id is a
     duplicate (its text joins nothing); a text two questions share joins neither. The same set from one

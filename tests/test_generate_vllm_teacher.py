@@ -10,7 +10,7 @@ import json
 import pytest
 from conftest import load_questions, read_parts
 from test_generate import job, teacher_strategies
-from test_select import exemplar_file, ray_local, write_jsonl  # noqa: F401  (fixtures)
+from test_select import exemplar_file, write_jsonl  # noqa: F401  (fixture)
 
 from sapray.config import load_config
 from sapray.run_job import run_all

@@ -18,9 +18,9 @@ from sapray.contexts import Layout, build_requests, sap_user_text
 from sapray.scoring import score
 
 REL_TOL = 1e-3  # 0.1 %
-# 120 plain forward passes of ~750 tokens take over 10 minutes on a 2-core CPU: 5 questions by default,
+# 120 plain forward passes of ~750 tokens take over 10 minutes on a 2-core CPU: 3 questions by default,
 # SAPRAY_TEST_QUESTIONS=20 for all of them.
-N_QUESTIONS = n_test_questions(5)
+N_QUESTIONS = n_test_questions(3)
 
 # The authors' templates, typed from METHOD.md §1 rather than imported.
 AUTHORS_USER_TEXT = (

@@ -13,7 +13,7 @@ import math
 import numpy as np
 import pytest
 from conftest import load_candidates
-from test_select import base_config, exemplar_file, ray_local, run, write_jsonl  # noqa: F401  (fixtures)
+from test_select import base_config, exemplar_file, run, write_jsonl  # noqa: F401  (fixture)
 
 from sapray.config import load_config
 from sapray.race import Race, RaceRule, cs_radius, pair_alpha, rho2_for

@@ -9,21 +9,12 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import DATA_DIR, init_local_ray, load_candidates, load_questions
+from conftest import DATA_DIR, load_candidates, load_questions
 
 from sapray.config import ConfigError, load_config
 from sapray.models import TINY_RANDOM
 from sapray.report import write_outputs
 from sapray.select import run_select
-
-
-@pytest.fixture(scope="module")
-def ray_local():
-    import ray
-
-    init_local_ray(num_cpus=2, include_dashboard=False, logging_level="WARNING")
-    yield
-    ray.shutdown()
 
 
 def write_jsonl(path: Path, rows: list) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 
 from conftest import load_candidates, load_questions, read_parts
-from test_select import base_config, exemplar_file, ray_local, run, write_jsonl  # noqa: F401  (fixtures)
+from test_select import base_config, exemplar_file, run, write_jsonl  # noqa: F401  (fixture)
 
 from sapray.models import TINY_RANDOM
 

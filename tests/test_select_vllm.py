@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import pytest
-from test_select import base_config, exemplar_file, ray_local  # noqa: F401  (fixtures)
+from test_select import base_config, exemplar_file  # noqa: F401  (fixture)
 
 from sapray.config import load_config
 from sapray.select import run_select
