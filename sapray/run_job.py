@@ -15,7 +15,7 @@ from sapray.generate import Cost, generate
 from sapray.generate_job import run_full_generation
 from sapray.html_report import write_report
 from sapray.raydata import init_ray
-from sapray.read import Reject, child, filesystem, read_text
+from sapray.read import InputError, Reject, child, filesystem, read_text
 from sapray.report import write_outputs
 from sapray.select import TeacherRounds, run_select
 from sapray.select_read import candidate_file_questions
@@ -64,6 +64,10 @@ def teacher_rounds(cfg: SelectConfig) -> TeacherRounds:
 def pick_for_full_set(cfg: SelectConfig, summary: dict, sample_costs: dict[str, dict]) -> str:
     """The winner; after a tie or a budget stop with ``sample.pick: cheapest``, the contender whose
     sample cost least per question (money where priced, then generated tokens; data costs nothing)."""
+    if not summary.get("winner"):  # nothing was scored: every sampled response was rejected, or none came
+        raise InputError(f"no response of any strategy could be scored on the sample, so there is no winner to "
+                         f"generate the full set with; why each was rejected: {child(cfg.output, 'rejects')}/ "
+                         f"and {child(cfg.output, 'report.html')}")
     race = summary.get("race") or {}
     if cfg.sample.pick == "lowest_sap" or race.get("ended") not in ("tie", "budget", "exhausted"):
         return summary["winner"]["strategy"]

@@ -28,11 +28,11 @@ from sapray.teachers import retry_after_seconds
 SECRET = "sk-sapray-test-7f3c9e1d"
 
 
-def teacher_strategies(kind: str, model: str = "smollm2") -> list[dict]:
+def teacher_strategies(kind: str) -> list[dict]:
     return [
-        {"name": "smol_plain", "teacher": {"kind": kind, "model": model}, "prompt": "{question}",
+        {"name": "smol_plain", "teacher": {"kind": kind, "model": "smollm2"}, "prompt": "{question}",
          "max_tokens": 24},
-        {"name": "smol_steps", "teacher": {"kind": kind, "model": model},
+        {"name": "smol_steps", "teacher": {"kind": kind, "model": "smollm2"},
          "prompt": "{question}\nLet's think step by step.", "max_tokens": 24},
     ]
 
@@ -49,10 +49,10 @@ def job(tmp_path: Path, exemplars: str, questions: str, **extra) -> dict:
 
 def test_run_resumes_after_kill_9_in_full_generation_without_duplicates(tmp_path, exemplar_file):  # noqa: F811
     """`sapray run`, killed during the full set and run again: the selection is reused, the set completed.
-    Target and teachers are the tiny random-weight model: what is checked is the resume, not the text."""
+    The target is the tiny random-weight model (what is checked is the resume, not SAP); the teachers are
+    SmolLM2, as the tiny model's 12 tokens decode to empty responses."""
     questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:10])
-    config = job(tmp_path, exemplar_file, questions, model=TINY_RANDOM,
-                 strategies=teacher_strategies("hf", TINY_RANDOM))
+    config = job(tmp_path, exemplar_file, questions, model=TINY_RANDOM, strategies=teacher_strategies("hf"))
     del config["data"]["candidates"]  # only the two hf teachers compete, so the winner is one to kill
     for strategy in config["strategies"]:
         strategy["max_tokens"] = 12

@@ -168,3 +168,38 @@ def test_the_cluster_join_rejects_duplicate_ids_and_joins_id_less_responses_by_t
     assert rejects[1]["reason"] == rejects[2]["reason"] == f"no response in {tmp_path / 'chat.jsonl'}"
     assert (metadata["questions"], metadata["questions_done"], metadata["question_rows_rejected"]) == (5, 5, 1)
     assert metadata["rows"] + metadata["rejected"] == len(rows)
+
+
+def test_run_whose_sample_responses_are_all_rejected_ends_with_one_clear_message(ray_local, tmp_path):
+    """No response scored (here: every one over the length limit) means no winner: `sapray run` says so
+    and where the rejects are, without a traceback (it ended in a TypeError, found when a run's tiny-model
+    teachers wrote only empty responses)."""
+    import yaml
+    from click.testing import CliRunner
+    from small_job import exemplar_rows, jsonl
+
+    from sapray.cli import main
+    from sapray.models import TINY_RANDOM
+
+    questions = load_questions()[:2]
+    (tmp_path / "q.jsonl").write_text(jsonl(questions))
+    (tmp_path / "ex.jsonl").write_text(jsonl(exemplar_rows()))
+    strategies = []
+    for name in ("blank", "spaces"):
+        (tmp_path / f"{name}.jsonl").write_text(jsonl([{"question_id": q["question_id"], "strategy": name,
+                                                        "response": "and so on " * 100} for q in questions]))
+        strategies.append({"name": name, "teacher": {"kind": "file", "path": str(tmp_path / f"{name}.jsonl"),
+                                                     "strategy": name}})
+    config = {"model": TINY_RANDOM, "engine": "hf", "engine_args": {"max_length": 256},
+              "data": {"questions": str(tmp_path / "q.jsonl")},
+              "strategies": strategies, "sample": {"max_questions": 2, "round_size": 2},
+              "exemplars": {"file": str(tmp_path / "ex.jsonl")}, "ray": {"actors": 1},
+              "output": str(tmp_path / "select"), "generate": {"output": str(tmp_path / "train")}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    done = CliRunner().invoke(main, ["run", "--config", str(tmp_path / "run.yaml")])
+    assert done.exit_code == 1 and "Traceback" not in done.output, done.output
+    assert "no response of any strategy could be scored on the sample" in done.output
+    assert f"{tmp_path / 'select' / 'rejects'}/" in done.output
+    rejects = read_parts(tmp_path / "select" / "rejects")
+    assert len(rejects) == 4 and all("over-length" in r["reason"] for r in rejects)
+    assert not (tmp_path / "train").exists()  # nothing was generated

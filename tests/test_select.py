@@ -12,7 +12,6 @@ import torch
 from conftest import DATA_DIR, load_candidates, load_questions
 
 from sapray.config import ConfigError, load_config
-from sapray.models import TINY_RANDOM
 from sapray.report import write_outputs
 from sapray.select import run_select
 
@@ -62,13 +61,6 @@ def run(raw: dict):
 def one_actor(ray_local, exemplar_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("one")
     return run(base_config(exemplar_file, str(out))), out
-
-
-@pytest.fixture(scope="module")
-def tiny_one_actor(ray_local, exemplar_file, tmp_path_factory):
-    """The same job with the tiny random-weight model: for the checks of the data plane (actors, reruns)."""
-    out = tmp_path_factory.mktemp("tiny-one")
-    return run(base_config(exemplar_file, str(out), model=TINY_RANDOM)), out
 
 
 def plain_sap(model, tokenizer, question: str, exemplars: list[str], response: str) -> float:
@@ -121,9 +113,9 @@ def test_exemplars_recorded_and_never_the_question_itself(one_actor):
         assert len(set(row["exemplar_ids"])) == 3
 
 
-def test_two_actors_give_identical_scores(tiny_one_actor, exemplar_file, tmp_path):
-    result_one, _ = tiny_one_actor
-    result_two = run(base_config(exemplar_file, str(tmp_path), model=TINY_RANDOM, **{"ray.actors": 2}))
+def test_two_actors_give_identical_scores(one_actor, exemplar_file, tmp_path):
+    result_one, _ = one_actor
+    result_two = run(base_config(exemplar_file, str(tmp_path), **{"ray.actors": 2}))
     key = lambda r: (r["question_id"], r["strategy"])  # noqa: E731
     one = {key(r): r for r in result_one.scores}
     two = {key(r): r for r in result_two.scores}
@@ -132,9 +124,9 @@ def test_two_actors_give_identical_scores(tiny_one_actor, exemplar_file, tmp_pat
         assert one[k]["sap"] == two[k]["sap"] and one[k]["ppl"] == two[k]["ppl"] and one[k]["ifd"] == two[k]["ifd"]
 
 
-def test_same_config_and_seed_give_identical_json(tiny_one_actor, exemplar_file, tmp_path):
-    _, out = tiny_one_actor
-    run(base_config(exemplar_file, str(tmp_path), model=TINY_RANDOM))
+def test_same_config_and_seed_give_identical_json(one_actor, exemplar_file, tmp_path):
+    _, out = one_actor
+    run(base_config(exemplar_file, str(tmp_path)))
     assert (tmp_path / "selection.json").read_bytes() == (out / "selection.json").read_bytes()
     assert (tmp_path / "exemplars.jsonl").read_bytes() == (out / "exemplars.jsonl").read_bytes()
 
