@@ -110,7 +110,9 @@ def file_outputs(questions: list[dict], answers: list[dict], path: str) -> list[
 
 
 def no_responses(teacher: TeacherConfig, present: Iterable[str]) -> InputError:
-    """A misspelt strategy would otherwise reject every question one by one."""
+    """A misspelt strategy (or a file of bad rows) would otherwise reject every question one by one."""
+    if teacher.strategy is None:
+        return InputError(f"{teacher.path} has no usable responses (every row was rejected)")
     return InputError(f"{teacher.path} has no responses for strategy {teacher.strategy!r} "
                       f"(it has {sorted(present)})")
 

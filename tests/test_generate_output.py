@@ -80,6 +80,15 @@ def test_misspelt_file_strategy_fails_naming_what_the_file_has(ray_local, tmp_pa
     assert run_full_generation(file_strategy("socratic"), load_questions()[:2], RayConfig(), gen)["rows"] == 2
 
 
+def test_a_file_teacher_without_usable_rows_says_so_whether_or_not_it_names_a_strategy():
+    from sapray.generate import no_responses
+
+    named = TeacherConfig(kind="file", path="t.jsonl", strategy="socratic")
+    assert str(no_responses(named, {"human"})) == "t.jsonl has no responses for strategy 'socratic' (it has ['human'])"
+    every = TeacherConfig(kind="file", path="t.jsonl")
+    assert str(no_responses(every, set())) == "t.jsonl has no usable responses (every row was rejected)"
+
+
 def test_an_api_teacher_whose_key_variable_is_unset_fails_before_any_request(ray_local, tmp_path, monkeypatch):
     monkeypatch.delenv("SAPRAY_UNSET_KEY", raising=False)
     strategy = StrategyConfig(name="api", teacher={"kind": "openai", "model": "m", "base_url": "http://127.0.0.1:9/v1",
