@@ -23,11 +23,12 @@ import argparse
 import json
 from collections import Counter
 from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pyarrow.parquet as pq
 
-from sapray.race import Race, RaceRule
+from sapray.race import Race, RaceRule, pair_alpha
 
 TABLE = Path(__file__).parent / "data" / "gsm8k_sap_smollm2.parquet"
 
@@ -66,6 +67,20 @@ def race(strategies: list[str], sap: np.ndarray, tokens: np.ndarray, order: np.n
     return "budget", r.contenders(), asked, spent
 
 
+def questions_to_separate(sap: np.ndarray, best: int, j: int, epsilon: float, alpha: float) -> float:
+    """Questions a single fixed-size two-sided z-test at level ``alpha`` would need to show strategy ``j``
+    worse than ``best`` by more than ``epsilon`` of its mean, were the full-data gap and spread true.
+
+    A confidence sequence is wider than the fixed-size interval at every n, so no anytime-valid race
+    drops ``j`` with fewer questions: this is a floor on any valid elimination, not an estimate.
+    """
+    d = sap[:, j] - sap[:, best]
+    excess = d.mean() - epsilon * sap[:, best].mean()
+    if excess <= 0:
+        return float("inf")
+    return float((NormalDist().inv_cdf(1 - alpha / 2) * d.std(ddof=1) / excess) ** 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", type=Path, default=TABLE)
@@ -87,6 +102,19 @@ def main() -> None:
           + ", ".join(f"{s} {m:.3f}" for s, m in sorted(zip(strategies, means, strict=True), key=lambda x: x[1])))
     print(f"full-data winner: {best}; within {args.epsilon:.0%} of it: {sorted(within)}")
     rule = RaceRule(args.confidence, args.epsilon)
+    alpha = pair_alpha(args.confidence, len(strategies))
+    order = np.argsort(means)
+    print(f"questions a fixed-size test at the race's pairwise level would need to show each worse than {best} by "
+          f"more than {args.epsilon:.0%} (a floor for any valid race):")
+    separating = {int(j): questions_to_separate(sap, int(order[0]), int(j), args.epsilon, alpha) for j in order[1:]}
+    for j, n in separating.items():
+        print(f"  {strategies[j]:<20} {n:>9,.0f}")
+    n_fixed = max(args.fixed)
+    needed = {j: min(n_fixed, n) for j, n in separating.items()} | {int(order[0]): n_fixed}
+    per_question = tokens.mean(axis=0)
+    floor = sum(per_question[j] * n for j, n in needed.items()) / (per_question.sum() * n_fixed)
+    print(f"so a valid race that reaches {n_fixed} questions scores at least {floor:.0%} of the fixed design's "
+          f"tokens (each strategy scored until such a test could drop it, or on all {n_fixed})")
     rows = []
     for cap in args.caps:
         outcomes = [race(strategies, sap, tokens, np.random.default_rng(seed).permutation(len(sap)), rule,

@@ -8,7 +8,10 @@ sequences with the union bound stay within the stated error.
 
 from __future__ import annotations
 
+import importlib.util
 import math
+from pathlib import Path
+from statistics import NormalDist
 
 import numpy as np
 import pytest
@@ -39,7 +42,27 @@ def test_sequence_is_wider_than_a_fixed_interval_and_shrinks():
     rho2 = rho2_for(50, alpha)
     widths = [cs_radius(n, 1.0, alpha, rho2) for n in (10, 50, 200, 1000)]
     assert widths == sorted(widths, reverse=True)
-    assert all(w > 1.96 / math.sqrt(n) for w, n in zip(widths, (10, 50, 200, 1000), strict=True))
+    # wider than the fixed-size z interval at the same level, whatever it is tuned for: the replay
+    # benchmark's floor on any valid race rests on this
+    z = NormalDist().inv_cdf(1 - alpha / 2)
+    for tuned_for in (10, 50, 200, 2000):
+        rho2 = rho2_for(tuned_for, alpha)
+        assert all(cs_radius(n, 1.0, alpha, rho2) > z / math.sqrt(n) for n in range(2, 20_000, 7))
+
+
+def test_replay_floor_by_hand():
+    path = Path(__file__).parents[1] / "benchmarks" / "bench_race.py"
+    spec = importlib.util.spec_from_file_location("bench_race", path)
+    bench_race = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench_race)
+    best = np.full(100, 5.0)
+    worse = best + np.tile([0.1, 0.5], 50)  # paired differences: mean 0.3, sd 0.2 * sqrt(100 / 99)
+    sap = np.column_stack([best, worse])
+    excess = 0.3 - 0.02 * 5.0
+    z = NormalDist().inv_cdf(1 - 0.01 / 2)
+    assert bench_race.questions_to_separate(sap, 0, 1, 0.02, 0.01) == pytest.approx(
+        (z * 0.2 * math.sqrt(100 / 99) / excess) ** 2, rel=1e-12)
+    assert bench_race.questions_to_separate(sap, 0, 1, 0.07, 0.01) == math.inf  # within epsilon: never
 
 
 def feed(race: Race, values: np.ndarray, start: int, stop: int) -> None:
