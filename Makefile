@@ -24,10 +24,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/sapray demo
 
-# Two workers, one test file each at a time (module fixtures such as an engine stay one per file).
-# Measured beside a busy process: the fast subset's 4,999 s of test time ran in 2,554 s of wall time.
+# Two workers, one test file each at a time (module fixtures such as an engine stay one per file),
+# the longest files first (tests/conftest.py orders them; xdist's own order would put them last).
 TEST_WORKERS ?= 2
-PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile
+PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP)
 	$(PYTEST) -ra --durations=25

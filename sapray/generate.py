@@ -79,14 +79,14 @@ def joined_by_text(answers: list[dict], questions: list[dict]) -> list[dict]:
     """``answers`` without a question_id, given the id of the one question with their exact text
     (``joined_by``: "text") or a reject saying why there is none."""
     by_text = text_index({q["question_id"]: q for q in questions})
-    out = []
-    for a in answers:
-        if a["reject"] or a["question_id"] is not None:
-            out.append(a)
-            continue
-        joined, problem = joined_question(a, {}, by_text)
-        out.append({**a, "question_id": joined, "joined_by": "text"} if joined else {**a, "reject": problem})
-    return out
+    return [_joined_by_text(a, by_text) for a in answers]
+
+
+def _joined_by_text(answer: dict, by_text: dict[str, list[str]]) -> dict:
+    if answer["reject"] or answer["question_id"] is not None:
+        return answer
+    joined, problem = joined_question(answer, {}, by_text)
+    return {**answer, "question_id": joined, "joined_by": "text"} if joined else {**answer, "reject": problem}
 
 
 def file_outputs(questions: list[dict], answers: list[dict], path: str) -> list[dict]:
@@ -125,15 +125,30 @@ def warn_unjoined(path: str, count: int, first: str) -> None:
 
 def _file_answers(teacher: TeacherConfig, questions: list[dict]) -> list[dict]:
     """A file teacher's responses per question, from rows in column or chat form, joined by question_id
-    or, without one, by exact question text."""
-    rows = [file_answer(i, source, row) for i, (source, row) in enumerate(iter_records(teacher.path))]
-    if not any(not r["reject"] and teacher.strategy in (None, r["strategy"]) for r in rows):
-        raise no_responses(teacher, {r["strategy"] for r in rows if not r["reject"]})
-    mine = [r for r in rows if r["reject"] or teacher.strategy in (None, r["strategy"])]
-    joined = joined_by_text(mine, questions)
-    unjoined = [f"{a['source']}: {a['reject']}" for a in joined if a["reject"] and a["question_id"] is None]
-    warn_unjoined(teacher.path, len(unjoined), unjoined[0] if unjoined else "")
-    return file_outputs(questions, joined, teacher.path)
+    or, without one, by exact question text. The file is streamed and only the rows that answer
+    these questions are kept: a sample round holds its own questions' rows, not the file."""
+    ids = {q["question_id"] for q in questions}
+    by_text = text_index({q["question_id"]: q for q in questions})
+    kept: list[dict] = []
+    present: set[str] = set()
+    usable, unjoined, first_unjoined = False, 0, ""
+    for i, (source, row) in enumerate(iter_records(teacher.path)):
+        answer = file_answer(i, source, row)
+        if not answer["reject"]:
+            present.add(answer["strategy"])
+            if teacher.strategy not in (None, answer["strategy"]):
+                continue
+            usable = True
+            answer = _joined_by_text(answer, by_text)
+        if answer["reject"] and answer["question_id"] is None:
+            unjoined += 1
+            first_unjoined = first_unjoined or f"{answer['source']}: {answer['reject']}"
+        elif answer["question_id"] in ids:
+            kept.append(answer)
+    if not usable:
+        raise no_responses(teacher, present)
+    warn_unjoined(teacher.path, unjoined, first_unjoined)
+    return file_outputs(questions, kept, teacher.path)
 
 
 def api_teacher_kwargs(strategy: StrategyConfig) -> tuple[type, dict[str, Any]]:

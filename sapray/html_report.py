@@ -383,7 +383,8 @@ def _running_figure(figs: _Figures, rounds: list[dict], order: list[str], elimin
     ax.set_ylabel("mean SAP so far")
     ax.grid(color="#e2e8f0", linewidth=0.8)
     ax.spines[["top", "right"]].set_visible(False)
-    ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
+    if ax.lines:  # nothing is drawn where every response was rejected: no legend to show
+        ax.legend(fontsize=8, frameon=False, loc="center left", bbox_to_anchor=(1.01, 0.5))
     if race:
         text = ("Running estimate: each strategy's mean SAP after every round of the race; a cross marks the round "
                 "in which the race eliminated a strategy.")

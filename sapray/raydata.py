@@ -13,6 +13,7 @@ import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
+import psutil
 import pyarrow as pa
 
 from sapray.config import RayConfig
@@ -41,7 +42,6 @@ def start_local_ray(patience_s: float, **kwargs: Any) -> None:
     Ray waits a fixed time for its raylet, and the raylet a fixed time for its dashboard agent
     (a Python process); on a busy machine either can run out, and the node dies at startup.
     """
-    import psutil
     import ray
 
     deadline = time.monotonic() + patience_s
@@ -62,8 +62,6 @@ def _stop_processes_started_since(before: set[int]) -> None:
     """Kill what a failed ``ray.init`` left running: its node's processes (GCS server, raylet, dashboard,
     monitors) are children of this process that ``ray.shutdown`` does not know, and each start again
     would add its own, making a busy machine busier until no start can succeed."""
-    import psutil
-
     started = [p for p in psutil.Process().children() if p.pid not in before]
     for process in started:
         with contextlib.suppress(psutil.Error):
@@ -107,9 +105,12 @@ def blocks(rows: Sequence[dict], batch_size: int) -> list[pa.Table]:
     return [pa.Table.from_pylist(list(rows[i:i + batch_size])) for i in range(0, len(rows), batch_size)]
 
 
-def actor_pool(actor_cls: type, actor_kwargs: dict[str, Any], cfg: RayConfig) -> dict[str, Any]:
+def actor_pool(actor_cls: type, actor_kwargs: dict[str, Any], cfg: RayConfig,
+               n_blocks: int | None = None) -> dict[str, Any]:
     """``map_batches`` arguments for a pool of ``actor_cls`` the cluster can hold, placed as
-    ``placement.plan`` says; a config the cluster cannot hold fails here, before any actor starts."""
+    ``placement.plan`` says; a config the cluster cannot hold fails here, before any actor starts.
+    With ``n_blocks`` known, no more actors start than there are blocks: an actor with no block
+    would load its model for nothing (a small race round, a short sample)."""
     import ray
 
     from sapray.models import locate
@@ -123,7 +124,8 @@ def actor_pool(actor_cls: type, actor_kwargs: dict[str, Any], cfg: RayConfig) ->
     if "engine_args" in actor_kwargs:
         actor_kwargs = {**actor_kwargs, "engine_args": where.engine_args}
     return {"fn": actor_cls, "fn_constructor_kwargs": {**actor_kwargs, "num_cpus": where.num_cpus},
-            "batch_size": cfg.batch_size, "compute": ray.data.ActorPoolStrategy(size=where.actors),
+            "batch_size": cfg.batch_size,
+            "compute": ray.data.ActorPoolStrategy(size=min(where.actors, n_blocks or where.actors)),
             "num_cpus": where.num_cpus, "num_gpus": where.num_gpus or None}
 
 
@@ -139,6 +141,7 @@ def map_with_actors(
 
     if not rows:
         return iter(())
-    pool = actor_pool(actor_cls, actor_kwargs, cfg)
-    mapped = ray.data.from_arrow(blocks(rows, cfg.batch_size)).map_batches(**pool)
+    tables = blocks(rows, cfg.batch_size)
+    pool = actor_pool(actor_cls, actor_kwargs, cfg, n_blocks=len(tables))
+    mapped = ray.data.from_arrow(tables).map_batches(**pool)
     return console.progress(mapped.iter_rows(), len(rows), what or actor_cls.__name__)

@@ -57,10 +57,15 @@ def run(raw: dict):
     return result
 
 
+# One question (six requests) a batch: the first round's two questions are two blocks, so a second
+# actor gets one of them (no more actors start than there are blocks).
+ONE_QUESTION_A_BATCH = {"ray.batch_size": 6}
+
+
 @pytest.fixture(scope="module")
 def one_actor(ray_local, exemplar_file, tmp_path_factory):
     out = tmp_path_factory.mktemp("one")
-    return run(base_config(exemplar_file, str(out))), out
+    return run(base_config(exemplar_file, str(out), **ONE_QUESTION_A_BATCH)), out
 
 
 def plain_sap(model, tokenizer, question: str, exemplars: list[str], response: str) -> float:
@@ -115,7 +120,8 @@ def test_exemplars_recorded_and_never_the_question_itself(one_actor):
 
 def test_two_actors_give_identical_scores(one_actor, exemplar_file, tmp_path):
     result_one, _ = one_actor
-    result_two = run(base_config(exemplar_file, str(tmp_path), **{"ray.actors": 2}))
+    result_two = run(base_config(exemplar_file, str(tmp_path), **ONE_QUESTION_A_BATCH, **{"ray.actors": 2}))
+    assert len(result_two.placement) > len(result_one.placement)  # a second actor scored (a pool a round)
     key = lambda r: (r["question_id"], r["strategy"])  # noqa: E731
     one = {key(r): r for r in result_one.scores}
     two = {key(r): r for r in result_two.scores}
@@ -126,7 +132,7 @@ def test_two_actors_give_identical_scores(one_actor, exemplar_file, tmp_path):
 
 def test_same_config_and_seed_give_identical_json(one_actor, exemplar_file, tmp_path):
     _, out = one_actor
-    run(base_config(exemplar_file, str(tmp_path)))
+    run(base_config(exemplar_file, str(tmp_path), **ONE_QUESTION_A_BATCH))
     assert (tmp_path / "selection.json").read_bytes() == (out / "selection.json").read_bytes()
     assert (tmp_path / "exemplars.jsonl").read_bytes() == (out / "exemplars.jsonl").read_bytes()
 
