@@ -309,12 +309,13 @@ def _questions_of_candidates(with_id, without_id, uris: dict[str | None, str], c
     gets an id made from it."""
     questions = _by_bucket([with_id], stages.by_id, buckets, _given_questions)
     if without_id.count():
-        questions = questions.union(_by_bucket([questions, without_id], stages.by_text, buckets, _derived_questions))
-    if not questions.count():
+        questions = questions.union(
+            _by_bucket([questions, without_id], stages.by_text, buckets, _derived_questions)).materialize()
+    if not questions.count():  # materialized: counted without running the union again
         raise InputError(f"{', '.join(uris.values())}: no question texts to take the questions from (give "
                          "data.questions, --questions, or candidate files in chat 'messages' form or with a "
                          f"{columns.question!r} column)")
-    return questions.materialize()
+    return questions
 
 
 def _usable_candidates(data: DataConfig, shard_bytes: int):

@@ -14,6 +14,13 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
+# Ray's log handler writes to the sys.stderr of Ray's first import, for good. Imported here, before any
+# test, that is pytest's stream for the session; imported first inside click's CliRunner (sapray imports
+# Ray lazily), it was the runner's, closed when that command ended, and every later Ray Data progress
+# line of the process printed "--- Logging error ---" with a traceback into the next command's output
+# (seen once, in a busy run, where the file order put a CliRunner test first in its worker).
+import ray
+
 from sapray.models import resolve_model
 
 DATA_DIR = Path(__file__).parent / "data" / "gsm8k_first20"
@@ -85,7 +92,6 @@ def init_local_ray(**kwargs) -> None:
 def _ray_of_this_process():
     """Stops, when the session ends, the local Ray that ``ray_local`` started in this test process."""
     yield
-    import ray
 
     ray.shutdown()
 
@@ -95,7 +101,6 @@ def ray_local(_ray_of_this_process):
     """A local Ray with 2 CPUs for in-process jobs: one per test process (started by the first module
     that needs it, kept for the next), as a Ray start costs seconds to a minute on a busy machine. A
     module that needs another Ray (``test_cluster_placement``) shuts this one down; the next starts it."""
-    import ray
 
     if not ray.is_initialized():
         init_local_ray(num_cpus=2, include_dashboard=False, logging_level="WARNING")
