@@ -30,8 +30,9 @@ from sapray.answers import make_checker
 from sapray.config import Columns, RayConfig, Strict, validate
 from sapray.engines import EngineName, SamplingConfig
 from sapray.exemplars import zero_shot_prompts
+from sapray.generate_job import question_rejects, questions_dataset, unique_questions
 from sapray.models import locate
-from sapray.raydata import actor_pool, init_ray, map_with_actors
+from sapray.raydata import actor_pool, init_ray
 from sapray.read import (
     InputError,
     Reject,
@@ -39,7 +40,6 @@ from sapray.read import (
     iter_records,
     nothing_usable,
     number_as_text,
-    read_questions,
     row_pair,
     text_problem,
 )
@@ -282,11 +282,11 @@ class _Score:
         return out.append_column("eligible", pa.array(eligible, pa.bool_()))
 
 
-def _ok_finite(column: str) -> Callable[[pa.Table], np.ndarray]:
+def _finite_where(column: str, where: str) -> Callable[[pa.Table], np.ndarray]:
     def keys(batch: pa.Table) -> np.ndarray:
         values = batch.column(column).to_numpy(zero_copy_only=False)
-        ok = pc.equal(batch.column("reject"), "").to_numpy(zero_copy_only=False) & np.isfinite(values)
-        return order_stats.sortable(values[ok])
+        mask = batch.column(where).to_numpy(zero_copy_only=False) & np.isfinite(values)
+        return order_stats.sortable(values[mask])
     return keys
 
 
@@ -318,22 +318,31 @@ class _Decide:
 
 def _summaries(ds, columns: tuple[str, ...], rule: Rule) -> tuple[order_stats.Cut, dict, int]:
     """(the keep cut, the score distributions, how many rows could be kept), in one set of passes."""
-    _, parts = stages.moments(ds, list(columns), where="ok")
     eligible, _ = stages.moments(ds, [], where="eligible")
     k = filters.keep_count(rule.fraction, eligible)
-    ranks = {c: order_stats.quantile_ranks(parts[c][0].n) if parts[c][0].n else [] for c in columns}
-    keys = {c: _ok_finite(c) for c in columns}
-    selected = stages.select(ds, {**keys, "cut": _eligible_keys}, {**ranks, "cut": [k] if k else []})
+    dists, selected = _distributions(ds, columns, "ok", {"cut": (_eligible_keys, [k] if k else [])})
 
     def tied_order(key: int, j: int) -> int:
         return stages.select(ds, {"order": _tied_orders(key)}, {"order": [j]})["order"][0].key
 
-    cut = order_stats.cut_at(k, selected["cut"][0] if k else None, tied_order)
+    return order_stats.cut_at(k, selected["cut"][0] if k else None, tied_order), dists, eligible
+
+
+def _distributions(ds, columns: tuple[str, ...], where: str,
+                   also: dict[str, tuple[Callable[[pa.Table], np.ndarray], list[int]]] | None = None,
+                   ) -> tuple[dict, dict[str, list[order_stats.Selected]]]:
+    """(``filters.distribution`` of each column over the rows where the boolean column ``where`` is
+    true, exact; the keys at the ranks ``also`` asks for), in one set of order-statistic passes."""
+    also = also or {}
+    _, parts = stages.moments(ds, list(columns), where=where)
+    ranks = {c: order_stats.quantile_ranks(parts[c][0].n) if parts[c][0].n else [] for c in columns}
+    keys = {c: _finite_where(c, where) for c in columns} | {name: f for name, (f, _) in also.items()}
+    selected = stages.select(ds, keys, ranks | {name: r for name, (_, r) in also.items()})
     dists = {c: order_stats.distribution(parts[c][0], parts[c][1],
                                          {r: order_stats.value_of(s.key) for r, s in zip(ranks[c], selected.get(c, []),
                                                                                         strict=True)})
              for c in columns}
-    return cut, dists, eligible
+    return dists, selected
 
 
 def _read_in_cluster(cfg: FilterConfig, uri: str, columns: Columns):
@@ -457,62 +466,112 @@ def canonical_answer(answer: str | None) -> str | None:
         return " ".join(answer.lower().split())
 
 
-def run_consistency(cfg: FilterConfig, questions: dict[str, dict]) -> tuple[list[dict], dict]:
+# -- self-consistency: sample answers per question, keep the majority's ------------------------------
+
+# One row per sampled answer: what scores/ holds, in this column order.
+VOTE_SCHEMA = pa.schema([
+    ("sample_id", pa.string()), ("question_id", pa.string()), ("question", pa.string()), ("response", pa.string()),
+    ("finish_reason", pa.string()), ("answer", pa.string()), ("majority", pa.string()), ("agreement", pa.float64()),
+    ("majority_correct", pa.bool_()), ("kept", pa.bool_()), ("reason", pa.string()), ("source", pa.string())])
+
+
+def voted_samples(question: dict, texts: list[str], finish_reasons: list[str], checker) -> list[dict]:
+    """The rows of one question's sampled answers: each kept when its answer is the majority's."""
+    answers = [canonical_answer(checker.extract(t)) for t in texts]
+    vote = filters.majority(answers)
+    gold = question.get("gold")
+    agreement = sum(a == vote for a in answers) / len(answers) if vote else 0.0
+    correct = None if gold is None or vote is None else canonical_answer(checker.extract(gold) or gold) == vote
+    rows = []
+    for k, (text, answer, finish) in enumerate(zip(texts, answers, finish_reasons, strict=True)):
+        kept = vote is not None and answer == vote
+        reason = ("" if kept else "no parsable answer among the samples" if vote is None
+                  else "no parsable answer" if answer is None
+                  else f"answer {answer} disagrees with majority {vote}")
+        rows.append({"sample_id": f"{question['question_id']}#{k}", "question_id": question["question_id"],
+                     "question": question["question"], "response": text, "finish_reason": finish, "answer": answer,
+                     "majority": vote, "agreement": agreement, "majority_correct": correct, "kept": kept,
+                     "reason": reason, "source": question["source"]})
+    return rows
+
+
+class ZeroShotPrompts:
+    """CPU stage: the target's zero-shot chat prompt for each question, tokenized."""
+
+    def __init__(self, model: str, revision: str | None) -> None:
+        from transformers import AutoTokenizer
+
+        from sapray.models import resolve_model
+
+        self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(model, revision))
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        prompts = zero_shot_prompts(self.tokenizer, batch.column("question").to_pylist())
+        return batch.append_column("prompt_ids", pa.array(prompts, pa.list_(pa.int32())))
+
+
+class _Vote:
+    def __init__(self, cc: ConsistencyConfig) -> None:
+        self.checker = make_checker(cc.checker, cc.regex)
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        rows = [row for q in batch.to_pylist()
+                for row in voted_samples(q, q["texts"], q["finish_reasons"], self.checker)]
+        return pa.Table.from_pylist(rows, schema=VOTE_SCHEMA)
+
+
+def _sampling_sums(batch: pa.Table) -> dict:
+    return {"questions": [batch.num_rows], "generated_tokens": [int(pc.sum(batch.column("completion_tokens")).as_py()
+                                                                    or 0)]}
+
+
+def _vote_sums(batch: pa.Table) -> dict:
+    kept = batch.column("kept").to_numpy(zero_copy_only=False)
+    return {"rows": [batch.num_rows], "kept": [int(kept.sum())],
+            "without_majority": [batch.column("majority").null_count]}
+
+
+def run_consistency(cfg: FilterConfig) -> tuple[dict, dict, dict[str, str]]:
+    """Self-consistency over every question in the cluster: rows in are the sampled answers; rejected
+    question rows (unreadable, duplicate id) are counted apart and written to rejects/."""
     cc = cfg.consistency
-    from transformers import AutoTokenizer
-
-    resolved = locate(cfg.model, cfg.revision)
-    tokenizer = AutoTokenizer.from_pretrained(resolved.path)
-    ids = list(questions)
-    prompts = zero_shot_prompts(tokenizer, [questions[q]["question"] for q in ids])
+    read, rows_read = questions_dataset(cfg.input, cfg.columns, cfg.ray)
+    usable, read_rejects = stages.split_rejected(read)
+    if not usable.count():
+        raise nothing_usable("questions", [cfg.input], [Reject(r["source"], r["reject"], r["reject_stage"])
+                                                        for r in read_rejects.take(1)])
+    questions, duplicates = stages.split_rejected(unique_questions(usable, rows_read))
+    # Resolved here first, so a missing model fails before any actor starts; actors load the same commit.
+    commit = locate(cfg.model, cfg.revision).commit
     sampling = SamplingConfig(temperature=cc.temperature, max_tokens=cc.max_tokens, n=cc.samples, seed=cc.seed)
-    rows_in = [{"row_id": q, "prompt_ids": p} for q, p in zip(ids, prompts, strict=True)]
-    generated = {r["row_id"]: r for r in map_with_actors(
-        rows_in, GenerateActor, {"engine": cfg.engine, "model": cfg.model, "revision": resolved.commit,
-                                 "engine_args": cfg.engine_args, "sampling": sampling.__dict__}, cfg.ray,
-        what="sampling answers")}
-    checker = make_checker(cc.checker, cc.regex)
-    rows, no_answer = [], 0
-    for qid in ids:
-        texts, finish = list(generated[qid]["texts"]), list(generated[qid]["finish_reasons"])
-        answers = [canonical_answer(checker.extract(t)) for t in texts]
-        vote = filters.majority(answers)
-        no_answer += vote is None
-        gold = questions[qid].get("gold")
-        for k, (text, answer) in enumerate(zip(texts, answers, strict=True)):
-            kept = vote is not None and answer == vote
-            reason = ("" if kept else "no parsable answer among the samples" if vote is None
-                      else "no parsable answer" if answer is None
-                      else f"answer {answer} disagrees with majority {vote}")
-            rows.append({
-                "sample_id": f"{qid}#{k}", "question_id": qid, "question": questions[qid]["question"],
-                "response": text, "finish_reason": finish[k], "answer": answer, "majority": vote,
-                "agreement": sum(a == vote for a in answers) / len(answers) if vote else 0.0,
-                "majority_correct": None if gold is None or vote is None
-                else canonical_answer(checker.extract(gold) or gold) == vote,
-                "kept": kept, "reason": reason, "source": questions[qid]["source"]})
-    info = {"samples_per_question": cc.samples, "temperature": cc.temperature, "questions": len(ids),
-            "questions_without_parsable_answer": no_answer,
-            "generated_tokens": int(sum(g["completion_tokens"] for g in generated.values())),
-            "distributions": {"agreement": filters.distribution([r["agreement"] for r in rows if r["kept"]])}}
-    return rows, info
-
-
-def _consistency_rows(cfg: FilterConfig) -> tuple[dict, dict, dict[str, str]]:
-    """Self-consistency: rows in are the generated samples; rejected question rows are counted apart."""
-    import ray
-
-    questions, question_rejects = read_questions(cfg.input, cfg.columns, need_gold=False)
-    rows, info = run_consistency(cfg, questions)
-    info["question_rows_rejected"] = len(question_rejects)
-    kept = sum(r["kept"] for r in rows)
-    counts = {"rows_in": len(rows), "kept": kept, "dropped": len(rows) - kept, "rejected": 0}
+    prompts = questions.map_batches(ZeroShotPrompts, batch_format="pyarrow", batch_size=cfg.ray.batch_size,
+                                    fn_constructor_kwargs={"model": cfg.model, "revision": commit},
+                                    **stages.cpu_pool())
+    sampled = prompts.map_batches(**actor_pool(GenerateActor, {
+        "engine": cfg.engine, "model": cfg.model, "revision": commit, "engine_args": cfg.engine_args,
+        "sampling": sampling.__dict__}, cfg.ray)).materialize()
+    sampling_sums = sampled.map_batches(_sampling_sums, batch_format="pyarrow", batch_size=None).take_all()
+    voted = sampled.map_batches(_Vote(cc), batch_format="pyarrow").materialize()
+    vote_sums = voted.map_batches(_vote_sums, batch_format="pyarrow", batch_size=None).take_all()
+    rows, kept = sum(p["rows"] for p in vote_sums), sum(p["kept"] for p in vote_sums)
+    asked, rejected = sum(p["questions"] for p in sampling_sums), read_rejects.count() + duplicates.count()
+    if asked + rejected != rows_read:
+        raise AssertionError(f"question rows do not reconcile: {rows_read} read, {asked} asked, {rejected} rejected")
+    distributions, _ = _distributions(voted, ("agreement",), "kept")
+    info = {"samples_per_question": cc.samples, "temperature": cc.temperature, "questions": asked,
+            # every question has cc.samples rows, all with or all without a majority
+            "questions_without_parsable_answer": sum(p["without_majority"] for p in vote_sums) // cc.samples,
+            "generated_tokens": sum(p["generated_tokens"] for p in sampling_sums), "distributions": distributions,
+            "question_rows_rejected": rejected}
+    counts = {"rows_in": rows, "kept": kept, "dropped": rows - kept, "rejected": 0}
     paths = {"kept": child(cfg.output, "kept"), "scores": child(cfg.output, "scores"),
              "rejects": child(cfg.output, "rejects")}
-    scores = ray.data.from_items(rows)
-    stages.write_jsonl(scores.map_batches(_keep_messages, batch_format="pyarrow"), paths["kept"])
-    stages.write_parquet(scores, paths["scores"])
-    stages.write_jsonl(ray.data.from_items([r.to_dict() for r in question_rejects]), paths["rejects"])
+    stages.write_jsonl(voted.map_batches(_keep_messages, batch_format="pyarrow"), paths["kept"])
+    stages.write_parquet(voted, paths["scores"])
+    # in input order, as a single reader would list them
+    stages.write_jsonl(read_rejects.union(duplicates).sort("order").map_batches(question_rejects(None),
+                                                                                batch_format="pyarrow"),
+                       paths["rejects"])
     return counts, info, paths
 
 
@@ -520,7 +579,7 @@ def run_filter(cfg: FilterConfig) -> FilterResult:
     """Run the filter and write kept/, scores/ and rejects/ under ``cfg.output`` (from the workers)."""
     init_ray(cfg.ray)
     try:
-        job = _consistency_rows if cfg.method == "consistency" else run_scored_filter
+        job = run_consistency if cfg.method == "consistency" else run_scored_filter
         counts, info, paths = job(cfg)
     except Exception as exc:
         error = None if isinstance(exc, InputError) else stages.input_error(exc)

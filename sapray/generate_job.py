@@ -83,8 +83,8 @@ def question_row(index: int, source: str, row: dict | str, columns: Columns) -> 
             "reject_stage": "questions" if problem else ""}
 
 
-def _read_questions(questions: str | Sequence[dict] | tuple, columns: Columns, ray_cfg: RayConfig,
-                    input_rejects: Sequence[Reject]):
+def questions_dataset(questions: str | Sequence[dict] | tuple, columns: Columns, ray_cfg: RayConfig,
+                    input_rejects: Sequence[Reject] = ()):
     """(question rows, rows read): a file is read by workers; a dataset of questions (those of candidate
     files) is taken as it is; rows a caller holds (tests) become a dataset, and the rows it could not
     read come along as rejects."""
@@ -234,6 +234,18 @@ def _to_do(strategy: StrategyConfig, questions, done, ray_cfg: RayConfig, rows: 
     if path:
         answers = _file_teacher_answers(strategy, questions, ray_cfg, buckets)
         parts.append(answers.map_batches(_as_join_rows("answer", stages.by_id, buckets), batch_format="pyarrow"))
+    return _joined_by_id(parts, path)
+
+
+def unique_questions(questions, rows: int):
+    """Each question id once, in input order; a later row with an id already seen becomes a duplicate
+    reject (``reject_stage`` "questions"), as in every job."""
+    keyed = questions.map_batches(_as_join_rows("question", stages.by_id, stages.buckets_for(rows)),
+                                  batch_format="pyarrow")
+    return _joined_by_id([keyed], None)
+
+
+def _joined_by_id(parts: list, path: str | None):
     return stages.union_all(parts).groupby("bucket").map_groups(_id_join(path), batch_format="pyarrow").sort("order")
 
 
@@ -404,10 +416,12 @@ def _entry_rejects(batch: pa.Table) -> pa.Table:
     return pa.Table.from_pylist(rejects, schema=stages.REJECT_SCHEMA)
 
 
-def _question_rejects(strategy: str):
+def question_rejects(strategy: str | None):
+    """Question rows that were not asked, as rejects; those the strategy refused (stage "generate") name it."""
     def fn(batch: pa.Table) -> pa.Table:
         stage = batch.column("reject_stage")
-        named = pc.if_else(pc.equal(stage, "generate"), strategy, pa.scalar(None, pa.string()))
+        named = pc.if_else(pc.equal(stage, "generate"), pa.scalar(strategy, pa.string()),
+                           pa.scalar(None, pa.string()))
         return pa.table({"source": batch.column("source"), "reason": batch.column("reject"), "stage": stage,
                          "question_id": batch.column("question_id"), "strategy": named}, schema=stages.REJECT_SCHEMA)
     return fn
@@ -435,7 +449,7 @@ def write_training_set(output: str, strategy: StrategyConfig, entries, rejected_
     train = ordered.map_batches(_train_rows, batch_format="pyarrow").materialize()
     stages.write_jsonl(train, child(output, "train"))
     stages.write_parquet(train, child(output, "parquet"))
-    input_rejects = rejected_questions.map_batches(_question_rejects(strategy.name), batch_format="pyarrow")
+    input_rejects = rejected_questions.map_batches(question_rejects(strategy.name), batch_format="pyarrow")
     stages.write_jsonl(input_rejects.union(ordered.map_batches(_entry_rejects, batch_format="pyarrow")),
                        child(output, "rejects"))
     parts = ordered.map_batches(partial(entry_totals, run=run), batch_format="pyarrow", batch_size=None).take_all()
@@ -468,7 +482,7 @@ def run_full_generation(strategy: StrategyConfig, questions: str | Sequence[dict
     init_ray(ray_cfg)
     started = time.monotonic()
     run = uuid.uuid4().hex[:8]
-    read, rows_in = _read_questions(questions, columns or Columns(), ray_cfg, input_rejects)
+    read, rows_in = questions_dataset(questions, columns or Columns(), ray_cfg, input_rejects)
     usable, rejected = stages.split_rejected(read.map_batches(_gold_rejects(strategy), batch_format="pyarrow"))
     n_usable = usable.count()
     if not n_usable:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 
 import pytest
 import torch
@@ -138,13 +137,33 @@ def test_lobass_with_a_trained_lora_adapter(ray_local, samples_file, tmp_path, s
     assert {r["sample_id"] for r in top} == {r["sample_id"] for r in scores if r["kept"]}
 
 
-def test_self_consistency(ray_local, tmp_path):
-    questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:2])
-    result, scores = run({"method": "consistency", "input": questions,
-                          "consistency": {"samples": 4, "temperature": 0.8, "max_tokens": 48, "seed": 1}},
-                         tmp_path)
-    counts = result.summary["counts"]
-    assert counts["rows_in"] == 8 and counts["rejected"] == 0
+def test_self_consistency_in_the_cluster_same_bytes_whatever_the_batches_and_actors(ray_local, tmp_path):
+    """Questions read, deduplicated, sampled and voted on in the cluster; a duplicate id and a broken line
+    are question rejects; one actor or two (one question per batch), the same files."""
+    questions = load_questions()[:2]
+    path = tmp_path / "q.jsonl"
+    write_jsonl(path, [*questions, {**questions[0], "question": "a later row with the same id"},
+                       '{"question_id": "broken", "question": '])
+    outputs, summaries = {}, {}
+    for actors, batch_size in ((1, 16), (2, 1)):
+        out = tmp_path / f"out-{actors}"
+        cfg = load_filter_config({"method": "consistency", "input": str(path), "output": str(out),
+                                  "consistency": {"samples": 4, "temperature": 0.8, "max_tokens": 48, "seed": 1},
+                                  "ray": {"actors": actors, "batch_size": batch_size}})
+        result = run_filter(cfg)
+        write_filter_outputs(cfg.output, result)
+        summaries[actors] = result.summary
+        outputs[actors] = {f"{d}/{p.name}": p.read_bytes() for d in ("kept", "scores", "rejects")
+                           for p in sorted((out / d).iterdir())}
+    assert outputs[1] == outputs[2]
+    summary = summaries[1]
+    assert summary == summaries[2]
+    assert summary["counts"] == {"rows_in": 8, "kept": summary["counts"]["kept"],
+                                 "dropped": 8 - summary["counts"]["kept"], "rejected": 0}
+    assert summary["questions"] == 2 and summary["question_rows_rejected"] == 2
+    scores = read_parts(tmp_path / "out-1" / "scores")
+    assert [r["sample_id"] for r in scores] == [f"{q['question_id']}#{k}" for q in questions for k in range(4)]
+    assert len(read_parts(tmp_path / "out-1" / "kept")) == summary["counts"]["kept"]
     for qid in {r["question_id"] for r in scores}:
         group = [r for r in scores if r["question_id"] == qid]
         answers = [r["answer"] for r in group]
@@ -153,10 +172,16 @@ def test_self_consistency(ray_local, tmp_path):
         assert [r["kept"] for r in group] == [vote is not None and a == vote for a in answers]
         assert all(r["reason"] for r in group if not r["kept"])
         assert all(r["finish_reason"] in ("stop", "length") for r in group)
+    assert len({r["response"] for r in scores}) > 2  # really sampled
     no_answer = sum(1 for qid in {r["question_id"] for r in scores}
                     if all(r["answer"] is None for r in scores if r["question_id"] == qid))
-    assert result.summary["questions_without_parsable_answer"] == no_answer
-    assert not math.isnan(result.summary["generated_tokens"])
+    assert summary["questions_without_parsable_answer"] == no_answer
+    kept_agreement = [r["agreement"] for r in scores if r["kept"]]
+    assert summary["distributions"]["agreement"] == pytest.approx(filters.distribution(kept_agreement))
+    assert summary["generated_tokens"] > 0
+    rejects = read_parts(tmp_path / "out-1" / "rejects")
+    assert [(r["source"], r["stage"]) for r in rejects] == [(f"{path}:3", "questions"), (f"{path}:4", "questions")]
+    assert "duplicate" in rejects[0]["reason"] and rejects[0]["question_id"] == questions[0]["question_id"]
 
 
 def test_same_bytes_whatever_the_actors_and_input_order_whatever_the_shards(

@@ -203,7 +203,13 @@ class HFEngine:
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[list[int]], sampling: SamplingConfig) -> list[Generation]:
-        """Generate from token-id prompts (already rendered by the caller's chat template)."""
+        """Generate from token-id prompts (already rendered by the caller's chat template).
+
+        Seeded sampling draws each prompt's samples from the seed alone, as vLLM's per-request seed
+        does: a prompt gets the same samples whatever its batch-mates, so a job's output does not
+        depend on how Ray Data cut the blocks or how many actors ran."""
+        if sampling.seed is not None and sampling.temperature > 0 and len(prompts) > 1:
+            return [g for p in prompts for g in self.generate([p], sampling)]
         if sampling.seed is not None:
             torch.manual_seed(sampling.seed)
         results = []
