@@ -42,6 +42,8 @@ def test_bad_rows_are_rejected_with_reasons_and_counts_reconcile(ray_local, exem
     assert "'response' is int, not a string" in reasons["22"]
     assert "over-length" in reasons["6"]
     assert all(r["source"].startswith(candidates) for r in rejects)
+    read_pass_lines = [int(r["source"].rsplit(":", 1)[1]) for r in rejects if r["stage"] != "score"]
+    assert read_pass_lines == sorted(read_pass_lines)  # in input order, whatever hash bucket a row joined in
     # Questions that lost a strategy leave the paired sample; their other rows are recorded as such.
     sample_rejects = [r for r in rejects if r["stage"] == "sample"]
     assert {r["question_id"] for r in sample_rejects} == {good[17]["question_id"]}
