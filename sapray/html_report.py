@@ -81,13 +81,11 @@ def _json(uri: str) -> Any:
 
 
 def _jsonl(uri: str) -> list[dict] | None:
-    text = _text(uri)
-    if text is None:
+    """The rows of a JSON lines file; None without the file (an empty file has no rows)."""
+    fs, path = filesystem(uri)
+    if fs.get_file_info(path).type == pafs.FileType.NotFound:
         return None
-    try:
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    except json.JSONDecodeError as exc:
-        raise ReportError(f"{uri}: not valid JSON lines ({exc})") from None
+    return list(_jsonl_stream([uri]))
 
 
 def _parquet(uri: str, skip: Collection[str] = ()) -> list[dict] | None:
