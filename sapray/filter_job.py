@@ -521,8 +521,8 @@ class _Vote:
 
 
 def _sampling_sums(batch: pa.Table) -> dict:
-    return {"questions": [batch.num_rows], "generated_tokens": [int(pc.sum(batch.column("completion_tokens")).as_py()
-                                                                    or 0)]}
+    tokens = pc.sum(batch.column("completion_tokens")).as_py() or 0
+    return {"questions": [batch.num_rows], "generated_tokens": [int(tokens)]}
 
 
 def _vote_sums(batch: pa.Table) -> dict:
