@@ -14,12 +14,14 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 
-# Ray's log handler writes to the sys.stderr of Ray's first import, for good. Imported here, before any
-# test, that is pytest's stream for the session; imported first inside click's CliRunner (sapray imports
-# Ray lazily), it was the runner's, closed when that command ended, and every later Ray Data progress
-# line of the process printed "--- Logging error ---" with a traceback into the next command's output
-# (seen once, in a busy run, where the file order put a CliRunner test first in its worker).
+# Ray's log handlers (ray's at `import ray`, Ray Data's at `import ray.data`: both PlainRayHandler) write
+# to the sys.stderr of that import, for good. Imported here, before any test, that is pytest's stream for
+# the session. Imported first inside a test (sapray imports Ray lazily), it was that test's: capfd's,
+# closed at its teardown, so every later Ray Data progress line of the process printed "--- Logging
+# error ---" with a traceback into the next CliRunner command's output (seen twice, where the file order
+# put test_generate.py's capfd test first in its worker; `import ray` alone left Ray Data's handler).
 import ray
+import ray.data  # noqa: F401
 
 from sapray.models import resolve_model
 
