@@ -51,7 +51,7 @@ def test_run_resumes_after_kill_9_in_full_generation_without_duplicates(tmp_path
     """`sapray run`, killed during the full set and run again: the selection is reused, the set completed.
     The target is the tiny random-weight model (what is checked is the resume, not SAP); the teachers are
     SmolLM2, as the tiny model's 12 tokens decode to empty responses."""
-    questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:10])
+    questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:6])
     config = job(tmp_path, exemplar_file, questions, model=TINY_RANDOM, strategies=teacher_strategies("hf"))
     del config["data"]["candidates"]  # only the two hf teachers compete, so the winner is one to kill
     for strategy in config["strategies"]:
@@ -85,7 +85,7 @@ def test_run_resumes_after_kill_9_in_full_generation_without_duplicates(tmp_path
     assert json.loads((tmp_path / "train" / "metadata.json").read_text())["strategy"] == winner
     train = read_parts(tmp_path / "train" / "train")
     ids = [r["question_id"] for r in train]
-    assert sorted(ids) == sorted(q["question_id"] for q in load_questions()[:10])  # each exactly once
+    assert sorted(ids) == sorted(q["question_id"] for q in load_questions()[:6])  # each exactly once
 
 
 def test_hf_generation_says_why_it_stopped(hf_engine):
