@@ -307,11 +307,12 @@ def _questions_file(uri: str, columns: Columns, shard_bytes: int):
 def _questions_of_candidates(with_id, without_id, uris: dict[str | None, str], columns: Columns, buckets: int):
     """The questions of candidate files that carry their texts: each id's first text; a text no id has
     gets an id made from it."""
-    questions = _by_bucket([with_id], stages.by_id, buckets, _given_questions)
+    # materialized: each is read more than once (the text join, the count, later passes), computed once
+    questions = _by_bucket([with_id], stages.by_id, buckets, _given_questions).materialize()
     if without_id.count():
         questions = questions.union(
             _by_bucket([questions, without_id], stages.by_text, buckets, _derived_questions)).materialize()
-    if not questions.count():  # materialized: counted without running the union again
+    if not questions.count():
         raise InputError(f"{', '.join(uris.values())}: no question texts to take the questions from (give "
                          "data.questions, --questions, or candidate files in chat 'messages' form or with a "
                          f"{columns.question!r} column)")
