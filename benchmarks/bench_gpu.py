@@ -312,6 +312,22 @@ def measure(engine: HFEngine, shape: Shape, counter: ForwardCounter, requests: l
     }
 
 
+def profile(engine: HFEngine, requests: list[EncodedRequest], setting: Setting, top: int) -> str:
+    """Where one pass spends its time: the costliest ops by host time and by device time."""
+    from torch.profiler import ProfilerActivity
+    from torch.profiler import profile as torch_profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if engine.device.startswith("cuda") else [])
+    with torch_profile(activities=activities) as prof:
+        for block in blocks(requests, setting.block_rows):
+            engine.sequence_logprobs(block)
+        sync(engine.device)
+    table = prof.key_averages()
+    device_sort = "self_cuda_time_total" if engine.device.startswith("cuda") else "self_cpu_time_total"
+    return "\n".join([table.table(sort_by="self_cpu_time_total", row_limit=top),
+                      table.table(sort_by=device_sort, row_limit=top)])
+
+
 def plain_logprobs(model: Any, request: EncodedRequest) -> tuple[list[float], list[float]]:
     """One sequence, no padding, no mask, full logits: the continuation's log-probs, and the same
     positions scored against the next token instead (a one-token misalignment, to show the check's reach)."""
@@ -425,8 +441,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--settings", default=None,
                         help="comma-separated block_rows:max_batch_tokens:max_logit_rows[:max_padding] "
                              "(block_rows 0: all requests in one call; 36 is jobs/gsm8k.yaml's ray.batch_size; "
-                             "max_padding: HFEngine's padding cap, default none; 8192:1024 the "
-                             f"engine's defaults); default {DEFAULTS['settings']}, --tiny: {TINY_DEFAULTS['settings']}")
+                             "max_padding: HFEngine's padding cap, default none; 8192:1024 the engine's CPU "
+                             "defaults, 32768:8192 its GPU defaults); "
+                             f"default {DEFAULTS['settings']}, --tiny: {TINY_DEFAULTS['settings']}")
     parser.add_argument("--parity-questions", type=int, default=None,
                         help="questions (x 6 strategies x 3 contexts) in the correctness check (default 2; --tiny: 1)")
     parser.add_argument("--gen-prompts", type=int, default=None, help="default 64; --tiny: 2")
@@ -436,6 +453,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the chip's dense peak TFLOP/s in this dtype (default: from the bf16 table by GPU name)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--profile", type=int, default=0, metavar="N",
+                        help="after each timed pass, one more under torch.profiler: print its N costliest ops")
     parser.add_argument("--json", type=Path, default=None, help="write the results here (rewritten after each row)")
     args = parser.parse_args(argv)
     for key, value in (TINY_DEFAULTS if args.tiny else DEFAULTS).items():
@@ -496,6 +515,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 report["rows"].append(row)
                 save()
                 print_table([row])
+                if args.profile:
+                    print(profile(engine, requests, setting, args.profile), flush=True)
         counter.handle.remove()
         report["parity"][name] = parity(engine, parity_requests, tolerance)
         save()

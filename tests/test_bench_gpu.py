@@ -13,7 +13,7 @@ import pytest
 import torch
 from conftest import PATIENCE_S
 
-from sapray.engines.hf import HFEngine
+from sapray.engines.hf import HFEngine, batch_budgets
 from sapray.scoring import EncodedRequest
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -141,3 +141,16 @@ def test_padding_cap_runs_denser_batches_with_the_same_numbers(tokenizer_dir):
         assert exact_positions == sum(n for _, n in bench.computed_positions(requests, share))
         for a, b in zip(exact, plain, strict=True):
             assert a == pytest.approx(b, abs=1e-5)
+
+
+def test_batch_budgets_default_by_device_and_yield_to_explicit_values(tokenizer_dir):
+    """GPU budgets where the H100 run measured them faster (docs/scaling.md), CPU budgets elsewhere."""
+    assert batch_budgets("cuda") == batch_budgets("cuda:1") == (32768, 8192)
+    assert batch_budgets("cpu") == (8192, 1024)
+    bench = _load_bench()
+    tokenizer = bench.load_tokenizer(str(tokenizer_dir))
+    model = bench.build_model("smollm2-135m", True, "cpu", torch.float32, tokenizer, seed=0)
+    engine = HFEngine.from_model(model, tokenizer)
+    assert (engine.max_batch_tokens, engine.max_logit_rows) == (8192, 1024)
+    engine = HFEngine.from_model(model, tokenizer, max_batch_tokens=4096, max_logit_rows=512)
+    assert (engine.max_batch_tokens, engine.max_logit_rows) == (4096, 512)
