@@ -64,7 +64,10 @@ class ScoreActor:
 
 
 class GenerateActor:
-    """Generates from token-id prompts: prompt_ids -> texts, finish reasons, token counts (other columns pass)."""
+    """Generates from token-id prompts: prompt_ids -> texts, finish reasons, token counts (other columns pass).
+
+    A ``sampling_json`` column, where present, gives each row its own sampling (strategies that share a
+    teacher model share its actors); rows without one use ``sampling``."""
 
     def __init__(self, engine: str, model: str, engine_args: dict[str, Any], sampling: dict[str, Any],
                  num_cpus: float = 1, revision: str | None = None) -> None:
@@ -74,9 +77,17 @@ class GenerateActor:
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         prompts = [list(map(int, p)) for p in batch["prompt_ids"]]
-        generations = self.engine.generate(prompts, self.sampling)
+        per_row = batch.get("sampling_json")
+        alike: dict[str, list[int]] = {}  # one engine call per distinct sampling, rows in batch order
+        for i in range(len(prompts)):
+            alike.setdefault("" if per_row is None else str(per_row[i]), []).append(i)
+        generations: list[Any] = [None] * len(prompts)
+        for text, rows in alike.items():
+            sampling = SamplingConfig(**json.loads(text)) if text else self.sampling
+            for i, generation in zip(rows, self.engine.generate([prompts[i] for i in rows], sampling), strict=True):
+                generations[i] = generation
         return {
-            **{k: v for k, v in batch.items() if k != "prompt_ids"},  # the row's other columns pass through
+            **{k: v for k, v in batch.items() if k not in ("prompt_ids", "sampling_json")},  # other columns pass
             "texts": [g.texts for g in generations],
             "prompt_tokens": [g.prompt_tokens for g in generations],
             "completion_tokens": [sum(g.completion_tokens) for g in generations],

@@ -169,25 +169,40 @@ def api_teacher_kwargs(strategy: StrategyConfig) -> tuple[type, dict[str, Any]]:
         "requests_per_second": teacher.requests_per_second}
 
 
-def _stream(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig) -> Iterator[dict]:
-    """Teacher outputs per question: row_id, texts, prompt_tokens, completion_tokens, error."""
-    teacher = strategy.teacher
+def teacher_key(strategy: StrategyConfig) -> str:
+    """Strategies with one key share engine actors: a model teacher's kind, model, revision and engine
+    arguments (the prompt and sampling travel with each row); any other teacher is its strategy's own."""
+    t = strategy.teacher
+    if t.kind in ("hf", "vllm"):
+        return json.dumps([t.kind, t.model, t.revision, t.engine_args], sort_keys=True)
+    return f"strategy:{strategy.name}"
+
+
+def _stream(strategies: list[StrategyConfig], questions: dict[str, list[dict]], ray_cfg: RayConfig) -> Iterator[dict]:
+    """Teacher outputs per (strategy, question) of strategies with one ``teacher_key``: strategy, row_id,
+    texts, finish_reasons, prompt_tokens, completion_tokens, error."""
+    first = strategies[0]
+    teacher = first.teacher
     if teacher.kind == "file":
-        yield from _file_answers(teacher, questions)
+        yield from ({**out, "strategy": first.name} for out in _file_answers(teacher, questions[first.name]))
         return
     if teacher.kind == "openai":
-        rows = [{"row_id": q["question_id"], "messages_json": json.dumps(strategy.messages(q))} for q in questions]
+        rows = [{"row_id": q["question_id"], "messages_json": json.dumps(first.messages(q))}
+                for q in questions[first.name]]
         api_ray = ray_cfg.model_copy(update={"num_gpus_per_actor": 0})
-        yield from map_with_actors(rows, *api_teacher_kwargs(strategy), api_ray,
-                                   what=f"{strategy.name}: asking {teacher.model}")
+        yield from ({**out, "strategy": first.name} for out in map_with_actors(
+            rows, *api_teacher_kwargs(first), api_ray, what=f"{first.name}: asking {teacher.model}"))
         return
     from transformers import AutoTokenizer
 
     resolved = locate(teacher.model, teacher.revision)
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
-    rows = [{"row_id": q["question_id"], "prompt_ids": prompt_ids(tokenizer, strategy, q)} for q in questions]
-    yield from map_with_actors(rows, *model_teacher_kwargs(strategy, resolved.commit), ray_cfg,
-                               what=f"{strategy.name}: generating")
+    rows = [{"row_id": q["question_id"], "strategy": s.name, "prompt_ids": prompt_ids(tokenizer, s, q),
+             "sampling_json": json.dumps(s.sampling().__dict__, sort_keys=True)}
+            for s in strategies for q in questions[s.name]]
+    names = ", ".join(s.name for s in strategies)
+    yield from map_with_actors(rows, *model_teacher_kwargs(first, resolved.commit), ray_cfg,
+                               what=f"{names}: generating")
 
 
 def prompt_ids(tokenizer: Any, strategy: StrategyConfig, question: dict) -> list[int]:
@@ -254,20 +269,33 @@ class Outcomes:
         return rows, rejects, cost
 
 
-def generate(strategy: StrategyConfig, questions: list[dict], ray_cfg: RayConfig,
-             gen: GenerateConfig | None = None) -> Iterator[tuple[list[dict], list[Reject], Cost]]:
-    """Per question: (training rows, rejects, cost). Rows carry provenance; failures become rejects."""
-    outcomes = Outcomes.of(strategy, gen)
+def generate(strategies: list[StrategyConfig], questions: list[dict], ray_cfg: RayConfig,
+             gen: GenerateConfig | None = None) -> Iterator[tuple[str, list[dict], list[Reject], Cost]]:
+    """Per strategy and question: (strategy name, training rows, rejects, cost), strategy by strategy in
+    the order given. Rows carry provenance; failures become rejects. Strategies with one model teacher
+    (``teacher_key``) are asked in one pass, so that teacher's engines load once, not once per strategy."""
     by_id = {q["question_id"]: q for q in questions}
-    usable = []
-    for q in questions:
-        problem = gold_problem(strategy, q)
-        if problem:
-            yield [], [Reject(q.get("source", ""), problem, "generate", q["question_id"], strategy.name)], Cost()
-        else:
-            usable.append(q)
-    started = time.monotonic()
-    for out in _stream(strategy, usable, ray_cfg):
-        rows, rejects, cost = outcomes(by_id[out["row_id"]], out)
-        cost.wall_s, started = time.monotonic() - started, time.monotonic()
-        yield rows, rejects, cost
+    results: dict[str, list[tuple[list[dict], list[Reject], Cost]]] = {s.name: [] for s in strategies}
+    groups: dict[str, list[StrategyConfig]] = {}
+    for strategy in strategies:
+        groups.setdefault(teacher_key(strategy), []).append(strategy)
+    for group in groups.values():
+        usable: dict[str, list[dict]] = {}
+        for strategy in group:
+            usable[strategy.name] = []
+            for q in questions:
+                problem = gold_problem(strategy, q)
+                if problem:
+                    reject = Reject(q.get("source", ""), problem, "generate", q["question_id"], strategy.name)
+                    results[strategy.name].append(([], [reject], Cost()))
+                else:
+                    usable[strategy.name].append(q)
+        outcomes = {strategy.name: Outcomes.of(strategy, gen) for strategy in group}
+        started = time.monotonic()
+        for out in _stream(group, usable, ray_cfg):
+            rows, rejects, cost = outcomes[out["strategy"]](by_id[out["row_id"]], out)
+            cost.wall_s, started = time.monotonic() - started, time.monotonic()
+            results[out["strategy"]].append((rows, rejects, cost))
+    for strategy in strategies:
+        for rows, rejects, cost in results[strategy.name]:
+            yield strategy.name, rows, rejects, cost

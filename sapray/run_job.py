@@ -42,16 +42,15 @@ def teacher_rounds(cfg: SelectConfig) -> TeacherRounds:
     def generate_round(questions: list[dict], names: list[str]) -> tuple[list[dict], list[Reject]]:
         rows, rejects = [], []
         for name in names:
-            strategy = by_name[name]
-            console.say(f"generating the sample with strategy {name} ({strategy.teacher.describe()}, "
+            console.say(f"generating the sample with strategy {name} ({by_name[name].teacher.describe()}, "
                         f"{len(questions)} questions)")
             asked[name] += len(questions)
-            for new, bad, cost in generate(strategy, questions, cfg.ray):
-                costs[name].add(cost)
-                rejected[name] += len(bad)
-                rejects += bad
-                rows += [{"question_id": r["question_id"], "strategy": name, "response": r["response"],
-                          "source": f"teacher:{name}"} for r in new if r["sample_index"] == 0]
+        for name, new, bad, cost in generate([by_name[n] for n in names], questions, cfg.ray):
+            costs[name].add(cost)
+            rejected[name] += len(bad)
+            rejects += bad
+            rows += [{"question_id": r["question_id"], "strategy": name, "response": r["response"],
+                      "source": f"teacher:{name}"} for r in new if r["sample_index"] == 0]
         teachers.rows += rows
         for name in names:
             teachers.cost[name] = {**costs[name].__dict__, "rejected": rejected[name], "questions": asked[name]}

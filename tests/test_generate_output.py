@@ -212,3 +212,55 @@ def test_run_whose_sample_responses_are_all_rejected_ends_with_one_clear_message
     rejects = read_parts(tmp_path / "select" / "rejects")
     assert len(rejects) == 4 and all("over-length" in r["reason"] for r in rejects)
     assert not (tmp_path / "train").exists()  # nothing was generated
+
+
+def test_each_row_is_generated_with_its_own_sampling_as_if_asked_alone():
+    """GenerateActor with a sampling_json column: one engine call per distinct sampling, rows in order."""
+    import numpy as np
+
+    from sapray.actors import GenerateActor
+    from sapray.engines import SamplingConfig
+    from sapray.models import TINY_RANDOM
+
+    actor = GenerateActor("hf", TINY_RANDOM, {}, {"max_tokens": 1})
+    prompts = [[1, 504, 3158], [1, 30, 31, 32, 33], [1, 504, 3158, 6]]
+    samplings = [{"max_tokens": 3}, {"max_tokens": 5, "temperature": 0.8, "seed": 11}, {"max_tokens": 3}]
+    out = actor({"prompt_ids": np.array(prompts, dtype=object), "row_id": np.array(["a", "b", "c"]),
+                 "sampling_json": np.array([json.dumps(s, sort_keys=True) for s in samplings])})
+    assert list(out["row_id"]) == ["a", "b", "c"] and "sampling_json" not in out and "prompt_ids" not in out
+    for prompt, sampling, texts, tokens in zip(prompts, samplings, out["texts"], out["completion_tokens"],
+                                               strict=True):
+        alone = actor.engine.generate([prompt], SamplingConfig(**sampling))[0]
+        assert texts == alone.texts and tokens == sum(alone.completion_tokens) <= sampling["max_tokens"]
+    # without the column every row takes the actor's own sampling
+    plain = actor({"prompt_ids": np.array(prompts, dtype=object)})
+    assert plain["completion_tokens"] == [1, 1, 1]
+
+
+def test_strategies_of_one_model_teacher_share_its_actors_and_keep_their_own_prompts(ray_local):
+    """The sample for two prompt styles of one hf teacher: one actor pool (the engine loads once), each
+    strategy's prompts, sampling and costs its own, in the order asked."""
+    import ray
+
+    from sapray.generate import generate
+    from sapray.models import TINY_RANDOM
+
+    teacher = {"kind": "hf", "model": TINY_RANDOM}
+    strategies = [StrategyConfig(name="terse", teacher=teacher, prompt="{question}", max_tokens=2),
+                  StrategyConfig(name="steps", teacher=teacher, prompt="{question}\nStep by step.", max_tokens=4),
+                  file_strategy("human")]
+    questions = [{**q, "source": "q"} for q in load_questions()[:3]]
+
+    def engine_actors() -> set[str]:  # from the GCS (the state API would need the dashboard)
+        return {i for i, a in ray._private.state.actors().items() if "GenerateActor" in a["ActorClassName"]}
+
+    before = engine_actors()
+    out = list(generate(strategies, questions, RayConfig(actors=1, batch_size=2)))
+    assert len(engine_actors() - before) == 1  # terse and steps shared it; the file teacher needs none
+    assert [name for name, *_ in out] == ["terse"] * 3 + ["steps"] * 3 + ["human"] * 3
+    cost = {name: [c for n, _, _, c in out if n == name] for name in ("terse", "steps")}
+    assert [c.completion_tokens for c in cost["terse"]] == [2] * 3  # a random model never stops early here
+    assert [c.completion_tokens for c in cost["steps"]] == [4] * 3
+    # the same questions, the longer prompt: each row went out with its own strategy's prompt
+    assert all(s.prompt_tokens > t.prompt_tokens for s, t in zip(cost["steps"], cost["terse"], strict=True))
+    assert all(len(rows) + len(rejects) == 1 for _, rows, rejects, _ in out)
