@@ -99,8 +99,8 @@ class HFEngine:
         self.max_length = min(max_length or DEFAULT_MAX_LENGTH,
                               int(getattr(self.model.config, "max_position_embeddings", DEFAULT_MAX_LENGTH)))
         default_tokens, default_rows = batch_budgets(device)
-        self.max_batch_tokens = max_batch_tokens or default_tokens
-        self.max_logit_rows = max_logit_rows or default_rows
+        self.max_batch_tokens = default_tokens if max_batch_tokens is None else max_batch_tokens
+        self.max_logit_rows = default_rows if max_logit_rows is None else max_logit_rows
         self.share_contexts = share_contexts
         self.max_padding = max_padding
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
