@@ -13,12 +13,14 @@ eliminated first), and the job checks that the counts add up.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -30,7 +32,7 @@ from sapray.contexts import Layout, build_requests
 from sapray.engines import SamplingConfig, max_length_of
 from sapray.models import locate
 from sapray.race import Race, RaceRule
-from sapray.raydata import init_ray, map_with_actors
+from sapray.raydata import ActorSession, init_ray, map_with_actors
 from sapray.read import CANDIDATE_STAGES, Reject, read_questions
 from sapray.reduce import summarize
 from sapray.sample import Budget, rounds, sample_order
@@ -147,6 +149,17 @@ def _say_round(record: dict, confidence: float, epsilon: float) -> str:
     return line
 
 
+# An actor session runs over this many numbered blocks at most (planned up front; more falls back to a
+# pool per round): every sampled question's requests, cut into blocks, plus one part-block per round.
+MAX_SESSION_TICKETS = 20_000
+
+
+def session_tickets(questions: int, requests_per_question: int, batch_size: int) -> int:
+    """Blocks that rounds over ``questions`` can need at most (at worst a round per question, when a cap
+    cuts rounds short)."""
+    return -(-questions * requests_per_question // batch_size) + questions
+
+
 def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
                teachers: TeacherRounds | None = None) -> SelectResult:
     from transformers import AutoTokenizer
@@ -214,50 +227,60 @@ def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
     round_number = 0
     t0 = time.monotonic()
     generation_s = 0.0
-    for pass_rounds in passes:
-        live = list(race.remaining)
-        if teachers:
-            g0 = time.monotonic()
-            asked = [questions[q] for r in pass_rounds for q in r]
-            new_rows, generation_rejects = teachers.generate(asked, [n for n in live if n in generated])
-            generation_s += time.monotonic() - g0
-            rejects += generation_rejects
-            for row in new_rows:
-                by_question.setdefault(row["question_id"], {})[row["strategy"]] = row
-            rows_in += len(new_rows)
-            budget.tokens += sum(tokens_of(q, [n for n in live if n in generated]) for r in pass_rounds for q in r)
-            spent = teachers.money()
-            budget.money_per_question = (spent - budget.money) / max(1, len(asked))
-            budget.money = spent
-        request_rows, round_of = [], {}
-        for i, round_ids in enumerate(pass_rounds):
-            for qid in round_ids:
-                round_of[qid] = i
-                for r in requests_of(qid, live):
-                    request_rows.append({"request_id": r.request_id, "context_json": json.dumps(r.context),
-                                         "continuation": r.continuation, "context_key": r.context_key or ""})
-        expected = [sum(len(requests_of(q, live)) for q in ids) for ids in pass_rounds]
-        done = [0] * len(pass_rounds)
-        scored: dict[str, dict] = {}
-        what = f"round {round_number + 1}: scoring" if confident else "scoring"
-        for row in map_with_actors(request_rows, ScoreActor, actor_kwargs, cfg.ray, what=what):
-            scored[row["request_id"]] = row
-            placement[row["actor"]] = placement.get(row["actor"], 0) + 1
-            i = round_of[row["request_id"].split("/")[0]]
-            done[i] += 1
-            if done[i] < expected[i]:
-                continue
-            round_number += 1
-            new = _collect_round(pass_rounds[i], live, by_question, scored, kinds, rejects, pool, position, cfg)
-            scores.extend(new)
-            for score in new:
-                race.add(score["question_id"], score["strategy"], score["sap"])
-            record = race.look(round_number, budget.tokens, budget.money if teachers else None, decide=confident)
-            if on_round:
-                on_round(_say_round(record, s.confidence, s.epsilon))
-        requests_scored += len(request_rows)
-        if race.ended:
-            break
+    with contextlib.ExitStack() as session:
+        score_rows = partial(map_with_actors, actor_cls=ScoreActor, actor_kwargs=actor_kwargs, cfg=cfg.ray)
+        # Without teachers the scoring actors stay for every round (their engines load once); teachers'
+        # actors need the same CPUs and GPUs between rounds, so with them each round has its own pool.
+        tickets = session_tickets(len(reachable), len(strategies) * len(kinds), cfg.ray.batch_size)
+        if not teachers and tickets <= MAX_SESSION_TICKETS:
+            first = min(len(reachable), s.round_size) if confident else len(reachable)
+            n_blocks = -(-first * len(strategies) * len(kinds) // cfg.ray.batch_size)  # no idle actor
+            score_rows = session.enter_context(
+                ActorSession(ScoreActor, actor_kwargs, cfg.ray, tickets, n_blocks=n_blocks)).map
+        for pass_rounds in passes:
+            live = list(race.remaining)
+            if teachers:
+                g0 = time.monotonic()
+                asked = [questions[q] for r in pass_rounds for q in r]
+                new_rows, generation_rejects = teachers.generate(asked, [n for n in live if n in generated])
+                generation_s += time.monotonic() - g0
+                rejects += generation_rejects
+                for row in new_rows:
+                    by_question.setdefault(row["question_id"], {})[row["strategy"]] = row
+                rows_in += len(new_rows)
+                budget.tokens += sum(tokens_of(q, [n for n in live if n in generated]) for r in pass_rounds for q in r)
+                spent = teachers.money()
+                budget.money_per_question = (spent - budget.money) / max(1, len(asked))
+                budget.money = spent
+            request_rows, round_of = [], {}
+            for i, round_ids in enumerate(pass_rounds):
+                for qid in round_ids:
+                    round_of[qid] = i
+                    for r in requests_of(qid, live):
+                        request_rows.append({"request_id": r.request_id, "context_json": json.dumps(r.context),
+                                             "continuation": r.continuation, "context_key": r.context_key or ""})
+            expected = [sum(len(requests_of(q, live)) for q in ids) for ids in pass_rounds]
+            done = [0] * len(pass_rounds)
+            scored: dict[str, dict] = {}
+            what = f"round {round_number + 1}: scoring" if confident else "scoring"
+            for row in score_rows(request_rows, what=what):
+                scored[row["request_id"]] = row
+                placement[row["actor"]] = placement.get(row["actor"], 0) + 1
+                i = round_of[row["request_id"].split("/")[0]]
+                done[i] += 1
+                if done[i] < expected[i]:
+                    continue
+                round_number += 1
+                new = _collect_round(pass_rounds[i], live, by_question, scored, kinds, rejects, pool, position, cfg)
+                scores.extend(new)
+                for score in new:
+                    race.add(score["question_id"], score["strategy"], score["sap"])
+                record = race.look(round_number, budget.tokens, budget.money if teachers else None, decide=confident)
+                if on_round:
+                    on_round(_say_round(record, s.confidence, s.epsilon))
+            requests_scored += len(request_rows)
+            if race.ended:
+                break
     scoring_s = time.monotonic() - t0 - generation_s
     if not race.ended:
         if budget.stopped_by == "all_questions":

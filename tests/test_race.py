@@ -15,7 +15,8 @@ from statistics import NormalDist
 
 import numpy as np
 import pytest
-from conftest import load_candidates
+import ray
+from conftest import load_candidates, wait_until
 from test_select import base_config, exemplar_file, run, write_jsonl  # noqa: F401  (fixture)
 
 from sapray.config import load_config
@@ -192,6 +193,7 @@ def test_race_drops_a_loser_and_never_scores_it_again(ray_local, exemplar_file, 
     assert counts["not_sampled_eliminated"] == counts["questions_sampled"] - 5
     assert counts["scored"] + counts["rejected"] + counts["not_sampled"] == counts["candidate_rows_in"] == 60
     assert result.summary["ranking"][-1] == "garbled"
+    assert len(race["rounds"]) > 1 and len(result.placement) == 1  # one engine actor for every round
     assert all(math.isnan(s["ppl"]) for s in result.scores)  # PPL was not scored
     cost = race["cost"]
     assert cost["garbled"]["questions"] == 5 and cost["garbled"]["scoring_tokens_saved"] > 0
@@ -200,3 +202,6 @@ def test_race_drops_a_loser_and_never_scores_it_again(ray_local, exemplar_file, 
     again = tmp_path / "again"
     run({**raw, "output": str(again)})
     assert (again / "selection.json").read_bytes() == (tmp_path / "out" / "selection.json").read_bytes()
+    # the job's end freed its actors: the next job gets the CPUs
+    wait_until(lambda: ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"],
+               "the session's actors to go")
