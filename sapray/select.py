@@ -231,10 +231,11 @@ def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
         score_rows = partial(map_with_actors, actor_cls=ScoreActor, actor_kwargs=actor_kwargs, cfg=cfg.ray)
         # Without teachers the scoring actors stay for every round (their engines load once); teachers'
         # actors need the same CPUs and GPUs between rounds, so with them each round has its own pool.
-        tickets = session_tickets(len(reachable), len(strategies) * len(kinds), cfg.ray.batch_size)
+        per_question = len(strategies) * len(kinds)
+        tickets = session_tickets(len(reachable), per_question, cfg.ray.batch_size)
         if not teachers and tickets <= MAX_SESSION_TICKETS:
             first = min(len(reachable), s.round_size) if confident else len(reachable)
-            n_blocks = -(-first * len(strategies) * len(kinds) // cfg.ray.batch_size)  # no idle actor
+            n_blocks = -(-first * per_question // cfg.ray.batch_size)  # no idle actor
             score_rows = session.enter_context(
                 ActorSession(ScoreActor, actor_kwargs, cfg.ray, tickets, n_blocks=n_blocks)).map
         for pass_rounds in passes:
