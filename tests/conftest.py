@@ -68,14 +68,14 @@ def stop_process(proc: subprocess.Popen, what: str, group: bool = False) -> None
         proc.wait()
 
 
-# The files that take minutes, longest first (measured, quiet, 2026-11-27: 528 s down to 85 s of test
+# The files that take minutes, longest first (measured, quiet, 2026-11-28: 405 s down to 53 s of test
 # time each). Run with --no-loadscope-reorder (the Makefile does), the two workers take them first and
 # the quick files fill the end, instead of xdist's default order (most tests first), which left one
 # worker alone with the two-node cluster test for the last minutes.
-LONGEST_FIRST = ["test_generate.py", "test_faults.py", "test_select.py", "test_filter_job.py", "test_hub.py",
-                 "test_engine_parity.py", "test_s3.py", "test_generate_vllm_teacher.py", "test_lora.py",
-                 "test_cluster.py", "test_race.py", "test_select_vllm.py", "test_html_report.py",
-                 "test_generate_output.py", "test_paper_layout.py", "test_mine.py", "test_select_inputs.py"]
+LONGEST_FIRST = ["test_generate.py", "test_filter_job.py", "test_faults.py", "test_generate_vllm_teacher.py",
+                 "test_select.py", "test_engine_parity.py", "test_cluster.py", "test_s3.py", "test_hub.py",
+                 "test_select_vllm.py", "test_lora.py", "test_race.py", "test_html_report.py",
+                 "test_select_inputs.py", "test_generate_output.py", "test_paper_layout.py", "test_mine.py"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
