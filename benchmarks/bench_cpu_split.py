@@ -2,7 +2,7 @@
 
 Scores the same fixed SAP-only selection (the demo's data and exemplars, hf engine) with each split,
 interleaved (A B A B ...) in one process on one local Ray, and prints the scoring times and their
-ratio. ``sapray.placement`` picks the default for machines without GPUs from this measurement:
+ratio. ``sapray.dataplane.placement`` picks the default for machines without GPUs from this measurement:
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_cpu_split.py --questions 20 --repeats 2
 """
@@ -16,8 +16,8 @@ import tempfile
 
 from sapray.cli import demo_config
 from sapray.config import load_config
-from sapray.raydata import init_ray
-from sapray.select import run_select
+from sapray.dataplane.raydata import init_ray
+from sapray.jobs.select import run_select
 
 
 def main() -> None:

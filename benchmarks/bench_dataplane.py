@@ -1,6 +1,6 @@
 """Data-plane benchmark: driver peak RSS and rows/s of the whole-dataset jobs as their input grows.
 
-The model is ``smollm2-tiny-random`` (``sapray.models``: a random-weight Llama of two layers of width
+The model is ``smollm2-tiny-random`` (``sapray.engines.models``: a random-weight Llama of two layers of width
 64 with the embedded SmolLM2 tokenizer and vocabulary, built once), handed to the jobs as its
 directory, so that a baseline checkout runs it too, and what is measured is the
 data plane (reading, validating, tokenizing, moving rows and scores, deciding, writing) rather than
@@ -38,7 +38,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from sapray.models import TINY_RANDOM, resolve_model
+from sapray.engines.models import TINY_RANDOM, resolve_model
 
 REPO = Path(__file__).resolve().parent.parent
 
@@ -48,23 +48,23 @@ import json, resource, sys, time
 job, config = sys.argv[1], json.loads(sys.argv[2])
 started = time.perf_counter()
 if job == "filter":
-    from sapray.filter_job import load_filter_config, run_filter
-    from sapray.report import write_filter_outputs
+    from sapray.jobs.filter import load_filter_config, run_filter
+    from sapray.jobs.outputs import write_filter_outputs
     cfg = load_filter_config(config)
     result = run_filter(cfg)
     write_filter_outputs(cfg.output, result)
     counts = result.summary["counts"]
 elif job == "select":
     from sapray.config import load_config
-    from sapray.report import write_outputs
-    from sapray.select import run_select
+    from sapray.jobs.outputs import write_outputs
+    from sapray.jobs.select import run_select
     cfg = load_config(config)
     result = run_select(cfg)
     write_outputs(cfg.output, result, cfg.model_dump())
     counts = result.counts
 else:
     from sapray.config import load_config
-    from sapray.run_job import run_generate
+    from sapray.jobs.run import run_generate
     metadata = run_generate(load_config(config), "teacher")
     counts = {"rows": metadata["rows"], "rejected": metadata["rejected"]}
 seconds = time.perf_counter() - started

@@ -48,9 +48,9 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from sapray.core.exemplars import zero_shot_prompts
     from sapray.engines import SamplingConfig, load_engine
-    from sapray.exemplars import zero_shot_prompts
-    from sapray.models import resolve_model
+    from sapray.engines.models import resolve_model
 
     print(f"machine: {machine()}")
     print(f"load average at start: {os.getloadavg()}")

@@ -61,11 +61,11 @@ from typing import Any
 
 import torch
 
-from sapray.contexts import Layout, build_requests
+from sapray.core.contexts import Layout, build_requests
+from sapray.core.metrics import nll
+from sapray.core.scoring import EncodedRequest, encode_all
 from sapray.engines import SamplingConfig
 from sapray.engines.hf import HFEngine
-from sapray.metrics import nll
-from sapray.scoring import EncodedRequest, encode_all
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "gsm8k_first20"
 MAX_LENGTH = 2048  # both engines' default length limit
@@ -138,7 +138,7 @@ def load_tokenizer(directory: str | None) -> Any:
     from transformers import AutoTokenizer
 
     if directory is None:
-        from sapray.models import resolve_model
+        from sapray.engines.models import resolve_model
 
         directory = resolve_model("smollm2")
     return AutoTokenizer.from_pretrained(directory)
@@ -430,7 +430,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--copy-tokenizer", type=Path, metavar="DIR",
                         help="copy the embedded SmolLM2 tokenizer files into DIR (to carry to a GPU machine) and exit")
     parser.add_argument("--tokenizer", default=None,
-                        help="tokenizer directory (default: the embedded SmolLM2, via sapray.models)")
+                        help="tokenizer directory (default: the embedded SmolLM2, via sapray.engines.models)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="default: bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--tiny", action="store_true", help="tiny layers (the real vocabularies), for CPU smoke runs")
@@ -462,7 +462,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             setattr(args, key, value)
 
     if args.copy_tokenizer:
-        from sapray.models import resolve_model
+        from sapray.engines.models import resolve_model
 
         copied = copy_tokenizer(resolve_model("smollm2"), args.copy_tokenizer)
         print(f"copied {', '.join(copied)} to {args.copy_tokenizer}")

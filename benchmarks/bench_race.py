@@ -5,7 +5,7 @@ holds SmolLM2-135M-Instruct's SAP of every GSM8K test question for the six real 
 full-data winner is the strategy of lowest mean SAP over all questions. Each replay shuffles the
 questions with its seed and runs either
 
-- the race (``sapray.race``, exactly as ``select`` runs it: rounds of ``--round-size``, looks
+- the race (``sapray.core.race``, exactly as ``select`` runs it: rounds of ``--round-size``, looks
   after every round, eliminated strategies not scored further), or
 - a fixed design of n questions (every strategy on the first n questions),
 
@@ -28,7 +28,7 @@ from statistics import NormalDist
 import numpy as np
 import pyarrow.parquet as pq
 
-from sapray.race import Race, RaceRule, pair_alpha
+from sapray.core.race import Race, RaceRule, pair_alpha
 
 TABLE = Path(__file__).parent / "data" / "gsm8k_sap_smollm2.parquet"
 

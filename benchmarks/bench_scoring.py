@@ -11,7 +11,7 @@ the same run, and the largest relative difference of exp(NLL) from the baseline.
 
 Baseline ("authors"): Hugging Face transformers, one example at a time, float32, full logits, labels
 with the context positions set to -100, the model's mean loss. All engines get the same token ids
-(encoded once by sapray.scoring).
+(encoded once by sapray.core.scoring).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def load_data(data: Path | None, n_questions: int | None) -> tuple[list[dict], l
 
         questions, candidates = read("questions.jsonl"), read("candidates.jsonl")
     else:
-        from sapray.gsm8k import load_six_strategies
+        from sapray.dataplane.gsm8k import load_six_strategies
 
         questions, candidates = load_six_strategies(data)
     if n_questions is not None:
@@ -67,7 +67,7 @@ def load_data(data: Path | None, n_questions: int | None) -> tuple[list[dict], l
 
 def build(questions: list[dict], candidates: list[dict]):
     """SAP and PPL requests (chat layout) for every candidate; exemplars = next 3 questions' human answers."""
-    from sapray.contexts import Layout, build_requests
+    from sapray.core.contexts import Layout, build_requests
 
     human = {c["question_id"]: c["response"] for c in candidates if c["strategy"] == "human"}
     order = [q["question_id"] for q in questions]
@@ -128,10 +128,10 @@ def main() -> None:
     import torch
     from transformers import AutoModelForCausalLM
 
+    from sapray.core.metrics import nll
+    from sapray.core.scoring import EncodedRequest, encode_all
     from sapray.engines.hf import HFEngine
-    from sapray.metrics import nll
-    from sapray.models import resolve_model
-    from sapray.scoring import EncodedRequest, encode_all
+    from sapray.engines.models import resolve_model
 
     print(f"machine: {machine()}")
     print(f"timing: fastest of {args.repeats} run(s) per engine, after a one-request warm-up")

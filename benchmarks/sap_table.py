@@ -23,9 +23,9 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from sapray.config import load_config
-from sapray.gsm8k import load_six_strategies
-from sapray.report import write_outputs
-from sapray.select import run_select
+from sapray.dataplane.gsm8k import load_six_strategies
+from sapray.jobs.outputs import write_outputs
+from sapray.jobs.select import run_select
 
 
 def main() -> None:

@@ -16,8 +16,8 @@ import os
 import time
 from importlib import resources
 
+from sapray.engines.models import locate
 from sapray.engines.vllm import CPU_KVCACHE_GIB_DEFAULT
-from sapray.models import locate
 
 
 def main() -> None:

@@ -11,12 +11,12 @@ import click
 import yaml
 
 from sapray.config import ConfigError, SelectConfig, load_config, load_config_file, read_yaml
-from sapray.console import console, session
+from sapray.present.console import console, session
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
-    from sapray.exemplars import ExemplarShortfall
-    from sapray.read import InputError
+    from sapray.core.exemplars import ExemplarShortfall
+    from sapray.dataplane.read import InputError
 
     return ConfigError, InputError, ExemplarShortfall
 
@@ -34,8 +34,9 @@ def friendly(command):
 
 
 def _execute(cfg: SelectConfig, verbose: bool) -> None:
-    from sapray.report import render_table, write_outputs
-    from sapray.select import run_select
+    from sapray.jobs.outputs import write_outputs
+    from sapray.jobs.select import run_select
+    from sapray.present.tables import render_table
 
     with session(cfg.output, verbose):
         result = run_select(cfg, on_round=console.say)
@@ -211,7 +212,7 @@ def _show_generation(metadata: dict) -> None:
 @friendly
 def generate(config_path: str, strategy: str, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     """Generate the full training set with one strategy (resumable: rerun the same command)."""
-    from sapray.run_job import run_generate
+    from sapray.jobs.run import run_generate
 
     cfg = _load(config_path, set_items, **flags)
     with session(cfg.generate.output, verbose):
@@ -225,8 +226,8 @@ def generate(config_path: str, strategy: str, set_items: tuple[str, ...], verbos
 @friendly
 def run(config_path: str, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     """Generate the sample with every strategy, select, then generate the full set with the winner."""
-    from sapray.report import render_table
-    from sapray.run_job import run_all
+    from sapray.jobs.run import run_all
+    from sapray.present.tables import render_table
 
     cfg = _load(config_path, set_items, **flags)
     with session(cfg.output, verbose):
@@ -251,8 +252,8 @@ def filter_command(config_path: str, method: str | None, set_items: tuple[str, .
     import json
 
     from sapray.config import read_yaml
-    from sapray.filter_job import load_filter_config, run_filter
-    from sapray.report import write_filter_outputs
+    from sapray.jobs.filter import load_filter_config, run_filter
+    from sapray.jobs.outputs import write_filter_outputs
 
     overrides = [*set_items, *([f"method={method}"] if method else []), *([f"output={output}"] if output else [])]
     try:
@@ -271,7 +272,7 @@ def filter_command(config_path: str, method: str | None, set_items: tuple[str, .
 
 
 def _write_file(uri: str, text: str) -> None:
-    from sapray.read import filesystem
+    from sapray.dataplane.read import filesystem
 
     fs, path = filesystem(uri)
     with fs.open_output_stream(path) as f:
@@ -287,8 +288,8 @@ def report_command(run_dir: str, output: str | None, validation_path: str | None
     """Rebuild report.html from a finished select, run or filter folder (local or s3://)."""
     import json
 
-    from sapray.html_report import ReportError, write_report
-    from sapray.read import read_text
+    from sapray.dataplane.read import read_text
+    from sapray.present.html_report import ReportError, write_report
 
     try:
         validation = json.loads(read_text(validation_path)) if validation_path else None
@@ -311,8 +312,10 @@ def validate_command(results: str | None, selections: tuple[str, ...], accuracy:
     """Judge metrics' strategy rankings against downstream accuracy (Spearman, top-1; METHOD.md §3)."""
     import json
 
-    from sapray import validate as v
-    from sapray.html_report import render_validation_page
+    from sapray.core import validation as v
+    from sapray.jobs.validate import read_results, rows_from_selections
+    from sapray.present.html_report import render_validation_page
+    from sapray.present.tables import render_validation
 
     if bool(results) == bool(selections):
         raise click.UsageError("give either --results or --selection (with --accuracy)")
@@ -320,13 +323,13 @@ def validate_command(results: str | None, selections: tuple[str, ...], accuracy:
         raise click.UsageError("--selection needs --accuracy")
     try:
         if results:
-            rows = v.read_results(results)
+            rows = read_results(results)
         else:
-            rows = v.rows_from_selections([v.parse_selection_arg(a) for a in selections], accuracy)
+            rows = rows_from_selections([v.parse_selection_arg(a) for a in selections], accuracy)
         result = v.validate(rows, [m.strip() for m in metrics.split(",")] if metrics else None)
     except v.ValidationError as exc:
         raise click.ClickException(str(exc)) from None
-    click.echo(v.render_validation(result))
+    click.echo(render_validation(result))
     if json_out:
         _write_file(json_out, json.dumps(result, indent=2) + "\n")
         click.echo(f"wrote {json_out}")
@@ -362,7 +365,7 @@ def mine_command(set_items: tuple[str, ...], verbose: bool, batch_size: int, exc
                  **options) -> None:
     """Mine exemplars alone: the target answers pool questions until n pass the answer checker."""
     from sapray.config import validate
-    from sapray.mining import MineConfig, run_mine, write_mined
+    from sapray.jobs.mine import MineConfig, run_mine, write_mined
 
     raw = {**{k: v for k, v in options.items() if v is not None}, "exclude": list(exclude),
            "ray": {"batch_size": batch_size}}

@@ -15,8 +15,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from sapray.core.errors import ConfigError
 from sapray.engines import EngineName, SamplingConfig
-from sapray.errors import ConfigError
 
 
 class Strict(BaseModel):
@@ -55,7 +55,7 @@ class SampleConfig(Strict):
     seed: int = 0
     stop: Literal["confident", "fixed"] = Field(
         "confident", description="confident: race, dropping strategies once they have lost and stopping when the "
-        "choice is known (sapray.race); fixed: score every strategy on every sampled question")
+        "choice is known (sapray.core.race); fixed: score every strategy on every sampled question")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="race: confidence that holds over every look")
     epsilon: float = Field(0.02, ge=0, description="race: indifference margin, a share of the leader's mean SAP")
     min_questions: int = Field(10, ge=2, description="race: no decision before this many paired questions")
@@ -103,7 +103,7 @@ class ExemplarConfig(Strict):
 class RayConfig(Strict):
     address: str | None = Field(None, description="None: start or join a local Ray; 'auto' or ray://...")
     actors: int | None = Field(None, ge=1, description="engine actors; None: one per GPU group on a cluster with "
-                               "GPUs, else one per CPU as memory allows (see sapray.placement)")
+                               "GPUs, else one per CPU as memory allows (see sapray.dataplane.placement)")
     batch_size: int = Field(32, ge=1)
     shard_mb: float = Field(64, gt=0, description="whole-dataset jobs read their input in pieces of about this "
                             "many MiB, each by one worker (a Parquet file by row groups)")

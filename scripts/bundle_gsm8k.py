@@ -13,7 +13,7 @@ import json
 import shutil
 from pathlib import Path
 
-from sapray.gsm8k import load_six_strategies, train_questions
+from sapray.dataplane.gsm8k import load_six_strategies, train_questions
 
 N_QUESTIONS = 200
 N_POOL = 400

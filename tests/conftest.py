@@ -23,7 +23,7 @@ import pytest
 import ray
 import ray.data  # noqa: F401
 
-from sapray.models import resolve_model
+from sapray.engines.models import resolve_model
 
 DATA_DIR = Path(__file__).parent / "data" / "gsm8k_first20"
 N_EXEMPLARS = 3
@@ -84,8 +84,8 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 def init_local_ray(**kwargs) -> None:
-    """``ray.init`` of a local Ray for a test, patient with a busy machine (see sapray.raydata)."""
-    from sapray.raydata import start_local_ray
+    """``ray.init`` of a local Ray for a test, patient with a busy machine (see sapray.dataplane.raydata)."""
+    from sapray.dataplane.raydata import start_local_ray
 
     start_local_ray(PATIENCE_S, **kwargs)
 

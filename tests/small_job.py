@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from sapray.models import TINY_RANDOM
+from sapray.engines.models import TINY_RANDOM
 
 REPO = Path(__file__).resolve().parents[1]
 DATA_DIR = REPO / "tests" / "data" / "gsm8k_first20"

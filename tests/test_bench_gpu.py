@@ -13,8 +13,8 @@ import pytest
 import torch
 from conftest import PATIENCE_S
 
+from sapray.core.scoring import EncodedRequest
 from sapray.engines.hf import HFEngine, batch_budgets
-from sapray.scoring import EncodedRequest
 
 ROOT = Path(__file__).resolve().parent.parent
 # What the GPU machine lacks: in the benchmark's process these are invisible to imports and to

@@ -9,9 +9,9 @@ import pytest
 from conftest import load_candidates, load_questions
 
 from sapray.config import DataConfig, RayConfig, StrategyConfig, TeacherConfig
-from sapray.generate import _file_answers
-from sapray.read import chat_pair, derived_question_id
-from sapray.select_read import read_selection_inputs
+from sapray.dataplane.read import chat_pair, derived_question_id
+from sapray.dataplane.select_inputs import read_selection_inputs
+from sapray.dataplane.teachers import _file_answers
 
 
 def chat(question: str, response: str, system: str | None = "You are helpful.") -> list[dict]:

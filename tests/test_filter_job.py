@@ -9,10 +9,10 @@ import torch
 from conftest import load_candidates, load_questions, read_parts
 from test_select import write_jsonl
 
-from sapray import filters
-from sapray.filter_job import load_filter_config, run_filter
-from sapray.models import TINY_RANDOM
-from sapray.report import write_filter_outputs
+from sapray.core import filters
+from sapray.engines.models import TINY_RANDOM
+from sapray.jobs.filter import load_filter_config, run_filter
+from sapray.jobs.outputs import write_filter_outputs
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import math
 
 import pytest
 
-from sapray import filters
+from sapray.core import filters
 
 
 @pytest.mark.parametrize("valid_mean, loss, weight", [

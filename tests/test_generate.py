@@ -21,9 +21,9 @@ from conftest import DATA_DIR, PATIENCE_S, load_questions, read_parts, stop_proc
 from test_select import exemplar_file, write_jsonl  # noqa: F401  (fixture)
 
 from sapray.config import load_config
-from sapray.models import TINY_RANDOM
-from sapray.run_job import run_all, run_generate
-from sapray.teachers import retry_after_seconds
+from sapray.dataplane.api_teacher import retry_after_seconds
+from sapray.engines.models import TINY_RANDOM
+from sapray.jobs.run import run_all, run_generate
 
 SECRET = "sk-sapray-test-7f3c9e1d"
 
@@ -106,8 +106,8 @@ def test_hf_generation_says_why_it_stopped(hf_engine):
 def test_hf_seeded_sampling_does_not_depend_on_batch_mates(hf_engine):
     """As vLLM's per-request seed: a prompt's samples are the same alone and in any batch, so a job's
     samples do not depend on how its blocks were cut."""
+    from sapray.core.exemplars import zero_shot_prompts
     from sapray.engines import SamplingConfig
-    from sapray.exemplars import zero_shot_prompts
 
     a, b = zero_shot_prompts(hf_engine.tokenizer, ["Name a colour.", "What is 12 times 7? Show your work."])
     sampling = SamplingConfig(temperature=1.0, max_tokens=12, n=3, seed=7)

@@ -12,8 +12,8 @@ import pytest
 from conftest import DATA_DIR, load_candidates, load_questions, read_parts
 
 from sapray.config import ConfigError, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
-from sapray.generate_job import run_full_generation
-from sapray.read import InputError, Reject
+from sapray.dataplane.read import InputError, Reject
+from sapray.jobs.generate import run_full_generation
 
 
 def file_strategy(strategy: str, name: str | None = None) -> StrategyConfig:
@@ -81,7 +81,7 @@ def test_misspelt_file_strategy_fails_naming_what_the_file_has(ray_local, tmp_pa
 
 
 def test_a_file_teacher_without_usable_rows_says_so_whether_or_not_it_names_a_strategy():
-    from sapray.generate import no_responses
+    from sapray.dataplane.teachers import no_responses
 
     named = TeacherConfig(kind="file", path="t.jsonl", strategy="socratic")
     assert str(no_responses(named, {"human"})) == "t.jsonl has no responses for strategy 'socratic' (it has ['human'])"
@@ -98,7 +98,7 @@ def test_an_api_teacher_whose_key_variable_is_unset_fails_before_any_request(ray
 
 
 def test_a_secret_never_prints():
-    from sapray.teachers import Secret
+    from sapray.dataplane.api_teacher import Secret
 
     secret = Secret("sk-very-secret")
     assert "sk-very" not in repr(secret) + str(secret) + f"{secret}" + repr({"api_key": secret})
@@ -107,7 +107,7 @@ def test_a_secret_never_prints():
 
 def test_a_finished_selection_is_reused_only_for_the_same_config(tmp_path):
     from sapray.config import load_config
-    from sapray.run_job import finished_selection
+    from sapray.jobs.run import finished_selection
 
     raw = {"data": {"questions": str(DATA_DIR / "questions.jsonl"), "candidates": str(DATA_DIR / "candidates.jsonl")},
            "exemplars": {"file": "x.jsonl"}, "output": str(tmp_path / "sel")}
@@ -125,7 +125,7 @@ def test_a_finished_selection_is_reused_only_for_the_same_config(tmp_path):
 def test_entry_totals_sum_every_shard_entry_and_this_runs_by_hand():
     import pyarrow as pa
 
-    from sapray.generate_job import ENTRY_SCHEMA, entry_totals
+    from sapray.jobs.generate import ENTRY_SCHEMA, entry_totals
 
     def entry(run, prompt, completion, money, rows=1, rejected=0, truncated=0):
         return {"order": 0, "question_id": "q", "rows_json": "[]", "rejects_json": "[]", "rows": rows,
@@ -148,7 +148,7 @@ def test_the_cluster_join_rejects_duplicate_ids_and_joins_id_less_responses_by_t
     """A teacher file in chat form without ids joins by exact text. A second row with a known id is a
     duplicate (its text joins nothing); a text two questions share joins neither. The same set from one
     shard and one join bucket as from 1 KiB shards and buckets of 2 rows."""
-    import sapray.stages
+    import sapray.dataplane.stages
     questions = load_questions()[:4]
     rows = [*questions, {**questions[1], "question": "a different text"},
             {"question_id": "twin", "question": questions[2]["question"]}]
@@ -160,7 +160,7 @@ def test_the_cluster_join_rejects_duplicate_ids_and_joins_id_less_responses_by_t
     strategy = StrategyConfig(name="chat", teacher=TeacherConfig(kind="file", path=str(tmp_path / "chat.jsonl")))
     outputs = {}
     for shard_mb, shard_size in ((64, 64), (1 / 1024, 1)):
-        monkeypatch.setattr(sapray.stages, "JOIN_BUCKET_ROWS", 250_000 if shard_size == 64 else 2)
+        monkeypatch.setattr(sapray.dataplane.stages, "JOIN_BUCKET_ROWS", 250_000 if shard_size == 64 else 2)
         out = tmp_path / f"out-{shard_size}"
         metadata = run_full_generation(strategy, str(tmp_path / "q.jsonl"), RayConfig(shard_mb=shard_mb),
                                        GenerateConfig(output=str(out), shard_size=shard_size))
@@ -188,7 +188,7 @@ def test_run_whose_sample_responses_are_all_rejected_ends_with_one_clear_message
     from small_job import exemplar_rows, jsonl
 
     from sapray.cli import main
-    from sapray.models import TINY_RANDOM
+    from sapray.engines.models import TINY_RANDOM
 
     questions = load_questions()[:2]
     (tmp_path / "q.jsonl").write_text(jsonl(questions))
@@ -218,9 +218,9 @@ def test_each_row_is_generated_with_its_own_sampling_as_if_asked_alone():
     """GenerateActor with a sampling_json column: one engine call per distinct sampling, rows in order."""
     import numpy as np
 
-    from sapray.actors import GenerateActor
+    from sapray.dataplane.actors import GenerateActor
     from sapray.engines import SamplingConfig
-    from sapray.models import TINY_RANDOM
+    from sapray.engines.models import TINY_RANDOM
 
     actor = GenerateActor("hf", TINY_RANDOM, {}, {"max_tokens": 1})
     prompts = [[1, 504, 3158], [1, 30, 31, 32, 33], [1, 504, 3158, 6]]
@@ -242,8 +242,8 @@ def test_strategies_of_one_model_teacher_share_its_actors_and_keep_their_own_pro
     strategy's prompts, sampling and costs its own, in the order asked."""
     import ray
 
-    from sapray.generate import generate
-    from sapray.models import TINY_RANDOM
+    from sapray.dataplane.teachers import generate
+    from sapray.engines.models import TINY_RANDOM
 
     teacher = {"kind": "hf", "model": TINY_RANDOM}
     strategies = [StrategyConfig(name="terse", teacher=teacher, prompt="{question}", max_tokens=2),

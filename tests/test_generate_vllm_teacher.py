@@ -13,7 +13,7 @@ from test_generate import job, teacher_strategies
 from test_select import exemplar_file, write_jsonl  # noqa: F401  (fixture)
 
 from sapray.config import load_config
-from sapray.run_job import run_all
+from sapray.jobs.run import run_all
 
 
 @pytest.mark.vllm

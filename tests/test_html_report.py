@@ -24,9 +24,9 @@ from conftest import PATIENCE_S, load_candidates, load_questions
 from small_job import DATA_DIR, REPO, exemplar_rows, jsonl, small_config
 from test_s3 import BUCKET, CREDENTIALS, s3_server  # noqa: F401  (the moto server fixture)
 
-from sapray.filters import distribution
-from sapray.html_report import ReportError, load_run, write_report
-from sapray.validate import rows_from_records, validate
+from sapray.core.filters import distribution
+from sapray.core.validation import rows_from_records, validate
+from sapray.present.html_report import ReportError, load_run, write_report
 
 RACE_SELECTION = Path(__file__).parent / "data" / "report" / "race_selection.json"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")

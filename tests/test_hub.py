@@ -22,7 +22,7 @@ import pytest
 from conftest import PATIENCE_S
 
 from sapray.config import ConfigError, TeacherConfig, resolve_paths
-from sapray.models import TINY_RANDOM, build_tiny_random, locate, resolve_model
+from sapray.engines.models import TINY_RANDOM, build_tiny_random, locate, resolve_model
 
 REPO = "HuggingFaceTB/SmolLM2-135M-Instruct"
 MAIN = hashlib.sha1(b"sapray test main").hexdigest()
@@ -88,8 +88,8 @@ def test_the_built_cache_is_one_huggingface_hub_accepts(hf_home):
 SCORE = """
 import json
 from sapray.engines import load_engine
-from sapray.models import locate, resolve_model
-from sapray.scoring import ScoreRequest, score
+from sapray.engines.models import locate, resolve_model
+from sapray.core.scoring import ScoreRequest, score
 
 REQUESTS = [ScoreRequest("a", [{"role": "user", "content": "What is 2 + 3?"}], "2 + 3 = 5. The answer is 5."),
             ScoreRequest("b", "Q: Tom has 4 apples and eats 1.", " He has 3 apples left.")]
@@ -142,7 +142,7 @@ def test_a_revision_picks_that_commit_and_a_missing_one_is_a_clear_error(hf_home
         from pathlib import Path
 
         from sapray.config import ConfigError
-        from sapray.models import TINY_RANDOM, build_tiny_random, locate, resolve_model
+        from sapray.engines.models import TINY_RANDOM, build_tiny_random, locate, resolve_model
 
         def where(revision):
             try:
@@ -167,7 +167,7 @@ def test_an_unreachable_hub_falls_back_to_the_cache_and_otherwise_says_so(hf_hom
     out = run_python(f"""
         import json
         from sapray.config import ConfigError
-        from sapray.models import TINY_RANDOM, build_tiny_random, locate, resolve_model
+        from sapray.engines.models import TINY_RANDOM, build_tiny_random, locate, resolve_model
 
         try:
             locate("HuggingFaceTB/not-cached")
@@ -221,8 +221,8 @@ def test_a_revision_on_a_local_model_or_an_api_teacher_is_refused(smollm2_path):
 def test_the_tiny_random_model_is_the_same_on_every_build_and_speaks_the_embedded_tokenizer(tmp_path, smollm2_path):
     from transformers import AutoTokenizer
 
+    from sapray.core.scoring import EncodedRequest
     from sapray.engines.hf import HFEngine
-    from sapray.scoring import EncodedRequest
 
     build_tiny_random(smollm2_path, tmp_path / "again")
     built = Path(resolve_model(TINY_RANDOM))

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from sapray.config import load_config_file, read_yaml
-from sapray.filter_job import load_filter_config
+from sapray.jobs.filter import load_filter_config
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 

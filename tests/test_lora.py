@@ -15,10 +15,10 @@ import pytest
 import torch
 from conftest import gsm8k_pairs
 
-from sapray import metrics
-from sapray.contexts import Layout, build_requests
+from sapray.core import metrics
+from sapray.core.contexts import Layout, build_requests
+from sapray.core.scoring import encode_all, score
 from sapray.engines import load_engine
-from sapray.scoring import encode_all, score
 
 peft = pytest.importorskip("peft")
 

@@ -7,8 +7,8 @@ import math
 import pytest
 import torch
 
-from sapray import metrics
-from sapray.scoring import EncodedRequest
+from sapray.core import metrics
+from sapray.core.scoring import EncodedRequest
 
 LN2 = math.log(2.0)
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from sapray import filters
-from sapray.order_stats import (
+from sapray.core import filters
+from sapray.core.order_stats import (
     DIGITS,
     Moments,
     add_counts,

@@ -13,9 +13,9 @@ import math
 import torch
 from conftest import gsm8k_pairs, n_test_questions
 
-from sapray import metrics
-from sapray.contexts import Layout, build_requests, sap_user_text
-from sapray.scoring import score
+from sapray.core import metrics
+from sapray.core.contexts import Layout, build_requests, sap_user_text
+from sapray.core.scoring import score
 
 REL_TOL = 1e-3  # 0.1 %
 # 120 plain forward passes of ~750 tokens take over 10 minutes on a 2-core CPU: 3 questions by default,

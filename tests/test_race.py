@@ -20,9 +20,9 @@ from conftest import load_candidates, wait_until
 from test_select import base_config, exemplar_file, run, write_jsonl  # noqa: F401  (fixture)
 
 from sapray.config import load_config
-from sapray.race import Race, RaceRule, cs_radius, pair_alpha, rho2_for
-from sapray.report import write_outputs
-from sapray.select import run_select
+from sapray.core.race import Race, RaceRule, cs_radius, pair_alpha, rho2_for
+from sapray.jobs.outputs import write_outputs
+from sapray.jobs.select import run_select
 
 
 def test_radius_by_hand():

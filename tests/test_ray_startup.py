@@ -3,7 +3,7 @@ a start that ran out leaves nothing running."""
 
 from __future__ import annotations
 
-from sapray.raydata import startup_timed_out
+from sapray.dataplane.raydata import startup_timed_out
 
 
 def test_the_startup_timeouts_seen_on_a_busy_machine_are_retried():
@@ -24,7 +24,7 @@ def test_a_start_that_timed_out_leaves_no_process_behind(monkeypatch):
     import psutil
     import ray
 
-    from sapray import raydata
+    from sapray.dataplane import raydata
 
     left: list[psutil.Process] = []
 

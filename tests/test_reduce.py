@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from sapray.reduce import summarize
+from sapray.core.reduce import summarize
 
 
 def rows(values: dict[str, list[float]], rewards: dict[str, list[float]] | None = None) -> list[dict]:

@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sapray.scoring import EncodedRequest, ScoreRequest, encode, score
+from sapray.core.scoring import EncodedRequest, ScoreRequest, encode, score
 
 # A real BPE merge across the boundary with the SmolLM2 tokenizer (found by search):
 # tok("Hello wor") = [Hello, ' wor'], tok("ld, how are you?") starts with 'ld', but

@@ -12,8 +12,8 @@ import torch
 from conftest import DATA_DIR, load_candidates, load_questions
 
 from sapray.config import ConfigError, load_config
-from sapray.report import write_outputs
-from sapray.select import run_select
+from sapray.jobs.outputs import write_outputs
+from sapray.jobs.select import run_select
 
 
 def write_jsonl(path: Path, rows: list) -> str:
@@ -130,7 +130,7 @@ def test_two_actors_and_a_second_run_give_identical_bytes(one_actor, exemplar_fi
 
 def test_missing_column_fails_naming_file_and_column(ray_local, exemplar_file, tmp_path):
     bad = write_jsonl(tmp_path / "c.jsonl", [{"question_id": "test-0000", "strategy": "human", "answer": "x"}])
-    from sapray.read import InputError
+    from sapray.dataplane.read import InputError
 
     with pytest.raises(InputError, match=r"c\.jsonl: missing required column\(s\) \['response'\]"):
         run_select(load_config(base_config(exemplar_file, str(tmp_path / "o"), **{"data.candidates": bad})))

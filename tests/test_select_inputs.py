@@ -9,7 +9,7 @@ import json
 from conftest import load_candidates, load_questions, read_parts
 from test_select import base_config, exemplar_file, run, write_jsonl  # noqa: F401  (fixture)
 
-from sapray.models import TINY_RANDOM
+from sapray.engines.models import TINY_RANDOM
 
 
 def test_bad_rows_are_rejected_with_reasons_and_counts_reconcile(ray_local, exemplar_file, tmp_path):  # noqa: F811
@@ -72,7 +72,7 @@ def test_a_stray_strategy_is_excluded_not_the_questions(ray_local, exemplar_file
     assert result.summary["evidence"]["sufficient"] is False
     assert result.summary["winner"]["provisional"] is True
     assert "bootstrap_p_best" not in result.summary["winner"]
-    from sapray.report import render_table
+    from sapray.present.tables import render_table
 
     table = render_table(result.summary)
     assert "NOT ENOUGH EVIDENCE" in table and "bootstrap resamples" not in table

@@ -6,7 +6,7 @@ import pytest
 from test_select import base_config, exemplar_file  # noqa: F401  (fixture)
 
 from sapray.config import load_config
-from sapray.select import run_select
+from sapray.jobs.select import run_select
 
 pytest.importorskip("vllm")
 pytestmark = pytest.mark.vllm

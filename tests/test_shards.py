@@ -9,8 +9,8 @@ import pytest
 from conftest import load_candidates, load_questions
 from test_faults import FORMATS, candidate_rows, write_faulty
 
-from sapray.read import InputError, iter_records
-from sapray.shards import check_columns, count_shard, offsets, plan_shards, read_shard
+from sapray.dataplane.read import InputError, iter_records
+from sapray.dataplane.shards import check_columns, count_shard, offsets, plan_shards, read_shard
 
 
 def sharded(uris: list[str], pieces: int) -> list[tuple[int, str, dict | str]]:

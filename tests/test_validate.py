@@ -14,8 +14,8 @@ import pytest
 from click.testing import CliRunner
 
 from sapray.cli import main
-from sapray.validate import ValidationError, average_ranks, parse_selection_arg, spearman, validate
-from sapray.validate import read_results as read
+from sapray.core.validation import ValidationError, average_ranks, parse_selection_arg, spearman, validate
+from sapray.jobs.validate import read_results as read
 
 # Pair (m, gsm8k): four strategies, a tie on the accuracy side (a and b both 0.5).
 #   SAP (lower is better) orders a > b > c > d: ranks 4, 3, 2, 1; accuracy ranks 3.5, 3.5, 2, 1.
@@ -115,7 +115,7 @@ def test_subsets_ranked_separately_and_averaged(tmp_path):
 def test_tie_at_the_top_of_the_metric_takes_the_mean_accuracy():
     # SAP a 1 = b 1 < c 2; accuracy a .3, b .5, c .1. Top-1: mean(.3, .5) = .4.
     # Metric ranks (2.5, 2.5, 1), accuracy ranks (2, 3, 1): sxy = 1.5, sxx = 1.5, syy = 2, rho = 1.5 / sqrt(3).
-    from sapray.validate import rows_from_records
+    from sapray.core.validation import rows_from_records
 
     rows = rows_from_records([(f"t:{i}", r) for i, r in enumerate(records(
         [("m", "t", "a", 0.3, 1.0), ("m", "t", "b", 0.5, 1.0), ("m", "t", "c", 0.1, 2.0)]), start=1)], "t")

@@ -1,6 +1,8 @@
 """Scoring and generation engines: ``hf`` (transformers, the reference) and ``vllm``.
 
-Both receive token ids already encoded by ``sapray.scoring``, so both score the same tokens.
+Both receive token ids already encoded by ``sapray.core.scoring``, so both score the same tokens.
+``sapray.engines.models`` resolves a model name (the embedded ``smollm2``, a local directory or a Hub id)
+into the local directory both load.
 """
 
 from __future__ import annotations

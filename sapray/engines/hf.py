@@ -22,8 +22,8 @@ from typing import Any
 
 import torch
 
+from sapray.core.scoring import EncodedRequest
 from sapray.engines import DEFAULT_MAX_LENGTH, Generation, SamplingConfig
-from sapray.scoring import EncodedRequest
 
 
 def default_device() -> str:

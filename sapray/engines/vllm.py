@@ -17,8 +17,8 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
+from sapray.core.scoring import EncodedRequest
 from sapray.engines import DEFAULT_MAX_LENGTH, Generation, SamplingConfig
-from sapray.scoring import EncodedRequest
 
 CPU_KVCACHE_GIB_DEFAULT = "2"
 
@@ -49,7 +49,7 @@ class VLLMEngine:
 
         cpu = on_cpu()
         if adapter:  # merged into a cached copy: vLLM's LoRA path mishandles prompt_logprobs
-            from sapray.models import merge_adapter
+            from sapray.engines.models import merge_adapter
 
             model_path = merge_adapter(model_path, adapter)
         self.llm = LLM(
@@ -60,7 +60,7 @@ class VLLMEngine:
             seed=seed,
             **engine_args,
         )
-        # The same Hugging Face tokenizer as the hf engine: encoding happens in sapray.scoring.
+        # The same Hugging Face tokenizer as the hf engine: encoding happens in sapray.core.scoring.
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.max_length = int(self.llm.llm_engine.model_config.max_model_len)
 

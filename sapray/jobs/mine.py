@@ -4,7 +4,7 @@ The pool is shuffled by the seed (as ``select`` orders its pool) after leaving o
 ``exclude`` file asks (by id and by text), so no exemplar answers a question it will be scored on.
 The target answers greedily and zero-shot on a ``GenerateActor`` pool; answers stream back in pool
 order one Ray Data batch (``ray.batch_size`` questions) at a time, and mining stops at the batch
-that brings the n-th checked-correct answer. ``sapray.exemplars.mine`` then applies the same counts
+that brings the n-th checked-correct answer. ``sapray.core.exemplars.mine`` then applies the same counts
 and shortfall policy as ``select``. Output: one exemplar per line, as ``exemplars.file`` reads it,
 and a provenance sidecar (``<output>.json`` beside ``<output>.jsonl``).
 """
@@ -21,15 +21,16 @@ from typing import Any, Literal
 
 from pydantic import Field
 
-from sapray import exemplars as ex
-from sapray.actors import GenerateActor
-from sapray.answers import make_checker
 from sapray.config import Columns, RayConfig, Strict
+from sapray.core import exemplars as ex
+from sapray.core.answers import make_checker
+from sapray.core.sample import sample_order
+from sapray.dataplane.actors import GenerateActor
+from sapray.dataplane.raydata import init_ray, map_with_actors
+from sapray.dataplane.read import read_questions
 from sapray.engines import EngineName, SamplingConfig
-from sapray.models import locate
-from sapray.raydata import init_ray, map_with_actors
-from sapray.read import read_questions
-from sapray.sample import sample_order
+from sapray.engines.models import locate
+from sapray.present.console import console
 
 log = logging.getLogger(__name__)
 
@@ -70,9 +71,9 @@ def greedy_answers(pool: Sequence[dict], tokenizer, engine: str, model: str, rev
     prompts = ex.zero_shot_prompts(tokenizer, [q["question"] for q in pool])
     rows = [{"row_id": q["question_id"], "prompt_ids": p} for q, p in zip(pool, prompts, strict=True)]
     sampling = SamplingConfig(temperature=0.0, max_tokens=max_tokens)
-    return iter(map_with_actors(rows, GenerateActor, {
+    return iter(console.progress(map_with_actors(rows, GenerateActor, {
         "engine": engine, "model": model, "revision": revision, "engine_args": engine_args,
-        "sampling": sampling.__dict__}, ray_cfg, what="mining: answering"))
+        "sampling": sampling.__dict__}, ray_cfg), len(rows), "mining: answering"))
 
 
 def mine_until(

@@ -149,7 +149,7 @@ def _keep_log(text: bytes, output: str | None) -> str | None:
     None if it cannot be written there."""
     if not output:
         return None
-    from sapray.read import child, filesystem
+    from sapray.dataplane.read import child, filesystem
 
     target = child(output, "run.log")
     fs, path = filesystem(target)

@@ -27,10 +27,10 @@ from typing import Any
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sapray import stages
 from sapray.config import Columns, DataConfig, RayConfig
-from sapray.generate import joined_by_text
-from sapray.read import (
+from sapray.core.sample import StrategySet, choose_strategies, lacking_strategies
+from sapray.dataplane import stages
+from sapray.dataplane.read import (
     CANDIDATE_STAGES,
     InputError,
     Reject,
@@ -43,8 +43,8 @@ from sapray.read import (
     number_or_none,
     question_record,
 )
-from sapray.sample import StrategySet, choose_strategies, lacking_strategies
-from sapray.shards import check_columns
+from sapray.dataplane.shards import check_columns
+from sapray.dataplane.teachers import joined_by_text
 
 # One schema for questions (kind "question") and candidates (kind "candidate"), so both meet in a bucket.
 ROW_SCHEMA = pa.schema([

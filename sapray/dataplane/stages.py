@@ -23,9 +23,9 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sapray.order_stats import Moments, Selected, add_counts, digit_counts, select_keys
-from sapray.read import InputError, filesystem
-from sapray.shards import Shard, count_shard, offsets, plan_shards, read_shard
+from sapray.core.order_stats import Moments, Selected, add_counts, digit_counts, select_keys
+from sapray.dataplane.read import InputError, filesystem
+from sapray.dataplane.shards import Shard, count_shard, offsets, plan_shards, read_shard
 
 # (index, source, row or the reason it is unusable) -> the output row, with ``reject`` set when it is out
 RowFn = Callable[[int, str, dict | str], dict]
@@ -35,7 +35,7 @@ def input_error(exc: BaseException) -> InputError | None:
     """The InputError a worker raised, from the exception Ray wrapped it in."""
     while exc is not None:
         if isinstance(exc, InputError):
-            return InputError(str(exc).splitlines()[-1].removeprefix("sapray.read.InputError: "))
+            return InputError(str(exc).splitlines()[-1].removeprefix(f"{InputError.__module__}.InputError: "))
         exc = exc.__cause__ or exc.__context__
     return None
 
@@ -144,7 +144,7 @@ class EncodeRequests:
         from transformers import AutoConfig, AutoTokenizer
 
         from sapray.engines import max_length_of
-        from sapray.models import resolve_model
+        from sapray.engines.models import resolve_model
 
         path = resolve_model(model, revision)
         self.tokenizer = AutoTokenizer.from_pretrained(path)
@@ -155,7 +155,7 @@ class EncodeRequests:
         self.boundary, self.overlong = boundary, overlong
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from sapray.scoring import RequestError, ScoreRequest, encode
+        from sapray.core.scoring import RequestError, ScoreRequest, encode
 
         rows = batch.to_pylist()
         ids: list[list[tuple[list[int], list[int]]]] = []
@@ -185,16 +185,16 @@ class ScoreSums:
     def __init__(self, engine: str, model: str, engine_args: dict[str, Any], requests: int, prefix: str,
                  drop_ids: bool, token_logprobs: bool = False, num_cpus: float = 1,
                  revision: str | None = None) -> None:
-        from sapray.actors import _limit_threads
+        from sapray.dataplane.actors import _limit_threads
         from sapray.engines import load_engine
-        from sapray.models import resolve_model
+        from sapray.engines.models import resolve_model
 
         _limit_threads(num_cpus)
         self.engine = load_engine(engine, resolve_model(model, revision), **engine_args)
         self.requests, self.prefix, self.drop_ids, self.token_logprobs = requests, prefix, drop_ids, token_logprobs
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        from sapray.scoring import EncodedRequest
+        from sapray.core.scoring import EncodedRequest
 
         ok = [not r for r in batch.column("reject").to_pylist()]
         slots, encoded = [], []

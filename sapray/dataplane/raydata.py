@@ -11,14 +11,13 @@ import contextlib
 import logging
 import os
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import psutil
 import pyarrow as pa
 
 from sapray.config import RayConfig
-from sapray.console import console
 
 log = logging.getLogger(__name__)
 
@@ -102,6 +101,15 @@ def _start_or_join(cfg: RayConfig) -> None:
         ray.init(address=address, **options)
 
 
+# How a job shows a stream's progress: ``progress(items, total, what)`` yields the items (the job passes
+# its console's; the data plane itself prints nothing).
+Progress = Callable[[Iterator[Any], int, str], Iterator[Any]]
+
+
+def unobserved(items: Iterator[Any], total: int, what: str) -> Iterator[Any]:
+    return items
+
+
 def blocks(rows: Sequence[dict], batch_size: int) -> list[pa.Table]:
     return [pa.Table.from_pylist(list(rows[i:i + batch_size])) for i in range(0, len(rows), batch_size)]
 
@@ -114,8 +122,8 @@ def actor_pool(actor_cls: type, actor_kwargs: dict[str, Any], cfg: RayConfig,
     would load its model for nothing (a small race round, a short sample)."""
     import ray
 
-    from sapray.models import locate
-    from sapray.placement import actor_bytes, cluster_view, plan
+    from sapray.dataplane.placement import actor_bytes, cluster_view, plan
+    from sapray.engines.models import locate
 
     engine = actor_kwargs.get("engine", "hf")
     model = actor_kwargs.get("model") if "engine" in actor_kwargs else None  # API teachers hold no weights
@@ -181,8 +189,8 @@ class ActorSession:
         self.batches = iter(blocks.map_batches(**pool).iter_batches(batch_size=None, prefetch_batches=0,
                                                                     batch_format="pyarrow"))
 
-    def map(self, rows: Sequence[dict], what: str) -> Iterator[dict]:
-        """The pool's output rows for ``rows``, in input order, showing progress as ``what``."""
+    def map(self, rows: Sequence[dict]) -> Iterator[dict]:
+        """The pool's output rows for ``rows``, in input order."""
         import ray
 
         tables = blocks(rows, self.cfg.batch_size)
@@ -191,7 +199,7 @@ class ActorSession:
         for table in tables:
             self.store.post.remote(self.posted, [ray.put(table)])
             self.posted += 1
-        return console.progress(self._rows(len(rows)), len(rows), what)
+        return self._rows(len(rows))
 
     def _rows(self, n: int) -> Iterator[dict]:
         while n > 0:
@@ -214,9 +222,8 @@ def map_with_actors(
     actor_cls: type,
     actor_kwargs: dict[str, Any],
     cfg: RayConfig,
-    what: str | None = None,
 ) -> Iterator[dict]:
-    """Stream the actor pool's output rows, in input order, showing progress as ``what``."""
+    """Stream the actor pool's output rows, in input order."""
     import ray
 
     if not rows:
@@ -224,4 +231,4 @@ def map_with_actors(
     tables = blocks(rows, cfg.batch_size)
     pool = actor_pool(actor_cls, actor_kwargs, cfg, n_blocks=len(tables))
     mapped = ray.data.from_arrow(tables).map_batches(**pool)
-    return console.progress(mapped.iter_rows(), len(rows), what or actor_cls.__name__)
+    return mapped.iter_rows()

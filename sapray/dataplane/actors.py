@@ -15,9 +15,9 @@ from typing import Any
 
 import numpy as np
 
+from sapray.core.scoring import ScoreRequest, score
 from sapray.engines import SamplingConfig, load_engine
-from sapray.models import resolve_model
-from sapray.scoring import ScoreRequest, score
+from sapray.engines.models import resolve_model
 
 
 def _limit_threads(num_cpus: float) -> None:

@@ -13,7 +13,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from sapray import metrics
+from sapray.core import metrics
 
 
 def _matrix(scores: Sequence[dict], strategies: list[str], key: str) -> tuple[list[str], np.ndarray]:

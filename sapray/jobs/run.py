@@ -10,15 +10,15 @@ from collections.abc import Callable
 from typing import Any
 
 from sapray.config import ConfigError, SelectConfig, StrategyConfig, TeacherConfig
-from sapray.console import console
-from sapray.generate import Cost, generate
-from sapray.generate_job import run_full_generation
-from sapray.html_report import write_report
-from sapray.raydata import init_ray
-from sapray.read import InputError, Reject, child, filesystem, read_text
-from sapray.report import write_outputs
-from sapray.select import TeacherRounds, run_select
-from sapray.select_read import candidate_file_questions
+from sapray.dataplane.raydata import init_ray
+from sapray.dataplane.read import InputError, Reject, child, filesystem, read_text
+from sapray.dataplane.select_inputs import candidate_file_questions
+from sapray.dataplane.teachers import Cost, generate
+from sapray.jobs.generate import run_full_generation
+from sapray.jobs.outputs import write_outputs
+from sapray.jobs.select import TeacherRounds, run_select
+from sapray.present.console import console
+from sapray.present.html_report import write_report
 
 
 def _write_jsonl(uri: str, rows: list[dict]) -> None:
@@ -45,7 +45,8 @@ def teacher_rounds(cfg: SelectConfig) -> TeacherRounds:
             console.say(f"generating the sample with strategy {name} ({by_name[name].teacher.describe()}, "
                         f"{len(questions)} questions)")
             asked[name] += len(questions)
-        for name, new, bad, cost in generate([by_name[n] for n in names], questions, cfg.ray):
+        for name, new, bad, cost in generate([by_name[n] for n in names], questions, cfg.ray,
+                                             progress=console.progress):
             costs[name].add(cost)
             rejected[name] += len(bad)
             rejects += bad

@@ -21,7 +21,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from sapray.read import (
+from sapray.dataplane.read import (
     _BOM,
     _CHUNK,
     InputError,

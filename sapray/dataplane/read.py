@@ -34,6 +34,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from sapray.config import Columns
+from sapray.core.errors import InputError
+from sapray.core.exemplars import Exemplar
 
 # A text value (question, response, gold) longer than this is rejected: ~250k tokens, beyond any
 # context sapray scores in, and tokenizing it would only cost the driver memory and minutes before
@@ -45,10 +47,6 @@ _CHUNK = 2**20
 _BOM = b"\xef\xbb\xbf"
 _SURROGATE = re.compile("[\ud800-\udfff]")
 MISSING = object()  # text_problem's value for a column the row does not have
-
-
-class InputError(ValueError):
-    """An input that cannot be read at all (missing file or column, nothing usable); names the file."""
 
 
 CANDIDATE_STAGES = ("candidates", "strategy", "sample", "score")
@@ -515,3 +513,16 @@ def joined_question(record: dict, questions: dict[str, dict], by_text: dict[str,
     if matches:
         return None, f"ambiguous: the question text matches {len(matches)} questions {matches[:5]}"
     return None, "unmatched: no question has this exact text"
+
+
+def load_exemplar_file(uri: str) -> list[Exemplar]:
+    """User-supplied exemplars: rows with ``text`` and optional ``exemplar_id``, ``question_id``."""
+    exemplars = []
+    for source, row in iter_records(uri):
+        # A few rows the user chose by hand: a bad one is an error to fix, not a row to skip.
+        problem = row if isinstance(row, str) else text_problem(row.get("text", MISSING), "column 'text'")
+        if problem or not row["text"].strip():
+            raise InputError(f"{source}: an exemplar row needs a non-empty string 'text' ({problem or 'it is empty'})")
+        exemplars.append(Exemplar(str(row.get("exemplar_id", source)), row["text"], row.get("question_id"),
+                                  bool(row.get("checked", True))))
+    return exemplars

@@ -1,6 +1,6 @@
 """Teachers that write candidate responses: an OpenAI-compatible endpoint, as a Ray Data stage.
 
-(vLLM and hf teachers reuse ``sapray.actors.GenerateActor``; a ``file`` teacher is read as is.)
+(vLLM and hf teachers reuse ``sapray.dataplane.actors.GenerateActor``; a ``file`` teacher is read as is.)
 
 The API stage sends each row's chat messages to ``{base_url}/chat/completions`` with bounded
 concurrency, a per-request timeout, a rate limit (requests per second, shared by the actor's threads)

@@ -27,13 +27,10 @@ its accuracies over the pair's subsets (the same number when accuracy does not d
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
-
-from sapray.read import InputError, iter_records, read_text
 
 # metric column -> True when a lower value is better
 LOWER_IS_BETTER = {"sap": True, "ppl": True, "ifd": True, "length": True, "reward": False, "car": False}
@@ -112,7 +109,7 @@ def _number(value, what: str, source: str) -> float | None:
     return number
 
 
-def _named(sources: list[str]) -> str:
+def name_sources(sources: list[str]) -> str:
     more = f" and {len(sources) - _MAX_NAMED} more" if len(sources) > _MAX_NAMED else ""
     return ", ".join(sources[:_MAX_NAMED]) + more
 
@@ -122,7 +119,7 @@ def rows_from_records(records: Iterable[tuple[str, dict]], uri: str) -> list[Row
     records = list(records)
     bad = [source for source, r in records if isinstance(r, str)]
     if bad:
-        raise ValidationError(f"unreadable rows: {_named(bad)}")
+        raise ValidationError(f"unreadable rows: {name_sources(bad)}")
     if not records:
         raise ValidationError(f"{uri}: no rows")
     columns = set().union(*(r.keys() for _, r in records))
@@ -160,7 +157,7 @@ def check_rows(rows: list[Row], metrics: Sequence[str] | None = None) -> list[st
     for m in present:
         lacking = [r.source for r in rows if r.metrics.get(m) is None]
         if lacking:
-            raise ValidationError(f"metric {m!r} has no value in {len(lacking)} row(s): {_named(lacking)} "
+            raise ValidationError(f"metric {m!r} has no value in {len(lacking)} row(s): {name_sources(lacking)} "
                                   "(fill them, or leave the metric out with --metrics)")
     seen: dict[tuple, str] = {}
     for r in rows:
@@ -239,14 +236,6 @@ def validate(rows: list[Row], metrics: Sequence[str] | None = None) -> dict:
             "metrics": out_metrics, "skipped": skipped, "tie_rule": TIE_RULE}
 
 
-def read_results(uri: str) -> list[Row]:
-    """A results table: CSV, JSONL or Parquet (local or object store)."""
-    try:
-        return rows_from_records(iter_records(uri), uri)
-    except InputError as exc:
-        raise ValidationError(str(exc)) from None
-
-
 _LABEL = re.compile(r"^([\w.-]+)(?::([\w.-]+))?=(.+)$")
 
 
@@ -258,44 +247,10 @@ def parse_selection_arg(arg: str) -> tuple[str, str | None, str]:
     return match.group(1), match.group(2), match.group(3)
 
 
-def rows_from_selections(selections: Sequence[tuple[str, str | None, str]], accuracy_uri: str) -> list[Row]:
-    """Rows from selection.json files (metric values from per_strategy) joined with an accuracy table.
-
-    The accuracy table has columns strategy and accuracy, and optionally task and model; a row applies
-    to a selection when its task and model (where given) match the selection's. A scored strategy with
-    no accuracy, or with two, is an error naming it.
-    """
-    try:
-        records = list(iter_records(accuracy_uri))
-    except InputError as exc:
-        raise ValidationError(str(exc)) from None
-    table = rows_from_accuracy(records, accuracy_uri)
-    rows = []
-    for task, subset, uri in selections:
-        try:
-            selection = json.loads(read_text(uri))
-        except (OSError, json.JSONDecodeError) as exc:
-            raise ValidationError(f"{uri}: cannot read a selection ({exc})") from None
-        model = str(selection.get("model", ""))
-        for strategy, stats in sorted(selection.get("per_strategy", {}).items()):
-            if not stats.get("n"):
-                continue  # never scored: no metric values
-            found = [a for a in table if a["strategy"] == strategy and a.get("task", task) == task
-                     and a.get("model", model) == model]
-            if len(found) != 1:
-                sources = _named([f["source"] for f in found])
-                how = f"{len(found)} accuracies ({sources})" if found else "no accuracy"
-                raise ValidationError(f"{accuracy_uri}: {how} for strategy {strategy!r} of task {task!r}, "
-                                      f"model {model!r} ({uri})")
-            rows.append(Row(f"{uri}:{strategy}", model, task, subset, strategy, found[0]["accuracy"],
-                            {m: stats.get(k) for m, k in SELECTION_KEYS.items() if stats.get(k) is not None}))
-    return rows
-
-
 def rows_from_accuracy(records: list[tuple[str, dict]], uri: str) -> list[dict]:
     bad = [source for source, r in records if isinstance(r, str)]
     if bad:
-        raise ValidationError(f"unreadable rows: {_named(bad)}")
+        raise ValidationError(f"unreadable rows: {name_sources(bad)}")
     out = []
     for source, r in records:
         if r.get("strategy") in (None, "") or "accuracy" not in r:
@@ -308,31 +263,3 @@ def rows_from_accuracy(records: list[tuple[str, dict]], uri: str) -> list[dict]:
     if not out:
         raise ValidationError(f"{uri}: no rows")
     return out
-
-
-def _f(x: float | None, digits: int = 3) -> str:
-    if x is None:
-        return "-"
-    return f"{x if round(x, digits) else 0.0:.{digits}f}"  # no "-0.000" from rounding noise
-
-
-def render_validation(result: dict) -> str:
-    """Console tables: one line per metric, then rho and top-1 per (model, task)."""
-    header = f"{'metric':<8}{'better':>8}{'weighted rho':>14}{'mean rho':>10}{'mean top-1':>12}{'rho undefined':>15}"
-    lines = [header, "-" * len(header)]
-    for name, m in result["metrics"].items():
-        lines.append(f"{name:<8}{'lower' if m['lower_is_better'] else 'higher':>8}{_f(m['weighted_rho']):>14}"
-                     f"{_f(m['mean_rho']):>10}{_f(m['mean_top1_accuracy'], 4):>12}{len(m['rho_undefined']):>15}")
-    lines.append(f"upper bound (mean best accuracy): {_f(result['upper_bound'], 4)} over {len(result['pairs'])} "
-                 "(model, task) pair(s)")
-    names = list(result["metrics"])
-    lines += ["", f"{'model':<20}{'task':<16}{'sd acc':>8}" + "".join(f"{n + ' rho/top-1':>20}" for n in names)]
-    for i, p in enumerate(result["pairs"]):
-        judged = [result["metrics"][n]["pairs"][i] for n in names]
-        cells = "".join(f"{_f(j['rho']) + ' / ' + _f(j['top1_accuracy'], 4):>20}" for j in judged)
-        lines.append(f"{p['model'][:19]:<20}{p['task'][:15]:<16}{_f(p['sd_accuracy'], 4):>8}{cells}")
-    for s in result["skipped"]:
-        subset = f" subset {s['subset']}" if s["subset"] is not None else ""
-        lines.append(f"skipped: model {s['model']}, task {s['task']}{subset}: {s['reason']}")
-    lines += ["", f"ties: {result['tie_rule']}"]
-    return "\n".join(lines)

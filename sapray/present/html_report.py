@@ -25,7 +25,7 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from sapray.read import child, filesystem, read_text
+from sapray.dataplane.read import child, filesystem, read_text
 
 ACCENT = "#c2410c"
 MUTED = "#94a3b8"

@@ -13,8 +13,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 
-from sapray.answers import AnswerChecker, make_checker
-from sapray.read import MISSING, InputError, iter_records, text_problem
+from sapray.core.answers import AnswerChecker, make_checker
 
 
 @dataclass(frozen=True)
@@ -97,19 +96,6 @@ def mine(
         raise ExemplarShortfall(f"the model gave only {len(correct) + len(fill)} usable answers; {n} needed")
     return correct + fill, MiningReport(len(pool), len(correct), wrong, unparsable, len(fill), checker_name,
                                         sum(truncated))
-
-
-def load_exemplar_file(uri: str) -> list[Exemplar]:
-    """User-supplied exemplars: rows with ``text`` and optional ``exemplar_id``, ``question_id``."""
-    exemplars = []
-    for source, row in iter_records(uri):
-        # A few rows the user chose by hand: a bad one is an error to fix, not a row to skip.
-        problem = row if isinstance(row, str) else text_problem(row.get("text", MISSING), "column 'text'")
-        if problem or not row["text"].strip():
-            raise InputError(f"{source}: an exemplar row needs a non-empty string 'text' ({problem or 'it is empty'})")
-        exemplars.append(Exemplar(str(row.get("exemplar_id", source)), row["text"], row.get("question_id"),
-                                  bool(row.get("checked", True))))
-    return exemplars
 
 
 def choose(pool: Sequence[Exemplar], position: int, question_id: str, n: int) -> list[Exemplar]:

@@ -24,16 +24,14 @@ import pyarrow as pa
 import pyarrow.compute as pc
 from pydantic import Field
 
-from sapray import filters, metrics, order_stats, stages
-from sapray.actors import GenerateActor
-from sapray.answers import make_checker
 from sapray.config import Columns, RayConfig, Strict, validate
-from sapray.engines import EngineName, SamplingConfig
-from sapray.exemplars import zero_shot_prompts
-from sapray.generate_job import question_rejects, questions_dataset, unique_questions
-from sapray.models import locate
-from sapray.raydata import actor_pool, init_ray
-from sapray.read import (
+from sapray.core import filters, metrics, order_stats
+from sapray.core.answers import make_checker
+from sapray.core.exemplars import zero_shot_prompts
+from sapray.dataplane import stages
+from sapray.dataplane.actors import GenerateActor
+from sapray.dataplane.raydata import actor_pool, init_ray
+from sapray.dataplane.read import (
     InputError,
     Reject,
     child,
@@ -43,7 +41,10 @@ from sapray.read import (
     row_pair,
     text_problem,
 )
-from sapray.shards import check_columns
+from sapray.dataplane.shards import check_columns
+from sapray.engines import EngineName, SamplingConfig
+from sapray.engines.models import locate
+from sapray.jobs.generate import question_rejects, questions_dataset, unique_questions
 
 
 class ConsistencyConfig(Strict):
@@ -501,7 +502,7 @@ class ZeroShotPrompts:
     def __init__(self, model: str, revision: str | None) -> None:
         from transformers import AutoTokenizer
 
-        from sapray.models import resolve_model
+        from sapray.engines.models import resolve_model
 
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(model, revision))
 

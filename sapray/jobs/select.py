@@ -24,20 +24,21 @@ from functools import partial
 from pathlib import Path
 from typing import Any
 
-from sapray import exemplars as ex
-from sapray import metrics
-from sapray.actors import GenerateActor, ScoreActor
 from sapray.config import SelectConfig
-from sapray.contexts import Layout, build_requests
+from sapray.core import exemplars as ex
+from sapray.core import metrics
+from sapray.core.contexts import Layout, build_requests
+from sapray.core.race import Race, RaceRule
+from sapray.core.reduce import summarize
+from sapray.core.sample import Budget, rounds, sample_order
+from sapray.core.scoring import EncodedRequest, encode_all
+from sapray.dataplane.actors import GenerateActor, ScoreActor
+from sapray.dataplane.raydata import ActorSession, init_ray, map_with_actors
+from sapray.dataplane.read import CANDIDATE_STAGES, Reject, load_exemplar_file, read_questions
+from sapray.dataplane.select_inputs import read_selection_inputs
 from sapray.engines import SamplingConfig, max_length_of
-from sapray.models import locate
-from sapray.race import Race, RaceRule
-from sapray.raydata import ActorSession, init_ray, map_with_actors
-from sapray.read import CANDIDATE_STAGES, Reject, read_questions
-from sapray.reduce import summarize
-from sapray.sample import Budget, rounds, sample_order
-from sapray.scoring import EncodedRequest, encode_all
-from sapray.select_read import read_selection_inputs
+from sapray.engines.models import locate
+from sapray.present.console import console
 
 log = logging.getLogger("sapray")
 
@@ -86,7 +87,7 @@ def _mine_exemplars(cfg: SelectConfig, commit: str | None, tokenizer, compared: 
     with neither, mined from the compared questions themselves (``ex.choose`` skips a question's own;
     ``fetch`` brings their rows from the cluster)."""
     if cfg.exemplars.file:
-        pool = ex.load_exemplar_file(cfg.exemplars.file)
+        pool = load_exemplar_file(cfg.exemplars.file)
         return pool, {"source": cfg.exemplars.file, "supplied": len(pool)}
     if cfg.exemplars.pool:
         questions, rejects = read_questions(cfg.exemplars.pool, cfg.data.columns,
@@ -103,11 +104,11 @@ def _mine_exemplars(cfg: SelectConfig, commit: str | None, tokenizer, compared: 
     prompts = ex.zero_shot_prompts(tokenizer, [q["question"] for q in pool])
     rows = [{"row_id": q["question_id"], "prompt_ids": p} for q, p in zip(pool, prompts, strict=True)]
     sampling = SamplingConfig(temperature=0.0, max_tokens=cfg.exemplars.max_tokens)
-    out = {r["row_id"]: r for r in map_with_actors(
+    out = {r["row_id"]: r for r in console.progress(map_with_actors(
         rows, GenerateActor,
         {"engine": cfg.engine, "model": cfg.model, "revision": commit, "engine_args": cfg.engine_args,
          "sampling": sampling.__dict__},
-        cfg.ray, what="mining exemplars")}
+        cfg.ray), len(rows), "mining exemplars")}
     answers = [out[q["question_id"]]["texts"][0] for q in pool]
     truncated = [out[q["question_id"]]["finish_reasons"][0] == "length" for q in pool]
     # from the compared questions, one more: a question whose own answer is among them still gets n others
@@ -264,7 +265,7 @@ def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
             done = [0] * len(pass_rounds)
             scored: dict[str, dict] = {}
             what = f"round {round_number + 1}: scoring" if confident else "scoring"
-            for row in score_rows(request_rows, what=what):
+            for row in console.progress(score_rows(request_rows), len(request_rows), what):
                 scored[row["request_id"]] = row
                 placement[row["actor"]] = placement.get(row["actor"], 0) + 1
                 i = round_of[row["request_id"].split("/")[0]]

@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
-from sapray.read import InputError
+from sapray.core.errors import InputError
 
 
 def lacking_strategies(have: set[str], strategies: list[str]) -> list[str]:

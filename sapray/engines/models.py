@@ -26,7 +26,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from sapray.errors import ConfigError
+from sapray.core.errors import ConfigError
 
 EMBEDDED = "smollm2"
 TINY_RANDOM = "smollm2-tiny-random"

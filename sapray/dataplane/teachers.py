@@ -18,12 +18,11 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from sapray.actors import GenerateActor
-from sapray.answers import make_checker
 from sapray.config import Columns, ConfigError, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
-from sapray.models import locate
-from sapray.raydata import map_with_actors
-from sapray.read import (
+from sapray.core.answers import make_checker
+from sapray.dataplane.actors import GenerateActor
+from sapray.dataplane.raydata import Progress, map_with_actors, unobserved
+from sapray.dataplane.read import (
     InputError,
     Reject,
     candidate_record,
@@ -31,6 +30,7 @@ from sapray.read import (
     joined_question,
     text_index,
 )
+from sapray.engines.models import locate
 
 log = logging.getLogger(__name__)
 
@@ -154,7 +154,7 @@ def _file_answers(teacher: TeacherConfig, questions: list[dict]) -> list[dict]:
 def api_teacher_kwargs(strategy: StrategyConfig) -> tuple[type, dict[str, Any]]:
     """The actor class and arguments of an API teacher; its key is read from the driver's environment
     here and travels wrapped, so no log or repr shows it."""
-    from sapray.teachers import ApiTeacherActor, Secret
+    from sapray.dataplane.api_teacher import ApiTeacherActor, Secret
 
     teacher, key = strategy.teacher, None
     if teacher.api_key_env:
@@ -178,7 +178,8 @@ def teacher_key(strategy: StrategyConfig) -> str:
     return f"strategy:{strategy.name}"
 
 
-def _stream(strategies: list[StrategyConfig], questions: dict[str, list[dict]], ray_cfg: RayConfig) -> Iterator[dict]:
+def _stream(strategies: list[StrategyConfig], questions: dict[str, list[dict]], ray_cfg: RayConfig,
+            progress: Progress) -> Iterator[dict]:
     """Teacher outputs per (strategy, question) of strategies with one ``teacher_key``: strategy, row_id,
     texts, finish_reasons, prompt_tokens, completion_tokens, error."""
     first = strategies[0]
@@ -190,8 +191,9 @@ def _stream(strategies: list[StrategyConfig], questions: dict[str, list[dict]], 
         rows = [{"row_id": q["question_id"], "messages_json": json.dumps(first.messages(q))}
                 for q in questions[first.name]]
         api_ray = ray_cfg.model_copy(update={"num_gpus_per_actor": 0})
-        yield from ({**out, "strategy": first.name} for out in map_with_actors(
-            rows, *api_teacher_kwargs(first), api_ray, what=f"{first.name}: asking {teacher.model}"))
+        asked = map_with_actors(rows, *api_teacher_kwargs(first), api_ray)
+        yield from ({**out, "strategy": first.name} for out in progress(asked, len(rows),
+                                                                         f"{first.name}: asking {teacher.model}"))
         return
     from transformers import AutoTokenizer
 
@@ -201,8 +203,8 @@ def _stream(strategies: list[StrategyConfig], questions: dict[str, list[dict]], 
              "sampling_json": json.dumps(s.sampling().__dict__, sort_keys=True)}
             for s in strategies for q in questions[s.name]]
     names = ", ".join(s.name for s in strategies)
-    yield from map_with_actors(rows, *model_teacher_kwargs(first, resolved.commit), ray_cfg,
-                               what=f"{names}: generating")
+    yield from progress(map_with_actors(rows, *model_teacher_kwargs(first, resolved.commit), ray_cfg), len(rows),
+                        f"{names}: generating")
 
 
 def prompt_ids(tokenizer: Any, strategy: StrategyConfig, question: dict) -> list[int]:
@@ -270,10 +272,12 @@ class Outcomes:
 
 
 def generate(strategies: list[StrategyConfig], questions: list[dict], ray_cfg: RayConfig,
-             gen: GenerateConfig | None = None) -> Iterator[tuple[str, list[dict], list[Reject], Cost]]:
+             gen: GenerateConfig | None = None, progress: Progress = unobserved,
+             ) -> Iterator[tuple[str, list[dict], list[Reject], Cost]]:
     """Per strategy and question: (strategy name, training rows, rejects, cost), strategy by strategy in
     the order given. Rows carry provenance; failures become rejects. Strategies with one model teacher
-    (``teacher_key``) are asked in one pass, so that teacher's engines load once, not once per strategy."""
+    (``teacher_key``) are asked in one pass, so that teacher's engines load once, not once per strategy.
+    ``progress(items, total, what)`` shows each teacher's work as it streams (the job's console)."""
     by_id = {q["question_id"]: q for q in questions}
     results: dict[str, list[tuple[list[dict], list[Reject], Cost]]] = {s.name: [] for s in strategies}
     groups: dict[str, list[StrategyConfig]] = {}
@@ -292,7 +296,7 @@ def generate(strategies: list[StrategyConfig], questions: list[dict], ray_cfg: R
                     usable[strategy.name].append(q)
         outcomes = {strategy.name: Outcomes.of(strategy, gen) for strategy in group}
         started = time.monotonic()
-        for out in _stream(group, usable, ray_cfg):
+        for out in _stream(group, usable, ray_cfg, progress):
             rows, rejects, cost = outcomes[out["strategy"]](by_id[out["row_id"]], out)
             cost.wall_s, started = time.monotonic() - started, time.monotonic()
             results[out["strategy"]].append((rows, rejects, cost))

@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from sapray.scoring import Context, ScoreRequest
+from sapray.core.scoring import Context, ScoreRequest
 
 LayoutName = Literal["paper", "chat"]
 ContextKind = Literal["sap", "ppl", "empty"]

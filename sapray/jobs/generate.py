@@ -28,10 +28,12 @@ import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from sapray import stages
 from sapray.config import Columns, ConfigError, GenerateConfig, RayConfig, StrategyConfig
-from sapray.console import console
-from sapray.generate import (
+from sapray.dataplane import stages
+from sapray.dataplane.raydata import actor_pool, init_ray
+from sapray.dataplane.read import Reject, child, duplicate_id, filesystem, nothing_usable, question_record, read_text
+from sapray.dataplane.shards import check_columns
+from sapray.dataplane.teachers import (
     Outcomes,
     api_teacher_kwargs,
     file_answer,
@@ -43,10 +45,8 @@ from sapray.generate import (
     prompt_ids,
     warn_unjoined,
 )
-from sapray.models import locate
-from sapray.raydata import actor_pool, init_ray
-from sapray.read import Reject, child, duplicate_id, filesystem, nothing_usable, question_record, read_text
-from sapray.shards import check_columns
+from sapray.engines.models import locate
+from sapray.present.console import console
 
 log = logging.getLogger(__name__)
 
@@ -257,7 +257,7 @@ class RenderPrompts:
     def __init__(self, strategy: StrategyConfig, revision: str | None) -> None:
         from transformers import AutoTokenizer
 
-        from sapray.models import resolve_model
+        from sapray.engines.models import resolve_model
 
         self.strategy = strategy
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(strategy.teacher.model, revision))
