@@ -36,7 +36,7 @@ test-fast: $(STAMP)
 	$(PYTEST) -m "not vllm and not cluster"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sapray tests benchmarks jobs
+	$(VENV)/bin/ruff check sapray tests benchmarks jobs scripts
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_scoring.py

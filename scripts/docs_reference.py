@@ -25,8 +25,6 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 ROOT = Path(__file__).resolve().parents[1]
-if str(ROOT) not in sys.path:  # the hook runs wherever mkdocs runs; the package is this tree's
-    sys.path.insert(0, str(ROOT))
 
 GENERATED_NOTE = ("*This page is generated from the code at every build of the site "
                   "(`scripts/docs_reference.py`); it is not a file in the repository.*")
@@ -60,6 +58,10 @@ CLI_ROOT = "sapray.cli:main"
 
 
 def load(spec: str) -> Any:
+    """``module:name`` from this tree's package, whatever sapray is installed (MkDocs takes a hook's folder off
+    ``sys.path`` once the hook is loaded, so the tree goes first here, at the first import)."""
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
     module, _, name = spec.partition(":")
     __import__(module)
     return getattr(sys.modules[module], name)
@@ -271,9 +273,11 @@ def command_section(name: str, command: click.Command) -> list[str]:
 
 
 def command_options(root: click.Group) -> dict[str, list[str]]:
-    """Every command and its option strings (``--max-questions``, ``-v``), for the tests."""
-    return {name: [o for p in cmd.params for o in (*p.opts, *getattr(p, "secondary_opts", []))]
-            for name, cmd in root.commands.items()}
+    """Every command and what its page shows of each parameter (``--max-questions``, ``-v``, ``RUN_DIR``)."""
+    def shown(p: click.Parameter) -> list[str]:
+        return [p.human_readable_name] if isinstance(p, click.Argument) else [*p.opts, *p.secondary_opts]
+
+    return {name: [o for p in cmd.params for o in shown(p)] for name, cmd in root.commands.items()}
 
 
 def cli_page(root: click.Group | None = None) -> str:
@@ -300,11 +304,12 @@ def pages() -> dict[str, str]:
 
 def on_files(files, config):
     """Add the generated pages to the site (MkDocs >= 1.6); a file of the same name in docs/ is an error."""
+    from mkdocs.exceptions import PluginError
     from mkdocs.structure.files import File
 
     for path, text in pages().items():
         if files.get_file_from_path(path) is not None:
-            raise SystemExit(f"docs/{path} is generated from the code: delete the file in docs/")
+            raise PluginError(f"docs/{path} is generated from the code: delete the file in docs/")
         files.append(File.generated(config, path, content=text))
     return files
 
