@@ -166,7 +166,7 @@ def demo_config() -> dict:
         "metrics": ["sap"],
         # two looks of 8 questions, under 3 minutes on 2 cores; --max-questions 60 lets the race drop losers
         "sample": {"stop": "confident", "max_questions": 16, "round_size": 8, "seed": 0},
-        # SmolLM2's own checked-correct answers, mined once by `sapray mine` (see the README)
+        # SmolLM2's own checked-correct answers, mined once by `sapray mine` (docs/guides/mine.md)
         "exemplars": {"file": str(data / "exemplars_smollm2.jsonl"), "n": 3},
         # actors: the default, one single-threaded actor per core
         "ray": {"batch_size": 18},
