@@ -6,7 +6,7 @@ VLLM_EXTRA ?= cpu
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sapray-installed
 
-.PHONY: install demo test test-fast lint bench
+.PHONY: install demo test test-fast lint bench docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -36,8 +36,14 @@ test-fast: $(STAMP)
 	$(PYTEST) -m "not vllm and not cluster"
 
 lint: $(STAMP)
-	$(VENV)/bin/ruff check sapray tests benchmarks jobs
+	$(VENV)/bin/ruff check sapray tests benchmarks jobs scripts
 
 bench: $(STAMP)
 	$(PY) benchmarks/bench_scoring.py
 	$(PY) benchmarks/bench_generate.py
+
+# The docs site (mkdocs.yml): strict, so a broken link or a stale reference fails. The Reference pages are
+# generated from the code at every build (scripts/docs_reference.py). To read it while editing:
+# .venv/bin/mkdocs serve (http://127.0.0.1:8000).
+docs: $(STAMP)
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict

@@ -70,13 +70,15 @@ def common_flags(f):
         click.option("--engine", type=click.Choice(["hf", "vllm"]), help="scoring engine"),
         click.option("--model", help="target: 'smollm2' (embedded), a local HF model directory or a Hub id"),
         click.option("--revision", help="with a Hub id: branch, tag or commit hash"),
-        click.option("--layout", type=click.Choice(["chat", "paper"])),
+        click.option("--layout", type=click.Choice(["chat", "paper"]),
+                     help="chat: the target's chat template; paper: the authors' wrapper"),
         click.option("--output", help="output folder or URI"),
         click.option("--max-questions", type=int, help="questions per strategy"),
         click.option("--max-tokens", type=int, help="cap on tokens scored"),
-        click.option("--seed", type=int),
+        click.option("--seed", type=int, help="the sample's seed"),
         click.option("--actors", type=int, help="scoring actors"),
-        click.option("-v", "--verbose", is_flag=True),
+        click.option("-v", "--verbose", is_flag=True, help="show Ray's and the workers' output on the console "
+                     "instead of in run.log"),
     ]):
         f = option(f)
     return f
@@ -164,7 +166,7 @@ def demo_config() -> dict:
         "metrics": ["sap"],
         # two looks of 8 questions, under 3 minutes on 2 cores; --max-questions 60 lets the race drop losers
         "sample": {"stop": "confident", "max_questions": 16, "round_size": 8, "seed": 0},
-        # SmolLM2's own checked-correct answers, mined once by `sapray mine` (see the README)
+        # SmolLM2's own checked-correct answers, mined once by `sapray mine` (docs/guides/mine.md)
         "exemplars": {"file": str(data / "exemplars_smollm2.jsonl"), "n": 3},
         # actors: the default, one single-threaded actor per core
         "ray": {"batch_size": 18},
@@ -206,7 +208,8 @@ def _show_generation(metadata: dict) -> None:
 
 
 @main.command()
-@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="YAML config with strategies")
 @click.option("--strategy", required=True, help="strategy to generate the full training set with")
 @common_flags
 @friendly
@@ -221,7 +224,8 @@ def generate(config_path: str, strategy: str, set_items: tuple[str, ...], verbos
 
 
 @main.command()
-@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="YAML config with strategies")
 @common_flags
 @friendly
 def run(config_path: str, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
@@ -240,11 +244,14 @@ def run(config_path: str, set_items: tuple[str, ...], verbose: bool, **flags) ->
 
 
 @main.command("filter")
-@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False))
-@click.option("--method", type=click.Choice(["consistency", "dsweight", "lobass", "ifd"]))
+@click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
+              help="YAML filter config")
+@click.option("--method", type=click.Choice(["consistency", "dsweight", "lobass", "ifd"]),
+              help="the filter (overrides the config's method)")
 @click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE", help="override a config key")
 @click.option("--output", help="output folder or URI")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="show Ray's and the workers' output on the console instead of "
+              "in run.log")
 @friendly
 def filter_command(config_path: str, method: str | None, set_items: tuple[str, ...], output: str | None,
                    verbose: bool) -> None:
@@ -342,12 +349,13 @@ def validate_command(results: str | None, selections: tuple[str, ...], accuracy:
 @click.option("--model", default="smollm2", show_default=True,
               help="target: 'smollm2', a local HF model directory or a Hugging Face Hub id")
 @click.option("--revision", help="Hub id only: branch, tag or commit hash")
-@click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True)
+@click.option("--engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
+              help="engine the target answers on")
 @click.option("--n", type=click.IntRange(min=1), default=8, show_default=True,
               help="checked-correct answers to find; mining stops once they are found")
 @click.option("--max-questions", type=click.IntRange(min=1), help="ask at most this many pool questions")
 @click.option("--checker", type=click.Choice(["gsm8k", "choice", "exact", "regex", "none"]), default="gsm8k",
-              show_default=True)
+              show_default=True, help="how an answer is checked against the gold one (none: every answer passes)")
 @click.option("--regex", help="the regex checker's pattern")
 @click.option("--max-tokens", type=click.IntRange(min=1), default=256, show_default=True,
               help="answer length cap; a cut-off answer never counts as correct")
@@ -359,7 +367,8 @@ def validate_command(results: str | None, selections: tuple[str, ...], accuracy:
               help="questions generated per batch; mining checks for n after each")
 @click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE",
               help="any other key, e.g. engine_args.max_model_len=4096, columns.gold=answer, ray.actors=2")
-@click.option("-v", "--verbose", is_flag=True)
+@click.option("-v", "--verbose", is_flag=True, help="show Ray's and the workers' output on the console instead of "
+              "in run.log")
 @friendly
 def mine_command(set_items: tuple[str, ...], verbose: bool, batch_size: int, exclude: tuple[str, ...],
                  **options) -> None:

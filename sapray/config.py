@@ -26,16 +26,21 @@ class Strict(BaseModel):
 class Columns(Strict):
     """Names of the input columns, for data whose columns are named otherwise."""
 
-    question_id: str = "question_id"
-    question: str = "question"
-    gold: str = "gold"
-    strategy: str = "strategy"
-    response: str = "response"
-    reward: str = "reward"  # optional: a numeric reward per candidate enables mean reward and CAR
-    messages: str = "messages"  # a candidate in chat form: the first user turn and the last assistant turn
+    question_id: str = Field("question_id", description="the question's id, in questions and candidates")
+    question: str = Field("question", description="the question's text")
+    gold: str = Field("gold", description="the gold answer the checker compares with (optional)")
+    strategy: str = Field("strategy", description="a long candidate table's strategy name")
+    response: str = Field("response", description="a candidate's response text")
+    reward: str = Field("reward", description="optional: a numeric reward per candidate enables mean reward and "
+                        "CAR")
+    messages: str = Field("messages", description="a candidate in chat form: the first user turn is the "
+                          "question, the last assistant turn after it the response")
 
 
 class DataConfig(Strict):
+    """The inputs: questions and the candidate responses of every strategy (JSONL, JSON, Parquet, CSV or a
+    ``datasets.save_to_disk`` folder; local paths or URIs such as ``s3://``)."""
+
     questions: str | None = Field(None, description="question_id, question[, gold]; None: the questions are the "
                                   "candidate files' own (chat messages or a question column)")
     candidates: str | None = Field(None, description="one long table: question_id, strategy, response")
@@ -52,7 +57,9 @@ class DataConfig(Strict):
 
 
 class SampleConfig(Strict):
-    seed: int = 0
+    """The sample that is scored: its size and seed, and the race that stops once the choice is known."""
+
+    seed: int = Field(0, description="orders the questions (the same seed, the same sample and race)")
     stop: Literal["confident", "fixed"] = Field(
         "confident", description="confident: race, dropping strategies once they have lost and stopping when the "
         "choice is known (sapray.core.race); fixed: score every strategy on every sampled question")
@@ -79,15 +86,19 @@ MetricName = Literal["sap", "ppl", "ifd"]
 
 
 class ExemplarConfig(Strict):
-    n: int = Field(3, ge=1)
+    """The target's own correct answers shown before each question in the SAP context: supplied or mined."""
+
+    n: int = Field(3, ge=1, description="exemplars in each SAP context")
     file: str | None = Field(None, description="exemplars you supply (JSONL with 'text'), instead of mining")
     pool: str | None = Field(None, description="questions with gold answers the target answers to mine exemplars; "
                              "with neither file nor pool, the questions being compared (each question's context "
                              "then leaves out the target's answer to that same question)")
-    pool_size: int = Field(64, ge=1)
-    checker: Literal["gsm8k", "choice", "exact", "regex", "none"] = "gsm8k"
-    regex: str | None = None
-    max_tokens: int = Field(256, ge=1)
+    pool_size: int = Field(64, ge=1, description="mining: pool questions the target answers (greedy, zero-shot)")
+    checker: Literal["gsm8k", "choice", "exact", "regex", "none"] = Field(
+        "gsm8k", description="mining: how an answer is checked against the gold one (none: every answer passes)")
+    regex: str | None = Field(None, description="the regex checker's pattern")
+    max_tokens: int = Field(256, ge=1, description="mining: answer length cap; a cut-off answer never counts as "
+                            "correct")
     shortfall: Literal["unchecked", "error"] = Field(
         "unchecked", description="fewer than n correct answers: fill with the model's unchecked answers, or stop")
 
@@ -101,10 +112,13 @@ class ExemplarConfig(Strict):
 
 
 class RayConfig(Strict):
+    """Where the job runs and how its engine actors are placed."""
+
     address: str | None = Field(None, description="None: start or join a local Ray; 'auto' or ray://...")
     actors: int | None = Field(None, ge=1, description="engine actors; None: one per GPU group on a cluster with "
                                "GPUs, else one per CPU as memory allows (see sapray.dataplane.placement)")
-    batch_size: int = Field(32, ge=1)
+    batch_size: int = Field(32, ge=1, description="rows per batch handed to an engine actor (scoring requests or "
+                            "prompts)")
     shard_mb: float = Field(64, gt=0, description="whole-dataset jobs read their input in pieces of about this "
                             "many MiB, each by one worker (a Parquet file by row groups)")
     num_cpus_per_actor: float | None = Field(None, ge=0, description="None: 1 (a CPU engine computes on one "
@@ -114,21 +128,28 @@ class RayConfig(Strict):
 
 
 class TeacherConfig(Strict):
-    kind: Literal["vllm", "hf", "openai", "file"]
+    """Who writes a strategy's responses: a model on an engine, an OpenAI-compatible endpoint, or a file."""
+
+    kind: Literal["vllm", "hf", "openai", "file"] = Field(
+        description="vllm or hf: a model on an engine actor; openai: an OpenAI-compatible endpoint; file: "
+        "responses written before")
     model: str | None = Field(None, description="vllm/hf: 'smollm2', a local HF directory or a Hub id; "
                               "openai: model name")
     revision: str | None = Field(None, description="vllm/hf with a Hub id: branch, tag or commit hash")
-    engine_args: dict[str, Any] = {}
+    engine_args: dict[str, Any] = Field({}, description="vllm/hf: keyword arguments for the engine")
     base_url: str | None = Field(None, description="openai: e.g. http://127.0.0.1:8000/v1")
     api_key_env: str | None = Field("OPENAI_API_KEY", description="openai: environment variable holding the key")
     path: str | None = Field(None, description="file: rows with question_id and response")
     strategy: str | None = Field(None, description="file: keep only rows whose strategy column is this")
-    max_concurrency: int = Field(8, ge=1)
-    timeout_s: float = Field(60.0, gt=0)
-    max_retries: int = Field(5, ge=0)
-    requests_per_second: float | None = Field(None, gt=0)
-    price_per_million_prompt: float | None = Field(None, ge=0)
-    price_per_million_completion: float | None = Field(None, ge=0)
+    max_concurrency: int = Field(8, ge=1, description="openai: requests in flight at once")
+    timeout_s: float = Field(60.0, gt=0, description="openai: seconds before a request is abandoned (and retried)")
+    max_retries: int = Field(5, ge=0, description="openai: retries with exponential backoff on 429, 5xx and "
+                             "timeouts (Retry-After honoured)")
+    requests_per_second: float | None = Field(None, gt=0, description="openai: rate limit; null: none")
+    price_per_million_prompt: float | None = Field(None, ge=0, description="money per million prompt tokens, for "
+                                                   "the cost tables and sample.max_money")
+    price_per_million_completion: float | None = Field(None, ge=0, description="money per million generated "
+                                                       "tokens")
 
     @model_validator(mode="after")
     def needs(self) -> TeacherConfig:
@@ -150,17 +171,20 @@ PLACEHOLDERS = ("question", "gold", "examples")
 
 
 class StrategyConfig(Strict):
-    name: str
+    """A response-generation strategy for ``sapray run`` and ``sapray generate``: a teacher, a prompt and sampling
+    (vLLM's names)."""
+
+    name: str = Field(description="the strategy's name in every output")
     teacher: TeacherConfig
     prompt: str = Field("{question}", description="user message; placeholders {question}, {gold}, {examples}")
-    system: str | None = None
+    system: str | None = Field(None, description="system message; the same placeholders")
     examples: list[str] = Field([], description="fill {examples}: responses whose style the teacher should follow")
-    temperature: float = Field(0.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_tokens: int = Field(256, ge=1)
-    seed: int | None = 0
-    stop: list[str] = []
-    samples_per_question: int = Field(1, ge=1)
+    temperature: float = Field(0.0, ge=0, description="sampling temperature (0: greedy)")
+    top_p: float = Field(1.0, gt=0, le=1, description="nucleus sampling")
+    max_tokens: int = Field(256, ge=1, description="generated tokens per response at most")
+    seed: int | None = Field(0, description="sampling seed")
+    stop: list[str] = Field([], description="strings that end a response")
+    samples_per_question: int = Field(1, ge=1, description="responses generated per question")
 
     @model_validator(mode="after")
     def known_placeholders(self) -> StrategyConfig:
@@ -197,31 +221,42 @@ class StrategyConfig(Strict):
 
 
 class GenerateConfig(Strict):
-    output: str = "runs/train"
+    """The full training set, generated with one strategy (``sapray generate``, the last step of ``sapray run``)."""
+
+    output: str = Field("runs/train", description="folder or URI of the training set (resumable)")
     shard_size: int = Field(64, ge=1, description="questions per resumable shard")
     filter_correct: bool = Field(False, description="keep only responses that pass the answer checker")
     drop_truncated: bool = Field(False, description="reject responses cut off at max_tokens (else kept, counted)")
-    checker: Literal["gsm8k", "choice", "exact", "regex"] = "gsm8k"
-    regex: str | None = None
+    checker: Literal["gsm8k", "choice", "exact", "regex"] = Field(
+        "gsm8k", description="the answer checker filter_correct uses")
+    regex: str | None = Field(None, description="the regex checker's pattern")
 
 
 class SelectConfig(Strict):
+    """A selection (``sapray select``), and with ``strategies``, a whole run (``sapray run``, ``sapray generate``)."""
+
     model: str = Field("smollm2", description="target: 'smollm2', a local HF directory or a Hugging Face Hub id")
     revision: str | None = Field(None, description="with a Hub id: branch, tag or commit hash (default main)")
-    engine: EngineName = "hf"
-    engine_args: dict[str, Any] = {}
-    layout: Literal["chat", "paper"] = "chat"
+    engine: EngineName = Field("hf", description="scoring engine: hf (transformers) or vllm")
+    engine_args: dict[str, Any] = Field({}, description="keyword arguments for the engine (vLLM's LLM arguments; hf: "
+                                        "dtype, max_batch_tokens, max_logit_rows, max_length, max_padding, ...)")
+    layout: Literal["chat", "paper"] = Field(
+        "chat", description="chat: the target's chat template; paper: the authors' wrapper, to reproduce their "
+        "numbers")
     metrics: list[MetricName] = Field(["sap", "ppl", "ifd"], description="what to score; SAP ranks and is always "
                                       "scored, PPL and IFD need contexts of their own")
-    overlong: Literal["reject", "truncate"] = "reject"
+    overlong: Literal["reject", "truncate"] = Field(
+        "reject", description="a request longer than the model's length: rejected, or its context cut from the left")
     data: DataConfig
     sample: SampleConfig = SampleConfig()
     exemplars: ExemplarConfig = ExemplarConfig()
     ray: RayConfig = RayConfig()
     bootstrap: int = Field(1000, ge=0, description="resamples for the 95% confidence intervals")
-    output: str = "runs/select"
+    output: str = Field("runs/select", description="folder or URI for selection.json, scores.parquet, rejects/, "
+                        "report.html, ...")
     # `sapray run` / `sapray generate`: strategies with teachers, and the full-scale output.
-    strategies: list[StrategyConfig] = []
+    strategies: list[StrategyConfig] = Field([], description="run/generate: the strategies to generate responses "
+                                             "with")
     generate: GenerateConfig = GenerateConfig()
 
     @model_validator(mode="after")

@@ -36,20 +36,24 @@ log = logging.getLogger(__name__)
 
 
 class MineConfig(Strict):
+    """Exemplar mining alone (``sapray mine``): its flags set these keys."""
+
     pool: str = Field(description="questions with gold answers (JSONL, JSON, Parquet, CSV or a datasets folder)")
     output: str = Field(description="the exemplar file to write (JSONL); provenance goes beside it as .json")
-    model: str = "smollm2"
-    revision: str | None = None
-    engine: EngineName = "hf"
-    engine_args: dict[str, Any] = {}
+    model: str = Field("smollm2", description="target: 'smollm2', a local HF directory or a Hugging Face Hub id")
+    revision: str | None = Field(None, description="with a Hub id: branch, tag or commit hash")
+    engine: EngineName = Field("hf", description="engine: hf (transformers) or vllm")
+    engine_args: dict[str, Any] = Field({}, description="keyword arguments for the engine")
     n: int = Field(8, ge=1, description="checked-correct answers to find; mining stops once they are found")
     max_questions: int | None = Field(None, ge=1, description="ask at most this many pool questions")
-    checker: Literal["gsm8k", "choice", "exact", "regex", "none"] = "gsm8k"
-    regex: str | None = None
-    max_tokens: int = Field(256, ge=1)
-    seed: int = 0
+    checker: Literal["gsm8k", "choice", "exact", "regex", "none"] = Field(
+        "gsm8k", description="how an answer is checked against the gold one (none: every answer passes)")
+    regex: str | None = Field(None, description="the regex checker's pattern")
+    max_tokens: int = Field(256, ge=1, description="answer length cap; a cut-off answer never counts as correct")
+    seed: int = Field(0, description="the order in which pool questions are asked")
     exclude: list[str] = Field([], description="question files whose questions must not be mined (id or text)")
-    shortfall: Literal["unchecked", "error"] = "error"
+    shortfall: Literal["unchecked", "error"] = Field(
+        "error", description="fewer than n correct answers: stop with an error, or fill up with unchecked answers")
     columns: Columns = Columns()
     ray: RayConfig = RayConfig()
 
