@@ -168,8 +168,9 @@ def test_race_report(tmp_path):
     assert "Validation against downstream accuracy" in text
     assert "sap lower 0.000 0.000 0.4000 0" in text  # rho +1 and -1 with equal sd; top-1 (.6 + .2) / 2
     assert "Upper bound (mean best accuracy over 2 (model, task) pairs): 0.5000" in text
-    # ranking, win rates, running estimate, intervals, per-question SAP, cost, validation
-    assert page.count("<svg") == 7
+    assert "How sure" in text and "Calibration: which metric gaps predict a better fine-tuning result" in text
+    # ranking, win rates, running estimate, intervals, per-question SAP, cost, validation and its calibration
+    assert page.count("<svg") == 8
 
 
 def test_no_winner_thin_evidence_and_old_runs(tmp_path):
