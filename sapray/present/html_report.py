@@ -571,9 +571,12 @@ def _evidence_box(sel: dict, winner: str | None) -> str:
     return ""
 
 
-def _status(name: str, winner: str | None, eliminated: dict[str, int], contenders: list[str]) -> str:
+def _status(name: str, winner: str | None, eliminated: dict[str, int], contenders: list[str],
+            certified: Collection[str] = ()) -> str:
     if name == winner:
         return _badge("winner", "win")
+    if name in certified:
+        return _badge("good enough", "ok")
     if name in eliminated:
         return _badge(f"eliminated in round {eliminated[name]}", "out")
     if name in contenders:
@@ -582,7 +585,7 @@ def _status(name: str, winner: str | None, eliminated: dict[str, int], contender
 
 
 def _ranking_section(figs: _Figures, sel: dict, order: list[str], winner: str | None,
-                     eliminated: dict[str, int], contenders: list[str]) -> str:
+                     eliminated: dict[str, int], contenders: list[str], certified: Collection[str] = ()) -> str:
     per = sel["per_strategy"]
     extra = [k for k, label in (("mean_reward", "reward"), ("car", "CAR")) if any(k in per[n] for n in order)]
     header = ["rank", "strategy", "status", "n", "mean SAP", "95% CI", "median", "geo-mean", "PPL", "IFD", "length",
@@ -592,7 +595,8 @@ def _ranking_section(figs: _Figures, sel: dict, order: list[str], winner: str | 
         s = per[name]
         lo, hi = (s.get("ci95_mean_sap") or [None, None])[:2]
         rows.append([str(rank), f"<strong>{escape(name)}</strong>" if name == winner else escape(name),
-                     _status(name, winner, eliminated, contenders), _num(s.get("n")), _num(s.get("mean_sap")),
+                     _status(name, winner, eliminated, contenders, certified), _num(s.get("n")),
+                     _num(s.get("mean_sap")),
                      f"{_num(lo)} – {_num(hi)}", _num(s.get("median_sap")), _num(s.get("geomean_sap")),
                      _num(s.get("mean_ppl")), _num(s.get("mean_ifd")), _num(s.get("mean_length"), 1),
                      *[_num(s.get(k)) for k in extra]])
@@ -607,24 +611,34 @@ def _ranking_section(figs: _Figures, sel: dict, order: list[str], winner: str | 
     return _ranking_figure(figs, sel, order, winner, set(eliminated)) + table
 
 
+def _worst_certificate(record: dict) -> float | None:
+    """The largest upper bound of mean SAP(leader) - (1 + epsilon) mean SAP(s) over the other remaining s."""
+    bounds = [c["hi"] for c in (record.get("certificate") or {}).values()]
+    return None if not bounds or None in bounds else max(bounds)
+
+
 def _race_section(figs: _Figures, race: dict | None, order: list[str], winner: str | None,
                   colors: dict[str, str], scores: list[dict], round_size: int | None) -> str:
     if race:
         html = _facts([("stop rule", escape(str(race.get("stop")))), ("confidence", _num(race.get("confidence"))),
                        ("epsilon", _num(race.get("epsilon"))), ("method", escape(str(race.get("method", "")))),
                        ("ended", escape(str(race.get("ended")))), ("why", escape(str(race.get("end_reason", "")))),
-                       ("contenders left", escape(", ".join(race.get("contenders") or []) or "–"))])
+                       ("contenders left", escape(", ".join(race.get("contenders") or []) or "–")),
+                       *([("certified good enough", escape(", ".join(race["certified"])))]
+                         if race.get("ended") == "good_enough" else [])])
         rounds = race.get("rounds") or []
         eliminated = race.get("eliminated") or {}
         if rounds:
             html += _running_figure(figs, rounds, order, eliminated, colors, race=True)
         interval = _interval_figure(figs, race, order, winner)
         html += interval or ""
-        html += _table(["round", "questions", "leader", "margin", "eliminated", "tokens scored", "money"],
+        html += _table(["round", "questions", "leader", "margin", "eliminated", "leader's certificate (≤ 0: good "
+                        "enough)", "tokens scored", "money"],
                        [[str(r.get("round")), _num(r.get("questions")), escape(str(r.get("leader") or "–")),
                          _num(r.get("margin")), escape(", ".join(r.get("eliminated") or []) or "–"),
-                         _num(r.get("tokens")), _money(r.get("money")) if r.get("money") is not None else "–"]
-                        for r in rounds], {0, 1, 3, 5, 6})
+                         _num(_worst_certificate(r)), _num(r.get("tokens")),
+                         _money(r.get("money")) if r.get("money") is not None else "–"]
+                        for r in rounds], {0, 1, 3, 5, 6, 7})
         return html
     rounds = _running_from_scores(scores, order)
     note = ('<p class="muted">This selection ran without a race: every strategy was scored on every sampled '
@@ -685,7 +699,8 @@ def render_selection(run: dict) -> str:
     sub = (f"{len(order)} strategies · engine {escape(str(sel.get('engine', '?')))} · layout "
            f"{escape(str(sel.get('layout', '?')))} · {escape(str(sel.get('statistic', 'mean SAP')))}")
     sections = [
-        ("ranking", "Ranking", _ranking_section(figs, sel, scored, winner, eliminated, contenders)),
+        ("ranking", "Ranking", _ranking_section(figs, sel, scored, winner, eliminated, contenders,
+                                                (race or {}).get("certified") or ())),
         ("win-rates", "Paired win rates", _heatmap(figs, sel, scored) if len(scored) > 1 else
          '<p class="muted">Only one strategy scored.</p>'),
         ("running", "Running estimate" + (" and the race" if race else ""),

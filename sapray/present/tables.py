@@ -22,6 +22,8 @@ def render_table(summary: dict) -> str:
     race = summary.get("race")
     if race:
         lines += ["", f"race ({race['stop']}): {race['ended']}: {race['end_reason']}"]
+        if race.get("ended") == "good_enough":
+            lines.append(f"certified within {race['epsilon']:.0%} of the best: " + ", ".join(race["certified"]))
         if race["eliminated"]:
             lines.append("eliminated: " + ", ".join(f"{n} (round {r})" for n, r in race["eliminated"].items()))
     evidence = summary.get("evidence")
