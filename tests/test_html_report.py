@@ -198,6 +198,27 @@ def test_no_winner_thin_evidence_and_old_runs(tmp_path):
         load_run(str(tmp_path / "nowhere"))
 
 
+def test_good_enough_race_report(tmp_path):
+    from sapray.present.tables import render_table
+
+    selection = json.loads(RACE_SELECTION.read_text())
+    race = selection["race"]
+    race["rounds"] = race["rounds"][:2]
+    race["rounds"][-1]["certificate"] = {"plain_teacher": {"diff": -0.4, "hi": -0.012}}
+    race.update({"ended": "good_enough", "epsilon": 0.1, "contenders": ["cot_teacher", "plain_teacher"],
+                 "certified": ["cot_teacher", "plain_teacher"], "eliminated": {"human": 2, "socratic": 2},
+                 "end_reason": "cot_teacher is good enough: within 10% of the best strategy's mean SAP"})
+    text = _text(Path(write_report(str(_race_run(tmp_path / "good", selection)))).read_text())
+    assert "The race ended (good_enough): cot_teacher is good enough" in text
+    assert "certified good enough cot_teacher, plain_teacher" in text
+    assert "plain_teacher good enough" in text  # its badge in the ranking
+    assert "leader's certificate (≤ 0: good enough)" in text
+    assert " 2 20 cot_teacher 0.350 human, socratic -0.012 60,240" in text  # the rounds table's last row
+    table = render_table({**selection, "race": {**race, "stop": "confident"}})
+    assert "race (confident): good_enough: cot_teacher is good enough" in table
+    assert "certified within 10% of the best: cot_teacher, plain_teacher" in table
+
+
 def test_filter_report(tmp_path):
     folder = tmp_path / "filter"
     folder.mkdir()
