@@ -65,6 +65,10 @@ def test_replay_floor_by_hand():
     assert bench_race.questions_to_separate(sap, 0, 1, 0.02, 0.01) == pytest.approx(
         (z * 0.2 * math.sqrt(100 / 99) / excess) ** 2, rel=1e-12)
     assert bench_race.questions_to_separate(sap, 0, 1, 0.07, 0.01) == math.inf  # within epsilon: never
+    # certify 0 within 10% of 1: D' = 5 - 1.1 (5.1 or 5.5) = -0.61 or -1.05: mean -0.83, sd 0.22 * sqrt(100 / 99)
+    assert bench_race.questions_to_certify(sap, 0, 1, 0.10, 0.01) == pytest.approx(
+        (z * 0.22 * math.sqrt(100 / 99) / 0.83) ** 2, rel=1e-12)
+    assert bench_race.questions_to_certify(sap, 1, 0, 0.05, 0.01) == math.inf  # 1 is 6% behind 0: never within 5%
 
 
 def feed(race: Race, values: np.ndarray, start: int, stop: int) -> None:
