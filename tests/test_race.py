@@ -23,7 +23,7 @@ from test_select import base_config, exemplar_file, run, write_jsonl  # noqa: F4
 from sapray.config import load_config
 from sapray.core.race import Race, RaceRule, cs_radius, pair_alpha, rho2_for
 from sapray.jobs.outputs import write_outputs
-from sapray.jobs.select import run_select
+from sapray.jobs.select import _say_round, run_select
 
 
 def test_radius_by_hand():
@@ -109,6 +109,9 @@ def test_no_decision_before_min_questions_and_equal_strategies_are_good_enough()
     leader, other = race.contenders()
     assert race.ended == "good_enough" and race.certified == [leader, other]  # each within 5% of the other
     assert record["certificate"][other]["hi"] <= 0 and f"{leader} is good enough" in race.end_reason
+    # the console line of the round says so
+    assert _say_round(record, 0.95, 0.05).endswith(f"; {leader} is good enough (within 5% of the best, 95% "
+                                                   "confidence)")
     assert race.to_dict("confident")["certified"] == [leader, other]
 
 

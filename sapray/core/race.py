@@ -198,6 +198,7 @@ class Race:
                           for s, iv in intervals.items()},
             "eliminated": dropped,
             "certificate": {s: {"diff": _r(b["diff"]), "hi": _r(b["hi"])} for s, b in bounds.items()},
+            "good_enough": bool(worst <= 0),
             "tokens": tokens,
             "money": None if money is None else round(money, 6),
         }
@@ -213,8 +214,8 @@ class Race:
             self.ended, self.certified = "good_enough", [leader, *also]
             self.end_reason = (
                 f"{leader} is good enough: within {self.rule.epsilon:.0%} of the best strategy's mean SAP "
-                f"({self.rule.confidence:.0%} confidence; mean SAP of {leader} minus {1 + self.rule.epsilon:g} x "
-                f"that of any other remaining strategy is at most {worst:.3f}, below 0)"
+                f"({self.rule.confidence:.0%} confidence; the upper bounds on mean SAP of {leader} minus "
+                f"{1 + self.rule.epsilon:g} x that of each other remaining strategy are at most {worst:.3f}, below 0)"
                 + (f"; so {'is' if len(also) == 1 else 'are'} {', '.join(also)}" if also else ""))
         return record
 
