@@ -10,9 +10,19 @@ questions with its seed and runs either
 - a fixed design of n questions (every strategy on the first n questions),
 
 and reports how often the pick (the race's: the lowest mean SAP among its contenders, what ``sapray
-run`` generates with) is the full-data winner or within epsilon of it, how often the reported set
-holds the winner and how large that set is,
-and the tokens it would have scored (the table's per-candidate token counts).
+run`` generates with) is the full-data winner or within epsilon of it (of the full-data winner's
+mean), how often the race claimed (``winner`` or ``good_enough``) and how often a claim named a
+strategy that is not within epsilon on the full data, how large the reported set is (the certified
+strategies after a claim, the contenders otherwise), and the tokens it would have scored (the
+table's per-candidate token counts).
+
+It also prints floors that hold for any valid rule at the race's confidence, were the full-data gaps
+and spreads the truth: the questions a single fixed-size z-test at the race's level would need to
+drop each strategy (``questions_to_separate``) or to show the winner within epsilon of it
+(``questions_to_certify``). A confidence sequence is wider than that fixed-size interval at every n,
+so a race can neither drop nor certify sooner; it ends when every other strategy is dropped or
+certified against, so no valid race stops before the largest, over the others, of the smaller of the
+two.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_race.py [--replays 200]
 """
@@ -51,7 +61,8 @@ def load(path: Path) -> tuple[list[str], np.ndarray, np.ndarray]:
 
 def race(strategies: list[str], sap: np.ndarray, tokens: np.ndarray, order: np.ndarray, rule: RaceRule,
          round_size: int, max_questions: int) -> tuple[str, list[str], int, int]:
-    """(how it ended, the reported set, questions, tokens scored)."""
+    """(how it ended, the reported set: the certified after a claim, else the contenders, the leader first;
+    questions, tokens scored)."""
     r = Race(strategies, rule)
     spent = 0
     asked = 0
@@ -63,7 +74,7 @@ def race(strategies: list[str], sap: np.ndarray, tokens: np.ndarray, order: np.n
             asked += 1
         r.look(start // round_size + 1, spent, None)
         if r.ended:
-            return r.ended, r.contenders(), asked, spent
+            return r.ended, r.certified, asked, spent
     return "budget", r.contenders(), asked, spent
 
 
@@ -81,6 +92,16 @@ def questions_to_separate(sap: np.ndarray, best: int, j: int, epsilon: float, al
     return float((NormalDist().inv_cdf(1 - alpha / 2) * d.std(ddof=1) / excess) ** 2)
 
 
+def questions_to_certify(sap: np.ndarray, best: int, j: int, epsilon: float, alpha: float) -> float:
+    """Questions the same fixed-size test would need to show ``best`` within ``epsilon`` of ``j``: the
+    upper end of its interval for mean SAP(best) - (1 + epsilon) mean SAP(j) at or below 0. A floor on
+    the race's certificate against ``j``, as ``questions_to_separate`` is on its elimination."""
+    d = sap[:, best] - (1 + epsilon) * sap[:, j]
+    if d.mean() >= 0:
+        return float("inf")
+    return float((NormalDist().inv_cdf(1 - alpha / 2) * d.std(ddof=1) / d.mean()) ** 2)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--table", type=Path, default=TABLE)
@@ -88,8 +109,8 @@ def main() -> None:
     parser.add_argument("--round-size", type=int, default=10)
     parser.add_argument("--caps", type=int, nargs="+", default=[50, 100, 200, 400],
                         help="the race's question caps (sample.max_questions), one row each")
-    parser.add_argument("--confidence", type=float, default=0.95)
-    parser.add_argument("--epsilon", type=float, default=0.02)
+    parser.add_argument("--confidence", type=float, default=RaceRule().confidence)
+    parser.add_argument("--epsilon", type=float, default=RaceRule().epsilon)
     parser.add_argument("--fixed", type=int, nargs="+", default=[30, 50, 100, 200])
     parser.add_argument("--json", type=Path, help="write the results here")
     args = parser.parse_args()
@@ -105,25 +126,33 @@ def main() -> None:
     alpha = pair_alpha(args.confidence, len(strategies))
     order = np.argsort(means)
     print(f"questions a fixed-size test at the race's pairwise level would need to show each worse than {best} by "
-          f"more than {args.epsilon:.0%} (a floor for any valid race):")
+          f"more than {args.epsilon:.0%} (drop), or {best} within {args.epsilon:.0%} of it (certify), were the "
+          "full-data gaps and spreads known; a valid race can do neither sooner:")
     separating = {int(j): questions_to_separate(sap, int(order[0]), int(j), args.epsilon, alpha) for j in order[1:]}
-    for j, n in separating.items():
-        print(f"  {strategies[j]:<20} {n:>9,.0f}")
-    n_fixed = max(args.fixed)
-    needed = {j: min(n_fixed, n) for j, n in separating.items()} | {int(order[0]): n_fixed}
+    certifying = {int(j): questions_to_certify(sap, int(order[0]), int(j), args.epsilon, alpha) for j in order[1:]}
+    for j in separating:
+        print(f"  {strategies[j]:<20} drop {separating[j]:>9,.0f}   certify {certifying[j]:>9,.0f}")
+    # each other strategy is out of the way once dropped or certified against: the race stops no sooner
+    stop = max(max(min(separating[j], certifying[j]) for j in separating), rule.min_questions)
     per_question = tokens.mean(axis=0)
-    floor = sum(per_question[j] * n for j, n in needed.items()) / (per_question.sum() * n_fixed)
-    print(f"so a valid race that reaches {n_fixed} questions scores at least {floor:.0%} of the fixed design's "
-          f"tokens (each strategy scored until such a test could drop it, or on all {n_fixed})")
+    needed = {j: min(stop, n) for j, n in separating.items()} | {int(order[0]): stop}
+    if np.isfinite(stop):
+        floor = sum(per_question[j] * n for j, n in needed.items()) / (per_question.sum() * stop)
+        print(f"so no valid race stops with a claim before {stop:,.0f} questions, and it scores at least {floor:.0%} "
+              f"of the tokens of the fixed design of that size (each strategy until such a test could drop it)")
+    else:
+        print("so no valid race can end with a claim on this data")
     rows = []
     for cap in args.caps:
         outcomes = [race(strategies, sap, tokens, np.random.default_rng(seed).permutation(len(sap)), rule,
                          args.round_size, cap) for seed in range(args.replays)]
+        claims = [c for e, c, _, _ in outcomes if e in ("winner", "good_enough")]
         rows.append({
             "design": f"race, cap {cap}",
             "picks_full_winner": np.mean([c[0] == best for _, c, _, _ in outcomes]),
             "picks_within_epsilon": np.mean([c[0] in within for _, c, _, _ in outcomes]),
-            "set_holds_full_winner": np.mean([best in c for _, c, _, _ in outcomes]),
+            "claims": len(claims) / len(outcomes),
+            "false_claims": sum(bool(set(c) - within) for c in claims) / len(outcomes),
             "mean_set_size": float(np.mean([len(c) for _, c, _, _ in outcomes])),
             "median_questions": float(np.median([q for _, _, q, _ in outcomes])),
             "median_tokens": float(np.median([t for _, _, _, t in outcomes])),
@@ -136,18 +165,19 @@ def main() -> None:
             picks.append(strategies[int(np.argmin(sap[chosen].mean(axis=0)))])
             spent.append(tokens[chosen].sum())
         rows.append({"design": f"fixed {n}", "picks_full_winner": np.mean([p == best for p in picks]),
-                     "picks_within_epsilon": np.mean([p in within for p in picks]),
-                     "set_holds_full_winner": np.mean([p == best for p in picks]), "mean_set_size": 1.0,
-                     "median_questions": float(n), "median_tokens": float(np.median(spent)), "ended": {}})
-    print(f"\n{'design':<16}{'picks winner':>13}{'within eps':>11}{'set holds it':>13}{'set size':>9}{'questions':>10}"
-          f"{'tokens':>11}  ended")
+                     "picks_within_epsilon": np.mean([p in within for p in picks]), "claims": 0.0,
+                     "false_claims": 0.0, "mean_set_size": 1.0, "median_questions": float(n),
+                     "median_tokens": float(np.median(spent)), "ended": {}})
+    print(f"\n{'design':<16}{'picks winner':>13}{'within eps':>11}{'claims':>8}{'false':>7}{'set size':>9}"
+          f"{'questions':>10}{'tokens':>11}  ended")
     for r in rows:
-        print(f"{r['design']:<16}{r['picks_full_winner']:>13.1%}{r['picks_within_epsilon']:>11.1%}"
-              f"{r['set_holds_full_winner']:>13.1%}"
-              f"{r['mean_set_size']:>9.2f}{r['median_questions']:>10.0f}{r['median_tokens']:>11.0f}  {r['ended']}")
+        print(f"{r['design']:<16}{r['picks_full_winner']:>13.1%}{r['picks_within_epsilon']:>11.1%}{r['claims']:>8.1%}"
+              f"{r['false_claims']:>7.1%}{r['mean_set_size']:>9.2f}{r['median_questions']:>10.0f}"
+              f"{r['median_tokens']:>11,.0f}  {r['ended']}")
     if args.json:
         args.json.write_text(json.dumps({"winner": best, "means": dict(zip(strategies, means.tolist(), strict=True)),
-                                         "rows": rows}, indent=2, default=float) + "\n")
+                                         "epsilon": args.epsilon, "confidence": args.confidence,
+                                         "floor_questions": stop, "rows": rows}, indent=2, default=float) + "\n")
 
 
 if __name__ == "__main__":

@@ -312,11 +312,20 @@ def report_command(run_dir: str, output: str | None, validation_path: str | None
               help="a selection.json and the task (and subset) it scored; repeatable; needs --accuracy")
 @click.option("--accuracy", help="with --selection: table of strategy, accuracy (and optionally task, model)")
 @click.option("--metrics", help="comma-separated metrics to judge (default: every metric present)")
+@click.option("--reference", help="the metric every other is compared with, with bootstrap intervals for the "
+              "difference (default: sap when judged, else the first metric)")
+@click.option("--resamples", type=click.IntRange(min=1), default=10_000, show_default=True,
+              help="bootstrap resamples of the (model, task) pairs")
+@click.option("--seed", type=int, default=0, show_default=True, help="the bootstrap's seed")
+@click.option("--gap-edges", default="1,2,5,10,20,50", show_default=True,
+              help="edges of the calibration table's buckets, in percent of the preferred strategy's metric value")
 @click.option("--json", "json_out", help="write the result as JSON here")
 @click.option("--html", "html_out", help="write the result as an HTML page here")
 def validate_command(results: str | None, selections: tuple[str, ...], accuracy: str | None, metrics: str | None,
-                     json_out: str | None, html_out: str | None) -> None:
-    """Judge metrics' strategy rankings against downstream accuracy (Spearman, top-1; METHOD.md §3)."""
+                     reference: str | None, resamples: int, seed: int, gap_edges: str, json_out: str | None,
+                     html_out: str | None) -> None:
+    """Judge metrics' strategy rankings against downstream accuracy (Spearman, top-1; METHOD.md §3), with
+    bootstrap intervals and a calibration table of metric gaps against accuracy gaps."""
     import json
 
     from sapray.core import validation as v
@@ -329,11 +338,16 @@ def validate_command(results: str | None, selections: tuple[str, ...], accuracy:
     if selections and not accuracy:
         raise click.UsageError("--selection needs --accuracy")
     try:
+        edges = [float(e) / 100 for e in gap_edges.split(",")]
+    except ValueError:
+        raise click.UsageError(f"--gap-edges {gap_edges!r}: expected percentages such as 1,2,5,10") from None
+    try:
         if results:
             rows = read_results(results)
         else:
             rows = rows_from_selections([v.parse_selection_arg(a) for a in selections], accuracy)
-        result = v.validate(rows, [m.strip() for m in metrics.split(",")] if metrics else None)
+        result = v.validate(rows, [m.strip() for m in metrics.split(",")] if metrics else None, reference=reference,
+                            resamples=resamples, seed=seed, gap_edges=edges)
     except v.ValidationError as exc:
         raise click.ClickException(str(exc)) from None
     click.echo(render_validation(result))

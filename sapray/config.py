@@ -64,11 +64,14 @@ class SampleConfig(Strict):
         "confident", description="confident: race, dropping strategies once they have lost and stopping when the "
         "choice is known (sapray.core.race); fixed: score every strategy on every sampled question")
     confidence: float = Field(0.95, gt=0.5, lt=1, description="race: confidence that holds over every look")
-    epsilon: float = Field(0.02, ge=0, description="race: indifference margin, a share of the leader's mean SAP")
+    epsilon: float = Field(0.10, ge=0, description="race: indifference margin, a share of the best strategy's mean "
+                           "SAP (default from the SAP authors' records: smaller SAP gaps do not predict the better "
+                           "fine-tuning; docs/statistics.md)")
     min_questions: int = Field(10, ge=2, description="race: no decision before this many paired questions")
     tuned_for: int = Field(50, ge=1, description="race: questions at which the confidence sequence is tightest")
     pick: Literal["lowest_sap", "cheapest"] = Field(
-        "lowest_sap", description="run: after a tie or a budget stop, the contender to generate the full set with")
+        "lowest_sap", description="run: the strategy to generate the full set with: the lowest mean SAP, or the "
+        "cheapest of those certified good enough (or of the contenders after a budget stop)")
     max_questions: int | None = Field(50, ge=1, description="questions per strategy (paired: the same for all)")
     max_tokens: int | None = Field(None, ge=1, description="cap on tokens scored (context + continuation)")
     max_money: float | None = Field(None, gt=0, description="cap on sample generation cost where teachers have "

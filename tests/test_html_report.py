@@ -168,8 +168,9 @@ def test_race_report(tmp_path):
     assert "Validation against downstream accuracy" in text
     assert "sap lower 0.000 0.000 0.4000 0" in text  # rho +1 and -1 with equal sd; top-1 (.6 + .2) / 2
     assert "Upper bound (mean best accuracy over 2 (model, task) pairs): 0.5000" in text
-    # ranking, win rates, running estimate, intervals, per-question SAP, cost, validation
-    assert page.count("<svg") == 7
+    assert "How sure" in text and "Calibration: which metric gaps predict a better fine-tuning result" in text
+    # ranking, win rates, running estimate, intervals, per-question SAP, cost, validation and its calibration
+    assert page.count("<svg") == 8
 
 
 def test_no_winner_thin_evidence_and_old_runs(tmp_path):
@@ -195,6 +196,27 @@ def test_no_winner_thin_evidence_and_old_runs(tmp_path):
     assert "Not scored (every row rejected or none sampled): never." in text
     with pytest.raises(ReportError, match="no selection.json or summary.json"):
         load_run(str(tmp_path / "nowhere"))
+
+
+def test_good_enough_race_report(tmp_path):
+    from sapray.present.tables import render_table
+
+    selection = json.loads(RACE_SELECTION.read_text())
+    race = selection["race"]
+    race["rounds"] = race["rounds"][:2]
+    race["rounds"][-1]["certificate"] = {"plain_teacher": {"diff": -0.4, "hi": -0.012}}
+    race.update({"ended": "good_enough", "epsilon": 0.1, "contenders": ["cot_teacher", "plain_teacher"],
+                 "certified": ["cot_teacher", "plain_teacher"], "eliminated": {"human": 2, "socratic": 2},
+                 "end_reason": "cot_teacher is good enough: within 10% of the best strategy's mean SAP"})
+    text = _text(Path(write_report(str(_race_run(tmp_path / "good", selection)))).read_text())
+    assert "The race ended (good_enough): cot_teacher is good enough" in text
+    assert "certified good enough cot_teacher, plain_teacher" in text
+    assert "plain_teacher good enough" in text  # its badge in the ranking
+    assert "leader's certificate (≤ 0: good enough)" in text
+    assert " 2 20 cot_teacher 0.350 human, socratic -0.012 60,240" in text  # the rounds table's last row
+    table = render_table({**selection, "race": {**race, "stop": "confident"}})
+    assert "race (confident): good_enough: cot_teacher is good enough" in table
+    assert "certified within 10% of the best: cot_teacher, plain_teacher" in table
 
 
 def test_filter_report(tmp_path):

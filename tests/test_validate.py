@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
@@ -228,3 +229,137 @@ def test_cli_json_and_html(tmp_path):
     page = (tmp_path / "v.html").read_text()
     assert "σ-weighted ρ" in page and "<svg" in page and "<script" not in page
     assert CliRunner().invoke(main, ["validate"]).exit_code == 2  # neither --results nor --selection
+
+
+# ---------- how sure: bootstrap intervals over (model, task) pairs ----------
+
+# TIED with a second metric that reverses SAP on gsm8k (rho -sqrt(0.9)) and agrees on math (rho +1).
+PPL = {"a": 4.0, "b": 3.0, "c": 2.0, "d": 1.0, "x": 3.0, "y": 2.0}
+
+
+def test_bootstrap_intervals_by_hand(tmp_path):
+    from sapray.core.uncertainty import ratio_resamples
+
+    rows = [{**r, "ppl": PPL[r["strategy"]]} for r in records(TIED)]
+    result = validate(read(write(tmp_path / "r.jsonl", rows)))
+    sap, ppl = result["metrics"]["sap"], result["metrics"]["ppl"]
+    sd1, sd2, r1 = math.sqrt(0.11 / 3), math.sqrt(0.08), math.sqrt(0.9)
+    assert ppl["weighted_rho"] == pytest.approx((-r1 * sd1 + sd2) / (sd1 + sd2), abs=1e-12)
+    # Resampling two pairs draws (gsm8k, gsm8k) w.p. 1/4, one of each w.p. 1/2, (math, math) w.p. 1/4.
+    counts = np.array([[2, 0], [1, 1], [0, 2]])
+    rho, sd = np.array([r1, -1.0]), np.array([sd1, sd2])
+    assert ratio_resamples(rho * sd, sd, counts) == pytest.approx([r1, sap["weighted_rho"], -1.0], abs=1e-12)
+    # Each outcome holds a quarter or more of the resamples, so the 2.5th and 97.5th percentiles are the
+    # extreme outcomes exactly: weighted and mean rho in [-1, sqrt(.9)], top-1 (.5 and .2) in [.2, .5].
+    assert sap["ci95"] == {"weighted_rho": [-1.0, round(r1, 6)], "mean_rho": [-1.0, round(r1, 6)],
+                           "mean_top1_accuracy": [0.2, 0.5]}
+    assert ppl["ci95"]["mean_top1_accuracy"] == [0.1, 0.6]  # ppl's first: d (.1) and y (.6)
+    # sap - ppl: 2 sqrt(.9) on (gsm8k, gsm8k), -2 on (math, math), and twice sap's own weighted rho (< 0) on
+    # one of each: P(difference > 0) is P(gsm8k drawn twice) = 1/4 (10,000 resamples: within 3 SE).
+    versus = ppl["versus_reference"]
+    assert versus["reference"] == "sap" and "versus_reference" not in sap
+    w = versus["weighted_rho"]
+    assert w["difference"] == pytest.approx(2 * sap["weighted_rho"], abs=1e-6)
+    assert w["ci95"] == [-2.0, round(2 * r1, 6)]
+    assert abs(w["p_positive"] - 0.25) < 3 * math.sqrt(0.25 * 0.75 / 10_000)
+    assert versus["mean_top1_accuracy"]["difference"] == pytest.approx(0.0, abs=1e-12)  # .35 - .35
+    u = result["uncertainty"]
+    assert (u["resamples"], u["seed"], u["level"], u["reference"]) == (10_000, 0, 0.95, "sap")
+    assert "Efron & Tibshirani" in u["method"]
+    # seeded: the same seed gives the same numbers, another seed moves only what is random
+    rows_read = read(write(tmp_path / "r.jsonl", rows))
+    assert validate(rows_read) == result
+    other = validate(rows_read, seed=1)["metrics"]["ppl"]
+    assert other["ci95"] == ppl["ci95"] and other["versus_reference"]["weighted_rho"]["p_positive"] != w["p_positive"]
+    # another reference, and one that is not judged
+    assert validate(rows_read, reference="ppl")["metrics"]["sap"]["versus_reference"]["weighted_rho"][
+        "difference"] == pytest.approx(-w["difference"], abs=1e-6)
+    with pytest.raises(ValidationError, match="reference metric 'ifd' is not among"):
+        validate(rows_read, reference="ifd")
+
+
+# Three (model, task) groups; (SAP, accuracy) per strategy. Pairs by hand (gap relative to the lower SAP):
+#   t1: a-b gap .5% [0,1%) tie on accuracy 1/2; a-c gap 50% [50%,) agree; b-c gap .495/1.005 [20,50%) agree
+#   t2: x-y gap 5% [5,10%) disagree (gain -.4); x-z gap 5% [5,10%) agree (+.1); y-z tied on SAP: left out
+#   t3: p-q gap 60% [50%,) disagree (-.4); p-r gap 70% [50%,) disagree (-.3); q-r gap .1/1.6 [5,10%) agree (+.1)
+GROUPS = [("t1", "a", 1.0, 0.5), ("t1", "b", 1.005, 0.5), ("t1", "c", 1.5, 0.3),
+          ("t2", "x", 2.0, 0.2), ("t2", "y", 2.1, 0.6), ("t2", "z", 2.1, 0.1),
+          ("t3", "p", 1.0, 0.1), ("t3", "q", 1.6, 0.5), ("t3", "r", 1.7, 0.4)]
+
+
+def test_calibration_table_by_hand(tmp_path):
+    from sapray.core.uncertainty import ratio_resamples
+
+    rows = [{"model": "m", "task": t, "strategy": s, "accuracy": acc, "sap": v} for t, s, v, acc in GROUPS]
+    table = validate(read(write(tmp_path / "r.csv", rows)))["metrics"]["sap"]["calibration"]
+    assert table["pairs"] == 8 and table["metric_ties"] == 1 and table["edges"] == [0.01, 0.02, 0.05, 0.1, 0.2, 0.5]
+    got = {(b["from"], b["to"]): (b["pairs"], b["groups"], b["agreement"], b["accuracy_gain"])
+           for b in table["buckets"]}
+    assert got == {
+        (0.0, 0.01): (1, 1, 0.5, 0.0),
+        (0.01, 0.02): (0, 0, None, None),
+        (0.02, 0.05): (0, 0, None, None),
+        (0.05, 0.1): (3, 2, round(2 / 3, 6), round((-0.4 + 0.1 + 0.1) / 3, 6)),
+        (0.1, 0.2): (0, 0, None, None),
+        (0.2, 0.5): (1, 1, 1.0, 0.2),
+        (0.5, None): (3, 2, round(1 / 3, 6), round((0.2 - 0.4 - 0.3) / 3, 6)),
+    }
+    # The bucket from 50% resamples whole groups: t1 brings (1 agreeing of 1), t3 (0 of 2). Drawing t1 and t3
+    # once: 1/3; t1 thrice: 1; t3 thrice: 0; t1 twice and t3 once: 2/4. A pair-level bootstrap would not give these.
+    agree, n = np.array([1.0, 0.0, 0.0]), np.array([1.0, 0.0, 2.0])
+    assert ratio_resamples(agree, n, np.array([[1, 1, 1], [3, 0, 0], [0, 0, 3], [2, 0, 1], [0, 3, 0]])) == \
+        pytest.approx([1 / 3, 1.0, 0.0, 0.5, np.nan], nan_ok=True)
+    # 0 holds whenever t3 is drawn and t1 is not (7/27 of resamples), 1 when t1 is and t3 is not (7/27):
+    # the percentile interval is [0, 1]
+    last = table["buckets"][-1]
+    assert last["agreement_ci95"] == [0.0, 1.0]
+    assert table["buckets"][0]["agreement_ci95"] == [0.5, 0.5]  # one group: no variation, never actionable
+    assert table["smallest_actionable_gap"] is None
+
+
+def test_smallest_actionable_gap():
+    from sapray.core.uncertainty import DEFAULT_GAP_EDGES, gap_table, resample_counts
+
+    def table(small_agree: bool, large_other: float) -> dict:
+        # 20 groups; in each, two pairs under 1% (the first agreeing or not, the second agreeing: exactly 1/2 or 1
+        # in every resample), one at 15% that agrees, and one at 100% whose other strategy reached `large_other`
+        units = []
+        for g in range(20):
+            units += [(g, [(1.0, 0.6 if small_agree else 0.4), (1.005, 0.5)]), (g, [(1.0, 0.5), (1.005, 0.4)]),
+                      (g, [(1.0, 0.9), (1.15, 0.1)]), (g, [(1.0, 0.5), (2.0, large_other)])]
+        return gap_table(units, True, 20, DEFAULT_GAP_EDGES, resample_counts(20, 2000, 0))
+
+    half = table(small_agree=False, large_other=0.1)
+    assert [b["agreement"] for b in half["buckets"]] == [0.5, None, None, None, 1.0, None, 1.0]
+    assert half["buckets"][0]["agreement_ci95"] == [0.5, 0.5]  # 1/2 is not above 1/2
+    assert half["smallest_actionable_gap"] == 0.1  # the 15% bucket's lower edge: every bucket from it agrees
+    assert table(small_agree=True, large_other=0.1)["smallest_actionable_gap"] == 0.0  # any gap counts
+    assert table(small_agree=True, large_other=0.5)["smallest_actionable_gap"] is None  # the largest gaps: ties
+
+
+def test_cli_intervals_calibration_flags_and_old_keys(tmp_path):
+    rows = [{**r, "ppl": PPL[r["strategy"]]} for r in records(TIED)]
+    path = write(tmp_path / "r.csv", rows)
+    out = CliRunner().invoke(main, ["validate", "--results", path, "--json", str(tmp_path / "v.json"),
+                                    "--html", str(tmp_path / "v.html"), "--resamples", "500", "--seed", "3",
+                                    "--gap-edges", "10,50", "--reference", "ppl"])
+    assert out.exit_code == 0, out.output
+    result = json.loads((tmp_path / "v.json").read_text())
+    assert result["uncertainty"]["resamples"] == 500 and result["uncertainty"]["seed"] == 3
+    sap = result["metrics"]["sap"]
+    assert sap["versus_reference"]["reference"] == "ppl" and "versus_reference" not in result["metrics"]["ppl"]
+    assert [(b["from"], b["to"]) for b in sap["calibration"]["buckets"]] == [(0.0, 0.1), (0.1, 0.5), (0.5, None)]
+    assert "500 resamples over 2 (model, task) pair(s), seed 3" in out.output
+    assert "ppl minus each other metric" in out.output and "calibration of sap" in out.output
+    assert "smallest actionable gap for sap: none shown" in out.output
+    # today's keys and point figures are unchanged: the new ones are added beside them
+    assert set(result) == {"pairs", "upper_bound", "metrics", "skipped", "tie_rule", "uncertainty"}
+    assert set(sap) == {"lower_is_better", "weighted_rho", "mean_rho", "mean_top1_accuracy", "rho_undefined", "pairs",
+                        "ci95", "versus_reference", "calibration"}
+    assert sap["weighted_rho"] == validate(read(path))["metrics"]["sap"]["weighted_rho"]
+    page = (tmp_path / "v.html").read_text()
+    assert page.count("<svg") == 2 and "Calibration" in page and "sap − ppl" not in page and "ppl − sap" in page
+    bad = CliRunner().invoke(main, ["validate", "--results", path, "--gap-edges", "5,x"])
+    assert bad.exit_code == 2 and "--gap-edges" in bad.output
+    bad = CliRunner().invoke(main, ["validate", "--results", path, "--gap-edges", "10,5"])
+    assert bad.exit_code == 1 and "increasing" in bad.output

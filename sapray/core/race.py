@@ -1,4 +1,4 @@
-"""Racing: drop strategies as soon as the evidence says they lost, stop when the choice is known.
+"""Racing: drop strategies as soon as the evidence says they lost, stop when the leader is good enough.
 
 After every round, each remaining strategy is compared with the current leader (the lowest mean
 SAP) through the paired differences ``D_i = SAP_i(s) - SAP_i(leader)`` over the questions both
@@ -11,21 +11,56 @@ the two-sided asymptotic confidence sequence of Waudby-Smith, Arbour, Sinha, Ken
 (2021), "Time-uniform central limit theory and asymptotic confidence sequences", arXiv:2103.06476
 (Robbins' normal-mixture boundary with the sample standard deviation plugged in). ``rho`` tunes
 where the sequence is tightest: ``rho^2 = (-2 log alpha + log(-2 log alpha + 1)) / n_opt`` (their
-closed-form choice for a target sample size ``n_opt``). The leader changes between looks, so the
-sequences are built for every pair of strategies with a union (Bonferroni) bound:
-``alpha = (1 - confidence) / (K (K - 1) / 2)``. With probability at least ``confidence`` every
-pairwise sequence holds at every look, and then the best strategy is never eliminated.
+closed-form choice for a target sample size ``n_opt``).
 
-Rules, with ``delta = epsilon * mean SAP of the leader`` (the indifference margin):
-- a strategy is eliminated when its interval lies above ``delta``: worse than the leader by more
-  than epsilon, with the stated confidence;
-- the race ends with a ``winner`` when one strategy remains, and with a ``tie`` when every
-  remaining strategy's interval lies within ``[-delta, delta]`` (all within epsilon of the
-  leader; pick any, for example the cheapest);
+Rules, with ``epsilon`` the indifference margin as a share of mean SAP:
+- elimination: a strategy is dropped when its interval for ``mean SAP(s) - mean SAP(leader)`` lies
+  above ``epsilon * mean SAP of the leader`` (``margin`` in the record): worse than the leader by
+  more than epsilon, with the stated confidence;
+- ``winner``: one strategy remains;
+- ``good_enough``: the leader is certified within epsilon of the best (epsilon-good, or PAC,
+  identification: Even-Dar, Mannor & Mansour 2006, "Action elimination and stopping conditions for
+  the multi-armed bandit and reinforcement learning problems", JMLR 7). The certificate of a
+  remaining strategy ``p`` against another remaining ``s`` is the upper end of a confidence sequence
+  (the same boundary) for the mean of ``D'_i = SAP_i(p) - (1 + epsilon) SAP_i(s)`` lying at or below
+  0; ``p`` is certified when that holds against every other remaining strategy. The record lists
+  every remaining strategy certified at the end (``certified``): ``sample.pick: cheapest`` chooses
+  among them;
 - no decision is made before ``min_questions`` paired questions (the sample standard deviation
   of a handful of heavy-tailed values is not to be trusted);
 - a cap (questions, tokens, money) or running out of questions ends it as ``budget`` or
   ``exhausted``: no confidence is claimed, the contenders are reported with P(best).
+
+What is claimed, and why it holds. Let ``mu_s`` be the true mean SAP of strategy ``s`` (over the
+population the questions are drawn from), ``mu* = min_s mu_s`` and ``b`` a strategy attaining it. A
+claim ``p`` (the ``winner``, or any strategy ``certified`` at a ``good_enough`` end) is false when
+``mu_p > (1 + epsilon) mu*``: the margin is relative to the best true mean, not to an estimate.
+Consider the 2(K - 1) one-sided events, for the K strategies raced:
+  (a) for every ``t != b``, the lower end of the sequence for ``mu_b - mu_t`` is at most its true value
+      at every look;
+  (b) for every ``p != b``, the upper end of the sequence for ``mu_p - (1 + epsilon) mu_b`` is at least
+      its true value at every look.
+Each fails with probability at most ``alpha``, so all hold with probability at least
+``1 - 2 (K - 1) alpha`` (union bound). On that event:
+  1. ``b`` is never eliminated: that would need the lower end for ``mu_b - mu_leader`` above the margin
+     (>= 0), yet ``mu_b - mu_leader <= 0``. So ``b`` is always among the remaining strategies (the
+     eliminated ones were shown worse than someone).
+  2. A certified ``p != b`` was certified against ``b`` too (``b`` remains), so by (b)
+     ``mu_p - (1 + epsilon) mu_b <= upper end <= 0``: ``mu_p <= (1 + epsilon) mu*``. ``p = b`` is the best.
+     Every certified strategy is within epsilon of the best at once, so the cheapest of them is too.
+  3. A ``winner`` is the last remaining strategy, hence ``b`` by 1.
+``b`` is unknown, so every sequence is built at the same ``alpha``:
+``alpha = (1 - confidence) / max(K (K - 1) / 2, 2 (K - 1))``. For four or more strategies this is the
+share the race has always given each of the K (K - 1) / 2 pairs (its union bound over every pair),
+which now covers the certificate as well; for two or three strategies it is smaller, so that the
+2 (K - 1) events above fit in ``1 - confidence``.
+
+Certifying ``mu_p <= (1 + epsilon) mu_s`` directly through ``D'`` makes the margin relative to the
+true mean without estimating it: the alternative, bounding ``mu*`` from below by a confidence sequence
+for a mean SAP, would carry the spread of SAP across questions (large) where ``D'`` carries only the
+spread of paired differences (small). Compared with the former ``tie`` end (every remaining strategy
+within plus or minus epsilon of the leader's estimated mean), the certificate needs one side of each
+interval, so it can stop sooner with the same guarantee.
 """
 
 from __future__ import annotations
@@ -36,8 +71,10 @@ from dataclasses import dataclass, field
 import numpy as np
 
 METHOD = ("paired differences of per-question SAP against the leader; two-sided asymptotic confidence "
-          "sequences (Waudby-Smith, Arbour, Sinha, Kennedy & Ramdas 2021, arXiv:2103.06476), "
-          "union bound over all pairs of strategies")
+          "sequences (Waudby-Smith, Arbour, Sinha, Kennedy & Ramdas 2021, arXiv:2103.06476); good enough: the "
+          "upper end of the same sequence for SAP(leader) - (1 + epsilon) SAP(s) at or below 0 for every other "
+          "remaining s (epsilon-good identification, Even-Dar, Mannor & Mansour 2006); union bound over the "
+          "2 (K - 1) one-sided events that involve the best strategy")
 
 
 def rho2_for(n_opt: float, alpha: float) -> float:
@@ -55,14 +92,15 @@ def cs_radius(n: int, sd: float, alpha: float, rho2: float) -> float:
 
 
 def pair_alpha(confidence: float, k: int) -> float:
-    """Error budget of one pairwise sequence: 1 - confidence split over every pair of ``k`` strategies."""
-    return (1 - confidence) / max(1, k * (k - 1) // 2)
+    """Error budget of one sequence among ``k`` strategies (module docstring): ``1 - confidence`` split over
+    every pair, or over the 2 (k - 1) events that involve the best strategy when those are more."""
+    return (1 - confidence) / max(1, k * (k - 1) // 2, 2 * (k - 1))
 
 
 @dataclass(frozen=True)
 class RaceRule:
     confidence: float = 0.95
-    epsilon: float = 0.02
+    epsilon: float = 0.10  # see docs/statistics.md: SAP gaps under 10% do not predict the better fine-tuning
     min_questions: int = 10
     tuned_for: int = 50
 
@@ -78,6 +116,7 @@ class Race:
     rounds: list[dict] = field(default_factory=list)
     ended: str | None = None
     end_reason: str = ""
+    certified: list[str] = field(default_factory=list)  # within epsilon of the best, at the end
 
     def __post_init__(self) -> None:
         self.remaining = list(self.strategies)
@@ -98,14 +137,30 @@ class Race:
         sums = np.nansum(values, axis=0)
         return {s: float(sums[j] / counts[j]) if counts[j] else math.nan for s, j in self.column.items()}
 
-    def interval(self, values: np.ndarray, strategy: str, leader: str) -> dict:
-        """Anytime-valid interval for mean SAP(strategy) - mean SAP(leader) on their shared questions."""
-        d = values[:, self.column[strategy]] - values[:, self.column[leader]]
+    def radius(self, n: int, sd: float) -> float:
+        """Half-width of every sequence (elimination and certificate) after ``n`` paired questions."""
+        return cs_radius(n, sd, self.alpha, self.rho2)
+
+    def _paired(self, values: np.ndarray, strategy: str, other: str, scale: float) -> dict:
+        """Anytime-valid interval for mean SAP(strategy) - scale * mean SAP(other) on their shared questions."""
+        d = values[:, self.column[strategy]] - scale * values[:, self.column[other]]
         d = d[~np.isnan(d)]
         n = len(d)
         mean = float(d.mean()) if n else math.nan
-        radius = cs_radius(n, float(d.std(ddof=1)), self.alpha, self.rho2) if n > 1 else math.inf
+        radius = self.radius(n, float(d.std(ddof=1))) if n > 1 else math.inf
         return {"n": n, "diff": mean, "lo": mean - radius, "hi": mean + radius}
+
+    def interval(self, values: np.ndarray, strategy: str, leader: str) -> dict:
+        """For elimination: mean SAP(strategy) - mean SAP(leader)."""
+        return self._paired(values, strategy, leader, 1.0)
+
+    def certificate(self, values: np.ndarray, strategy: str, other: str) -> dict:
+        """For the good-enough end: mean SAP(strategy) - (1 + epsilon) mean SAP(other); ``hi <= 0`` certifies
+        that ``strategy`` is within epsilon of ``other``."""
+        return self._paired(values, strategy, other, 1 + self.rule.epsilon)
+
+    def _certified(self, values: np.ndarray, strategy: str) -> bool:
+        return all(self.certificate(values, strategy, s)["hi"] <= 0 for s in self.remaining if s != strategy)
 
     def look(self, round_number: int, tokens: int, money: float | None, decide: bool = True) -> dict:
         """Compare every remaining strategy with the leader, eliminate, and record the round.
@@ -128,6 +183,10 @@ class Race:
         for s in dropped:
             self.remaining.remove(s)
             self.eliminated[s] = round_number
+        # the leader's certificate against every other remaining strategy; its worst bound <= 0: good enough
+        bounds = ({s: self.certificate(values, leader, s) for s in self.remaining if s != leader}
+                  if decided and len(self.remaining) > 1 else {})
+        worst = max((b["hi"] for b in bounds.values()), default=math.nan)
         record = {
             "round": round_number,
             "questions": int((~np.isnan(values[:, self.column[leader]])).sum()),
@@ -138,6 +197,8 @@ class Race:
             "intervals": {s: {"n": iv["n"], "diff": _r(iv["diff"]), "lo": _r(iv["lo"]), "hi": _r(iv["hi"])}
                           for s, iv in intervals.items()},
             "eliminated": dropped,
+            "certificate": {s: {"diff": _r(b["diff"]), "hi": _r(b["hi"])} for s, b in bounds.items()},
+            "good_enough": bool(worst <= 0),
             "tokens": tokens,
             "money": None if money is None else round(money, 6),
         }
@@ -145,14 +206,17 @@ class Race:
         if not decide:
             return record
         if len(self.remaining) == 1:
-            self.ended = "winner"
+            self.ended, self.certified = "winner", [leader]
             self.end_reason = (f"{leader} is the only strategy left: every other is worse by more than "
                                f"{self.rule.epsilon:.0%} of its mean SAP ({self.rule.confidence:.0%} confidence)")
-        elif decided and all(-margin <= intervals[s]["lo"] and intervals[s]["hi"] <= margin
-                             for s in self.remaining if s != leader):
-            self.ended = "tie"
-            self.end_reason = (f"{len(self.remaining)} strategies are within {self.rule.epsilon:.0%} of the "
-                               f"leader's mean SAP ({self.rule.confidence:.0%} confidence); any of them will do")
+        elif worst <= 0:
+            also = [p for p in self.contenders() if p != leader and self._certified(values, p)]
+            self.ended, self.certified = "good_enough", [leader, *also]
+            self.end_reason = (
+                f"{leader} is good enough: within {self.rule.epsilon:.0%} of the best strategy's mean SAP "
+                f"({self.rule.confidence:.0%} confidence; the upper bounds on mean SAP of {leader} minus "
+                f"{1 + self.rule.epsilon:g} x that of each other remaining strategy are at most {worst:.3f}, below 0)"
+                + (f"; so {'is' if len(also) == 1 else 'are'} {', '.join(also)}" if also else ""))
         return record
 
     def stop(self, reason: str, why: str) -> None:
@@ -175,10 +239,22 @@ class Race:
             "pair_alpha": _r(self.alpha),
             "ended": self.ended,
             "end_reason": self.end_reason,
+            "certified": self.certified,
             "contenders": self.contenders(),
             "eliminated": dict(sorted(self.eliminated.items())),
             "rounds": self.rounds,
         }
+
+
+def choice_set(race: dict) -> list[str]:
+    """What ``sample.pick: cheapest`` may choose from, by how a race (``Race.to_dict``) ended: after
+    ``good_enough`` the strategies certified within epsilon of the best; after ``budget`` or ``exhausted``
+    (no claim), or an older record's ``tie``, every contender; after ``winner``, the winner alone."""
+    if race.get("ended") == "good_enough":
+        return race["certified"]
+    if race.get("ended") in ("budget", "exhausted", "tie"):
+        return race["contenders"]
+    return race.get("contenders", [])[:1]
 
 
 def _r(x: float) -> float | None:

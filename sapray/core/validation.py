@@ -23,6 +23,13 @@ Tie rules:
   under ``skipped`` (a pair all of whose subsets are skipped is skipped).
 With subsets, a strategy's accuracy on the pair (for ``sd_t`` and the upper bound) is the mean of
 its accuracies over the pair's subsets (the same number when accuracy does not depend on the subset).
+
+How sure these figures are (``sapray.core.uncertainty``): 95% percentile-bootstrap intervals for each
+metric's weighted rho, mean rho and mean top-1, resampling (model, task) pairs; the same statistics'
+difference between a reference metric (``sap`` by default) and each other metric, with P(difference >
+0); and per metric the calibration table of its gaps against accuracy gaps with the smallest actionable
+gap. These are added keys (``ci95``, ``versus_reference``, ``calibration`` per metric; ``uncertainty``
+at the top); the point figures above are computed exactly as without them.
 """
 
 from __future__ import annotations
@@ -32,6 +39,10 @@ import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
+
+from sapray.core import uncertainty
+
 # metric column -> True when a lower value is better
 LOWER_IS_BETTER = {"sap": True, "ppl": True, "ifd": True, "length": True, "reward": False, "car": False}
 # selection.json per_strategy key for each metric
@@ -40,6 +51,11 @@ SELECTION_KEYS = {"sap": "mean_sap", "ppl": "mean_ppl", "ifd": "mean_ifd", "leng
 TIE_RULE = ("ties share the mean of their ranks; rho is undefined (null) when all accuracies or all metric values "
             "of a subset are tied, and such a pair leaves the weighted mean with its weight; top-1 with several "
             "strategies tied on the best metric value is their mean accuracy")
+CALIBRATION_RULE = ("every two strategies within a (model, task[, subset]); gap: the metric's difference relative "
+                    "to the value of the one it prefers; agreement: the preferred one reached the higher accuracy (1), "
+                    "the lower (0), the same (1/2); pairs the metric ties are left out and counted; intervals resample "
+                    "(model, task) groups; smallest actionable gap: the lowest bucket edge from which every non-empty "
+                    "bucket's 95% interval for agreement lies above 1/2")
 _MAX_NAMED = 10
 
 
@@ -180,9 +196,22 @@ def _judge_subset(rows: list[Row], metric: str) -> dict:
             "top1_accuracy": math.fsum(r.accuracy for r in top) / len(top)}
 
 
-def validate(rows: list[Row], metrics: Sequence[str] | None = None) -> dict:
-    """The judgement of every metric present (see the module docstring), as a JSON-ready dict."""
+def validate(rows: list[Row], metrics: Sequence[str] | None = None, reference: str | None = None,
+             resamples: int = 10_000, seed: int = 0,
+             gap_edges: Sequence[float] = uncertainty.DEFAULT_GAP_EDGES) -> dict:
+    """The judgement of every metric present (see the module docstring), as a JSON-ready dict.
+
+    ``reference``: the metric the others are compared with (default: sap when judged, else the first
+    metric); ``resamples`` and ``seed``: the bootstrap's; ``gap_edges``: the calibration buckets' edges,
+    as shares (0.05 = 5%).
+    """
     chosen = check_rows(rows, metrics)
+    reference = _reference(chosen, reference)
+    if resamples < 1:
+        raise ValidationError(f"resamples must be at least 1, got {resamples}")
+    if not gap_edges or any(e <= 0 or not math.isfinite(e) for e in gap_edges) or list(gap_edges) != sorted(
+            set(gap_edges)):
+        raise ValidationError(f"gap edges must be positive, finite and increasing, got {list(gap_edges)}")
     groups: dict[tuple[str, str], dict[str | None, list[Row]]] = {}
     for r in rows:
         groups.setdefault((r.model, r.task), {}).setdefault(r.subset, []).append(r)
@@ -232,8 +261,47 @@ def validate(rows: list[Row], metrics: Sequence[str] | None = None) -> dict:
             "rho_undefined": [{"model": p["model"], "task": p["task"]} for p in per_pair if p["rho"] is None],
             "pairs": per_pair,
         }
+    counts = uncertainty.resample_counts(len(pairs), resamples, seed)
+    samples = {m: _resampled(out_metrics[m]["pairs"], counts) for m in chosen}
+    for metric in chosen:
+        judged = out_metrics[metric]
+        judged["ci95"] = {stat: uncertainty.percentile_interval(v) for stat, v in samples[metric].items()}
+        if metric != reference:
+            judged["versus_reference"] = {"reference": reference, **{
+                stat: uncertainty.compare(samples[reference][stat], v, _minus(out_metrics[reference][stat],
+                                                                              judged[stat]))
+                for stat, v in samples[metric].items()}}
+        units = [(g, [(r.metrics[metric], r.accuracy) for r in members])
+                 for g, (_, _, usable) in enumerate(pairs) for members in usable.values()]
+        judged["calibration"] = uncertainty.gap_table(units, LOWER_IS_BETTER[metric], len(pairs), gap_edges, counts)
     return {"pairs": pair_facts, "upper_bound": _mean(p["best_accuracy"] for p in pair_facts),
-            "metrics": out_metrics, "skipped": skipped, "tie_rule": TIE_RULE}
+            "metrics": out_metrics, "skipped": skipped, "tie_rule": TIE_RULE,
+            "uncertainty": {"method": uncertainty.METHOD, "calibration_method": CALIBRATION_RULE,
+                            "level": uncertainty.LEVEL, "resamples": resamples, "seed": seed,
+                            "unit": "(model, task) pair", "reference": reference}}
+
+
+def _reference(chosen: list[str], reference: str | None) -> str:
+    if reference is None:
+        return "sap" if "sap" in chosen else chosen[0]
+    if reference not in chosen:
+        raise ValidationError(f"reference metric {reference!r} is not among the metrics judged {chosen}")
+    return reference
+
+
+def _minus(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else a - b
+
+
+def _resampled(per_pair: list[dict], counts: np.ndarray) -> dict[str, np.ndarray]:
+    """Each summary statistic over the bootstrap resamples of the (model, task) pairs (``counts``)."""
+    defined = np.array([p["rho"] is not None for p in per_pair], dtype=float)
+    rho = np.array([p["rho"] if p["rho"] is not None else 0.0 for p in per_pair])
+    sd = np.array([p["sd_accuracy"] for p in per_pair]) * defined  # an undefined rho leaves with its weight
+    top1 = np.array([p["top1_accuracy"] for p in per_pair])
+    return {"weighted_rho": uncertainty.ratio_resamples(rho * sd, sd, counts),
+            "mean_rho": uncertainty.ratio_resamples(rho * defined, defined, counts),
+            "mean_top1_accuracy": uncertainty.ratio_resamples(top1, np.ones_like(top1), counts)}
 
 
 _LABEL = re.compile(r"^([\w.-]+)(?::([\w.-]+))?=(.+)$")

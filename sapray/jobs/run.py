@@ -10,6 +10,7 @@ from collections.abc import Callable
 from typing import Any
 
 from sapray.config import ConfigError, SelectConfig, StrategyConfig, TeacherConfig
+from sapray.core.race import choice_set
 from sapray.dataplane.raydata import init_ray
 from sapray.dataplane.read import InputError, Reject, child, filesystem, read_text
 from sapray.dataplane.select_inputs import candidate_file_questions
@@ -62,14 +63,15 @@ def teacher_rounds(cfg: SelectConfig) -> TeacherRounds:
 
 
 def pick_for_full_set(cfg: SelectConfig, summary: dict, sample_costs: dict[str, dict]) -> str:
-    """The winner; after a tie or a budget stop with ``sample.pick: cheapest``, the contender whose
-    sample cost least per question (money where priced, then generated tokens; data costs nothing)."""
+    """The winner; with ``sample.pick: cheapest``, of the strategies the race's end allows (``choice_set``:
+    those certified good enough, or every contender after a budget stop) the one whose sample cost least
+    per question (money where priced, then generated tokens; data costs nothing)."""
     if not summary.get("winner"):  # nothing was scored: every sampled response was rejected, or none came
         raise InputError(f"no response of any strategy could be scored on the sample, so there is no winner to "
                          f"generate the full set with; why each was rejected: {child(cfg.output, 'rejects')}/ "
                          f"and {child(cfg.output, 'report.html')}")
-    race = summary.get("race") or {}
-    if cfg.sample.pick == "lowest_sap" or race.get("ended") not in ("tie", "budget", "exhausted"):
+    pool = choice_set(summary.get("race") or {})
+    if cfg.sample.pick == "lowest_sap" or len(pool) < 2:
         return summary["winner"]["strategy"]
 
     def cost_per_question(name: str) -> tuple[float, float]:
@@ -78,7 +80,7 @@ def pick_for_full_set(cfg: SelectConfig, summary: dict, sample_costs: dict[str, 
             return 0.0, 0.0
         return (c["money"] or 0.0) / c["questions"], (c["prompt_tokens"] + c["completion_tokens"]) / c["questions"]
 
-    return min(race["contenders"], key=lambda n: (cost_per_question(n), race["contenders"].index(n)))
+    return min(pool, key=lambda n: (cost_per_question(n), pool.index(n)))
 
 
 def strategy_for(cfg: SelectConfig, name: str) -> StrategyConfig:

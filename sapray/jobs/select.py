@@ -147,6 +147,8 @@ def _say_round(record: dict, confidence: float, epsilon: float) -> str:
         worse = record["intervals"][name]["lo"]
         line += (f"; dropped {name} (worse than {leader} by >= {worse:.3f} SAP, more than {epsilon:.0%}; "
                  f"{confidence:.0%} confidence)")
+    if record.get("good_enough"):
+        line += f"; {leader} is good enough (within {epsilon:.0%} of the best, {confidence:.0%} confidence)"
     return line
 
 

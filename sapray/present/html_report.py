@@ -26,6 +26,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from sapray.dataplane.read import child, filesystem, read_text
+from sapray.present.tables import actionable_line, gap_label
 
 ACCENT = "#c2410c"
 MUTED = "#94a3b8"
@@ -570,9 +571,12 @@ def _evidence_box(sel: dict, winner: str | None) -> str:
     return ""
 
 
-def _status(name: str, winner: str | None, eliminated: dict[str, int], contenders: list[str]) -> str:
+def _status(name: str, winner: str | None, eliminated: dict[str, int], contenders: list[str],
+            certified: Collection[str] = ()) -> str:
     if name == winner:
         return _badge("winner", "win")
+    if name in certified:
+        return _badge("good enough", "ok")
     if name in eliminated:
         return _badge(f"eliminated in round {eliminated[name]}", "out")
     if name in contenders:
@@ -581,7 +585,7 @@ def _status(name: str, winner: str | None, eliminated: dict[str, int], contender
 
 
 def _ranking_section(figs: _Figures, sel: dict, order: list[str], winner: str | None,
-                     eliminated: dict[str, int], contenders: list[str]) -> str:
+                     eliminated: dict[str, int], contenders: list[str], certified: Collection[str] = ()) -> str:
     per = sel["per_strategy"]
     extra = [k for k, label in (("mean_reward", "reward"), ("car", "CAR")) if any(k in per[n] for n in order)]
     header = ["rank", "strategy", "status", "n", "mean SAP", "95% CI", "median", "geo-mean", "PPL", "IFD", "length",
@@ -591,7 +595,8 @@ def _ranking_section(figs: _Figures, sel: dict, order: list[str], winner: str | 
         s = per[name]
         lo, hi = (s.get("ci95_mean_sap") or [None, None])[:2]
         rows.append([str(rank), f"<strong>{escape(name)}</strong>" if name == winner else escape(name),
-                     _status(name, winner, eliminated, contenders), _num(s.get("n")), _num(s.get("mean_sap")),
+                     _status(name, winner, eliminated, contenders, certified), _num(s.get("n")),
+                     _num(s.get("mean_sap")),
                      f"{_num(lo)} – {_num(hi)}", _num(s.get("median_sap")), _num(s.get("geomean_sap")),
                      _num(s.get("mean_ppl")), _num(s.get("mean_ifd")), _num(s.get("mean_length"), 1),
                      *[_num(s.get(k)) for k in extra]])
@@ -606,24 +611,34 @@ def _ranking_section(figs: _Figures, sel: dict, order: list[str], winner: str | 
     return _ranking_figure(figs, sel, order, winner, set(eliminated)) + table
 
 
+def _worst_certificate(record: dict) -> float | None:
+    """The largest upper bound of mean SAP(leader) - (1 + epsilon) mean SAP(s) over the other remaining s."""
+    bounds = [c["hi"] for c in (record.get("certificate") or {}).values()]
+    return None if not bounds or None in bounds else max(bounds)
+
+
 def _race_section(figs: _Figures, race: dict | None, order: list[str], winner: str | None,
                   colors: dict[str, str], scores: list[dict], round_size: int | None) -> str:
     if race:
         html = _facts([("stop rule", escape(str(race.get("stop")))), ("confidence", _num(race.get("confidence"))),
                        ("epsilon", _num(race.get("epsilon"))), ("method", escape(str(race.get("method", "")))),
                        ("ended", escape(str(race.get("ended")))), ("why", escape(str(race.get("end_reason", "")))),
-                       ("contenders left", escape(", ".join(race.get("contenders") or []) or "–"))])
+                       ("contenders left", escape(", ".join(race.get("contenders") or []) or "–")),
+                       *([("certified good enough", escape(", ".join(race["certified"])))]
+                         if race.get("ended") == "good_enough" else [])])
         rounds = race.get("rounds") or []
         eliminated = race.get("eliminated") or {}
         if rounds:
             html += _running_figure(figs, rounds, order, eliminated, colors, race=True)
         interval = _interval_figure(figs, race, order, winner)
         html += interval or ""
-        html += _table(["round", "questions", "leader", "margin", "eliminated", "tokens scored", "money"],
+        html += _table(["round", "questions", "leader", "margin", "eliminated", "leader's certificate (≤ 0: good "
+                        "enough)", "tokens scored", "money"],
                        [[str(r.get("round")), _num(r.get("questions")), escape(str(r.get("leader") or "–")),
                          _num(r.get("margin")), escape(", ".join(r.get("eliminated") or []) or "–"),
-                         _num(r.get("tokens")), _money(r.get("money")) if r.get("money") is not None else "–"]
-                        for r in rounds], {0, 1, 3, 5, 6})
+                         _num(_worst_certificate(r)), _num(r.get("tokens")),
+                         _money(r.get("money")) if r.get("money") is not None else "–"]
+                        for r in rounds], {0, 1, 3, 5, 6, 7})
         return html
     rounds = _running_from_scores(scores, order)
     note = ('<p class="muted">This selection ran without a race: every strategy was scored on every sampled '
@@ -684,7 +699,8 @@ def render_selection(run: dict) -> str:
     sub = (f"{len(order)} strategies · engine {escape(str(sel.get('engine', '?')))} · layout "
            f"{escape(str(sel.get('layout', '?')))} · {escape(str(sel.get('statistic', 'mean SAP')))}")
     sections = [
-        ("ranking", "Ranking", _ranking_section(figs, sel, scored, winner, eliminated, contenders)),
+        ("ranking", "Ranking", _ranking_section(figs, sel, scored, winner, eliminated, contenders,
+                                                (race or {}).get("certified") or ())),
         ("win-rates", "Paired win rates", _heatmap(figs, sel, scored) if len(scored) > 1 else
          '<p class="muted">Only one strategy scored.</p>'),
         ("running", "Running estimate" + (" and the race" if race else ""),
@@ -824,14 +840,26 @@ def validation_section(figs: _Figures, result: dict) -> str:
         if result.get("upper_bound") is not None:
             right.axvline(result["upper_bound"], color="#059669", linestyle="--")
         ends = top1 + ([result["upper_bound"]] if result.get("upper_bound") is not None else [])
+        if result.get("uncertainty"):  # 95% bootstrap intervals as error bars
+            for ax, key, points in ((left, "weighted_rho", rho), (right, "mean_top1_accuracy", top1)):
+                for y, n, x in zip(ys, names, points, strict=True):
+                    lo, hi = metrics[n]["ci95"][key]
+                    if lo is not None:
+                        ax.errorbar([x], [y], xerr=[[max(0.0, x - lo)], [max(0.0, hi - x)]], color="#1e293b",
+                                    capsize=3, linewidth=1, zorder=4)
+                        ends += [lo, hi] if ax is right else []
         pad = 0.1 * (max(ends) - min(ends)) or 0.05
         right.set_xlim(min(ends) - pad, max(ends) + pad)
         right.set_xlabel("mean top-1 accuracy")
         for ax in (left, right):
             _style(ax)
+        bars = ("; black bars: 95% bootstrap intervals over the (model, task) pairs" if result.get("uncertainty")
+                else "")
         html += figs.svg(fig, "How well each metric's ranking of strategies predicts their downstream accuracy "
                               "(left) and the accuracy of the strategy each metric ranks first (right; dashed: the "
-                              "upper bound, the best strategy's accuracy averaged over pairs).")
+                              f"upper bound, the best strategy's accuracy averaged over pairs){bars}.")
+        if result.get("uncertainty"):
+            html += _uncertainty_html(figs, result)
     pairs = result.get("pairs") or []
     per_pair = [[escape(p["model"]), escape(p["task"]), _num(p.get("subsets")), _num(p.get("strategies")),
                  _num(p.get("sd_accuracy"), 4), _num(p.get("best_accuracy"), 4),
@@ -846,6 +874,70 @@ def validation_section(figs: _Figures, result: dict) -> str:
                 f'{escape(s["reason"])}.</p>'
     html += f'<p class="muted">Ties: {escape(result.get("tie_rule", ""))}.</p>'
     return html
+
+
+def _ci(pair: list, digits: int = 3) -> str:
+    return "–" if pair[0] is None else f"{_num(pair[0], digits)} – {_num(pair[1], digits)}"
+
+
+def _uncertainty_html(figs: _Figures, result: dict) -> str:
+    """Bootstrap intervals, the reference against every other metric, and the calibration of gaps."""
+    metrics, u = result["metrics"], result["uncertainty"]
+    stats = (("weighted_rho", "σ-weighted ρ", 3), ("mean_rho", "mean ρ", 3), ("mean_top1_accuracy", "mean top-1", 4))
+    html = (f"<h3>How sure</h3><p>95% intervals: {escape(u['method'])}; {u['resamples']:,} resamples over "
+            f"{len(result['pairs'])} (model, task) pairs, seed {u['seed']}.</p>")
+    html += _table(["metric", *[label for _, label, _ in stats]],
+                   [[escape(n), *[_ci(m["ci95"][key], digits) for key, _, digits in stats]]
+                    for n, m in metrics.items()], {1, 2, 3})
+    ref = u["reference"]
+    others = [(n, m["versus_reference"]) for n, m in metrics.items() if n != ref]
+    if others:
+        rows = [[escape(f"{ref} − {n}"), *[f"{_num(v[key]['difference'], digits)} ({_ci(v[key]['ci95'], digits)}); "
+                                          f"P(&gt; 0) {_num(v[key]['p_positive'])}" for key, _, digits in stats]]
+                for n, v in others]
+        html += (f"<p>{escape(ref)} against every other metric, on the same resamples (paired): the difference, "
+                 "its 95% interval, and the share of resamples in which it is above 0.</p>")
+        html += _table(["difference", *[label for _, label, _ in stats]], rows, {1, 2, 3})
+    html += (f"<h3>Calibration: which metric gaps predict a better fine-tuning result</h3><p class=\"muted\">"
+             f"{escape(u['calibration_method'])}.</p>")
+    html += _calibration_figure(figs, metrics)
+    for name, m in metrics.items():
+        table = m["calibration"]
+        html += f"<p><strong>{escape(name)}</strong>: {escape(actionable_line(name, table))}.</p>"
+        html += _table(["gap", "pairs", "groups", "agreement", "95% interval", "accuracy gain", "95% interval"],
+                       [[escape(gap_label(b)), str(b["pairs"]), str(b["groups"]), _num(b["agreement"]),
+                         _ci(b["agreement_ci95"]), _num(b["accuracy_gain"], 4), _ci(b["accuracy_gain_ci95"], 4)]
+                        for b in table["buckets"]], {1, 2, 3, 4, 5, 6})
+    return html
+
+
+def _calibration_figure(figs: _Figures, metrics: dict) -> str:
+    names = list(metrics)
+    buckets = metrics[names[0]]["calibration"]["buckets"]
+    colors = {n: ACCENT if n == "sap" else c for n, c in _palette(names).items()}
+    fig, ax = figs.new(7.6, 3.4)
+    width = 0.8 / len(names)
+    for j, name in enumerate(names):
+        shown = [(k, b) for k, b in enumerate(metrics[name]["calibration"]["buckets"]) if b["agreement"] is not None]
+        if not shown:
+            continue
+        xs = [k - 0.4 + width * (j + 0.5) for k, _ in shown]
+        ys = [b["agreement"] for _, b in shown]
+        ci = [b["agreement_ci95"] if b["agreement_ci95"][0] is not None else [y, y]  # no defined resample
+              for y, (_, b) in zip(ys, shown, strict=True)]
+        err = [[y - lo for y, (lo, _) in zip(ys, ci, strict=True)], [hi - y for y, (_, hi) in zip(ys, ci, strict=True)]]
+        ax.errorbar(xs, ys, yerr=err, fmt="o", capsize=3, color=colors[name], label=name)
+    ax.axhline(0.5, color="#1e293b", linewidth=0.8, linestyle="--")
+    ax.set_xticks(range(len(buckets)), [gap_label(b) for b in buckets])
+    ax.set_ylim(-0.02, 1.02)
+    ax.set_xlabel("the metric's gap between two strategies, relative to the one it prefers")
+    ax.set_ylabel("preferred one trained better")
+    if len(names) > 1:
+        ax.legend(frameon=False, fontsize=8)
+    _style(ax)
+    return figs.svg(fig, "Calibration: for every two strategies of a (model, task[, subset]), how often the one each "
+                         "metric prefers reached the higher accuracy (ties count one half), by how far apart the "
+                         "metric put them; bars: 95% intervals resampling (model, task) groups; dashed: a coin.")
 
 
 def render_validation_page(result: dict) -> str:

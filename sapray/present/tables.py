@@ -22,6 +22,8 @@ def render_table(summary: dict) -> str:
     race = summary.get("race")
     if race:
         lines += ["", f"race ({race['stop']}): {race['ended']}: {race['end_reason']}"]
+        if race.get("ended") == "good_enough":
+            lines.append(f"certified within {race['epsilon']:.0%} of the best: " + ", ".join(race["certified"]))
         if race["eliminated"]:
             lines.append("eliminated: " + ", ".join(f"{n} (round {r})" for n, r in race["eliminated"].items()))
     evidence = summary.get("evidence")
@@ -65,4 +67,70 @@ def render_validation(result: dict) -> str:
         subset = f" subset {s['subset']}" if s["subset"] is not None else ""
         lines.append(f"skipped: model {s['model']}, task {s['task']}{subset}: {s['reason']}")
     lines += ["", f"ties: {result['tie_rule']}"]
+    if result.get("uncertainty"):
+        lines += ["", *_intervals(result), *(line for name, m in result["metrics"].items()
+                                             for line in ["", *_calibration(name, m["calibration"])])]
     return "\n".join(lines)
+
+
+STATS = (("weighted_rho", "weighted rho", 3), ("mean_rho", "mean rho", 3), ("mean_top1_accuracy", "mean top-1", 4))
+
+
+def _interval(lo: float | None, hi: float | None, digits: int, sign: str = "") -> str:
+    return "-" if lo is None else f"[{lo:{sign}.{digits}f}, {hi:{sign}.{digits}f}]"
+
+
+def _intervals(result: dict) -> list[str]:
+    """95% bootstrap intervals per metric, then the reference minus each other metric."""
+    u = result["uncertainty"]
+    lines = [f"{u['level']:.0%} intervals: {u['method']}; {u['resamples']:,} resamples over {len(result['pairs'])} "
+             f"(model, task) pair(s), seed {u['seed']}",
+             f"{'metric':<8}" + "".join(f"{label:>22}" for _, label, _ in STATS)]
+    for name, m in result["metrics"].items():
+        lines.append(f"{name:<8}" + "".join(f"{_interval(*m['ci95'][key], digits):>22}" for key, _, digits in STATS))
+    ref = u["reference"]
+    others = [(n, m["versus_reference"]) for n, m in result["metrics"].items() if n != ref]
+    if others:
+        lines += ["", f"{ref} minus each other metric (paired resamples; P: share of resamples where the "
+                      "difference is above 0)",
+                  f"{'metric':<8}" + "".join(f"{label:>36}" for _, label, _ in STATS)]
+        for name, v in others:
+            cells = []
+            for key, _, digits in STATS:
+                c = v[key]
+                p = "-" if c["p_positive"] is None else f"{c['p_positive']:.3f}"
+                d = "-" if c["difference"] is None else f"{c['difference']:+.{digits}f}"
+                cells.append(f"{d} {_interval(*c['ci95'], digits, '+')} P {p}")
+            lines.append(f"{name:<8}" + "".join(f"{cell:>36}" for cell in cells))
+    return lines
+
+
+def gap_label(bucket: dict) -> str:
+    """``5-10%``, ``50%-``: a calibration bucket's range of relative gaps."""
+    start = f"{100 * bucket['from']:g}"
+    return f"{start}%-" if bucket["to"] is None else f"{start}-{100 * bucket['to']:g}%"
+
+
+def actionable_line(name: str, table: dict) -> str:
+    gap = table["smallest_actionable_gap"]
+    if gap is None:
+        return (f"smallest actionable gap for {name}: none shown (no gap from which every bucket's agreement is "
+                "above 1/2 at 95%)")
+    return (f"smallest actionable gap for {name}: {100 * gap:g}% (from there on, every bucket's agreement is above "
+            "1/2 at 95%)")
+
+
+def _calibration(name: str, table: dict) -> list[str]:
+    """The calibration table of one metric: its relative gaps against which strategy trained better."""
+    header = (f"{'gap':<10}{'pairs':>7}{'groups':>8}{'agreement':>11}{'95% interval':>18}{'acc. gain':>11}"
+              f"{'95% interval':>22}")
+    lines = [f"calibration of {name}: every two strategies within a (model, task[, subset]), by the gap relative to "
+             f"the preferred one ({table['pairs']} pairs, {table['metric_ties']} tied on {name} left out)",
+             header, "-" * len(header)]
+    for b in table["buckets"]:
+        agreement = "-" if b["agreement"] is None else f"{b['agreement']:.3f}"
+        gain = "-" if b["accuracy_gain"] is None else f"{b['accuracy_gain']:+.4f}"
+        lines.append(f"{gap_label(b):<10}{b['pairs']:>7}{b['groups']:>8}{agreement:>11}"
+                     f"{_interval(*b['agreement_ci95'], 3):>18}{gain:>11}"
+                     f"{_interval(*b['accuracy_gain_ci95'], 4, '+'):>22}")
+    return [*lines, actionable_line(name, table)]
