@@ -1,4 +1,4 @@
-"""GPU benchmark of the hf engine: scoring tokens/s and MFU with shared contexts on and off, on random weights.
+"""GPU benchmark of the hf engine: scoring tokens/s and MFU on each of its paths, on random weights.
 
 Two model shapes, each built from its config directly on the device with random weights (no weight
 file travels; only the SmolLM2 tokenizer does, and its ids are valid in both vocabularies):
@@ -15,11 +15,13 @@ pipeline's order (question > strategy > kind), as Ray Data hands them to an engi
 block is one ``HFEngine.sequence_logprobs`` call.
 
 For each setting ``block_rows:max_batch_tokens:max_logit_rows`` (block_rows 0 = the whole workload
-in one call) and shared contexts on and off it reports: scored tokens (context + continuation of every
+in one call) and each path (``packed``: shared contexts in one packed forward per batch of rows with a
+4D mask; ``cached``: shared contexts run once, continuations on copies of their KV cache; ``unshared``:
+left-padded batches of whole requests) it reports: scored tokens (context + continuation of every
 request, what vLLM computes), computed tokens (a shared context counted once), padded tokens (what
 the forwards actually ran, padding included), seconds, tokens/s, achieved TFLOP/s, MFU and peak GPU
-memory. Then greedy generation tokens/s (``HFEngine.generate``), and a correctness check: both engine
-paths against plain one-sequence forwards of the same model (PASS/FAIL; exit status 1 on FAIL).
+memory. Then greedy generation tokens/s (``HFEngine.generate``), and a correctness check: every engine
+path against plain one-sequence forwards of the same model (PASS/FAIL; exit status 1 on FAIL).
 
 FLOPs (useful work only, forward pass), from PaLM's count (Chowdhery et al. 2022, "PaLM: Scaling
 Language Modeling with Pathways", appendix B: 6N + 12LHQT matmul FLOPs per token for training, a
@@ -246,12 +248,13 @@ def build_model(name: str, tiny: bool, device: str, dtype: torch.dtype, tokenize
 
 
 class ForwardCounter:
-    """Counts the positions the model's forward passes really run (padding included) and the calls."""
+    """Counts the positions the model's forward passes really run (padding included) and the calls (at the
+    decoder, which every path calls: the packed path calls it alone, then the LM head on a few positions)."""
 
     def __init__(self, model: Any) -> None:
         self.positions = 0
         self.calls = 0
-        self.handle = model.register_forward_pre_hook(self._count, with_kwargs=True)
+        self.handle = model.get_decoder().register_forward_pre_hook(self._count, with_kwargs=True)
 
     def _count(self, module: Any, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
@@ -278,10 +281,18 @@ def peak_memory_gib(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
 
 
+PATHS = ("packed", "cached", "unshared")
+
+
+def use_path(engine: HFEngine, path: str) -> None:
+    engine.share_contexts, engine.packed = path != "unshared", path == "packed"
+
+
 def measure(engine: HFEngine, shape: Shape, counter: ForwardCounter, requests: list[EncodedRequest],
-            setting: Setting, share: bool, peak: float | None) -> dict:
+            setting: Setting, path: str, peak: float | None) -> dict:
     """One timed pass over the workload (after a warm-up call on the first block)."""
-    engine.share_contexts = share
+    use_path(engine, path)
+    share = path != "unshared"
     engine.max_batch_tokens = setting.max_batch_tokens
     engine.max_logit_rows = setting.max_logit_rows
     engine.max_padding = setting.max_padding
@@ -302,8 +313,9 @@ def measure(engine: HFEngine, shape: Shape, counter: ForwardCounter, requests: l
     continuation = sum(len(r.continuation_ids) for r in requests)
     tflops = shape.flops(runs, continuation) / seconds / 1e12
     return {
-        "share_contexts": share, "block_rows": setting.block_rows, "max_batch_tokens": setting.max_batch_tokens,
-        "max_logit_rows": setting.max_logit_rows, "max_padding": setting.max_padding,
+        "path": path, "share_contexts": share, "block_rows": setting.block_rows,
+        "max_batch_tokens": setting.max_batch_tokens, "max_logit_rows": setting.max_logit_rows,
+        "max_padding": setting.max_padding,
         "requests": len(requests), "engine_calls": len(calls),
         "forward_calls": counter.calls, "scored_tokens": scored, "computed_tokens": computed,
         "padded_tokens": counter.positions, "seconds": seconds, "scored_tokens_per_s": scored / seconds,
@@ -347,13 +359,13 @@ def compare(got: Sequence[Sequence[float]], expected: Sequence[Sequence[float]])
     return {"max_abs_logprob": max_abs, "max_rel_mean_nll": rel}
 
 
-PARITY_VARIANTS = {"shared": (True, None), "unshared": (False, None), "shared_padding_cap": (True, 0.25),
-                   "unshared_padding_cap": (False, 0.25)}
+PARITY_VARIANTS = {"packed": ("packed", None), "shared": ("cached", None), "unshared": ("unshared", None),
+                   "shared_padding_cap": ("cached", 0.25), "unshared_padding_cap": ("unshared", 0.25)}
 
 
 @torch.inference_mode()
 def parity(engine: HFEngine, requests: list[EncodedRequest], tolerance: tuple[float, float]) -> dict:
-    """Both engine paths, with and without the padding cap, against plain forwards of the same model.
+    """Every engine path, with and without the padding cap, against plain forwards of the same model.
 
     The engine runs with large budgets, so its batches have many rows of mixed lengths.
     """
@@ -362,8 +374,9 @@ def parity(engine: HFEngine, requests: list[EncodedRequest], tolerance: tuple[fl
                               "tol_rel_mean_nll": tolerance[1]}
     engine.max_batch_tokens, engine.max_logit_rows = 32768, 8192
     ok = True
-    for variant, (share, padding) in PARITY_VARIANTS.items():
-        engine.share_contexts, engine.max_padding = share, padding
+    for variant, (path, padding) in PARITY_VARIANTS.items():
+        use_path(engine, path)
+        engine.max_padding = padding
         diff = compare(engine.sequence_logprobs(requests), reference)
         result[variant] = diff
         ok &= diff["max_abs_logprob"] <= tolerance[0] and diff["max_rel_mean_nll"] <= tolerance[1]
@@ -409,7 +422,7 @@ def machine(device: str) -> dict:
 
 
 def print_table(rows: list[dict]) -> None:
-    head = (f"{'model':<13} {'share':>5} {'block':>5} {'b.tokens':>8} {'l.rows':>6} {'m.pad':>5} {'scored':>8} "
+    head = (f"{'model':<13} {'path':>8} {'block':>5} {'b.tokens':>8} {'l.rows':>6} {'m.pad':>5} {'scored':>8} "
             f"{'computed':>8} "
             f"{'pad%':>5} {'s':>7} {'scored/s':>9} {'comp/s':>9} {'TFLOP/s':>8} {'MFU':>6} {'mem GiB':>7}")
     print(head)
@@ -418,7 +431,7 @@ def print_table(rows: list[dict]) -> None:
         pad = 100 * (r["padded_tokens"] - r["computed_tokens"]) / r["padded_tokens"]
         mfu = f"{100 * r['mfu']:5.1f}%" if r["mfu"] is not None else "-"
         mem = f"{r['peak_memory_gib']:7.1f}" if r["peak_memory_gib"] is not None else "-"
-        print(f"{r['model']:<13} {'on' if r['share_contexts'] else 'off':>5} {r['block_rows'] or 'all':>5} "
+        print(f"{r['model']:<13} {r['path']:>8} {r['block_rows'] or 'all':>5} "
               f"{r['max_batch_tokens']:>8} {r['max_logit_rows']:>6} {r['max_padding'] or '-':>5} "
               f"{r['scored_tokens']:>8} {r['computed_tokens']:>8} {pad:>5.1f} {r['seconds']:>7.2f} "
               f"{r['scored_tokens_per_s']:>9.0f} {r['computed_tokens_per_s']:>9.0f} {r['tflops']:>8.2f} "
@@ -444,6 +457,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                              "max_padding: HFEngine's padding cap, default none; 8192:1024 the engine's CPU "
                              "defaults, 32768:8192 its GPU defaults); "
                              f"default {DEFAULTS['settings']}, --tiny: {TINY_DEFAULTS['settings']}")
+    parser.add_argument("--paths", default=",".join(PATHS), help=f"comma-separated, of {list(PATHS)}")
     parser.add_argument("--parity-questions", type=int, default=None,
                         help="questions (x 6 strategies x 3 contexts) in the correctness check (default 2; --tiny: 1)")
     parser.add_argument("--gen-prompts", type=int, default=None, help="default 64; --tiny: 2")
@@ -510,8 +524,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         engine = HFEngine.from_model(model, tokenizer)
         counter = ForwardCounter(model)
         for setting in settings:
-            for share in (True, False):
-                row = {"model": name, **measure(engine, shape, counter, requests, setting, share, peak)}
+            for path in args.paths.split(","):
+                row = {"model": name, **measure(engine, shape, counter, requests, setting, path, peak)}
                 report["rows"].append(row)
                 save()
                 print_table([row])

@@ -1,9 +1,12 @@
-"""Scoring throughput: the authors' one-at-a-time loop against sapray's hf and vllm engines.
+"""Scoring throughput: the authors' one-at-a-time loop against sapray's hf and vllm engines, each path.
 
 Scores every GSM8K candidate with the SAP context and the plain-question (PPL) context in the chat
 layout (2 requests per candidate) and prints, per engine: requests, scored tokens (context +
 continuation tokens processed), seconds, tokens/s, the speed ratio against the baseline measured in
-the same run, and the largest relative difference of exp(NLL) from the baseline.
+the same run, and the largest relative difference of exp(NLL) from the baseline. Engine paths:
+hf ``cached`` (a shared context runs once, continuations on copies of its KV cache) and ``packed`` (one
+forward per batch of packed rows with a 4D mask); vllm without and with its prefix cache for shared
+contexts (``VLLMEngine.reads_prefix_cache``).
 
     PYTHONPATH=. python benchmarks/bench_scoring.py                       # tests/data/gsm8k_first20
     PYTHONPATH=. python benchmarks/bench_scoring.py --data ../shared/data/gsm8k --questions 50
@@ -119,6 +122,7 @@ def main() -> None:
     parser.add_argument("--batch-tokens", default="8192",
                         help="comma-separated max_batch_tokens values to try for the hf engine")
     parser.add_argument("--no-vllm", action="store_true", help="skip the vllm engine")
+    parser.add_argument("--hf-paths", default="cached,packed", help="comma-separated hf paths: cached, packed")
     parser.add_argument("--repeats", type=int, default=1,
                         help="time each engine this many times and keep the fastest (for a shared machine)")
     parser.add_argument("--no-baseline", action="store_true",
@@ -163,20 +167,24 @@ def main() -> None:
         del ref
         gc.collect()
 
-    hf.sequence_logprobs(warm)
     budgets = [int(b) for b in args.batch_tokens.split(",")]
-    best: dict[int, float] = dict.fromkeys(budgets, math.inf)
-    nlls_by_budget: dict[int, list[float]] = {}
-    # rounds interleave the budgets, so a burst of load from elsewhere does not land on one budget only
+    variants = [(way, budget) for way in args.hf_paths.split(",") for budget in budgets]
+    for way in args.hf_paths.split(","):
+        hf.packed = way == "packed"
+        hf.sequence_logprobs(warm)
+    best = dict.fromkeys(variants, math.inf)
+    nlls_by_variant: dict[tuple[str, int], list[float]] = {}
+    # rounds interleave the variants, so a burst of load from elsewhere does not land on one of them only
     for _ in range(args.repeats):
-        for budget in budgets:
-            hf.max_batch_tokens = budget
+        for way, budget in variants:
+            hf.packed, hf.max_batch_tokens = way == "packed", budget
             lps, secs = timed(hf.sequence_logprobs, encoded)
-            best[budget] = min(best[budget], secs)
-            nlls_by_budget[budget] = [nll(x) for x in lps]
-            print(f"  hf max_batch_tokens={budget}: {secs:.1f} s", flush=True)
-    for budget in budgets:
-        rows.append((f"hf (max_batch_tokens={budget})", len(encoded), tokens, best[budget], nlls_by_budget[budget]))
+            best[way, budget] = min(best[way, budget], secs)
+            nlls_by_variant[way, budget] = [nll(x) for x in lps]
+            print(f"  hf {way} max_batch_tokens={budget}: {secs:.1f} s", flush=True)
+    for way, budget in variants:
+        rows.append((f"hf {way} (max_batch_tokens={budget})", len(encoded), tokens, best[way, budget],
+                     nlls_by_variant[way, budget]))
     del hf
     gc.collect()
 
@@ -190,9 +198,20 @@ def main() -> None:
         else:
             print(f"  vllm engine loaded in {load_s:.1f} s", flush=True)
             vllm.sequence_logprobs(warm)
-            lps, secs = timed(vllm.sequence_logprobs, encoded, repeats=args.repeats)
-            rows.append(("vllm", len(encoded), tokens, secs, [nll(x) for x in lps]))
-            print(f"  vllm: {secs:.1f} s", flush=True)
+            caches = [False, True] if vllm.reads_prefix_cache else [False]
+            best_v = dict.fromkeys(caches, math.inf)
+            nlls_v: dict[bool, list[float]] = {}
+            for _ in range(args.repeats):
+                for cache in caches:
+                    vllm.reads_prefix_cache = cache
+                    lps, secs = timed(vllm.sequence_logprobs, encoded)
+                    best_v[cache] = min(best_v[cache], secs)
+                    nlls_v[cache] = [nll(x) for x in lps]
+                    print(f"  vllm {'with' if cache else 'without'} prefix cache: {secs:.1f} s", flush=True)
+            for cache in caches:
+                rows.append((f"vllm ({'with' if cache else 'without'} prefix cache)", len(encoded), tokens,
+                             best_v[cache], nlls_v[cache]))
+            print(f"  vllm requests scored again (the cache reached a continuation): {vllm.recomputed}")
             core = getattr(getattr(vllm.llm, "llm_engine", None), "engine_core", None)
             if core is not None and hasattr(core, "shutdown"):
                 core.shutdown()

@@ -73,8 +73,8 @@ def stop_process(proc: subprocess.Popen, what: str, group: bool = False) -> None
 # the quick files fill the end, instead of xdist's default order (most tests first), which left one
 # worker alone with the two-node cluster test for the last minutes.
 LONGEST_FIRST = ["test_generate.py", "test_filter_job.py", "test_faults.py", "test_generate_vllm_teacher.py",
-                 "test_select.py", "test_engine_parity.py", "test_cluster.py", "test_s3.py", "test_hub.py",
-                 "test_select_vllm.py", "test_lora.py", "test_race.py", "test_html_report.py",
+                 "test_select.py", "test_engine_parity.py", "test_shared_contexts.py", "test_cluster.py", "test_s3.py",
+                 "test_hub.py", "test_select_vllm.py", "test_lora.py", "test_race.py", "test_html_report.py",
                  "test_select_inputs.py", "test_generate_output.py", "test_paper_layout.py", "test_mine.py"]
 
 

@@ -85,8 +85,8 @@ def test_tiny_cpu_run_reports_every_row_and_passes_the_correctness_check(tokeniz
     assert report["workload"]["requests"] == 18
     settings = [(18, 2048, 256, None), (0, 8192, 1024, 0.25)]
     assert [(r["model"], r["block_rows"], r["max_batch_tokens"], r["max_logit_rows"], r["max_padding"],
-             r["share_contexts"]) for r in report["rows"]] == [
-        (m, *s, share) for m in models for s in settings for share in (True, False)]
+             r["path"]) for r in report["rows"]] == [
+        (m, *s, path) for m in models for s in settings for path in ("packed", "cached", "unshared")]
     for r in report["rows"]:
         assert r["requests"] == 18 and r["scored_tokens"] == report["workload"]["scored_tokens"]
         assert r["padded_tokens"] >= r["computed_tokens"] > 0 and r["tflops"] > 0 and r["mfu"] is None
@@ -97,7 +97,7 @@ def test_tiny_cpu_run_reports_every_row_and_passes_the_correctness_check(tokeniz
     for name in models:
         check = report["parity"][name]
         assert check["pass"] and check["sensitive"] and check["requests"] == 18
-        for variant in ("shared", "unshared", "shared_padding_cap", "unshared_padding_cap"):
+        for variant in ("packed", "shared", "unshared", "shared_padding_cap", "unshared_padding_cap"):
             assert check[variant]["max_abs_logprob"] <= check["tol_abs_logprob"] == 1e-4
         assert report["generation"][name]["generated_tokens"] > 0
     assert "PASS smollm2-135m" in done.stdout and "PASS llama3-8b" in done.stdout
@@ -126,6 +126,7 @@ def test_padding_cap_runs_denser_batches_with_the_same_numbers(tokenizer_dir):
     model = bench.build_model("smollm2-135m", True, "cpu", torch.float32, tokenizer, seed=0)
     engine = HFEngine.from_model(model, tokenizer, max_batch_tokens=32768, max_logit_rows=8192)
     counter = bench.ForwardCounter(model)
+    engine.packed = False  # the cap applies to the cached and unshared paths' padded batches
     for share in (True, False):
         engine.share_contexts = share
         results = {}

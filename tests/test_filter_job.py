@@ -79,7 +79,7 @@ def test_dsweight(ray_local, samples_file, tmp_path, smollm2_path):
     assert max(kept_shifts) <= min(dropped_shifts)
 
 
-def test_ifd_both_directions(ray_local, samples_file, tmp_path):
+def test_ifd_both_directions_and_both_shared_context_paths(ray_local, samples_file, tmp_path):
     high, scores = run({"method": "ifd", "input": samples_file, "ifd": {"direction": "high", "keep_fraction": 0.5}},
                        tmp_path / "high")
     for r in scores:
@@ -89,8 +89,14 @@ def test_ifd_both_directions(ray_local, samples_file, tmp_path):
     assert all(r["ifd"] <= 1 for r in scores if r["kept"])
     assert all("> 1" in r["reason"] for r in scores if r["ifd"] > 1)
     assert high.summary["cut"] == min(r["ifd"] for r in scores if r["kept"])  # the exact distributed cut
-    low, low_scores = run({"method": "ifd", "input": samples_file, "ifd": {"direction": "low", "keep_fraction": 0.5}},
-                          tmp_path / "low")
+    # the other direction through the hf engine's packed path (every response after the shared empty context
+    # in one row): the same losses as the cached path's, to float rounding
+    low, low_scores = run({"method": "ifd", "input": samples_file, "ifd": {"direction": "low", "keep_fraction": 0.5},
+                           "engine_args": {"packed": True}}, tmp_path / "low")
+    cached = {r["sample_id"]: r for r in scores}
+    for r in low_scores:
+        for column in ("nll_given_question", "nll_alone"):
+            assert r[column] == pytest.approx(cached[r["sample_id"]][column], rel=1e-5)
     assert low.summary["counts"]["kept"] == 4
     kept = [r["ifd"] for r in low_scores if r["kept"]]
     assert max(kept) <= min(r["ifd"] for r in low_scores if not r["kept"])

