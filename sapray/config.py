@@ -128,6 +128,9 @@ class RayConfig(Strict):
                                              "thread per CPU it has)")
     num_gpus_per_actor: float | None = Field(None, ge=0, description="None: vLLM tensor_parallel_size x "
                                              "pipeline_parallel_size (hf: 1) on a cluster with GPUs, else 0")
+    resident_engines: bool = Field(True, description="select's scorer, and run's teachers and scorer, start once "
+                                   "and serve every round (and run's full set); false: a pool per round, "
+                                   "whose engines load again every round")
 
 
 class TeacherConfig(Strict):

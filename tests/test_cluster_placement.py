@@ -7,7 +7,7 @@ import pytest
 from conftest import init_local_ray
 
 from sapray.config import RayConfig
-from sapray.dataplane.placement import PlacementError, plan
+from sapray.dataplane.placement import NotShareable, PlacementError, plan
 
 CPU2 = {"CPU": 2.0, "memory": 2e10}
 
@@ -39,6 +39,27 @@ def test_actor_memory_estimate(tmp_path, monkeypatch):
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
     assert actor_bytes("vllm", str(tmp_path)) == 2000 + 2**30 + 2 * 2**30
     assert actor_bytes("hf", str(tmp_path / "absent")) is None
+
+
+def test_engines_that_take_turns_keep_their_actors_and_reserve_a_share():
+    """A run's teacher and scorer stay resident together: each keeps the actors and threads it would have
+    alone, reserves half, and all of them fit the cluster at once."""
+    alone = plan("hf", {}, ray_cfg(), CPU2, [0.0])
+    shared = plan("hf", {}, ray_cfg(), CPU2, [0.0], share=0.5)
+    assert (shared.actors, shared.num_cpus) == (alone.actors, alone.num_cpus) == (2, 1.0)
+    assert shared.reserved_cpus == 0.5 and 2 * shared.actors * shared.reserved_cpus == 2.0
+    # memory: each of two engines gets half of it (16 GiB holds two of 8 GiB alone, one each when sharing)
+    cluster = {"CPU": 64.0, "memory": 16 * 2**30}
+    assert plan("vllm", {}, ray_cfg(), cluster, [0.0], [64.0], actor_bytes=8 * 2**30).actors == 2
+    assert plan("vllm", {}, ray_cfg(), cluster, [0.0], [64.0], actor_bytes=8 * 2**30, share=0.5).actors == 1
+    # a vLLM engine on a shared GPU gets its share of the GPU's memory
+    gpu = plan("vllm", {}, ray_cfg(), {"CPU": 32, "GPU": 8}, [8], share=0.5)
+    assert (gpu.actors, gpu.reserved_gpus, gpu.engine_args["gpu_memory_utilization"]) == (8, 0.5, 0.45)
+
+
+def test_a_gpu_group_wider_than_one_gpu_cannot_be_shared():
+    with pytest.raises(NotShareable, match="spans 2 GPUs"):
+        plan("vllm", {"tensor_parallel_size": 2}, ray_cfg(), {"CPU": 32, "GPU": 8}, [4, 4], share=0.5)
 
 
 def test_hf_takes_one_gpu_each_and_one_actor_per_gpu():

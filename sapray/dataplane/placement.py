@@ -20,6 +20,12 @@ GPUs of each alive node), made before any actor starts:
   (``distributed_executor_backend: mp``, unless set), so the GPUs Ray gave the actor are the
   ones vLLM uses, as Ray Data's own vLLM stage does for non-Ray executors.
 
+- Engines resident together (``share`` < 1: the teachers and the scorer of ``sapray run`` take turns,
+  each idle while another computes) keep the actors and compute threads each would have alone but
+  reserve ``share`` of their CPUs and GPUs, and of the cluster's memory by the estimate, so all fit at
+  once; a vLLM engine on a shared GPU also gets that share of ``gpu_memory_utilization``. A GPU group
+  wider than one GPU cannot be shared (Ray gives whole GPUs past one): ``NotShareable`` says so.
+
 The counts are of the cluster as it is when the job starts: an autoscaling cluster must already
 have its GPU workers up (cluster/ray-cluster.yaml keeps ``min_workers`` at the size you want).
 """
@@ -40,17 +46,35 @@ class PlacementError(ConfigError):
     """The config asks for resources the cluster does not have."""
 
 
+class NotShareable(PlacementError):
+    """Engines that would stay resident together cannot share the cluster's resources."""
+
+
+# vLLM's own default share of a GPU's memory, split between engines that share a GPU
+VLLM_GPU_MEMORY_UTILIZATION = 0.9
+
+
 @dataclass(frozen=True)
 class Placement:
     actors: int
     num_gpus: float  # per actor
-    num_cpus: float  # per actor
+    num_cpus: float  # per actor: the threads a CPU engine computes with
     engine_args: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
+    share: float = 1.0  # the part of num_cpus and num_gpus each actor reserves (engines that take turns)
 
     def describe(self) -> str:
         gpus = f", {self.num_gpus:g} GPU each" if self.num_gpus else " (CPU)"
-        return f"{self.actors} actor(s), {self.num_cpus:g} CPU{gpus}; {self.reason}"
+        shared = f", reserving {self.share:.2g} of it (engines take turns)" if self.share < 1 else ""
+        return f"{self.actors} actor(s), {self.num_cpus:g} CPU{gpus}{shared}; {self.reason}"
+
+    @property
+    def reserved_cpus(self) -> float:
+        return self.num_cpus * self.share
+
+    @property
+    def reserved_gpus(self) -> float:
+        return self.num_gpus * self.share
 
 
 def gpu_group(engine: str, engine_args: Mapping[str, Any]) -> int:
@@ -70,12 +94,14 @@ def plan(
     node_gpus: Sequence[float] | None = None,
     node_cpus: Sequence[float] | None = None,
     actor_bytes: float | None = None,
+    share: float = 1.0,
 ) -> Placement:
     """Decide actors and GPUs per actor; raise PlacementError if the cluster cannot hold them.
 
     ``cluster``: ``ray.cluster_resources()``; ``node_gpus``, ``node_cpus``: the GPUs and CPUs of each
     alive node (when known, a GPU group must fit on one of them, and CPU actors are counted per node);
-    ``actor_bytes``: an engine actor's estimated memory, which caps the default number of CPU actors.
+    ``actor_bytes``: an engine actor's estimated memory, which caps the default number of CPU actors;
+    ``share``: the part of the cluster this engine reserves, when engines stay resident together.
     """
     total_gpus = float(cluster.get("GPU", 0))
     total_cpus = float(cluster.get("CPU", 0))
@@ -121,7 +147,7 @@ def plan(
     else:
         cpus = cfg.num_cpus_per_actor or 1
         fit = max(1, sum(math.floor(c / cpus + 1e-9) for c in (node_cpus or [total_cpus])))
-        memory = float(cluster.get("memory", 0))
+        memory = float(cluster.get("memory", 0)) * share
         room = math.floor(memory / actor_bytes) if actor_bytes and memory else fit
         actors = max(1, min(fit, room))
         how = (f"one {cpus:g}-CPU actor per {cpus:g} CPU(s) of each node" if actors == fit else
@@ -139,7 +165,13 @@ def plan(
             "lower ray.actors or ray.num_cpus_per_actor")
     if engine == "vllm" and gpus > 0 and group > 1:
         args.setdefault("distributed_executor_backend", "mp")
-    return Placement(actors, gpus, cpus, args, f"{how}; {why}")
+    if share < 1:
+        if gpus > 1:
+            raise NotShareable(f"each {engine} actor spans {gpus:g} GPUs, and Ray gives whole GPUs past one, so it "
+                               "cannot share them with the other engines of the job")
+        if engine == "vllm" and gpus > 0:
+            args.setdefault("gpu_memory_utilization", round(VLLM_GPU_MEMORY_UTILIZATION * share, 4))
+    return Placement(actors, gpus, cpus, args, f"{how}; {why}", share)
 
 
 def _show(cluster: Mapping[str, float]) -> str:
@@ -164,3 +196,16 @@ def actor_bytes(engine: str, model_path: str | None) -> float | None:
     weights = sum(f.stat().st_size for f in Path(model_path).glob("*") if f.suffix in (".safetensors", ".bin"))
     kv = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 4) * 2**30 if engine == "vllm" else 0.0
     return 2 * weights + 2**30 + kv
+
+
+def place(actor_kwargs: Mapping[str, Any], cfg: RayConfig, share: float = 1.0) -> Placement:
+    """``plan`` for the actors of ``actor_kwargs`` on the connected cluster (an API teacher, whose arguments
+    name no engine, holds no weights and takes no GPU)."""
+    from sapray.engines.models import locate
+
+    if "engine" not in actor_kwargs:
+        cfg = cfg.model_copy(update={"num_gpus_per_actor": 0})
+    engine = actor_kwargs.get("engine", "hf")
+    model = actor_kwargs.get("model") if "engine" in actor_kwargs else None
+    size = actor_bytes(engine, locate(model, actor_kwargs.get("revision")).path) if model else None
+    return plan(engine, actor_kwargs.get("engine_args") or {}, cfg, *cluster_view(), actor_bytes=size, share=share)

@@ -6,7 +6,6 @@ same batches whatever the number of actors: scores do not depend on the pool siz
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import logging
 import os
@@ -122,13 +121,9 @@ def actor_pool(actor_cls: type, actor_kwargs: dict[str, Any], cfg: RayConfig,
     would load its model for nothing (a small race round, a short sample)."""
     import ray
 
-    from sapray.dataplane.placement import actor_bytes, cluster_view, plan
-    from sapray.engines.models import locate
+    from sapray.dataplane.placement import place
 
-    engine = actor_kwargs.get("engine", "hf")
-    model = actor_kwargs.get("model") if "engine" in actor_kwargs else None  # API teachers hold no weights
-    size = actor_bytes(engine, locate(model, actor_kwargs.get("revision")).path) if model else None
-    where = plan(engine, actor_kwargs.get("engine_args") or {}, cfg, *cluster_view(), actor_bytes=size)
+    where = place(actor_kwargs, cfg)
     log.debug("%s: %s", actor_cls.__name__, where.describe())
     if "engine_args" in actor_kwargs:
         actor_kwargs = {**actor_kwargs, "engine_args": where.engine_args}
@@ -136,85 +131,6 @@ def actor_pool(actor_cls: type, actor_kwargs: dict[str, Any], cfg: RayConfig,
             "batch_size": cfg.batch_size,
             "compute": ray.data.ActorPoolStrategy(size=min(where.actors, n_blocks or where.actors)),
             "num_cpus": where.num_cpus, "num_gpus": where.num_gpus or None}
-
-
-class _BlockStore:
-    """Blocks posted by the driver, by number, for the session's ticket tasks to take (an async actor:
-    its methods share one event loop, so a waiting ``take`` does not hold ``post`` back)."""
-
-    def __init__(self) -> None:
-        self.blocks: dict[int, Any] = {}
-        self.changed = asyncio.Condition()
-
-    async def post(self, number: int, block: list) -> None:
-        async with self.changed:
-            self.blocks[number] = block[0]  # in a list: Ray passes the reference, not the table
-            self.changed.notify_all()
-
-    async def take(self, number: int) -> list:
-        async with self.changed:
-            await self.changed.wait_for(lambda: number in self.blocks)
-            return [self.blocks.pop(number)]
-
-
-def _take_block(store: Any):
-    def fn(batch: pa.Table) -> pa.Table:
-        import ray
-
-        return ray.get(ray.get(store.take.remote(batch.column("ticket")[0].as_py()))[0])
-    return fn
-
-
-class ActorSession:
-    """One actor pool kept over several passes (the rounds of a race): the engines load once per job.
-
-    One Ray Data execution runs over numbered tickets; the task of ticket k waits for block k, which
-    the driver posts when it has the pass. (A read task cannot feed it: Ray Data holds a read task's
-    output until 128 MiB or the task's end.) Blocks are cut as ``map_with_actors`` cuts them and each
-    is one batch, so the output does not depend on the passes or the actors. ``tickets`` bounds the
-    blocks of all passes together; use it as a context manager, which ends the execution and frees
-    the actors.
-    """
-
-    def __init__(self, actor_cls: type, actor_kwargs: dict[str, Any], cfg: RayConfig, tickets: int,
-                 n_blocks: int | None = None) -> None:
-        import ray
-
-        self.cfg, self.tickets, self.posted = cfg, tickets, 0
-        self.store = ray.remote(num_cpus=0)(_BlockStore).remote()
-        pool = {**actor_pool(actor_cls, actor_kwargs, cfg, n_blocks=n_blocks), "batch_size": None}
-        numbered = ray.data.from_items([{"ticket": k} for k in range(tickets)], override_num_blocks=tickets)
-        blocks = numbered.map_batches(_take_block(self.store), batch_format="pyarrow", batch_size=None,
-                                      num_cpus=0, compute=ray.data.TaskPoolStrategy(size=2))
-        self.batches = iter(blocks.map_batches(**pool).iter_batches(batch_size=None, prefetch_batches=0,
-                                                                    batch_format="pyarrow"))
-
-    def map(self, rows: Sequence[dict]) -> Iterator[dict]:
-        """The pool's output rows for ``rows``, in input order."""
-        import ray
-
-        tables = blocks(rows, self.cfg.batch_size)
-        if self.posted + len(tables) > self.tickets:
-            raise AssertionError(f"{self.posted + len(tables)} blocks in this session, {self.tickets} planned")
-        for table in tables:
-            self.store.post.remote(self.posted, [ray.put(table)])
-            self.posted += 1
-        return self._rows(len(rows))
-
-    def _rows(self, n: int) -> Iterator[dict]:
-        while n > 0:
-            batch = next(self.batches).to_pylist()
-            n -= len(batch)
-            yield from batch
-
-    def __enter__(self) -> ActorSession:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        import ray
-
-        self.batches.close()  # ends the execution: its waiting ticket tasks and its actors
-        ray.kill(self.store)
 
 
 def map_with_actors(

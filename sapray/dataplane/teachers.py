@@ -14,7 +14,7 @@ import json
 import logging
 import os
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -178,8 +178,22 @@ def teacher_key(strategy: StrategyConfig) -> str:
     return f"strategy:{strategy.name}"
 
 
+# The resident engine pool of a teacher key, or None: a pool for this pass alone
+# (``sapray.dataplane.resident.Engines.pool``).
+Pools = Callable[[str], Any]
+
+
+def no_pools(key: str) -> None:
+    return None
+
+
+def _through(pool: Any, rows: list[dict], actor_cls: type, actor_kwargs: dict[str, Any],
+             ray_cfg: RayConfig) -> Iterator[dict]:
+    return pool.map(rows) if pool is not None else map_with_actors(rows, actor_cls, actor_kwargs, ray_cfg)
+
+
 def _stream(strategies: list[StrategyConfig], questions: dict[str, list[dict]], ray_cfg: RayConfig,
-            progress: Progress) -> Iterator[dict]:
+            progress: Progress, pools: Pools) -> Iterator[dict]:
     """Teacher outputs per (strategy, question) of strategies with one ``teacher_key``: strategy, row_id,
     texts, finish_reasons, prompt_tokens, completion_tokens, error."""
     first = strategies[0]
@@ -190,8 +204,8 @@ def _stream(strategies: list[StrategyConfig], questions: dict[str, list[dict]], 
     if teacher.kind == "openai":
         rows = [{"row_id": q["question_id"], "messages_json": json.dumps(first.messages(q))}
                 for q in questions[first.name]]
-        api_ray = ray_cfg.model_copy(update={"num_gpus_per_actor": 0})
-        asked = map_with_actors(rows, *api_teacher_kwargs(first), api_ray)
+        actor_cls, kwargs = api_teacher_kwargs(first)
+        asked = _through(pools(teacher_key(first)), rows, actor_cls, kwargs, ray_cfg)
         yield from ({**out, "strategy": first.name} for out in progress(asked, len(rows),
                                                                          f"{first.name}: asking {teacher.model}"))
         return
@@ -203,8 +217,9 @@ def _stream(strategies: list[StrategyConfig], questions: dict[str, list[dict]], 
              "sampling_json": json.dumps(s.sampling().__dict__, sort_keys=True)}
             for s in strategies for q in questions[s.name]]
     names = ", ".join(s.name for s in strategies)
-    yield from progress(map_with_actors(rows, *model_teacher_kwargs(first, resolved.commit), ray_cfg), len(rows),
-                        f"{names}: generating")
+    actor_cls, kwargs = model_teacher_kwargs(first, resolved.commit)
+    asked = _through(pools(teacher_key(first)), rows, actor_cls, kwargs, ray_cfg)
+    yield from progress(asked, len(rows), f"{names}: generating")
 
 
 def prompt_ids(tokenizer: Any, strategy: StrategyConfig, question: dict) -> list[int]:
@@ -272,12 +287,13 @@ class Outcomes:
 
 
 def generate(strategies: list[StrategyConfig], questions: list[dict], ray_cfg: RayConfig,
-             gen: GenerateConfig | None = None, progress: Progress = unobserved,
+             gen: GenerateConfig | None = None, progress: Progress = unobserved, pools: Pools = no_pools,
              ) -> Iterator[tuple[str, list[dict], list[Reject], Cost]]:
     """Per strategy and question: (strategy name, training rows, rejects, cost), strategy by strategy in
     the order given. Rows carry provenance; failures become rejects. Strategies with one model teacher
     (``teacher_key``) are asked in one pass, so that teacher's engines load once, not once per strategy.
-    ``progress(items, total, what)`` shows each teacher's work as it streams (the job's console)."""
+    ``progress(items, total, what)`` shows each teacher's work as it streams (the job's console); ``pools``
+    gives the job's resident engines of a teacher, where it has them."""
     by_id = {q["question_id"]: q for q in questions}
     results: dict[str, list[tuple[list[dict], list[Reject], Cost]]] = {s.name: [] for s in strategies}
     groups: dict[str, list[StrategyConfig]] = {}
@@ -296,7 +312,7 @@ def generate(strategies: list[StrategyConfig], questions: list[dict], ray_cfg: R
                     usable[strategy.name].append(q)
         outcomes = {strategy.name: Outcomes.of(strategy, gen) for strategy in group}
         started = time.monotonic()
-        for out in _stream(group, usable, ray_cfg, progress):
+        for out in _stream(group, usable, ray_cfg, progress, pools):
             rows, rejects, cost = outcomes[out["strategy"]](by_id[out["row_id"]], out)
             cost.wall_s, started = time.monotonic() - started, time.monotonic()
             results[out["strategy"]].append((rows, rejects, cost))

@@ -32,6 +32,7 @@ from sapray.config import Columns, ConfigError, GenerateConfig, RayConfig, Strat
 from sapray.dataplane import stages
 from sapray.dataplane.raydata import actor_pool, init_ray
 from sapray.dataplane.read import Reject, child, duplicate_id, filesystem, nothing_usable, question_record, read_text
+from sapray.dataplane.resident import EnginePool
 from sapray.dataplane.shards import check_columns
 from sapray.dataplane.teachers import (
     Outcomes,
@@ -252,7 +253,8 @@ def _joined_by_id(parts: list, path: str | None):
 # -- the teacher and the outcome --------------------------------------------------------------------
 
 class RenderPrompts:
-    """CPU stage: a model teacher's prompt for each question, chat-templated and tokenized."""
+    """CPU stage: a model teacher's prompt for each question, chat-templated and tokenized, with the strategy's
+    sampling (strategies that share a teacher model share its engines, each row asking with its own)."""
 
     def __init__(self, strategy: StrategyConfig, revision: str | None) -> None:
         from transformers import AutoTokenizer
@@ -261,11 +263,13 @@ class RenderPrompts:
 
         self.strategy = strategy
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(strategy.teacher.model, revision))
+        self.sampling = json.dumps(strategy.sampling().__dict__, sort_keys=True)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         ids = [prompt_ids(self.tokenizer, self.strategy, q) for q in batch.to_pylist()]
         return batch.append_column("row_id", batch.column("question_id")).append_column(
-            "prompt_ids", pa.array(ids, pa.list_(pa.int32())))
+            "prompt_ids", pa.array(ids, pa.list_(pa.int32()))).append_column(
+            "sampling_json", pa.array([self.sampling] * batch.num_rows, pa.string()))
 
 
 def _api_messages(strategy: StrategyConfig):
@@ -276,20 +280,21 @@ def _api_messages(strategy: StrategyConfig):
     return fn
 
 
-def _taught(strategy: StrategyConfig, ds, ray_cfg: RayConfig):
-    """Each question with its teacher's output (texts, finish_reasons, tokens, error). The CPU stages
-    ahead of the pool take no CPU from Ray (``stages.cpu_pool``)."""
+def _taught(strategy: StrategyConfig, ds, ray_cfg: RayConfig, pool: EnginePool | None = None):
+    """Each question with its teacher's output (texts, finish_reasons, tokens, error): from ``pool``, the
+    job's resident engines of this teacher, or else a pool of this pipeline's own. The CPU stages ahead of
+    the pool take no CPU from Ray (``stages.cpu_pool``)."""
     teacher = strategy.teacher
     if teacher.kind == "file":
         return ds
     if teacher.kind == "openai":
-        api_ray = ray_cfg.model_copy(update={"num_gpus_per_actor": 0})
-        return ds.map_batches(_api_messages(strategy), batch_format="pyarrow", num_cpus=0).map_batches(
-            **actor_pool(*api_teacher_kwargs(strategy), api_ray))
+        asked = ds.map_batches(_api_messages(strategy), batch_format="pyarrow", num_cpus=0)
+        return asked.map_batches(**(pool.stage() if pool else actor_pool(*api_teacher_kwargs(strategy), ray_cfg)))
     commit = locate(teacher.model, teacher.revision).commit
     rendered = ds.map_batches(RenderPrompts, batch_format="pyarrow", batch_size=ray_cfg.batch_size,
                               fn_constructor_kwargs={"strategy": strategy, "revision": commit}, **stages.cpu_pool())
-    return rendered.map_batches(**actor_pool(*model_teacher_kwargs(strategy, commit), ray_cfg))
+    return rendered.map_batches(**(pool.stage() if pool else actor_pool(*model_teacher_kwargs(strategy, commit),
+                                                                         ray_cfg)))
 
 
 def _entries(outcomes: Outcomes, run: str):
@@ -474,11 +479,12 @@ def write_training_set(output: str, strategy: StrategyConfig, entries, rejected_
 
 def run_full_generation(strategy: StrategyConfig, questions: str | Sequence[dict] | tuple, ray_cfg: RayConfig,
                         gen: GenerateConfig, input_rejects: Sequence[Reject] = (),
-                        columns: Columns | None = None) -> dict:
+                        columns: Columns | None = None, pool: EnginePool | None = None) -> dict:
     """Generate for every question not yet done, shards written by the workers; then merge the
     training set. ``questions``: a questions file (read in the cluster), a (dataset, rows) of questions,
     or the rows a caller holds with ``input_rejects``, the rows it could not read (they go to the
-    rejects, so rows reconcile: rows read = questions + rejects of the questions stage)."""
+    rejects, so rows reconcile: rows read = questions + rejects of the questions stage). ``pool``: the
+    teacher's resident engines (``sapray run``'s winner), else the pipeline starts its own."""
     init_ray(ray_cfg)
     started = time.monotonic()
     run = uuid.uuid4().hex[:8]
@@ -498,7 +504,7 @@ def run_full_generation(strategy: StrategyConfig, questions: str | Sequence[dict
     console.say(f"full-scale generation with {strategy.name}: {n_usable - n_duplicates} questions, "
                 f"{n_usable - n_duplicates - n_todo} already done, {n_todo} to go")
     if n_todo:
-        entries = _taught(strategy, todo, ray_cfg).map_batches(
+        entries = _taught(strategy, todo, ray_cfg, pool).map_batches(
             _entries(Outcomes.of(strategy, gen), run), batch_format="pyarrow", batch_size=ray_cfg.batch_size,
             num_cpus=0, concurrency=stages.cpu_workers())
         written = entries.map_batches(_write_shard(child(gen.output, "shards"), run), batch_format="pyarrow",

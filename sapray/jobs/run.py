@@ -11,13 +11,16 @@ from typing import Any
 
 from sapray.config import ConfigError, SelectConfig, StrategyConfig, TeacherConfig
 from sapray.core.race import choice_set
+from sapray.dataplane.actors import ScoreActor
 from sapray.dataplane.raydata import init_ray
 from sapray.dataplane.read import InputError, Reject, child, filesystem, read_text
+from sapray.dataplane.resident import EnginePool, Engines
 from sapray.dataplane.select_inputs import candidate_file_questions
-from sapray.dataplane.teachers import Cost, generate
+from sapray.dataplane.teachers import Cost, api_teacher_kwargs, generate, model_teacher_kwargs, teacher_key
+from sapray.engines.models import locate
 from sapray.jobs.generate import run_full_generation
 from sapray.jobs.outputs import write_outputs
-from sapray.jobs.select import TeacherRounds, run_select
+from sapray.jobs.select import Target, TeacherRounds, run_select, scorer_kwargs
 from sapray.present.console import console
 from sapray.present.html_report import write_report
 
@@ -28,12 +31,12 @@ def _write_jsonl(uri: str, rows: list[dict]) -> None:
         f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
 
 
-def teacher_rounds(cfg: SelectConfig) -> TeacherRounds:
+def teacher_rounds(cfg: SelectConfig, engines: Engines) -> TeacherRounds:
     """The config's teacher strategies, generating the selection sample round by round.
 
     Only the strategies still in the race are asked, so an eliminated strategy's teacher gets no
-    request after the round that dropped it. Select scores one response per (question, strategy):
-    the first sample.
+    request after the round that dropped it, and a teacher whose strategies are all out releases its
+    engines. Select scores one response per (question, strategy): the first sample.
     """
     by_name = {s.name: s for s in cfg.strategies}
     costs = {name: Cost() for name in by_name}
@@ -47,7 +50,7 @@ def teacher_rounds(cfg: SelectConfig) -> TeacherRounds:
                         f"{len(questions)} questions)")
             asked[name] += len(questions)
         for name, new, bad, cost in generate([by_name[n] for n in names], questions, cfg.ray,
-                                             progress=console.progress):
+                                             progress=console.progress, pools=engines.pool):
             costs[name].add(cost)
             rejected[name] += len(bad)
             rejects += bad
@@ -58,7 +61,14 @@ def teacher_rounds(cfg: SelectConfig) -> TeacherRounds:
             teachers.cost[name] = {**costs[name].__dict__, "rejected": rejected[name], "questions": asked[name]}
         return rows, rejects
 
-    teachers = TeacherRounds(sorted(by_name), generate_round)
+    def drop(eliminated: list[str]) -> None:
+        out.update(eliminated)
+        for key in {teacher_key(by_name[n]) for n in eliminated if n in by_name}:
+            if all(s.name in out for s in by_name.values() if teacher_key(s) == key):
+                engines.release(key)
+
+    out: set[str] = set()
+    teachers = TeacherRounds(sorted(by_name), generate_round, drop)
     return teachers
 
 
@@ -97,13 +107,16 @@ def strategy_for(cfg: SelectConfig, name: str) -> StrategyConfig:
                       f"(known: {known})")
 
 
-def run_generate(cfg: SelectConfig, name: str) -> dict:
+def run_generate(cfg: SelectConfig, name: str, pool: EnginePool | None = None) -> dict:
+    """The full training set with strategy ``name`` (``pool``: its teacher's resident engines, if any)."""
     init_ray(cfg.ray)
     strategy = strategy_for(cfg, name)
     if cfg.data.questions:  # read by the workers
-        return run_full_generation(strategy, cfg.data.questions, cfg.ray, cfg.generate, columns=cfg.data.columns)
+        return run_full_generation(strategy, cfg.data.questions, cfg.ray, cfg.generate, columns=cfg.data.columns,
+                                   pool=pool)
     # the questions the candidate files hold, found in the cluster as select finds them
-    return run_full_generation(strategy, candidate_file_questions(cfg.data, cfg.ray), cfg.ray, cfg.generate)
+    return run_full_generation(strategy, candidate_file_questions(cfg.data, cfg.ray), cfg.ray, cfg.generate,
+                               pool=pool)
 
 
 def _read_json(uri: str, jsonl: bool = False) -> Any:
@@ -124,35 +137,77 @@ def finished_selection(cfg: SelectConfig) -> tuple[dict, dict] | None:
     return summary, {c.pop("strategy"): c for c in costs}
 
 
+def planned_engines(cfg: SelectConfig) -> dict[str, tuple[type, dict[str, Any]]]:
+    """The engines of a run by key: the scorer and each teacher model or endpoint (file teachers hold none)."""
+    target = Target.of(cfg)
+    planned = {"scorer": (ScoreActor, scorer_kwargs(cfg, target.commit, target.layout.boundary))}
+    for strategy in cfg.strategies:
+        kind = strategy.teacher.kind
+        if kind == "openai":
+            planned.setdefault(teacher_key(strategy), api_teacher_kwargs(strategy))
+        elif kind in ("hf", "vllm"):
+            commit = locate(strategy.teacher.model, strategy.teacher.revision).commit
+            planned.setdefault(teacher_key(strategy), model_teacher_kwargs(strategy, commit))
+    return planned
+
+
 def run_all(cfg: SelectConfig, on_round: Callable[[str], None] | None = None) -> tuple[dict, dict, dict]:
     """(selection summary, sample generation costs, training set metadata).
 
-    A restart with the same config after the selection finished (say, killed during the full-scale
-    generation) reuses that selection and resumes the full set, rather than redoing both.
+    The teachers and the scorer stay resident for the whole race (they take turns, each reserving its
+    share of the cluster); a teacher leaves when the race drops its strategies, the scorer when the race
+    ends, and the winner's engines, widened to the resources freed, generate the full set. A restart
+    with the same config after the selection finished (say, killed during the full-scale generation)
+    reuses that selection and resumes the full set, rather than redoing both.
     """
     init_ray(cfg.ray)
     done = finished_selection(cfg)
-    if done:
-        summary, sample_costs = done
-        console.say(f"the selection for this config is already in {cfg.output}; resuming the full set")
-    else:
-        teachers = teacher_rounds(cfg) if cfg.strategies else None
-        result = run_select(cfg, on_round=on_round, teachers=teachers)
-        write_outputs(cfg.output, result, cfg.model_dump())
-        sample_costs = teachers.cost if teachers else {}
-        if teachers:
-            fs, root = filesystem(child(cfg.output, "sample_candidates"))
-            fs.create_dir(root, recursive=True)
-            for name in teachers.names:
-                _write_jsonl(child(cfg.output, f"sample_candidates/{name}.jsonl"),
-                             [r for r in teachers.rows if r["strategy"] == name])
-        # written last: finished_selection needs it, so a selection killed while writing is redone
-        _write_jsonl(child(cfg.output, "sample_generation_cost.jsonl"),
-                     [{"strategy": k, **v} for k, v in sample_costs.items()])
-        summary = result.summary
-    winner = pick_for_full_set(cfg, summary, sample_costs)
-    console.say(f"full training set with {winner} (if stopped, `sapray generate --strategy {winner}` with the same "
-                "config resumes this step alone)")
-    metadata = run_generate(cfg, winner)
+    with Engines({} if done else planned_engines(cfg), cfg.ray, cfg.ray.resident_engines) as engines:
+        if done:
+            summary, sample_costs = done
+            console.say(f"the selection for this config is already in {cfg.output}; resuming the full set")
+        else:
+            if engines.reason:
+                console.say(f"engines start again every round: {engines.reason}")
+            summary, sample_costs = _select_and_record(cfg, engines, on_round)
+        winner = pick_for_full_set(cfg, summary, sample_costs)
+        key = teacher_key(strategy_for(cfg, winner))
+        for other in list(engines.pools):
+            if other != key:
+                engines.release(other)
+        engines.widen(key)
+        console.say(f"full training set with {winner} (if stopped, `sapray generate --strategy {winner}` with the "
+                    "same config resumes this step alone)")
+        metadata = run_generate(cfg, winner, engines.pools.get(key))
+        if not done:
+            record_engine_starts(cfg.output, engines.engine_starts())
     write_report(cfg.output)  # again, now with the sample and full-set costs
     return summary, sample_costs, metadata
+
+
+def _select_and_record(cfg: SelectConfig, engines: Engines,
+                       on_round: Callable[[str], None] | None) -> tuple[dict, dict]:
+    """The race with the teachers generating its sample; its outputs, the sample candidates and their costs."""
+    teachers = teacher_rounds(cfg, engines) if cfg.strategies else None
+    result = run_select(cfg, on_round=on_round, teachers=teachers, engines=engines)
+    write_outputs(cfg.output, result, cfg.model_dump())
+    sample_costs = teachers.cost if teachers else {}
+    if teachers:
+        fs, root = filesystem(child(cfg.output, "sample_candidates"))
+        fs.create_dir(root, recursive=True)
+        for name in teachers.names:
+            _write_jsonl(child(cfg.output, f"sample_candidates/{name}.jsonl"),
+                         [r for r in teachers.rows if r["strategy"] == name])
+    # written last: finished_selection needs it, so a selection killed while writing is redone
+    _write_jsonl(child(cfg.output, "sample_generation_cost.jsonl"),
+                 [{"strategy": k, **v} for k, v in sample_costs.items()])
+    return result.summary, sample_costs
+
+
+def record_engine_starts(output: str, starts: dict[str, dict[str, int]]) -> None:
+    """Add each engine's starts per actor (counted by the actors, the full set's included) to run.json."""
+    uri = child(output, "run.json")
+    run = _read_json(uri)
+    fs, path = filesystem(uri)
+    with fs.open_output_stream(path) as f:
+        f.write((json.dumps({**run, "engine_starts": starts}, indent=2) + "\n").encode())

@@ -31,10 +31,11 @@ from sapray.core.contexts import Layout, build_requests
 from sapray.core.race import Race, RaceRule
 from sapray.core.reduce import summarize
 from sapray.core.sample import Budget, rounds, sample_order
-from sapray.core.scoring import EncodedRequest, encode_all
+from sapray.core.scoring import EncodedRequest, ScoreRequest, encode_all
 from sapray.dataplane.actors import GenerateActor, ScoreActor
-from sapray.dataplane.raydata import ActorSession, init_ray, map_with_actors
+from sapray.dataplane.raydata import init_ray, map_with_actors
 from sapray.dataplane.read import CANDIDATE_STAGES, Reject, load_exemplar_file, read_questions
+from sapray.dataplane.resident import Engines
 from sapray.dataplane.select_inputs import read_selection_inputs
 from sapray.engines import SamplingConfig, max_length_of
 from sapray.engines.models import locate
@@ -57,11 +58,13 @@ class TeacherRounds:
     """Strategies whose sample is generated round by round (``sapray run``).
 
     ``generate(questions, strategies)`` returns candidate rows (question_id, strategy, response)
-    and generation rejects, and ``cost[strategy]`` holds what generation has spent so far.
+    and generation rejects, and ``cost[strategy]`` holds what generation has spent so far; ``drop(strategies)``
+    is told of each elimination (a teacher whose strategies are all out releases its engines).
     """
 
     names: list[str]
     generate: Callable[[list[dict], list[str]], tuple[list[dict], list[Reject]]]
+    drop: Callable[[list[str]], None] = lambda names: None  # the race eliminated these strategies
     cost: dict[str, dict] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)  # every candidate generated, for the record
 
@@ -79,9 +82,10 @@ class SelectResult:
     timings: dict = field(default_factory=dict)
     placement: dict = field(default_factory=dict)  # "node/actor" -> requests it scored
     input_rejects: Any = None  # the read pass's rejects: a dataset, written by the workers
+    engine_starts: dict = field(default_factory=dict)  # engine -> node/actor -> starts (resident engines)
 
 
-def _mine_exemplars(cfg: SelectConfig, commit: str | None, tokenizer, compared: list[str],
+def _mine_exemplars(cfg: SelectConfig, target: Target, compared: list[str],
                     fetch: Callable[[set[str]], dict[str, dict]]) -> tuple[list, dict]:
     """The exemplar pool: supplied, mined from a pool kept apart from the ``compared`` questions, or,
     with neither, mined from the compared questions themselves (``ex.choose`` skips a question's own;
@@ -101,12 +105,12 @@ def _mine_exemplars(cfg: SelectConfig, commit: str | None, tokenizer, compared: 
     pool = [questions[q] for q in chosen]
     log.info("mining exemplars: the target answers %d pool questions (greedy, max %d tokens)",
              len(pool), cfg.exemplars.max_tokens)
-    prompts = ex.zero_shot_prompts(tokenizer, [q["question"] for q in pool])
+    prompts = ex.zero_shot_prompts(target.tokenizer, [q["question"] for q in pool])
     rows = [{"row_id": q["question_id"], "prompt_ids": p} for q, p in zip(pool, prompts, strict=True)]
     sampling = SamplingConfig(temperature=0.0, max_tokens=cfg.exemplars.max_tokens)
     out = {r["row_id"]: r for r in console.progress(map_with_actors(
         rows, GenerateActor,
-        {"engine": cfg.engine, "model": cfg.model, "revision": commit, "engine_args": cfg.engine_args,
+        {"engine": cfg.engine, "model": cfg.model, "revision": target.commit, "engine_args": cfg.engine_args,
          "sampling": sampling.__dict__},
         cfg.ray), len(rows), "mining exemplars")}
     answers = [out[q["question_id"]]["texts"][0] for q in pool]
@@ -152,184 +156,287 @@ def _say_round(record: dict, confidence: float, epsilon: float) -> str:
     return line
 
 
-# An actor session runs over this many numbered blocks at most (planned up front; more falls back to a
-# pool per round): every sampled question's requests, cut into blocks, plus one part-block per round.
-MAX_SESSION_TICKETS = 20_000
+@dataclass
+class Target:
+    """The model being selected for, resolved once by the driver (actors load this same commit)."""
+
+    path: str
+    commit: str | None
+    tokenizer: Any
+    layout: Layout
+
+    @classmethod
+    def of(cls, cfg: SelectConfig) -> Target:
+        from transformers import AutoTokenizer
+
+        resolved = locate(cfg.model, cfg.revision)  # the driver fails first
+        layout = Layout(cfg.layout, model_name=cfg.model if cfg.model != "smollm2" else Path(resolved.path).name)
+        return cls(resolved.path, resolved.commit, AutoTokenizer.from_pretrained(resolved.path), layout)
 
 
-def session_tickets(questions: int, requests_per_question: int, batch_size: int) -> int:
-    """Blocks that rounds over ``questions`` can need at most (at worst a round per question, when a cap
-    cuts rounds short)."""
-    return -(-questions * requests_per_question // batch_size) + questions
+def scorer_kwargs(cfg: SelectConfig, commit: str | None, boundary: str) -> dict[str, Any]:
+    """The scoring engine actors' arguments."""
+    return {"engine": cfg.engine, "model": cfg.model, "revision": commit, "engine_args": cfg.engine_args,
+            "boundary": boundary, "overlong": cfg.overlong}
+
+
+@dataclass
+class Sample:
+    """The paired sample: questions in the seeded order, those the caps can reach, and their rows (brought
+    to the driver; the rest stay in the cluster). Generated strategies cover every sampled question."""
+
+    order: list[str]
+    reachable: list[str]
+    questions: dict[str, dict]
+    by_question: dict[str, dict[str, dict]]  # question -> strategy -> candidate row
+    rows_fetched: int
+
+    @classmethod
+    def draw(cls, cfg: SelectConfig, inputs: Any) -> Sample:
+        order = sample_order(inputs.complete, cfg.sample.seed)
+        reachable = order[: cfg.sample.max_questions] if cfg.sample.max_questions else order
+        questions, rows = inputs.fetch(set(reachable))
+        by_question: dict[str, dict[str, dict]] = {}
+        for c in rows:
+            by_question.setdefault(c["question_id"], {})[c["strategy"]] = c
+        return cls(order, reachable, questions, by_question, len(rows))
+
+
+@dataclass
+class Requests:
+    """Each question's scoring requests: its candidates' responses after the contexts the metrics need."""
+
+    cfg: SelectConfig
+    target: Target
+    exemplars: list[ex.Exemplar]
+    sample: Sample
+
+    def __post_init__(self) -> None:
+        self.kinds = context_kinds(self.cfg.metrics)
+        self.position = {q: i for i, q in enumerate(self.sample.order)}
+        self.limit = max_length_of(self.cfg.engine_args)
+
+    def chosen_exemplars(self, qid: str) -> list[ex.Exemplar]:
+        return ex.choose(self.exemplars, self.position[qid], qid, self.cfg.exemplars.n)
+
+    def of(self, qid: str, names: list[str]) -> list[ScoreRequest]:
+        texts = [e.text for e in self.chosen_exemplars(qid)]
+        candidates = self.sample.by_question.get(qid, {})
+        return [r for name in names if name in candidates
+                for r in build_requests(self.target.layout, f"{qid}/{name}", self.sample.questions[qid]["question"],
+                                        candidates[name]["response"], texts, self.kinds, question_id=qid)]
+
+    def tokens(self, qid: str, names: list[str]) -> int:
+        slots = encode_all(self.of(qid, names), self.target.tokenizer, self.limit, self.target.layout.boundary,
+                           self.cfg.overlong)
+        return sum(len(e.input_ids) for e in slots if isinstance(e, EncodedRequest))
+
+    def rows(self, round_ids: list[str], names: list[str]) -> list[dict]:
+        """The requests of a round as rows for the scoring actors."""
+        return [{"request_id": r.request_id, "context_json": json.dumps(r.context), "continuation": r.continuation,
+                 "context_key": r.context_key or ""} for qid in round_ids for r in self.of(qid, names)]
+
+
+@dataclass
+class RaceRounds:
+    """The race's rounds: generate (``sapray run``), score, collect, look. Every candidate row ends scored,
+    rejected or not sampled."""
+
+    cfg: SelectConfig
+    requests: Requests
+    race: Race
+    budget: Budget
+    teachers: TeacherRounds | None
+    rows_in: int
+    scores: list[dict] = field(default_factory=list)
+    rejects: list[Reject] = field(default_factory=list)  # the driver's: scoring and sample generation
+    placement: dict[str, int] = field(default_factory=dict)  # "node/actor" -> requests it scored
+    requests_scored: int = 0
+    generation_s: float = 0.0
+
+    def passes(self) -> Iterator[list[list[str]]]:
+        """The rounds, planned one at a time (the race drops strategies between them); the fixed design
+        scores every planned round in one pass."""
+        planned = rounds(self.requests.sample.order, self.budget, self.cfg.sample.round_size,
+                         lambda qid: self.requests.tokens(qid, self.race.remaining))
+        return ([r] for r in planned) if self.confident else iter([list(planned)])
+
+    @property
+    def confident(self) -> bool:
+        return self.cfg.sample.stop == "confident"
+
+    def run(self, score_rows: Callable[[list[dict]], Iterator[dict]], on_round: Callable[[str], None] | None) -> None:
+        done_rounds = 0
+        for pass_rounds in self.passes():
+            live = list(self.race.remaining)
+            if self.teachers:
+                self._generate(pass_rounds, live)
+            request_rows = [row for ids in pass_rounds for row in self.requests.rows(ids, live)]
+            expected = [len(self.requests.rows(ids, live)) for ids in pass_rounds]
+            round_of = {qid: i for i, ids in enumerate(pass_rounds) for qid in ids}
+            done, scored = [0] * len(pass_rounds), {}
+            what = f"round {done_rounds + 1}: scoring" if self.confident else "scoring"
+            for row in console.progress(score_rows(request_rows), len(request_rows), what):
+                scored[row["request_id"]] = row
+                self.placement[row["actor"]] = self.placement.get(row["actor"], 0) + 1
+                i = round_of[row["request_id"].split("/")[0]]
+                done[i] += 1
+                if done[i] == expected[i]:
+                    done_rounds += 1
+                    self._look(done_rounds, pass_rounds[i], live, scored, on_round)
+            self.requests_scored += len(request_rows)
+            if self.race.ended:
+                return
+
+    def _generate(self, pass_rounds: list[list[str]], live: list[str]) -> None:
+        """The teachers answer this pass's questions (those of strategies still in the race)."""
+        started = time.monotonic()
+        generated = [n for n in live if n in self.teachers.names]
+        asked = [self.requests.sample.questions[q] for r in pass_rounds for q in r]
+        new_rows, generation_rejects = self.teachers.generate(asked, generated)
+        self.generation_s += time.monotonic() - started
+        self.rejects += generation_rejects
+        for row in new_rows:
+            self.requests.sample.by_question.setdefault(row["question_id"], {})[row["strategy"]] = row
+        self.rows_in += len(new_rows)
+        self.budget.tokens += sum(self.requests.tokens(q, generated) for r in pass_rounds for q in r)
+        spent = self.teachers.money()
+        self.budget.money_per_question = (spent - self.budget.money) / max(1, len(asked))
+        self.budget.money = spent
+
+    def _look(self, number: int, round_ids: list[str], live: list[str], scored: dict[str, dict],
+              on_round: Callable[[str], None] | None) -> None:
+        new = _collect_round(round_ids, live, self.requests, scored, self.rejects)
+        self.scores.extend(new)
+        for score in new:
+            self.race.add(score["question_id"], score["strategy"], score["sap"])
+        record = self.race.look(number, self.budget.tokens, self.budget.money if self.teachers else None,
+                                decide=self.confident)
+        if self.teachers and record["eliminated"]:
+            self.teachers.drop(record["eliminated"])
+        if on_round:
+            on_round(_say_round(record, self.cfg.sample.confidence, self.cfg.sample.epsilon))
+
+    def end(self) -> None:
+        """A race the caps or the questions ended claims no confidence."""
+        if self.race.ended:
+            return
+        if self.budget.stopped_by == "all_questions":
+            self.race.stop("exhausted", f"every eligible question was scored ({self.budget.questions}) before a "
+                           "confident decision; the contenders are ranked by mean SAP")
+        else:
+            self.race.stop("budget", f"the {self.budget.stopped_by} cap was reached before a confident decision; "
+                           "the contenders are ranked by mean SAP")
+
+
+@contextlib.contextmanager
+def scoring_engines(cfg: SelectConfig, engines: Engines, first_round: int,
+                    strategies: int) -> Iterator[Callable[[list[dict]], Iterator[dict]]]:
+    """What scores a round's request rows: the resident scorer, started for no more actors than the first
+    round has blocks, and released when the race ends; where engines are not resident, a pool per round."""
+    requests = first_round * strategies * len(context_kinds(cfg.metrics))
+    pool = engines.pool("scorer", n_blocks=-(-requests // cfg.ray.batch_size))
+    try:
+        yield pool.map if pool else partial(map_with_actors, actor_cls=ScoreActor,
+                                            actor_kwargs=engines.planned["scorer"][1], cfg=cfg.ray)
+    finally:
+        engines.release("scorer")
 
 
 def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
-               teachers: TeacherRounds | None = None) -> SelectResult:
-    from transformers import AutoTokenizer
+               teachers: TeacherRounds | None = None, engines: Engines | None = None) -> SelectResult:
+    """read -> strategies -> sample -> exemplars -> race rounds (generate, score, look) -> reduce.
 
+    ``engines``: the resident engines of the calling job (``sapray run``'s teachers and scorer); without
+    them, select keeps its own scorer for the whole race."""
     started = time.monotonic()
-    resolved = locate(cfg.model, cfg.revision)  # the driver fails first; actors load this same commit
-    model_path = resolved.path
-    tokenizer = AutoTokenizer.from_pretrained(model_path)
-    layout = Layout(cfg.layout, model_name=cfg.model if cfg.model != "smollm2" else Path(model_path).name)
-    generated = teachers.names if teachers else []
-
-    # read in the cluster, and choose the strategies to pair
+    target = Target.of(cfg)
     init_ray(cfg.ray)
-    inputs = read_selection_inputs(cfg.data, cfg.ray, generated)
-    chosen = inputs.chosen
-    strategies = chosen.chosen
-    if not strategies:
-        raise ValueError("no valid candidates to score")
-    for name in chosen.similar_names:
-        log.warning("strategy names %s differ only in case or surrounding spaces: one strategy, or several?", name)
+    with contextlib.ExitStack() as own:
+        if engines is None:
+            scorer = (ScoreActor, scorer_kwargs(cfg, target.commit, target.layout.boundary))
+            engines = own.enter_context(Engines({"scorer": scorer}, cfg.ray, cfg.ray.resident_engines))
+        result = _select(cfg, target, engines, on_round, teachers)
+        result.engine_starts = engines.engine_starts()
+    result.timings["total_s"] = round(time.monotonic() - started, 2)
+    return result
 
-    # sample (paired: only questions with every data strategy; generated ones cover what is sampled): the
-    # rows of the questions the sample can reach come to the driver
-    order = sample_order(inputs.complete, cfg.sample.seed)
-    reachable = order[: cfg.sample.max_questions] if cfg.sample.max_questions else order
-    questions, rows = inputs.fetch(set(reachable))
-    by_question: dict[str, dict[str, dict]] = {}
-    for c in rows:
-        by_question.setdefault(c["question_id"], {})[c["strategy"]] = c
-    rows_fetched, rows_in = len(rows), inputs.rows_in
-    rejects: list[Reject] = []  # the driver's: scoring and sample generation
 
+def _select(cfg: SelectConfig, target: Target, engines: Engines, on_round: Callable[[str], None] | None,
+            teachers: TeacherRounds | None) -> SelectResult:
+    inputs = read_selection_inputs(cfg.data, cfg.ray, teachers.names if teachers else [])
+    strategies = _strategies(inputs)
+    sample = Sample.draw(cfg, inputs)
     t0 = time.monotonic()
-    pool, exemplar_info = _mine_exemplars(cfg, resolved.commit, tokenizer, inputs.question_ids,
-                                          lambda ids: inputs.fetch(ids)[0])
+    pool, exemplar_info = _mine_exemplars(cfg, target, inputs.question_ids, lambda ids: inputs.fetch(ids)[0])
     mining_s = time.monotonic() - t0
-    position = {q: i for i, q in enumerate(order)}
-    kinds = context_kinds(cfg.metrics)
-    limit = max_length_of(cfg.engine_args)
-
-    def requests_of(qid: str, names: list[str]) -> list:
-        chosen_exemplars = [e.text for e in ex.choose(pool, position[qid], qid, cfg.exemplars.n)]
-        out = []
-        for name in names:
-            if name in by_question.get(qid, {}):
-                out += build_requests(layout, f"{qid}/{name}", questions[qid]["question"],
-                                      by_question[qid][name]["response"], chosen_exemplars, kinds, question_id=qid)
-        return out
-
-    def tokens_of(qid: str, names: list[str]) -> int:
-        slots = encode_all(requests_of(qid, names), tokenizer, limit, layout.boundary, cfg.overlong)
-        return sum(len(e.input_ids) for e in slots if isinstance(e, EncodedRequest))
-
-    confident = cfg.sample.stop == "confident"
     s = cfg.sample
     race = Race(strategies, RaceRule(s.confidence, s.epsilon, s.min_questions, s.tuned_for))
-    budget = Budget(s.max_questions, s.max_tokens, s.max_money)
-    plan = rounds(order, budget, s.round_size, lambda qid: tokens_of(qid, race.remaining))
-    passes: Iterator[list[list[str]]] = ([r] for r in plan) if confident else iter([list(plan)])
-    actor_kwargs = {"engine": cfg.engine, "model": cfg.model, "revision": resolved.commit,
-                    "engine_args": cfg.engine_args, "boundary": layout.boundary, "overlong": cfg.overlong}
-    scores: list[dict] = []
-    placement: dict[str, int] = {}
-    requests_scored = 0
-    round_number = 0
+    loop = RaceRounds(cfg, Requests(cfg, target, pool, sample), race, Budget(s.max_questions, s.max_tokens,
+                                                                            s.max_money), teachers, inputs.rows_in)
     t0 = time.monotonic()
-    generation_s = 0.0
-    with contextlib.ExitStack() as session:
-        score_rows = partial(map_with_actors, actor_cls=ScoreActor, actor_kwargs=actor_kwargs, cfg=cfg.ray)
-        # Without teachers the scoring actors stay for every round (their engines load once); teachers'
-        # actors need the same CPUs and GPUs between rounds, so with them each round has its own pool.
-        per_question = len(strategies) * len(kinds)
-        tickets = session_tickets(len(reachable), per_question, cfg.ray.batch_size)
-        if not teachers and tickets <= MAX_SESSION_TICKETS:
-            first = min(len(reachable), s.round_size) if confident else len(reachable)
-            n_blocks = -(-first * per_question // cfg.ray.batch_size)  # no idle actor
-            score_rows = session.enter_context(
-                ActorSession(ScoreActor, actor_kwargs, cfg.ray, tickets, n_blocks=n_blocks)).map
-        for pass_rounds in passes:
-            live = list(race.remaining)
-            if teachers:
-                g0 = time.monotonic()
-                asked = [questions[q] for r in pass_rounds for q in r]
-                new_rows, generation_rejects = teachers.generate(asked, [n for n in live if n in generated])
-                generation_s += time.monotonic() - g0
-                rejects += generation_rejects
-                for row in new_rows:
-                    by_question.setdefault(row["question_id"], {})[row["strategy"]] = row
-                rows_in += len(new_rows)
-                budget.tokens += sum(tokens_of(q, [n for n in live if n in generated]) for r in pass_rounds for q in r)
-                spent = teachers.money()
-                budget.money_per_question = (spent - budget.money) / max(1, len(asked))
-                budget.money = spent
-            request_rows, round_of = [], {}
-            for i, round_ids in enumerate(pass_rounds):
-                for qid in round_ids:
-                    round_of[qid] = i
-                    for r in requests_of(qid, live):
-                        request_rows.append({"request_id": r.request_id, "context_json": json.dumps(r.context),
-                                             "continuation": r.continuation, "context_key": r.context_key or ""})
-            expected = [sum(len(requests_of(q, live)) for q in ids) for ids in pass_rounds]
-            done = [0] * len(pass_rounds)
-            scored: dict[str, dict] = {}
-            what = f"round {round_number + 1}: scoring" if confident else "scoring"
-            for row in console.progress(score_rows(request_rows), len(request_rows), what):
-                scored[row["request_id"]] = row
-                placement[row["actor"]] = placement.get(row["actor"], 0) + 1
-                i = round_of[row["request_id"].split("/")[0]]
-                done[i] += 1
-                if done[i] < expected[i]:
-                    continue
-                round_number += 1
-                new = _collect_round(pass_rounds[i], live, by_question, scored, kinds, rejects, pool, position, cfg)
-                scores.extend(new)
-                for score in new:
-                    race.add(score["question_id"], score["strategy"], score["sap"])
-                record = race.look(round_number, budget.tokens, budget.money if teachers else None, decide=confident)
-                if on_round:
-                    on_round(_say_round(record, s.confidence, s.epsilon))
-            requests_scored += len(request_rows)
-            if race.ended:
-                break
-    scoring_s = time.monotonic() - t0 - generation_s
-    if not race.ended:
-        if budget.stopped_by == "all_questions":
-            race.stop("exhausted", f"every eligible question was scored ({budget.questions}) before a confident "
-                      "decision; the contenders are ranked by mean SAP")
-        else:
-            race.stop("budget", f"the {budget.stopped_by} cap was reached before a confident decision; the "
-                      "contenders are ranked by mean SAP")
+    first_round = min(len(sample.reachable), s.round_size) if loop.confident else len(sample.reachable)
+    with scoring_engines(cfg, engines, first_round, len(strategies)) as score_rows:
+        loop.run(score_rows, on_round)
+    scoring_s = time.monotonic() - t0 - loop.generation_s
+    loop.end()
+    counts = _counts(loop, inputs, strategies)
+    summary = _summary(cfg, loop, strategies, inputs, counts, exemplar_info, target.layout)
+    timings = {"mining_s": round(mining_s, 2), "sample_generation_s": round(loop.generation_s, 2),
+               "scoring_s": round(scoring_s, 2)}
+    return SelectResult(summary, loop.scores, loop.rejects, pool, counts, timings, loop.placement, inputs.rejects)
 
+
+def _strategies(inputs: Any) -> list[str]:
+    strategies = inputs.chosen.chosen
+    if not strategies:
+        raise ValueError("no valid candidates to score")
+    for name in inputs.chosen.similar_names:
+        log.warning("strategy names %s differ only in case or surrounding spaces: one strategy, or several?", name)
+    return strategies
+
+
+def _counts(loop: RaceRounds, inputs: Any, strategies: list[str]) -> dict:
+    """Every candidate row read or generated, in exactly one of scored, rejected and not sampled."""
+    race, sample = loop.race, loop.requests.sample
+    scored_keys = {(sc["question_id"], sc["strategy"]) for sc in loop.scores}
+    rejected_keys = {(r.question_id, r.strategy) for r in loop.rejects if r.stage == "score"}
+    not_sampled = [(q, n) for q in sample.reachable for n in sample.by_question.get(q, {})
+                   if (q, n) not in scored_keys and (q, n) not in rejected_keys]
+    counts = {
+        "candidate_rows_in": loop.rows_in,
+        "scored": len(loop.scores),
+        "rejected": inputs.rejected + sum(1 for r in loop.rejects if r.stage in CANDIDATE_STAGES),
+        # rows of complete questions the sample could not reach stayed in the cluster
+        "not_sampled": len(not_sampled) + inputs.usable - sample.rows_fetched,
+        "not_sampled_eliminated": sum(1 for q, n in not_sampled if q in race.row and n in race.eliminated),
+        "question_rows_rejected": inputs.question_rows_rejected,
+        "questions_sampled": loop.budget.questions,
+        "strategies": len(strategies),
+        "requests_scored": loop.requests_scored,
+    }
+    if counts["scored"] + counts["rejected"] + counts["not_sampled"] != loop.rows_in:
+        raise AssertionError(f"row counts do not reconcile: {counts}")
+    return counts
+
+
+def _summary(cfg: SelectConfig, loop: RaceRounds, strategies: list[str], inputs: Any, counts: dict,
+             exemplar_info: dict, layout: Layout) -> dict:
+    race, s = loop.race, cfg.sample
     contenders = race.contenders()
-    summary = summarize(scores, strategies, cfg.bootstrap, s.seed, contenders=contenders,
+    summary = summarize(loop.scores, strategies, cfg.bootstrap, s.seed, contenders=contenders,
                         min_questions=s.min_questions)
     summary["ranking"] = contenders + sorted(race.eliminated, key=lambda n: (-race.eliminated[n], summary[
         "per_strategy"][n]["mean_sap"] or math.inf, n))
     summary["race"] = race.to_dict(s.stop)
-    summary["race"]["cost"] = _cost_table(scores, strategies, budget.questions, teachers)
-
-    scored_keys = {(sc["question_id"], sc["strategy"]) for sc in scores}
-    rejected_keys = {(r.question_id, r.strategy) for r in rejects if r.stage == "score"}
-    sampled = set(race.row)
-    not_sampled = [(q, n) for q in reachable for n in by_question.get(q, {})
-                   if (q, n) not in scored_keys and (q, n) not in rejected_keys]
-    counts = {
-        "candidate_rows_in": rows_in,
-        "scored": len(scores),
-        "rejected": inputs.rejected + sum(1 for r in rejects if r.stage in CANDIDATE_STAGES),
-        # rows of complete questions the sample could not reach stayed in the cluster
-        "not_sampled": len(not_sampled) + inputs.usable - rows_fetched,
-        "not_sampled_eliminated": sum(1 for q, n in not_sampled if q in sampled and n in race.eliminated),
-        "question_rows_rejected": inputs.question_rows_rejected,
-        "questions_sampled": budget.questions,
-        "strategies": len(strategies),
-        "requests_scored": requests_scored,
-    }
-    if counts["scored"] + counts["rejected"] + counts["not_sampled"] != rows_in:
-        raise AssertionError(f"row counts do not reconcile: {counts}")
+    summary["race"]["cost"] = _cost_table(loop.scores, strategies, loop.budget.questions, loop.teachers)
     summary.update({
         "model": cfg.model, "engine": cfg.engine, "layout": cfg.layout, "boundary": layout.boundary,
-        "metrics": list(cfg.metrics), "strategies": strategies, "strategy_set": chosen.to_dict(),
-        "budget": budget.to_dict(), "counts": counts, "candidates_joined": inputs.joined, "exemplars": exemplar_info,
-        "statistic": "mean SAP per strategy (lower = more familiar, ranked first)",
+        "metrics": list(cfg.metrics), "strategies": strategies, "strategy_set": inputs.chosen.to_dict(),
+        "budget": loop.budget.to_dict(), "counts": counts, "candidates_joined": inputs.joined,
+        "exemplars": exemplar_info, "statistic": "mean SAP per strategy (lower = more familiar, ranked first)",
     })
-    timings = {"mining_s": round(mining_s, 2), "sample_generation_s": round(generation_s, 2),
-               "scoring_s": round(scoring_s, 2), "total_s": round(time.monotonic() - started, 2)}
-    return SelectResult(summary, scores, rejects, pool, counts, timings, placement, inputs.rejects)
+    return summary
 
 
 def _cost_table(scores: list[dict], strategies: list[str], questions: int, teachers: TeacherRounds | None) -> dict:
@@ -357,19 +464,17 @@ def _cost_table(scores: list[dict], strategies: list[str], questions: int, teach
     return table
 
 
-def _collect_round(
-    round_ids: list[str], live: list[str], by_question: dict[str, dict[str, dict]], scored: dict[str, dict],
-    kinds: tuple[str, ...], rejects: list[Reject], pool: list, position: dict[str, int], cfg: SelectConfig,
-) -> list[dict]:
+def _collect_round(round_ids: list[str], live: list[str], requests: Requests, scored: dict[str, dict],
+                   rejects: list[Reject]) -> list[dict]:
     """Per-candidate metrics for one finished round; a candidate with a refused request is rejected."""
-    out = []
+    cfg, out = requests.cfg, []
     for qid in round_ids:
-        chosen = ex.choose(pool, position[qid], qid, cfg.exemplars.n)
+        chosen = requests.chosen_exemplars(qid)
         for name in live:
-            c = by_question.get(qid, {}).get(name)
+            c = requests.sample.by_question.get(qid, {}).get(name)
             if c is None:
                 continue
-            by_kind = {k: scored[f"{qid}/{name}/{k}"] for k in kinds}
+            by_kind = {k: scored[f"{qid}/{name}/{k}"] for k in requests.kinds}
             errors = [r["error"] for r in by_kind.values() if r["error"]]
             if errors:
                 rejects.append(Reject(c.get("source", ""), "; ".join(errors), "score", qid, name))
