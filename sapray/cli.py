@@ -278,14 +278,6 @@ def filter_command(config_path: str, method: str | None, set_items: tuple[str, .
 
 
 
-def _write_file(uri: str, text: str) -> None:
-    from sapray.dataplane.read import filesystem
-
-    fs, path = filesystem(uri)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode("utf-8"))
-
-
 @main.command("report")
 @click.argument("run_dir")
 @click.option("--output", help="where to write the page (default: RUN_DIR/report.html)")
@@ -329,6 +321,7 @@ def validate_command(results: str | None, selections: tuple[str, ...], accuracy:
     import json
 
     from sapray.core import validation as v
+    from sapray.dataplane.read import write_text
     from sapray.jobs.validate import read_results, rows_from_selections
     from sapray.present.html_report import render_validation_page
     from sapray.present.tables import render_validation
@@ -352,10 +345,10 @@ def validate_command(results: str | None, selections: tuple[str, ...], accuracy:
         raise click.ClickException(str(exc)) from None
     click.echo(render_validation(result))
     if json_out:
-        _write_file(json_out, json.dumps(result, indent=2) + "\n")
+        write_text(json_out, json.dumps(result, indent=2) + "\n")
         click.echo(f"wrote {json_out}")
     if html_out:
-        _write_file(html_out, render_validation_page(result))
+        write_text(html_out, render_validation_page(result))
         click.echo(f"wrote {html_out}")
 @main.command("mine")
 @click.option("--pool", required=True, help="questions with gold answers (JSONL, JSON, Parquet, CSV, datasets folder)")

@@ -109,8 +109,9 @@ def unobserved(items: Iterator[Any], total: int, what: str) -> Iterator[Any]:
     return items
 
 
-def blocks(rows: Sequence[dict], batch_size: int) -> list[pa.Table]:
-    return [pa.Table.from_pylist(list(rows[i:i + batch_size])) for i in range(0, len(rows), batch_size)]
+def cut(rows: Sequence[dict], batch_size: int) -> list[list[dict]]:
+    """Rows in blocks of ``batch_size`` (the last may be shorter), in order: each block one engine batch."""
+    return [list(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
 
 
 def actor_pool(actor_cls: type, actor_kwargs: dict[str, Any], cfg: RayConfig,
@@ -133,18 +134,19 @@ def actor_pool(actor_cls: type, actor_kwargs: dict[str, Any], cfg: RayConfig,
             "num_cpus": where.num_cpus, "num_gpus": where.num_gpus or None}
 
 
-def map_with_actors(
-    rows: Sequence[dict],
-    actor_cls: type,
-    actor_kwargs: dict[str, Any],
-    cfg: RayConfig,
-) -> Iterator[dict]:
-    """Stream the actor pool's output rows, in input order."""
+def map_with_actors(rows: Sequence[dict], actor_cls: type, actor_kwargs: dict[str, Any], cfg: RayConfig
+                    ) -> Iterator[dict]:
+    """Stream the actor pool's output rows, in input order, in blocks of ``ray.batch_size`` rows."""
+    return map_blocks(cut(rows, cfg.batch_size), actor_cls, actor_kwargs, cfg)
+
+
+def map_blocks(row_blocks: Sequence[Sequence[dict]], actor_cls: type, actor_kwargs: dict[str, Any],
+               cfg: RayConfig) -> Iterator[dict]:
+    """Stream the actor pool's output rows, in input order; each block of rows is one batch."""
     import ray
 
-    if not rows:
+    if not row_blocks:
         return iter(())
-    tables = blocks(rows, cfg.batch_size)
-    pool = actor_pool(actor_cls, actor_kwargs, cfg, n_blocks=len(tables))
-    mapped = ray.data.from_arrow(tables).map_batches(**pool)
+    pool = {**actor_pool(actor_cls, actor_kwargs, cfg, n_blocks=len(row_blocks)), "batch_size": None}
+    mapped = ray.data.from_arrow([pa.Table.from_pylist(list(b)) for b in row_blocks]).map_batches(**pool)
     return mapped.iter_rows()

@@ -92,6 +92,16 @@ def read_text(uri: str, fs: pafs.FileSystem | None = None) -> str:
         raise InputError(f"{uri}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
 
 
+def write_text(uri: str, text: str) -> None:
+    """A whole file, there whole or not at all: written to a temporary name, then moved (on an object store
+    each write is one object, there once complete)."""
+    fs, path = filesystem(uri)
+    fs.create_dir(path.rpartition("/")[0] or ".", recursive=True)
+    with fs.open_output_stream(path + ".tmp") as f:
+        f.write(text.encode("utf-8"))
+    fs.move(path + ".tmp", path)
+
+
 # -- text values ---------------------------------------------------------------------------------
 
 def text_problem(value: object, what: str) -> str | None:

@@ -31,7 +31,7 @@ from typing import Any
 
 from sapray.config import RayConfig
 from sapray.dataplane.placement import NotShareable, Placement, place
-from sapray.dataplane.raydata import blocks
+from sapray.dataplane.raydata import cut
 
 log = logging.getLogger(__name__)
 
@@ -133,17 +133,22 @@ class EnginePool:
                 "compute": ray.data.TaskPoolStrategy(size=TASKS_PER_ENGINE * len(self.engines))}
 
     def map(self, rows: Sequence[dict]) -> Iterator[dict]:
-        """The engines' output rows for ``rows``, in input order: the blocks ``map_with_actors`` would cut,
-        each handed over as the batch Ray Data would make of it, and each output turned into rows as Ray
-        Data turns it (its own block conversions), straight from the driver: no task of a round waits
-        for a CPU the resident engines hold."""
+        """The engines' output rows for ``rows``, in input order, in blocks of ``ray.batch_size`` rows."""
+        return self.map_blocks(cut(rows, self.cfg.batch_size))
+
+    def map_blocks(self, row_blocks: Sequence[Sequence[dict]]) -> Iterator[dict]:
+        """The engines' output rows, in input order; each block of rows is one batch, handed over as the batch
+        Ray Data would make of it, and each output turned into rows as Ray Data turns it (its own block
+        conversions), straight from the driver: no task of a round waits for a CPU the resident engines
+        hold."""
+        import pyarrow as pa
         import ray
         from ray.data.block import BlockAccessor
 
         def send(table: Any) -> Any:
             return self.dispatcher.run.remote([ray.put(BlockAccessor.for_block(table).to_batch_format("numpy"))])
 
-        tables = blocks(rows, self.cfg.batch_size)
+        tables = [pa.Table.from_pylist(list(b)) for b in row_blocks]
         window = TASKS_PER_ENGINE * len(self.engines)
         pending = deque(send(table) for table in tables[:window])
         for table in tables[window:] + [None] * min(window, len(tables)):

@@ -21,7 +21,7 @@ from typing import Any
 from sapray.config import Columns, ConfigError, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
 from sapray.core.answers import make_checker
 from sapray.dataplane.actors import GenerateActor
-from sapray.dataplane.raydata import Progress, map_with_actors, unobserved
+from sapray.dataplane.raydata import Progress, cut, map_blocks, unobserved
 from sapray.dataplane.read import (
     InputError,
     Reject,
@@ -187,27 +187,61 @@ def no_pools(key: str) -> None:
     return None
 
 
-def _through(pool: Any, rows: list[dict], actor_cls: type, actor_kwargs: dict[str, Any],
-             ray_cfg: RayConfig) -> Iterator[dict]:
-    return pool.map(rows) if pool is not None else map_with_actors(rows, actor_cls, actor_kwargs, ray_cfg)
+# The entries of finished teacher batches: ``log(k)`` the outputs of batch k, or None; ``log(k, outputs)``
+# records them (``sapray.dataplane.journal``). Batches are cut as the pool cuts them, so a batch journaled
+# before a stop is never asked again.
+BatchLog = Callable[..., Any]
+
+
+def unlogged(k: int, outputs: list[dict] | None = None) -> None:
+    return None
+
+
+OUTPUT_KEYS = ("row_id", "strategy", "texts", "finish_reasons", "prompt_tokens", "completion_tokens", "error")
+
+
+def plain(value: Any) -> Any:
+    """Plain Python values (lists, str, int) for what Ray hands back as numpy arrays and scalars."""
+    if isinstance(value, list | tuple):
+        return [plain(v) for v in value]
+    return value.tolist() if hasattr(value, "tolist") else value
+
+
+def _answered(pool: Any, rows: list[dict], actor_cls: type, actor_kwargs: dict[str, Any], ray_cfg: RayConfig,
+              log: BatchLog) -> Iterator[dict]:
+    """The teacher's outputs for ``rows`` in order, as plain values, batch by batch: a batch in ``log`` from
+    there, the others from the teacher (``pool``, the job's resident engines, or a pool of this pass), each
+    logged as it arrives."""
+    batches = cut(rows, ray_cfg.batch_size)
+    done = [log(k) for k in range(len(batches))]
+    missing = [b for b, d in zip(batches, done, strict=True) if d is None]
+    asked = iter(pool.map_blocks(missing) if pool is not None else map_blocks(missing, actor_cls, actor_kwargs,
+                                                                                ray_cfg))
+    for k, batch in enumerate(batches):
+        if done[k] is None:
+            outputs = [{**{key: plain(out[key]) for key in OUTPUT_KEYS if key in out}, "strategy": row.get("strategy")}
+                       for row, out in zip(batch, (next(asked) for _ in batch), strict=True)]
+            log(k, outputs)
+            done[k] = outputs
+        yield from done[k]
 
 
 def _stream(strategies: list[StrategyConfig], questions: dict[str, list[dict]], ray_cfg: RayConfig,
-            progress: Progress, pools: Pools) -> Iterator[dict]:
+            progress: Progress, pools: Pools, log: Callable[[str], BatchLog]) -> Iterator[dict]:
     """Teacher outputs per (strategy, question) of strategies with one ``teacher_key``: strategy, row_id,
-    texts, finish_reasons, prompt_tokens, completion_tokens, error."""
+    texts, finish_reasons, prompt_tokens, completion_tokens, error (``log(key)``: the teacher's batch log)."""
     first = strategies[0]
     teacher = first.teacher
     if teacher.kind == "file":
         yield from ({**out, "strategy": first.name} for out in _file_answers(teacher, questions[first.name]))
         return
     if teacher.kind == "openai":
-        rows = [{"row_id": q["question_id"], "messages_json": json.dumps(first.messages(q))}
+        rows = [{"row_id": q["question_id"], "strategy": first.name, "messages_json": json.dumps(first.messages(q))}
                 for q in questions[first.name]]
         actor_cls, kwargs = api_teacher_kwargs(first)
-        asked = _through(pools(teacher_key(first)), rows, actor_cls, kwargs, ray_cfg)
-        yield from ({**out, "strategy": first.name} for out in progress(asked, len(rows),
-                                                                         f"{first.name}: asking {teacher.model}"))
+        key = teacher_key(first)
+        asked = _answered(pools(key), rows, actor_cls, kwargs, ray_cfg, log(key))
+        yield from progress(asked, len(rows), f"{first.name}: asking {teacher.model}")
         return
     from transformers import AutoTokenizer
 
@@ -218,8 +252,9 @@ def _stream(strategies: list[StrategyConfig], questions: dict[str, list[dict]], 
             for s in strategies for q in questions[s.name]]
     names = ", ".join(s.name for s in strategies)
     actor_cls, kwargs = model_teacher_kwargs(first, resolved.commit)
-    asked = _through(pools(teacher_key(first)), rows, actor_cls, kwargs, ray_cfg)
-    yield from progress(asked, len(rows), f"{names}: generating")
+    key = teacher_key(first)
+    yield from progress(_answered(pools(key), rows, actor_cls, kwargs, ray_cfg, log(key)), len(rows),
+                        f"{names}: generating")
 
 
 def prompt_ids(tokenizer: Any, strategy: StrategyConfig, question: dict) -> list[int]:
@@ -288,12 +323,14 @@ class Outcomes:
 
 def generate(strategies: list[StrategyConfig], questions: list[dict], ray_cfg: RayConfig,
              gen: GenerateConfig | None = None, progress: Progress = unobserved, pools: Pools = no_pools,
+             log: Callable[[str], BatchLog] = lambda key: unlogged,
              ) -> Iterator[tuple[str, list[dict], list[Reject], Cost]]:
     """Per strategy and question: (strategy name, training rows, rejects, cost), strategy by strategy in
     the order given. Rows carry provenance; failures become rejects. Strategies with one model teacher
     (``teacher_key``) are asked in one pass, so that teacher's engines load once, not once per strategy.
     ``progress(items, total, what)`` shows each teacher's work as it streams (the job's console); ``pools``
-    gives the job's resident engines of a teacher, where it has them."""
+    gives the job's resident engines of a teacher, where it has them; ``log(teacher_key)`` its batch log
+    (a job's journal)."""
     by_id = {q["question_id"]: q for q in questions}
     results: dict[str, list[tuple[list[dict], list[Reject], Cost]]] = {s.name: [] for s in strategies}
     groups: dict[str, list[StrategyConfig]] = {}
@@ -312,7 +349,7 @@ def generate(strategies: list[StrategyConfig], questions: list[dict], ray_cfg: R
                     usable[strategy.name].append(q)
         outcomes = {strategy.name: Outcomes.of(strategy, gen) for strategy in group}
         started = time.monotonic()
-        for out in _stream(group, usable, ray_cfg, progress, pools):
+        for out in _stream(group, usable, ray_cfg, progress, pools, log):
             rows, rejects, cost = outcomes[out["strategy"]](by_id[out["row_id"]], out)
             cost.wall_s, started = time.monotonic() - started, time.monotonic()
             results[out["strategy"]].append((rows, rejects, cost))

@@ -31,7 +31,16 @@ import pyarrow.parquet as pq
 from sapray.config import Columns, ConfigError, GenerateConfig, RayConfig, StrategyConfig
 from sapray.dataplane import stages
 from sapray.dataplane.raydata import actor_pool, init_ray
-from sapray.dataplane.read import Reject, child, duplicate_id, filesystem, nothing_usable, question_record, read_text
+from sapray.dataplane.read import (
+    Reject,
+    child,
+    duplicate_id,
+    filesystem,
+    nothing_usable,
+    question_record,
+    read_text,
+    write_text,
+)
 from sapray.dataplane.resident import EnginePool
 from sapray.dataplane.shards import check_columns
 from sapray.dataplane.teachers import (
@@ -353,21 +362,13 @@ def _provenance(strategy: StrategyConfig) -> dict:
             "sampling": strategy.sampling().__dict__}
 
 
-def _write_text(uri: str, text: str) -> None:
-    """Whole or not at all: written to a temporary name, then moved."""
-    fs, path = filesystem(uri)
-    with fs.open_output_stream(path + ".tmp") as f:
-        f.write(text.encode())
-    fs.move(path + ".tmp", path)
-
-
 def claim_output(output: str, strategy: StrategyConfig, resuming: bool) -> None:
     """Record which strategy writes this output; resuming it with another strategy or prompt is an error."""
     uri = child(output, "shards/manifest.json")
     fs, path = filesystem(uri)
     mine = _provenance(strategy)
     if not resuming or fs.get_file_info(path).type == pafs.FileType.NotFound:
-        _write_text(uri, json.dumps(mine, indent=2, sort_keys=True) + "\n")
+        write_text(uri, json.dumps(mine, indent=2, sort_keys=True) + "\n")
         return
     theirs = json.loads(read_text(path, fs))
     changed = sorted(k for k in mine if theirs.get(k) != mine[k])
@@ -471,7 +472,7 @@ def write_training_set(output: str, strategy: StrategyConfig, entries, rejected_
                        "completion_tokens": _sum(parts, "all.completion_tokens"),
                        "money": _money(parts, "all.money")},
     }
-    _write_text(child(output, "metadata.json"), json.dumps(metadata, indent=2, sort_keys=True) + "\n")
+    write_text(child(output, "metadata.json"), json.dumps(metadata, indent=2, sort_keys=True) + "\n")
     return metadata
 
 

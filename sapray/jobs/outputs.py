@@ -21,15 +21,9 @@ from collections.abc import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sapray.dataplane.read import child, filesystem
+from sapray.dataplane.read import child, filesystem, write_text
 from sapray.dataplane.stages import write_jsonl
 from sapray.present.html_report import write_report
-
-
-def _write_text(uri: str, text: str) -> None:
-    fs, path = filesystem(uri)
-    with fs.open_output_stream(path) as f:
-        f.write(text.encode("utf-8"))
 
 
 def _jsonl(rows: Sequence[dict]) -> str:
@@ -41,13 +35,13 @@ def write_outputs(output: str, result, config: dict) -> dict[str, str]:
     fs.create_dir(root, recursive=True)
     paths = {name: child(output, name) for name in ("selection.json", "scores.parquet", "rejects",
                                                     "exemplars.jsonl", "run.json")}
-    _write_text(paths["selection.json"], json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
+    write_text(paths["selection.json"], json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
     if result.input_rejects is not None:
         write_jsonl(result.input_rejects, paths["rejects"])
     fs.create_dir(child(root, "rejects"), recursive=True)
-    _write_text(child(paths["rejects"], "part-scoring.jsonl"), _jsonl([r.to_dict() for r in result.rejects]))
-    _write_text(paths["exemplars.jsonl"], _jsonl([e.to_dict() for e in result.exemplars]))
-    _write_text(paths["run.json"], json.dumps({"timings": result.timings, "actor_placement": result.placement,
+    write_text(child(paths["rejects"], "part-scoring.jsonl"), _jsonl([r.to_dict() for r in result.rejects]))
+    write_text(paths["exemplars.jsonl"], _jsonl([e.to_dict() for e in result.exemplars]))
+    write_text(paths["run.json"], json.dumps({"timings": result.timings, "actor_placement": result.placement,
                                                        "config": config}, indent=2) + "\n")
     table = pa.Table.from_pylist(result.scores) if result.scores else pa.table({})
     pfs, ppath = filesystem(paths["scores.parquet"])
@@ -63,6 +57,6 @@ def write_filter_outputs(output: str, result) -> dict[str, str]:
     Parquet) and rejects/ (JSON lines)."""
     paths = dict(result.paths)
     paths["summary.json"] = child(output, "summary.json")
-    _write_text(paths["summary.json"], json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
+    write_text(paths["summary.json"], json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
     paths["report.html"] = write_report(output)
     return paths

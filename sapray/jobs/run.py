@@ -13,7 +13,7 @@ from sapray.config import ConfigError, SelectConfig, StrategyConfig, TeacherConf
 from sapray.core.race import choice_set
 from sapray.dataplane.actors import ScoreActor
 from sapray.dataplane.raydata import init_ray
-from sapray.dataplane.read import InputError, Reject, child, filesystem, read_text
+from sapray.dataplane.read import InputError, Reject, child, filesystem, read_text, write_text
 from sapray.dataplane.resident import EnginePool, Engines
 from sapray.dataplane.select_inputs import candidate_file_questions
 from sapray.dataplane.teachers import Cost, api_teacher_kwargs, generate, model_teacher_kwargs, teacher_key
@@ -26,9 +26,7 @@ from sapray.present.html_report import write_report
 
 
 def _write_jsonl(uri: str, rows: list[dict]) -> None:
-    fs, path = filesystem(uri)
-    with fs.open_output_stream(path) as f:
-        f.write("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode())
+    write_text(uri, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
 def teacher_rounds(cfg: SelectConfig, engines: Engines) -> TeacherRounds:
@@ -207,7 +205,4 @@ def _select_and_record(cfg: SelectConfig, engines: Engines,
 def record_engine_starts(output: str, starts: dict[str, dict[str, int]]) -> None:
     """Add each engine's starts per actor (counted by the actors, the full set's included) to run.json."""
     uri = child(output, "run.json")
-    run = _read_json(uri)
-    fs, path = filesystem(uri)
-    with fs.open_output_stream(path) as f:
-        f.write((json.dumps({**run, "engine_starts": starts}, indent=2) + "\n").encode())
+    write_text(uri, json.dumps({**_read_json(uri), "engine_starts": starts}, indent=2) + "\n")

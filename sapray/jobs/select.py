@@ -33,8 +33,9 @@ from sapray.core.reduce import summarize
 from sapray.core.sample import Budget, rounds, sample_order
 from sapray.core.scoring import EncodedRequest, ScoreRequest, encode_all
 from sapray.dataplane.actors import GenerateActor, ScoreActor
-from sapray.dataplane.raydata import init_ray, map_with_actors
-from sapray.dataplane.read import CANDIDATE_STAGES, Reject, load_exemplar_file, read_questions
+from sapray.dataplane.journal import Journal, input_identity, sapray_version
+from sapray.dataplane.raydata import cut, init_ray, map_blocks, map_with_actors
+from sapray.dataplane.read import CANDIDATE_STAGES, Reject, child, load_exemplar_file, read_questions
 from sapray.dataplane.resident import Engines
 from sapray.dataplane.select_inputs import read_selection_inputs
 from sapray.engines import SamplingConfig, max_length_of
@@ -57,14 +58,16 @@ def context_kinds(names: list[str]) -> tuple[str, ...]:
 class TeacherRounds:
     """Strategies whose sample is generated round by round (``sapray run``).
 
-    ``generate(questions, strategies)`` returns candidate rows (question_id, strategy, response)
-    and generation rejects, and ``cost[strategy]`` holds what generation has spent so far; ``drop(strategies)``
-    is told of each elimination (a teacher whose strategies are all out releases its engines).
+    ``generate(questions, strategies, round)`` returns candidate rows (question_id, strategy, response)
+    and generation rejects (``round``: the number of the first round these questions are for), and
+    ``cost[strategy]`` holds what generation has spent so far; ``drop(strategies)`` is told of each
+    elimination (a teacher whose strategies are all out releases its engines).
     """
 
     names: list[str]
-    generate: Callable[[list[dict], list[str]], tuple[list[dict], list[Reject]]]
+    generate: Callable[[list[dict], list[str], int], tuple[list[dict], list[Reject]]]
     drop: Callable[[list[str]], None] = lambda names: None  # the race eliminated these strategies
+    journaled_money: float | None = None  # what the journal's generation cost, where teachers have prices
     cost: dict[str, dict] = field(default_factory=dict)
     rows: list[dict] = field(default_factory=list)  # every candidate generated, for the record
 
@@ -124,15 +127,40 @@ def _mine_exemplars(cfg: SelectConfig, target: Target, compared: list[str],
     return mined, info
 
 
+def scored_request(row: dict) -> dict:
+    """What a round keeps of a scoring actor's row (and journals): the continuation's log-prob sum (exactly
+    rounded, ``math.fsum``, so its NLL is the one the token log-probs give), the token counts, the error."""
+    return {"request_id": row["request_id"], "logprob_sum": math.fsum(row["token_logprobs"]),
+            **{k: int(row[k]) for k in ("n_context_tokens", "n_continuation_tokens", "truncated_tokens")},
+            "error": row["error"], "actor": row["actor"]}
+
+
+def round_entry(number: int) -> str:
+    return f"round-{number:04d}"
+
+
+def _exemplars(cfg: SelectConfig, target: Target, inputs: Any, journal: Journal) -> tuple[list, dict]:
+    """The exemplars: supplied in a file, or mined (once: the journal keeps them)."""
+    if cfg.exemplars.file is None and "exemplars" in journal:
+        mined = journal.get("exemplars")
+        return [ex.Exemplar(**e) for e in mined["exemplars"]], mined["info"]
+    pool, info = _mine_exemplars(cfg, target, inputs.question_ids, lambda ids: inputs.fetch(ids)[0])
+    if cfg.exemplars.file is None:
+        journal.put("exemplars", {"exemplars": [e.to_dict() for e in pool], "info": info})
+    return pool, info
+
+
 def _candidate_metrics(by_kind: dict[str, dict]) -> dict:
-    """The metrics of one candidate from its scored contexts; a metric whose context was not scored is NaN."""
-    logprobs = {k: r["token_logprobs"] for k, r in by_kind.items()}
+    """The metrics of one candidate from its scored contexts; a metric whose context was not scored is NaN.
+    SAP and PPL are exp(NLL) of the SAP and plain-question contexts; IFD the ratio of the question's NLL
+    to the empty context's."""
+    nll = {k: metrics.nll_of_sum(r["logprob_sum"], r["n_continuation_tokens"]) for k, r in by_kind.items()}
     nan = math.nan
     return {
-        "sap": metrics.sap(logprobs["sap"]),
-        "ppl": metrics.perplexity(logprobs["ppl"]) if "ppl" in logprobs else nan,
-        "ifd": metrics.ifd(logprobs["ppl"], logprobs["empty"]) if "empty" in logprobs else nan,
-        **{f"nll_{k}": metrics.nll(v) for k, v in logprobs.items()},
+        "sap": math.exp(nll["sap"]),
+        "ppl": math.exp(nll["ppl"]) if "ppl" in nll else nan,
+        "ifd": metrics.ifd_of_nll(nll["ppl"], nll["empty"]) if "empty" in nll else nan,
+        **{f"nll_{k}": v for k, v in nll.items()},
         "length": by_kind["sap"]["n_continuation_tokens"],
         "context_tokens_sap": by_kind["sap"]["n_context_tokens"],
         "scored_tokens": sum(r["n_context_tokens"] + r["n_continuation_tokens"] for r in by_kind.values()),
@@ -248,6 +276,7 @@ class RaceRounds:
     budget: Budget
     teachers: TeacherRounds | None
     rows_in: int
+    journal: Journal
     scores: list[dict] = field(default_factory=list)
     rejects: list[Reject] = field(default_factory=list)  # the driver's: scoring and sample generation
     placement: dict[str, int] = field(default_factory=dict)  # "node/actor" -> requests it scored
@@ -265,35 +294,43 @@ class RaceRounds:
     def confident(self) -> bool:
         return self.cfg.sample.stop == "confident"
 
-    def run(self, score_rows: Callable[[list[dict]], Iterator[dict]], on_round: Callable[[str], None] | None) -> None:
-        done_rounds = 0
+    def run(self, score_blocks: Callable[[list[list[dict]]], Iterator[dict]],
+            on_round: Callable[[str], None] | None) -> None:
+        """Every round: its sample generated (``sapray run``), its requests scored (each round's requests cut
+        into blocks of their own, so a round scores alike whatever else runs), collected and looked at; a
+        round in the journal is replayed from it, and each new one journaled before the next look."""
+        number = 0
         for pass_rounds in self.passes():
             live = list(self.race.remaining)
+            numbers = list(range(number + 1, number + 1 + len(pass_rounds)))
             if self.teachers:
-                self._generate(pass_rounds, live)
-            request_rows = [row for ids in pass_rounds for row in self.requests.rows(ids, live)]
-            expected = [len(self.requests.rows(ids, live)) for ids in pass_rounds]
-            round_of = {qid: i for i, ids in enumerate(pass_rounds) for qid in ids}
-            done, scored = [0] * len(pass_rounds), {}
-            what = f"round {done_rounds + 1}: scoring" if self.confident else "scoring"
-            for row in console.progress(score_rows(request_rows), len(request_rows), what):
-                scored[row["request_id"]] = row
-                self.placement[row["actor"]] = self.placement.get(row["actor"], 0) + 1
-                i = round_of[row["request_id"].split("/")[0]]
-                done[i] += 1
-                if done[i] == expected[i]:
-                    done_rounds += 1
-                    self._look(done_rounds, pass_rounds[i], live, scored, on_round)
-            self.requests_scored += len(request_rows)
+                self._generate(pass_rounds, live, numbers[0])
+            journaled = {n: self.journal.get(round_entry(n)) for n in numbers if round_entry(n) in self.journal}
+            new = [(n, self.requests.rows(ids, live)) for n, ids in zip(numbers, pass_rounds, strict=True)
+                   if n not in journaled]
+            blocks = [block for _, rows in new for block in cut(rows, self.cfg.ray.batch_size)]
+            what = f"round {numbers[0]}: scoring" if self.confident else "scoring"
+            stream = console.progress(score_blocks(blocks), sum(len(rows) for _, rows in new), what)
+            for n, ids in zip(numbers, pass_rounds, strict=True):
+                if n in journaled:
+                    scored = journaled[n]["scored"]
+                else:
+                    scored = [scored_request(next(stream)) for _ in dict(new)[n]]
+                    self.journal.put(round_entry(n), {"questions": ids, "scored": scored})
+                self.requests_scored += len(scored)
+                for row in scored:
+                    self.placement[row["actor"]] = self.placement.get(row["actor"], 0) + 1
+                self._look(n, ids, live, {row["request_id"]: row for row in scored}, on_round)
+            number = numbers[-1]
             if self.race.ended:
                 return
 
-    def _generate(self, pass_rounds: list[list[str]], live: list[str]) -> None:
+    def _generate(self, pass_rounds: list[list[str]], live: list[str], first_round: int) -> None:
         """The teachers answer this pass's questions (those of strategies still in the race)."""
         started = time.monotonic()
         generated = [n for n in live if n in self.teachers.names]
         asked = [self.requests.sample.questions[q] for r in pass_rounds for q in r]
-        new_rows, generation_rejects = self.teachers.generate(asked, generated)
+        new_rows, generation_rejects = self.teachers.generate(asked, generated, first_round)
         self.generation_s += time.monotonic() - started
         self.rejects += generation_rejects
         for row in new_rows:
@@ -331,49 +368,98 @@ class RaceRounds:
 
 @contextlib.contextmanager
 def scoring_engines(cfg: SelectConfig, engines: Engines, first_round: int,
-                    strategies: int) -> Iterator[Callable[[list[dict]], Iterator[dict]]]:
-    """What scores a round's request rows: the resident scorer, started for no more actors than the first
-    round has blocks, and released when the race ends; where engines are not resident, a pool per round."""
+                    strategies: int) -> Iterator[Callable[[list[list[dict]]], Iterator[dict]]]:
+    """What scores a round's blocks of request rows: the resident scorer, started for no more actors than the
+    first round has blocks, and released when the race ends; where engines are not resident, a pool per
+    round."""
     requests = first_round * strategies * len(context_kinds(cfg.metrics))
     pool = engines.pool("scorer", n_blocks=-(-requests // cfg.ray.batch_size))
     try:
-        yield pool.map if pool else partial(map_with_actors, actor_cls=ScoreActor,
-                                            actor_kwargs=engines.planned["scorer"][1], cfg=cfg.ray)
+        yield pool.map_blocks if pool else partial(map_blocks, actor_cls=ScoreActor,
+                                                   actor_kwargs=engines.planned["scorer"][1], cfg=cfg.ray)
     finally:
         engines.release("scorer")
 
 
+def fingerprint(cfg: SelectConfig, commit: str | None) -> dict:
+    """What determines a selection's journal: the config but its output, reporting and Ray placement keys
+    (``ray.batch_size`` decides which requests share a batch, so it counts), the model's commit, the inputs'
+    identities (size and time) and sapray's version."""
+    config = cfg.model_dump()
+    inputs = [cfg.data.questions, *cfg.data.candidate_sources().values(), cfg.exemplars.file, cfg.exemplars.pool,
+              *(s.teacher.path for s in cfg.strategies if s.teacher.kind == "file")]
+    return {"sapray": sapray_version(), "commit": commit, "batch_size": cfg.ray.batch_size,
+            **{k: config[k] for k in ("model", "revision", "engine", "engine_args", "layout", "metrics", "overlong",
+                                      "data", "exemplars", "strategies")},
+            "sample": {k: v for k, v in config["sample"].items() if k != "pick"},
+            "inputs": {uri: input_identity(uri) for uri in inputs if uri}}
+
+
+def open_journal(cfg: SelectConfig, commit: str | None, restart: bool) -> Journal:
+    """The selection's journal in ``<output>/journal`` (see sapray.dataplane.journal)."""
+    return Journal(child(cfg.output, "journal"), fingerprint(cfg, commit), restart)
+
+
 def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
-               teachers: TeacherRounds | None = None, engines: Engines | None = None) -> SelectResult:
+               teachers: TeacherRounds | None = None, engines: Engines | None = None,
+               journal: Journal | None = None, restart: bool = False) -> SelectResult:
     """read -> strategies -> sample -> exemplars -> race rounds (generate, score, look) -> reduce.
 
     ``engines``: the resident engines of the calling job (``sapray run``'s teachers and scorer); without
-    them, select keeps its own scorer for the whole race."""
+    them, select keeps its own scorer for the whole race. ``journal``: the calling job's; without it, select
+    opens its own in the output folder (``restart`` empties it first)."""
     started = time.monotonic()
     target = Target.of(cfg)
     init_ray(cfg.ray)
+    journal = journal or open_journal(cfg, target.commit, restart)
     with contextlib.ExitStack() as own:
         if engines is None:
             scorer = (ScoreActor, scorer_kwargs(cfg, target.commit, target.layout.boundary))
             engines = own.enter_context(Engines({"scorer": scorer}, cfg.ray, cfg.ray.resident_engines))
-        result = _select(cfg, target, engines, on_round, teachers)
+        result = _select(cfg, target, engines, on_round, teachers, journal)
         result.engine_starts = engines.engine_starts()
     result.timings["total_s"] = round(time.monotonic() - started, 2)
     return result
 
 
+def say_resumed(journal: Journal, teachers: TeacherRounds | None) -> None:
+    """What a rerun takes from the journal instead of computing (and paying for) it again."""
+    rounds = sorted(int(name.removeprefix("round-")) for name in journal.entries if name.startswith("round-"))
+    if not rounds and "exemplars" not in journal:
+        return
+    requests = sum(len(journal.get(round_entry(n))["scored"]) for n in rounds)
+    what = " and ".join(part for part in ("exemplars" if "exemplars" in journal else "",
+                                          f"rounds {_spans(rounds)}" if rounds else "") if part)
+    money = teachers.journaled_money if teachers else None
+    paid = f", ${money:,.2f} of generation not paid again" if money else ""
+    console.say(f"resuming: {what} from the journal ({requests:,} requests{paid})")
+
+
+def _spans(numbers: list[int]) -> str:
+    """1, 2, 3, 5 -> '1-3, 5'."""
+    spans: list[list[int]] = []
+    for n in numbers:
+        if spans and n == spans[-1][1] + 1:
+            spans[-1][1] = n
+        else:
+            spans.append([n, n])
+    return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
+
+
 def _select(cfg: SelectConfig, target: Target, engines: Engines, on_round: Callable[[str], None] | None,
-            teachers: TeacherRounds | None) -> SelectResult:
+            teachers: TeacherRounds | None, journal: Journal) -> SelectResult:
+    say_resumed(journal, teachers)
     inputs = read_selection_inputs(cfg.data, cfg.ray, teachers.names if teachers else [])
     strategies = _strategies(inputs)
     sample = Sample.draw(cfg, inputs)
     t0 = time.monotonic()
-    pool, exemplar_info = _mine_exemplars(cfg, target, inputs.question_ids, lambda ids: inputs.fetch(ids)[0])
+    pool, exemplar_info = _exemplars(cfg, target, inputs, journal)
     mining_s = time.monotonic() - t0
     s = cfg.sample
     race = Race(strategies, RaceRule(s.confidence, s.epsilon, s.min_questions, s.tuned_for))
     loop = RaceRounds(cfg, Requests(cfg, target, pool, sample), race, Budget(s.max_questions, s.max_tokens,
-                                                                            s.max_money), teachers, inputs.rows_in)
+                                                                            s.max_money), teachers, inputs.rows_in,
+                      journal)
     t0 = time.monotonic()
     first_round = min(len(sample.reachable), s.round_size) if loop.confident else len(sample.reachable)
     with scoring_engines(cfg, engines, first_round, len(strategies)) as score_rows:

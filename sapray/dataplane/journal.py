@@ -1,0 +1,96 @@
+"""The journal of a long job: each finished unit of work, written whole before the job moves on.
+
+A job killed at any point (``kill -9`` included) and run again with the same command reads its journal,
+replays what was finished without computing it again, and continues from its last finished round, batch or
+shard, with the same results as a run that was never stopped:
+
+    <journal>/fingerprint.json   what determines the contents: the config that matters, the model's commit,
+                                 the inputs' sizes and times, sapray's version
+    <journal>/<unit>.json        one finished unit each (mined exemplars, a teacher's batch, a scored round)
+
+Each entry is written to a temporary name and moved into place (``read.write_text``), so an entry is there
+whole or not at all. A journal whose fingerprint differs from the job's is refused with the keys that
+changed, unless the job starts over (``restart``: the journal is emptied first).
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import metadata
+from typing import Any
+
+import pyarrow.fs as pafs
+
+from sapray.core.errors import ConfigError
+from sapray.dataplane.read import child, filesystem, read_text, write_text
+
+FINGERPRINT = "fingerprint.json"
+
+
+class JournalMismatch(ConfigError):
+    """The output's journal was written by a job that differs in what determines its contents."""
+
+
+def sapray_version() -> str:
+    try:
+        return metadata.version("sapray")
+    except metadata.PackageNotFoundError:  # a source tree on the path, not installed
+        return "unknown"
+
+
+def input_identity(uri: str) -> dict | None:
+    """What tells one version of an input from another without reading it: its size and modification time
+    (each file's, for a folder); None for an input that is not there."""
+    fs, path = filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        return None
+    if info.type == pafs.FileType.Directory:
+        files = sorted(fs.get_file_info(pafs.FileSelector(path, recursive=True)), key=lambda f: f.path)
+        return {f.path[len(path):]: [f.size, f.mtime_ns] for f in files if f.type == pafs.FileType.File}
+    return {"size": info.size, "mtime_ns": info.mtime_ns}
+
+
+def changes(old: Any, new: Any, where: str = "") -> list[str]:
+    """The dotted keys whose values differ, each as ``key: old -> new``."""
+    if isinstance(old, dict) and isinstance(new, dict):
+        return [c for k in sorted(set(old) | set(new), key=str)
+                for c in changes(old.get(k), new.get(k), f"{where}.{k}" if where else str(k))]
+    if old == new:
+        return []
+    shown = [json.dumps(v, sort_keys=True)[:60] for v in (old, new)]
+    return [f"{where or 'the journal'}: {shown[0]} -> {shown[1]}"]
+
+
+class Journal:
+    """The entries of one job's journal folder (a local path or an object-store URI)."""
+
+    def __init__(self, folder: str, fingerprint: dict, restart: bool = False) -> None:
+        self.folder = folder
+        fs, path = filesystem(folder)
+        if restart and fs.get_file_info(path).type == pafs.FileType.Directory:
+            fs.delete_dir_contents(path)
+        fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))  # as it reads back
+        earlier = self.get(FINGERPRINT.removesuffix(".json"))
+        if earlier is None:
+            write_text(child(folder, FINGERPRINT), json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+        elif earlier != fingerprint:
+            changed = "; ".join(changes(earlier, fingerprint)[:8])
+            raise JournalMismatch(f"{folder} holds the journal of another run ({changed}): run with --restart to "
+                                  "start over, or write to another output")
+        self.entries = {info.base_name.removesuffix(".json") for info in fs.get_file_info(pafs.FileSelector(path))
+                        if info.base_name.endswith(".json") and info.base_name != FINGERPRINT}
+
+    def __contains__(self, name: str) -> bool:
+        return name in self.entries
+
+    def get(self, name: str) -> Any:
+        """An entry's value, or None when the journal has no such entry."""
+        try:
+            return json.loads(read_text(child(self.folder, f"{name}.json")))
+        except (FileNotFoundError, OSError):
+            return None
+
+    def put(self, name: str, value: Any) -> None:
+        write_text(child(self.folder, f"{name}.json"), json.dumps(value, ensure_ascii=False, sort_keys=True))
+        self.entries.add(name)
