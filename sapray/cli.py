@@ -17,8 +17,9 @@ from sapray.present.console import console, session
 def _user_errors() -> tuple[type[Exception], ...]:
     from sapray.core.exemplars import ExemplarShortfall
     from sapray.dataplane.read import InputError
+    from sapray.dataplane.resident import EnginesLost
 
-    return ConfigError, InputError, ExemplarShortfall
+    return ConfigError, InputError, ExemplarShortfall, EnginesLost
 
 
 def friendly(command):
@@ -33,13 +34,13 @@ def friendly(command):
     return wrapper
 
 
-def _execute(cfg: SelectConfig, verbose: bool) -> None:
+def _execute(cfg: SelectConfig, verbose: bool, restart: bool) -> None:
     from sapray.jobs.outputs import write_outputs
     from sapray.jobs.select import run_select
     from sapray.present.tables import render_table
 
     with session(cfg.output, verbose):
-        result = run_select(cfg, on_round=console.say)
+        result = run_select(cfg, on_round=console.say, restart=restart)
         paths = write_outputs(cfg.output, result, cfg.model_dump())
     counts = result.counts
     lines = [render_table(result.summary), "",
@@ -82,6 +83,11 @@ def common_flags(f):
     ]):
         f = option(f)
     return f
+
+
+def restart_flag(f):
+    return click.option("--restart", is_flag=True, help="start over: empty the output's journal first (a rerun "
+                        "without it continues from the journal, and refuses one a different config wrote)")(f)
 
 
 @click.group()
@@ -129,11 +135,12 @@ def data_flags(raw: dict, candidates: tuple[str, ...], questions: str | None, ex
 @click.option("--exemplars", "exemplar_file", help="the target's own answers to use as exemplars (JSONL with text)")
 @click.option("--pool", help="questions with gold answers to mine exemplars from (default: the compared questions)")
 @click.option("--print-config", is_flag=True, help="print the full resolved config as YAML and stop")
+@restart_flag
 @common_flags
 @friendly
 def select(config_path: str | None, candidate_args: tuple[str, ...], questions: str | None,
-           exemplar_file: str | None, pool: str | None, print_config: bool, set_items: tuple[str, ...],
-           verbose: bool, **flags) -> None:
+           exemplar_file: str | None, pool: str | None, print_config: bool, restart: bool,
+           set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     """Score every strategy's responses on a cost-bounded sample and name the most familiar.
 
     \b
@@ -153,7 +160,7 @@ def select(config_path: str | None, candidate_args: tuple[str, ...], questions: 
     if print_config:
         click.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True), nl=False)
         return
-    _execute(cfg, verbose)
+    _execute(cfg, verbose, restart)
 
 
 def demo_config() -> dict:
@@ -175,15 +182,16 @@ def demo_config() -> dict:
 
 
 @main.command()
+@restart_flag
 @common_flags
 @friendly
-def demo(set_items: tuple[str, ...], verbose: bool, **flags) -> None:
+def demo(restart: bool, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     """Select among GSM8K's six real strategies for the embedded SmolLM2-135M-Instruct."""
     try:
         cfg = load_config(demo_config(), _overrides(set_items, **flags))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    _execute(cfg, verbose)
+    _execute(cfg, verbose, restart)
 
 
 def _load(config_path: str, set_items, **flags) -> SelectConfig:
@@ -226,16 +234,17 @@ def generate(config_path: str, strategy: str, set_items: tuple[str, ...], verbos
 @main.command()
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="YAML config with strategies")
+@restart_flag
 @common_flags
 @friendly
-def run(config_path: str, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
+def run(config_path: str, restart: bool, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     """Generate the sample with every strategy, select, then generate the full set with the winner."""
     from sapray.jobs.run import run_all
     from sapray.present.tables import render_table
 
     cfg = _load(config_path, set_items, **flags)
     with session(cfg.output, verbose):
-        summary, costs, metadata = run_all(cfg, on_round=console.say)
+        summary, costs, metadata = run_all(cfg, on_round=console.say, restart=restart)
     console.result(render_table(summary))
     for name, c in costs.items():
         console.result(f"sample generation {name}: {_tokens_and_money(c)}, {c['wall_s']:.1f} s, "
@@ -252,9 +261,10 @@ def run(config_path: str, set_items: tuple[str, ...], verbose: bool, **flags) ->
 @click.option("--output", help="output folder or URI")
 @click.option("-v", "--verbose", is_flag=True, help="show Ray's and the workers' output on the console instead of "
               "in run.log")
+@restart_flag
 @friendly
 def filter_command(config_path: str, method: str | None, set_items: tuple[str, ...], output: str | None,
-                   verbose: bool) -> None:
+                   verbose: bool, restart: bool) -> None:
     """Keep the samples that will help: self-consistency, DS weight, LoBaSS or IFD."""
     import json
 
@@ -268,7 +278,7 @@ def filter_command(config_path: str, method: str | None, set_items: tuple[str, .
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     with session(cfg.output, verbose):
-        result = run_filter(cfg)
+        result = run_filter(cfg, restart)
         paths = write_filter_outputs(cfg.output, result)
     c = result.summary["counts"]
     console.result(f"{cfg.method}: {c['rows_in']} in = {c['kept']} kept + {c['dropped']} dropped "
@@ -376,8 +386,9 @@ def validate_command(results: str | None, selections: tuple[str, ...], accuracy:
               help="any other key, e.g. engine_args.max_model_len=4096, columns.gold=answer, ray.actors=2")
 @click.option("-v", "--verbose", is_flag=True, help="show Ray's and the workers' output on the console instead of "
               "in run.log")
+@restart_flag
 @friendly
-def mine_command(set_items: tuple[str, ...], verbose: bool, batch_size: int, exclude: tuple[str, ...],
+def mine_command(set_items: tuple[str, ...], verbose: bool, restart: bool, batch_size: int, exclude: tuple[str, ...],
                  **options) -> None:
     """Mine exemplars alone: the target answers pool questions until n pass the answer checker."""
     from sapray.config import validate
@@ -390,7 +401,7 @@ def mine_command(set_items: tuple[str, ...], verbose: bool, batch_size: int, exc
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     with session(cfg.output.rpartition("/")[0] or ".", verbose):
-        result = run_mine(cfg)
+        result = run_mine(cfg, restart)
         path, sidecar = write_mined(cfg.output, result)
     p = result.provenance
     rate = f"{p['hit_rate']:.1%}" if p["hit_rate"] is not None else "-"

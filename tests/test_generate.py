@@ -328,3 +328,81 @@ def test_race_in_run_stops_asking_an_eliminated_teacher(ray_local, exemplar_file
     assert metadata["rows"] == 10 and metadata["rejected"] == 0
     train = read_parts(tmp_path / "train" / "train")
     assert sorted(r["question_id"] for r in train) == sorted(q["question_id"] for q in load_questions()[:10])
+
+
+def _asked(body: bytes) -> tuple[str, str]:
+    """(user message, model) of one chat request the proxy saw: which question a strategy asked."""
+    request = json.loads(body)
+    return request["messages"][-1]["content"], request["model"]
+
+
+@pytest.mark.vllm
+def test_run_with_an_api_teacher_resumes_from_its_journal_after_kill_9(exemplar_file, vllm_server,  # noqa: F811
+                                                                       tmp_path):
+    """`sapray run` with an OpenAI-compatible teacher (`vllm serve` behind the proxy), killed with SIGKILL once
+    its second batch of round 1 is journaled, then run again: the teacher is never asked again for a batch
+    the journal held at the kill (only the batch in flight may be), and the selection, the scores and the
+    training set are a whole run's, timing fields aside."""
+    proxy = FaultProxy(vllm_server, faults=())
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    teacher = {"kind": "openai", "model": "smollm2", "base_url": f"http://127.0.0.1:{proxy.server_port}/v1",
+               "api_key_env": "SAPRAY_TEST_API_KEY", "timeout_s": CLIENT_TIMEOUT_S, "max_concurrency": 1,
+               "price_per_million_prompt": 0.5, "price_per_million_completion": 1.5}
+    questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:6])
+    config = job(tmp_path, exemplar_file, questions, model=TINY_RANDOM, metrics=["sap"],
+                 strategies=[{"name": "plain", "teacher": teacher, "prompt": "{question}", "max_tokens": 16},
+                             {"name": "steps", "teacher": teacher, "prompt": "{question}\nStep by step.",
+                              "max_tokens": 16}])
+    del config["data"]["candidates"]
+    config["sample"] = {"max_questions": 6, "round_size": 3}  # two rounds; no decision before 10 questions
+    config["ray"]["batch_size"] = 1  # a batch per question: three per strategy and round
+    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "SAPRAY_TEST_API_KEY": SECRET}
+
+    def command(name: str) -> list[str]:
+        path = tmp_path / f"{name}.yaml"
+        generate = {**config["generate"], "output": str(tmp_path / name / "train")}
+        path.write_text(yaml.safe_dump({**config, "output": str(tmp_path / name / "select"), "generate": generate}))
+        return [sys.executable, "-m", "sapray", "run", "--config", str(path)]
+
+    def finish(name: str) -> str:
+        done = subprocess.run(command(name), env=env, capture_output=True, text=True, timeout=PATIENCE_S)
+        assert done.returncode == 0, done.stderr[-3000:]
+        return done.stderr
+
+    journal = tmp_path / "resumed" / "select" / "journal"
+    try:
+        finish("whole")
+        log = tmp_path / "first.log"
+        with log.open("w") as out:
+            first = subprocess.Popen(command("resumed"), env=env, start_new_session=True, stdout=out,
+                                     stderr=subprocess.STDOUT)
+            wait_until(lambda: len(list(journal.glob("gen-r0001-*-b0001.json"))) >= 1,
+                       "a second teacher batch journaled", first, log, poll_s=0.1)
+            os.killpg(first.pid, signal.SIGKILL)
+            first.wait()
+        held = {(row["row_id"], row["strategy"]) for entry in journal.glob("gen-*.json")
+                for row in json.loads(entry.read_text())}
+        asked_before = len(proxy.bodies)
+        console = finish("resumed")
+    finally:
+        proxy.shutdown()
+    assert "resuming:" in console and "of generation not paid again" in console
+    text = {q["question_id"]: q["question"] for q in load_questions()[:6]}
+    prompts = {"plain": "{question}", "steps": "{question}\nStep by step."}
+    asked_again = {_asked(b)[0] for b in proxy.bodies[asked_before:]}
+    assert held and not {(q, s) for q, s in held if prompts[s].format(question=text[q]) in asked_again}
+    whole, resumed = tmp_path / "whole", tmp_path / "resumed"
+    for name in ("scores.parquet", "sample_candidates/plain.jsonl", "sample_candidates/steps.jsonl",
+                 "rejects/part-scoring.jsonl"):
+        assert (whole / "select" / name).read_bytes() == (resumed / "select" / name).read_bytes(), name
+    for name in ("train/part-00000.jsonl", "parquet/part-00000.parquet"):
+        assert (whole / "train" / name).read_bytes() == (resumed / "train" / name).read_bytes(), name
+
+    def without_timings(value):  # wall_s: the only fields that may differ
+        if isinstance(value, dict):
+            return {k: without_timings(v) for k, v in value.items() if k != "wall_s"}
+        return [without_timings(v) for v in value] if isinstance(value, list) else value
+
+    for name in ("select/selection.json", "train/metadata.json"):
+        assert without_timings(json.loads((whole / name).read_text())) == without_timings(
+            json.loads((resumed / name).read_text())), name

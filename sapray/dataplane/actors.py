@@ -14,8 +14,10 @@ import math
 from typing import Any
 
 import numpy as np
+import pyarrow as pa
 
 from sapray.core.scoring import ScoreRequest, score
+from sapray.dataplane.journal import BatchMemo
 from sapray.engines import SamplingConfig, load_engine
 from sapray.engines.models import resolve_model
 
@@ -67,15 +69,27 @@ class GenerateActor:
     """Generates from token-id prompts: prompt_ids -> texts, finish reasons, token counts (other columns pass).
 
     A ``sampling_json`` column, where present, gives each row its own sampling (strategies that share a
-    teacher model share its actors); rows without one use ``sampling``."""
+    teacher model share its actors); rows without one use ``sampling``. With ``journal``, each batch's
+    answers are journaled as they come (``journal.BatchMemo``, by the rows' ``order``) and a batch found
+    there is not generated again."""
 
     def __init__(self, engine: str, model: str, engine_args: dict[str, Any], sampling: dict[str, Any],
-                 num_cpus: float = 1, revision: str | None = None) -> None:
+                 num_cpus: float = 1, revision: str | None = None, journal: str | None = None) -> None:
         _limit_threads(num_cpus)
         self.engine = load_engine(engine, resolve_model(model, revision), **engine_args)
         self.sampling = SamplingConfig(**sampling)
+        self.memo = BatchMemo(journal, "answers") if journal else None
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        orders = [int(o) for o in batch["order"]] if self.memo else []
+        journaled = self.memo.get(orders) if self.memo else None
+        outputs = journaled.to_pydict() if journaled is not None else self._generate(batch)
+        if self.memo and journaled is None:
+            self.memo.put(orders, pa.table(outputs))
+        return {**{k: v for k, v in batch.items() if k not in ("prompt_ids", "sampling_json")},  # other columns pass
+                **outputs}
+
+    def _generate(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         prompts = [list(map(int, p)) for p in batch["prompt_ids"]]
         per_row = batch.get("sampling_json")
         alike: dict[str, list[int]] = {}  # one engine call per distinct sampling, rows in batch order
@@ -87,7 +101,6 @@ class GenerateActor:
             for i, generation in zip(rows, self.engine.generate([prompts[i] for i in rows], sampling), strict=True):
                 generations[i] = generation
         return {
-            **{k: v for k, v in batch.items() if k not in ("prompt_ids", "sampling_json")},  # other columns pass
             "texts": [g.texts for g in generations],
             "prompt_tokens": [g.prompt_tokens for g in generations],
             "completion_tokens": [sum(g.completion_tokens) for g in generations],

@@ -15,14 +15,18 @@ changed, unless the job starts over (``restart``: the journal is emptied first).
 
 from __future__ import annotations
 
+import hashlib
 import json
+from collections.abc import Callable
 from importlib import metadata
 from typing import Any
 
+import pyarrow as pa
 import pyarrow.fs as pafs
+import pyarrow.parquet as pq
 
 from sapray.core.errors import ConfigError
-from sapray.dataplane.read import child, filesystem, read_text, write_text
+from sapray.dataplane.read import child, filesystem, read_text, write_text, write_whole
 
 FINGERPRINT = "fingerprint.json"
 
@@ -94,3 +98,55 @@ class Journal:
     def put(self, name: str, value: Any) -> None:
         write_text(child(self.folder, f"{name}.json"), json.dumps(value, ensure_ascii=False, sort_keys=True))
         self.entries.add(name)
+
+
+def batch_log(journal: Journal, scope: str) -> Callable[..., Any]:
+    """``log(k)``: the outputs of batch k of ``scope`` (None when not journaled); ``log(k, outputs)`` journals
+    them (``sapray.dataplane.teachers.BatchLog``)."""
+    def log(k: int, outputs: list[dict] | None = None) -> Any:
+        name = f"{scope}-b{k:04d}"
+        if outputs is None:
+            return journal.get(name) if name in journal else None
+        journal.put(name, outputs)
+        return None
+    return log
+
+
+def digest(text: str) -> str:
+    """A short stable name for a long key (a teacher's model and engine arguments)."""
+    return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+class BatchMemo:
+    """What an engine actor computed for one batch (its new columns), kept in a job's journal under the batch's
+    rows (their input ``order``), so a rerun cut into the same batches finds it instead of computing it again.
+    Written by the worker that computed it, as one Parquet file, there whole or not at all."""
+
+    def __init__(self, folder: str, name: str) -> None:
+        self.folder, self.name = folder, name
+
+    def _uri(self, orders: list[int]) -> str:
+        return child(self.folder, f"{self.name}-{orders[0]:012d}-{len(orders)}-{digest(repr(orders))}.parquet")
+
+    def get(self, orders: list[int]) -> pa.Table | None:
+        if not orders:
+            return None
+        fs, path = filesystem(self._uri(orders))
+        if fs.get_file_info(path).type != pafs.FileType.File:
+            return None
+        with fs.open_input_file(path) as f:
+            return pq.read_table(f)
+
+    def put(self, orders: list[int], columns: pa.Table) -> None:
+        if orders:
+            sink = pa.BufferOutputStream()
+            pq.write_table(columns, sink)
+            write_whole(self._uri(orders), sink.getvalue().to_pybytes())
+
+
+def memos(folder: str) -> int:
+    """How many batches a journal folder holds (``BatchMemo`` files)."""
+    fs, path = filesystem(folder)
+    if fs.get_file_info(path).type != pafs.FileType.Directory:
+        return 0
+    return sum(1 for info in fs.get_file_info(pafs.FileSelector(path)) if info.base_name.endswith(".parquet"))

@@ -93,12 +93,17 @@ def read_text(uri: str, fs: pafs.FileSystem | None = None) -> str:
 
 
 def write_text(uri: str, text: str) -> None:
+    """A whole UTF-8 file, there whole or not at all (``write_whole``)."""
+    write_whole(uri, text.encode("utf-8"))
+
+
+def write_whole(uri: str, data: bytes) -> None:
     """A whole file, there whole or not at all: written to a temporary name, then moved (on an object store
     each write is one object, there once complete)."""
     fs, path = filesystem(uri)
     fs.create_dir(path.rpartition("/")[0] or ".", recursive=True)
     with fs.open_output_stream(path + ".tmp") as f:
-        f.write(text.encode("utf-8"))
+        f.write(data)
     fs.move(path + ".tmp", path)
 
 

@@ -17,8 +17,9 @@ engines see the batches and give the outputs of a Ray Data actor pool: the same 
 Pools of engines that take turns (a run's teachers and its scorer) reserve a ``share`` of their CPUs
 and GPUs each (``placement.plan``). ``close`` releases a pool's engines (an eliminated teacher, the
 scorer once the race ends); ``grow`` adds engines where resources were freed (the winner's full set).
-An engine actor lost with its node is restarted by Ray once and the call retried; a call that still
-fails raises the engine's error in the job: nothing waits on a lost actor.
+An engine actor lost with its node leaves its pool and its batch goes to another engine; when a pool has
+none left, the job stops with an error that says so (a rerun resumes from the journal): nothing waits on a
+lost actor.
 """
 
 from __future__ import annotations
@@ -44,11 +45,8 @@ class ResidentEngine:
     """One engine actor: the job's actor class, built once; counts its engine starts itself."""
 
     def __init__(self, actor_cls: type, actor_kwargs: dict[str, Any]) -> None:
-        import ray
-
         self.inner = actor_cls(**actor_kwargs)
-        # an actor Ray restarted (its node lost) has loaded its engine at least twice
-        self.starts = 2 if ray.get_runtime_context().was_current_actor_reconstructed else 1
+        self.starts = 1  # engine actors are never restarted (the Dispatcher moves a lost one's work)
 
     def run(self, batch: Any) -> Any:
         return self.inner(batch)
@@ -61,24 +59,44 @@ class ResidentEngine:
         return f"{ctx.get_node_id()}/{ctx.get_actor_id()}", self.starts
 
 
+class EnginesLost(RuntimeError):
+    """Every engine actor of a pool was lost (their nodes gone): the job stops; a rerun resumes."""
+
+
 class Dispatcher:
-    """Hands each batch to a free engine (an async actor: calls wait for an engine, not for each other)."""
+    """Hands each batch to a free engine (an async actor: calls wait for an engine, not for each other). An
+    engine lost with its node leaves the pool and its batch goes to another; when none is left, every call
+    fails at once, naming the lost engines (nothing waits for an engine that will not come back)."""
 
     def __init__(self, engines: list) -> None:
         self.free: asyncio.Queue = asyncio.Queue()
-        for engine in engines:
-            self.free.put_nowait(engine)
+        self.live, self.lost = 0, []
+        self.add(engines)
 
     def add(self, engines: list) -> None:
         for engine in engines:
             self.free.put_nowait(engine)
+        self.live += len(engines)
 
     async def run(self, batch: list) -> Any:
-        engine = await self.free.get()
-        try:
-            return await engine.run.remote(batch[0])  # in a list: the reference travels, not the batch
-        finally:
+        from ray.exceptions import ActorDiedError, ActorUnavailableError
+
+        while True:
+            engine = await self.free.get()
+            if engine is None:  # the pool is empty: wake the next waiter too
+                self.free.put_nowait(None)
+                raise EnginesLost(f"every engine actor of this pool was lost ({'; '.join(self.lost)[:500]}): "
+                                  "run the same command again to resume from the journal")
+            try:
+                output = await engine.run.remote(batch[0])  # in a list: the reference travels, not the batch
+            except (ActorDiedError, ActorUnavailableError) as exc:
+                self.live -= 1
+                self.lost.append(str(exc).splitlines()[0][:200])
+                if self.live == 0:
+                    self.free.put_nowait(None)
+                continue
             self.free.put_nowait(engine)
+            return output
 
 
 def _through(dispatcher: Any):
@@ -110,9 +128,9 @@ class EnginePool:
         """Start engines until the pool has ``actors`` (none when it has as many already)."""
         import ray
 
+        # not restarted: one lost with its node leaves the pool (Dispatcher), rather than wait for a node
         remote = ray.remote(ResidentEngine).options(
-            num_cpus=self.where.reserved_cpus, num_gpus=self.where.reserved_gpus or None,
-            max_restarts=1, max_task_retries=1)
+            num_cpus=self.where.reserved_cpus, num_gpus=self.where.reserved_gpus or None, max_restarts=0)
         new = [remote.remote(self.actor_cls, self.actor_kwargs) for _ in range(actors - len(self.engines))]
         if new:
             self.placements += ray.get([e.started.remote() for e in new])
@@ -152,7 +170,12 @@ class EnginePool:
         window = TASKS_PER_ENGINE * len(self.engines)
         pending = deque(send(table) for table in tables[:window])
         for table in tables[window:] + [None] * min(window, len(tables)):
-            output = ray.get(pending.popleft())
+            try:
+                output = ray.get(pending.popleft())
+            except ray.exceptions.RayTaskError as exc:
+                if isinstance(exc.cause, EnginesLost):
+                    raise EnginesLost(str(exc.cause)) from None
+                raise
             if table is not None:
                 pending.append(send(table))
             yield from BlockAccessor.for_block(BlockAccessor.batch_to_block(output)).iter_rows(public_row_format=True)

@@ -180,20 +180,39 @@ class EncodeRequests:
 class ScoreSums:
     """Engine actor: for each request of each row, the sum of the continuation's token log-probs
     (``{prefix}sum_{r}``) and its token count (``{prefix}tokens_{r}``); per-token values only with
-    ``token_logprobs`` (debugging). With ``drop_ids`` the token ids leave the rows here."""
+    ``token_logprobs`` (debugging). With ``drop_ids`` the token ids leave the rows here. With ``journal``,
+    each batch's sums are journaled as it is scored (``journal.BatchMemo``) and a batch found there is not
+    scored again."""
 
     def __init__(self, engine: str, model: str, engine_args: dict[str, Any], requests: int, prefix: str,
                  drop_ids: bool, token_logprobs: bool = False, num_cpus: float = 1,
-                 revision: str | None = None) -> None:
+                 revision: str | None = None, journal: str | None = None) -> None:
         from sapray.dataplane.actors import _limit_threads
+        from sapray.dataplane.journal import BatchMemo
         from sapray.engines import load_engine
         from sapray.engines.models import resolve_model
 
         _limit_threads(num_cpus)
         self.engine = load_engine(engine, resolve_model(model, revision), **engine_args)
         self.requests, self.prefix, self.drop_ids, self.token_logprobs = requests, prefix, drop_ids, token_logprobs
+        self.memo = BatchMemo(journal, f"sums-{prefix or 'score'}") if journal else None
 
     def __call__(self, batch: pa.Table) -> pa.Table:
+        orders = batch.column("order").to_pylist()
+        columns = self.memo.get(orders) if self.memo else None
+        if columns is None:
+            columns = self._score(batch)
+            if self.memo:
+                self.memo.put(orders, columns)
+        out = batch
+        if self.drop_ids:
+            out = out.drop_columns([f"{kind}_ids_{r}" for r in range(self.requests)
+                                    for kind in ("context", "continuation")])
+        for name in columns.column_names:
+            out = out.append_column(name, columns.column(name))
+        return out
+
+    def _score(self, batch: pa.Table) -> pa.Table:
         from sapray.core.scoring import EncodedRequest
 
         ok = [not r for r in batch.column("reject").to_pylist()]
@@ -212,17 +231,13 @@ class ScoreSums:
         for (r, i), values in zip(slots, logprobs, strict=True):
             sums[r, i], tokens[r, i] = math.fsum(values), len(values)
             per_token[r][i] = values
-        out = batch
-        if self.drop_ids:
-            out = out.drop_columns([f"{kind}_ids_{r}" for r in range(self.requests)
-                                    for kind in ("context", "continuation")])
+        columns = {}
         for r in range(self.requests):
-            out = out.append_column(f"{self.prefix}sum_{r}", pa.array(sums[r]))
-            out = out.append_column(f"{self.prefix}tokens_{r}", pa.array(tokens[r]))
+            columns[f"{self.prefix}sum_{r}"] = pa.array(sums[r])
+            columns[f"{self.prefix}tokens_{r}"] = pa.array(tokens[r])
             if self.token_logprobs:
-                out = out.append_column(f"{self.prefix}token_logprobs_{r}",
-                                        pa.array(per_token[r], pa.list_(pa.float64())))
-        return out
+                columns[f"{self.prefix}token_logprobs_{r}"] = pa.array(per_token[r], pa.list_(pa.float64()))
+        return pa.table(columns)
 
 
 # -- summaries computed where the blocks are --------------------------------------------------------

@@ -56,7 +56,8 @@ def _uses_gold(strategy: StrategyConfig) -> bool:
     return "{gold}" in strategy.prompt or "{gold}" in (strategy.system or "")
 
 
-def _money(teacher: TeacherConfig, prompt_tokens: int, completion_tokens: int) -> float | None:
+def teacher_money(teacher: TeacherConfig, prompt_tokens: int, completion_tokens: int) -> float | None:
+    """What the teacher's tokens cost where it has prices (None where it has none)."""
     if teacher.price_per_million_prompt is None and teacher.price_per_million_completion is None:
         return None
     return (prompt_tokens * (teacher.price_per_million_prompt or 0.0)
@@ -207,11 +208,11 @@ def plain(value: Any) -> Any:
     return value.tolist() if hasattr(value, "tolist") else value
 
 
-def _answered(pool: Any, rows: list[dict], actor_cls: type, actor_kwargs: dict[str, Any], ray_cfg: RayConfig,
-              log: BatchLog) -> Iterator[dict]:
-    """The teacher's outputs for ``rows`` in order, as plain values, batch by batch: a batch in ``log`` from
-    there, the others from the teacher (``pool``, the job's resident engines, or a pool of this pass), each
-    logged as it arrives."""
+def answers_in_batches(pool: Any, rows: list[dict], actor_cls: type, actor_kwargs: dict[str, Any],
+                       ray_cfg: RayConfig, log: BatchLog = unlogged) -> Iterator[dict]:
+    """A model's (or endpoint's) outputs for ``rows`` in order, as plain values, batch by batch: a batch in
+    ``log`` from there, the others from the engines (``pool``, the job's resident ones, or a pool of this
+    pass; ``actor_cls`` with ``actor_kwargs``), each logged as it arrives."""
     batches = cut(rows, ray_cfg.batch_size)
     done = [log(k) for k in range(len(batches))]
     missing = [b for b, d in zip(batches, done, strict=True) if d is None]
@@ -240,7 +241,7 @@ def _stream(strategies: list[StrategyConfig], questions: dict[str, list[dict]], 
                 for q in questions[first.name]]
         actor_cls, kwargs = api_teacher_kwargs(first)
         key = teacher_key(first)
-        asked = _answered(pools(key), rows, actor_cls, kwargs, ray_cfg, log(key))
+        asked = answers_in_batches(pools(key), rows, actor_cls, kwargs, ray_cfg, log(key))
         yield from progress(asked, len(rows), f"{first.name}: asking {teacher.model}")
         return
     from transformers import AutoTokenizer
@@ -253,7 +254,7 @@ def _stream(strategies: list[StrategyConfig], questions: dict[str, list[dict]], 
     names = ", ".join(s.name for s in strategies)
     actor_cls, kwargs = model_teacher_kwargs(first, resolved.commit)
     key = teacher_key(first)
-    yield from progress(_answered(pools(key), rows, actor_cls, kwargs, ray_cfg, log(key)), len(rows),
+    yield from progress(answers_in_batches(pools(key), rows, actor_cls, kwargs, ray_cfg, log(key)), len(rows),
                         f"{names}: generating")
 
 
@@ -295,7 +296,7 @@ class Outcomes:
         texts, finish_reasons, prompt_tokens, completion_tokens and error ("" when none)."""
         strategy = self.strategy
         cost = Cost(int(out["prompt_tokens"]), int(out["completion_tokens"]), requests=1)
-        cost.money = _money(strategy.teacher, cost.prompt_tokens, cost.completion_tokens)
+        cost.money = teacher_money(strategy.teacher, cost.prompt_tokens, cost.completion_tokens)
         if out["error"]:
             return [], [Reject(q.get("source", ""), out["error"], "generate", q["question_id"], strategy.name)], cost
         sampling = json.dumps(strategy.sampling().__dict__, sort_keys=True)

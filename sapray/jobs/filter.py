@@ -30,6 +30,7 @@ from sapray.core.answers import make_checker
 from sapray.core.exemplars import zero_shot_prompts
 from sapray.dataplane import stages
 from sapray.dataplane.actors import GenerateActor
+from sapray.dataplane.journal import Journal, input_identity, memos, sapray_version
 from sapray.dataplane.raydata import actor_pool, init_ray
 from sapray.dataplane.read import (
     InputError,
@@ -45,6 +46,7 @@ from sapray.dataplane.shards import check_columns
 from sapray.engines import EngineName, SamplingConfig
 from sapray.engines.models import locate
 from sapray.jobs.generate import question_rejects, questions_dataset, unique_questions
+from sapray.present.console import console
 
 
 class ConsistencyConfig(Strict):
@@ -263,13 +265,14 @@ def _encoded(cfg: FilterConfig, ds, build: Callable[[dict], list], requests: int
 
 
 def _scored(cfg: FilterConfig, ds, requests: int, prefix: str, model: str, revision: str | None,
-            engine_args: dict | None = None, drop_ids: bool = True):
-    """Score every request of every row with an engine actor pool; sums and token counts come back."""
+            engine_args: dict | None = None, drop_ids: bool = True, journal: str | None = None):
+    """Score every request of every row with an engine actor pool; sums and token counts come back (and go
+    to ``journal`` batch by batch, where a rerun finds them)."""
     # Resolved here first, so a missing model fails before any actor starts; actors load the same commit.
     pool = actor_pool(stages.ScoreSums, {
         "engine": cfg.engine, "model": model, "revision": locate(model, revision).commit,
         "engine_args": {**cfg.engine_args, **(engine_args or {})}, "requests": requests, "prefix": prefix,
-        "drop_ids": drop_ids}, cfg.ray)
+        "drop_ids": drop_ids, "journal": journal}, cfg.ray)
     return ds.map_batches(**pool, batch_format="pyarrow")
 
 
@@ -416,7 +419,7 @@ def _count_outcomes(batch: pa.Table) -> dict:
             "rejected": [int((~ok).sum())]}
 
 
-def run_scored_filter(cfg: FilterConfig) -> tuple[dict, dict, dict[str, str]]:
+def run_scored_filter(cfg: FilterConfig, journal: str | None = None) -> tuple[dict, dict, dict[str, str]]:
     """dsweight, lobass or ifd over the whole input in the cluster: (counts, info, paths written)."""
     info: dict[str, Any] = {}
     if cfg.method == "dsweight":
@@ -449,7 +452,8 @@ def run_scored_filter(cfg: FilterConfig) -> tuple[dict, dict, dict[str, str]]:
     ds = _encoded(cfg, usable, build, requests)
     for n, (prefix, model, revision, extra) in enumerate(passes):
         # each pass's actors hold a whole model: passes run one after the other, not side by side
-        ds = _scored(cfg, ds, requests, prefix, model, revision, extra, drop_ids=n == len(passes) - 1).materialize()
+        ds = _scored(cfg, ds, requests, prefix, model, revision, extra, drop_ids=n == len(passes) - 1,
+                     journal=journal).materialize()
     rule, columns = _rule(cfg), SCORE_COLUMNS[cfg.method]
     scored = ds.map_batches(_Score(score, columns, rule), batch_format="pyarrow").materialize()
     cut, distributions, eligible = _summaries(scored, columns, rule)
@@ -548,7 +552,7 @@ def _vote_sums(batch: pa.Table) -> dict:
             "without_majority": [batch.column("majority").null_count]}
 
 
-def run_consistency(cfg: FilterConfig) -> tuple[dict, dict, dict[str, str]]:
+def run_consistency(cfg: FilterConfig, journal: str | None = None) -> tuple[dict, dict, dict[str, str]]:
     """Self-consistency over every question in the cluster: rows in are the sampled answers; rejected
     question rows (unreadable, duplicate id) are counted apart and written to rejects/."""
     cc = cfg.consistency
@@ -566,7 +570,7 @@ def run_consistency(cfg: FilterConfig) -> tuple[dict, dict, dict[str, str]]:
                                     **stages.cpu_pool())
     sampled = prompts.map_batches(**actor_pool(GenerateActor, {
         "engine": cfg.engine, "model": cfg.model, "revision": commit, "engine_args": cfg.engine_args,
-        "sampling": sampling.__dict__}, cfg.ray)).materialize()
+        "sampling": sampling.__dict__, "journal": journal}, cfg.ray)).materialize()
     sampling_sums = sampled.map_batches(_sampling_sums, batch_format="pyarrow", batch_size=None).take_all()
     voted = sampled.map_batches(_Vote(cc), batch_format="pyarrow").materialize()
     vote_sums = voted.map_batches(_vote_sums, batch_format="pyarrow", batch_size=None).take_all()
@@ -592,12 +596,29 @@ def run_consistency(cfg: FilterConfig) -> tuple[dict, dict, dict[str, str]]:
     return counts, info, paths
 
 
-def run_filter(cfg: FilterConfig) -> FilterResult:
-    """Run the filter and write kept/, scores/ and rejects/ under ``cfg.output`` (from the workers)."""
+def fingerprint(cfg: FilterConfig) -> dict:
+    """What determines a filter's journal: the config but its output and Ray placement (the batch size and
+    shard size decide the batches), the models' commits, the inputs' identities, sapray's version."""
+    lb = cfg.lobass
+    commits = {"model": locate(cfg.model, cfg.revision).commit,
+               "reference": locate(lb.reference_model, lb.reference_revision).commit if lb.reference_model else None}
+    inputs = [cfg.input, cfg.dsweight.valid if cfg.dsweight else None, lb.reference_adapter]
+    return {**cfg.model_dump(exclude={"output", "ray"}), "batch_size": cfg.ray.batch_size,
+            "shard_mb": cfg.ray.shard_mb, "commits": commits, "sapray": sapray_version(),
+            "inputs": {uri: input_identity(uri) for uri in inputs if uri}}
+
+
+def run_filter(cfg: FilterConfig, restart: bool = False) -> FilterResult:
+    """Run the filter and write kept/, scores/ and rejects/ under ``cfg.output`` (from the workers). The
+    engine actors journal each batch they score or sample (``<output>/journal``): run again after a stop,
+    the filter reads what was finished and computes the rest (``restart``: from scratch)."""
     init_ray(cfg.ray)
+    journal = Journal(child(cfg.output, "journal"), fingerprint(cfg), restart)
+    if memos(journal.folder):
+        console.say(f"resuming: {memos(journal.folder):,} batch(es) of the earlier run from {journal.folder}")
     try:
         job = run_consistency if cfg.method == "consistency" else run_scored_filter
-        counts, info, paths = job(cfg)
+        counts, info, paths = job(cfg, journal.folder)
     except Exception as exc:
         error = None if isinstance(exc, InputError) else stages.input_error(exc)
         if error is not None:

@@ -26,8 +26,10 @@ from sapray.core import exemplars as ex
 from sapray.core.answers import make_checker
 from sapray.core.sample import sample_order
 from sapray.dataplane.actors import GenerateActor
-from sapray.dataplane.raydata import init_ray, map_with_actors
+from sapray.dataplane.journal import Journal, batch_log, input_identity, sapray_version
+from sapray.dataplane.raydata import init_ray
 from sapray.dataplane.read import read_questions
+from sapray.dataplane.teachers import BatchLog, answers_in_batches, unlogged
 from sapray.engines import EngineName, SamplingConfig
 from sapray.engines.models import locate
 from sapray.present.console import console
@@ -66,8 +68,10 @@ class MineResult:
 
 
 def greedy_answers(pool: Sequence[dict], tokenizer, engine: str, model: str, revision: str | None,
-                   engine_args: dict[str, Any], ray_cfg: RayConfig, max_tokens: int) -> Iterator[dict]:
-    """The target's greedy zero-shot answers to ``pool``, streamed in pool order, one batch at a time.
+                   engine_args: dict[str, Any], ray_cfg: RayConfig, max_tokens: int,
+                   log: BatchLog = unlogged) -> Iterator[dict]:
+    """The target's greedy zero-shot answers to ``pool``, streamed in pool order, one batch at a time; a batch
+    in ``log`` (a journal) comes from there, each other one is logged as it arrives.
 
     Rows as ``GenerateActor`` returns them: row_id (the question id), texts, finish_reasons,
     completion_tokens. ``revision`` should be the commit the driver resolved, so every node loads it.
@@ -75,9 +79,10 @@ def greedy_answers(pool: Sequence[dict], tokenizer, engine: str, model: str, rev
     prompts = ex.zero_shot_prompts(tokenizer, [q["question"] for q in pool])
     rows = [{"row_id": q["question_id"], "prompt_ids": p} for q, p in zip(pool, prompts, strict=True)]
     sampling = SamplingConfig(temperature=0.0, max_tokens=max_tokens)
-    return iter(console.progress(map_with_actors(rows, GenerateActor, {
-        "engine": engine, "model": model, "revision": revision, "engine_args": engine_args,
-        "sampling": sampling.__dict__}, ray_cfg), len(rows), "mining: answering"))
+    kwargs = {"engine": engine, "model": model, "revision": revision, "engine_args": engine_args,
+              "sampling": sampling.__dict__}
+    return iter(console.progress(answers_in_batches(None, rows, GenerateActor, kwargs, ray_cfg, log), len(rows),
+                                 "mining: answering"))
 
 
 def mine_until(
@@ -116,7 +121,21 @@ def _normalised(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
-def run_mine(cfg: MineConfig) -> MineResult:
+def journal_path(output: str) -> Path:
+    """Where mining into ``output`` journals its batches: ``x.jsonl`` -> ``x.journal/``."""
+    path = Path(output)
+    return path.with_suffix(".journal") if path.suffix == ".jsonl" else path.with_name(path.name + ".journal")
+
+
+def fingerprint(cfg: MineConfig, commit: str | None) -> dict:
+    """What determines the mined answers: the config but its output and Ray placement (the batch size decides
+    where mining may stop), the model's commit, the pool's and exclusions' identities, sapray's version."""
+    config = cfg.model_dump(exclude={"output", "ray"})
+    return {**config, "batch_size": cfg.ray.batch_size, "commit": commit, "sapray": sapray_version(),
+            "inputs": {uri: input_identity(uri) for uri in [cfg.pool, *cfg.exclude]}}
+
+
+def run_mine(cfg: MineConfig, restart: bool = False) -> MineResult:
     from transformers import AutoTokenizer
 
     started = time.monotonic()
@@ -135,8 +154,12 @@ def run_mine(cfg: MineConfig) -> MineResult:
     log.info("mining: the target answers up to %d of %d pool questions until %d pass the %s checker "
              "(greedy, max %d tokens, %d per batch)", len(pool), len(questions), cfg.n, cfg.checker,
              cfg.max_tokens, cfg.ray.batch_size)
+    journal = Journal(str(journal_path(cfg.output)), fingerprint(cfg, resolved.commit), restart)
+    done = sorted(name for name in journal.entries if name.startswith("batch-"))
+    if done:
+        console.say(f"resuming: {len(done)} batch(es) of answers from {journal.folder}")
     answers = greedy_answers(pool, tokenizer, cfg.engine, cfg.model, resolved.commit, cfg.engine_args, cfg.ray,
-                             cfg.max_tokens)
+                             cfg.max_tokens, batch_log(journal, "batch"))
     mined, report, generated = mine_until(pool, answers, cfg.n, cfg.checker, cfg.regex, cfg.shortfall)
     by_id = {q["question_id"]: q for q in pool}
     finish = {r["row_id"]: r["finish_reasons"][0] for r in generated}

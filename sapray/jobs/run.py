@@ -12,15 +12,23 @@ from typing import Any
 from sapray.config import ConfigError, SelectConfig, StrategyConfig, TeacherConfig
 from sapray.core.race import choice_set
 from sapray.dataplane.actors import ScoreActor
+from sapray.dataplane.journal import Journal, batch_log, digest
 from sapray.dataplane.raydata import init_ray
 from sapray.dataplane.read import InputError, Reject, child, filesystem, read_text, write_text
 from sapray.dataplane.resident import EnginePool, Engines
 from sapray.dataplane.select_inputs import candidate_file_questions
-from sapray.dataplane.teachers import Cost, api_teacher_kwargs, generate, model_teacher_kwargs, teacher_key
+from sapray.dataplane.teachers import (
+    Cost,
+    api_teacher_kwargs,
+    generate,
+    model_teacher_kwargs,
+    teacher_key,
+    teacher_money,
+)
 from sapray.engines.models import locate
 from sapray.jobs.generate import run_full_generation
 from sapray.jobs.outputs import write_outputs
-from sapray.jobs.select import Target, TeacherRounds, run_select, scorer_kwargs
+from sapray.jobs.select import Target, TeacherRounds, open_journal, run_select, scorer_kwargs
 from sapray.present.console import console
 from sapray.present.html_report import write_report
 
@@ -29,26 +37,31 @@ def _write_jsonl(uri: str, rows: list[dict]) -> None:
     write_text(uri, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def teacher_rounds(cfg: SelectConfig, engines: Engines) -> TeacherRounds:
+def teacher_rounds(cfg: SelectConfig, engines: Engines, journal: Journal) -> TeacherRounds:
     """The config's teacher strategies, generating the selection sample round by round.
 
     Only the strategies still in the race are asked, so an eliminated strategy's teacher gets no
     request after the round that dropped it, and a teacher whose strategies are all out releases its
-    engines. Select scores one response per (question, strategy): the first sample.
+    engines. Each batch of a teacher's answers is journaled as it arrives, and a rerun takes the journaled
+    ones instead of asking (and paying) again. Select scores one response per (question, strategy): the
+    first sample.
     """
     by_name = {s.name: s for s in cfg.strategies}
     costs = {name: Cost() for name in by_name}
     rejected = dict.fromkeys(by_name, 0)
     asked = dict.fromkeys(by_name, 0)
 
-    def generate_round(questions: list[dict], names: list[str]) -> tuple[list[dict], list[Reject]]:
+    def generate_round(questions: list[dict], names: list[str], round_number: int) -> tuple[list[dict], list[Reject]]:
         rows, rejects = [], []
         for name in names:
             console.say(f"generating the sample with strategy {name} ({by_name[name].teacher.describe()}, "
                         f"{len(questions)} questions)")
             asked[name] += len(questions)
+        def log(key: str) -> Callable[..., Any]:
+            return batch_log(journal, f"gen-r{round_number:04d}-{digest(key)}")
+
         for name, new, bad, cost in generate([by_name[n] for n in names], questions, cfg.ray,
-                                             progress=console.progress, pools=engines.pool):
+                                             progress=console.progress, pools=engines.pool, log=log):
             costs[name].add(cost)
             rejected[name] += len(bad)
             rejects += bad
@@ -66,8 +79,17 @@ def teacher_rounds(cfg: SelectConfig, engines: Engines) -> TeacherRounds:
                 engines.release(key)
 
     out: set[str] = set()
-    teachers = TeacherRounds(sorted(by_name), generate_round, drop)
+    teachers = TeacherRounds(sorted(by_name), generate_round, drop, journaled_money(journal, by_name))
     return teachers
+
+
+def journaled_money(journal: Journal, strategies: dict[str, StrategyConfig]) -> float | None:
+    """What the journal's teacher answers cost, where teachers have prices."""
+    spent = [teacher_money(strategies[row["strategy"]].teacher, row["prompt_tokens"], row["completion_tokens"])
+             for name in journal.entries if name.startswith("gen-")
+             for row in journal.get(name) if row["strategy"] in strategies]
+    known = [m for m in spent if m is not None]
+    return sum(known) if known else None
 
 
 def pick_for_full_set(cfg: SelectConfig, summary: dict, sample_costs: dict[str, dict]) -> str:
@@ -149,17 +171,20 @@ def planned_engines(cfg: SelectConfig) -> dict[str, tuple[type, dict[str, Any]]]
     return planned
 
 
-def run_all(cfg: SelectConfig, on_round: Callable[[str], None] | None = None) -> tuple[dict, dict, dict]:
+def run_all(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
+            restart: bool = False) -> tuple[dict, dict, dict]:
     """(selection summary, sample generation costs, training set metadata).
 
     The teachers and the scorer stay resident for the whole race (they take turns, each reserving its
     share of the cluster); a teacher leaves when the race drops its strategies, the scorer when the race
-    ends, and the winner's engines, widened to the resources freed, generate the full set. A restart
-    with the same config after the selection finished (say, killed during the full-scale generation)
-    reuses that selection and resumes the full set, rather than redoing both.
+    ends, and the winner's engines, widened to the resources freed, generate the full set. Run again
+    with the same config after a stop, it continues: from the selection's journal (its exemplars, the
+    teachers' batches and the scored rounds), or, once the selection finished (say, killed during the
+    full-scale generation), from that selection and the full set's shards. ``restart`` starts the
+    selection over.
     """
     init_ray(cfg.ray)
-    done = finished_selection(cfg)
+    done = None if restart else finished_selection(cfg)
     with Engines({} if done else planned_engines(cfg), cfg.ray, cfg.ray.resident_engines) as engines:
         if done:
             summary, sample_costs = done
@@ -167,7 +192,7 @@ def run_all(cfg: SelectConfig, on_round: Callable[[str], None] | None = None) ->
         else:
             if engines.reason:
                 console.say(f"engines start again every round: {engines.reason}")
-            summary, sample_costs = _select_and_record(cfg, engines, on_round)
+            summary, sample_costs = _select_and_record(cfg, engines, on_round, restart)
         winner = pick_for_full_set(cfg, summary, sample_costs)
         key = teacher_key(strategy_for(cfg, winner))
         for other in list(engines.pools):
@@ -183,11 +208,12 @@ def run_all(cfg: SelectConfig, on_round: Callable[[str], None] | None = None) ->
     return summary, sample_costs, metadata
 
 
-def _select_and_record(cfg: SelectConfig, engines: Engines,
-                       on_round: Callable[[str], None] | None) -> tuple[dict, dict]:
+def _select_and_record(cfg: SelectConfig, engines: Engines, on_round: Callable[[str], None] | None,
+                       restart: bool) -> tuple[dict, dict]:
     """The race with the teachers generating its sample; its outputs, the sample candidates and their costs."""
-    teachers = teacher_rounds(cfg, engines) if cfg.strategies else None
-    result = run_select(cfg, on_round=on_round, teachers=teachers, engines=engines)
+    journal = open_journal(cfg, locate(cfg.model, cfg.revision).commit, restart)
+    teachers = teacher_rounds(cfg, engines, journal) if cfg.strategies else None
+    result = run_select(cfg, on_round=on_round, teachers=teachers, engines=engines, journal=journal)
     write_outputs(cfg.output, result, cfg.model_dump())
     sample_costs = teachers.cost if teachers else {}
     if teachers:

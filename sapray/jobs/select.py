@@ -425,14 +425,16 @@ def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
 def say_resumed(journal: Journal, teachers: TeacherRounds | None) -> None:
     """What a rerun takes from the journal instead of computing (and paying for) it again."""
     rounds = sorted(int(name.removeprefix("round-")) for name in journal.entries if name.startswith("round-"))
-    if not rounds and "exemplars" not in journal:
+    batches = sum(1 for name in journal.entries if name.startswith("gen-"))
+    parts = ["exemplars" if "exemplars" in journal else "",
+             f"round{'s' if len(rounds) > 1 else ''} {_spans(rounds)}" if rounds else "",
+             f"{batches} teacher batch(es)" if batches else ""]
+    if not any(parts):
         return
     requests = sum(len(journal.get(round_entry(n))["scored"]) for n in rounds)
-    what = " and ".join(part for part in ("exemplars" if "exemplars" in journal else "",
-                                          f"rounds {_spans(rounds)}" if rounds else "") if part)
     money = teachers.journaled_money if teachers else None
-    paid = f", ${money:,.2f} of generation not paid again" if money else ""
-    console.say(f"resuming: {what} from the journal ({requests:,} requests{paid})")
+    paid = f", ${money:,.4f} of generation not paid again" if money else ""
+    console.say(f"resuming: {', '.join(p for p in parts if p)} from the journal ({requests:,} requests scored{paid})")
 
 
 def _spans(numbers: list[int]) -> str:
