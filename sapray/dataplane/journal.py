@@ -101,10 +101,11 @@ class Journal:
 
 
 def batch_log(journal: Journal, scope: str) -> Callable[..., Any]:
-    """``log(k)``: the outputs of batch k of ``scope`` (None when not journaled); ``log(k, outputs)`` journals
-    them (``sapray.dataplane.teachers.BatchLog``)."""
-    def log(k: int, outputs: list[dict] | None = None) -> Any:
-        name = f"{scope}-b{k:04d}"
+    """``log(rows)``: the journaled outputs of that batch of rows (None when not journaled); ``log(rows,
+    outputs)`` journals them (``sapray.dataplane.teachers.BatchLog``). A batch is named by its rows' ids
+    (``row_id``, ``strategy``), so a batch cut otherwise in another run is asked again, never mistaken."""
+    def log(rows: list[dict], outputs: list[dict] | None = None) -> Any:
+        name = f"{scope}-{digest(repr([(r.get('row_id'), r.get('strategy')) for r in rows]))}"
         if outputs is None:
             return journal.get(name) if name in journal else None
         journal.put(name, outputs)

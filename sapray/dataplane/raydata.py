@@ -109,6 +109,12 @@ def unobserved(items: Iterator[Any], total: int, what: str) -> Iterator[Any]:
     return items
 
 
+def batch_rows(rows: int, batch_size: int, actors: int) -> int:
+    """Rows per block: ``ray.batch_size``, or fewer, so that every actor gets a block (a short sample, a small
+    pool of questions)."""
+    return max(1, min(batch_size, -(-rows // max(1, actors))))
+
+
 def cut(rows: Sequence[dict], batch_size: int) -> list[list[dict]]:
     """Rows in blocks of ``batch_size`` (the last may be shorter), in order: each block one engine batch."""
     return [list(rows[i:i + batch_size]) for i in range(0, len(rows), batch_size)]
@@ -136,8 +142,12 @@ def actor_pool(actor_cls: type, actor_kwargs: dict[str, Any], cfg: RayConfig,
 
 def map_with_actors(rows: Sequence[dict], actor_cls: type, actor_kwargs: dict[str, Any], cfg: RayConfig
                     ) -> Iterator[dict]:
-    """Stream the actor pool's output rows, in input order, in blocks of ``ray.batch_size`` rows."""
-    return map_blocks(cut(rows, cfg.batch_size), actor_cls, actor_kwargs, cfg)
+    """Stream the actor pool's output rows, in input order, in blocks of ``ray.batch_size`` rows or fewer,
+    so that every actor gets one (``batch_rows``)."""
+    from sapray.dataplane.placement import place
+
+    return map_blocks(cut(rows, batch_rows(len(rows), cfg.batch_size, place(actor_kwargs, cfg).actors)), actor_cls,
+                      actor_kwargs, cfg)
 
 
 def map_blocks(row_blocks: Sequence[Sequence[dict]], actor_cls: type, actor_kwargs: dict[str, Any],

@@ -32,7 +32,6 @@ from typing import Any
 
 from sapray.config import RayConfig
 from sapray.dataplane.placement import NotShareable, Placement, place
-from sapray.dataplane.raydata import cut
 
 log = logging.getLogger(__name__)
 
@@ -150,10 +149,6 @@ class EnginePool:
         return {"fn": _through(self.dispatcher), "batch_size": self.cfg.batch_size, "num_cpus": 0,
                 "compute": ray.data.TaskPoolStrategy(size=TASKS_PER_ENGINE * len(self.engines))}
 
-    def map(self, rows: Sequence[dict]) -> Iterator[dict]:
-        """The engines' output rows for ``rows``, in input order, in blocks of ``ray.batch_size`` rows."""
-        return self.map_blocks(cut(rows, self.cfg.batch_size))
-
     def map_blocks(self, row_blocks: Sequence[Sequence[dict]]) -> Iterator[dict]:
         """The engines' output rows, in input order; each block of rows is one batch, handed over as the batch
         Ray Data would make of it, and each output turned into rows as Ray Data turns it (its own block
@@ -223,6 +218,12 @@ class Engines:
         if key not in self.pools:
             self.pools[key] = EnginePool(*self.planned[key], self.cfg, self.where[key], n_blocks)
         return self.pools[key]
+
+    def to_start(self, key: str, n_blocks: int | None = None) -> int:
+        """How many engine actors ``pool(key, n_blocks)`` would start now (0: started already, or not resident)."""
+        if self.reason is not None or key not in self.where or key in self.pools:
+            return 0
+        return min(self.where[key].actors, n_blocks or self.where[key].actors)
 
     def release(self, key: str) -> None:
         """Stop ``key``'s engines (an eliminated teacher, the scorer after the race), freeing their resources."""

@@ -15,8 +15,9 @@ from __future__ import annotations
 
 import json
 import math
+import threading
 import zlib
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from typing import Any
 
 import numpy as np
@@ -331,3 +332,59 @@ def write_parquet(ds, uri: str) -> str:
     ds.write_parquet(path, filesystem=fs, filename_provider=_names("parquet"), mode=SaveMode.OVERWRITE)
     fs.create_dir(path, recursive=True)
     return uri
+
+
+# -- progress of a whole-dataset pass --------------------------------------------------------------------
+
+class _Tally:
+    """Rows that passed a stage, counted by the workers (an async actor: counting never waits)."""
+
+    def __init__(self) -> None:
+        self.rows = 0
+
+    async def add(self, rows: int) -> None:
+        self.rows += rows
+
+    async def value(self) -> int:
+        return self.rows
+
+
+def _counted(tally: Any) -> Callable[[pa.Table], pa.Table]:
+    def fn(batch: pa.Table) -> pa.Table:
+        tally.add.remote(batch.num_rows)
+        return batch
+    return fn
+
+
+def materialized(ds, total: int, what: str, progress: Callable[[Iterator[Any], int, str], Iterator[Any]]):
+    """``ds.materialize()``, its rows shown by ``progress`` as the workers finish them (a job's console; the
+    data plane prints nothing itself). Blocks pass through unchanged, so the result is ``materialize()``'s."""
+    import ray
+
+    tally = ray.remote(num_cpus=0)(_Tally).remote()
+    counted = ds.map_batches(_counted(tally), batch_format="pyarrow", batch_size=None, num_cpus=0)
+    done: dict[str, Any] = {}
+
+    def run() -> None:
+        try:
+            done["ds"] = counted.materialize()
+        except BaseException as exc:  # raised again in the caller's thread
+            done["error"] = exc
+
+    worker = threading.Thread(target=run, daemon=True)
+    worker.start()
+
+    def ticks() -> Iterator[None]:
+        seen = 0
+        while worker.is_alive() or seen < min(total, ray.get(tally.value.remote())):
+            now = min(total, ray.get(tally.value.remote()))
+            yield from (None for _ in range(now - seen))
+            seen = now
+            worker.join(timeout=1.0)
+
+    for _ in progress(ticks(), total, what):
+        pass
+    ray.kill(tally)
+    if "error" in done:
+        raise done["error"]
+    return done["ds"]

@@ -21,7 +21,8 @@ from typing import Any
 from sapray.config import Columns, ConfigError, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
 from sapray.core.answers import make_checker
 from sapray.dataplane.actors import GenerateActor
-from sapray.dataplane.raydata import Progress, cut, map_blocks, unobserved
+from sapray.dataplane.placement import place
+from sapray.dataplane.raydata import Progress, batch_rows, cut, map_blocks, unobserved
 from sapray.dataplane.read import (
     InputError,
     Reject,
@@ -188,13 +189,13 @@ def no_pools(key: str) -> None:
     return None
 
 
-# The entries of finished teacher batches: ``log(k)`` the outputs of batch k, or None; ``log(k, outputs)``
-# records them (``sapray.dataplane.journal``). Batches are cut as the pool cuts them, so a batch journaled
+# The entries of finished batches: ``log(rows)`` the outputs of that batch of rows, or None; ``log(rows,
+# outputs)`` records them (``sapray.dataplane.journal.batch_log``, by the rows' ids), so a batch journaled
 # before a stop is never asked again.
 BatchLog = Callable[..., Any]
 
 
-def unlogged(k: int, outputs: list[dict] | None = None) -> None:
+def unlogged(rows: list[dict], outputs: list[dict] | None = None) -> None:
     return None
 
 
@@ -213,8 +214,9 @@ def answers_in_batches(pool: Any, rows: list[dict], actor_cls: type, actor_kwarg
     """A model's (or endpoint's) outputs for ``rows`` in order, as plain values, batch by batch: a batch in
     ``log`` from there, the others from the engines (``pool``, the job's resident ones, or a pool of this
     pass; ``actor_cls`` with ``actor_kwargs``), each logged as it arrives."""
-    batches = cut(rows, ray_cfg.batch_size)
-    done = [log(k) for k in range(len(batches))]
+    actors = len(pool.engines) if pool is not None else place(actor_kwargs, ray_cfg).actors
+    batches = cut(rows, batch_rows(len(rows), ray_cfg.batch_size, actors))
+    done = [log(batch) for batch in batches]
     missing = [b for b, d in zip(batches, done, strict=True) if d is None]
     asked = iter(pool.map_blocks(missing) if pool is not None else map_blocks(missing, actor_cls, actor_kwargs,
                                                                                 ray_cfg))
@@ -222,7 +224,7 @@ def answers_in_batches(pool: Any, rows: list[dict], actor_cls: type, actor_kwarg
         if done[k] is None:
             outputs = [{**{key: plain(out[key]) for key in OUTPUT_KEYS if key in out}, "strategy": row.get("strategy")}
                        for row, out in zip(batch, (next(asked) for _ in batch), strict=True)]
-            log(k, outputs)
+            log(batch, outputs)
             done[k] = outputs
         yield from done[k]
 

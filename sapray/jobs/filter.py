@@ -444,7 +444,9 @@ def run_scored_filter(cfg: FilterConfig, journal: str | None = None) -> tuple[di
         build, score, passes = _ifd_requests, _ifd_scores, [("", cfg.model, cfg.revision, None)]
         info = {"direction": cfg.ifd.direction, "keep_fraction": cfg.ifd.keep_fraction}
     requests = len(build({"question": "q", "response": "r"}))
+    console.say(f"{cfg.method}: reading {cfg.input} in the cluster")
     usable, read_rejects, rows_in, n_usable = _read_in_cluster(cfg, cfg.input, cfg.columns)
+    console.say(f"{cfg.method}: {n_usable:,} usable samples of {rows_in:,} rows read")
     if not n_usable:
         raise nothing_usable("samples", [cfg.input], [Reject(**r) for r in
                                                       read_rejects.map_batches(_rejects_table, batch_format="pyarrow")
@@ -452,8 +454,9 @@ def run_scored_filter(cfg: FilterConfig, journal: str | None = None) -> tuple[di
     ds = _encoded(cfg, usable, build, requests)
     for n, (prefix, model, revision, extra) in enumerate(passes):
         # each pass's actors hold a whole model: passes run one after the other, not side by side
-        ds = _scored(cfg, ds, requests, prefix, model, revision, extra, drop_ids=n == len(passes) - 1,
-                     journal=journal).materialize()
+        ds = stages.materialized(_scored(cfg, ds, requests, prefix, model, revision, extra,
+                                         drop_ids=n == len(passes) - 1, journal=journal),
+                                 n_usable, f"{cfg.method}: scoring with {model}", console.progress)
     rule, columns = _rule(cfg), SCORE_COLUMNS[cfg.method]
     scored = ds.map_batches(_Score(score, columns, rule), batch_format="pyarrow").materialize()
     cut, distributions, eligible = _summaries(scored, columns, rule)
@@ -568,9 +571,10 @@ def run_consistency(cfg: FilterConfig, journal: str | None = None) -> tuple[dict
     prompts = questions.map_batches(ZeroShotPrompts, batch_format="pyarrow", batch_size=cfg.ray.batch_size,
                                     fn_constructor_kwargs={"model": cfg.model, "revision": commit},
                                     **stages.cpu_pool())
-    sampled = prompts.map_batches(**actor_pool(GenerateActor, {
+    sampled = stages.materialized(prompts.map_batches(**actor_pool(GenerateActor, {
         "engine": cfg.engine, "model": cfg.model, "revision": commit, "engine_args": cfg.engine_args,
-        "sampling": sampling.__dict__, "journal": journal}, cfg.ray)).materialize()
+        "sampling": sampling.__dict__, "journal": journal}, cfg.ray)), questions.count(),
+        f"consistency: {cc.samples} answers per question", console.progress)
     sampling_sums = sampled.map_batches(_sampling_sums, batch_format="pyarrow", batch_size=None).take_all()
     voted = sampled.map_batches(_Vote(cc), batch_format="pyarrow").materialize()
     vote_sums = voted.map_batches(_vote_sums, batch_format="pyarrow", batch_size=None).take_all()

@@ -151,9 +151,9 @@ def run_mine(cfg: MineConfig, restart: bool = False) -> MineResult:
     resolved = locate(cfg.model, cfg.revision)  # here first: a missing model fails before any actor starts
     tokenizer = AutoTokenizer.from_pretrained(resolved.path)
     init_ray(cfg.ray)
-    log.info("mining: the target answers up to %d of %d pool questions until %d pass the %s checker "
-             "(greedy, max %d tokens, %d per batch)", len(pool), len(questions), cfg.n, cfg.checker,
-             cfg.max_tokens, cfg.ray.batch_size)
+    console.say(f"mining: the target answers up to {len(pool)} of {len(questions)} pool questions until {cfg.n} "
+                f"pass the {cfg.checker} checker (greedy, up to {cfg.max_tokens} tokens, {cfg.ray.batch_size} "
+                "a batch)")
     journal = Journal(str(journal_path(cfg.output)), fingerprint(cfg, resolved.commit), restart)
     done = sorted(name for name in journal.entries if name.startswith("batch-"))
     if done:

@@ -60,8 +60,15 @@ def teacher_rounds(cfg: SelectConfig, engines: Engines, journal: Journal) -> Tea
         def log(key: str) -> Callable[..., Any]:
             return batch_log(journal, f"gen-r{round_number:04d}-{digest(key)}")
 
+        def pools(key: str) -> EnginePool | None:
+            if starting := engines.to_start(key):
+                console.say(f"starting {starting} engine actor(s) for the teacher of "
+                            f"{', '.join(n for n in names if teacher_key(by_name[n]) == key)}; they stay for "
+                            "every round")
+            return engines.pool(key)
+
         for name, new, bad, cost in generate([by_name[n] for n in names], questions, cfg.ray,
-                                             progress=console.progress, pools=engines.pool, log=log):
+                                             progress=console.progress, pools=pools, log=log):
             costs[name].add(cost)
             rejected[name] += len(bad)
             rejects += bad

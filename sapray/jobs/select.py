@@ -106,8 +106,14 @@ def _mine_exemplars(cfg: SelectConfig, target: Target, compared: list[str],
         chosen = sample_order(compared, cfg.sample.seed)[: cfg.exemplars.pool_size]
         questions = fetch(set(chosen))
     pool = [questions[q] for q in chosen]
-    log.info("mining exemplars: the target answers %d pool questions (greedy, max %d tokens)",
-             len(pool), cfg.exemplars.max_tokens)
+    # from the compared questions, one more: a question whose own answer is among them still gets n others
+    need = cfg.exemplars.n + (0 if cfg.exemplars.pool else 1)
+    unchecked = cfg.exemplars.checker == "none" or not any(q.get("gold") for q in pool)
+    if unchecked:  # nothing can be checked: ask only for the answers that will be used
+        pool = pool[:need]
+    console.say(f"mining exemplars: the target answers {len(pool)} questions (greedy, up to "
+                f"{cfg.exemplars.max_tokens} tokens each)" + ("; with no gold answer to check them against, its "
+                                                             "answers are used unchecked" if unchecked else ""))
     prompts = ex.zero_shot_prompts(target.tokenizer, [q["question"] for q in pool])
     rows = [{"row_id": q["question_id"], "prompt_ids": p} for q, p in zip(pool, prompts, strict=True)]
     sampling = SamplingConfig(temperature=0.0, max_tokens=cfg.exemplars.max_tokens)
@@ -118,8 +124,6 @@ def _mine_exemplars(cfg: SelectConfig, target: Target, compared: list[str],
         cfg.ray), len(rows), "mining exemplars")}
     answers = [out[q["question_id"]]["texts"][0] for q in pool]
     truncated = [out[q["question_id"]]["finish_reasons"][0] == "length" for q in pool]
-    # from the compared questions, one more: a question whose own answer is among them still gets n others
-    need = cfg.exemplars.n + (0 if cfg.exemplars.pool else 1)
     mined, report = ex.mine(pool, answers, need, cfg.exemplars.checker, cfg.exemplars.regex,
                             cfg.exemplars.shortfall, truncated)
     info = {"source": cfg.exemplars.pool or "the compared questions", "pool_rejects": len(rejects), **report.to_dict(),
@@ -373,7 +377,11 @@ def scoring_engines(cfg: SelectConfig, engines: Engines, first_round: int,
     first round has blocks, and released when the race ends; where engines are not resident, a pool per
     round."""
     requests = first_round * strategies * len(context_kinds(cfg.metrics))
-    pool = engines.pool("scorer", n_blocks=-(-requests // cfg.ray.batch_size))
+    n_blocks = -(-requests // cfg.ray.batch_size)
+    if starting := engines.to_start("scorer", n_blocks):
+        console.say(f"scoring: starting {starting} {cfg.engine} engine actor(s) for {cfg.model}; they stay for "
+                    "every round")
+    pool = engines.pool("scorer", n_blocks=n_blocks)
     try:
         yield pool.map_blocks if pool else partial(map_blocks, actor_cls=ScoreActor,
                                                    actor_kwargs=engines.planned["scorer"][1], cfg=cfg.ray)
@@ -451,8 +459,13 @@ def _spans(numbers: list[int]) -> str:
 def _select(cfg: SelectConfig, target: Target, engines: Engines, on_round: Callable[[str], None] | None,
             teachers: TeacherRounds | None, journal: Journal) -> SelectResult:
     say_resumed(journal, teachers)
+    t0 = time.monotonic()
+    console.say("reading the questions and candidates in the cluster")
     inputs = read_selection_inputs(cfg.data, cfg.ray, teachers.names if teachers else [])
     strategies = _strategies(inputs)
+    console.say(f"read {inputs.rows_in:,} candidate rows ({inputs.rejected:,} rejected) in "
+                f"{time.monotonic() - t0:.1f} s: {len(strategies)} strategies, {len(inputs.complete):,} questions "
+                "with all of them")
     sample = Sample.draw(cfg, inputs)
     t0 = time.monotonic()
     pool, exemplar_info = _exemplars(cfg, target, inputs, journal)
@@ -480,7 +493,8 @@ def _strategies(inputs: Any) -> list[str]:
     if not strategies:
         raise ValueError("no valid candidates to score")
     for name in inputs.chosen.similar_names:
-        log.warning("strategy names %s differ only in case or surrounding spaces: one strategy, or several?", name)
+        console.say(f"warning: strategy names {name} differ only in case or surrounding spaces: one strategy, or "
+                    "several?")
     return strategies
 
 
