@@ -252,6 +252,40 @@ def run(config_path: str, restart: bool, set_items: tuple[str, ...], verbose: bo
     _show_generation(metadata)
 
 
+@main.command("plan")
+@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+              help="the select or run config to plan")
+@click.option("--demo", "the_demo", is_flag=True, help="plan `sapray demo` instead of a config")
+@click.option("--json", "json_out", help="write the plan as JSON here")
+@common_flags
+@friendly
+def plan_command(config_path: str | None, the_demo: bool, json_out: str | None, set_items: tuple[str, ...],
+                 verbose: bool, **flags) -> None:
+    """What a select or run will do and cost, before any engine starts: questions, strategies, requests and
+    tokens to score, sample and full-set tokens and money per teacher, and times, each figure marked exact,
+    bound or estimate."""
+    import json
+
+    from sapray.dataplane.read import write_text
+    from sapray.jobs.plan import plan_job, render
+
+    if bool(config_path) == the_demo:
+        raise click.UsageError("give --config or --demo")
+    if the_demo:
+        try:
+            cfg = load_config(demo_config(), _overrides(set_items, **flags))
+        except ConfigError as exc:
+            raise click.UsageError(str(exc)) from None
+    else:
+        cfg = _load(config_path, set_items, **flags)
+    with session(None, verbose):
+        plan = plan_job(cfg)
+    console.result(render(plan))
+    if json_out:
+        write_text(json_out, json.dumps(plan, indent=2, sort_keys=True) + "\n")
+        console.result(f"wrote {json_out}")
+
+
 @main.command("filter")
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="YAML filter config")

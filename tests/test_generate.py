@@ -371,6 +371,10 @@ def test_run_with_an_api_teacher_resumes_from_its_journal_after_kill_9(exemplar_
 
     journal = tmp_path / "resumed" / "select" / "journal"
     try:
+        plan_run = subprocess.run([sys.executable, "-m", "sapray", "plan", "--config", command("whole")[-1], "--json",
+                                   str(tmp_path / "plan.json")], env=env, capture_output=True, text=True,
+                                  timeout=PATIENCE_S)
+        assert plan_run.returncode == 0, plan_run.stderr[-3000:]
         finish("whole")
         log = tmp_path / "first.log"
         with log.open("w") as out:
@@ -406,3 +410,21 @@ def test_run_with_an_api_teacher_resumes_from_its_journal_after_kill_9(exemplar_
     for name in ("select/selection.json", "train/metadata.json"):
         assert without_timings(json.loads((whole / name).read_text())) == without_timings(
             json.loads((resumed / name).read_text())), name
+
+    # `sapray plan`, run before: the prompts counted with the target's tokenizer (an estimate for an endpoint)
+    # within 10% of what the server counted, the answers' tokens and money bounds not exceeded
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    spent = {row["strategy"]: row for row in map(json.loads, (whole / "select" / "sample_generation_cost.jsonl")
+                                                  .read_text().splitlines())}
+    for name, planned in plan["sample_generation"].items():
+        assert planned["prompt_tokens"]["kind"] == "estimate"
+        counted = spent[name]["prompt_tokens"]
+        assert abs(planned["prompt_tokens"]["value"] - counted) <= 0.1 * counted
+        assert spent[name]["completion_tokens"] <= planned["generated_tokens"]["value"]
+        assert spent[name]["money"] <= planned["money"]["value"]
+    metadata = json.loads((whole / "train" / "metadata.json").read_text())
+    full = plan["full_set"]["per_winner"][metadata["strategy"]]
+    assert plan["full_set"]["questions"] == {**plan["full_set"]["questions"], "value": 6, "kind": "exact"}
+    assert abs(full["prompt_tokens"]["value"] - metadata["cost_total"]["prompt_tokens"]) <= 0.1 * metadata[
+        "cost_total"]["prompt_tokens"]
+    assert metadata["cost_total"]["completion_tokens"] <= full["generated_tokens"]["value"]

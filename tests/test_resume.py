@@ -70,6 +70,15 @@ def test_select_resumes_from_its_journal_after_kill_9_at_two_rounds(exemplar_fil
     path = tmp_path / "select.yaml"
     path.write_text(yaml.safe_dump(config))
     finished(sapray("select", "--config", str(path), "--output", str(tmp_path / "whole")))
+    # `sapray plan` said beforehand what this run would score: exactly (every round ran), and no more
+    finished(sapray("plan", "--config", str(path), "--json", str(tmp_path / "plan.json")))
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    selection = json.loads((tmp_path / "whole" / "selection.json").read_text())
+    assert plan["strategies"]["names"] == selection["strategies"]
+    assert plan["scoring"]["tokens"] == {**plan["scoring"]["tokens"], "kind": "exact",
+                                         "value": selection["budget"]["tokens_scored"]}
+    assert plan["questions"]["value"] == selection["budget"]["questions_scored"] == 9
+    assert plan["scoring"]["requests"]["value"] == selection["counts"]["requests_scored"]
     out = tmp_path / "resumed"
     command = sapray("select", "--config", str(path), "--output", str(out))
     journal = out / "journal"

@@ -1,0 +1,215 @@
+"""``sapray plan``: what a select or run will do and cost, before any engine starts.
+
+It reads the inputs as the job would (in the cluster), draws the same sample, builds the same scoring
+requests and counts their tokens with the target's tokenizer, counts each model teacher's prompt tokens
+with its own, and marks every figure:
+
+- ``exact``: what the job will do whatever happens (the strategies; the tokens of every strategy's
+  requests on every sampled question, which the fixed design scores and a race scores at most);
+- ``bound``: what it cannot exceed (the race may stop sooner; an answer may end before ``max_tokens``);
+- ``estimate``: a guess, said to be one (an API teacher's prompt tokens counted with the target's
+  tokenizer; times from the measured throughputs in ``THROUGHPUT``, which assume the hardware they were
+  measured on).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+from typing import Any, Literal
+
+from sapray.config import SelectConfig, StrategyConfig
+from sapray.core import exemplars as ex
+from sapray.core.sample import Budget, rounds
+from sapray.dataplane import stages
+from sapray.dataplane.placement import place
+from sapray.dataplane.raydata import init_ray
+from sapray.dataplane.read import load_exemplar_file
+from sapray.dataplane.select_inputs import read_selection_inputs
+from sapray.dataplane.teachers import model_teacher_kwargs, prompt_ids, teacher_money
+from sapray.engines.models import locate
+from sapray.jobs.generate import questions_dataset, unique_questions
+from sapray.jobs.select import Requests, Sample, Target, context_kinds, scorer_kwargs
+
+Kind = Literal["exact", "bound", "estimate"]
+
+# Tokens per second per engine actor, measured on this project's machines (docs/benchmarks.md): what the
+# time estimates divide by. (engine, device, work) -> (tokens/s per actor, where and when measured)
+THROUGHPUT: dict[tuple[str, str, str], tuple[float, str]] = {
+    ("hf", "cpu", "score"): (875.0, "2-core AVX2 EPYC, SmolLM2-135M, bench_scoring.py, 2026-12-04"),
+    ("vllm", "cpu", "score"): (507.0, "2-core AVX2 EPYC, SmolLM2-135M, prefix cache, bench_scoring.py, 2026-12-04"),
+    ("hf", "cpu", "generate"): (87.0, "2-core AVX2 EPYC, SmolLM2-135M, bench_generate.py, 2026-11-25"),
+    ("vllm", "cpu", "generate"): (137.0, "2-core AVX2 EPYC, SmolLM2-135M, bench_generate.py, 2026-11-25"),
+    ("hf", "gpu", "score"): (20566.0, "one H100, Llama-3-8B shape, bf16, bench_gpu.py, 2026-11-27"),
+    ("hf", "gpu", "generate"): (660.0, "one H100, Llama-3-8B shape, bf16, bench_gpu.py, 2026-11-27"),
+}
+
+
+@dataclass
+class Figure:
+    value: float | int | None
+    kind: Kind
+    unit: str
+    note: str = ""
+
+    def show(self) -> str:
+        value = "-" if self.value is None else (f"${self.value:,.4f}" if self.unit == "$" else f"{self.value:,.0f}")
+        unit = "" if self.unit in ("$", "") else f" {self.unit}"
+        return f"{value}{unit} ({self.kind}{'; ' + self.note if self.note else ''})"
+
+
+def _seconds(tokens: float, engine: str, device: str, work: str, actors: int) -> Figure:
+    rate = THROUGHPUT.get((engine, device, work))
+    if rate is None:
+        return Figure(None, "estimate", "s", f"no measured throughput for {engine} {work} on {device}")
+    return Figure(round(tokens / (rate[0] * max(1, actors)), 1), "estimate", "s",
+                  f"{rate[0]:,.0f} tokens/s per actor x {actors} actor(s): {rate[1]}")
+
+
+def plan_job(cfg: SelectConfig) -> dict[str, Any]:
+    """The plan of ``sapray select`` (or ``sapray run`` where the config has strategies), as JSON-ready data."""
+    target = Target.of(cfg)
+    init_ray(cfg.ray)
+    teachers = {s.name: s for s in cfg.strategies}
+    inputs = read_selection_inputs(cfg.data, cfg.ray, sorted(teachers))
+    strategies = inputs.chosen.chosen
+    sample = Sample.draw(cfg, inputs)
+    exemplars, mined = _exemplars(cfg, sample)
+    requests = Requests(cfg, target, exemplars, sample)
+    data = [n for n in strategies if n not in teachers]
+    s = cfg.sample
+    budget = Budget(s.max_questions, s.max_tokens, s.max_money)
+    planned = [q for r in rounds(sample.order, budget, s.round_size, lambda qid: requests.tokens(qid, data))
+               for q in r]
+    scoring_tokens = sum(requests.tokens(q, data) for q in planned)
+    # a teacher's response is unknown: its requests hold at most max_tokens of response
+    teacher_tokens = sum(_teacher_request_tokens(requests, target, teachers[n], q) for n in strategies
+                         if n in teachers for q in planned)
+    kinds = context_kinds(cfg.metrics)
+    where = place(scorer_kwargs(cfg, target.commit, target.layout.boundary), cfg.ray)
+    device = "gpu" if where.num_gpus else "cpu"
+    race_note = ("the race scores at most this; the fixed design exactly this" if s.stop == "confident"
+                 else "every strategy on every sampled question")
+    counted = not teachers and cfg.exemplars.file is not None  # every token known before the run
+    plan: dict[str, Any] = {
+        "job": "run" if teachers else "select", "model": cfg.model, "engine": cfg.engine,
+        "strategies": {"names": strategies, "count": asdict(Figure(len(strategies), "exact", "strategies"))},
+        "questions": asdict(Figure(len(planned), "bound" if s.stop == "confident" else "exact", "questions",
+                                   f"in rounds of {s.round_size}; stopped by {budget.stopped_by}")),
+        "scoring": {
+            "requests": asdict(Figure(len(planned) * len(strategies) * len(kinds), "bound", "requests", race_note)),
+            "tokens": asdict(Figure(scoring_tokens + teacher_tokens, "exact" if counted else "bound", "tokens",
+                                    race_note + ("" if not teachers else "; teachers' responses at max_tokens")
+                                    + ("" if cfg.exemplars.file else "; mined exemplars at max_tokens"))),
+            "actors": where.actors,
+            "time": asdict(_seconds(scoring_tokens + teacher_tokens, cfg.engine, device, "score", where.actors)),
+        },
+        "exemplars": mined,
+        "sample_generation": {n: _generation(cfg, teachers[n], [sample.questions[q] for q in planned], target)
+                              for n in strategies if n in teachers},
+    }
+    if teachers:
+        plan["full_set"] = _full_set(cfg, teachers, target)
+    return plan
+
+
+def _exemplars(cfg: SelectConfig, sample: Sample) -> tuple[list[ex.Exemplar], dict]:
+    """The exemplars the contexts will hold: the file's, or, where they will be mined, stand-ins of
+    ``max_tokens`` words (their tokens a bound, not a count)."""
+    if cfg.exemplars.file:
+        pool = load_exemplar_file(cfg.exemplars.file)
+        return pool, {"source": cfg.exemplars.file, "generated_tokens": asdict(Figure(0, "exact", "tokens"))}
+    n = cfg.exemplars.pool_size
+    stand_in = " ".join(["word"] * cfg.exemplars.max_tokens)
+    pool = [ex.Exemplar(f"planned-{k}", stand_in, None, False) for k in range(max(n, cfg.exemplars.n + 1))]
+    return pool, {"source": cfg.exemplars.pool or "the compared questions",
+                  "generated_tokens": asdict(Figure(n * cfg.exemplars.max_tokens, "bound", "tokens",
+                                                    f"{n} pool questions, up to {cfg.exemplars.max_tokens} each")),
+                  "note": "the contexts' exemplar tokens are bounds: mined answers are not known before mining"}
+
+
+def _teacher_request_tokens(requests: Requests, target: Target, strategy: StrategyConfig, qid: str) -> int:
+    """A teacher strategy's scoring tokens for one question, its response at ``max_tokens``."""
+    stand_in = {**requests.sample.by_question.get(qid, {}), strategy.name: {
+        "response": " ".join(["word"] * strategy.max_tokens)}}
+    saved = requests.sample.by_question.get(qid)
+    requests.sample.by_question[qid] = stand_in
+    try:
+        return requests.tokens(qid, [strategy.name])
+    finally:
+        if saved is None:
+            requests.sample.by_question.pop(qid)
+        else:
+            requests.sample.by_question[qid] = saved
+
+
+def _prompt_tokens(strategy: StrategyConfig, questions: list[dict], target: Target) -> Figure:
+    teacher = strategy.teacher
+    if teacher.kind in ("hf", "vllm"):
+        from transformers import AutoTokenizer
+
+        tokenizer = AutoTokenizer.from_pretrained(locate(teacher.model, teacher.revision).path)
+        return Figure(sum(len(prompt_ids(tokenizer, strategy, q)) for q in questions), "exact", "tokens")
+    if teacher.kind == "file":
+        return Figure(0, "exact", "tokens", "responses read from a file")
+    return Figure(sum(len(prompt_ids(target.tokenizer, strategy, q)) for q in questions), "estimate", "tokens",
+                  "counted with the target's tokenizer; the endpoint's may differ")
+
+
+def _generation(cfg: SelectConfig, strategy: StrategyConfig, questions: list[dict], target: Target) -> dict:
+    """A teacher's tokens and money for ``questions``: prompts counted, answers at ``max_tokens``."""
+    prompt = _prompt_tokens(strategy, questions, target)
+    answers = 0 if strategy.teacher.kind == "file" else (
+        len(questions) * strategy.max_tokens * strategy.samples_per_question)
+    generated = Figure(answers, "exact" if strategy.teacher.kind == "file" else "bound", "tokens",
+                       f"{len(questions)} questions x {strategy.samples_per_question} x up to {strategy.max_tokens}")
+    money = teacher_money(strategy.teacher, prompt.value or 0, answers)
+    out = {"teacher": strategy.teacher.describe(), "questions": len(questions), "prompt_tokens": asdict(prompt),
+           "generated_tokens": asdict(generated),
+           "money": asdict(Figure(money, "bound", "$", "prompt tokens counted, answers at max_tokens"))
+           if money is not None else None}
+    if strategy.teacher.kind in ("hf", "vllm"):
+        where = place(model_teacher_kwargs(strategy, None)[1], cfg.ray)
+        out["time"] = asdict(_seconds(answers, strategy.teacher.kind, "gpu" if where.num_gpus else "cpu", "generate",
+                                      where.actors))
+    return out
+
+
+def _full_set(cfg: SelectConfig, teachers: dict[str, StrategyConfig], target: Target) -> dict:
+    """Per teacher strategy: what the full set would cost if it won (the questions counted in the cluster)."""
+    source = cfg.data.questions
+    if not source:
+        return {"note": "the questions of the candidate files: counted when the run reads them"}
+    read, rows = questions_dataset(source, cfg.data.columns, cfg.ray)
+    usable, _ = stages.split_rejected(read)
+    unique, _ = stages.split_rejected(unique_questions(usable, rows))
+    questions = unique.take_all()
+    return {"questions": asdict(Figure(len(questions), "exact", "questions", source)),
+            "per_winner": {n: _generation(cfg, s, questions, target) for n, s in teachers.items()}}
+
+
+def render(plan: dict) -> str:
+    """The plan as console lines."""
+    def figure(d: dict) -> str:
+        return Figure(**d).show()
+
+    lines = [f"plan for sapray {plan['job']}: target {plan['model']} ({plan['engine']})",
+             f"  strategies      {figure(plan['strategies']['count'])}: {', '.join(plan['strategies']['names'])}",
+             f"  questions       {figure(plan['questions'])}",
+             f"  exemplars       {plan['exemplars']['source']}: "
+             f"generation {figure(plan['exemplars']['generated_tokens'])}",
+             f"  scoring         {figure(plan['scoring']['requests'])}",
+             f"                  {figure(plan['scoring']['tokens'])}",
+             f"                  {figure(plan['scoring']['time'])}"]
+    for name, g in plan["sample_generation"].items():
+        lines.append(f"  sample {name} ({g['teacher']}): prompts {figure(g['prompt_tokens'])}; answers "
+                     f"{figure(g['generated_tokens'])}" + (f"; {figure(g['money'])}" if g["money"] else ""))
+    full = plan.get("full_set")
+    if full and "questions" in full:
+        lines.append(f"  full set        {figure(full['questions'])}; if it wins:")
+        for name, g in full["per_winner"].items():
+            lines.append(f"    {name}: prompts {figure(g['prompt_tokens'])}; answers {figure(g['generated_tokens'])}"
+                         + (f"; {figure(g['money'])}" if g["money"] else "")
+                         + (f"; {figure(g['time'])}" if "time" in g else ""))
+    elif full:
+        lines.append(f"  full set        {full['note']}")
+    return "\n".join(lines)
