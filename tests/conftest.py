@@ -50,6 +50,22 @@ def wait_until(ready: Callable[[], bool], what: str, proc: subprocess.Popen | No
         time.sleep(poll_s)
 
 
+def kill_hard(proc: subprocess.Popen) -> None:
+    """SIGKILL a job's process group and every process it started (Ray's own run in sessions of their own),
+    as a machine that goes down would; return once they are gone."""
+    import psutil
+
+    tree = psutil.Process(proc.pid).children(recursive=True)
+    os.killpg(proc.pid, signal.SIGKILL)
+    for child in tree:
+        try:
+            child.kill()
+        except psutil.NoSuchProcess:
+            pass
+    proc.wait()
+    psutil.wait_procs(tree, timeout=PATIENCE_S)
+
+
 def stop_process(proc: subprocess.Popen, what: str, group: bool = False) -> None:
     """SIGTERM (to the process group with ``group``), wait up to PATIENCE_S, then SIGKILL: a slow
     shutdown is warned about, never a failure."""
@@ -72,10 +88,12 @@ def stop_process(proc: subprocess.Popen, what: str, group: bool = False) -> None
 # time each). Run with --no-loadscope-reorder (the Makefile does), the two workers take them first and
 # the quick files fill the end, instead of xdist's default order (most tests first), which left one
 # worker alone with the two-node cluster test for the last minutes.
-LONGEST_FIRST = ["test_generate.py", "test_filter_job.py", "test_faults.py", "test_generate_vllm_teacher.py",
+LONGEST_FIRST = ["test_generate.py", "test_resume.py", "test_filter_job.py", "test_faults.py",
+                 "test_generate_vllm_teacher.py",
                  "test_select.py", "test_engine_parity.py", "test_shared_contexts.py", "test_cluster.py", "test_s3.py",
                  "test_hub.py", "test_select_vllm.py", "test_lora.py", "test_race.py", "test_html_report.py",
-                 "test_select_inputs.py", "test_generate_output.py", "test_paper_layout.py", "test_mine.py"]
+                 "test_select_inputs.py", "test_generate_output.py", "test_paper_layout.py", "test_mine.py",
+                 "test_no_silent_minute.py"]
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -110,6 +110,10 @@ class LocalCluster:
         wait_until(lambda: len(self.alive_nodes()) >= n, f"{n} Ray nodes to be alive", poll_s=2)
         return self.alive_nodes()
 
+    def kill_node(self, i: int) -> None:
+        """SIGKILL every process of node ``i`` (its ``ray start`` group: raylet, agents and workers)."""
+        os.killpg(self.groups[i], signal.SIGKILL)
+
     def stop(self) -> None:
         """End what this cluster started, by process group, then any straggler whose command line
         names this cluster's temp dir (job drivers run in their own group)."""
@@ -198,6 +202,34 @@ def test_select_job_on_two_node_cluster():
         local_placement = json.loads((root / "local" / "run.json").read_text())["actor_placement"]
         assert len(local_placement) == 1
         print(f"\nlocal run {local_s:.1f}s; cluster start {start_s:.1f}s; job {job_s:.1f}s; placement {placement}")
+
+        # A node lost while select scores: the engine on it leaves the pool, the batch it held goes to the
+        # head's engine, and the job finishes (it never waits for the lost engine); the same command again
+        # resumes from the journal. A race of 3 rounds of 2 questions, 6 requests a block: both engines busy.
+        race = [*select[:-2], "--set", "sample.max_questions=6", "--set", "sample.round_size=2",
+                "--set", "ray.batch_size=6", "--set", "ray.address=auto", "--set", "ray.actors=2",
+                "--output", str(root / "lost")]
+        job_id = f"sapray-node-lost-{secrets.token_hex(4)}"
+        cluster.ray("job", "submit", "--no-wait", "--address", cluster.api, "--submission-id", job_id,
+                    "--working-dir", str(REPO), "--runtime-env-json", json.dumps(runtime_env), "--",
+                    sys.executable, *race)
+        wait_until(lambda: (root / "lost" / "journal" / "round-0001.json").exists(), "round 1 of the race journaled")
+        cluster.kill_node(1)
+
+        def ended() -> bool:
+            status = cluster.ray("job", "status", "--address", cluster.api, job_id, check=False).stdout
+            return any(word in status for word in ("succeeded", "failed", "stopped"))
+
+        wait_until(ended, "the job to end after its node was lost", poll_s=2)
+        status = cluster.ray("job", "status", "--address", cluster.api, job_id).stdout
+        logs = cluster.ray("job", "logs", "--address", cluster.api, job_id).stdout
+        assert f"Job '{job_id}' succeeded" in status or "every engine actor of this pool was lost" in logs, (
+            f"{status}\n{logs[-4000:]}")
+        again = subprocess.run([sys.executable, *race[:-6], "--set", "ray.address=local", "--set", "ray.actors=1",
+                                "--output", str(root / "lost")], cwd=REPO, env=cluster.env, capture_output=True,
+                               text=True, timeout=PATIENCE_S)
+        assert again.returncode == 0, again.stderr[-4000:]
+        assert "resuming:" in again.stderr and "from the journal" in again.stderr
     finally:
         cluster.stop()
         shutil.rmtree(root, ignore_errors=True)

@@ -76,8 +76,8 @@ def test_every_command_and_option_is_in_the_built_reference(site):
     # one part per command, from its heading to the next
     parts = dict(re.findall(r'<h2 id="([a-z-]+)">(.*?)(?=<h2 id=|\Z)', html, flags=re.S))
     options = ref.command_options(cli_main)
-    assert set(options) == set(parts) == {"select", "demo", "generate", "run", "filter", "report", "validate",
-                                          "mine"}
+    assert set(options) == set(parts) == {"select", "demo", "plan", "generate", "run", "filter", "report",
+                                          "validate", "mine"}
     for command, opts in options.items():
         missing = [o for o in opts if f"<code>{o}</code>" not in parts[command]]
         assert not missing, f"sapray {command}: {missing} not in its section"

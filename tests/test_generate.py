@@ -17,7 +17,7 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import DATA_DIR, PATIENCE_S, load_questions, read_parts, stop_process, wait_until
+from conftest import DATA_DIR, PATIENCE_S, kill_hard, load_questions, read_parts, stop_process, wait_until
 from test_select import exemplar_file, write_jsonl  # noqa: F401  (fixture)
 
 from sapray.config import load_config
@@ -382,8 +382,7 @@ def test_run_with_an_api_teacher_resumes_from_its_journal_after_kill_9(exemplar_
                                      stderr=subprocess.STDOUT)
             wait_until(lambda: len(list(journal.glob("gen-r0001-*.json"))) >= 2,
                        "a second teacher batch journaled", first, log, poll_s=0.1)
-            os.killpg(first.pid, signal.SIGKILL)
-            first.wait()
+            kill_hard(first)
         held = {(row["row_id"], row["strategy"]) for entry in journal.glob("gen-*.json")
                 for row in json.loads(entry.read_text())}
         asked_before = len(proxy.bodies)

@@ -1,8 +1,9 @@
 """Every long job survives kill -9: the same command again continues from its journal, with the bytes of a run
 that was never stopped.
 
-Each job runs as a CLI subprocess in a process group of its own and is killed with SIGKILL (the whole group)
-at an event, never at a time: when a given journal entry has been written. The targets are the tiny
+The run to kill is a CLI subprocess in a process group of its own, killed with SIGKILL (the whole group) at an
+event, never at a time: when a given journal entry has been written. The whole run and the rerun run in this
+test process (its Ray), to spare two starts. The targets are the tiny
 random-weight model (what is checked is the resume, not SAP) and, for mining, SmolLM2 (whose answers are
 text). `sapray run` with an API teacher is in test_generate.py, beside the `vllm serve` it shares.
 """
@@ -11,16 +12,23 @@ from __future__ import annotations
 
 import json
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import yaml
-from conftest import PATIENCE_S, load_candidates, load_questions, wait_until
+from conftest import kill_hard, load_candidates, load_questions, wait_until
 from test_select import exemplar_file, write_jsonl  # noqa: F401  (fixture)
 
+from sapray.config import load_config, validate
+from sapray.dataplane.journal import JournalMismatch
 from sapray.engines.models import TINY_RANDOM
+from sapray.jobs.filter import load_filter_config, run_filter
+from sapray.jobs.mine import MineConfig, run_mine, write_mined
+from sapray.jobs.outputs import write_filter_outputs, write_outputs
+from sapray.jobs.plan import plan_job
+from sapray.jobs.select import run_select
 
 ENV = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # each job its own local Ray
 
@@ -30,18 +38,11 @@ def sapray(*args: str) -> list[str]:
 
 
 def killed(command: list[str], at: str, ready, log: Path) -> None:
-    """Run ``command`` until ``ready()`` holds (the event named ``at``), then SIGKILL its process group."""
+    """Run ``command`` until ``ready()`` holds (the event named ``at``), then kill it and all it started."""
     with log.open("w") as out:
         proc = subprocess.Popen(command, env=ENV, start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
         wait_until(ready, at, proc, log, poll_s=0.1)
-        os.killpg(proc.pid, signal.SIGKILL)
-        proc.wait()
-
-
-def finished(command: list[str]) -> str:
-    done = subprocess.run(command, env=ENV, capture_output=True, text=True, timeout=PATIENCE_S)
-    assert done.returncode == 0, done.stdout[-2000:] + done.stderr[-3000:]
-    return done.stderr
+        kill_hard(proc)
 
 
 def same_files(a: Path, b: Path, names: list[str]) -> None:
@@ -53,12 +54,13 @@ def parts(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
-def test_select_resumes_from_its_journal_after_kill_9_at_two_rounds(exemplar_file, tmp_path):  # noqa: F811
+def test_select_resumes_from_its_journal_after_kill_9_at_two_rounds(ray_local, exemplar_file, tmp_path,  # noqa: F811
+                                                                    capsys):
     """Killed after round 1 is journaled, then again after round 2: the third run replays both and scores
-    round 3 alone; its outputs are byte for byte those of a run never stopped."""
+    round 3 alone; its outputs are byte for byte those of a run never stopped (which `sapray plan` foretold)."""
     questions = load_questions()[:9]
     keep = {q["question_id"] for q in questions}
-    config = {
+    raw = {
         "model": TINY_RANDOM, "engine": "hf", "metrics": ["sap", "ppl", "ifd"],
         "data": {"questions": write_jsonl(tmp_path / "q.jsonl", questions),
                  "candidates": write_jsonl(tmp_path / "c.jsonl",
@@ -67,37 +69,41 @@ def test_select_resumes_from_its_journal_after_kill_9_at_two_rounds(exemplar_fil
         "sample": {"max_questions": 9, "round_size": 3, "min_questions": 10, "seed": 0},
         "exemplars": {"file": exemplar_file}, "ray": {"actors": 1, "batch_size": 6}, "bootstrap": 50,
     }
-    path = tmp_path / "select.yaml"
-    path.write_text(yaml.safe_dump(config))
-    finished(sapray("select", "--config", str(path), "--output", str(tmp_path / "whole")))
-    # `sapray plan` said beforehand what this run would score: exactly (every round ran), and no more
-    finished(sapray("plan", "--config", str(path), "--json", str(tmp_path / "plan.json")))
-    plan = json.loads((tmp_path / "plan.json").read_text())
+    plan = plan_job(load_config({**raw, "output": str(tmp_path / "plan")}))
+    selected(raw, tmp_path / "whole")
     selection = json.loads((tmp_path / "whole" / "selection.json").read_text())
     assert plan["strategies"]["names"] == selection["strategies"]
     assert plan["scoring"]["tokens"] == {**plan["scoring"]["tokens"], "kind": "exact",
                                          "value": selection["budget"]["tokens_scored"]}
     assert plan["questions"]["value"] == selection["budget"]["questions_scored"] == 9
     assert plan["scoring"]["requests"]["value"] == selection["counts"]["requests_scored"]
+
     out = tmp_path / "resumed"
-    command = sapray("select", "--config", str(path), "--output", str(out))
+    path = tmp_path / "select.yaml"
+    path.write_text(yaml.safe_dump({**raw, "output": str(out)}))
+    command = sapray("select", "--config", str(path))
     journal = out / "journal"
     killed(command, "round 1 journaled", lambda: (journal / "round-0001.json").exists(), tmp_path / "first.log")
     killed(command, "round 2 journaled", lambda: (journal / "round-0002.json").exists(), tmp_path / "second.log")
     assert "resuming: round 1 from the journal (54 requests scored)" in (tmp_path / "second.log").read_text()
-    log = finished(command)
+    capsys.readouterr()
+    selected(raw, out)
+    log = capsys.readouterr().err
     assert "resuming: rounds 1-2 from the journal (108 requests scored)" in log or "rounds 1-3" in log, log
-    assert not (out / "journal" / "round-0004.json").exists()
     same_files(tmp_path / "whole", out, ["selection.json", "scores.parquet", "exemplars.jsonl",
                                          "rejects/part-scoring.jsonl"])
     counts = json.loads((out / "selection.json").read_text())["counts"]
     assert counts["scored"] + counts["rejected"] + counts["not_sampled"] == counts["candidate_rows_in"]
-    # the same command with another seed is refused, naming what changed; --restart starts over
-    other = subprocess.run([*command, "--seed", "1"], env=ENV, capture_output=True, text=True, timeout=PATIENCE_S)
-    assert other.returncode != 0 and "sample.seed: 0 -> 1" in other.stderr and "--restart" in other.stderr
+    with pytest.raises(JournalMismatch, match=r"sample\.seed: 0 -> 1.*--restart"):  # another config: refused
+        selected({**raw, "sample": {**raw["sample"], "seed": 1}}, out)
 
 
-def test_filter_resumes_batch_by_batch_after_kill_9(tmp_path):
+def selected(raw: dict, out: Path) -> None:
+    cfg = load_config({**raw, "output": str(out)})
+    write_outputs(cfg.output, run_select(cfg), cfg.model_dump())
+
+
+def test_filter_resumes_batch_by_batch_after_kill_9(ray_local, tmp_path, capsys):
     """IFD over 48 samples in batches of 4: killed once three batches are journaled by the scoring actor, the
     rerun scores only the batches the journal lacks; kept/, scores/ and rejects/ are byte for byte a whole
     run's."""
@@ -106,19 +112,19 @@ def test_filter_resumes_batch_by_batch_after_kill_9(tmp_path):
                           {"role": "assistant", "content": c["response"]}], "sample_id": f"{c['question_id']}"}
             for c in load_candidates()[:48]]
     rows.insert(5, {"messages": [{"role": "user", "content": "no answer"}]})  # a reject, as in any real file
-    config = {"method": "ifd", "model": TINY_RANDOM, "input": write_jsonl(tmp_path / "samples.jsonl", rows),
-              "ifd": {"direction": "low", "keep_fraction": 0.5}, "ray": {"actors": 1, "batch_size": 4}}
-    path = tmp_path / "filter.yaml"
-    path.write_text(yaml.safe_dump(config))
-    finished(sapray("filter", "--config", str(path), "--output", str(tmp_path / "whole")))
+    raw = {"method": "ifd", "model": TINY_RANDOM, "input": write_jsonl(tmp_path / "samples.jsonl", rows),
+           "ifd": {"direction": "low", "keep_fraction": 0.5}, "ray": {"actors": 1, "batch_size": 4}}
+    filtered(raw, tmp_path / "whole")
     out = tmp_path / "resumed"
-    command = sapray("filter", "--config", str(path), "--output", str(out))
+    path = tmp_path / "filter.yaml"
+    path.write_text(yaml.safe_dump({**raw, "output": str(out)}))
     journal = out / "journal"
-    killed(command, "three batches journaled", lambda: len(list(journal.glob("sums-*.parquet"))) >= 3,
-           tmp_path / "first.log")
+    killed(sapray("filter", "--config", str(path)), "three batches journaled",
+           lambda: len(list(journal.glob("sums-*.parquet"))) >= 3, tmp_path / "first.log")
     before = {p.name: p.stat().st_mtime_ns for p in journal.glob("sums-*.parquet")}
-    log = finished(command)
-    assert f"resuming: {len(before)} batch(es)" in log
+    capsys.readouterr()
+    filtered(raw, out)
+    assert f"resuming: {len(before)} batch(es)" in capsys.readouterr().err
     assert all(journal.joinpath(name).stat().st_mtime_ns == mtime for name, mtime in before.items())  # not redone
     assert len(list(journal.glob("sums-*.parquet"))) == 12  # 48 usable samples, 4 a batch
     for folder in ("kept", "scores", "rejects"):
@@ -126,20 +132,32 @@ def test_filter_resumes_batch_by_batch_after_kill_9(tmp_path):
         same_files(tmp_path / "whole" / folder, out / folder, parts(out / folder))
 
 
-def test_mine_resumes_from_its_last_batch_after_kill_9(tmp_path):
+def filtered(raw: dict, out: Path) -> None:
+    cfg = load_filter_config({**raw, "output": str(out)})
+    write_filter_outputs(cfg.output, run_filter(cfg))
+
+
+def test_mine_resumes_from_its_last_batch_after_kill_9(ray_local, tmp_path, capsys):
     """Mining (checker none, so every non-empty answer counts) in batches of 2 until 6: killed once the first
     batch is journaled, the rerun asks only the batches after it, and writes the same exemplar file."""
     pool = write_jsonl(tmp_path / "pool.jsonl", load_questions()[:12])
-    base = ["mine", "--pool", pool, "--model", "smollm2", "--n", "6", "--checker", "none", "--max-tokens", "16",
-            "--batch-size", "2", "--set", "ray.actors=1"]
-    finished(sapray(*base, "--output", str(tmp_path / "whole" / "ex.jsonl")))
+    raw = {"pool": pool, "model": "smollm2", "n": 6, "checker": "none", "max_tokens": 16,
+           "ray": {"actors": 1, "batch_size": 2}}
+    mined(raw, tmp_path / "whole" / "ex.jsonl")
     out = tmp_path / "resumed" / "ex.jsonl"
-    command = sapray(*base, "--output", str(out))
     journal = out.with_suffix(".journal")
-    killed(command, "batch 1 journaled", lambda: any(journal.glob("batch-*.json")), tmp_path / "first.log")
-    log = finished(command)
-    assert "resuming:" in log and "batch(es) of answers" in log
+    killed(sapray("mine", "--pool", pool, "--model", "smollm2", "--n", "6", "--checker", "none", "--max-tokens", "16",
+                  "--batch-size", "2", "--set", "ray.actors=1", "--output", str(out)),
+           "batch 1 journaled", lambda: any(journal.glob("batch-*.json")), tmp_path / "first.log")
+    capsys.readouterr()
+    mined(raw, out)
+    assert "batch(es) of answers" in capsys.readouterr().err
     assert out.read_bytes() == (tmp_path / "whole" / "ex.jsonl").read_bytes()
     whole = json.loads((tmp_path / "whole" / "ex.json").read_text())
     resumed = json.loads(out.with_suffix(".json").read_text())
     assert {k: v for k, v in whole.items() if k != "wall_s"} == {k: v for k, v in resumed.items() if k != "wall_s"}
+
+
+def mined(raw: dict, out: Path) -> None:
+    cfg = validate(MineConfig, {**raw, "output": str(out)})
+    write_mined(cfg.output, run_mine(cfg))

@@ -79,6 +79,7 @@ class GenerateActor:
         self.engine = load_engine(engine, resolve_model(model, revision), **engine_args)
         self.sampling = SamplingConfig(**sampling)
         self.memo = BatchMemo(journal, "answers") if journal else None
+        self.placement = _placement()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         orders = [int(o) for o in batch["order"]] if self.memo else []
@@ -87,7 +88,7 @@ class GenerateActor:
         if self.memo and journaled is None:
             self.memo.put(orders, pa.table(outputs))
         return {**{k: v for k, v in batch.items() if k not in ("prompt_ids", "sampling_json")},  # other columns pass
-                **outputs}
+                **outputs, "actor": [self.placement] * len(outputs["texts"])}
 
     def _generate(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         prompts = [list(map(int, p)) for p in batch["prompt_ids"]]

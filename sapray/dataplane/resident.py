@@ -112,6 +112,7 @@ class EnginePool:
     def __init__(self, actor_cls: type, actor_kwargs: dict[str, Any], cfg: RayConfig, where: Placement,
                  n_blocks: int | None = None) -> None:
         import ray
+        from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
         self.actor_cls, self.cfg, self.where = actor_cls, cfg, where
         log.debug("%s (resident): %s", actor_cls.__name__, self.where.describe())
@@ -120,7 +121,9 @@ class EnginePool:
         self.actor_kwargs = {**actor_kwargs, "num_cpus": self.where.num_cpus}  # the threads it computes with
         self.engines: list = []
         self.placements: list[tuple[str, int]] = []  # (node/actor id, engine starts) of each engine, at its start
-        self.dispatcher = ray.remote(num_cpus=0)(Dispatcher).remote([])
+        # on the driver's node: the job lives as long as that node does, and so must the dispatcher
+        here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+        self.dispatcher = ray.remote(num_cpus=0)(Dispatcher).options(scheduling_strategy=here).remote([])
         self.grow(min(self.where.actors, n_blocks or self.where.actors))
 
     def grow(self, actors: int) -> None:

@@ -42,7 +42,9 @@ def write_outputs(output: str, result, config: dict) -> dict[str, str]:
     write_text(child(paths["rejects"], "part-scoring.jsonl"), _jsonl([r.to_dict() for r in result.rejects]))
     write_text(paths["exemplars.jsonl"], _jsonl([e.to_dict() for e in result.exemplars]))
     write_text(paths["run.json"], json.dumps({"timings": result.timings, "actor_placement": result.placement,
-                                                       "config": config}, indent=2) + "\n")
+                                              "mining_placement": result.mining_placement,
+                                              "engine_starts": result.engine_starts, "config": config},
+                                             indent=2) + "\n")
     table = pa.Table.from_pylist(result.scores) if result.scores else pa.table({})
     pfs, ppath = filesystem(paths["scores.parquet"])
     with pfs.open_output_stream(ppath) as f:

@@ -86,6 +86,7 @@ class SelectResult:
     placement: dict = field(default_factory=dict)  # "node/actor" -> requests it scored
     input_rejects: Any = None  # the read pass's rejects: a dataset, written by the workers
     engine_starts: dict = field(default_factory=dict)  # engine -> node/actor -> starts (resident engines)
+    mining_placement: dict = field(default_factory=dict)  # "node/actor" -> exemplar answers it generated
 
 
 def _mine_exemplars(cfg: SelectConfig, target: Target, compared: list[str],
@@ -122,12 +123,15 @@ def _mine_exemplars(cfg: SelectConfig, target: Target, compared: list[str],
         {"engine": cfg.engine, "model": cfg.model, "revision": target.commit, "engine_args": cfg.engine_args,
          "sampling": sampling.__dict__},
         cfg.ray), len(rows), "mining exemplars")}
+    placement = {}
+    for row in out.values():
+        placement[row["actor"]] = placement.get(row["actor"], 0) + 1
     answers = [out[q["question_id"]]["texts"][0] for q in pool]
     truncated = [out[q["question_id"]]["finish_reasons"][0] == "length" for q in pool]
     mined, report = ex.mine(pool, answers, need, cfg.exemplars.checker, cfg.exemplars.regex,
                             cfg.exemplars.shortfall, truncated)
     info = {"source": cfg.exemplars.pool or "the compared questions", "pool_rejects": len(rejects), **report.to_dict(),
-            "generated_tokens": int(sum(r["completion_tokens"] for r in out.values()))}
+            "generated_tokens": int(sum(r["completion_tokens"] for r in out.values())), "placement": placement}
     return mined, info
 
 
@@ -469,6 +473,7 @@ def _select(cfg: SelectConfig, target: Target, engines: Engines, on_round: Calla
     sample = Sample.draw(cfg, inputs)
     t0 = time.monotonic()
     pool, exemplar_info = _exemplars(cfg, target, inputs, journal)
+    mining_placement = exemplar_info.pop("placement", {})  # where mining ran: run.json, not selection.json
     mining_s = time.monotonic() - t0
     s = cfg.sample
     race = Race(strategies, RaceRule(s.confidence, s.epsilon, s.min_questions, s.tuned_for))
@@ -485,7 +490,8 @@ def _select(cfg: SelectConfig, target: Target, engines: Engines, on_round: Calla
     summary = _summary(cfg, loop, strategies, inputs, counts, exemplar_info, target.layout)
     timings = {"mining_s": round(mining_s, 2), "sample_generation_s": round(loop.generation_s, 2),
                "scoring_s": round(scoring_s, 2)}
-    return SelectResult(summary, loop.scores, loop.rejects, pool, counts, timings, loop.placement, inputs.rejects)
+    return SelectResult(summary, loop.scores, loop.rejects, pool, counts, timings, loop.placement, inputs.rejects,
+                        mining_placement=mining_placement)
 
 
 def _strategies(inputs: Any) -> list[str]:

@@ -1,0 +1,48 @@
+"""No silent minute: `sapray select` from flags alone, on chat files without gold answers, says what each stage
+will do before it does it, mines only the answers it uses (unchecked, and says so), and gives every
+generation actor work. Checked by the order of the console's lines and by counts, never by time."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+from conftest import PATIENCE_S, load_candidates, load_questions
+from test_select import write_jsonl
+
+
+def test_flag_only_select_announces_each_stage_before_its_work(tmp_path):
+    questions = {q["question_id"]: q["question"] for q in load_questions()[:6]}
+    files = []
+    for name in ("human", "175b_verification"):
+        rows = [{"messages": [{"role": "user", "content": questions[c["question_id"]]},
+                              {"role": "assistant", "content": c["response"]}]}
+                for c in load_candidates() if c["question_id"] in questions and c["strategy"] == name]
+        files += ["--candidates", f"{name}={write_jsonl(tmp_path / f'{name}.jsonl', rows)}"]
+    out = tmp_path / "out"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-m", "sapray", "select", "--model", "smollm2", *files, "--output", str(out),
+                           "--set", "sample.max_questions=4", "--set", "sample.round_size=2", "--set", "metrics=[sap]",
+                           "--set", "exemplars.max_tokens=12"], env=env, capture_output=True, text=True,
+                          timeout=PATIENCE_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    lines = done.stderr.splitlines()
+
+    def first(text: str) -> int:
+        return next(i for i, line in enumerate(lines) if text in line)
+
+    # each stage's start line comes before its work (and its progress)
+    assert first("reading the questions and candidates") < first("read 12 candidate rows")
+    announce = first("mining exemplars: the target answers 4 questions")
+    assert "used unchecked" in lines[announce]  # no gold answers: said before mining starts
+    assert first("read 12 candidate rows") < announce < first("mining exemplars: 4/4 in")
+    assert first("mining exemplars: 4/4 in") < first("scoring: starting") < first("round 1: scoring")
+    # mining generated only the answers it uses: the exemplars (3) and one more, as each question leaves out
+    # its own answer
+    exemplars = json.loads((out / "selection.json").read_text())["exemplars"]
+    assert exemplars["pool_questions"] == 4 and exemplars["filled_unchecked"] == 4
+    # every generation actor received work: two actors (one per CPU) shared the four answers
+    placement = json.loads((out / "run.json").read_text())["mining_placement"]
+    assert len(placement) == min(2, os.cpu_count() or 1) and sum(placement.values()) == 4
