@@ -140,10 +140,9 @@ class EnginePool:
             ray.get(self.dispatcher.add.remote(new))
 
     def starts(self) -> dict[str, int]:
-        """Engine starts per actor, counted by the actors themselves."""
-        import ray
-
-        return dict(ray.get([e.started.remote() for e in self.engines]))
+        """Engine starts per actor, counted by the actors themselves when each had loaded (an engine lost since
+        is not asked again: it cannot answer)."""
+        return dict(self.placements)
 
     def stage(self) -> dict[str, Any]:
         """``map_batches`` arguments of a stage whose batches this pool's engines process."""

@@ -329,6 +329,8 @@ class RaceRounds:
                 for row in scored:
                     self.placement[row["actor"]] = self.placement.get(row["actor"], 0) + 1
                 self._look(n, ids, live, {row["request_id"]: row for row in scored}, on_round)
+            if next(stream, None) is not None:  # (also ends the progress line)
+                raise AssertionError("the scorer returned more rows than it was given")
             number = numbers[-1]
             if self.race.ended:
                 return
