@@ -24,9 +24,18 @@ T = TypeVar("T")
 
 # A non-terminal console (CI, a file) gets a progress line this often; a terminal gets a live one.
 PROGRESS_EVERY_S = 10.0
-# Lines of run.log that report a worker or actor lost (Ray restarts it and retries the work).
-WORKER_TROUBLE = re.compile(r"(worker|actor)\b.*\b(died|crashed|exited unexpectedly|was killed)|SIGABRT|SIGSEGV|"
-                            r"Fatal Python error", re.IGNORECASE)
+# Lines of run.log in which Ray itself reports a worker or actor lost (Ray retries the work, or the job fails
+# with the error), and crashes anywhere. A line a worker printed itself reaches the log behind the worker's name
+# ("(MapWorker(MapBatches(GenerateActor)) pid=123) ..."): what a process says as it shuts down (vLLM's "engine
+# core exited unexpectedly", Python's resource tracker) is not a failure of the job.
+LOST = re.compile(r"(worker|actor)\b.*\b(died|crashed|exited unexpectedly|was killed)", re.IGNORECASE)
+CRASHED = re.compile(r"SIGABRT|SIGSEGV|Fatal Python error")
+FORWARDED = re.compile(r"^(\x1b\[[0-9;]*m)?\((?!raylet\)|gcs_server\)).*?pid=\d+[^)]*\)")
+
+
+def trouble(line: str) -> bool:
+    """Whether a run.log line reports a lost worker or actor (Ray's own words) or a crash."""
+    return bool(CRASHED.search(line) or (LOST.search(line) and not FORWARDED.match(line)))
 _FORMAT = "%(asctime)s %(name)s: %(message)s"
 
 
@@ -135,9 +144,9 @@ def session(output: str | None, verbose: bool) -> Iterator[None]:
         where = _keep_log(text, output) or log_file.name
         if where != log_file.name:
             os.unlink(log_file.name)
-        trouble = sum(1 for line in text.decode(errors="replace").splitlines() if WORKER_TROUBLE.search(line))
-        if trouble:
-            console.say(f"Ray reported {trouble} worker error line(s); the work was retried (details in {where})")
+        lost = sum(1 for line in text.decode(errors="replace").splitlines() if trouble(line))
+        if lost:
+            console.say(f"Ray reported {lost} line(s) of lost or crashed workers or actors (details in {where})")
         console.say(f"log: {where}")
         console.use(None, None)
         terminal_out.close()
