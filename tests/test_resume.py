@@ -73,8 +73,12 @@ def test_select_resumes_from_its_journal_after_kill_9_at_two_rounds(ray_local, e
     selected(raw, tmp_path / "whole")
     selection = json.loads((tmp_path / "whole" / "selection.json").read_text())
     assert plan["strategies"]["names"] == selection["strategies"]
-    assert plan["scoring"]["tokens"] == {**plan["scoring"]["tokens"], "kind": "exact",
+    # the race could have stopped sooner (a bound) but ran every round; round 1's tokens are exact
+    assert plan["scoring"]["tokens"] == {**plan["scoring"]["tokens"], "kind": "bound",
                                          "value": selection["budget"]["tokens_scored"]}
+    assert plan["scoring"]["rounds"][0] == {**plan["scoring"]["rounds"][0], "kind": "exact",
+                                            "value": selection["race"]["rounds"][0]["tokens"]}
+    assert sum(r["value"] for r in plan["scoring"]["rounds"]) == selection["budget"]["tokens_scored"]
     assert plan["questions"]["value"] == selection["budget"]["questions_scored"] == 9
     assert plan["scoring"]["requests"]["value"] == selection["counts"]["requests_scored"]
 
@@ -104,9 +108,9 @@ def selected(raw: dict, out: Path) -> None:
 
 
 def test_filter_resumes_batch_by_batch_after_kill_9(ray_local, tmp_path, capsys):
-    """IFD over 48 samples in batches of 4: killed once three batches are journaled by the scoring actor, the
-    rerun scores only the batches the journal lacks; kept/, scores/ and rejects/ are byte for byte a whole
-    run's."""
+    """IFD over 48 samples in batches of 4: killed once three batches are journaled by the scoring actor, and
+    its rerun killed again at seven; the last run scores only the batches the journal lacks; kept/, scores/
+    and rejects/ are byte for byte a whole run's."""
     questions = {q["question_id"]: q["question"] for q in load_questions()}
     rows = [{"messages": [{"role": "user", "content": questions[c["question_id"]]},
                           {"role": "assistant", "content": c["response"]}], "sample_id": f"{c['question_id']}"}
@@ -119,8 +123,10 @@ def test_filter_resumes_batch_by_batch_after_kill_9(ray_local, tmp_path, capsys)
     path = tmp_path / "filter.yaml"
     path.write_text(yaml.safe_dump({**raw, "output": str(out)}))
     journal = out / "journal"
-    killed(sapray("filter", "--config", str(path)), "three batches journaled",
-           lambda: len(list(journal.glob("sums-*.parquet"))) >= 3, tmp_path / "first.log")
+    for at, log in ((3, "first.log"), (7, "second.log")):
+        killed(sapray("filter", "--config", str(path)), f"{at} batches journaled",
+               lambda at=at: len(list(journal.glob("sums-*.parquet"))) >= at, tmp_path / log)
+    assert "batch(es) of the earlier run" in (tmp_path / "second.log").read_text()  # it resumed
     before = {p.name: p.stat().st_mtime_ns for p in journal.glob("sums-*.parquet")}
     capsys.readouterr()
     filtered(raw, out)
@@ -138,17 +144,20 @@ def filtered(raw: dict, out: Path) -> None:
 
 
 def test_mine_resumes_from_its_last_batch_after_kill_9(ray_local, tmp_path, capsys):
-    """Mining (checker none, so every non-empty answer counts) in batches of 2 until 6: killed once the first
-    batch is journaled, the rerun asks only the batches after it, and writes the same exemplar file."""
+    """Mining (checker none, so every non-empty answer counts) in batches of 2 until 8: killed once the first
+    batch is journaled, its rerun killed at the second; the last run asks only the batches after them, and
+    writes the same exemplar file."""
     pool = write_jsonl(tmp_path / "pool.jsonl", load_questions()[:12])
-    raw = {"pool": pool, "model": "smollm2", "n": 6, "checker": "none", "max_tokens": 16,
+    raw = {"pool": pool, "model": "smollm2", "n": 8, "checker": "none", "max_tokens": 16,
            "ray": {"actors": 1, "batch_size": 2}}
     mined(raw, tmp_path / "whole" / "ex.jsonl")
     out = tmp_path / "resumed" / "ex.jsonl"
     journal = out.with_suffix(".journal")
-    killed(sapray("mine", "--pool", pool, "--model", "smollm2", "--n", "6", "--checker", "none", "--max-tokens", "16",
-                  "--batch-size", "2", "--set", "ray.actors=1", "--output", str(out)),
-           "batch 1 journaled", lambda: any(journal.glob("batch-*.json")), tmp_path / "first.log")
+    for at, log in ((1, "first.log"), (2, "second.log")):
+        killed(sapray("mine", "--pool", pool, "--model", "smollm2", "--n", "8", "--checker", "none", "--max-tokens",
+                      "16", "--batch-size", "2", "--set", "ray.actors=1", "--output", str(out)),
+               f"batch {at} journaled", lambda at=at: len(list(journal.glob("batch-*.json"))) >= at, tmp_path / log)
+    assert "batch(es) of answers" in (tmp_path / "second.log").read_text()
     capsys.readouterr()
     mined(raw, out)
     assert "batch(es) of answers" in capsys.readouterr().err

