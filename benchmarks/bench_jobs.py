@@ -21,6 +21,7 @@ import argparse
 import filecmp
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -68,18 +69,27 @@ def resident(workdir: Path) -> None:
         wall = sapray(REPO, ["run", "--config", str(path), "--output", str(out), "--set",
                              f"generate.output={out}/train", "--set", f"ray.resident_engines={mode}"],
                       workdir / f"resident-{mode}.log")
-        log = (out / "run.log").read_text()
-        starts = json.loads((out / "run.json").read_text()).get("engine_starts") or {
-            "vllm (loads in run.log)": log.count("Loading safetensors checkpoint shards: 100%"),
-            "hf (loads in run.log)": log.count("Loading weights: 100%")}
+        log = (out / "run.log").read_bytes().decode(errors="replace")  # its \r stay inside the lines
+        counted = json.loads((out / "run.json").read_text()).get("engine_starts") or {}
+        starts = ({key: sum(per_actor.values()) for key, per_actor in counted.items()} if counted else {
+            "vllm (processes that loaded it, run.log)": loaders(log, "Loading safetensors checkpoint shards: 100%"),
+            "hf (processes that loaded it, run.log)": loaders(log, "Loading weights: 100%")})
         rows.append((f"resident_engines={mode}", wall, starts))
     for name, wall, starts in rows:
         print(f"{name:24} {wall:8.1f} s   engine starts: {starts}")
     print(f"ratio: {rows[0][1] / rows[1][1]:.2f}x")
     a, b = workdir / "resident-false", workdir / "resident-true"
+    # the training set's rows (its shards are named by run, and metadata.json holds wall times)
     same = filecmp.cmp(a / "scores.parquet", b / "scores.parquet", shallow=False) and all(
-        filecmp.cmp(f, b / "train" / f.name, shallow=False) for f in (a / "train").iterdir() if f.is_file())
+        filecmp.cmp(f, b / "train" / folder / f.name, shallow=False)
+        for folder in ("train", "parquet", "rejects") for f in (a / "train" / folder).iterdir())
     print(f"same scores.parquet and training set: {same}")
+
+
+def loaders(log: str, marker: str) -> int:
+    """Processes whose output in ``log`` shows ``marker`` (a load's progress bar may end twice)."""
+    return len({m.group(1) for line in log.split("\n") if marker in line for m in [re.search(r"pid=(\d+)", line)]
+                if m})
 
 
 def journal(workdir: Path, baseline: str, repeats: int) -> None:
