@@ -125,15 +125,43 @@ def data_flags(raw: dict, candidates: tuple[str, ...], questions: str | None, ex
     return raw
 
 
+def select_inputs_flags(command):
+    """select's inputs, as a config file or as flags (``plan`` takes the same)."""
+    for option in reversed([
+        click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
+                     help="YAML config; without one, the flags below make the config (every other key at its "
+                     "default)"),
+        click.option("--candidates", "candidate_args", multiple=True, metavar="[NAME=]PATH",
+                     help="one strategy's responses (NAME=PATH; columns question_id, response, or chat 'messages'), "
+                     "or a long table with a strategy column (PATH); repeatable"),
+        click.option("--questions", help="question_id, question[, gold]; default: the questions the candidate files "
+                     "hold"),
+        click.option("--exemplars", "exemplar_file", help="the target's own answers to use as exemplars (JSONL with "
+                     "text)"),
+        click.option("--pool", help="questions with gold answers to mine exemplars from (default: the compared "
+                     "questions)"),
+    ]):
+        command = option(command)
+    return command
+
+
+def select_config(config_path: str | None, candidate_args: tuple[str, ...], questions: str | None,
+                  exemplar_file: str | None, pool: str | None, set_items: tuple[str, ...], **flags) -> SelectConfig:
+    """The config select's inputs flags (or file) and overrides make."""
+    if not config_path and not candidate_args:
+        raise click.UsageError("give --config, or --candidates NAME=PATH (once per strategy)")
+    if exemplar_file and pool:
+        raise click.UsageError("give --exemplars or --pool, not both")
+    raw = read_yaml(config_path) if config_path else {}
+    data_flags(raw, candidate_args, questions, exemplar_file, pool)
+    try:
+        return load_config(raw, _overrides(set_items, **flags))
+    except ConfigError as exc:
+        raise click.UsageError(str(exc)) from None
+
+
 @main.command()
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              help="YAML config; without one, the flags below make the config (every other key at its default)")
-@click.option("--candidates", "candidate_args", multiple=True, metavar="[NAME=]PATH",
-              help="one strategy's responses (NAME=PATH; columns question_id, response, or chat 'messages'), or a "
-              "long table with a strategy column (PATH); repeatable")
-@click.option("--questions", help="question_id, question[, gold]; default: the questions the candidate files hold")
-@click.option("--exemplars", "exemplar_file", help="the target's own answers to use as exemplars (JSONL with text)")
-@click.option("--pool", help="questions with gold answers to mine exemplars from (default: the compared questions)")
+@select_inputs_flags
 @click.option("--print-config", is_flag=True, help="print the full resolved config as YAML and stop")
 @restart_flag
 @common_flags
@@ -147,16 +175,7 @@ def select(config_path: str | None, candidate_args: tuple[str, ...], questions: 
     sapray select --model Qwen/Qwen2.5-0.5B-Instruct --candidates gpt4o=gpt4o.jsonl --candidates claude=claude.jsonl
     sapray select --config select.yaml
     """
-    if not config_path and not candidate_args:
-        raise click.UsageError("give --config, or --candidates NAME=PATH (once per strategy)")
-    if exemplar_file and pool:
-        raise click.UsageError("give --exemplars or --pool, not both")
-    raw = read_yaml(config_path) if config_path else {}
-    data_flags(raw, candidate_args, questions, exemplar_file, pool)
-    try:
-        cfg = load_config(raw, _overrides(set_items, **flags))
-    except ConfigError as exc:
-        raise click.UsageError(str(exc)) from None
+    cfg = select_config(config_path, candidate_args, questions, exemplar_file, pool, set_items, **flags)
     if print_config:
         click.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True), nl=False)
         return
@@ -253,31 +272,37 @@ def run(config_path: str, restart: bool, set_items: tuple[str, ...], verbose: bo
 
 
 @main.command("plan")
-@click.option("--config", "config_path", type=click.Path(exists=True, dir_okay=False),
-              help="the select or run config to plan")
+@select_inputs_flags
 @click.option("--demo", "the_demo", is_flag=True, help="plan `sapray demo` instead of a config")
 @click.option("--json", "json_out", help="write the plan as JSON here")
 @common_flags
 @friendly
-def plan_command(config_path: str | None, the_demo: bool, json_out: str | None, set_items: tuple[str, ...],
-                 verbose: bool, **flags) -> None:
+def plan_command(config_path: str | None, candidate_args: tuple[str, ...], questions: str | None,
+                 exemplar_file: str | None, pool: str | None, the_demo: bool, json_out: str | None,
+                 set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     """What a select or run will do and cost, before any engine starts: questions, strategies, requests and
     tokens to score, sample and full-set tokens and money per teacher, and times, each figure marked exact,
-    bound or estimate."""
+    bound or estimate. It takes a select or run config, select's flags, or --demo.
+
+    \b
+    sapray plan --config jobs/gsm8k_run.yaml
+    sapray plan --model Qwen/Qwen2.5-0.5B-Instruct --candidates gpt4o=gpt4o.jsonl --candidates claude=claude.jsonl
+    sapray plan --demo
+    """
     import json
 
     from sapray.dataplane.read import write_text
     from sapray.jobs.plan import plan_job, render
 
-    if bool(config_path) == the_demo:
-        raise click.UsageError("give --config or --demo")
+    if the_demo and (config_path or candidate_args):
+        raise click.UsageError("give --demo alone, or a config or select's flags")
     if the_demo:
         try:
             cfg = load_config(demo_config(), _overrides(set_items, **flags))
         except ConfigError as exc:
             raise click.UsageError(str(exc)) from None
     else:
-        cfg = _load(config_path, set_items, **flags)
+        cfg = select_config(config_path, candidate_args, questions, exemplar_file, pool, set_items, **flags)
     with session(None, verbose):
         plan = plan_job(cfg)
     console.result(render(plan))

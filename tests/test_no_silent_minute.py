@@ -23,10 +23,13 @@ def test_flag_only_select_announces_each_stage_before_its_work(tmp_path):
         files += ["--candidates", f"{name}={write_jsonl(tmp_path / f'{name}.jsonl', rows)}"]
     out = tmp_path / "out"
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-    done = subprocess.run([sys.executable, "-m", "sapray", "select", "--model", "smollm2", *files, "--output", str(out),
-                           "--set", "sample.max_questions=4", "--set", "sample.round_size=2", "--set", "metrics=[sap]",
-                           "--set", "exemplars.max_tokens=12"], env=env, capture_output=True, text=True,
-                          timeout=PATIENCE_S)
+    flags = ["--model", "smollm2", *files, "--set", "sample.max_questions=4", "--set", "sample.round_size=2",
+             "--set", "metrics=[sap]", "--set", "exemplars.max_tokens=12"]
+    planned = subprocess.run([sys.executable, "-m", "sapray", "plan", *flags, "--json", str(tmp_path / "plan.json")],
+                             env=env, capture_output=True, text=True, timeout=PATIENCE_S)
+    assert planned.returncode == 0, planned.stderr[-3000:]
+    done = subprocess.run([sys.executable, "-m", "sapray", "select", *flags, "--output", str(out)], env=env,
+                          capture_output=True, text=True, timeout=PATIENCE_S)
     assert done.returncode == 0, done.stderr[-3000:]
     lines = done.stderr.splitlines()
 
@@ -41,8 +44,16 @@ def test_flag_only_select_announces_each_stage_before_its_work(tmp_path):
     assert first("mining exemplars: 4/4 in") < first("scoring: starting") < first("round 1: scoring")
     # mining generated only the answers it uses: the exemplars (3) and one more, as each question leaves out
     # its own answer
-    exemplars = json.loads((out / "selection.json").read_text())["exemplars"]
+    selection = json.loads((out / "selection.json").read_text())
+    exemplars = selection["exemplars"]
     assert exemplars["pool_questions"] == 4 and exemplars["filled_unchecked"] == 4
+    # `sapray plan` from the same flags foretold it: 4 answers of at most 12 tokens, and bounds the run kept
+    plan = json.loads((tmp_path / "plan.json").read_text())
+    assert plan["strategies"]["names"] == selection["strategies"]
+    assert plan["exemplars"]["generated_tokens"] == {**plan["exemplars"]["generated_tokens"], "value": 4 * 12,
+                                                    "kind": "bound"}
+    assert exemplars["generated_tokens"] <= 4 * 12
+    assert selection["budget"]["tokens_scored"] <= plan["scoring"]["tokens"]["value"]
     # every generation actor received work: two actors (one per CPU) shared the four answers
     placement = json.loads((out / "run.json").read_text())["mining_placement"]
     assert len(placement) == min(2, os.cpu_count() or 1) and sum(placement.values()) == 4

@@ -23,7 +23,7 @@ from sapray.core.sample import Budget, rounds
 from sapray.dataplane import stages
 from sapray.dataplane.placement import Placement, place
 from sapray.dataplane.raydata import init_ray
-from sapray.dataplane.read import load_exemplar_file
+from sapray.dataplane.read import load_exemplar_file, read_questions
 from sapray.dataplane.select_inputs import read_selection_inputs
 from sapray.dataplane.teachers import model_teacher_kwargs, prompt_ids, teacher_money
 from sapray.engines.models import locate
@@ -133,15 +133,25 @@ def _exemplars(cfg: SelectConfig, sample: Sample) -> tuple[list[ex.Exemplar], di
     if cfg.exemplars.file:
         pool = load_exemplar_file(cfg.exemplars.file)
         return pool, {"source": cfg.exemplars.file, "generated_tokens": asdict(Figure(0, "exact", "tokens"))}
-    # as mining does: with nothing to check answers against, only the answers it will use
+    # as mining does: with nothing to check answers against (no checker, or no gold), only the answers it uses
     need = cfg.exemplars.n + (0 if cfg.exemplars.pool else 1)
-    n = need if cfg.exemplars.checker == "none" else cfg.exemplars.pool_size
+    n = need if _unchecked(cfg, sample) else cfg.exemplars.pool_size
     stand_in = " ".join(["word"] * cfg.exemplars.max_tokens)
     pool = [ex.Exemplar(f"planned-{k}", stand_in, None, False) for k in range(max(n, cfg.exemplars.n + 1))]
     return pool, {"source": cfg.exemplars.pool or "the compared questions",
                   "generated_tokens": asdict(Figure(n * cfg.exemplars.max_tokens, "bound", "tokens",
                                                     f"{n} pool questions, up to {cfg.exemplars.max_tokens} each")),
                   "note": "the contexts' exemplar tokens are bounds: mined answers are not known before mining"}
+
+
+def _unchecked(cfg: SelectConfig, sample: Sample) -> bool:
+    """Whether mining will use its answers unchecked: no checker, or no gold answer among its questions."""
+    if cfg.exemplars.checker == "none":
+        return True
+    if cfg.exemplars.pool:
+        questions, _ = read_questions(cfg.exemplars.pool, cfg.data.columns, need_gold=True)
+        return not any(q.get("gold") for q in questions.values())
+    return not any(q.get("gold") for q in sample.questions.values())
 
 
 def _teacher_request_tokens(requests: Requests, target: Target, strategy: StrategyConfig, qid: str) -> int:
