@@ -71,6 +71,9 @@ def _stop_processes_started_since(before: set[int]) -> None:
     psutil.wait_procs(started, timeout=60)
 
 
+ACTOR_POOL_START_PATIENCE_S = 3600
+
+
 def init_ray(cfg: RayConfig) -> None:
     """Join ``cfg.address`` (or RAY_ADDRESS), else start a local single-node Ray."""
     import ray
@@ -85,6 +88,10 @@ def init_ray(cfg: RayConfig) -> None:
     ctx.shuffle_strategy = ray.data.context.ShuffleStrategy.SORT_SHUFFLE_PULL_BASED
     ctx.enable_progress_bars = True
     ctx.print_on_execution_start = False
+    # An actor pool starts whole before its first block (Ray Data otherwise feeds the first actor up, which
+    # can take every block while the others load their models for nothing), and a pool the cluster cannot
+    # start fails after this long rather than waiting forever.
+    ctx.wait_for_min_actors_s = ACTOR_POOL_START_PATIENCE_S
 
 
 def _start_or_join(cfg: RayConfig) -> None:
