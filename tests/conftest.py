@@ -25,12 +25,6 @@ import ray.data  # noqa: F401
 
 from sapray.engines.models import resolve_model
 
-# The suite runs more compute threads than the machine has cores (two pytest workers, each with its own
-# engines). OpenMP's default spin-wait makes oversubscribed torch processes slow each other down about 5x
-# instead of 2x (two 2-thread matmul loops on the 2-core box: 42 s each against 8 s alone, 19 s passive).
-# Set before torch loads libgomp; Ray's workers and the jobs run as subprocesses inherit it.
-os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
-
 DATA_DIR = Path(__file__).parent / "data" / "gsm8k_first20"
 N_EXEMPLARS = 3
 
