@@ -14,6 +14,7 @@ with its own, and marks every figure:
 
 from __future__ import annotations
 
+import functools
 from dataclasses import asdict, dataclass
 from typing import Any, Literal
 
@@ -81,18 +82,24 @@ def plan_job(cfg: SelectConfig) -> dict[str, Any]:
     strategies = inputs.chosen.chosen
     sample = Sample.draw(cfg, inputs)
     exemplars, mined = _exemplars(cfg, sample)
+    # a teacher's response is unknown before it answers: its requests hold at most max_tokens of response
+    for name in (n for n in strategies if n in teachers):
+        stand_in = {"response": " ".join(["word"] * teachers[name].max_tokens)}
+        for qid in sample.order:
+            sample.by_question.setdefault(qid, {})[name] = stand_in
     requests = Requests(cfg, target, exemplars, sample)
     data = [n for n in strategies if n not in teachers]
+    generated = [n for n in strategies if n in teachers]
     s = cfg.sample
     budget = Budget(s.max_questions, s.max_tokens, s.max_money)
-    by_round = list(rounds(sample.order, budget, s.round_size, lambda qid: requests.tokens(qid, data)))
-    planned = [q for r in by_round for q in r]
 
-    def tokens(questions: list[str]) -> int:
-        # a teacher's response is unknown: its requests hold at most max_tokens of response
-        return (sum(requests.tokens(q, data) for q in questions)
-                + sum(_teacher_request_tokens(requests, target, teachers[n], q) for n in strategies
-                      if n in teachers for q in questions))
+    @functools.cache
+    def tokens(qid: str) -> tuple[int, int]:  # (the data strategies', the teachers') scoring tokens
+        return requests.tokens(qid, data), requests.tokens(qid, generated)
+
+    by_round = list(rounds(sample.order, budget, s.round_size, lambda qid: tokens(qid)[0]))
+    planned = [q for r in by_round for q in r]
+    per_round = [sum(sum(tokens(q)) for q in r) for r in by_round]
     kinds = context_kinds(cfg.metrics)
     where = place(scorer_kwargs(cfg, target.commit, target.layout.boundary), cfg.ray)  # mining's too
     if mined["generated_tokens"]["value"]:
@@ -110,13 +117,13 @@ def plan_job(cfg: SelectConfig) -> dict[str, Any]:
                                    f"in rounds of {s.round_size}; stopped by {budget.stopped_by}")),
         "scoring": {
             "requests": asdict(Figure(len(planned) * len(strategies) * len(kinds), "bound", "requests", race_note)),
-            "tokens": asdict(Figure(tokens(planned), "bound" if s.stop == "confident" else round_kind, "tokens",
+            "tokens": asdict(Figure(sum(per_round), "bound" if s.stop == "confident" else round_kind, "tokens",
                                     unknown + race_note)),
             # each round's tokens, once the race reaches it; after round 1 the race may have dropped strategies
-            "rounds": [asdict(Figure(tokens(r), round_kind if k == 0 or s.stop != "confident" else "bound", "tokens",
-                                     f"{len(r)} questions")) for k, r in enumerate(by_round)],
+            "rounds": [asdict(Figure(per_round[k], round_kind if k == 0 or s.stop != "confident" else "bound",
+                                     "tokens", f"{len(r)} questions")) for k, r in enumerate(by_round)],
             "actors": where.actors,
-            "time": asdict(_seconds(tokens(planned), cfg.engine, "score", where)),
+            "time": asdict(_seconds(sum(per_round), cfg.engine, "score", where)),
         },
         "exemplars": mined,
         "sample_generation": {n: _generation(cfg, teachers[n], [sample.questions[q] for q in planned], target)
@@ -152,21 +159,6 @@ def _unchecked(cfg: SelectConfig, sample: Sample) -> bool:
         questions, _ = read_questions(cfg.exemplars.pool, cfg.data.columns, need_gold=True)
         return not any(q.get("gold") for q in questions.values())
     return not any(q.get("gold") for q in sample.questions.values())
-
-
-def _teacher_request_tokens(requests: Requests, target: Target, strategy: StrategyConfig, qid: str) -> int:
-    """A teacher strategy's scoring tokens for one question, its response at ``max_tokens``."""
-    stand_in = {**requests.sample.by_question.get(qid, {}), strategy.name: {
-        "response": " ".join(["word"] * strategy.max_tokens)}}
-    saved = requests.sample.by_question.get(qid)
-    requests.sample.by_question[qid] = stand_in
-    try:
-        return requests.tokens(qid, [strategy.name])
-    finally:
-        if saved is None:
-            requests.sample.by_question.pop(qid)
-        else:
-            requests.sample.by_question[qid] = saved
 
 
 def _prompt_tokens(strategy: StrategyConfig, questions: list[dict], target: Target) -> Figure:

@@ -36,6 +36,8 @@ FORWARDED = re.compile(r"^(\x1b\[[0-9;]*m)?\((?!raylet\)|gcs_server\)).*?pid=\d+
 def trouble(line: str) -> bool:
     """Whether a run.log line reports a lost worker or actor (Ray's own words) or a crash."""
     return bool(CRASHED.search(line) or (LOST.search(line) and not FORWARDED.match(line)))
+
+
 _FORMAT = "%(asctime)s %(name)s: %(message)s"
 
 
