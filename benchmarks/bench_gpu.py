@@ -103,10 +103,14 @@ PEAK_BF16_TFLOPS: tuple[tuple[str, float], ...] = (
     ("A100", 312.0), ("L40S", 362.0), ("L4", 121.0),
 )
 # Correctness tolerances (engine path vs plain one-sequence forwards): max |per-token logprob
-# difference| in nats and max relative difference of a request's mean NLL. bf16 rounds activations
-# to 8 bits of mantissa, and batch shape changes the kernels' summation order.
-TOLERANCES = {"float32": (1e-4, 1e-5), "bfloat16": (0.15, 5e-3), "float16": (0.05, 1e-3)}
-
+# difference| in nats and max relative difference of a request's mean NLL. In float32 they are
+# absolute. In bf16 (8 bits of mantissa; batch shape changes the kernels' summation order, and over 32
+# layers of random weights an ordinary padded batch strays 0.23 nats from plain forwards on an H100) a
+# path passes when it strays at most RELATIVE_TO_PADDED times as far as the padded batch of the same
+# model does (the "unshared" variant, which shares nothing and packs nothing), never less than the
+# float32 tolerances. Fixed 2026-12-04, before the first run that uses it.
+TOLERANCES = {"float32": (1e-4, 1e-5), "bfloat16": (1e-4, 1e-5), "float16": (1e-4, 1e-5)}
+RELATIVE_TO_PADDED = {"float32": None, "bfloat16": 2.0, "float16": 2.0}
 
 @dataclass(frozen=True)
 class Setting:
@@ -289,8 +293,9 @@ def use_path(engine: HFEngine, path: str) -> None:
 
 
 def measure(engine: HFEngine, shape: Shape, counter: ForwardCounter, requests: list[EncodedRequest],
-            setting: Setting, path: str, peak: float | None) -> dict:
-    """One timed pass over the workload (after a warm-up call on the first block)."""
+            setting: Setting, path: str, peak: float | None, warm_passes: int = 0) -> dict:
+    """One timed pass over the workload (after a warm-up call on the first block, and ``warm_passes`` whole
+    passes: a compiled model compiles for the shapes it meets)."""
     use_path(engine, path)
     share = path != "unshared"
     engine.max_batch_tokens = setting.max_batch_tokens
@@ -299,6 +304,9 @@ def measure(engine: HFEngine, shape: Shape, counter: ForwardCounter, requests: l
     calls = blocks(requests, setting.block_rows)
     # warm-up (kernels, allocator): two candidates, so both the shared and the padded path run
     engine.sequence_logprobs(calls[0][:6])
+    for _ in range(warm_passes):
+        for block in calls:
+            engine.sequence_logprobs(block)
     reset_memory(engine.device)
     counter.reset()
     sync(engine.device)
@@ -364,26 +372,34 @@ PARITY_VARIANTS = {"packed": ("packed", None), "shared": ("cached", None), "unsh
 
 
 @torch.inference_mode()
-def parity(engine: HFEngine, requests: list[EncodedRequest], tolerance: tuple[float, float]) -> dict:
+def parity(engine: HFEngine, requests: list[EncodedRequest], tolerance: tuple[float, float],
+           relative: float | None) -> dict:
     """Every engine path, with and without the padding cap, against plain forwards of the same model.
 
-    The engine runs with large budgets, so its batches have many rows of mixed lengths.
+    The engine runs with large budgets, so its batches have many rows of mixed lengths. With ``relative``
+    (low-precision dtypes) the tolerances are that multiple of the padded batch's own deviation, floored
+    at ``tolerance``.
     """
     reference, misaligned = zip(*(plain_logprobs(engine.model, r) for r in requests), strict=True)
-    result: dict[str, Any] = {"requests": len(requests), "tol_abs_logprob": tolerance[0],
-                              "tol_rel_mean_nll": tolerance[1]}
+    result: dict[str, Any] = {"requests": len(requests)}
     engine.max_batch_tokens, engine.max_logit_rows = 32768, 8192
-    ok = True
     for variant, (path, padding) in PARITY_VARIANTS.items():
         use_path(engine, path)
         engine.max_padding = padding
-        diff = compare(engine.sequence_logprobs(requests), reference)
-        result[variant] = diff
-        ok &= diff["max_abs_logprob"] <= tolerance[0] and diff["max_rel_mean_nll"] <= tolerance[1]
+        result[variant] = compare(engine.sequence_logprobs(requests), reference)
+    keys = ("max_abs_logprob", "max_rel_mean_nll")
+    if relative is None:
+        limits = tolerance
+    else:
+        limits = tuple(max(floor, relative * result["unshared"][key])
+                       for floor, key in zip(tolerance, keys, strict=True))
+        result["tolerance_rule"] = f"{relative}x the padded batch's (unshared) deviation, at least {tolerance}"
+    result["tol_abs_logprob"], result["tol_rel_mean_nll"] = limits
+    ok = all(result[v][key] <= limit for v in PARITY_VARIANTS for key, limit in zip(keys, limits, strict=True))
     # A check that cannot tell a one-token misalignment from agreement proves nothing.
     reach = max(abs(a - b) for r, m in zip(reference, misaligned, strict=True) for a, b in zip(r[:-1], m, strict=True))
     result["misaligned_max_abs_logprob"] = reach
-    result["sensitive"] = reach > 2 * tolerance[0]
+    result["sensitive"] = reach > 2 * limits[0]
     result["pass"] = bool(ok and result["sensitive"])
     return result
 
@@ -466,9 +482,14 @@ def main(argv: Sequence[str] | None = None) -> int:
                         help="generation's max_batch_tokens (prompts per batch = this // (prompt + max tokens))")
     parser.add_argument("--peak-tflops", type=float, default=None,
                         help="the chip's dense peak TFLOP/s in this dtype (default: from the bf16 table by GPU name)")
+    parser.add_argument("--compile", action="store_true",
+                        help="torch.compile the decoder (dynamic shapes) before measuring: fuses the elementwise ops")
+    parser.add_argument("--warm-passes", type=int, default=0,
+                        help="whole untimed passes before each timed one (with --compile: its compilations)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--profile", type=int, default=0, metavar="N",
                         help="after each timed pass, one more under torch.profiler: print its N costliest ops")
+    parser.add_argument("--profile-paths", default=",".join(PATHS), help="the paths --profile applies to")
     parser.add_argument("--json", type=Path, default=None, help="write the results here (rewritten after each row)")
     args = parser.parse_args(argv)
     for key, value in (TINY_DEFAULTS if args.tiny else DEFAULTS).items():
@@ -503,7 +524,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         "workload": {"questions": args.questions, "repeat": args.repeat, "requests": len(requests),
                      "scored_tokens": sum(len(r.input_ids) for r in requests),
                      "continuation_tokens": sum(len(r.continuation_ids) for r in requests)},
-        "tiny": args.tiny, "models": {}, "rows": [], "parity": {}, "generation": {},
+        "tiny": args.tiny, "compile": args.compile, "warm_passes": args.warm_passes,
+        "models": {}, "rows": [], "parity": {}, "generation": {},
     }
     print(f"machine: {info}")
     print(f"dtype {dtype_name}; peak {peak} TFLOP/s ({peak_source}); workload {report['workload']}", flush=True)
@@ -516,6 +538,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     for name in args.models.split(","):
         start = time.perf_counter()
         model = build_model(name, args.tiny, device, dtype, tokenizer, args.seed)
+        if args.compile:
+            model.get_decoder().compile(dynamic=True)
         sync(device)
         shape = Shape.of(model)
         report["models"][name] = {**shape.__dict__, "build_s": time.perf_counter() - start}
@@ -525,14 +549,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         counter = ForwardCounter(model)
         for setting in settings:
             for path in args.paths.split(","):
-                row = {"model": name, **measure(engine, shape, counter, requests, setting, path, peak)}
+                row = {"model": name, "compiled": args.compile,
+                       **measure(engine, shape, counter, requests, setting, path, peak, args.warm_passes)}
                 report["rows"].append(row)
                 save()
                 print_table([row])
-                if args.profile:
+                if args.profile and path in args.profile_paths.split(","):
                     print(profile(engine, requests, setting, args.profile), flush=True)
         counter.handle.remove()
-        report["parity"][name] = parity(engine, parity_requests, tolerance)
+        report["parity"][name] = parity(engine, parity_requests, tolerance, RELATIVE_TO_PADDED[dtype_name])
         save()
         print(f"correctness {name}: {json.dumps(report['parity'][name])}", flush=True)
         report["generation"][name] = generation(engine, requests, args.gen_prompts, args.gen_tokens,

@@ -45,7 +45,7 @@ def test_layout_positions_branches_and_targets_by_hand():
 def test_each_continuation_sees_its_context_and_itself_only():
     segs = packing.segments(CONTEXTS, CONTINUATIONS, max_tokens=100)
     packed = packing.layout([segs], CONTINUATIONS, width=11, pad_id=0)
-    ok = packing.allowed(packed.segment, packed.branch)[0]
+    ok = packing.allowed(packed.segment, packed.branch, np.arange(packed.segment.shape[1]))[0]
     expected = np.zeros((11, 11), dtype=bool)
     for q, keys in {0: [0], 1: [0, 1], 2: [0, 1, 2], 3: [0, 1, 2, 3], 4: [0, 1, 2, 3, 4], 5: [0, 1, 2, 5],
                     6: [6], 7: [6, 7], 8: [6, 7, 8], 9: [6, 7, 8, 9], 10: [10]}.items():

@@ -20,9 +20,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import TypeVar
 
 import numpy as np
 
+ArrayT = TypeVar("ArrayT")  # a numpy array or a torch tensor
 PAD_SEGMENT = -1  # segment id of padding positions: they attend only to padding (never to real tokens)
 
 
@@ -133,12 +135,16 @@ def layout(rows: list[list[Segment]], continuations: Sequence[Sequence[int]], wi
                         np.array(predictors, dtype=np.int64).reshape(-1, 2), targets)
 
 
-def allowed(segment: np.ndarray, branch: np.ndarray) -> np.ndarray:
+def allowed(segment: ArrayT, branch: ArrayT, columns: ArrayT) -> ArrayT:
     """[rows, width, width] booleans: query position q may attend to key position k. Same segment, k at or
     before q, and k in the context or in q's own continuation. Padding attends to earlier padding only,
-    so no row of the mask is empty."""
-    width = segment.shape[1]
-    causal = np.tril(np.ones((width, width), dtype=bool))
+    so no row of the mask is empty.
+
+    Operators only, so the same function builds the mask from numpy arrays or from tensors already on a
+    GPU (where a host-built mask of rows x width x width would cost more than the forward's launch);
+    ``columns`` is ``arange(width)`` of the same library.
+    """
+    causal = columns[None, :] <= columns[:, None]
     same_segment = segment[:, :, None] == segment[:, None, :]
     same_branch = (branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])
     return causal[None] & same_segment & same_branch

@@ -15,10 +15,11 @@ compute that context once, on one of two paths:
   through the LM head (``logits_to_keep``), which keeps memory and time off the 49k-wide vocabulary
   projection. (On the packed path they are packed rows like the rest.)
 
-The cached path is the default on every device: on this project's 2-core AVX2 CPU it measured faster than
-the packed one (docs/benchmarks.md, "Shared contexts": a dense 4D mask makes SDPA compute every masked
-position), and it is the path measured on GPUs so far; ``packed=True`` (``engine_args: {packed: true}``)
-takes the packed path, whose GPU rows ``benchmarks/bench_gpu.py`` measures.
+Which path is the default depends on the device, by measurement: packed on GPUs (on one H200, 2.10x the
+cached path's scored tokens/s for the Llama-3-8B shape at a block of 36 requests, 4.7x for SmolLM2's;
+docs/scaling.md, "GPU"), cached on CPUs (on this project's 2-core AVX2 CPU the packed path ran at 0.71x:
+a dense 4D mask makes SDPA compute every masked position, docs/benchmarks.md, "Shared contexts").
+``engine_args: {packed: true|false}`` picks one.
 
 ``max_padding`` (off by default) also closes a batch before its padding would exceed that share of
 the positions it runs: length buckets instead of one wide batch, for large budgets on GPUs, where
@@ -31,6 +32,7 @@ import copy
 from collections.abc import Sequence
 from typing import Any
 
+import numpy as np
 import torch
 
 from sapray.core import packing
@@ -79,7 +81,7 @@ class HFEngine:
         share_contexts: bool = True,
         adapter: str | None = None,
         max_padding: float | None = None,
-        packed: bool = False,
+        packed: bool | None = None,
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -105,7 +107,7 @@ class HFEngine:
         max_length: int | None = None,
         share_contexts: bool = True,
         max_padding: float | None = None,
-        packed: bool = False,
+        packed: bool | None = None,
     ) -> HFEngine:
         """An engine around a model already in memory, on its device and in its dtype.
 
@@ -119,7 +121,7 @@ class HFEngine:
 
     def _setup(self, model: Any, tokenizer: Any, device: str, max_batch_tokens: int | None,
                max_logit_rows: int | None, max_length: int | None, share_contexts: bool,
-               max_padding: float | None, packed: bool) -> None:
+               max_padding: float | None, packed: bool | None) -> None:
         self.device = device
         self.tokenizer = tokenizer
         self.model = model.eval()
@@ -130,6 +132,8 @@ class HFEngine:
         self.max_logit_rows = default_rows if max_logit_rows is None else max_logit_rows
         self.share_contexts = share_contexts
         self.max_padding = max_padding
+        if packed is None:  # measured per device: docs/scaling.md, "GPU"
+            packed = device.startswith("cuda")
         self.packed = packed and packable(self.model, self.max_length)
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
@@ -175,25 +179,30 @@ class HFEngine:
             self._packed_forward(packing.layout(batch, continuations, width, self.pad_id), out)
 
     def _packed_forward(self, packed: packing.PackedLayout, out: list[list[float]]) -> None:
+        # Every host array goes to the device before the forward starts: a copy from pageable host memory
+        # waits for the queued kernels, so one issued mid-pass would leave the GPU idle while the host catches up.
+        owners = sorted(packed.targets)
+        pairs = np.array([p for i in owners for p in packed.targets[i]], dtype=np.int64).reshape(-1, 2)
+        chunks = []  # the logits budget: at most max_logit_rows predicting positions through the LM head at once
+        for start in range(0, len(packed.predictors), self.max_logit_rows):
+            here = np.flatnonzero((pairs[:, 0] >= start) & (pairs[:, 0] < start + self.max_logit_rows))
+            chunks.append((start, *(torch.from_numpy(a).to(self.device) for a in (here, pairs[here] - [start, 0]))))
+        ids, positions, segment, branch, predictors = (
+            torch.from_numpy(a).to(self.device)
+            for a in (packed.input_ids, packed.positions, packed.segment, packed.branch, packed.predictors))
         dtype = next(self.model.parameters()).dtype
-        allowed = torch.from_numpy(packing.allowed(packed.segment, packed.branch)).to(self.device)
+        allowed = packing.allowed(segment, branch, torch.arange(segment.shape[1], device=self.device))
         mask = torch.zeros(allowed.shape, dtype=dtype, device=self.device).masked_fill_(~allowed,
                                                                                           torch.finfo(dtype).min)
-        hidden = self.model.get_decoder()(
-            input_ids=torch.from_numpy(packed.input_ids).to(self.device), attention_mask=mask[:, None],
-            position_ids=torch.from_numpy(packed.positions).to(self.device)).last_hidden_state
-        rows, cols = torch.from_numpy(packed.predictors).to(self.device).unbind(1)
-        predicting = hidden[rows, cols]
-        owners = sorted(packed.targets)
-        pairs = torch.tensor([p for i in owners for p in packed.targets[i]], dtype=torch.long).reshape(-1, 2)
-        values = torch.empty(len(pairs))
+        hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask[:, None],
+                                          position_ids=positions).last_hidden_state
+        predicting = hidden[predictors[:, 0], predictors[:, 1]]
+        values = torch.empty(len(pairs), device=self.device)
         head = self.model.get_output_embeddings()
-        for start in range(0, len(predicting), self.max_logit_rows):  # the logits budget: rows x vocabulary
-            stop = start + self.max_logit_rows
-            logprobs = torch.log_softmax(head(predicting[start:stop]).float(), dim=-1).cpu()
-            here = (pairs[:, 0] >= start) & (pairs[:, 0] < stop)
-            values[here] = logprobs[pairs[here, 0] - start, pairs[here, 1]]
-        flat = values.tolist()
+        for start, index, wanted in chunks:
+            logprobs = torch.log_softmax(head(predicting[start:start + self.max_logit_rows]).float(), dim=-1)
+            values[index] = logprobs[wanted[:, 0], wanted[:, 1]]
+        flat = values.cpu().tolist()  # the one device-to-host copy: the scores alone
         offset = 0
         for i in owners:
             n = len(packed.targets[i])
