@@ -8,6 +8,12 @@ are within rounding of each other).
 
     PYTHONPATH=. python benchmarks/bench_generate.py                     # 20 questions, 128 new tokens
     PYTHONPATH=. python benchmarks/bench_generate.py --data ../shared/data/gsm8k --questions 100
+    PYTHONPATH=. python benchmarks/bench_generate.py --threads 1 --questions 32 --max-tokens 192 --engines hf
+
+``--threads 1 --engines hf`` measures what one CPU core of an hf actor does (as ``sapray plan`` assumes:
+an actor computes with one thread per CPU it reserves). Beside generated tokens/s it prints answer
+slots/s (prompts x max_tokens / seconds): the hf engine generates in static batches that run until their
+longest answer ends, so its time follows the slots more than the tokens.
 
 Baseline: Hugging Face ``model.generate`` on one prompt at a time (no padding, no batching).
 """
@@ -42,10 +48,15 @@ def main() -> None:
     parser.add_argument("--questions", type=int, default=20)
     parser.add_argument("--max-tokens", type=int, default=128)
     parser.add_argument("--model", default="smollm2")
-    parser.add_argument("--no-vllm", action="store_true")
+    parser.add_argument("--engines", default="baseline,hf,vllm", help="comma-separated, of baseline, hf, vllm")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
     args = parser.parse_args()
+    engines = args.engines.split(",")
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
     from sapray.core.exemplars import zero_shot_prompts
@@ -66,25 +77,27 @@ def main() -> None:
         return [tok(g.texts[0], add_special_tokens=False)["input_ids"] for g in generations]
 
     rows = []  # (engine, generated tokens, seconds, outputs as token ids)
-    ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(hf.device).eval()
-    one_at_a_time(ref, prompts[:1], 4, tok.eos_token_id)  # warm-up
-    raw, secs = timed(one_at_a_time, ref, prompts, args.max_tokens, tok.eos_token_id)
-    # decode-then-encode, as for the engines, so "identical" compares like with like
-    base = [tok(tok.decode(s, skip_special_tokens=True), add_special_tokens=False)["input_ids"] for s in raw]
-    rows.append(("HF generate, one prompt at a time", sum(map(len, raw)), secs, base))
-    print(f"  one at a time: {secs:.1f} s", flush=True)
-    del ref
-    gc.collect()
+    if "baseline" in engines:
+        ref = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).to(hf.device).eval()
+        one_at_a_time(ref, prompts[:1], 4, tok.eos_token_id)  # warm-up
+        raw, secs = timed(one_at_a_time, ref, prompts, args.max_tokens, tok.eos_token_id)
+        # decode-then-encode, as for the engines, so "identical" compares like with like
+        base = [tok(tok.decode(s, skip_special_tokens=True), add_special_tokens=False)["input_ids"] for s in raw]
+        rows.append(("HF generate, one prompt at a time", sum(map(len, raw)), secs, base))
+        print(f"  one at a time: {secs:.1f} s", flush=True)
+        del ref
+        gc.collect()
 
-    hf.generate(prompts[:1], SamplingConfig(max_tokens=4))
-    gens, secs = timed(hf.generate, prompts, sampling)
-    rows.append((f"hf engine (batched, max_batch_tokens={hf.max_batch_tokens})",
-                 sum(sum(g.completion_tokens) for g in gens), secs, ids_of(gens)))
-    print(f"  hf engine: {secs:.1f} s", flush=True)
+    if "hf" in engines:
+        hf.generate(prompts[:1], SamplingConfig(max_tokens=4))
+        gens, secs = timed(hf.generate, prompts, sampling)
+        rows.append((f"hf engine (batched, max_batch_tokens={hf.max_batch_tokens})",
+                     sum(sum(g.completion_tokens) for g in gens), secs, ids_of(gens)))
+        print(f"  hf engine: {secs:.1f} s", flush=True)
     del hf
     gc.collect()
 
-    if not args.no_vllm:
+    if "vllm" in engines:
         vllm, load_s = timed(load_engine, "vllm", path)
         print(f"  vllm engine loaded in {load_s:.1f} s", flush=True)
         vllm.generate(prompts[:1], SamplingConfig(max_tokens=4))
@@ -95,13 +108,16 @@ def main() -> None:
         if core is not None and hasattr(core, "shutdown"):
             core.shutdown()
 
-    base_rate, base_out = rows[0][1] / rows[0][2], rows[0][3]
-    print("\n| engine | generated tokens | seconds | tokens/s | ratio (tokens/s) | answers identical to baseline |")
-    print("|---|---|---|---|---|---|")
+    base_rate, base_out = (rows[0][1] / rows[0][2], rows[0][3]) if "baseline" in engines else (None, None)
+    slots = len(prompts) * args.max_tokens
+    print(f"\ntorch threads: {torch.get_num_threads()}; answer slots (prompts x max_tokens): {slots}")
+    print("| engine | generated tokens | seconds | tokens/s | answer slots/s | ratio (tokens/s) | "
+          "answers identical to baseline |")
+    print("|---|---|---|---|---|---|---|")
     for name, n_tokens, secs, outs in rows:
-        same = sum(a == b for a, b in zip(outs, base_out, strict=True))
-        print(f"| {name} | {n_tokens} | {secs:.1f} | {n_tokens / secs:.0f} | {n_tokens / secs / base_rate:.2f}x | "
-              f"{same}/{len(base_out)} |")
+        ratio = f"{n_tokens / secs / base_rate:.2f}x" if base_rate else "-"
+        same = f"{sum(a == b for a, b in zip(outs, base_out, strict=True))}/{len(base_out)}" if base_out else "-"
+        print(f"| {name} | {n_tokens} | {secs:.1f} | {n_tokens / secs:.0f} | {slots / secs:.0f} | {ratio} | {same} |")
 
 
 if __name__ == "__main__":

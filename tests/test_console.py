@@ -6,6 +6,7 @@ import io
 import subprocess
 import sys
 import textwrap
+import threading
 from pathlib import Path
 
 from conftest import PATIENCE_S
@@ -70,3 +71,27 @@ def test_a_command_session_keeps_the_terminal_to_sapray_and_logs_the_rest(tmp_pa
     subprocess.run([sys.executable, str(script), str(out)], capture_output=True, text=True, cwd=ROOT,
                    timeout=PATIENCE_S, check=True)
     assert log.read_text().count("noise from C++") == 2
+
+
+def test_ray_is_shut_down_only_after_ray_data_s_scheduling_threads_end(monkeypatch):
+    """An execution abandoned early (mining, once it has its answers) may still be winding down when the job
+    ends: Ray's shutdown waits for its scheduling thread (a shutdown under it ends the process with status 1)."""
+    release = threading.Event()
+    winding_down = threading.Thread(target=release.wait, name="StreamingExecutor-abandoned", daemon=True)
+    winding_down.start()
+
+    class Ray:  # what end_ray uses of the ray module: whether it is up, and its shutdown
+        alive_at_shutdown = None
+
+        @staticmethod
+        def is_initialized() -> bool:
+            return True
+
+        @classmethod
+        def shutdown(cls) -> None:
+            cls.alive_at_shutdown = winding_down.is_alive()
+
+    monkeypatch.setitem(sys.modules, "ray", Ray)
+    threading.Timer(0.5, release.set).start()  # the thread ends on its own, a moment later
+    console_module.end_ray()
+    assert Ray.alive_at_shutdown is False

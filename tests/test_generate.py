@@ -23,6 +23,7 @@ from test_select import exemplar_file, write_jsonl  # noqa: F401  (fixture)
 from sapray.config import load_config
 from sapray.dataplane.api_teacher import retry_after_seconds
 from sapray.engines.models import TINY_RANDOM
+from sapray.jobs.plan import plan_job
 from sapray.jobs.run import run_all, run_generate
 
 SECRET = "sk-sapray-test-7f3c9e1d"
@@ -47,10 +48,12 @@ def job(tmp_path: Path, exemplars: str, questions: str, **extra) -> dict:
     }
 
 
-def test_run_resumes_after_kill_9_in_full_generation_without_duplicates(tmp_path, exemplar_file):  # noqa: F811
+def test_run_resumes_after_kill_9_in_full_generation_without_duplicates(ray_local, tmp_path, exemplar_file,  # noqa: F811
+                                                                        capsys):
     """`sapray run`, killed during the full set and run again: the selection is reused, the set completed.
     The target is the tiny random-weight model (what is checked is the resume, not SAP); the teachers are
-    SmolLM2, as the tiny model's 12 tokens decode to empty responses."""
+    SmolLM2, as the tiny model's 12 tokens decode to empty responses. The run to kill is a CLI subprocess
+    with a Ray of its own; the rerun runs in this test process."""
     questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:6])
     config = job(tmp_path, exemplar_file, questions, model=TINY_RANDOM, strategies=teacher_strategies("hf"))
     del config["data"]["candidates"]  # only the two hf teachers compete, so the winner is one to kill
@@ -77,11 +80,12 @@ def test_run_resumes_after_kill_9_in_full_generation_without_duplicates(tmp_path
     done_before = {q for p in shards.glob("part-*.parquet") for q in pq.read_table(p)["question_id"].to_pylist()}
     assert len(done_before) == 3
     winner = json.loads((tmp_path / "select" / "selection.json").read_text())["winner"]["strategy"]
-    second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=PATIENCE_S)
-    assert second.returncode == 0, second.stderr[-2000:]
-    assert "the selection for this config is already in" in second.stderr
-    assert "generating the sample" not in second.stderr
-    assert f"{len(done_before)} already done" in second.stderr
+    capsys.readouterr()
+    run_all(load_config(config))
+    second = capsys.readouterr().err
+    assert "the selection for this config is already in" in second
+    assert "generating the sample" not in second
+    assert f"{len(done_before)} already done" in second
     assert json.loads((tmp_path / "train" / "metadata.json").read_text())["strategy"] == winner
     train = read_parts(tmp_path / "train" / "train")
     ids = [r["question_id"] for r in train]
@@ -337,14 +341,16 @@ def _asked(body: bytes) -> tuple[str, str]:
 
 
 @pytest.mark.vllm
-def test_run_with_an_api_teacher_resumes_from_its_journal_after_kill_9(exemplar_file, vllm_server,  # noqa: F811
-                                                                       tmp_path):
+def test_run_with_an_api_teacher_resumes_from_its_journal_after_kill_9(ray_local, exemplar_file,  # noqa: F811
+                                                                       vllm_server, tmp_path, monkeypatch, capsys):
     """`sapray run` with an OpenAI-compatible teacher (`vllm serve` behind the proxy), killed with SIGKILL once
     its second batch of round 1 is journaled, then run again: the teacher is never asked again for a batch
     the journal held at the kill (only the batch in flight may be), and the selection, the scores and the
-    training set are a whole run's, timing fields aside."""
+    training set are a whole run's, timing fields aside. The run to kill is a CLI subprocess with a Ray of
+    its own; the plan, the whole run and the rerun run in this test process, to spare three Ray starts."""
     proxy = FaultProxy(vllm_server, faults=())
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    monkeypatch.setenv("SAPRAY_TEST_API_KEY", SECRET)
     teacher = {"kind": "openai", "model": "smollm2", "base_url": f"http://127.0.0.1:{proxy.server_port}/v1",
                "api_key_env": "SAPRAY_TEST_API_KEY", "timeout_s": CLIENT_TIMEOUT_S, "max_concurrency": 1,
                "price_per_million_prompt": 0.5, "price_per_million_completion": 1.5}
@@ -356,37 +362,31 @@ def test_run_with_an_api_teacher_resumes_from_its_journal_after_kill_9(exemplar_
     del config["data"]["candidates"]
     config["sample"] = {"max_questions": 6, "round_size": 3}  # two rounds; no decision before 10 questions
     config["ray"]["batch_size"] = 1  # a batch per question: three per strategy and round
-    env = {**{k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}, "SAPRAY_TEST_API_KEY": SECRET}
 
-    def command(name: str) -> list[str]:
-        path = tmp_path / f"{name}.yaml"
+    def raw(name: str) -> dict:
         generate = {**config["generate"], "output": str(tmp_path / name / "train")}
-        path.write_text(yaml.safe_dump({**config, "output": str(tmp_path / name / "select"), "generate": generate}))
-        return [sys.executable, "-m", "sapray", "run", "--config", str(path)]
-
-    def finish(name: str) -> str:
-        done = subprocess.run(command(name), env=env, capture_output=True, text=True, timeout=PATIENCE_S)
-        assert done.returncode == 0, done.stderr[-3000:]
-        return done.stderr
+        return {**config, "output": str(tmp_path / name / "select"), "generate": generate}
 
     journal = tmp_path / "resumed" / "select" / "journal"
     try:
-        plan_run = subprocess.run([sys.executable, "-m", "sapray", "plan", "--config", command("whole")[-1], "--json",
-                                   str(tmp_path / "plan.json")], env=env, capture_output=True, text=True,
-                                  timeout=PATIENCE_S)
-        assert plan_run.returncode == 0, plan_run.stderr[-3000:]
-        finish("whole")
+        plan = plan_job(load_config(raw("whole")))
+        run_all(load_config(raw("whole")))
+        path = tmp_path / "resumed.yaml"
+        path.write_text(yaml.safe_dump(raw("resumed")))
         log = tmp_path / "first.log"
         with log.open("w") as out:
-            first = subprocess.Popen(command("resumed"), env=env, start_new_session=True, stdout=out,
-                                     stderr=subprocess.STDOUT)
+            first = subprocess.Popen([sys.executable, "-m", "sapray", "run", "--config", str(path)],
+                                     env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"},
+                                     start_new_session=True, stdout=out, stderr=subprocess.STDOUT)
             wait_until(lambda: len(list(journal.glob("gen-r0001-*.json"))) >= 2,
                        "a second teacher batch journaled", first, log, poll_s=0.1)
             kill_hard(first)
         held = {(row["row_id"], row["strategy"]) for entry in journal.glob("gen-*.json")
                 for row in json.loads(entry.read_text())}
         asked_before = len(proxy.bodies)
-        console = finish("resumed")
+        capsys.readouterr()
+        run_all(load_config(raw("resumed")))
+        console = capsys.readouterr().err
     finally:
         proxy.shutdown()
     assert "resuming:" in console and "of generation not paid again" in console
@@ -415,7 +415,6 @@ def test_run_with_an_api_teacher_resumes_from_its_journal_after_kill_9(exemplar_
 
     # `sapray plan`, run before: the prompts counted with the target's tokenizer (an estimate for an endpoint)
     # within 10% of what the server counted, the answers' tokens and money bounds not exceeded
-    plan = json.loads((tmp_path / "plan.json").read_text())
     spent = {row["strategy"]: row for row in map(json.loads, (whole / "select" / "sample_generation_cost.jsonl")
                                                   .read_text().splitlines())}
     for name, planned in plan["sample_generation"].items():

@@ -9,11 +9,13 @@ terminal. ``-v`` leaves the streams alone and logs at debug level. Ray errors th
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import re
 import sys
 import tempfile
+import threading
 import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -24,6 +26,8 @@ T = TypeVar("T")
 
 # A non-terminal console (CI, a file) gets a progress line this often; a terminal gets a live one.
 PROGRESS_EVERY_S = 10.0
+# How long the end of a job waits for Ray Data's scheduling threads before it shuts Ray down (see end_ray).
+RAY_DATA_THREADS_PATIENCE_S = 300.0
 # Lines of run.log in which Ray itself reports a worker or actor lost (Ray retries the work, or the job fails
 # with the error), and crashes anywhere. A line a worker printed itself reaches the log behind the worker's name
 # ("(MapWorker(MapBatches(GenerateActor)) pid=123) ..."): what a process says as it shuts down (vLLM's "engine
@@ -111,6 +115,26 @@ def _logging(verbose: bool, stream: IO[str]) -> None:
     logging.getLogger("sapray").setLevel(logging.DEBUG if verbose else logging.INFO)
 
 
+def end_ray() -> None:
+    """Shut down the Ray this process started or joined, once Ray Data's executions have stopped.
+
+    A job that stops reading a dataset early (mining, once it has its answers) leaves its execution to be
+    shut down when the iterator is collected, and Ray Data gives that execution's scheduling thread 2 s to
+    stop. On a busy machine it can take longer; a ``ray.shutdown()`` meanwhile ends the process from Ray's
+    C++ core (exit status 1, no message) after the job's outputs were written. So: collect, then wait for
+    those threads, with a generous bound.
+    """
+    ray = sys.modules.get("ray")
+    if ray is None or not ray.is_initialized():
+        return
+    gc.collect()  # abandoned iterators: their executors shut down as they are collected
+    deadline = time.monotonic() + RAY_DATA_THREADS_PATIENCE_S
+    for thread in threading.enumerate():
+        if thread.name.startswith("StreamingExecutor-"):
+            thread.join(timeout=max(0.0, deadline - time.monotonic()))
+    ray.shutdown()
+
+
 @contextmanager
 def session(output: str | None, verbose: bool) -> Iterator[None]:
     """Run a job command quietly (see the module's text); the log goes to ``output``/run.log."""
@@ -132,8 +156,7 @@ def session(output: str | None, verbose: bool) -> Iterator[None]:
     try:
         yield
     finally:
-        if "ray" in sys.modules and sys.modules["ray"].is_initialized():
-            sys.modules["ray"].shutdown()  # Ray forwards worker output late: let it land in the log, not after
+        end_ray()  # Ray forwards worker output late: let it land in the log, not after
         sys.stdout.flush()
         sys.stderr.flush()
         os.dup2(saved[0], 1)
