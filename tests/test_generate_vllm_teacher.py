@@ -1,5 +1,5 @@
-"""`sapray run` with vLLM teachers in Ray Data (two prompt styles) beside the bundled six strategies: each engine
-starts once for the whole race and the full set, with the outputs of a pool per round.
+"""`sapray run` with vLLM teachers in Ray Data (two prompt styles): each engine starts once for the whole race and
+the full set, with the outputs of a pool per round.
 
 Its own file so that the suite's two workers (one file each at a time) can run it beside the rest of
 test_generate.py, the slowest file."""
@@ -46,6 +46,7 @@ def test_run_with_a_vllm_teacher_starts_each_engine_once_with_the_outputs_of_a_p
         # the tiny random-weight scorer: what is checked is where engines start and what they write, not SAP
         raw = job(out, exemplar_file, questions, strategies=teacher_strategies("vllm"), metrics=["sap"],
                   model=TINY_RANDOM)
+        del raw["data"]["candidates"]  # the two teachers alone compete, so the full set is a teacher's
         raw["sample"] = {"max_questions": 2, "round_size": 1}  # two rounds (no decision before 10 questions)
         raw["ray"]["resident_engines"] = resident
         results[resident] = run_all(load_config(raw))
@@ -53,13 +54,12 @@ def test_run_with_a_vllm_teacher_starts_each_engine_once_with_the_outputs_of_a_p
     resident, per_round = tmp_path / "resident", tmp_path / "per_round"
 
     assert len(summary["race"]["rounds"]) == 2
-    assert set(summary["strategies"]) == {"smol_plain", "smol_steps", "human", "socratic", "6b_finetuning",
-                                          "6b_verification", "175b_finetuning", "175b_verification"}
-    assert summary["counts"]["scored"] == 2 * 8
+    assert set(summary["strategies"]) == {"smol_plain", "smol_steps"}
+    assert summary["counts"]["scored"] == 2 * 2
     assert costs["smol_plain"]["completion_tokens"] > 0 and costs["smol_steps"]["prompt_tokens"] > 0
 
     # each engine (the scorer, the vLLM teacher of both prompt styles) started once, counted by its actor; the
-    # winner's full set (a teacher, or a file strategy that needs no engine) started nothing more
+    # winner's full set, on the teacher's engine, started nothing more
     starts = json.loads((resident / "select" / "run.json").read_text())["engine_starts"]
     teacher = teacher_key(load_config(raw).strategies[0])
     assert set(starts) == {"scorer", teacher}
@@ -91,4 +91,4 @@ def test_run_with_a_vllm_teacher_starts_each_engine_once_with_the_outputs_of_a_p
         assert row["finish_reason"] in ("stop", "length")
     assert metadata["rows_truncated"] == sum(r["finish_reason"] == "length" for r in train)
     assert read_parts(resident / "train" / "parquet") == train
-    assert pq.read_table(resident / "select" / "scores.parquet").num_rows == 2 * 8
+    assert pq.read_table(resident / "select" / "scores.parquet").num_rows == 2 * 2

@@ -9,11 +9,14 @@ import os
 import subprocess
 import sys
 
+from click.testing import CliRunner
 from conftest import PATIENCE_S, load_candidates, load_questions
 from test_select import write_jsonl
 
+from sapray.cli import main as cli
 
-def test_flag_only_select_announces_each_stage_before_its_work(tmp_path):
+
+def test_flag_only_select_announces_each_stage_before_its_work(ray_local, tmp_path):
     questions = {q["question_id"]: q["question"] for q in load_questions()[:6]}
     files = []
     for name in ("human", "175b_verification"):
@@ -25,9 +28,9 @@ def test_flag_only_select_announces_each_stage_before_its_work(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
     flags = ["--model", "smollm2", *files, "--set", "sample.max_questions=4", "--set", "sample.round_size=2",
              "--set", "metrics=[sap]", "--set", "exemplars.max_tokens=12"]
-    planned = subprocess.run([sys.executable, "-m", "sapray", "plan", *flags, "--json", str(tmp_path / "plan.json")],
-                             env=env, capture_output=True, text=True, timeout=PATIENCE_S)
-    assert planned.returncode == 0, planned.stderr[-3000:]
+    # the plan in this test process (its Ray); the select it foretells from a fresh process, as a user runs it
+    planned = CliRunner().invoke(cli, ["plan", *flags, "--json", str(tmp_path / "plan.json")])
+    assert planned.exit_code == 0, planned.output[-3000:]
     done = subprocess.run([sys.executable, "-m", "sapray", "select", *flags, "--output", str(out)], env=env,
                           capture_output=True, text=True, timeout=PATIENCE_S)
     assert done.returncode == 0, done.stderr[-3000:]
