@@ -62,7 +62,7 @@ def cold_start(engine: str, path: str) -> float:
     done = subprocess.run([sys.executable, "-c", COLD_START, engine, path], capture_output=True, text=True,
                           check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     loaded = next(line for line in done.stdout.splitlines() if line.startswith("loaded in "))
-    print(f"  {engine} cold start: {loaded} after imports ({time.perf_counter() - start:.1f} s with the "
+    print(f"  {engine} cold start: {loaded}, imports included ({time.perf_counter() - start:.1f} s with the "
           "interpreter's own start)", flush=True)
     return time.perf_counter() - start
 

@@ -78,6 +78,7 @@ def test_ray_is_shut_down_only_after_ray_data_s_scheduling_threads_end(monkeypat
     ends: Ray's shutdown waits for its scheduling thread (a shutdown under it ends the process with status 1)."""
     release = threading.Event()
     winding_down = threading.Thread(target=release.wait, name="StreamingExecutor-abandoned", daemon=True)
+    winding_down._shutdown = True  # as Ray Data's executor (the thread itself) marks itself once told to stop
     winding_down.start()
 
     class Ray:  # what end_ray uses of the ray module: whether it is up, and its shutdown
@@ -95,3 +96,20 @@ def test_ray_is_shut_down_only_after_ray_data_s_scheduling_threads_end(monkeypat
     threading.Timer(0.5, release.set).start()  # the thread ends on its own, a moment later
     console_module.end_ray()
     assert Ray.alive_at_shutdown is False
+
+    # an execution never told to stop (its iterator held by a traceback) would not end: not waited for
+    class Executor(threading.Thread):
+        joined = False
+
+        def join(self, timeout=None):
+            self.joined = True
+            super().join(timeout)
+
+    running = threading.Event()
+    live = Executor(target=running.wait, name="StreamingExecutor-live", daemon=True)
+    live.start()
+    try:
+        console_module.end_ray()
+        assert not live.joined
+    finally:
+        running.set()

@@ -22,6 +22,7 @@ from test_select import base_config, exemplar_file, run, write_jsonl  # noqa: F4
 
 from sapray.config import load_config
 from sapray.core.race import Race, RaceRule, cs_radius, pair_alpha, rho2_for
+from sapray.jobs.outputs import write_outputs
 from sapray.jobs.select import _say_round, run_select
 
 
@@ -258,7 +259,11 @@ def test_race_drops_a_loser_and_never_scores_it_again(ray_local, exemplar_file, 
     assert all(math.isnan(s["ppl"]) for s in result.scores)  # PPL was not scored
     cost = race["cost"]
     assert cost["garbled"]["questions"] == 5 and cost["garbled"]["scoring_tokens_saved"] > 0
-    # the job's end freed its actors: the next job gets the CPUs (that the same config gives the same bytes,
-    # race included, test_select's second run shows)
+    # same config, same race (a strategy dropped), same bytes
+    write_outputs(cfg.output, result, cfg.model_dump())
+    again = tmp_path / "again"
+    run({**raw, "output": str(again)})
+    assert (again / "selection.json").read_bytes() == (tmp_path / "out" / "selection.json").read_bytes()
+    # the job's end freed its actors: the next job gets the CPUs
     wait_until(lambda: ray.available_resources().get("CPU") == ray.cluster_resources()["CPU"],
                "the session's actors to go")

@@ -22,8 +22,9 @@ a dense 4D mask makes SDPA compute every masked position, docs/benchmarks.md, "S
 ``engine_args: {packed: true|false}`` picks one.
 
 ``max_padding`` (off by default) also closes a batch before its padding would exceed that share of
-the positions it runs: length buckets instead of one wide batch, for large budgets on GPUs, where
-padded positions cost as much as real ones (benchmarks/bench_gpu.py measures both).
+the positions it runs: length buckets instead of one wide batch, where padded positions cost as much as
+real ones (benchmarks/bench_gpu.py measures both). It applies to the padded batches of the cached and
+unshared paths, not to packed rows (whose padding is the rows' ends: first-fit into the widest segment).
 """
 
 from __future__ import annotations
@@ -168,6 +169,8 @@ class HFEngine:
         """Every request in packed rows (``sapray.core.packing``): a segment per context of at most
         ``max_length`` tokens, rows as wide as the longest segment, as many rows per forward as the
         padded-token budget holds."""
+        if not requests:
+            return
         continuations = [r.continuation_ids for r in requests]
         segments = packing.segments([r.context_ids for r in requests], continuations, self.max_length)
         lengths = [s.length(continuations) for s in segments]

@@ -82,7 +82,8 @@ def _seconds(tokens: float, engine: str, work: str, where: Placement, starts: in
     rate, per, source = measured
     units = where.actors * (where.num_cpus if per == "core" else 1)
     seconds = tokens / (rate * max(1, units))
-    note = f"{rate:,.0f} tokens/s per {per} x {units:g} {per}(s): {source}"
+    unit = "answer slots/s" if (engine, work) == ("hf", "generate") else "tokens/s"  # see THROUGHPUT
+    note = f"{rate:,.0f} {unit} per {per} x {units:g} {per}(s): {source}"
     if starts:
         start = STARTS.get((engine, device))
         if start is None:

@@ -20,7 +20,7 @@ import time
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, TypeVar
+from typing import IO, Any, TypeVar
 
 T = TypeVar("T")
 
@@ -130,7 +130,9 @@ def end_ray() -> None:
     gc.collect()  # abandoned iterators: their executors shut down as they are collected
     deadline = time.monotonic() + RAY_DATA_THREADS_PATIENCE_S
     for thread in threading.enumerate():
-        if thread.name.startswith("StreamingExecutor-"):
+        # the thread is the executor; only one already told to stop ends by itself (one whose iterator a
+        # traceback still holds would not, and is left to the shutdown)
+        if thread.name.startswith("StreamingExecutor-") and getattr(thread, "_shutdown", False):
             thread.join(timeout=max(0.0, deadline - time.monotonic()))
     ray.shutdown()
 
@@ -156,26 +158,33 @@ def session(output: str | None, verbose: bool) -> Iterator[None]:
     try:
         yield
     finally:
-        end_ray()  # Ray forwards worker output late: let it land in the log, not after
-        sys.stdout.flush()
-        sys.stderr.flush()
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in saved:
-            os.close(fd)
-        console.mirror = False  # the log is closed: what follows is for the terminal alone
-        log_file.close()
-        text = Path(log_file.name).read_bytes()
-        where = _keep_log(text, output) or log_file.name
-        if where != log_file.name:
-            os.unlink(log_file.name)
-        lost = sum(1 for line in text.decode(errors="replace").splitlines() if trouble(line))
-        if lost:
-            console.say(f"Ray reported {lost} line(s) of lost or crashed workers or actors (details in {where})")
-        console.say(f"log: {where}")
+        try:
+            end_ray()  # Ray forwards worker output late: let it land in the log, not after
+        finally:
+            _restore(saved, log_file, output)
         console.use(None, None)
         terminal_out.close()
         terminal_err.close()
+
+
+def _restore(saved: tuple[int, int], log_file: Any, output: str | None) -> None:
+    """The process's own stdout and stderr back from the log, and the log kept beside the outputs."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.dup2(saved[0], 1)
+    os.dup2(saved[1], 2)
+    for fd in saved:
+        os.close(fd)
+    console.mirror = False  # the log is closed: what follows is for the terminal alone
+    log_file.close()
+    text = Path(log_file.name).read_bytes()
+    where = _keep_log(text, output) or log_file.name
+    if where != log_file.name:
+        os.unlink(log_file.name)
+    lost = sum(1 for line in text.decode(errors="replace").splitlines() if trouble(line))
+    if lost:
+        console.say(f"Ray reported {lost} line(s) of lost or crashed workers or actors (details in {where})")
+    console.say(f"log: {where}")
 
 
 def _keep_log(text: bytes, output: str | None) -> str | None:
