@@ -56,15 +56,14 @@ print(f"loaded in {time.perf_counter() - start:.2f} s")
 """
 
 
-def cold_start(engine: str, path: str) -> float:
-    """Seconds from a fresh interpreter to a loaded engine (imports included), in a process of its own."""
+def cold_start(engine: str, path: str) -> None:
+    """Print the seconds from a fresh interpreter to a loaded engine (imports included), in a process of its own."""
     start = time.perf_counter()
     done = subprocess.run([sys.executable, "-c", COLD_START, engine, path], capture_output=True, text=True,
                           check=True, env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)})
     loaded = next(line for line in done.stdout.splitlines() if line.startswith("loaded in "))
     print(f"  {engine} cold start: {loaded}, imports included ({time.perf_counter() - start:.1f} s with the "
           "interpreter's own start)", flush=True)
-    return time.perf_counter() - start
 
 
 def main() -> None:
