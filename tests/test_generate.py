@@ -17,7 +17,16 @@ from pathlib import Path
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import DATA_DIR, PATIENCE_S, kill_hard, load_questions, read_parts, stop_process, wait_until
+from conftest import (
+    DATA_DIR,
+    PATIENCE_S,
+    kill_hard,
+    load_questions,
+    read_parts,
+    stop_process,
+    wait_until,
+    without_timings,
+)
 from test_select import exemplar_file, write_jsonl  # noqa: F401  (fixture)
 
 from sapray.config import load_config
@@ -403,11 +412,6 @@ def test_run_with_an_api_teacher_resumes_from_its_journal_after_kill_9(ray_local
         assert names == sorted(p.name for p in (resumed / "train" / folder).iterdir())
         for name in names:
             assert (whole / "train" / folder / name).read_bytes() == (resumed / "train" / folder / name).read_bytes()
-
-    def without_timings(value):  # wall_s: the only fields that may differ
-        if isinstance(value, dict):
-            return {k: without_timings(v) for k, v in value.items() if k != "wall_s"}
-        return [without_timings(v) for v in value] if isinstance(value, list) else value
 
     for name in ("select/selection.json", "train/metadata.json"):
         assert without_timings(json.loads((whole / name).read_text())) == without_timings(

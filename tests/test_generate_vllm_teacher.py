@@ -10,7 +10,7 @@ import json
 
 import pyarrow.parquet as pq
 import pytest
-from conftest import load_questions, read_parts
+from conftest import load_questions, read_parts, without_timings
 from test_generate import job, teacher_strategies
 from test_select import exemplar_file, write_jsonl  # noqa: F401  (fixture)
 
@@ -18,17 +18,6 @@ from sapray.config import load_config
 from sapray.dataplane.teachers import teacher_key
 from sapray.engines.models import TINY_RANDOM
 from sapray.jobs.run import run_all
-
-# What may differ between two runs of the same config: wall times alone.
-TIMING_FIELDS = ("wall_s",)
-
-
-def without_timings(value):
-    if isinstance(value, dict):
-        return {k: without_timings(v) for k, v in value.items() if k not in TIMING_FIELDS}
-    if isinstance(value, list):
-        return [without_timings(v) for v in value]
-    return value
 
 
 def jsonl(path):
