@@ -155,7 +155,7 @@ def read_jsonl(path: Path) -> list[dict]:
         return [json.loads(line) for line in f if line.strip()]
 
 
-def workload(tokenizer: Any, n_questions: int, repeat: int) -> list[EncodedRequest]:
+def workload(tokenizer: Any, n_questions: int | None, repeat: int) -> list[EncodedRequest]:
     """SAP, PPL and empty-context requests for every candidate, in the pipeline's row order."""
     questions = read_jsonl(DATA / "questions.jsonl")
     candidates = read_jsonl(DATA / "candidates.jsonl")
@@ -165,6 +165,8 @@ def workload(tokenizer: Any, n_questions: int, repeat: int) -> list[EncodedReque
     exemplars = {qid: [human[order[(i + k) % len(order)]] for k in range(1, N_EXEMPLARS + 1)]
                  for i, qid in enumerate(order)}
     text = {q["question_id"]: q["question"] for q in questions}
+    if n_questions is not None and not 0 < n_questions <= len(order):  # the report would name questions never run
+        raise SystemExit(f"--questions {n_questions}: the bundled data has {len(order)} questions")
     keep = set(order[:n_questions])
     layout = Layout("chat")
     requests = []

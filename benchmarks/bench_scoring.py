@@ -62,9 +62,9 @@ def load_data(data: Path | None, n_questions: int | None) -> tuple[list[dict], l
 
         questions, candidates = load_six_strategies(data)
     if n_questions is not None:
-        if n_questions > len(questions):  # a smaller run than asked for would be measured and printed as if whole
-            raise SystemExit(f"--questions {n_questions}: the data has {len(questions)} questions "
-                             "(--data DIR for more)")
+        if not 0 < n_questions <= len(questions):  # else a smaller run than asked would be printed as if whole
+            more = " (--data DIR for more)" if data is None else ""
+            raise SystemExit(f"--questions {n_questions}: the data has {len(questions)} questions{more}")
         questions = questions[:n_questions]
         keep = {q["question_id"] for q in questions}
         candidates = [c for c in candidates if c["question_id"] in keep]

