@@ -48,9 +48,12 @@ def plain(reference_model, encoded) -> list[list[float]]:
     return out
 
 
-# The first question's 18 requests (three contexts, six continuations each) and the lone one: enough for the
-# negative controls and the order check, at half the forwards
-FIRST_QUESTION = [*range(18), 36]
+@pytest.fixture(scope="module")
+def first_question(encoded, plain) -> tuple[list[EncodedRequest], list[list[float]]]:
+    """The first question's 18 requests (three contexts, six continuations each) and the lone one, with their
+    plain log-probs: enough for the negative controls and the order check, at half the forwards."""
+    keep = [*range(18), len(encoded) - 1]
+    return [encoded[i] for i in keep], [plain[i] for i in keep]
 
 
 def worst_relative(got: list[list[float]], expected: list[list[float]]) -> float:
@@ -77,27 +80,27 @@ def test_cached_path_equals_plain_forwards(engine, encoded, plain):
     assert worst_relative(engine.sequence_logprobs(encoded), plain) < REL_TOL
 
 
-def test_packed_numbers_do_not_depend_on_request_order(engine, encoded):
+def test_packed_numbers_do_not_depend_on_request_order(engine, first_question):
     engine.share_contexts, engine.packed = True, True
-    subset = [encoded[i] for i in FIRST_QUESTION]
+    subset, _ = first_question
     forward = engine.sequence_logprobs(subset)
     order = np.random.default_rng(0).permutation(len(subset))
     shuffled = engine.sequence_logprobs([subset[i] for i in order])
     assert [shuffled[k] for k in np.argsort(order)] == forward
 
 
-def test_the_check_sees_a_continuation_that_sees_another(engine, encoded, plain, monkeypatch):
+def test_the_check_sees_a_continuation_that_sees_another(engine, first_question, monkeypatch):
     """Let every position see its whole segment's past, other continuations included: far off."""
     def segment_causal(segment, branch, columns):
         return (columns[None, :] <= columns[:, None])[None] & (segment[:, :, None] == segment[:, None, :])
 
     monkeypatch.setattr(packing, "allowed", segment_causal)
     engine.share_contexts, engine.packed = True, True
-    got = engine.sequence_logprobs([encoded[i] for i in FIRST_QUESTION])
-    assert worst_relative(got, [plain[i] for i in FIRST_QUESTION]) > 100 * REL_TOL
+    requests, expected = first_question
+    assert worst_relative(engine.sequence_logprobs(requests), expected) > 100 * REL_TOL
 
 
-def test_the_check_sees_a_one_token_misalignment(engine, encoded, plain, monkeypatch):
+def test_the_check_sees_a_one_token_misalignment(engine, first_question, monkeypatch):
     """Read each continuation token's log-prob one position late: far off."""
     layout = packing.layout
 
@@ -108,8 +111,8 @@ def test_the_check_sees_a_one_token_misalignment(engine, encoded, plain, monkeyp
 
     monkeypatch.setattr(packing, "layout", late)
     engine.share_contexts, engine.packed = True, True
-    got = engine.sequence_logprobs([encoded[i] for i in FIRST_QUESTION])
-    assert worst_relative(got, [plain[i] for i in FIRST_QUESTION]) > 100 * REL_TOL
+    requests, expected = first_question
+    assert worst_relative(engine.sequence_logprobs(requests), expected) > 100 * REL_TOL
 
 
 def test_packed_rows_are_the_default_on_gpus_and_the_cached_path_on_cpus(hf_engine):
