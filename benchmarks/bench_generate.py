@@ -14,8 +14,10 @@ are within rounding of each other).
 an actor computes with one thread per CPU it reserves). Beside generated tokens/s it prints answer
 slots/s (prompts x max_tokens / seconds): the hf engine generates in static batches that run until their
 longest answer ends, so its time follows the slots more than the tokens. ``--start`` also times each
-engine's cold start in a fresh process (imports and model load, what an engine actor's start costs
-beside Ray's own worker start), which ``sapray plan`` adds to its time estimates.
+engine's cold start in a fresh process, built as sapray's engine actors build it (imports and model load,
+what an engine actor's start costs beside Ray's own worker start), which ``sapray plan`` adds to its time
+estimates. The vllm engine here is built in this process beside the others, so it runs in vLLM's own
+processes; sapray's actors run it in theirs, faster on CPUs: benchmarks/bench_vllm_start.py.
 
 Baseline: Hugging Face ``model.generate`` on one prompt at a time (no padding, no batching).
 """
@@ -51,7 +53,7 @@ COLD_START = """
 import sys, time
 start = time.perf_counter()
 from sapray.engines import load_engine
-engine = load_engine(sys.argv[1], sys.argv[2], **({"device": "cpu"} if sys.argv[1] == "hf" else {}))
+engine = load_engine(sys.argv[1], sys.argv[2], own_process=True, **({"device": "cpu"} if sys.argv[1] == "hf" else {}))
 print(f"loaded in {time.perf_counter() - start:.2f} s")
 """
 

