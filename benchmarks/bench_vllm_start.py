@@ -38,6 +38,7 @@ ROUNDING = 2e-4
 # One run, in a fresh interpreter: argv = own_process (0/1), model directory, JSON of the bench's arguments.
 RUN = """
 import json, os, sys, time
+from pathlib import Path
 start = time.perf_counter()
 from sapray.engines import SamplingConfig, load_engine
 engine = load_engine("vllm", sys.argv[2], own_process=sys.argv[1] == "1")
@@ -47,7 +48,7 @@ from bench_scoring import MAX_LENGTH, build, load_data
 from sapray.core.exemplars import zero_shot_prompts
 from sapray.core.scoring import EncodedRequest, encode_all
 args = json.loads(sys.argv[3])
-questions, candidates = load_data(args["data"] and __import__("pathlib").Path(args["data"]), args["questions"])
+questions, candidates = load_data(Path(args["data"]) if args["data"] else None, args["questions"])
 requests, layout = build(questions, candidates)
 encoded = [e for e in encode_all(requests, engine.tokenizer, MAX_LENGTH, layout.boundary)
            if isinstance(e, EncodedRequest)]
