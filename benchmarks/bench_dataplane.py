@@ -48,23 +48,24 @@ import json, resource, sys, time
 job, config = sys.argv[1], json.loads(sys.argv[2])
 started = time.perf_counter()
 if job == "filter":
-    from sapray.jobs.filter import load_filter_config, run_filter
-    from sapray.jobs.outputs import write_filter_outputs
+    from sapray.config import load_filter_config
+from sapray.jobs.filter import run_filter
+    from sapray.jobs.filter import write_filter
     cfg = load_filter_config(config)
     result = run_filter(cfg)
-    write_filter_outputs(cfg.output, result)
+    write_filter(cfg.output, result)
     counts = result.summary["counts"]
 elif job == "select":
     from sapray.config import load_config
-    from sapray.jobs.outputs import write_outputs
+    from sapray.jobs.select import write_selection
     from sapray.jobs.select import run_select
     cfg = load_config(config)
     result = run_select(cfg)
-    write_outputs(cfg.output, result, cfg.model_dump())
+    write_selection(cfg.output, result, cfg.model_dump())
     counts = result.counts
 else:
     from sapray.config import load_config
-    from sapray.jobs.run import run_generate
+    from sapray.jobs.generate import run_generate
     metadata = run_generate(load_config(config), "teacher")
     counts = {"rows": metadata["rows"], "rejected": metadata["rejected"]}
 seconds = time.perf_counter() - started

@@ -24,8 +24,7 @@ import pyarrow.parquet as pq
 
 from sapray.config import load_config
 from sapray.dataplane.gsm8k import load_six_strategies
-from sapray.jobs.outputs import write_outputs
-from sapray.jobs.select import run_select
+from sapray.jobs.select import run_select, write_selection
 
 
 def main() -> None:
@@ -64,7 +63,7 @@ def main() -> None:
             "output": str(folder / "select"),
         })
         result = run_select(cfg)
-        write_outputs(cfg.output, result, cfg.model_dump())
+        write_selection(cfg.output, result, cfg.model_dump())
         columns = ("question_id", "strategy", "sap", "length", "context_tokens_sap", "scored_tokens", "exemplar_ids")
         pq.write_table(pa.Table.from_pylist([{k: s[k] for k in columns} for s in result.scores]), part)
         print(f"chunk {start // args.chunk}: {len(result.scores)} scores in {result.timings['total_s']:.0f} s "

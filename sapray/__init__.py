@@ -1,10 +1,11 @@
 """sapray: pick the response-generation strategy that fine-tunes your model best (self-aligned perplexity).
 
 The package's layers, each importing only from those below it (checked by import-linter's contract in
-pyproject.toml): ``cli`` > ``jobs`` > ``present`` > ``dataplane`` > ``config`` > ``engines`` > ``core``.
+pyproject.toml): ``cli`` > ``jobs`` > ``present`` > ``dataplane`` > ``storage`` | ``console`` > ``config`` >
+``engines`` > ``core``.
 
-Modules of the flat layout before 0.2 (``sapray.scoring``, ``sapray.metrics``, ``sapray.filters``, ...)
-still import, as the same module objects at their new places, with a DeprecationWarning.
+Modules of the earlier flat layout (``sapray.scoring``, ``sapray.metrics``, ``sapray.filters``, ...) still
+import, as the same module objects at the places that now hold most of them, with a DeprecationWarning.
 """
 
 from __future__ import annotations
@@ -17,14 +18,15 @@ import warnings
 
 # old module -> its new place (modules that moved whole)
 MOVED = {
-    "actors": "dataplane.actors", "answers": "core.answers", "console": "present.console",
+    "actors": "dataplane.actors", "answers": "core.answers",
     "contexts": "core.contexts", "errors": "core.errors", "exemplars": "core.exemplars",
     "filter_job": "jobs.filter", "filters": "core.filters", "generate": "dataplane.teachers",
-    "generate_job": "jobs.generate", "gsm8k": "dataplane.gsm8k", "html_report": "present.html_report",
-    "metrics": "core.metrics", "mining": "jobs.mine", "models": "engines.models", "order_stats": "core.order_stats",
+    "generate_job": "dataplane.fullset", "gsm8k": "dataplane.gsm8k", "html_report": "present.html_report",
+    "metrics": "core.metrics", "mining": "dataplane.mining", "models": "engines.models",
+    "order_stats": "core.order_stats",
     "placement": "dataplane.placement", "race": "core.race", "raydata": "dataplane.raydata", "read": "dataplane.read",
     "reduce": "core.reduce", "run_job": "jobs.run", "sample": "core.sample", "scoring": "core.scoring",
-    "select": "jobs.select", "select_read": "dataplane.select_inputs", "shards": "dataplane.shards",
+    "select": "dataplane.selection", "select_read": "dataplane.select_inputs", "shards": "dataplane.shards",
     "stages": "dataplane.stages", "teachers": "dataplane.api_teacher", "validate": "core.validation",
 }
 

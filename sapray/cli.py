@@ -11,7 +11,8 @@ import click
 import yaml
 
 from sapray.config import ConfigError, SelectConfig, load_config, load_config_file, read_yaml
-from sapray.present.console import console, session
+from sapray.console import console
+from sapray.present.session import session
 
 
 def _user_errors() -> tuple[type[Exception], ...]:
@@ -35,13 +36,12 @@ def friendly(command):
 
 
 def _execute(cfg: SelectConfig, verbose: bool, restart: bool) -> None:
-    from sapray.jobs.outputs import write_outputs
-    from sapray.jobs.select import run_select
+    from sapray.jobs.select import run_select, write_selection
     from sapray.present.tables import render_table
 
     with session(cfg.output, verbose):
         result = run_select(cfg, on_round=console.say, restart=restart)
-        paths = write_outputs(cfg.output, result, cfg.model_dump())
+        paths = write_selection(cfg.output, result, cfg.model_dump())
     counts = result.counts
     lines = [render_table(result.summary), "",
              f"rows: {counts['candidate_rows_in']} in = {counts['scored']} scored + {counts['rejected']} rejected + "
@@ -242,7 +242,7 @@ def _show_generation(metadata: dict) -> None:
 @friendly
 def generate(config_path: str, strategy: str, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     """Generate the full training set with one strategy (resumable: rerun the same command)."""
-    from sapray.jobs.run import run_generate
+    from sapray.jobs.generate import run_generate
 
     cfg = _load(config_path, set_items, **flags)
     with session(cfg.generate.output, verbose):
@@ -291,8 +291,9 @@ def plan_command(config_path: str | None, candidate_args: tuple[str, ...], quest
     """
     import json
 
-    from sapray.dataplane.read import write_text
-    from sapray.jobs.plan import plan_job, render
+    from sapray.jobs.plan import plan_job
+    from sapray.present.plan import render
+    from sapray.storage import write_text
 
     if the_demo and (config_path or candidate_args):
         raise click.UsageError("give --demo alone, or a config or select's flags")
@@ -327,9 +328,8 @@ def filter_command(config_path: str, method: str | None, set_items: tuple[str, .
     """Keep the samples that will help: self-consistency, DS weight, LoBaSS or IFD."""
     import json
 
-    from sapray.config import read_yaml
-    from sapray.jobs.filter import load_filter_config, run_filter
-    from sapray.jobs.outputs import write_filter_outputs
+    from sapray.config import load_filter_config, read_yaml
+    from sapray.jobs.filter import run_filter, write_filter
 
     overrides = [*set_items, *([f"method={method}"] if method else []), *([f"output={output}"] if output else [])]
     try:
@@ -338,7 +338,7 @@ def filter_command(config_path: str, method: str | None, set_items: tuple[str, .
         raise click.UsageError(str(exc)) from None
     with session(cfg.output, verbose):
         result = run_filter(cfg, restart)
-        paths = write_filter_outputs(cfg.output, result)
+        paths = write_filter(cfg.output, result)
     c = result.summary["counts"]
     console.result(f"{cfg.method}: {c['rows_in']} in = {c['kept']} kept + {c['dropped']} dropped "
                f"+ {c['rejected']} rejected")
@@ -356,8 +356,8 @@ def report_command(run_dir: str, output: str | None, validation_path: str | None
     """Rebuild report.html from a finished select, run or filter folder (local or s3://)."""
     import json
 
-    from sapray.dataplane.read import read_text
     from sapray.present.html_report import ReportError, write_report
+    from sapray.storage import read_text
 
     try:
         validation = json.loads(read_text(validation_path)) if validation_path else None
@@ -390,10 +390,10 @@ def validate_command(results: str | None, selections: tuple[str, ...], accuracy:
     import json
 
     from sapray.core import validation as v
-    from sapray.dataplane.read import write_text
     from sapray.jobs.validate import read_results, rows_from_selections
     from sapray.present.html_report import render_validation_page
     from sapray.present.tables import render_validation
+    from sapray.storage import write_text
 
     if bool(results) == bool(selections):
         raise click.UsageError("give either --results or --selection (with --accuracy)")
@@ -450,8 +450,9 @@ def validate_command(results: str | None, selections: tuple[str, ...], accuracy:
 def mine_command(set_items: tuple[str, ...], verbose: bool, restart: bool, batch_size: int, exclude: tuple[str, ...],
                  **options) -> None:
     """Mine exemplars alone: the target answers pool questions until n pass the answer checker."""
-    from sapray.config import validate
-    from sapray.jobs.mine import MineConfig, run_mine, write_mined
+    from sapray.config import MineConfig, validate
+    from sapray.dataplane.mining import write_mined
+    from sapray.jobs.mine import run_mine
 
     raw = {**{k: v for k, v in options.items() if v is not None}, "exclude": list(exclude),
            "ray": {"batch_size": batch_size}}

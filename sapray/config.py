@@ -278,6 +278,19 @@ class SelectConfig(Strict):
             raise ValueError(f"strategy names must be unique: {names}")
         return self
 
+    def strategy(self, name: str) -> StrategyConfig:
+        """The named strategy; a strategy that only exists as data becomes a file teacher over that data."""
+        for s in self.strategies:
+            if s.name == name:
+                return s
+        for strategy_name, path in self.data.candidate_sources().items():
+            if strategy_name in (None, name):  # a long table is filtered by strategy; a strategy's own file: whole
+                return StrategyConfig(name=name, teacher=TeacherConfig(
+                    kind="file", path=path, strategy=name if strategy_name is None else None))
+        known = [s.name for s in self.strategies] + [k for k in self.data.candidate_sources() if k]
+        raise ConfigError(f"unknown strategy {name!r}: define it under strategies or give its candidates "
+                          f"(known: {known})")
+
 
 def _set_dotted(tree: dict, dotted: str, value: Any) -> None:
     keys = dotted.split(".")
@@ -356,3 +369,94 @@ def read_yaml(path: str | Path) -> dict:
 
 def load_config_file(path: str | Path, overrides: list[str] = ()) -> SelectConfig:
     return load_config(read_yaml(path), overrides)
+
+
+class ConsistencyConfig(Strict):
+    """method consistency: sample answers per question and keep the samples of the majority answer."""
+
+    samples: int = Field(15, ge=1, description="answers sampled per question (authors: 15)")
+    temperature: float = Field(0.8, ge=0, description="sampling temperature (authors: 0.8)")
+    max_tokens: int = Field(256, ge=1, description="generated tokens per answer at most")
+    seed: int = Field(0, description="sampling seed: each question gets the same answers whatever its batch")
+    checker: Literal["gsm8k", "choice", "exact", "regex"] = Field(
+        "gsm8k", description="extracts the answer that is voted on")
+    regex: str | None = Field(None, description="the regex checker's pattern")
+
+
+class DSWeightConfig(Strict):
+    """method dsweight (IWSI): keep the samples whose loss is closest to a labeled valid set's mean loss."""
+
+    valid: str = Field(description="labeled valid set: question and gold solution columns (<= 5% of the train size)")
+    valid_response_column: str = Field("answer", description="the valid set's column holding the gold solution")
+    loss: Literal["whole", "response"] = Field(
+        "whole", description="whole: the authors' loss over 'Q: {q}\\nA: {a}'; response: only the answer's tokens")
+    keep_fraction: float = Field(0.79, ge=0, le=1, description="share of the samples kept (lowest shift)")
+
+
+class LobassConfig(Strict):
+    """method lobass: keep the most learnable samples, the largest relative loss drop from the target to a
+    reference model."""
+
+    reference_model: str | None = Field(None, description="the initial model fine-tuned on the candidates (merged): "
+                                       "a local HF directory or a Hub id")
+    reference_revision: str | None = Field(None, description="with a Hub id: branch, tag or commit hash")
+    reference_adapter: str | None = Field(None, description="or: a LoRA adapter directory on the initial model")
+    keep_fraction: float = Field(0.06, ge=0, le=1, description="share of the samples kept (highest learnability)")
+
+
+class IFDConfig(Strict):
+    """method ifd: instruction-following difficulty, the response's perplexity with its question over without."""
+
+    direction: Literal["high", "low"] = Field(
+        "high", description="high: Cherry (keep high IFD, drop IFD > 1); low: strategy-selection order")
+    keep_fraction: float = Field(0.5, ge=0, le=1, description="share of the samples kept")
+
+
+class FilterConfig(Strict):
+    """A filter job (``sapray filter``): one method over a whole set of samples."""
+
+    method: Literal["consistency", "dsweight", "lobass", "ifd"] = Field(
+        description="the filter; its section below holds its settings")
+    input: str = Field(description="the samples (question and response columns, or chat messages; consistency: "
+                       "questions); a file, folder or URI")
+    columns: Columns = Columns()
+    model: str = Field("smollm2", description="'smollm2', a local HF directory or a Hugging Face Hub id")
+    revision: str | None = Field(None, description="with a Hub id: branch, tag or commit hash (default main)")
+    engine: EngineName = Field("hf", description="engine: hf (transformers) or vllm")
+    engine_args: dict[str, Any] = Field({}, description="keyword arguments for the engine")
+    overlong: Literal["reject", "truncate"] = Field(
+        "reject", description="a request longer than the model's length: rejected, or its context cut from the left")
+    consistency: ConsistencyConfig = ConsistencyConfig()
+    dsweight: DSWeightConfig | None = None
+    lobass: LobassConfig = LobassConfig()
+    ifd: IFDConfig = IFDConfig()
+    ray: RayConfig = RayConfig()
+    output: str = Field("runs/filter", description="folder or URI for kept/, scores/, rejects/, summary.json and "
+                        "report.html")
+
+
+def load_filter_config(raw: dict, overrides: list[str] = ()) -> FilterConfig:
+    return validate(FilterConfig, raw, overrides)
+
+
+class MineConfig(Strict):
+    """Exemplar mining alone (``sapray mine``): its flags set these keys."""
+
+    pool: str = Field(description="questions with gold answers (JSONL, JSON, Parquet, CSV or a datasets folder)")
+    output: str = Field(description="the exemplar file to write (JSONL); provenance goes beside it as .json")
+    model: str = Field("smollm2", description="target: 'smollm2', a local HF directory or a Hugging Face Hub id")
+    revision: str | None = Field(None, description="with a Hub id: branch, tag or commit hash")
+    engine: EngineName = Field("hf", description="engine: hf (transformers) or vllm")
+    engine_args: dict[str, Any] = Field({}, description="keyword arguments for the engine")
+    n: int = Field(8, ge=1, description="checked-correct answers to find; mining stops once they are found")
+    max_questions: int | None = Field(None, ge=1, description="ask at most this many pool questions")
+    checker: Literal["gsm8k", "choice", "exact", "regex", "none"] = Field(
+        "gsm8k", description="how an answer is checked against the gold one (none: every answer passes)")
+    regex: str | None = Field(None, description="the regex checker's pattern")
+    max_tokens: int = Field(256, ge=1, description="answer length cap; a cut-off answer never counts as correct")
+    seed: int = Field(0, description="the order in which pool questions are asked")
+    exclude: list[str] = Field([], description="question files whose questions must not be mined (id or text)")
+    shortfall: Literal["unchecked", "error"] = Field(
+        "error", description="fewer than n correct answers: stop with an error, or fill up with unchecked answers")
+    columns: Columns = Columns()
+    ray: RayConfig = RayConfig()

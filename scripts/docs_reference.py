@@ -45,11 +45,11 @@ CONFIG_PAGES = [
         "`--set key.path=value` (the value is parsed as YAML); `sapray select --print-config` prints the full "
         "resolved config. Relative paths in a config file are relative to that file's folder."),
     ConfigPage(
-        "reference/config-filter.md", "Configuration: filter", "sapray.jobs.filter:FilterConfig",
+        "reference/config-filter.md", "Configuration: filter", "sapray.config:FilterConfig",
         "The YAML file that `sapray filter --config` reads (example: `jobs/filter_dsweight.yaml`). Only the "
         "section of the chosen `method` is used. `--set key.path=value` overrides any key."),
     ConfigPage(
-        "reference/config-mine.md", "Configuration: mine", "sapray.jobs.mine:MineConfig",
+        "reference/config-mine.md", "Configuration: mine", "sapray.config:MineConfig",
         "`sapray mine` takes no config file: its flags set these keys, and `--set key.path=value` sets any "
         "other (for example `columns.gold=answer` or `ray.actors=2`)."),
 ]

@@ -10,7 +10,11 @@ from pathlib import Path
 
 import pytest
 import ray
-import tomllib
+
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
 import yaml
 from small_job import REPO
 

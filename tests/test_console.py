@@ -11,8 +11,9 @@ from pathlib import Path
 
 from conftest import PATIENCE_S
 
-from sapray.present import console as console_module
-from sapray.present.console import Console
+from sapray import console as console_module
+from sapray.console import Console
+from sapray.present import session as session_module
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -31,7 +32,8 @@ def test_progress_off_a_terminal_is_a_line_now_and_then_and_a_last_line(monkeypa
 
 SCRIPT = """
 import logging, os, sys
-from sapray.present.console import console, session
+from sapray.console import console
+from sapray.present.session import session
 
 with session(sys.argv[1], verbose=False):
     console.say("round 1: 8 questions")
@@ -94,7 +96,7 @@ def test_ray_is_shut_down_only_after_ray_data_s_scheduling_threads_end(monkeypat
 
     monkeypatch.setitem(sys.modules, "ray", Ray)
     threading.Timer(0.5, release.set).start()  # the thread ends on its own, a moment later
-    console_module.end_ray()
+    session_module.end_ray()
     assert Ray.alive_at_shutdown is False
 
     # an execution never told to stop (its iterator held by a traceback) would not end: not waited for
@@ -109,7 +111,7 @@ def test_ray_is_shut_down_only_after_ray_data_s_scheduling_threads_end(monkeypat
     live = Executor(target=running.wait, name="StreamingExecutor-live", daemon=True)
     live.start()
     try:
-        console_module.end_ray()
+        session_module.end_ray()
         assert not live.joined
     finally:
         running.set()

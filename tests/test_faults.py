@@ -30,15 +30,15 @@ from conftest import PATIENCE_S, load_candidates, load_questions, read_parts
 from small_job import REPO, exemplar_rows, jsonl
 from test_s3 import BUCKET, s3_env, s3_server  # noqa: F401  (fixtures)
 
-from sapray.config import Columns, load_config
+from sapray.config import Columns, load_config, load_filter_config
+from sapray.dataplane.filtering import read_samples
 from sapray.dataplane.read import MAX_ROW_BYTES, MAX_TEXT_CHARS, InputError, Reject, iter_records, read_questions
 from sapray.dataplane.select_inputs import candidate_row
 from sapray.dataplane.shards import check_columns
 from sapray.engines.models import TINY_RANDOM
-from sapray.jobs.filter import load_filter_config, read_samples, run_filter
-from sapray.jobs.outputs import write_outputs
-from sapray.jobs.run import run_generate
-from sapray.jobs.select import run_select
+from sapray.jobs.filter import run_filter
+from sapray.jobs.generate import run_generate
+from sapray.jobs.select import run_select, write_selection
 
 FORMATS = ("jsonl", "json", "csv", "parquet", "datasets")
 MISSING = object()  # a fault: the column left out of the row
@@ -286,7 +286,7 @@ def test_select_through_the_cli_scores_good_rows_exactly_as_from_clean_files(ray
         Path(path).write_text(jsonl(candidate_rows(s)))
     (tmp_path / "q.jsonl").write_text(jsonl(QUESTIONS))
     cfg = load_config(select_config(tmp_path, str(tmp_path / "q.jsonl"), clean, tmp_path / "clean"))
-    write_outputs(cfg.output, run_select(cfg), cfg.model_dump())
+    write_selection(cfg.output, run_select(cfg), cfg.model_dump())
 
     faulty, expected = {}, {}
     for s, fmt in zip(STRATEGIES, FORMATS, strict=True):

@@ -9,10 +9,10 @@ import torch
 from conftest import load_candidates, load_questions, read_parts
 from test_select import write_jsonl
 
+from sapray.config import load_filter_config
 from sapray.core import filters
 from sapray.engines.models import TINY_RANDOM
-from sapray.jobs.filter import load_filter_config, run_filter
-from sapray.jobs.outputs import write_filter_outputs
+from sapray.jobs.filter import run_filter, write_filter
 
 
 @pytest.fixture(scope="module")
@@ -30,7 +30,7 @@ def samples_file(tmp_path_factory) -> str:
 def run(raw: dict, tmp_path):
     cfg = load_filter_config({"ray": {"actors": 1, "batch_size": 16}, "output": str(tmp_path / "out"), **raw})
     result = run_filter(cfg)
-    write_filter_outputs(cfg.output, result)
+    write_filter(cfg.output, result)
     counts = result.summary["counts"]
     assert counts["kept"] + counts["dropped"] + counts["rejected"] == counts["rows_in"]
     kept = read_parts(tmp_path / "out" / "kept")
@@ -157,7 +157,7 @@ def test_self_consistency_in_the_cluster_same_bytes_whatever_the_batches_and_act
                                   "consistency": {"samples": 4, "temperature": 0.8, "max_tokens": 48, "seed": 1},
                                   "ray": {"actors": actors, "batch_size": batch_size}})
         result = run_filter(cfg)
-        write_filter_outputs(cfg.output, result)
+        write_filter(cfg.output, result)
         summaries[actors] = result.summary
         outputs[actors] = {f"{d}/{p.name}": p.read_bytes() for d in ("kept", "scores", "rejects")
                            for p in sorted((out / d).iterdir())}

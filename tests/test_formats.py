@@ -8,8 +8,8 @@ import pytest
 from conftest import load_questions
 
 from sapray.config import Columns, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
+from sapray.dataplane.fullset import run_full_generation
 from sapray.dataplane.read import InputError, read_questions
-from sapray.jobs.generate import run_full_generation
 
 datasets = pytest.importorskip("datasets")
 

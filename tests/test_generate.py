@@ -32,8 +32,9 @@ from test_select import exemplar_file, write_jsonl  # noqa: F401  (fixture)
 from sapray.config import load_config
 from sapray.dataplane.api_teacher import retry_after_seconds
 from sapray.engines.models import TINY_RANDOM
+from sapray.jobs.generate import run_generate
 from sapray.jobs.plan import plan_job
-from sapray.jobs.run import run_all, run_generate
+from sapray.jobs.run import run_all
 
 SECRET = "sk-sapray-test-7f3c9e1d"
 

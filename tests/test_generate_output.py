@@ -12,8 +12,8 @@ import pytest
 from conftest import DATA_DIR, load_candidates, load_questions, read_parts
 
 from sapray.config import ConfigError, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
+from sapray.dataplane.fullset import run_full_generation
 from sapray.dataplane.read import InputError, Reject
-from sapray.jobs.generate import run_full_generation
 
 
 def file_strategy(strategy: str, name: str | None = None) -> StrategyConfig:
@@ -125,7 +125,7 @@ def test_a_finished_selection_is_reused_only_for_the_same_config(tmp_path):
 def test_entry_totals_sum_every_shard_entry_and_this_runs_by_hand():
     import pyarrow as pa
 
-    from sapray.jobs.generate import ENTRY_SCHEMA, entry_totals
+    from sapray.dataplane.fullset import ENTRY_SCHEMA, entry_totals
 
     def entry(run, prompt, completion, money, rows=1, rejected=0, truncated=0):
         return {"order": 0, "question_id": "q", "rows_json": "[]", "rejects_json": "[]", "rows": rows,

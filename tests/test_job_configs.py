@@ -6,8 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from sapray.config import load_config_file, read_yaml
-from sapray.jobs.filter import load_filter_config
+from sapray.config import load_config_file, load_filter_config, read_yaml
 
 JOBS = Path(__file__).resolve().parent.parent / "jobs"
 

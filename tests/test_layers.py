@@ -12,6 +12,11 @@ from pathlib import Path
 
 import pytest
 
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10
+    import tomli as tomllib
+
 import sapray
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -38,6 +43,15 @@ def test_an_old_module_name_is_the_module_at_its_new_place_with_a_warning(old):
 
 
 def test_every_module_of_the_package_sits_in_a_layer():
-    layers = {"cli", "jobs", "present", "dataplane", "config", "engines", "core"}
+    layers = {"cli", "jobs", "present", "dataplane", "storage", "console", "config", "engines", "core"}
     top = {p.stem for p in (ROOT / "sapray").iterdir() if p.suffix == ".py" or (p / "__init__.py").exists()}
     assert top - {"__init__", "__main__", "data"} == layers
+
+
+
+def test_every_job_is_under_the_independence_contract():
+    """A new module in sapray/jobs/ cannot import another job unseen: the contract names every one."""
+    contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]
+    independent = next(c["modules"] for c in contracts if c["type"] == "independence")
+    jobs = {f"sapray.jobs.{p.stem}" for p in (ROOT / "sapray" / "jobs").glob("*.py") if p.stem != "__init__"}
+    assert set(independent) == jobs

@@ -13,8 +13,8 @@ from conftest import PATIENCE_S
 
 from sapray.config import load_config
 from sapray.core.exemplars import ExemplarShortfall
+from sapray.dataplane.mining import mine_until, sidecar_path
 from sapray.dataplane.read import load_exemplar_file
-from sapray.jobs.mine import mine_until, sidecar_path
 
 ROOT = Path(__file__).resolve().parent.parent
 POOL = [{"question_id": f"p{k}", "question": f"q{k}", "gold": str(k)} for k in range(6)]

@@ -7,14 +7,14 @@ from __future__ import annotations
 def test_plan_times_are_work_over_the_measured_rate_plus_the_engine_starts_the_stage_pays():
     """By hand: 2 actors of 1 CPU scoring 9,940 tokens at the hf CPU rate per core, one engine start; vLLM
     generation on a GPU, where no start is measured, says so instead of guessing."""
+    from sapray.core.costs import STARTS, THROUGHPUT, seconds_for
     from sapray.dataplane.placement import Placement
-    from sapray.jobs.plan import STARTS, THROUGHPUT, _seconds
 
     rate = THROUGHPUT[("hf", "cpu", "score")][0]
     start = STARTS[("hf", "cpu")][0]
     two_cores = Placement(actors=2, num_gpus=0, num_cpus=1)
-    assert _seconds(9940, "hf", "score", two_cores, 0).value == round(9940 / (2 * rate), 1)
-    with_starts = _seconds(9940, "hf", "score", two_cores, 3)
+    assert seconds_for(9940, "hf", "score", two_cores, 0).value == round(9940 / (2 * rate), 1)
+    with_starts = seconds_for(9940, "hf", "score", two_cores, 3)
     assert with_starts.value == round(9940 / (2 * rate) + 3 * start, 1) and "3 engine start(s)" in with_starts.note
-    gpu = _seconds(1000, "vllm", "generate", Placement(actors=1, num_gpus=1, num_cpus=1), 1)
+    gpu = seconds_for(1000, "vllm", "generate", Placement(actors=1, num_gpus=1, num_cpus=1), 1)
     assert gpu.value is None and "no measured throughput" in gpu.note

@@ -22,8 +22,8 @@ from test_select import base_config, exemplar_file, run, write_jsonl  # noqa: F4
 
 from sapray.config import load_config
 from sapray.core.race import Race, RaceRule, cs_radius, pair_alpha, rho2_for
-from sapray.jobs.outputs import write_outputs
-from sapray.jobs.select import _say_round, run_select
+from sapray.jobs.select import run_select, write_selection
+from sapray.present.lines import round_line
 
 
 def test_radius_by_hand():
@@ -110,7 +110,7 @@ def test_no_decision_before_min_questions_and_equal_strategies_are_good_enough()
     assert race.ended == "good_enough" and race.certified == [leader, other]  # each within 5% of the other
     assert record["certificate"][other]["hi"] <= 0 and f"{leader} is good enough" in race.end_reason
     # the console line of the round says so
-    assert _say_round(record, 0.95, 0.05).endswith(f"; {leader} is good enough (within 5% of the best, 95% "
+    assert round_line(record, 0.95, 0.05).endswith(f"; {leader} is good enough (within 5% of the best, 95% "
                                                    "confidence)")
     assert race.to_dict("confident")["certified"] == [leader, other]
 
@@ -260,7 +260,7 @@ def test_race_drops_a_loser_and_never_scores_it_again(ray_local, exemplar_file, 
     cost = race["cost"]
     assert cost["garbled"]["questions"] == 5 and cost["garbled"]["scoring_tokens_saved"] > 0
     # same config, same race (a strategy dropped), same bytes
-    write_outputs(cfg.output, result, cfg.model_dump())
+    write_selection(cfg.output, result, cfg.model_dump())
     again = tmp_path / "again"
     run({**raw, "output": str(again)})
     assert (again / "selection.json").read_bytes() == (tmp_path / "out" / "selection.json").read_bytes()

@@ -21,14 +21,14 @@ import yaml
 from conftest import kill_hard, load_candidates, load_questions, wait_until, without_timings
 from test_select import exemplar_file, write_jsonl  # noqa: F401  (fixture)
 
-from sapray.config import load_config, validate
+from sapray.config import MineConfig, load_config, load_filter_config, validate
 from sapray.dataplane.journal import JournalMismatch
+from sapray.dataplane.mining import write_mined
 from sapray.engines.models import TINY_RANDOM
-from sapray.jobs.filter import load_filter_config, run_filter
-from sapray.jobs.mine import MineConfig, run_mine, write_mined
-from sapray.jobs.outputs import write_filter_outputs, write_outputs
+from sapray.jobs.filter import run_filter, write_filter
+from sapray.jobs.mine import run_mine
 from sapray.jobs.plan import plan_job
-from sapray.jobs.select import run_select
+from sapray.jobs.select import run_select, write_selection
 
 ENV = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # each job its own local Ray
 
@@ -104,7 +104,7 @@ def test_select_resumes_from_its_journal_after_kill_9_at_two_rounds(ray_local, e
 
 def selected(raw: dict, out: Path) -> None:
     cfg = load_config({**raw, "output": str(out)})
-    write_outputs(cfg.output, run_select(cfg), cfg.model_dump())
+    write_selection(cfg.output, run_select(cfg), cfg.model_dump())
 
 
 def test_filter_resumes_batch_by_batch_after_kill_9(ray_local, tmp_path, capsys):
@@ -140,7 +140,7 @@ def test_filter_resumes_batch_by_batch_after_kill_9(ray_local, tmp_path, capsys)
 
 def filtered(raw: dict, out: Path) -> None:
     cfg = load_filter_config({**raw, "output": str(out)})
-    write_filter_outputs(cfg.output, run_filter(cfg))
+    write_filter(cfg.output, run_filter(cfg))
 
 
 def test_mine_resumes_from_its_last_batch_after_kill_9(ray_local, tmp_path, capsys):

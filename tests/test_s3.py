@@ -24,7 +24,8 @@ from conftest import PATIENCE_S, stop_process, wait_until
 from small_job import DATA_DIR, REPO, exemplar_rows, jsonl, small_config
 
 from sapray.config import Columns, load_config_file
-from sapray.dataplane.read import filesystem, read_questions
+from sapray.dataplane.read import read_questions
+from sapray.storage import filesystem
 
 BUCKET = "sapray-test"
 CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",

@@ -12,8 +12,7 @@ import torch
 from conftest import DATA_DIR, load_candidates, load_questions
 
 from sapray.config import ConfigError, load_config
-from sapray.jobs.outputs import write_outputs
-from sapray.jobs.select import run_select
+from sapray.jobs.select import run_select, write_selection
 
 
 def write_jsonl(path: Path, rows: list) -> str:
@@ -53,7 +52,7 @@ def base_config(exemplar_file: str, output: str, **changes) -> dict:
 def run(raw: dict):
     cfg = load_config(raw)
     result = run_select(cfg)
-    write_outputs(cfg.output, result, cfg.model_dump())
+    write_selection(cfg.output, result, cfg.model_dump())
     return result
 
 

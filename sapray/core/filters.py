@@ -79,3 +79,34 @@ def distribution(values: Sequence[float]) -> dict[str, float | int | None]:
     return {"count": len(finite), "non_finite": len(values) - len(finite), "mean": mean, "std": std,
             "min": finite[0], "p10": q(0.1), "p25": q(0.25), "p50": q(0.5), "p75": q(0.75), "p90": q(0.9),
             "max": finite[-1]}
+
+
+def canonical_answer(answer: str | None) -> str | None:
+    """Numbers compare by value ('18', '18.0', '1,8' aside), other answers by normalised text."""
+    if answer is None:
+        return None
+    try:
+        value = float(answer.replace(",", ""))
+        return str(int(value)) if value.is_integer() else repr(value)
+    except ValueError:
+        return " ".join(answer.lower().split())
+
+
+def voted_samples(question: dict, texts: list[str], finish_reasons: list[str], checker) -> list[dict]:
+    """The rows of one question's sampled answers: each kept when its answer is the majority's."""
+    answers = [canonical_answer(checker.extract(t)) for t in texts]
+    vote = majority(answers)
+    gold = question.get("gold")
+    agreement = sum(a == vote for a in answers) / len(answers) if vote else 0.0
+    correct = None if gold is None or vote is None else canonical_answer(checker.extract(gold) or gold) == vote
+    rows = []
+    for k, (text, answer, finish) in enumerate(zip(texts, answers, finish_reasons, strict=True)):
+        kept = vote is not None and answer == vote
+        reason = ("" if kept else "no parsable answer among the samples" if vote is None
+                  else "no parsable answer" if answer is None
+                  else f"answer {answer} disagrees with majority {vote}")
+        rows.append({"sample_id": f"{question['question_id']}#{k}", "question_id": question["question_id"],
+                     "question": question["question"], "response": text, "finish_reason": finish, "answer": answer,
+                     "majority": vote, "agreement": agreement, "majority_correct": correct, "kept": kept,
+                     "reason": reason, "source": question["source"]})
+    return rows

@@ -52,3 +52,31 @@ def ifd_of_nll(nll_given_question: float, nll_alone: float) -> float:
 def car(mean_reward: float, mean_nll_given_question: float) -> float:
     """CAR(s) = mean reward / (1 + 3 * mean NLL(y | x)) (METHOD.md §2)."""
     return mean_reward / (1.0 + 3.0 * mean_nll_given_question)
+
+
+# The contexts each metric needs (METHOD.md §1-2): SAP its own, PPL the plain question, IFD both
+# the plain question and the empty context.
+KINDS_OF_METRIC = {"sap": ("sap",), "ppl": ("ppl",), "ifd": ("ppl", "empty")}
+
+
+def context_kinds(names: list[str]) -> tuple[str, ...]:
+    needed = {k for m in names for k in KINDS_OF_METRIC[m]}
+    return tuple(k for k in ("sap", "ppl", "empty") if k in needed)
+
+
+def candidate_metrics(by_kind: dict[str, dict]) -> dict:
+    """The metrics of one candidate from its scored contexts; a metric whose context was not scored is NaN.
+    SAP and PPL are exp(NLL) of the SAP and plain-question contexts; IFD the ratio of the question's NLL
+    to the empty context's."""
+    nll = {k: nll_of_sum(r["logprob_sum"], r["n_continuation_tokens"]) for k, r in by_kind.items()}
+    nan = math.nan
+    return {
+        "sap": math.exp(nll["sap"]),
+        "ppl": math.exp(nll["ppl"]) if "ppl" in nll else nan,
+        "ifd": ifd_of_nll(nll["ppl"], nll["empty"]) if "empty" in nll else nan,
+        **{f"nll_{k}": v for k, v in nll.items()},
+        "length": by_kind["sap"]["n_continuation_tokens"],
+        "context_tokens_sap": by_kind["sap"]["n_context_tokens"],
+        "scored_tokens": sum(r["n_context_tokens"] + r["n_continuation_tokens"] for r in by_kind.values()),
+        "truncated_tokens": max(r["truncated_tokens"] for r in by_kind.values()),
+    }

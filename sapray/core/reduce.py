@@ -146,3 +146,28 @@ def summarize(scores: Sequence[dict], strategies: list[str], bootstrap: int = 10
             winner["p_best"] = {n: _r(float(np.mean(best == k))) for k, n in enumerate(contenders)}
         result["winner"] = winner
     return result
+
+
+def cost_table(scores: list[dict], strategies: list[str], questions: int, generation: dict[str, dict]) -> dict:
+    """Per strategy: what scoring (and generating) its sample cost, and what dropping it early saved
+    against the fixed design at the same number of questions (its mean cost per question times the
+    questions it was not asked)."""
+    table = {}
+    for name in strategies:
+        rows = [sc for sc in scores if sc["strategy"] == name]
+        n = len(rows)
+        tokens = sum(sc["scored_tokens"] for sc in rows)
+        entry = {"questions": n, "scoring_tokens": tokens,
+                 "scoring_tokens_saved": round(tokens / n * (questions - n)) if n else 0}
+        gen = generation.get(name)
+        if gen:
+            asked = gen["questions"]
+            per_question = {k: gen[k] / asked if asked else 0.0 for k in ("prompt_tokens", "completion_tokens")}
+            entry["generation"] = gen
+            entry["generation_saved"] = {
+                "tokens": round(sum(per_question.values()) * (questions - asked)),
+                "money": (round(gen["money"] / asked * (questions - asked), 6)
+                          if gen.get("money") is not None and asked else None),
+            }
+        table[name] = entry
+    return table

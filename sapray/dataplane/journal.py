@@ -26,7 +26,7 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
 from sapray.core.errors import ConfigError
-from sapray.dataplane.read import child, filesystem, read_text, write_text, write_whole
+from sapray.storage import child, filesystem, read_text, write_text, write_whole
 
 FINGERPRINT = "fingerprint.json"
 

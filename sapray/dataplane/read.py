@@ -36,6 +36,7 @@ import pyarrow.parquet as pq
 from sapray.config import Columns
 from sapray.core.errors import InputError
 from sapray.core.exemplars import Exemplar
+from sapray.storage import child, filesystem
 
 # A text value (question, response, gold) longer than this is rejected: ~250k tokens, beyond any
 # context sapray scores in, and tokenizing it would only cost the driver memory and minutes before
@@ -66,45 +67,6 @@ class Reject:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
-    if "://" in uri:
-        return pafs.FileSystem.from_uri(uri)
-    return pafs.LocalFileSystem(), uri
-
-
-def child(uri: str, name: str) -> str:
-    """``uri/name``, keeping a URI's query (``s3://b/out?endpoint_override=...``) at the end."""
-    base, sep, query = uri.partition("?")
-    return f"{base.rstrip('/')}/{name}{sep}{query}"
-
-
-def read_text(uri: str, fs: pafs.FileSystem | None = None) -> str:
-    """A whole file as UTF-8 text; ``fs`` when ``uri`` is already a path on that filesystem."""
-    if fs is None:
-        fs, uri = filesystem(uri)
-    with fs.open_input_stream(uri) as f:
-        data = f.read()
-    try:
-        return data.decode("utf-8")
-    except UnicodeDecodeError as exc:
-        raise InputError(f"{uri}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
-
-
-def write_text(uri: str, text: str) -> None:
-    """A whole UTF-8 file, there whole or not at all (``write_whole``)."""
-    write_whole(uri, text.encode("utf-8"))
-
-
-def write_whole(uri: str, data: bytes) -> None:
-    """A whole file, there whole or not at all: written to a temporary name, then moved (on an object store
-    each write is one object, there once complete)."""
-    fs, path = filesystem(uri)
-    fs.create_dir(path.rpartition("/")[0] or ".", recursive=True)
-    with fs.open_output_stream(path + ".tmp") as f:
-        f.write(data)
-    fs.move(path + ".tmp", path)
 
 
 # -- text values ---------------------------------------------------------------------------------

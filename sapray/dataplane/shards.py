@@ -29,14 +29,13 @@ from sapray.dataplane.read import (
     _csv_records,
     _json_array,
     _require_columns,
-    child,
     dataset_parts,
-    filesystem,
     is_record,
     iter_records,
     json_lines,
     split_lines,
 )
+from sapray.storage import child, filesystem
 
 # JSON lines files are cut into byte ranges of this size; Parquet files into row groups of about it.
 SHARD_BYTES = 64 * 2**20

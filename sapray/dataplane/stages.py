@@ -25,8 +25,9 @@ import pyarrow as pa
 import pyarrow.compute as pc
 
 from sapray.core.order_stats import Moments, Selected, add_counts, digit_counts, select_keys
-from sapray.dataplane.read import InputError, filesystem
+from sapray.dataplane.read import InputError
 from sapray.dataplane.shards import Shard, count_shard, offsets, plan_shards, read_shard
+from sapray.storage import filesystem
 
 # (index, source, row or the reason it is unusable) -> the output row, with ``reject`` set when it is out
 RowFn = Callable[[int, str, dict | str], dict]

