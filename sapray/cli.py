@@ -1,4 +1,5 @@
-"""Command line: ``sapray select``, ``sapray demo``."""
+"""Command line: ``sapray select``, ``demo``, ``run``, ``generate``, ``plan``, ``filter``, ``mine``, ``validate`` and
+``report``; each command parses its flags and config and hands them to its job (``sapray.jobs``)."""
 
 from __future__ import annotations
 
@@ -453,6 +454,7 @@ def mine_command(set_items: tuple[str, ...], verbose: bool, restart: bool, batch
     from sapray.config import MineConfig, validate
     from sapray.dataplane.mining import write_mined
     from sapray.jobs.mine import run_mine
+    from sapray.storage import parent
 
     raw = {**{k: v for k, v in options.items() if v is not None}, "exclude": list(exclude),
            "ray": {"batch_size": batch_size}}
@@ -460,7 +462,7 @@ def mine_command(set_items: tuple[str, ...], verbose: bool, restart: bool, batch
         cfg = validate(MineConfig, raw, list(set_items))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    with session(cfg.output.rpartition("/")[0] or ".", verbose):
+    with session(parent(cfg.output), verbose):
         result = run_mine(cfg, restart)
         path, sidecar = write_mined(cfg.output, result)
     p = result.provenance

@@ -23,6 +23,18 @@ def child(uri: str, name: str) -> str:
     return f"{base.rstrip('/')}/{name}{sep}{query}"
 
 
+def parent(uri: str) -> str:
+    """The folder holding ``uri`` (``.`` for a bare file name), keeping a URI's query."""
+    base, sep, query = uri.partition("?")
+    return f"{base.rpartition('/')[0] or '.'}{sep}{query}"
+
+
+def with_suffix(uri: str, suffix: str) -> str:
+    """``x.jsonl`` -> ``x{suffix}``; a name without ``.jsonl`` gets ``suffix`` added; a URI keeps its query."""
+    base, sep, query = uri.partition("?")
+    return f"{base.removesuffix('.jsonl')}{suffix}{sep}{query}"
+
+
 def read_text(uri: str, fs: pafs.FileSystem | None = None) -> str:
     """A whole file as UTF-8 text; ``fs`` when ``uri`` is already a path on that filesystem."""
     if fs is None:

@@ -13,7 +13,7 @@ from conftest import PATIENCE_S
 
 from sapray.config import load_config
 from sapray.core.exemplars import ExemplarShortfall
-from sapray.dataplane.mining import mine_until, sidecar_path
+from sapray.dataplane.mining import journal_path, mine_until, sidecar_path
 from sapray.dataplane.read import load_exemplar_file
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -72,8 +72,10 @@ def test_answers_out_of_pool_order_are_refused():
 
 
 def test_sidecar_sits_beside_the_exemplar_file():
-    assert sidecar_path("out/ex.jsonl") == Path("out/ex.json")
-    assert sidecar_path("out/ex") == Path("out/ex.json")
+    assert sidecar_path("out/ex.jsonl") == "out/ex.json"
+    assert sidecar_path("out/ex") == "out/ex.json"
+    assert sidecar_path("s3://b/ex.jsonl?endpoint_override=h:1") == "s3://b/ex.json?endpoint_override=h:1"
+    assert journal_path("s3://b/ex.jsonl") == "s3://b/ex.journal"
 
 
 EASY = [  # SmolLM2-135M answers only the first correctly (greedy, 64 tokens): checked on this machine

@@ -210,3 +210,26 @@ def test_generate_reads_and_writes_s3_from_the_workers(s3_env, tmp_path):
     assert [r for p in _parts(fs, f"{BUCKET}/runs/train/parquet") for r in pq.read_table(p, filesystem=fs).to_pylist()
             ] == train
     assert json.loads(_read(f"{out}/metadata.json"))["questions_done"] == 20
+
+
+def test_mine_writes_its_exemplars_sidecar_and_journal_to_s3(s3_env, tmp_path):
+    """`sapray mine --output s3://...`: the exemplar file, its provenance sidecar and the journal beside them
+    in the bucket, nothing in a local folder named after the URI."""
+    pool = [{"question_id": "e0", "question": "What is 2 + 3?", "gold": "5"},
+            {"question_id": "e1", "question": "What is 7 times 6?", "gold": "42"}]
+    fs, _ = pafs.FileSystem.from_uri(f"s3://{BUCKET}")
+    with fs.open_output_stream(f"{BUCKET}/in/pool.jsonl") as f:
+        f.write(jsonl(pool).encode())
+    out = f"s3://{BUCKET}/mined/ex.jsonl"
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([sys.executable, "-m", "sapray", "mine", "--pool", f"s3://{BUCKET}/in/pool.jsonl",
+                           "--output", out, "--n", "1", "--max-tokens", "32", "--batch-size", "2",
+                           "--shortfall", "unchecked", "--set", "ray.address=local"],
+                          cwd=tmp_path, env={**env, **s3_env}, capture_output=True, text=True, timeout=PATIENCE_S)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"wrote {out} and s3://{BUCKET}/mined/ex.json" in done.stdout
+    [row] = [json.loads(line) for line in _read(out).decode().splitlines()]
+    assert row["question_id"] in ("e0", "e1")
+    assert json.loads(_read(f"s3://{BUCKET}/mined/ex.json"))["pool_questions"] == 2
+    assert json.loads(_read(f"s3://{BUCKET}/mined/ex.journal/fingerprint.json"))
+    assert not (tmp_path / "s3:").exists()

@@ -12,7 +12,6 @@ import json
 import logging
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 from sapray.config import RayConfig, SelectConfig
@@ -27,6 +26,7 @@ from sapray.dataplane.read import load_exemplar_file, read_questions
 from sapray.dataplane.sample import Target
 from sapray.dataplane.teachers import BatchLog, answers_in_batches, unlogged
 from sapray.engines import SamplingConfig
+from sapray.storage import with_suffix, write_text
 
 log = logging.getLogger(__name__)
 
@@ -149,23 +149,19 @@ def normalised(text: str) -> str:
     return " ".join(text.split()).lower()
 
 
-def journal_path(output: str) -> Path:
-    """Where mining into ``output`` journals its batches: ``x.jsonl`` -> ``x.journal/``."""
-    path = Path(output)
-    return path.with_suffix(".journal") if path.suffix == ".jsonl" else path.with_name(path.name + ".journal")
+def journal_path(output: str) -> str:
+    """Where mining into ``output`` journals its batches: ``x.jsonl`` -> ``x.journal/`` (beside it, on S3 too)."""
+    return with_suffix(output, ".journal")
 
 
-def sidecar_path(output: str) -> Path:
+def sidecar_path(output: str) -> str:
     """Where the provenance of an exemplar file goes: ``x.jsonl`` -> ``x.json``."""
-    path = Path(output)
-    return path.with_suffix(".json") if path.suffix == ".jsonl" else path.with_name(path.name + ".json")
+    return with_suffix(output, ".json")
 
 
-def write_mined(output: str, result: MineResult) -> tuple[Path, Path]:
-    """The exemplar file (one exemplar per line) and its provenance sidecar."""
-    path = Path(output)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows), encoding="utf-8")
+def write_mined(output: str, result: MineResult) -> tuple[str, str]:
+    """The exemplar file (one exemplar per line) and its provenance sidecar, local or on an object store."""
+    write_text(output, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in result.rows))
     side = sidecar_path(output)
-    side.write_text(json.dumps(result.provenance, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    return path, side
+    write_text(side, json.dumps(result.provenance, indent=2, ensure_ascii=False) + "\n")
+    return output, side

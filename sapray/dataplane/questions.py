@@ -59,7 +59,7 @@ def questions_dataset(questions: str | Sequence[dict] | tuple, columns: Columns,
         check_columns(questions, [[columns.question_id, columns.question]])
         return stages.read_dataset([questions], partial(question_row, columns=columns), QUESTION_SCHEMA,
                                    max(1, int(ray_cfg.shard_mb * 2**20)))
-    if isinstance(questions, tuple):  # (dataset, rows) of select_read.candidate_file_questions
+    if isinstance(questions, tuple):  # (dataset, rows) of select_inputs.candidate_file_questions
         ds, rows = questions
         return ds.map_batches(lambda batch: batch.select(QUESTION_SCHEMA.names), batch_format="pyarrow"), rows
     rows = [{"order": i, "source": q.get("source", ""), "question_id": q["question_id"], "question": q["question"],

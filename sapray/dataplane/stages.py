@@ -4,7 +4,8 @@ in the cluster; the driver receives counts, moments and histograms.
     read_dataset   shards (byte ranges, row groups, files) -> rows, parsed and validated in workers
     EncodeRequests CPU workers: each row's requests, rendered and tokenized (token ids out)
     ScoreSums      engine actors: per request the sum of the continuation's log-probs and its length
-    summarize      moments and exact order statistics (``order_stats``), computed where the blocks are
+    moments        counts, means and variances per column, computed where the blocks are
+    select         exact order statistics (``order_stats``): the keys at given ranks, in passes over the blocks
     write_*        Parquet and JSON lines part files, written by the workers (local paths or s3://)
 
 Rows carry ``order`` (their place in the input, across files) and ``reject`` (why the row is out, "" if

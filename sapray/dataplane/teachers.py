@@ -5,7 +5,7 @@ precomputed responses), a prompt template with ``{question}`` and ``{gold}`` pla
 parameters and samples per question. ``generate`` serves the selection sample (a few questions, one
 actor pool per model teacher, a bounded-concurrency stage per API teacher); ``Outcomes`` turns a
 teacher's output into training rows with provenance (strategy, teacher, sampling, prompt hash) and
-rejects, for the sample and for the full-scale set (``generate_job``, which runs in the cluster).
+rejects, for the sample and for the full-scale set (``sapray.dataplane.fullset``, which runs in the cluster).
 """
 
 from __future__ import annotations

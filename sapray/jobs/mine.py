@@ -50,7 +50,7 @@ def run_mine(cfg: MineConfig, restart: bool = False) -> MineResult:
     console.say(f"mining: the target answers up to {len(pool)} of {len(questions)} pool questions until {cfg.n} "
                 f"pass the {cfg.checker} checker (greedy, up to {cfg.max_tokens} tokens, {cfg.ray.batch_size} "
                 "a batch)")
-    journal = Journal(str(journal_path(cfg.output)), fingerprint(cfg, resolved.commit), restart)
+    journal = Journal(journal_path(cfg.output), fingerprint(cfg, resolved.commit), restart)
     done = sorted(name for name in journal.entries if name.startswith("batch-"))
     if done:
         console.say(f"resuming: {len(done)} batch(es) of answers from {journal.folder}")
