@@ -4,7 +4,7 @@ the marked figures a plan is made of (``exact``, ``bound`` or ``estimate``, with
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Literal, NamedTuple, Protocol
 
 Kind = Literal["exact", "bound", "estimate"]
 
@@ -80,3 +80,35 @@ def seconds_for(tokens: float, engine: str, work: str, where: Resources, starts:
             seconds += starts * start[0]
             note += f"; {starts} engine start(s) of {start[0]:.0f} s: {start[1]}"
     return Figure(round(seconds, 1), "estimate", "s", note)
+
+
+class SimulatedDevice(NamedTuple):
+    """What the simulated engine (``engine: sim``) waits for: one actor's rates on a device that was measured."""
+
+    score_tokens_per_s: float
+    generate_tokens_per_s: float
+    source: str
+
+
+def _measured(engine: str, device: str, work: str) -> float:
+    return THROUGHPUT[(engine, device, work)][0]
+
+
+# Devices a rehearsal can stand in for, by name: one engine actor each (per core on CPUs: one thread).
+SIMULATED_DEVICES: dict[str, SimulatedDevice] = {
+    "h200-llama3-8b": SimulatedDevice(
+        55737.0, _measured("hf", "gpu", "generate"),
+        "scoring: one H200, Llama-3-8B shape, bf16, packed rows compiled, block 36, bench_gpu.py, 2026-12-04; "
+        "generation: " + THROUGHPUT[("hf", "gpu", "generate")][2]),
+    "h200-llama3-8b-eager": SimulatedDevice(
+        _measured("hf", "gpu", "score"), _measured("hf", "gpu", "generate"),
+        "scoring: " + THROUGHPUT[("hf", "gpu", "score")][2]
+        + "; generation: " + THROUGHPUT[("hf", "gpu", "generate")][2]),
+    "cpu-smollm2-hf": SimulatedDevice(
+        _measured("hf", "cpu", "score"), _measured("hf", "cpu", "generate"),
+        "one core: " + THROUGHPUT[("hf", "cpu", "score")][2] + "; generation in answer slots/s: "
+        + THROUGHPUT[("hf", "cpu", "generate")][2]),
+    "cpu-smollm2-vllm": SimulatedDevice(
+        _measured("vllm", "cpu", "score"), _measured("vllm", "cpu", "generate"),
+        THROUGHPUT[("vllm", "cpu", "score")][2] + "; " + THROUGHPUT[("vllm", "cpu", "generate")][2]),
+}
