@@ -112,10 +112,10 @@ def run_consistency(cfg: FilterConfig, journal: str | None = None) -> tuple[dict
     prompts = questions.map_batches(consistency.ZeroShotPrompts, batch_format="pyarrow", batch_size=cfg.ray.batch_size,
                                     fn_constructor_kwargs={"model": cfg.model, "revision": commit},
                                     **stages.cpu_pool())
-    sampled = stages.materialized(prompts.map_batches(**actor_pool(GenerateActor, {
-        "spec": engine_spec(cfg, commit), "sampling": sampling.__dict__, "journal": journal}, cfg.ray)),
-        questions.count(),
-        f"consistency: {cc.samples} answers per question", console.progress)
+    pool = actor_pool(GenerateActor, {"spec": engine_spec(cfg, commit), "sampling": sampling.__dict__,
+                                      "journal": journal}, cfg.ray)
+    sampled = stages.materialized(prompts.map_batches(**pool), questions.count(),
+                                  f"consistency: {cc.samples} answers per question", console.progress)
     sampling_sums = sampled.map_batches(consistency.sampling_sums, batch_format="pyarrow", batch_size=None).take_all()
     voted = sampled.map_batches(consistency.Vote(cc), batch_format="pyarrow").materialize()
     vote_sums = voted.map_batches(consistency.vote_sums, batch_format="pyarrow", batch_size=None).take_all()
