@@ -87,7 +87,8 @@ def main() -> None:
     from transformers import AutoModelForCausalLM
 
     from sapray.core.exemplars import zero_shot_prompts
-    from sapray.engines import SamplingConfig, load_engine
+    from sapray.engines import load_engine
+    from sapray.engines.base import SamplingConfig
     from sapray.engines.models import resolve_model
 
     print(f"machine: {machine()}")

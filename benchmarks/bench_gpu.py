@@ -66,7 +66,7 @@ import torch
 from sapray.core.contexts import Layout, build_requests
 from sapray.core.metrics import nll
 from sapray.core.scoring import EncodedRequest, encode_all
-from sapray.engines import SamplingConfig
+from sapray.engines.base import SamplingConfig
 from sapray.engines.hf import HFEngine
 
 DATA = Path(__file__).resolve().parent.parent / "tests" / "data" / "gsm8k_first20"

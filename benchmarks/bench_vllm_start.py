@@ -41,7 +41,8 @@ RUN = """
 import json, os, sys, time
 from pathlib import Path
 start = time.perf_counter()
-from sapray.engines import SamplingConfig, load_engine
+from sapray.engines import load_engine
+from sapray.engines.base import SamplingConfig
 engine = load_engine("vllm", sys.argv[2], own_process=sys.argv[1] == "1")
 start_s = time.perf_counter() - start
 sys.path.insert(0, os.path.join(os.getcwd(), "benchmarks"))

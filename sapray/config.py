@@ -16,7 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from sapray.core.errors import ConfigError
-from sapray.engines import EngineName, SamplingConfig
+from sapray.engines.base import EngineName, SamplingConfig
 
 
 class Strict(BaseModel):

@@ -132,15 +132,16 @@ class NeverStarted:
         return batch
 
 
-def test_map_with_actors_fails_at_once_without_gpus(ray_cpu):
-    from sapray.dataplane.raydata import map_with_actors
+def test_an_actor_pass_fails_at_once_without_gpus(ray_cpu, tmp_path):
+    from sapray.dataplane.raydata import map_blocks
+    from sapray.engines.base import EngineSpec
 
-    rows = [{"x": i} for i in range(4)]
+    blocks = [[{"x": 0}, {"x": 1}], [{"x": 2}, {"x": 3}]]
     # "At once": the call itself raises, before it returns the lazy iterator that would start actors
     # (which would wait for the GPUs forever); no clock needed.
     with pytest.raises(PlacementError, match="has no GPUs"):
-        map_with_actors(rows, NeverStarted, {"engine": "vllm", "engine_args": {"tensor_parallel_size": 2}},
-                        RayConfig(batch_size=2))
+        map_blocks(blocks, NeverStarted, {"spec": EngineSpec("vllm", str(tmp_path), None, {"tensor_parallel_size": 2})},
+                   RayConfig(batch_size=2))
     with pytest.raises(PlacementError, match="needs 1 GPU"):
-        map_with_actors(rows, NeverStarted, {"engine": "hf", "engine_args": {}},
-                        RayConfig(batch_size=2, num_gpus_per_actor=1))
+        map_blocks(blocks, NeverStarted, {"spec": EngineSpec("hf", str(tmp_path))},
+                   RayConfig(batch_size=2, num_gpus_per_actor=1))

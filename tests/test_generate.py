@@ -103,7 +103,7 @@ def test_run_resumes_after_kill_9_in_full_generation_without_duplicates(ray_loca
 
 
 def test_hf_generation_says_why_it_stopped(hf_engine):
-    from sapray.engines import SamplingConfig
+    from sapray.engines.base import SamplingConfig
 
     tok = hf_engine.tokenizer
     prompt = tok.apply_chat_template([{"role": "user", "content": "What is 2 + 2? Reply with one number."}],
@@ -121,7 +121,7 @@ def test_hf_seeded_sampling_does_not_depend_on_batch_mates(hf_engine):
     """As vLLM's per-request seed: a prompt's samples are the same alone and in any batch, so a job's
     samples do not depend on how its blocks were cut."""
     from sapray.core.exemplars import zero_shot_prompts
-    from sapray.engines import SamplingConfig
+    from sapray.engines.base import SamplingConfig
 
     a, b = zero_shot_prompts(hf_engine.tokenizer, ["Name a colour.", "What is 12 times 7? Show your work."])
     sampling = SamplingConfig(temperature=1.0, max_tokens=12, n=3, seed=7)

@@ -219,10 +219,10 @@ def test_each_row_is_generated_with_its_own_sampling_as_if_asked_alone():
     import numpy as np
 
     from sapray.dataplane.actors import GenerateActor
-    from sapray.engines import SamplingConfig
+    from sapray.engines.base import EngineSpec, SamplingConfig
     from sapray.engines.models import TINY_RANDOM
 
-    actor = GenerateActor("hf", TINY_RANDOM, {}, {"max_tokens": 1})
+    actor = GenerateActor(EngineSpec("hf", TINY_RANDOM), {"max_tokens": 1})
     prompts = [[1, 504, 3158], [1, 30, 31, 32, 33], [1, 504, 3158, 6]]
     samplings = [{"max_tokens": 3}, {"max_tokens": 5, "temperature": 0.8, "seed": 11}, {"max_tokens": 3}]
     out = actor({"prompt_ids": np.array(prompts, dtype=object), "row_id": np.array(["a", "b", "c"]),

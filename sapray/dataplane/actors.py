@@ -1,6 +1,7 @@
 """Ray Data stages that hold an engine: one actor class per job (score, generate).
 
-Each actor loads its engine once and then serves batches. Actors resolve the model name themselves
+Each actor loads the engine of its ``EngineSpec`` (``engine_spec``: from a config and the commit the driver
+resolved) once and then serves batches. Actors resolve the model name themselves
 (``smollm2`` is converted once per node; a Hub id at ``revision`` comes from that node's Hugging Face
 cache or the Hub), so a cluster's nodes need not share the driver's paths.
 Rows travel as plain columns; a context (text, chat messages or token ids) travels as JSON text so
@@ -16,19 +17,30 @@ from typing import Any
 import numpy as np
 import pyarrow as pa
 
+from sapray.config import FilterConfig, MineConfig, SelectConfig, TeacherConfig
 from sapray.core.scoring import ScoreRequest, score
 from sapray.dataplane.journal import BatchMemo
-from sapray.engines import SamplingConfig, load_engine
+from sapray.engines import load_engine
+from sapray.engines.base import Engine, EngineSpec, SamplingConfig
 from sapray.engines.models import resolve_model
 
 
-def actor_engine(engine: str, model: str, revision: str | None, engine_args: dict[str, Any], num_cpus: float):
+def engine_spec(cfg: SelectConfig | FilterConfig | MineConfig | TeacherConfig, commit: str | None,
+                model: str | None = None) -> EngineSpec:
+    """The engine actors of a config: its engine (a teacher's kind), model (or ``model``: a filter's reference
+    model, scored with the same engine) and engine arguments, at ``commit``, the model's commit the driver
+    resolved (so every node loads that same commit)."""
+    engine = cfg.kind if isinstance(cfg, TeacherConfig) else cfg.engine
+    return EngineSpec(engine, model or cfg.model, commit, dict(cfg.engine_args))
+
+
+def actor_engine(spec: EngineSpec, num_cpus: float) -> Engine:
     """The engine an actor holds for its life, on the cores Ray gave it (more threads would fight the other
     actors); the actor's process is the engine's own (``load_engine(own_process=True)``)."""
     import torch
 
     torch.set_num_threads(max(1, math.floor(num_cpus)))
-    return load_engine(engine, resolve_model(model, revision), own_process=True, **engine_args)
+    return load_engine(spec.engine, resolve_model(spec.model, spec.revision), own_process=True, **spec.engine_args)
 
 
 def _placement() -> str:
@@ -42,9 +54,8 @@ def _placement() -> str:
 class ScoreActor:
     """Scores (context, continuation) rows: request_id, context_json, continuation, context_key."""
 
-    def __init__(self, engine: str, model: str, engine_args: dict[str, Any], boundary: str, overlong: str,
-                 num_cpus: float = 1, revision: str | None = None) -> None:
-        self.engine = actor_engine(engine, model, revision, engine_args, num_cpus)
+    def __init__(self, spec: EngineSpec, boundary: str, overlong: str, num_cpus: float = 1) -> None:
+        self.engine = actor_engine(spec, num_cpus)
         self.boundary, self.overlong = boundary, overlong
         self.placement = _placement()
 
@@ -74,9 +85,9 @@ class GenerateActor:
     answers are journaled as they come (``journal.BatchMemo``, by the rows' ``order``) and a batch found
     there is not generated again."""
 
-    def __init__(self, engine: str, model: str, engine_args: dict[str, Any], sampling: dict[str, Any],
-                 num_cpus: float = 1, revision: str | None = None, journal: str | None = None) -> None:
-        self.engine = actor_engine(engine, model, revision, engine_args, num_cpus)
+    def __init__(self, spec: EngineSpec, sampling: dict[str, Any], num_cpus: float = 1,
+                 journal: str | None = None) -> None:
+        self.engine = actor_engine(spec, num_cpus)
         self.sampling = SamplingConfig(**sampling)
         self.memo = BatchMemo(journal, "answers") if journal else None
         self.placement = _placement()

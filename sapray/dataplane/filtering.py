@@ -22,6 +22,7 @@ import pyarrow.compute as pc
 from sapray.config import Columns, FilterConfig
 from sapray.core import filters, metrics, order_stats
 from sapray.dataplane import stages
+from sapray.dataplane.actors import engine_spec
 from sapray.dataplane.raydata import actor_pool
 from sapray.dataplane.read import (
     InputError,
@@ -185,9 +186,9 @@ def score_samples(cfg: FilterConfig, ds, requests: int, prefix: str, model: str,
     """Score every request of every row with an engine actor pool; sums and token counts come back (and go
     to ``journal`` batch by batch, where a rerun finds them)."""
     # Resolved here first, so a missing model fails before any actor starts; actors load the same commit.
+    spec = engine_spec(cfg, locate(model, revision).commit, model)
     pool = actor_pool(stages.ScoreSums, {
-        "engine": cfg.engine, "model": model, "revision": locate(model, revision).commit,
-        "engine_args": {**cfg.engine_args, **(engine_args or {})}, "requests": requests, "prefix": prefix,
+        "spec": spec.with_args({**spec.engine_args, **(engine_args or {})}), "requests": requests, "prefix": prefix,
         "drop_ids": drop_ids, "journal": journal}, cfg.ray)
     return ds.map_batches(**pool, batch_format="pyarrow")
 

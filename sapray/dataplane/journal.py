@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from importlib import metadata
 from typing import Any
 
@@ -53,6 +53,15 @@ def input_identity(uri: str) -> dict | None:
         files = sorted(fs.get_file_info(pafs.FileSelector(path, recursive=True)), key=lambda f: f.path)
         return {f.path[len(path):]: [f.size, f.mtime_ns] for f in files if f.type == pafs.FileType.File}
     return {"size": info.size, "mtime_ns": info.mtime_ns}
+
+
+def job_fingerprint(config: dict[str, Any], commits: dict[str, str | None], inputs: Iterable[str | None],
+                    **extra: Any) -> dict:
+    """What determines a job's journal: ``config`` (the keys that decide what it computes), ``extra`` (the Ray
+    settings that decide its batches: batch size, shard size), the models' ``commits``, the identities of its
+    ``inputs`` (those given) and sapray's version."""
+    return {**config, **extra, "commits": commits, "sapray": sapray_version(),
+            "inputs": {uri: input_identity(uri) for uri in inputs if uri}}
 
 
 def changes(old: Any, new: Any, where: str = "") -> list[str]:

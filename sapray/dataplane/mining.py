@@ -2,8 +2,8 @@
 the exemplars of the self-aligned contexts (METHOD.md §1).
 
 ``selection_exemplars``: the pool of ``sapray select`` and ``run`` (supplied in a file, or mined once and
-kept in the selection's journal). ``greedy_answers`` and ``mine_until``: ``sapray mine``, which streams
-answers batch by batch and stops once n pass the checker.
+kept in the selection's journal). ``greedy_answers``: the target's answers, for both; ``mine_until``:
+``sapray mine``, which streams answers batch by batch and stops once n pass the checker.
 """
 
 from __future__ import annotations
@@ -19,13 +19,12 @@ from sapray.console import console
 from sapray.core import exemplars as ex
 from sapray.core.answers import make_checker
 from sapray.core.sample import sample_order
-from sapray.dataplane.actors import GenerateActor
+from sapray.dataplane.actors import GenerateActor, engine_spec
 from sapray.dataplane.journal import Journal
-from sapray.dataplane.raydata import map_with_actors
 from sapray.dataplane.read import load_exemplar_file, read_questions
 from sapray.dataplane.sample import Target
 from sapray.dataplane.teachers import BatchLog, answers_in_batches, unlogged
-from sapray.engines import SamplingConfig
+from sapray.engines.base import EngineSpec, SamplingConfig
 from sapray.storage import with_suffix, write_text
 
 log = logging.getLogger(__name__)
@@ -68,14 +67,8 @@ def _mine_for_selection(cfg: SelectConfig, target: Target, compared: list[str],
     console.say(f"mining exemplars: the target answers {len(pool)} questions (greedy, up to "
                 f"{cfg.exemplars.max_tokens} tokens each)" + ("; with no gold answer to check them against, its "
                                                              "answers are used unchecked" if unchecked else ""))
-    prompts = ex.zero_shot_prompts(target.tokenizer, [q["question"] for q in pool])
-    rows = [{"row_id": q["question_id"], "prompt_ids": p} for q, p in zip(pool, prompts, strict=True)]
-    sampling = SamplingConfig(temperature=0.0, max_tokens=cfg.exemplars.max_tokens)
-    out = {r["row_id"]: r for r in console.progress(map_with_actors(
-        rows, GenerateActor,
-        {"engine": cfg.engine, "model": cfg.model, "revision": target.commit, "engine_args": cfg.engine_args,
-         "sampling": sampling.__dict__},
-        cfg.ray), len(rows), "mining exemplars")}
+    out = {r["row_id"]: r for r in greedy_answers(pool, target.tokenizer, engine_spec(cfg, target.commit), cfg.ray,
+                                                   cfg.exemplars.max_tokens, "mining exemplars")}
     placement = {}
     for row in out.values():
         placement[row["actor"]] = placement.get(row["actor"], 0) + 1
@@ -95,22 +88,21 @@ class MineResult:
     provenance: dict
 
 
-def greedy_answers(pool: Sequence[dict], tokenizer, engine: str, model: str, revision: str | None,
-                   engine_args: dict[str, Any], ray_cfg: RayConfig, max_tokens: int,
-                   log: BatchLog = unlogged) -> Iterator[dict]:
-    """The target's greedy zero-shot answers to ``pool``, streamed in pool order, one batch at a time; a batch
-    in ``log`` (a journal) comes from there, each other one is logged as it arrives.
+def greedy_answers(pool: Sequence[dict], tokenizer: Any, spec: EngineSpec, ray_cfg: RayConfig, max_tokens: int,
+                   what: str, log: BatchLog = unlogged) -> Iterator[dict]:
+    """The target's greedy zero-shot answers to ``pool``, streamed in pool order, one batch (``ray.batch_size``
+    questions, or fewer so that every actor gets one) at a time, ``what`` showing the progress; a batch in
+    ``log`` (a journal) comes from there, each other one is logged as it arrives. ``select`` and ``run`` mine
+    their exemplars here, ``mine`` too.
 
     Rows as ``GenerateActor`` returns them: row_id (the question id), texts, finish_reasons,
-    completion_tokens. ``revision`` should be the commit the driver resolved, so every node loads it.
+    completion_tokens, actor. ``spec.revision`` should be the commit the driver resolved, so every node loads it.
     """
     prompts = ex.zero_shot_prompts(tokenizer, [q["question"] for q in pool])
     rows = [{"row_id": q["question_id"], "prompt_ids": p} for q, p in zip(pool, prompts, strict=True)]
     sampling = SamplingConfig(temperature=0.0, max_tokens=max_tokens)
-    kwargs = {"engine": engine, "model": model, "revision": revision, "engine_args": engine_args,
-              "sampling": sampling.__dict__}
-    return iter(console.progress(answers_in_batches(None, rows, GenerateActor, kwargs, ray_cfg, log), len(rows),
-                                 "mining: answering"))
+    kwargs = {"spec": spec, "sampling": sampling.__dict__}
+    return iter(console.progress(answers_in_batches(None, rows, GenerateActor, kwargs, ray_cfg, log), len(rows), what))
 
 
 def mine_until(

@@ -40,6 +40,7 @@ from pathlib import Path
 from typing import Any
 
 from sapray.config import ConfigError, RayConfig
+from sapray.engines.base import EngineSpec
 
 
 class PlacementError(ConfigError):
@@ -62,6 +63,13 @@ class Placement:
     engine_args: dict[str, Any] = field(default_factory=dict)
     reason: str = ""
     share: float = 1.0  # the part of num_cpus and num_gpus each actor reserves (engines that take turns)
+
+    def actor_kwargs(self, kwargs: Mapping[str, Any]) -> dict[str, Any]:
+        """An actor's arguments as placed: its engine built with the arguments placement settled (``spec``,
+        where it has one) and computing on ``num_cpus`` threads."""
+        spec = kwargs.get("spec")
+        return {**kwargs, **({"spec": spec.with_args(self.engine_args)} if spec is not None else {}),
+                "num_cpus": self.num_cpus}
 
     def describe(self) -> str:
         gpus = f", {self.num_gpus:g} GPU each" if self.num_gpus else " (CPU)"
@@ -199,13 +207,12 @@ def actor_bytes(engine: str, model_path: str | None) -> float | None:
 
 
 def place(actor_kwargs: Mapping[str, Any], cfg: RayConfig, share: float = 1.0) -> Placement:
-    """``plan`` for the actors of ``actor_kwargs`` on the connected cluster (an API teacher, whose arguments
-    name no engine, holds no weights and takes no GPU)."""
+    """``plan`` for the actors of ``actor_kwargs`` on the connected cluster: the engine of their ``spec``
+    (an API teacher, whose arguments hold no spec, holds no weights and takes no GPU)."""
     from sapray.engines.models import locate
 
-    if "engine" not in actor_kwargs:
-        cfg = cfg.model_copy(update={"num_gpus_per_actor": 0})
-    engine = actor_kwargs.get("engine", "hf")
-    model = actor_kwargs.get("model") if "engine" in actor_kwargs else None
-    size = actor_bytes(engine, locate(model, actor_kwargs.get("revision")).path) if model else None
-    return plan(engine, actor_kwargs.get("engine_args") or {}, cfg, *cluster_view(), actor_bytes=size, share=share)
+    spec: EngineSpec | None = actor_kwargs.get("spec")
+    if spec is None:
+        return plan("hf", {}, cfg.model_copy(update={"num_gpus_per_actor": 0}), *cluster_view(), share=share)
+    size = actor_bytes(spec.engine, locate(spec.model, spec.revision).path)
+    return plan(spec.engine, spec.engine_args, cfg, *cluster_view(), actor_bytes=size, share=share)

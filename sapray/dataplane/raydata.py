@@ -139,22 +139,10 @@ def actor_pool(actor_cls: type, actor_kwargs: dict[str, Any], cfg: RayConfig,
 
     where = place(actor_kwargs, cfg)
     log.debug("%s: %s", actor_cls.__name__, where.describe())
-    if "engine_args" in actor_kwargs:
-        actor_kwargs = {**actor_kwargs, "engine_args": where.engine_args}
-    return {"fn": actor_cls, "fn_constructor_kwargs": {**actor_kwargs, "num_cpus": where.num_cpus},
+    return {"fn": actor_cls, "fn_constructor_kwargs": where.actor_kwargs(actor_kwargs),
             "batch_size": cfg.batch_size,
             "compute": ray.data.ActorPoolStrategy(size=min(where.actors, n_blocks or where.actors)),
             "num_cpus": where.num_cpus, "num_gpus": where.num_gpus or None}
-
-
-def map_with_actors(rows: Sequence[dict], actor_cls: type, actor_kwargs: dict[str, Any], cfg: RayConfig
-                    ) -> Iterator[dict]:
-    """Stream the actor pool's output rows, in input order, in blocks of ``ray.batch_size`` rows or fewer,
-    so that every actor gets one (``batch_rows``)."""
-    from sapray.dataplane.placement import place
-
-    return map_blocks(cut(rows, batch_rows(len(rows), cfg.batch_size, place(actor_kwargs, cfg).actors)), actor_cls,
-                      actor_kwargs, cfg)
 
 
 def map_blocks(row_blocks: Sequence[Sequence[dict]], actor_cls: type, actor_kwargs: dict[str, Any],

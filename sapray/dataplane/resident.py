@@ -116,9 +116,7 @@ class EnginePool:
 
         self.actor_cls, self.cfg, self.where = actor_cls, cfg, where
         log.debug("%s (resident): %s", actor_cls.__name__, self.where.describe())
-        if "engine_args" in actor_kwargs:
-            actor_kwargs = {**actor_kwargs, "engine_args": self.where.engine_args}
-        self.actor_kwargs = {**actor_kwargs, "num_cpus": self.where.num_cpus}  # the threads it computes with
+        self.actor_kwargs = self.where.actor_kwargs(actor_kwargs)
         self.engines: list = []
         self.placements: list[tuple[str, int]] = []  # (node/actor id, engine starts) of each engine, at its start
         # on the driver's node: the job lives as long as that node does, and so must the dispatcher

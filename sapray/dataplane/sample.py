@@ -19,8 +19,8 @@ from sapray.core.contexts import Layout, build_requests
 from sapray.core.metrics import context_kinds
 from sapray.core.sample import sample_order
 from sapray.core.scoring import EncodedRequest, ScoreRequest, encode_all
-from sapray.dataplane.actors import ScoreActor
-from sapray.engines import max_length_of
+from sapray.dataplane.actors import ScoreActor, engine_spec
+from sapray.engines.base import max_length_of
 from sapray.engines.models import locate
 
 
@@ -44,8 +44,8 @@ class Target:
 
 def scorer_spec(cfg: SelectConfig, target: Target) -> tuple[type, dict[str, Any]]:
     """The scoring engine actors: their class and arguments (they load the commit the driver resolved)."""
-    return ScoreActor, {"engine": cfg.engine, "model": cfg.model, "revision": target.commit,
-                        "engine_args": cfg.engine_args, "boundary": target.layout.boundary, "overlong": cfg.overlong}
+    return ScoreActor, {"spec": engine_spec(cfg, target.commit), "boundary": target.layout.boundary,
+                        "overlong": cfg.overlong}
 
 
 @dataclass

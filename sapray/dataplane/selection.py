@@ -22,7 +22,7 @@ from sapray.core.contexts import Layout
 from sapray.core.race import Race, RaceRule
 from sapray.core.reduce import cost_table, summarize
 from sapray.core.sample import Budget
-from sapray.dataplane.journal import Journal, input_identity, sapray_version
+from sapray.dataplane.journal import Journal, job_fingerprint
 from sapray.dataplane.mining import selection_exemplars
 from sapray.dataplane.read import CANDIDATE_STAGES, Reject
 from sapray.dataplane.resident import Engines
@@ -94,13 +94,12 @@ def fingerprint(cfg: SelectConfig, commit: str | None) -> dict:
     (``ray.batch_size`` decides which requests share a batch, so it counts), the model's commit, the inputs'
     identities (size and time) and sapray's version."""
     config = cfg.model_dump()
+    kept = {k: config[k] for k in ("model", "revision", "engine", "engine_args", "layout", "metrics", "overlong",
+                                   "data", "exemplars", "strategies")}
     inputs = [cfg.data.questions, *cfg.data.candidate_sources().values(), cfg.exemplars.file, cfg.exemplars.pool,
               *(s.teacher.path for s in cfg.strategies if s.teacher.kind == "file")]
-    return {"sapray": sapray_version(), "commit": commit, "batch_size": cfg.ray.batch_size,
-            **{k: config[k] for k in ("model", "revision", "engine", "engine_args", "layout", "metrics", "overlong",
-                                      "data", "exemplars", "strategies")},
-            "sample": {k: v for k, v in config["sample"].items() if k != "pick"},
-            "inputs": {uri: input_identity(uri) for uri in inputs if uri}}
+    return job_fingerprint({**kept, "sample": {k: v for k, v in config["sample"].items() if k != "pick"}},
+                           {"model": commit}, inputs, batch_size=cfg.ray.batch_size)
 
 
 def open_journal(cfg: SelectConfig, commit: str | None, restart: bool) -> Journal:

@@ -28,6 +28,7 @@ import pyarrow.compute as pc
 from sapray.core.order_stats import Moments, Selected, add_counts, digit_counts, select_keys
 from sapray.dataplane.read import InputError
 from sapray.dataplane.shards import Shard, count_shard, offsets, plan_shards, read_shard
+from sapray.engines.base import EngineSpec
 from sapray.storage import filesystem
 
 # (index, source, row or the reason it is unusable) -> the output row, with ``reject`` set when it is out
@@ -146,7 +147,7 @@ class EncodeRequests:
                  build: Callable[[dict], list[tuple[Any, str]]], requests: int, boundary: str, overlong: str) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
-        from sapray.engines import max_length_of
+        from sapray.engines.base import max_length_of
         from sapray.engines.models import resolve_model
 
         path = resolve_model(model, revision)
@@ -187,13 +188,12 @@ class ScoreSums:
     each batch's sums are journaled as it is scored (``journal.BatchMemo``) and a batch found there is not
     scored again."""
 
-    def __init__(self, engine: str, model: str, engine_args: dict[str, Any], requests: int, prefix: str,
-                 drop_ids: bool, token_logprobs: bool = False, num_cpus: float = 1,
-                 revision: str | None = None, journal: str | None = None) -> None:
+    def __init__(self, spec: EngineSpec, requests: int, prefix: str, drop_ids: bool, token_logprobs: bool = False,
+                 num_cpus: float = 1, journal: str | None = None) -> None:
         from sapray.dataplane.actors import actor_engine
         from sapray.dataplane.journal import BatchMemo
 
-        self.engine = actor_engine(engine, model, revision, engine_args, num_cpus)
+        self.engine = actor_engine(spec, num_cpus)
         self.requests, self.prefix, self.drop_ids, self.token_logprobs = requests, prefix, drop_ids, token_logprobs
         self.memo = BatchMemo(journal, f"sums-{prefix or 'score'}") if journal else None
 

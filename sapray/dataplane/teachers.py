@@ -20,7 +20,7 @@ from typing import Any
 
 from sapray.config import Columns, ConfigError, GenerateConfig, RayConfig, StrategyConfig, TeacherConfig
 from sapray.core.answers import make_checker
-from sapray.dataplane.actors import GenerateActor
+from sapray.dataplane.actors import GenerateActor, engine_spec
 from sapray.dataplane.placement import place
 from sapray.dataplane.raydata import Progress, batch_rows, cut, map_blocks, unobserved
 from sapray.dataplane.read import (
@@ -199,7 +199,8 @@ def unlogged(rows: list[dict], outputs: list[dict] | None = None) -> None:
     return None
 
 
-OUTPUT_KEYS = ("row_id", "strategy", "texts", "finish_reasons", "prompt_tokens", "completion_tokens", "error")
+# "actor": the node/actor id of the engine actor that answered (an API teacher's rows have none)
+OUTPUT_KEYS = ("row_id", "strategy", "texts", "finish_reasons", "prompt_tokens", "completion_tokens", "error", "actor")
 
 
 def plain(value: Any) -> Any:
@@ -268,9 +269,7 @@ def prompt_ids(tokenizer: Any, strategy: StrategyConfig, question: dict) -> list
 
 def model_teacher_kwargs(strategy: StrategyConfig, commit: str | None) -> tuple[type, dict[str, Any]]:
     """The actor class and arguments of a model teacher (engine actors load ``commit`` of the model)."""
-    teacher = strategy.teacher
-    return GenerateActor, {"engine": teacher.kind, "model": teacher.model, "revision": commit,
-                           "engine_args": teacher.engine_args, "sampling": strategy.sampling().__dict__}
+    return GenerateActor, {"spec": engine_spec(strategy.teacher, commit), "sampling": strategy.sampling().__dict__}
 
 
 def gold_problem(strategy: StrategyConfig, question: dict) -> str | None:

@@ -38,7 +38,7 @@ import torch
 
 from sapray.core import packing
 from sapray.core.scoring import EncodedRequest
-from sapray.engines import DEFAULT_MAX_LENGTH, Generation, SamplingConfig
+from sapray.engines.base import DEFAULT_MAX_LENGTH, Generation, SamplingConfig
 
 
 def default_device() -> str:
@@ -83,6 +83,7 @@ class HFEngine:
         adapter: str | None = None,
         max_padding: float | None = None,
         packed: bool | None = None,
+        own_process: bool = False,  # every engine's keyword (``load_engine``): hf runs in its caller's process alike
     ) -> None:
         from transformers import AutoModelForCausalLM, AutoTokenizer
 

@@ -37,7 +37,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from sapray.core.scoring import EncodedRequest
-from sapray.engines import DEFAULT_MAX_LENGTH, Generation, SamplingConfig
+from sapray.engines.base import DEFAULT_MAX_LENGTH, Generation, SamplingConfig
 
 CPU_KVCACHE_GIB_DEFAULT = "2"
 log = logging.getLogger(__name__)

@@ -16,14 +16,14 @@ from __future__ import annotations
 from sapray.config import FilterConfig
 from sapray.console import console
 from sapray.dataplane import consistency, filtering, stages
-from sapray.dataplane.actors import GenerateActor
+from sapray.dataplane.actors import GenerateActor, engine_spec
 from sapray.dataplane.filtering import FilterResult
-from sapray.dataplane.journal import Journal, input_identity, memos, sapray_version
+from sapray.dataplane.journal import Journal, job_fingerprint, memos
 from sapray.dataplane.outputs import write_filter_outputs
 from sapray.dataplane.questions import question_rejects, questions_dataset, unique_questions
 from sapray.dataplane.raydata import actor_pool, init_ray
 from sapray.dataplane.read import InputError, Reject, nothing_usable
-from sapray.engines import SamplingConfig
+from sapray.engines.base import SamplingConfig
 from sapray.engines.models import locate
 from sapray.present.html_report import write_report
 from sapray.storage import child
@@ -112,10 +112,10 @@ def run_consistency(cfg: FilterConfig, journal: str | None = None) -> tuple[dict
     prompts = questions.map_batches(consistency.ZeroShotPrompts, batch_format="pyarrow", batch_size=cfg.ray.batch_size,
                                     fn_constructor_kwargs={"model": cfg.model, "revision": commit},
                                     **stages.cpu_pool())
-    sampled = stages.materialized(prompts.map_batches(**actor_pool(GenerateActor, {
-        "engine": cfg.engine, "model": cfg.model, "revision": commit, "engine_args": cfg.engine_args,
-        "sampling": sampling.__dict__, "journal": journal}, cfg.ray)), questions.count(),
-        f"consistency: {cc.samples} answers per question", console.progress)
+    pool = actor_pool(GenerateActor, {"spec": engine_spec(cfg, commit), "sampling": sampling.__dict__,
+                                      "journal": journal}, cfg.ray)
+    sampled = stages.materialized(prompts.map_batches(**pool), questions.count(),
+                                  f"consistency: {cc.samples} answers per question", console.progress)
     sampling_sums = sampled.map_batches(consistency.sampling_sums, batch_format="pyarrow", batch_size=None).take_all()
     voted = sampled.map_batches(consistency.Vote(cc), batch_format="pyarrow").materialize()
     vote_sums = voted.map_batches(consistency.vote_sums, batch_format="pyarrow", batch_size=None).take_all()
@@ -147,6 +147,5 @@ def fingerprint(cfg: FilterConfig) -> dict:
     commits = {"model": locate(cfg.model, cfg.revision).commit,
                "reference": locate(lb.reference_model, lb.reference_revision).commit if lb.reference_model else None}
     inputs = [cfg.input, cfg.dsweight.valid if cfg.dsweight else None, lb.reference_adapter]
-    return {**cfg.model_dump(exclude={"output", "ray"}), "batch_size": cfg.ray.batch_size,
-            "shard_mb": cfg.ray.shard_mb, "commits": commits, "sapray": sapray_version(),
-            "inputs": {uri: input_identity(uri) for uri in inputs if uri}}
+    return job_fingerprint(cfg.model_dump(exclude={"output", "ray"}), commits, inputs, batch_size=cfg.ray.batch_size,
+                           shard_mb=cfg.ray.shard_mb)

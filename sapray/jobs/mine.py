@@ -16,7 +16,8 @@ import time
 from sapray.config import MineConfig
 from sapray.console import console
 from sapray.core.sample import sample_order
-from sapray.dataplane.journal import Journal, batch_log, input_identity, sapray_version
+from sapray.dataplane.actors import engine_spec
+from sapray.dataplane.journal import Journal, batch_log, job_fingerprint
 from sapray.dataplane.mining import MineResult, greedy_answers, journal_path, mine_until, normalised
 from sapray.dataplane.raydata import init_ray
 from sapray.dataplane.read import read_questions
@@ -26,9 +27,8 @@ from sapray.engines.models import locate
 def fingerprint(cfg: MineConfig, commit: str | None) -> dict:
     """What determines the mined answers: the config but its output and Ray placement (the batch size decides
     where mining may stop), the model's commit, the pool's and exclusions' identities, sapray's version."""
-    config = cfg.model_dump(exclude={"output", "ray"})
-    return {**config, "batch_size": cfg.ray.batch_size, "commit": commit, "sapray": sapray_version(),
-            "inputs": {uri: input_identity(uri) for uri in [cfg.pool, *cfg.exclude]}}
+    return job_fingerprint(cfg.model_dump(exclude={"output", "ray"}), {"model": commit}, [cfg.pool, *cfg.exclude],
+                           batch_size=cfg.ray.batch_size)
 
 
 def run_mine(cfg: MineConfig, restart: bool = False) -> MineResult:
@@ -54,8 +54,8 @@ def run_mine(cfg: MineConfig, restart: bool = False) -> MineResult:
     done = sorted(name for name in journal.entries if name.startswith("batch-"))
     if done:
         console.say(f"resuming: {len(done)} batch(es) of answers from {journal.folder}")
-    answers = greedy_answers(pool, tokenizer, cfg.engine, cfg.model, resolved.commit, cfg.engine_args, cfg.ray,
-                             cfg.max_tokens, batch_log(journal, "batch"))
+    answers = greedy_answers(pool, tokenizer, engine_spec(cfg, resolved.commit), cfg.ray, cfg.max_tokens,
+                             "mining: answering", batch_log(journal, "batch"))
     mined, report, generated = mine_until(pool, answers, cfg.n, cfg.checker, cfg.regex, cfg.shortfall)
     by_id = {q["question_id"]: q for q in pool}
     finish = {r["row_id"]: r["finish_reasons"][0] for r in generated}
