@@ -320,30 +320,41 @@ def plan_command(config_path: str | None, candidate_args: tuple[str, ...], quest
               help="the filter (overrides the config's method)")
 @click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE", help="override a config key")
 @click.option("--output", help="output folder or URI")
+@click.option("--rehearse", "device", metavar="DEVICE", help="run the whole job with simulated engines at this "
+              "device's measured rates (h200-llama3-8b, h200-llama3-8b-eager, cpu-smollm2-hf, cpu-smollm2-vllm), "
+              "into OUTPUT/rehearsal, and project the real run")
+@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
+              help="with --rehearse: how many such devices (one simulated actor each)")
+@click.option("--time-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+              help="with --rehearse: the simulated engines run this many times faster than the device")
 @click.option("-v", "--verbose", is_flag=True, help="show Ray's and the workers' output on the console instead of "
               "in run.log")
 @restart_flag
 @friendly
 def filter_command(config_path: str, method: str | None, set_items: tuple[str, ...], output: str | None,
-                   verbose: bool, restart: bool) -> None:
+                   device: str | None, devices: int, time_scale: float, verbose: bool, restart: bool) -> None:
     """Keep the samples that will help: self-consistency, DS weight, LoBaSS or IFD."""
     import json
 
     from sapray.config import load_filter_config, read_yaml
+    from sapray.dataplane.rehearsal import Rehearsal, describe
     from sapray.jobs.filter import run_filter, write_filter
 
     overrides = [*set_items, *([f"method={method}"] if method else []), *([f"output={output}"] if output else [])]
     try:
         cfg = load_filter_config(read_yaml(config_path), overrides)
-    except ConfigError as exc:
+        rehearsal = Rehearsal(device, devices, time_scale) if device else None
+    except (ConfigError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
     with session(cfg.output, verbose):
-        result = run_filter(cfg, restart)
-        paths = write_filter(cfg.output, result)
+        result = run_filter(cfg, restart, rehearsal)
+        paths = write_filter(result.output, result)
     c = result.summary["counts"]
     console.result(f"{cfg.method}: {c['rows_in']} in = {c['kept']} kept + {c['dropped']} dropped "
                f"+ {c['rejected']} rejected")
     console.result(json.dumps(result.summary.get("distributions", {}), indent=2))
+    if rehearsal:
+        console.result(describe(result.summary["rehearsal"]))
     console.result(f"wrote {paths['kept']}/ (the kept samples) and {len(paths) - 1} more")
 
 

@@ -243,7 +243,8 @@ class SelectConfig(Strict):
 
     model: str = Field("smollm2", description="target: 'smollm2', a local HF directory or a Hugging Face Hub id")
     revision: str | None = Field(None, description="with a Hub id: branch, tag or commit hash (default main)")
-    engine: EngineName = Field("hf", description="scoring engine: hf (transformers) or vllm")
+    engine: EngineName = Field("hf", description="scoring engine: hf (transformers), vllm, or sim (simulated, for "
+                               "rehearsals)")
     engine_args: dict[str, Any] = Field({}, description="keyword arguments for the engine (vLLM's LLM arguments; hf: "
                                         "dtype, max_batch_tokens, max_logit_rows, max_length, max_padding, ...)")
     layout: Literal["chat", "paper"] = Field(
@@ -422,7 +423,7 @@ class FilterConfig(Strict):
     columns: Columns = Columns()
     model: str = Field("smollm2", description="'smollm2', a local HF directory or a Hugging Face Hub id")
     revision: str | None = Field(None, description="with a Hub id: branch, tag or commit hash (default main)")
-    engine: EngineName = Field("hf", description="engine: hf (transformers) or vllm")
+    engine: EngineName = Field("hf", description="engine: hf (transformers), vllm, or sim (simulated, for rehearsals)")
     engine_args: dict[str, Any] = Field({}, description="keyword arguments for the engine")
     overlong: Literal["reject", "truncate"] = Field(
         "reject", description="a request longer than the model's length: rejected, or its context cut from the left")
@@ -446,7 +447,7 @@ class MineConfig(Strict):
     output: str = Field(description="the exemplar file to write (JSONL); provenance goes beside it as .json")
     model: str = Field("smollm2", description="target: 'smollm2', a local HF directory or a Hugging Face Hub id")
     revision: str | None = Field(None, description="with a Hub id: branch, tag or commit hash")
-    engine: EngineName = Field("hf", description="engine: hf (transformers) or vllm")
+    engine: EngineName = Field("hf", description="engine: hf (transformers), vllm, or sim (simulated, for rehearsals)")
     engine_args: dict[str, Any] = Field({}, description="keyword arguments for the engine")
     n: int = Field(8, ge=1, description="checked-correct answers to find; mining stops once they are found")
     max_questions: int | None = Field(None, ge=1, description="ask at most this many pool questions")

@@ -9,7 +9,7 @@ import pytest
 
 from sapray.core.costs import SIMULATED_DEVICES
 from sapray.core.scoring import EncodedRequest, ScoreRequest, score
-from sapray.engines import SamplingConfig
+from sapray.engines.base import SamplingConfig
 from sapray.engines.models import resolve_model
 from sapray.engines.sim import SimEngine, token_logprobs
 

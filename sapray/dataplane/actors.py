@@ -36,10 +36,12 @@ def engine_spec(cfg: SelectConfig | FilterConfig | MineConfig | TeacherConfig, c
 
 def actor_engine(spec: EngineSpec, num_cpus: float) -> Engine:
     """The engine an actor holds for its life, on the cores Ray gave it (more threads would fight the other
-    actors); the actor's process is the engine's own (``load_engine(own_process=True)``)."""
-    import torch
+    actors); the actor's process is the engine's own (``load_engine(own_process=True)``). A simulated engine
+    computes nothing: its actor leaves torch unimported."""
+    if spec.engine != "sim":
+        import torch
 
-    torch.set_num_threads(max(1, math.floor(num_cpus)))
+        torch.set_num_threads(max(1, math.floor(num_cpus)))
     return load_engine(spec.engine, resolve_model(spec.model, spec.revision), own_process=True, **spec.engine_args)
 
 

@@ -42,6 +42,7 @@ from sapray.storage import child
 class FilterResult:
     summary: dict
     paths: dict[str, str]  # name -> folder or file written (kept, scores, rejects)
+    output: str  # the folder they are in (a rehearsal's: <output>/rehearsal)
 
 
 SAMPLE_SCHEMA = pa.schema([

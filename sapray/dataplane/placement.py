@@ -53,6 +53,7 @@ class NotShareable(PlacementError):
 
 # vLLM's own default share of a GPU's memory, split between engines that share a GPU
 VLLM_GPU_MEMORY_UTILIZATION = 0.9
+SIM_ACTOR_BYTES = 2**29  # a simulated engine's actor
 
 
 @dataclass(frozen=True)
@@ -111,6 +112,8 @@ def plan(
     ``actor_bytes``: an engine actor's estimated memory, which caps the default number of CPU actors;
     ``share``: the part of the cluster this engine reserves, when engines stay resident together.
     """
+    if engine == "sim" and cfg.num_gpus_per_actor is None:  # it stands for a device and sleeps: no GPU of its own
+        cfg = cfg.model_copy(update={"num_gpus_per_actor": 0})
     total_gpus = float(cluster.get("GPU", 0))
     total_cpus = float(cluster.get("CPU", 0))
     group = gpu_group(engine, engine_args)
@@ -199,6 +202,8 @@ def actor_bytes(engine: str, model_path: str | None) -> float | None:
     """An engine actor's memory on CPU, roughly: its weights twice over (loading, and float32 for
     half-precision files) and 1 GiB of runtime, plus vLLM's CPU KV cache (VLLM_CPU_KVCACHE_SPACE, GiB,
     4 when unset). None when the weights are not on this machine to measure."""
+    if engine == "sim":  # no weights: a Ray worker, numpy and, where it encodes text, a tokenizer
+        return SIM_ACTOR_BYTES
     if not model_path or not Path(model_path).is_dir():
         return None
     weights = sum(f.stat().st_size for f in Path(model_path).glob("*") if f.suffix in (".safetensors", ".bin"))

@@ -14,7 +14,8 @@ from sapray.engines.base import Engine, EngineName
 
 # name -> (module, class), imported when an engine of that name is built (each pulls in torch or vLLM)
 ENGINES: dict[str, tuple[str, str]] = {"hf": ("sapray.engines.hf", "HFEngine"),
-                                       "vllm": ("sapray.engines.vllm", "VLLMEngine")}
+                                       "vllm": ("sapray.engines.vllm", "VLLMEngine"),
+                                       "sim": ("sapray.engines.sim", "SimEngine")}
 
 
 def load_engine(name: EngineName, model_path: str, own_process: bool = False, **options: Any) -> Engine:

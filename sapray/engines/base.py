@@ -13,7 +13,7 @@ from typing import Any, Literal, Protocol
 
 from sapray.core.scoring import ScoringEngine
 
-EngineName = Literal["hf", "vllm"]
+EngineName = Literal["hf", "vllm", "sim"]  # sim: the simulated engine of rehearsals (engines/sim.py)
 # Both engines default to the same length limit, so a request is scored, truncated or rejected alike
 # whichever engine runs it (vllm: max_model_len; hf: max_length). Raise both together.
 DEFAULT_MAX_LENGTH = 2048

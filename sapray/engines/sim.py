@@ -14,21 +14,25 @@ The target's tokenizer is loaded only where a stage hands the engine text to enc
 the filters' actors and the teachers receive token ids, and their simulated actors never import transformers
 (nor, through it, torch).
 
-Times are what the simulation waits (``waited_s``), not what a device would do with real weights: a rehearsal
+With ``stats_dir`` (a rehearsal's, on the driver's machine) each engine writes its ``stats()`` there after every
+call. Times are what the simulation waits (``waited_s``), not what a device would do with real weights: a rehearsal
 projects from them and says so.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from sapray.core.costs import SIMULATED_DEVICES
 from sapray.core.scoring import EncodedRequest
-from sapray.engines import DEFAULT_MAX_LENGTH, Generation, SamplingConfig
+from sapray.engines.base import DEFAULT_MAX_LENGTH, Generation, SamplingConfig
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: an odd multiplier that spreads bits
 _FLOOR = 0.05  # the least probability a simulated token gets
@@ -61,7 +65,9 @@ class SimEngine:
     def __init__(self, model_path: str, device: str = "h200-llama3-8b", score_tokens_per_s: float | None = None,
                  generate_tokens_per_s: float | None = None, call_overhead_s: float = 0.0, time_scale: float = 1.0,
                  answer_tokens: int = 128, seed: int = 0, max_length: int = DEFAULT_MAX_LENGTH,
-                 max_model_len: int | None = None) -> None:
+                 max_model_len: int | None = None, stats_dir: str | None = None, adapter: str | None = None,
+                 own_process: bool = False) -> None:
+        # adapter: a simulated engine has no weights to adapt; own_process: every engine's keyword (load_engine)
         if device not in SIMULATED_DEVICES and (score_tokens_per_s is None or generate_tokens_per_s is None):
             raise ValueError(f"unknown simulated device {device!r}: choose one of {sorted(SIMULATED_DEVICES)}, or "
                              "give score_tokens_per_s and generate_tokens_per_s")
@@ -73,7 +79,7 @@ class SimEngine:
                              "answer_tokens >= 1")
         self.device, self.call_overhead_s, self.time_scale = device, call_overhead_s, time_scale
         self.answer_tokens, self.seed = answer_tokens, seed
-        self.model_path = model_path
+        self.model_path, self.stats_dir = model_path, stats_dir
         self._tokenizer: Any = None
         self.max_length = int(max_model_len or max_length)
         self.waited_s = 0.0  # simulated device time, before time_scale
@@ -91,6 +97,10 @@ class SimEngine:
     def _wait(self, seconds: float) -> None:
         self.waited_s += seconds
         time.sleep(seconds / self.time_scale)
+        if self.stats_dir:  # a rehearsal's: its stats after every call, one file per engine
+            path = Path(self.stats_dir) / f"{os.getpid()}-{id(self)}.json"
+            path.with_suffix(".tmp").write_text(json.dumps({**self.stats(), "pid": os.getpid()}))
+            path.with_suffix(".tmp").replace(path)
 
     def sequence_logprobs(self, requests: Sequence[EncodedRequest]) -> list[list[float]]:
         out = []

@@ -23,16 +23,22 @@ from sapray.dataplane.outputs import write_filter_outputs
 from sapray.dataplane.questions import question_rejects, questions_dataset, unique_questions
 from sapray.dataplane.raydata import actor_pool, init_ray
 from sapray.dataplane.read import InputError, Reject, nothing_usable
+from sapray.dataplane.rehearsal import Meter, Rehearsal, rehearsed
 from sapray.engines.base import SamplingConfig
 from sapray.engines.models import locate
 from sapray.present.html_report import write_report
 from sapray.storage import child
 
 
-def run_filter(cfg: FilterConfig, restart: bool = False) -> FilterResult:
+def run_filter(cfg: FilterConfig, restart: bool = False, rehearsal: Rehearsal | None = None) -> FilterResult:
     """Run the filter and write kept/, scores/ and rejects/ under ``cfg.output`` (from the workers). The
     engine actors journal each batch they score or sample (``<output>/journal``): run again after a stop,
-    the filter reads what was finished and computes the rest (``restart``: from scratch)."""
+    the filter reads what was finished and computes the rest (``restart``: from scratch). ``rehearsal``: the
+    whole job with simulated engines, into ``<output>/rehearsal``, with its measurements and projection in the
+    summary (``rehearsal``)."""
+    meter = Meter() if rehearsal else None
+    if rehearsal:
+        cfg = rehearsed(cfg, rehearsal, str(meter.stats_dir))
     init_ray(cfg.ray)
     journal = Journal(child(cfg.output, "journal"), fingerprint(cfg), restart)
     if memos(journal.folder):
@@ -47,7 +53,9 @@ def run_filter(cfg: FilterConfig, restart: bool = False) -> FilterResult:
         raise
     summary = {"method": cfg.method, "model": cfg.model, "revision": cfg.revision, "engine": cfg.engine,
                "counts": counts, **info}
-    return FilterResult(summary, paths)
+    if meter:
+        summary["rehearsal"] = meter.finish(rehearsal)
+    return FilterResult(summary, paths, cfg.output)
 
 
 def write_filter(output: str, result: FilterResult) -> dict[str, str]:

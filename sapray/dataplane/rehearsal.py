@@ -1,0 +1,127 @@
+"""Rehearsal: a job run whole with simulated engines (``engine: sim``) at the rates of a named device, before
+any GPU is paid for.
+
+Every input row is read and validated, every context built and tokenized, every output and journal entry
+written (into ``<output>/rehearsal``); only the engines are simulated. What it measures on this machine:
+- the engines' simulated device time (each ``SimEngine`` says what it waited, in device seconds);
+- the data plane's CPU time: every process of the job (the driver, Ray's daemons and workers) but the
+  simulated actors, and the driver's alone;
+- the tokens the engines were handed.
+From these it projects the real run on N such devices: the engines' time is their device seconds over N; the
+data plane's, its CPU seconds over the cores the cluster gives it; the driver's does not shrink with N. The
+largest bounds the run. ``cores_per_device`` is how many data-plane cores keep one device fed at its rate.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from sapray.config import ConfigError, FilterConfig, SelectConfig
+from sapray.core.costs import SIMULATED_DEVICES
+from sapray.storage import child
+
+
+@dataclass(frozen=True)
+class Rehearsal:
+    """A rehearsal's settings: the device simulated, how many of them, how much faster than real time."""
+
+    device: str
+    devices: int
+    time_scale: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.device not in SIMULATED_DEVICES:
+            raise ValueError(f"unknown device {self.device!r} to rehearse on: choose one of "
+                             f"{sorted(SIMULATED_DEVICES)}")
+        if self.devices < 1 or self.time_scale <= 0:
+            raise ValueError("a rehearsal needs at least one device and a positive time scale")
+
+    def engine_args(self, engine_args: dict[str, Any], stats_dir: str) -> dict[str, Any]:
+        """The simulated engine's arguments: this device, where its stats go, and the length limit the real engine
+        would apply."""
+        limit = {k: engine_args[k] for k in ("max_model_len", "max_length") if k in engine_args}
+        return {"device": self.device, "time_scale": self.time_scale, "stats_dir": stats_dir, **limit}
+
+    def ray(self, ray_cfg: Any) -> Any:
+        """One simulated actor per device; they hold no GPU and reserve no CPU (they sleep while they wait)."""
+        return ray_cfg.model_copy(update={"actors": self.devices, "num_gpus_per_actor": 0, "num_cpus_per_actor": 0})
+
+
+def rehearsed(cfg: FilterConfig | SelectConfig, rehearsal: Rehearsal, stats_dir: str) -> FilterConfig | SelectConfig:
+    """``cfg`` with simulated engines on ``rehearsal.devices`` actors, writing into ``<output>/rehearsal``."""
+    if isinstance(cfg, SelectConfig) and any(s.teacher.kind != "file" for s in cfg.strategies):
+        raise ConfigError("a rehearsal simulates the target's engines only: give the strategies' responses as data "
+                          "(teachers are not simulated yet)")
+    return cfg.model_copy(update={"engine": "sim", "engine_args": rehearsal.engine_args(cfg.engine_args, stats_dir),
+                                  "ray": rehearsal.ray(cfg.ray), "output": child(cfg.output, "rehearsal")})
+
+
+def _tree_cpu() -> dict[int, float]:
+    """CPU seconds (user + system) of this process and every process below it, by pid."""
+    import psutil
+
+    me = psutil.Process()
+    out = {}
+    for p in [me, *me.children(recursive=True)]:
+        try:
+            t = p.cpu_times()
+            out[p.pid] = t.user + t.system
+        except psutil.Error:  # ended meanwhile
+            continue
+    return out
+
+
+class Meter:
+    """CPU and wall time of a rehearsed job, and what its simulated engines reported."""
+
+    def __init__(self) -> None:
+        self.stats_dir = Path(tempfile.mkdtemp(prefix="sapray-rehearsal-"))  # the simulated engines write here
+        self.cpu_before, self.started = _tree_cpu(), time.monotonic()
+
+    def engines(self) -> list[dict[str, Any]]:
+        return [json.loads(p.read_text()) for p in sorted(self.stats_dir.glob("*.json"))]
+
+    def finish(self, rehearsal: Rehearsal, cores_per_device: float | None = None) -> dict[str, Any]:
+        """The measurements and the projection (``cores_per_device``: the data-plane cores the real cluster gives
+        each device; None: as many as this machine has for all of them)."""
+        wall = time.monotonic() - self.started
+        cpu_after = _tree_cpu()
+        engines = self.engines()
+        simulated = {e["pid"] for e in engines}
+        spent = {pid: cpu_after[pid] - self.cpu_before.get(pid, 0.0) for pid in cpu_after}
+        driver = spent.get(os.getpid(), 0.0)
+        data_plane = sum(v for pid, v in spent.items() if pid not in simulated)
+        tokens = sum(e["scored"] + e["prompt"] + e["generated"] for e in engines)
+        device_s = sum(e["waited_s"] for e in engines)
+        cores = cores_per_device * rehearsal.devices if cores_per_device else float(os.cpu_count() or 1)
+        bounds = {"engines": device_s / rehearsal.devices, "data plane": data_plane / cores, "driver": driver}
+        bound = max(bounds, key=bounds.get)
+        rate = SIMULATED_DEVICES[rehearsal.device].score_tokens_per_s
+        per_cpu_s = tokens / data_plane if data_plane else None
+        return {
+            "rehearsal": asdict(rehearsal), "wall_s": round(wall, 2), "engine_actors": len(engines),
+            "tokens": tokens, "device_s": round(device_s, 2), "data_plane_cpu_s": round(data_plane, 2),
+            "driver_cpu_s": round(driver, 2), "tokens_per_data_plane_cpu_s": round(per_cpu_s) if per_cpu_s else None,
+            "cores_per_device": round(rate / per_cpu_s, 2) if per_cpu_s else None,
+            "projection": {"data_plane_cores": cores, "bounds_s": {k: round(v, 2) for k, v in bounds.items()},
+                           "wall_s": round(bounds[bound], 2), "bound_by": bound},
+        }
+
+
+def describe(result: dict[str, Any]) -> str:
+    """The rehearsal's console lines."""
+    r, p = result["rehearsal"], result["projection"]
+    return (f"rehearsal on {r['devices']} x {r['device']} (time scale {r['time_scale']:g}): {result['tokens']:,} "
+            f"tokens to the engines in {result['wall_s']:.1f} s here\n"
+            f"  engines     {result['device_s']:,.1f} device-s ({p['bounds_s']['engines']:,.1f} s on each device)\n"
+            f"  data plane  {result['data_plane_cpu_s']:,.1f} CPU-s ({result['tokens_per_data_plane_cpu_s'] or 0:,} "
+            f"tokens per CPU-s); driver {result['driver_cpu_s']:,.1f} CPU-s\n"
+            f"  projected   {p['wall_s']:,.1f} s on {r['devices']} devices with {p['data_plane_cores']:g} data-plane "
+            f"cores, bound by the {p['bounds_s'] and p['bound_by']}; each device needs "
+            f"{result['cores_per_device'] or 0:g} data-plane cores to stay fed at its scoring rate")

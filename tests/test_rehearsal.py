@@ -1,0 +1,79 @@
+"""A rehearsal runs the whole job with simulated engines: the real job's outputs, rejects and row counts, the same
+bytes with 1 or 3 simulated devices, and a projection from what it measured."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from conftest import load_candidates, load_questions, read_parts
+
+from sapray.config import load_filter_config
+from sapray.dataplane.rehearsal import Rehearsal, describe
+from sapray.engines.models import TINY_RANDOM
+from sapray.jobs.filter import run_filter, write_filter
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def samples_file(tmp_path_factory) -> str:
+    """40 chat samples (20 questions x 2 strategies) and one without an assistant turn (rejected)."""
+    questions = {q["question_id"]: q["question"] for q in load_questions()}
+    rows = [{"messages": [{"role": "user", "content": questions[c["question_id"]]},
+                          {"role": "assistant", "content": c["response"]}], "sample_id": c["question_id"]}
+            for c in load_candidates() if c["strategy"] in ("human", "175b_verification")]
+    rows.insert(7, {"messages": [{"role": "user", "content": "What is 2+2?"}]})
+    path = tmp_path_factory.mktemp("samples") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return str(path)
+
+
+def _filter(samples_file: str, out: Path, rehearsal: Rehearsal | None, model: str = "smollm2"):
+    cfg = load_filter_config({"method": "ifd", "input": samples_file, "model": model, "ifd": {"keep_fraction": 0.5},
+                              "ray": {"actors": 1, "batch_size": 8}, "output": str(out)})
+    result = run_filter(cfg, rehearsal=rehearsal)
+    write_filter(result.output, result)
+    return result
+
+
+def _files(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*"))
+            if p.is_file() and p.parts[-2] in ("kept", "scores", "rejects")}
+
+
+def test_a_rehearsed_filter_is_the_real_job_with_simulated_engines(ray_local, samples_file, tmp_path):
+    one = _filter(samples_file, tmp_path / "one", Rehearsal("h200-llama3-8b", 1, time_scale=1000))
+    three = _filter(samples_file, tmp_path / "three", Rehearsal("h200-llama3-8b", 3, time_scale=1000))
+    real = _filter(samples_file, tmp_path / "real", None, model=TINY_RANDOM)
+
+    assert one.output == str(tmp_path / "one" / "rehearsal")
+    # every row accounted for as the real job accounts for it; the bad row rejected with the real job's reason
+    assert one.summary["counts"] == three.summary["counts"]
+    assert {k: one.summary["counts"][k] for k in ("rows_in", "rejected")} == {
+        k: real.summary["counts"][k] for k in ("rows_in", "rejected")} == {"rows_in": 41, "rejected": 1}
+    assert one.summary["counts"]["kept"] + one.summary["counts"]["dropped"] == 40
+    assert read_parts(tmp_path / "one" / "rehearsal" / "rejects") == read_parts(tmp_path / "real" / "rejects")
+    # the same output structure, and the same bytes whatever the number of simulated devices
+    assert set(_files(tmp_path / "one" / "rehearsal")) and \
+        {Path(n).parent for n in _files(tmp_path / "one" / "rehearsal")} == {Path(n).parent for n in
+                                                                           _files(tmp_path / "real")}
+    assert _files(tmp_path / "one" / "rehearsal") == _files(tmp_path / "three" / "rehearsal")
+    assert (tmp_path / "one" / "rehearsal" / "journal").is_dir()
+    assert {"summary.json", "report.html"} <= {p.name for p in (tmp_path / "one" / "rehearsal").iterdir()}
+
+    # what it measured: the engines were handed the same tokens, the simulated device time follows from them
+    r1, r3 = one.summary["rehearsal"], three.summary["rehearsal"]
+    assert r1["tokens"] == r3["tokens"] > 0
+    assert r1["device_s"] == pytest.approx(r1["tokens"] / 55737.0, rel=1e-3)
+    assert r1["engine_actors"] == 1 and 1 <= r3["engine_actors"] <= 3
+    assert r1["data_plane_cpu_s"] > 0 and r1["tokens_per_data_plane_cpu_s"] > 0
+    assert r1["projection"]["bound_by"] in ("engines", "data plane", "driver")
+    assert r1["projection"]["wall_s"] == max(r1["projection"]["bounds_s"].values())
+    assert "projected" in describe(r1) and "h200-llama3-8b" in describe(r1)
+
+
+def test_an_unknown_device_is_refused_before_anything_runs():
+    with pytest.raises(ValueError, match="unknown device 'tpu-v9'"):
+        Rehearsal("tpu-v9", 2)
