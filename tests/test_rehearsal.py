@@ -61,6 +61,10 @@ def test_a_rehearsed_filter_is_the_real_job_with_simulated_engines(ray_local, sa
                                                                            _files(tmp_path / "real")}
     assert _files(tmp_path / "one" / "rehearsal") == _files(tmp_path / "three" / "rehearsal")
     assert (tmp_path / "one" / "rehearsal" / "journal").is_dir()
+    # run again on the same output: it resumes from its journal (the engines get nothing to do), same bytes
+    again = _filter(samples_file, tmp_path / "one", Rehearsal("h200-llama3-8b", 1, time_scale=1000))
+    assert again.summary["rehearsal"]["tokens"] == 0
+    assert _files(tmp_path / "one" / "rehearsal") == _files(tmp_path / "three" / "rehearsal")
     assert {"summary.json", "report.html"} <= {p.name for p in (tmp_path / "one" / "rehearsal").iterdir()}
 
     # what it measured: the engines were handed the same tokens, the simulated device time follows from them

@@ -14,6 +14,7 @@ largest bounds the run. ``cores_per_device`` is how many data-plane cores keep o
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import tempfile
@@ -80,8 +81,14 @@ def _tree_cpu() -> dict[int, float]:
 class Meter:
     """CPU and wall time of a rehearsed job, and what its simulated engines reported."""
 
-    def __init__(self) -> None:
-        self.stats_dir = Path(tempfile.mkdtemp(prefix="sapray-rehearsal-"))  # the simulated engines write here
+    def __init__(self, output: str) -> None:
+        # where the simulated engines write their stats: local, and the same for the same output, so the folder
+        # (an engine argument) leaves the journal's fingerprint alone and a rerun resumes
+        digest = hashlib.sha256(output.encode()).hexdigest()[:12]
+        self.stats_dir = Path(tempfile.gettempdir()) / f"sapray-rehearsal-{digest}"
+        self.stats_dir.mkdir(parents=True, exist_ok=True)
+        for old in self.stats_dir.glob("*.json"):
+            old.unlink()
         self.cpu_before, self.started = _tree_cpu(), time.monotonic()
 
     def engines(self) -> list[dict[str, Any]]:
@@ -106,7 +113,7 @@ class Meter:
         per_cpu_s = tokens / data_plane if data_plane else None
         return {
             "rehearsal": asdict(rehearsal), "wall_s": round(wall, 2), "engine_actors": len(engines),
-            "tokens": tokens, "device_s": round(device_s, 2), "data_plane_cpu_s": round(data_plane, 2),
+            "tokens": tokens, "device_s": round(device_s, 4), "data_plane_cpu_s": round(data_plane, 2),
             "driver_cpu_s": round(driver, 2), "tokens_per_data_plane_cpu_s": round(per_cpu_s) if per_cpu_s else None,
             "cores_per_device": round(rate / per_cpu_s, 2) if per_cpu_s else None,
             "projection": {"data_plane_cores": cores, "bounds_s": {k: round(v, 2) for k, v in bounds.items()},

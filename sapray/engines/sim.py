@@ -136,4 +136,4 @@ class SimEngine:
 
     def stats(self) -> dict[str, Any]:
         """What this engine simulated: device seconds (before ``time_scale``) and tokens."""
-        return {"device": self.device, "waited_s": round(self.waited_s, 3), **self.tokens}
+        return {"device": self.device, "waited_s": round(self.waited_s, 6), **self.tokens}

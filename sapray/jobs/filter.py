@@ -36,7 +36,7 @@ def run_filter(cfg: FilterConfig, restart: bool = False, rehearsal: Rehearsal | 
     the filter reads what was finished and computes the rest (``restart``: from scratch). ``rehearsal``: the
     whole job with simulated engines, into ``<output>/rehearsal``, with its measurements and projection in the
     summary (``rehearsal``)."""
-    meter = Meter() if rehearsal else None
+    meter = Meter(cfg.output) if rehearsal else None
     if rehearsal:
         cfg = rehearsed(cfg, rehearsal, str(meter.stats_dir))
     init_ray(cfg.ray)
