@@ -1,16 +1,21 @@
-"""Shared fixtures: the embedded SmolLM2 target, the hf engine, and the 20-question GSM8K test data."""
+"""Shared fixtures: the embedded SmolLM2 target, the hf engine, the 20-question GSM8K test data, the fixed
+exemplar file and the moto S3 server. Every fixture more than one test module uses lives here (pytest finds
+them without an import); plain helpers several modules share are in ``helpers.py`` and ``small_job.py``."""
 
 from __future__ import annotations
 
 import json
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -22,10 +27,11 @@ import pytest
 # put test_generate.py's capfd test first in its worker; `import ray` alone left Ray Data's handler).
 import ray
 import ray.data  # noqa: F401
+from helpers import DATA_DIR, write_jsonl
+from small_job import exemplar_rows, jsonl
 
 from sapray.engines.models import resolve_model
 
-DATA_DIR = Path(__file__).parent / "data" / "gsm8k_first20"
 N_EXEMPLARS = 3
 
 
@@ -289,3 +295,62 @@ def read_parts(folder) -> list[dict]:
         else:
             rows += [json.loads(line) for line in part.read_text().splitlines()]
     return rows
+
+
+@pytest.fixture(scope="module")
+def exemplar_file(tmp_path_factory) -> str:
+    """Four fixed exemplars (answers to train-set questions, not to any test question), one file per module."""
+    return write_jsonl(tmp_path_factory.mktemp("ex") / "exemplars.jsonl", exemplar_rows())
+
+
+# The moto S3 server's bucket and its dummy credentials
+BUCKET = "sapray-test"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on a free port, with the test data uploaded; yields its endpoint URL (one per module)."""
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S).close()
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(listening, "the moto S3 server to listen", proc, poll_s=0.3)
+        fs = pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
+                               endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True)
+        fs.create_dir(BUCKET)  # a bucket
+        uploads = {"in/questions.jsonl": (DATA_DIR / "questions.jsonl").read_bytes(),
+                   "in/candidates.jsonl": (DATA_DIR / "candidates.jsonl").read_bytes(),
+                   "in/exemplars.jsonl": jsonl(exemplar_rows()).encode()}
+        for key, data in uploads.items():
+            with fs.open_output_stream(f"{BUCKET}/{key}") as f:
+                f.write(data)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc, "the moto S3 server")
+        log.close()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch) -> dict[str, str]:
+    """The S3 credentials and the moto server's endpoint in this process's environment; also returned."""
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    return {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_server}

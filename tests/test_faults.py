@@ -26,9 +26,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import PATIENCE_S, load_candidates, load_questions, read_parts
+from conftest import BUCKET, PATIENCE_S, load_candidates, load_questions, read_parts
 from small_job import REPO, exemplar_rows, jsonl
-from test_s3 import BUCKET, s3_env, s3_server  # noqa: F401  (fixtures)
 
 from sapray.config import Columns, load_config
 from sapray.dataplane.read import MAX_ROW_BYTES, MAX_TEXT_CHARS, InputError, Reject, iter_records, read_questions

@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 from conftest import load_candidates, load_questions, read_parts
-from test_select import write_jsonl
+from helpers import write_jsonl
 
 from sapray.core import filters
 from sapray.engines.models import TINY_RANDOM

@@ -20,9 +20,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import PATIENCE_S, load_candidates, load_questions
+from conftest import BUCKET, CREDENTIALS, PATIENCE_S, load_candidates, load_questions
 from small_job import DATA_DIR, REPO, exemplar_rows, jsonl, small_config
-from test_s3 import BUCKET, CREDENTIALS, s3_server  # noqa: F401  (the moto server fixture)
 
 from sapray.core.filters import distribution
 from sapray.core.validation import rows_from_records, validate
@@ -72,7 +71,7 @@ def test_select_writes_report_and_sapray_report_rebuilds_it(real_run, tmp_path):
     assert (copy_dir / "report.html").read_bytes() == (real_run / "report.html").read_bytes()
 
 
-def test_sapray_report_from_s3(real_run, s3_server, tmp_path):  # noqa: F811
+def test_sapray_report_from_s3(real_run, s3_server, tmp_path):
     fs = pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
                            endpoint_override=s3_server.removeprefix("http://"), scheme="http")
     for name in RUN_FILES:

@@ -11,7 +11,7 @@ import sys
 
 from click.testing import CliRunner
 from conftest import PATIENCE_S, load_candidates, load_questions
-from test_select import write_jsonl
+from helpers import write_jsonl
 
 from sapray.cli import main as cli
 

@@ -4,58 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import DATA_DIR, load_candidates, load_questions
+from conftest import load_candidates, load_questions
+from helpers import base_config, run, write_jsonl
 
 from sapray.config import ConfigError, load_config
-from sapray.jobs.outputs import write_outputs
 from sapray.jobs.select import run_select
-
-
-def write_jsonl(path: Path, rows: list) -> str:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def exemplar_file(tmp_path_factory) -> str:
-    """Four fixed exemplars (answers to train-set questions, not to any test question)."""
-    pool = [json.loads(line) for line in open("sapray/data/gsm8k/pool.jsonl")][:4]
-    rows = [{"exemplar_id": f"ex-{i}", "question_id": q["question_id"],
-             "text": f"We compute step by step and get {q['gold']}.\nA: {q['gold']}"} for i, q in enumerate(pool)]
-    return write_jsonl(tmp_path_factory.mktemp("ex") / "exemplars.jsonl", rows)
-
-
-def base_config(exemplar_file: str, output: str, **changes) -> dict:
-    cfg = {
-        "model": "smollm2",
-        "engine": "hf",
-        "data": {"questions": str(DATA_DIR / "questions.jsonl"), "candidates": str(DATA_DIR / "candidates.jsonl")},
-        "sample": {"max_questions": 3, "round_size": 2, "seed": 7},
-        "exemplars": {"file": exemplar_file, "n": 3},
-        "ray": {"actors": 1, "batch_size": 18},
-        "bootstrap": 200,
-        "output": output,
-    }
-    for key, value in changes.items():
-        node = cfg
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return cfg
-
-
-def run(raw: dict):
-    cfg = load_config(raw)
-    result = run_select(cfg)
-    write_outputs(cfg.output, result, cfg.model_dump())
-    return result
-
 
 # One question (six requests) a batch: the first round's two questions are two blocks, so a second
 # actor gets one of them (no more actors start than there are blocks).
