@@ -5,6 +5,7 @@ them without an import); plain helpers several modules share are in ``helpers.py
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
 import socket
@@ -117,21 +118,63 @@ def stop_process(proc: subprocess.Popen, what: str, group: bool = False) -> None
         proc.wait()
 
 
-# The files that take minutes, longest first (measured, quiet, 2026-11-28: 405 s down to 53 s of test
-# time each). Run with --no-loadscope-reorder (the Makefile does), the two workers take them first and
-# the quick files fill the end, instead of xdist's default order (most tests first), which left one
-# worker alone with the two-node cluster test for the last minutes.
-LONGEST_FIRST = ["test_generate.py", "test_resume.py", "test_filter_job.py", "test_faults.py",
-                 "test_generate_vllm_teacher.py",
-                 "test_select.py", "test_engine_parity.py", "test_shared_contexts.py", "test_cluster.py", "test_s3.py",
-                 "test_hub.py", "test_select_vllm.py", "test_lora.py", "test_race.py", "test_html_report.py",
-                 "test_select_inputs.py", "test_generate_output.py", "test_paper_layout.py", "test_mine.py",
-                 "test_no_silent_minute.py"]
+# The test files longest first, from the seconds each took in the last full run, recorded in the repository
+# (tests/durations.json, written by `make test-durations`). Run with --no-loadscope-reorder (the Makefile
+# does), the two workers take the files that take minutes first and the quick files fill the end, instead of
+# xdist's default order (most tests first), which left one worker alone with the two-node cluster test for
+# the last minutes. A file missing from the record goes first: its cost is unknown, and a long file taken
+# last keeps one worker busy alone for all of it, while a quick file taken first costs the order nothing.
+TESTS_DIR = Path(__file__).resolve().parent
+DURATIONS = TESTS_DIR / "durations.json"
+
+
+def recorded_durations(path: Path = DURATIONS) -> dict[str, float]:
+    """Seconds per test file (its path under tests/, e.g. ``test_generate.py``); empty if there is no record."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--write-durations", metavar="FILE", default=None,
+                     help="write each test file's seconds (setup, call and teardown of its tests, summed) to FILE "
+                          "as JSON, longest first: the order tests/conftest.py gives the files (make test-durations)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files keep their own order
+    seconds = recorded_durations()
+    # stable: files keep their own test order, and files of equal (or unknown) seconds their collection order
+    items.sort(key=lambda item: -seconds.get(item.path.resolve().relative_to(TESTS_DIR).as_posix(), math.inf))
+
+
+class DurationRecorder:
+    """Sums each test file's seconds from the test reports (on the xdist controller, every worker's) and
+    writes them at the end of a session that ran to its end (passed or failed, not interrupted). Files this
+    run did not reach keep their recorded seconds; files no longer under tests/ are dropped."""
+
+    def __init__(self, config: pytest.Config, path: Path) -> None:
+        self.config, self.path, self.seconds = config, path, {}
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        test_file = (self.config.rootpath / report.nodeid.split("::")[0]).resolve()
+        if test_file.is_relative_to(TESTS_DIR):
+            key = test_file.relative_to(TESTS_DIR).as_posix()
+            self.seconds[key] = self.seconds.get(key, 0.0) + report.duration
+
+    def pytest_sessionfinish(self, exitstatus: int) -> None:
+        if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) or not self.seconds:
+            return
+        merged = {name: s for name, s in recorded_durations(self.path).items() if (TESTS_DIR / name).exists()}
+        merged.update({name: round(s) for name, s in self.seconds.items()})
+        self.path.write_text(json.dumps(dict(sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))), indent=1)
+                             + "\n", encoding="utf-8")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    path = config.getoption("--write-durations")
+    if path and not hasattr(config, "workerinput"):  # the controller (or a run without xdist), not a worker
+        config.pluginmanager.register(DurationRecorder(config, Path(path).resolve()), "sapray-durations")
 
 
 # Resolved once, and its folder made, so a test that changes directory or a missing folder cannot break the hook
