@@ -278,6 +278,7 @@ def select_config(tmp_path: Path, questions: str, candidates: dict[str, str], ou
             "ray": {"actors": 1, "batch_size": 15}, "bootstrap": 50, "output": str(output)}
 
 
+@pytest.mark.slow
 def test_select_through_the_cli_scores_good_rows_exactly_as_from_clean_files(ray_local, tmp_path):
     """One strategy per format, every file faulty, run by `python -m sapray select` as a user would."""
     clean = {s: str(tmp_path / f"clean-{s}.jsonl") for s in STRATEGIES}
@@ -328,6 +329,7 @@ def test_select_through_the_cli_scores_good_rows_exactly_as_from_clean_files(ray
     ("candidates.jsonl", bytes(range(256)) * 16, r"candidates\.jsonl: no usable candidate rows \(\d+ row"),
     ("candidates.parquet", b"PAR1\x00\x00", r"candidates\.parquet: cannot be read"),
 ])
+@pytest.mark.slow
 def test_the_cli_says_what_is_wrong_without_a_traceback_when_nothing_is_usable(tmp_path, name, content, message):
     (tmp_path / name).write_bytes(content)
     (tmp_path / "q.jsonl").write_text(jsonl(QUESTIONS))
@@ -342,6 +344,7 @@ def test_the_cli_says_what_is_wrong_without_a_traceback_when_nothing_is_usable(t
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
+@pytest.mark.slow
 def test_generate_with_a_file_teacher_writes_the_same_set_from_faulty_files(fmt, ray_local, tmp_path):
     teacher_rows = [{**r, "strategy": s} for s in ("human", "socratic") for r in candidate_rows(s)]
     metadata, train = {}, {}
@@ -383,6 +386,7 @@ def test_a_question_whose_only_teacher_row_is_bad_is_rejected_with_that_rows_rea
     assert reject["reason"].endswith(f"its row {tmp_path / 'c.jsonl'}:2: column 'response' is dict, not a string")
 
 
+@pytest.mark.slow
 def test_filter_scores_good_samples_exactly_as_from_a_clean_file(ray_local, tmp_path):
     """The faulty file (17 MiB with its over-long line) is read in 4 MiB shards by several workers."""
     good = [{"question": q["question"], "response": r["response"]}

@@ -14,6 +14,9 @@ from sapray.engines.models import TINY_RANDOM
 from sapray.jobs.filter import load_filter_config, run_filter
 from sapray.jobs.outputs import write_filter_outputs
 
+# Every test runs filter jobs on Ray Data, each over 20 s: make test-fast leaves the file out
+pytestmark = pytest.mark.slow
+
 
 @pytest.fixture(scope="module")
 def samples_file(tmp_path_factory) -> str:

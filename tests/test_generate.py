@@ -57,6 +57,7 @@ def job(tmp_path: Path, exemplars: str, questions: str, **extra) -> dict:
     }
 
 
+@pytest.mark.slow
 def test_run_resumes_after_kill_9_in_full_generation_without_duplicates(ray_local, tmp_path, exemplar_file,
                                                                         capsys):
     """`sapray run`, killed during the full set and run again: the selection is reused, the set completed.
@@ -253,6 +254,7 @@ def vllm_server(smollm2_path, tmp_path_factory):
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 def test_openai_teacher_retries_transient_failures_and_rejects_permanent_ones(
         ray_local, exemplar_file, vllm_server, tmp_path, monkeypatch, capfd):
     proxy = FaultProxy(vllm_server)
@@ -301,6 +303,7 @@ def test_retry_after_header_parsing():
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 def test_race_in_run_stops_asking_an_eliminated_teacher(ray_local, exemplar_file, vllm_server, tmp_path,
                                                          monkeypatch):
     """Three API teachers; the one sampling at temperature 2 writes text the target finds unfamiliar,
@@ -350,6 +353,7 @@ def _asked(body: bytes) -> tuple[str, str]:
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 def test_run_with_an_api_teacher_resumes_from_its_journal_after_kill_9(ray_local, exemplar_file,
                                                                        vllm_server, tmp_path, monkeypatch, capsys):
     """`sapray run` with an OpenAI-compatible teacher (`vllm serve` behind the proxy), killed with SIGKILL once

@@ -19,6 +19,9 @@ from sapray.dataplane.teachers import teacher_key
 from sapray.engines.models import TINY_RANDOM
 from sapray.jobs.run import run_all
 
+# Two `sapray run`s with vLLM teachers (minutes): make test-fast leaves the file out
+pytestmark = pytest.mark.slow
+
 
 def jsonl(path):
     return [json.loads(line) for line in path.read_text().splitlines()]

@@ -58,6 +58,7 @@ def _copy_without_report(run: Path, target: Path) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_select_writes_report_and_sapray_report_rebuilds_it(real_run, tmp_path):
     page = (real_run / "report.html").read_text()
     selection = json.loads((real_run / "selection.json").read_text())
@@ -71,6 +72,7 @@ def test_select_writes_report_and_sapray_report_rebuilds_it(real_run, tmp_path):
     assert (copy_dir / "report.html").read_bytes() == (real_run / "report.html").read_bytes()
 
 
+@pytest.mark.slow
 def test_sapray_report_from_s3(real_run, s3_server, tmp_path):
     fs = pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
                            endpoint_override=s3_server.removeprefix("http://"), scheme="http")
@@ -248,6 +250,7 @@ def test_filter_report(tmp_path):
     assert "read empty response 1" in text
 
 
+@pytest.mark.slow
 def test_real_filter_writes_report_and_sapray_report_rebuilds_it(tmp_path):
     """`sapray filter --method ifd` on 4 samples (2 questions x 2 strategies) and one row without a response."""
     questions = {q["question_id"]: q["question"] for q in load_questions()[:2]}
@@ -317,6 +320,7 @@ def _not_blank(png: Path) -> bool:
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 def test_real_report_in_headless_chromium(real_run, tmp_path):
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (.ci/run installs Debian's chromium package)")

@@ -230,6 +230,7 @@ def garbled(text: str) -> str:
     return " ".join("".join(rng.sample(w, len(w))) for w in text.split()[::-1])
 
 
+@pytest.mark.slow
 def test_race_drops_a_loser_and_never_scores_it_again(ray_local, exemplar_file, tmp_path):
     keep = ("human", "175b_verification")
     rows = [c for c in load_candidates() if c["strategy"] in keep]

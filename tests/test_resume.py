@@ -30,6 +30,9 @@ from sapray.jobs.outputs import write_filter_outputs, write_outputs
 from sapray.jobs.plan import plan_job
 from sapray.jobs.select import run_select
 
+# Every test kills a job and runs it again (minutes each): make test-fast leaves the file out
+pytestmark = pytest.mark.slow
+
 ENV = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # each job its own local Ray
 
 

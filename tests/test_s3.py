@@ -48,6 +48,7 @@ def _run_cli(command: str, config: dict, tmp_path, s3_env: dict[str, str], *args
     return done
 
 
+@pytest.mark.slow
 def test_select_reads_and_writes_s3(s3_env, tmp_path):
     out = f"s3://{BUCKET}/runs/small"
     config = small_config(f"s3://{BUCKET}/in/questions.jsonl", f"s3://{BUCKET}/in/candidates.jsonl",
@@ -109,6 +110,7 @@ def test_uri_paths_are_not_resolved_locally(tmp_path):
     assert cfg.output == f"s3://{BUCKET}/runs/x"
 
 
+@pytest.mark.slow
 def test_filter_reads_and_writes_s3_from_the_workers(s3_env, tmp_path):
     """`sapray filter` (ifd) on an s3:// input read in 1 KiB shards: the workers read the bucket and
     write kept/, scores/ and rejects/ part files back to it."""
@@ -135,6 +137,7 @@ def test_filter_reads_and_writes_s3_from_the_workers(s3_env, tmp_path):
     assert reject["source"] == f"s3://{BUCKET}/in/samples.jsonl:3" and reject["reason"] == "empty response"
 
 
+@pytest.mark.slow
 def test_generate_reads_and_writes_s3_from_the_workers(s3_env, tmp_path):
     """`sapray generate` with a file teacher, s3:// questions read in 1 KiB shards and an s3:// output:
     the workers write the shards and the training set's part files to the bucket."""

@@ -42,6 +42,7 @@ def plain_sap(model, tokenizer, question: str, exemplars: list[str], response: s
         return math.exp(model(input_ids=ids, labels=labels).loss.item())
 
 
+@pytest.mark.slow
 def test_mean_sap_equals_plain_computation(one_actor, smollm2_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -68,6 +69,7 @@ def test_mean_sap_equals_plain_computation(one_actor, smollm2_path):
     assert selection["ranking"] == ranked
 
 
+@pytest.mark.slow
 def test_exemplars_recorded_and_never_the_question_itself(one_actor):
     result, out = one_actor
     for row in pq.read_table(out / "scores.parquet").to_pylist():
@@ -75,6 +77,7 @@ def test_exemplars_recorded_and_never_the_question_itself(one_actor):
         assert len(set(row["exemplar_ids"])) == 3
 
 
+@pytest.mark.slow
 def test_two_actors_and_a_second_run_give_identical_bytes(one_actor, exemplar_file, tmp_path):
     """The same config and seed, run again with a second actor scoring: the same selection, exemplars and
     scores, byte for byte (one run covers both: a second run with one actor costs as much again)."""

@@ -6,10 +6,14 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import load_candidates, load_questions, read_parts
 from helpers import base_config, run, write_jsonl
 
 from sapray.engines.models import TINY_RANDOM
+
+# Every test runs a select job with the 135M model, each over 20 s: make test-fast leaves the file out
+pytestmark = pytest.mark.slow
 
 
 def test_bad_rows_are_rejected_with_reasons_and_counts_reconcile(ray_local, exemplar_file, tmp_path):

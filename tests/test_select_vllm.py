@@ -9,7 +9,7 @@ from sapray.config import load_config
 from sapray.jobs.select import run_select
 
 pytest.importorskip("vllm")
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
 def test_vllm_actor_scores_match_hf_actor(ray_local, exemplar_file, tmp_path):
