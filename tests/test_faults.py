@@ -344,7 +344,6 @@ def test_the_cli_says_what_is_wrong_without_a_traceback_when_nothing_is_usable(t
 
 
 @pytest.mark.parametrize("fmt", FORMATS)
-@pytest.mark.slow
 def test_generate_with_a_file_teacher_writes_the_same_set_from_faulty_files(fmt, ray_local, tmp_path):
     teacher_rows = [{**r, "strategy": s} for s in ("human", "socratic") for r in candidate_rows(s)]
     metadata, train = {}, {}

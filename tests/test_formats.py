@@ -40,7 +40,6 @@ def test_json_array_files_read_like_datasets_reads_them(tmp_path):
     assert list(questions) == expected
 
 
-@pytest.mark.slow
 def test_training_set_loads_in_datasets_and_renders_with_the_chat_template(ray_local, tmp_path, tokenizer):
     from conftest import DATA_DIR
 

@@ -12,7 +12,7 @@ from helpers import base_config, run, write_jsonl
 
 from sapray.engines.models import TINY_RANDOM
 
-# Every test runs a select job with the 135M model, each over 20 s: make test-fast leaves the file out
+# Every test runs a select job with the 135M model, about 20 s or more each: make test-fast leaves the file out
 pytestmark = pytest.mark.slow
 
 
