@@ -148,19 +148,28 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     items.sort(key=lambda item: -seconds.get(item.path.resolve().relative_to(TESTS_DIR).as_posix(), math.inf))
 
 
+# A test over this many seconds (setup and teardown included) on the 2-core box is marked slow (pyproject.toml)
+SLOW_S = 20
+
+
 class DurationRecorder:
     """Sums each test file's seconds from the test reports (on the xdist controller, every worker's) and
     writes them at the end of a session that ran to its end (passed or failed, not interrupted). Files this
-    run did not reach keep their recorded seconds; files no longer under tests/ are dropped."""
+    run did not reach keep their recorded seconds; files no longer under tests/ are dropped. The terminal
+    summary names the tests over SLOW_S that are not marked slow (a report, never a failure)."""
 
     def __init__(self, config: pytest.Config, path: Path) -> None:
-        self.config, self.path, self.seconds = config, path, {}
+        self.config, self.path, self.seconds, self.tests, self.marked = config, path, {}, {}, set()
+        self.written = False
 
     def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
         test_file = (self.config.rootpath / report.nodeid.split("::")[0]).resolve()
         if test_file.is_relative_to(TESTS_DIR):
             key = test_file.relative_to(TESTS_DIR).as_posix()
             self.seconds[key] = self.seconds.get(key, 0.0) + report.duration
+        self.tests[report.nodeid] = self.tests.get(report.nodeid, 0.0) + report.duration
+        if "slow" in report.keywords:
+            self.marked.add(report.nodeid)
 
     def pytest_sessionfinish(self, exitstatus: int) -> None:
         if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) or not self.seconds:
@@ -169,6 +178,17 @@ class DurationRecorder:
         merged.update({name: round(s) for name, s in self.seconds.items()})
         self.path.write_text(json.dumps(dict(sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))), indent=1)
                              + "\n", encoding="utf-8")
+        self.written = True
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        unmarked = sorted(((s, nodeid) for nodeid, s in self.tests.items()
+                           if s > SLOW_S and nodeid not in self.marked), reverse=True)
+        terminalreporter.write_sep("=", f"test file seconds {'written to' if self.written else 'NOT written to'} "
+                                        f"{self.path}")
+        if unmarked:
+            terminalreporter.write_line(f"over {SLOW_S} s here and not marked slow (make test-fast runs them):")
+            for s, nodeid in unmarked:
+                terminalreporter.write_line(f"  {s:7.1f} s  {nodeid}")
 
 
 def pytest_configure(config: pytest.Config) -> None:
