@@ -6,7 +6,7 @@ VLLM_EXTRA ?= cpu
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.sapray-installed
 
-.PHONY: install demo test test-fast lint bench docs
+.PHONY: install demo test test-fast test-durations lint bench docs
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -25,15 +25,22 @@ demo: $(STAMP)
 	$(VENV)/bin/sapray demo
 
 # Two workers, one test file each at a time (module fixtures such as an engine stay one per file),
-# the longest files first (tests/conftest.py orders them; xdist's own order would put them last).
+# the longest files first (tests/conftest.py orders them by tests/durations.json; xdist's own order
+# would put them last).
 TEST_WORKERS ?= 2
 PYTEST := $(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
 
 test: $(STAMP)
 	$(PYTEST) -ra --durations=25
 
+# Minutes, not half an hour: no test marked slow (over about 20 s on the 2-core box), no vLLM, no Ray cluster.
 test-fast: $(STAMP)
-	$(PYTEST) -m "not vllm and not cluster"
+	$(PYTEST) -m "not slow and not vllm and not cluster"
+
+# The whole suite, as `make test` runs it, recording each test file's seconds in tests/durations.json (the
+# files' order); commit the file it rewrites.
+test-durations: $(STAMP)
+	$(PYTEST) -ra --durations=25 --write-durations=tests/durations.json
 
 lint: $(STAMP)
 	$(VENV)/bin/ruff check sapray tests benchmarks jobs scripts

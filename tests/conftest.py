@@ -1,16 +1,22 @@
-"""Shared fixtures: the embedded SmolLM2 target, the hf engine, and the 20-question GSM8K test data."""
+"""Shared fixtures: the embedded SmolLM2 target, the hf engine, the 20-question GSM8K test data, the fixed
+exemplar file and the moto S3 server. Every fixture more than one test module uses lives here (pytest finds
+them without an import); plain helpers several modules share are in ``helpers.py`` and ``small_job.py``."""
 
 from __future__ import annotations
 
 import json
+import math
 import os
 import signal
+import socket
 import subprocess
+import sys
 import time
 import warnings
 from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -22,10 +28,11 @@ import pytest
 # put test_generate.py's capfd test first in its worker; `import ray` alone left Ray Data's handler).
 import ray
 import ray.data  # noqa: F401
+from helpers import DATA_DIR, write_jsonl
+from small_job import exemplar_rows, jsonl
 
 from sapray.engines.models import resolve_model
 
-DATA_DIR = Path(__file__).parent / "data" / "gsm8k_first20"
 N_EXEMPLARS = 3
 
 
@@ -111,21 +118,83 @@ def stop_process(proc: subprocess.Popen, what: str, group: bool = False) -> None
         proc.wait()
 
 
-# The files that take minutes, longest first (measured, quiet, 2026-11-28: 405 s down to 53 s of test
-# time each). Run with --no-loadscope-reorder (the Makefile does), the two workers take them first and
-# the quick files fill the end, instead of xdist's default order (most tests first), which left one
-# worker alone with the two-node cluster test for the last minutes.
-LONGEST_FIRST = ["test_generate.py", "test_resume.py", "test_filter_job.py", "test_faults.py",
-                 "test_generate_vllm_teacher.py",
-                 "test_select.py", "test_engine_parity.py", "test_shared_contexts.py", "test_cluster.py", "test_s3.py",
-                 "test_hub.py", "test_select_vllm.py", "test_lora.py", "test_race.py", "test_html_report.py",
-                 "test_select_inputs.py", "test_generate_output.py", "test_paper_layout.py", "test_mine.py",
-                 "test_no_silent_minute.py"]
+# The test files longest first, from the seconds each took in the last full run, recorded in the repository
+# (tests/durations.json, written by `make test-durations`). Run with --no-loadscope-reorder (the Makefile
+# does), the two workers take the files that take minutes first and the quick files fill the end, instead of
+# xdist's default order (most tests first), which left one worker alone with the two-node cluster test for
+# the last minutes. A file missing from the record goes first: its cost is unknown, and a long file taken
+# last keeps one worker busy alone for all of it, while a quick file taken first costs the order nothing.
+TESTS_DIR = Path(__file__).resolve().parent
+DURATIONS = TESTS_DIR / "durations.json"
+
+
+def recorded_durations(path: Path = DURATIONS) -> dict[str, float]:
+    """Seconds per test file (its path under tests/, e.g. ``test_generate.py``); empty if there is no record."""
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        return {}
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    parser.addoption("--write-durations", metavar="FILE", default=None,
+                     help="write each test file's seconds (setup, call and teardown of its tests, summed) to FILE "
+                          "as JSON, longest first: the order tests/conftest.py gives the files (make test-durations)")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: files keep their own order
+    seconds = recorded_durations()
+    # stable: files keep their own test order, and files of equal (or unknown) seconds their collection order
+    items.sort(key=lambda item: -seconds.get(item.path.resolve().relative_to(TESTS_DIR).as_posix(), math.inf))
+
+
+# A test over this many seconds (setup and teardown included) on the 2-core box is marked slow (pyproject.toml)
+SLOW_S = 20
+
+
+class DurationRecorder:
+    """Sums each test file's seconds from the test reports (on the xdist controller, every worker's) and
+    writes them at the end of a session that ran to its end (passed or failed, not interrupted). Files this
+    run did not reach keep their recorded seconds; files no longer under tests/ are dropped. The terminal
+    summary names the tests over SLOW_S that are not marked slow (a report, never a failure)."""
+
+    def __init__(self, config: pytest.Config, path: Path) -> None:
+        self.config, self.path, self.seconds, self.tests, self.marked = config, path, {}, {}, set()
+        self.written = False
+
+    def pytest_runtest_logreport(self, report: pytest.TestReport) -> None:
+        test_file = (self.config.rootpath / report.nodeid.split("::")[0]).resolve()
+        if test_file.is_relative_to(TESTS_DIR):
+            key = test_file.relative_to(TESTS_DIR).as_posix()
+            self.seconds[key] = self.seconds.get(key, 0.0) + report.duration
+        self.tests[report.nodeid] = self.tests.get(report.nodeid, 0.0) + report.duration
+        if "slow" in report.keywords:
+            self.marked.add(report.nodeid)
+
+    def pytest_sessionfinish(self, exitstatus: int) -> None:
+        if exitstatus not in (pytest.ExitCode.OK, pytest.ExitCode.TESTS_FAILED) or not self.seconds:
+            return
+        merged = {name: s for name, s in recorded_durations(self.path).items() if (TESTS_DIR / name).exists()}
+        merged.update({name: round(s) for name, s in self.seconds.items()})
+        self.path.write_text(json.dumps(dict(sorted(merged.items(), key=lambda kv: (-kv[1], kv[0]))), indent=1)
+                             + "\n", encoding="utf-8")
+        self.written = True
+
+    def pytest_terminal_summary(self, terminalreporter) -> None:
+        unmarked = sorted(((s, nodeid) for nodeid, s in self.tests.items()
+                           if s > SLOW_S and nodeid not in self.marked), reverse=True)
+        terminalreporter.write_sep("=", f"test file seconds {'written to' if self.written else 'NOT written to'} "
+                                        f"{self.path}")
+        if unmarked:
+            terminalreporter.write_line(f"over {SLOW_S} s here and not marked slow (make test-fast runs them):")
+            for s, nodeid in unmarked:
+                terminalreporter.write_line(f"  {s:7.1f} s  {nodeid}")
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    path = config.getoption("--write-durations")
+    if path and not hasattr(config, "workerinput"):  # the controller (or a run without xdist), not a worker
+        config.pluginmanager.register(DurationRecorder(config, Path(path).resolve()), "sapray-durations")
 
 
 # Resolved once, and its folder made, so a test that changes directory or a missing folder cannot break the hook
@@ -289,3 +358,62 @@ def read_parts(folder) -> list[dict]:
         else:
             rows += [json.loads(line) for line in part.read_text().splitlines()]
     return rows
+
+
+@pytest.fixture(scope="module")
+def exemplar_file(tmp_path_factory) -> str:
+    """Four fixed exemplars (answers to train-set questions, not to any test question), one file per module."""
+    return write_jsonl(tmp_path_factory.mktemp("ex") / "exemplars.jsonl", exemplar_rows())
+
+
+# The moto S3 server's bucket and its dummy credentials
+BUCKET = "sapray-test"
+CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+               "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def s3_server(tmp_path_factory):
+    """moto's S3 server on a free port, with the test data uploaded; yields its endpoint URL (one per module)."""
+    port = _free_port()
+    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
+    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=log, stderr=subprocess.STDOUT)
+    def listening() -> bool:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S).close()
+            return True
+        except OSError:
+            return False
+
+    try:
+        wait_until(listening, "the moto S3 server to listen", proc, poll_s=0.3)
+        fs = pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
+                               endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True)
+        fs.create_dir(BUCKET)  # a bucket
+        uploads = {"in/questions.jsonl": (DATA_DIR / "questions.jsonl").read_bytes(),
+                   "in/candidates.jsonl": (DATA_DIR / "candidates.jsonl").read_bytes(),
+                   "in/exemplars.jsonl": jsonl(exemplar_rows()).encode()}
+        for key, data in uploads.items():
+            with fs.open_output_stream(f"{BUCKET}/{key}") as f:
+                f.write(data)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        stop_process(proc, "the moto S3 server")
+        log.close()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch) -> dict[str, str]:
+    """The S3 credentials and the moto server's endpoint in this process's environment; also returned."""
+    for key, value in CREDENTIALS.items():
+        monkeypatch.setenv(key, value)
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
+    return {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_server}

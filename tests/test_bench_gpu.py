@@ -73,6 +73,7 @@ def tokenizer_dir(tmp_path_factory, smollm2_path) -> Path:
     return dest
 
 
+@pytest.mark.slow
 def test_tiny_cpu_run_reports_every_row_and_passes_the_correctness_check(tokenizer_dir, tmp_path):
     out = tmp_path / "bench.json"
     done = run_blocked("--device", "cpu", "--tiny", "--tokenizer", str(tokenizer_dir), "--json", str(out))

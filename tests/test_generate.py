@@ -27,7 +27,7 @@ from conftest import (
     wait_until,
     without_timings,
 )
-from test_select import exemplar_file, write_jsonl  # noqa: F401  (fixture)
+from helpers import write_jsonl
 
 from sapray.config import load_config
 from sapray.dataplane.api_teacher import retry_after_seconds
@@ -58,7 +58,8 @@ def job(tmp_path: Path, exemplars: str, questions: str, **extra) -> dict:
     }
 
 
-def test_run_resumes_after_kill_9_in_full_generation_without_duplicates(ray_local, tmp_path, exemplar_file,  # noqa: F811
+@pytest.mark.slow
+def test_run_resumes_after_kill_9_in_full_generation_without_duplicates(ray_local, tmp_path, exemplar_file,
                                                                         capsys):
     """`sapray run`, killed during the full set and run again: the selection is reused, the set completed.
     The target is the tiny random-weight model (what is checked is the resume, not SAP); the teachers are
@@ -254,8 +255,9 @@ def vllm_server(smollm2_path, tmp_path_factory):
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 def test_openai_teacher_retries_transient_failures_and_rejects_permanent_ones(
-        ray_local, exemplar_file, vllm_server, tmp_path, monkeypatch, capfd):  # noqa: F811
+        ray_local, exemplar_file, vllm_server, tmp_path, monkeypatch, capfd):
     proxy = FaultProxy(vllm_server)
     threading.Thread(target=proxy.serve_forever, daemon=True).start()
     monkeypatch.setenv("SAPRAY_TEST_API_KEY", SECRET)
@@ -302,7 +304,8 @@ def test_retry_after_header_parsing():
 
 
 @pytest.mark.vllm
-def test_race_in_run_stops_asking_an_eliminated_teacher(ray_local, exemplar_file, vllm_server, tmp_path,  # noqa: F811
+@pytest.mark.slow
+def test_race_in_run_stops_asking_an_eliminated_teacher(ray_local, exemplar_file, vllm_server, tmp_path,
                                                          monkeypatch):
     """Three API teachers; the one sampling at temperature 2 writes text the target finds unfamiliar,
     is dropped after round 1, and its teacher gets no request in the later rounds. The full
@@ -351,7 +354,8 @@ def _asked(body: bytes) -> tuple[str, str]:
 
 
 @pytest.mark.vllm
-def test_run_with_an_api_teacher_resumes_from_its_journal_after_kill_9(ray_local, exemplar_file,  # noqa: F811
+@pytest.mark.slow
+def test_run_with_an_api_teacher_resumes_from_its_journal_after_kill_9(ray_local, exemplar_file,
                                                                        vllm_server, tmp_path, monkeypatch, capsys):
     """`sapray run` with an OpenAI-compatible teacher (`vllm serve` behind the proxy), killed with SIGKILL once
     its second batch of round 1 is journaled, then run again: the teacher is never asked again for a batch

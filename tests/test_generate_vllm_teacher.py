@@ -11,13 +11,16 @@ import json
 import pyarrow.parquet as pq
 import pytest
 from conftest import load_questions, read_parts, without_timings
+from helpers import write_jsonl
 from test_generate import job, teacher_strategies
-from test_select import exemplar_file, write_jsonl  # noqa: F401  (fixture)
 
 from sapray.config import load_config
 from sapray.dataplane.teachers import teacher_key
 from sapray.engines.models import TINY_RANDOM
 from sapray.jobs.run import run_all
+
+# Two `sapray run`s with vLLM teachers (minutes): make test-fast leaves the file out
+pytestmark = pytest.mark.slow
 
 
 def jsonl(path):
@@ -26,7 +29,7 @@ def jsonl(path):
 
 @pytest.mark.vllm
 def test_run_with_a_vllm_teacher_starts_each_engine_once_with_the_outputs_of_a_pool_per_round(
-        ray_local, exemplar_file, tmp_path):  # noqa: F811
+        ray_local, exemplar_file, tmp_path):
     pytest.importorskip("vllm")
     questions = write_jsonl(tmp_path / "q.jsonl", load_questions()[:2])
     results = {}

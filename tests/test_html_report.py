@@ -20,9 +20,8 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import PATIENCE_S, load_candidates, load_questions
+from conftest import BUCKET, CREDENTIALS, PATIENCE_S, load_candidates, load_questions
 from small_job import DATA_DIR, REPO, exemplar_rows, jsonl, small_config
-from test_s3 import BUCKET, CREDENTIALS, s3_server  # noqa: F401  (the moto server fixture)
 
 from sapray.core.filters import distribution
 from sapray.core.validation import rows_from_records, validate
@@ -59,6 +58,7 @@ def _copy_without_report(run: Path, target: Path) -> Path:
     return target
 
 
+@pytest.mark.slow
 def test_select_writes_report_and_sapray_report_rebuilds_it(real_run, tmp_path):
     page = (real_run / "report.html").read_text()
     selection = json.loads((real_run / "selection.json").read_text())
@@ -72,7 +72,8 @@ def test_select_writes_report_and_sapray_report_rebuilds_it(real_run, tmp_path):
     assert (copy_dir / "report.html").read_bytes() == (real_run / "report.html").read_bytes()
 
 
-def test_sapray_report_from_s3(real_run, s3_server, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_sapray_report_from_s3(real_run, s3_server, tmp_path):
     fs = pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
                            endpoint_override=s3_server.removeprefix("http://"), scheme="http")
     for name in RUN_FILES:
@@ -249,6 +250,7 @@ def test_filter_report(tmp_path):
     assert "read empty response 1" in text
 
 
+@pytest.mark.slow
 def test_real_filter_writes_report_and_sapray_report_rebuilds_it(tmp_path):
     """`sapray filter --method ifd` on 4 samples (2 questions x 2 strategies) and one row without a response."""
     questions = {q["question_id"]: q["question"] for q in load_questions()[:2]}
@@ -318,6 +320,7 @@ def _not_blank(png: Path) -> bool:
 
 
 @pytest.mark.browser
+@pytest.mark.slow
 def test_real_report_in_headless_chromium(real_run, tmp_path):
     if CHROMIUM is None:
         pytest.skip("chromium is not installed (.ci/run installs Debian's chromium package)")

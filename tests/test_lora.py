@@ -20,6 +20,9 @@ from sapray.core.contexts import Layout, build_requests
 from sapray.core.scoring import encode_all, score
 from sapray.engines import load_engine
 
+# Both tests over 20 s (the adapter is made and loaded by module fixtures): make test-fast leaves the file out
+pytestmark = pytest.mark.slow
+
 peft = pytest.importorskip("peft")
 
 REL_TOL = 5e-3

@@ -86,6 +86,7 @@ EASY = [  # SmolLM2-135M answers only the first correctly (greedy, 64 tokens): c
 ]
 
 
+@pytest.mark.slow
 def test_the_mine_command_finds_a_checked_answer_writes_a_select_ready_file_and_honours_exclusions(tmp_path):
     pool = tmp_path / "pool.jsonl"
     pool.write_text("".join(json.dumps({"question_id": f"e{k}", "question": q, "gold": g}) + "\n"

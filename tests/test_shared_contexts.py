@@ -19,6 +19,10 @@ from sapray.core.contexts import Layout, build_requests
 from sapray.core.metrics import nll
 from sapray.core.scoring import EncodedRequest, encode_all
 
+# The module fixtures' plain forwards and the shared-context paths: all but one test over 20 s,
+# make test-fast leaves the file out
+pytestmark = pytest.mark.slow
+
 REL_TOL = 1e-5  # relative, on each request's mean NLL
 
 
