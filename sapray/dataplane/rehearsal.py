@@ -130,5 +130,5 @@ def describe(result: dict[str, Any]) -> str:
             f"  data plane  {result['data_plane_cpu_s']:,.1f} CPU-s ({result['tokens_per_data_plane_cpu_s'] or 0:,} "
             f"tokens per CPU-s); driver {result['driver_cpu_s']:,.1f} CPU-s\n"
             f"  projected   {p['wall_s']:,.1f} s on {r['devices']} devices with {p['data_plane_cores']:g} data-plane "
-            f"cores, bound by the {p['bounds_s'] and p['bound_by']}; each device needs "
+            f"cores, bound by the {p['bound_by']}; each device needs "
             f"{result['cores_per_device'] or 0:g} data-plane cores to stay fed at its scoring rate")
