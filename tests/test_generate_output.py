@@ -47,6 +47,7 @@ def test_templates_fill_question_gold_examples_and_literal_braces():
     assert plain.prompt_hash() == plain.model_copy(update={"examples": []}).prompt_hash()
 
 
+@pytest.mark.slow
 def test_output_resumes_sums_cost_over_runs_and_refuses_another_strategy(ray_local, tmp_path):
     questions = load_questions()[:6]
     gen = GenerateConfig(output=str(tmp_path / "train"), shard_size=2)
@@ -143,6 +144,7 @@ def test_entry_totals_sum_every_shard_entry_and_this_runs_by_hand():
     assert entry_totals(batch, "b")["run.money"] == [None]  # a run without prices has no money, not 0
 
 
+@pytest.mark.slow
 def test_the_cluster_join_rejects_duplicate_ids_and_joins_id_less_responses_by_text(ray_local, tmp_path,
                                                                                      monkeypatch):
     """A teacher file in chat form without ids joins by exact text. A second row with a known id is a
@@ -179,6 +181,7 @@ def test_the_cluster_join_rejects_duplicate_ids_and_joins_id_less_responses_by_t
     assert metadata["rows"] + metadata["rejected"] == len(rows)
 
 
+@pytest.mark.slow
 def test_run_whose_sample_responses_are_all_rejected_ends_with_one_clear_message(ray_local, tmp_path):
     """No response scored (here: every one over the length limit) means no winner: `sapray run` says so
     and where the rejects are, without a traceback (it ended in a TypeError, found when a run's tiny-model
@@ -237,6 +240,7 @@ def test_each_row_is_generated_with_its_own_sampling_as_if_asked_alone():
     assert plain["completion_tokens"] == [1, 1, 1]
 
 
+@pytest.mark.slow
 def test_strategies_of_one_model_teacher_share_its_actors_and_keep_their_own_prompts(ray_local):
     """The sample for two prompt styles of one hf teacher: one actor pool (the engine loads once), each
     strategy's prompts, sampling and costs its own, in the order asked."""
