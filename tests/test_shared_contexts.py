@@ -19,8 +19,8 @@ from sapray.core.contexts import Layout, build_requests
 from sapray.core.metrics import nll
 from sapray.core.scoring import EncodedRequest, encode_all
 
-# The module fixtures' plain forwards and the shared-context paths: all but one test over 20 s,
-# make test-fast leaves the file out
+# The module fixtures' plain forwards and the shared-context paths, 173-234 s for the file in two full runs
+# (3 to 6 of its 7 tests over 20 s): make test-fast leaves the file out
 pytestmark = pytest.mark.slow
 
 REL_TOL = 1e-5  # relative, on each request's mean NLL
