@@ -164,6 +164,7 @@ def test_generate_reads_and_writes_s3_from_the_workers(s3_env, tmp_path):
     assert json.loads(_read(f"{out}/metadata.json"))["questions_done"] == 20
 
 
+@pytest.mark.slow
 def test_mine_writes_its_exemplars_sidecar_and_journal_to_s3(s3_env, tmp_path):
     """`sapray mine --output s3://...`: the exemplar file, its provenance sidecar and the journal beside them
     in the bucket, nothing in a local folder named after the URI."""
