@@ -108,7 +108,7 @@ def test_a_secret_never_prints():
 
 def test_a_finished_selection_is_reused_only_for_the_same_config(tmp_path):
     from sapray.config import load_config
-    from sapray.jobs.run import finished_selection
+    from sapray.dataplane.runs import finished_selection
 
     raw = {"data": {"questions": str(DATA_DIR / "questions.jsonl"), "candidates": str(DATA_DIR / "candidates.jsonl")},
            "exemplars": {"file": "x.jsonl"}, "output": str(tmp_path / "sel")}

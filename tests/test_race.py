@@ -146,7 +146,7 @@ def test_cheapest_pick_follows_the_races_end():
     from types import SimpleNamespace
 
     from sapray.core.race import choice_set
-    from sapray.jobs.run import pick_for_full_set
+    from sapray.dataplane.runs import pick_for_full_set
 
     costs = {"a": {"questions": 10, "money": 1.0, "prompt_tokens": 0, "completion_tokens": 0},
              "b": {"questions": 10, "money": 0.5, "prompt_tokens": 0, "completion_tokens": 0},

@@ -1,0 +1,100 @@
+"""What ``sapray run`` keeps beside a selection's outputs: the engines it plans to keep resident, the sample
+the teachers generated and its cost, whether an earlier run with the same config already finished its
+selection, the strategy it generates the full set with, and each engine's starts.
+
+    sample_candidates/<strategy>.jsonl   every candidate the teachers generated for the sample
+    sample_generation_cost.jsonl         the sample's tokens and money per strategy; written last, so a
+                                         selection killed while writing its outputs is redone
+    run.json                             (the selection's) plus ``engine_starts`` once the full set is done
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from sapray.config import SelectConfig
+from sapray.core.race import choice_set
+from sapray.dataplane.read import InputError
+from sapray.dataplane.rounds import TeacherRounds
+from sapray.dataplane.sample import Target, scorer_spec
+from sapray.dataplane.teachers import api_teacher_kwargs, model_teacher_kwargs, teacher_key
+from sapray.engines.models import locate
+from sapray.storage import child, filesystem, read_text, write_text
+
+
+def planned_engines(cfg: SelectConfig) -> dict[str, tuple[type, dict[str, Any]]]:
+    """The engines of a run by key: the scorer and each teacher model or endpoint (file teachers hold none)."""
+    planned = {"scorer": scorer_spec(cfg, Target.of(cfg))}
+    for strategy in cfg.strategies:
+        kind = strategy.teacher.kind
+        if kind == "openai":
+            planned.setdefault(teacher_key(strategy), api_teacher_kwargs(strategy))
+        elif kind in ("hf", "vllm"):
+            commit = locate(strategy.teacher.model, strategy.teacher.revision).commit
+            planned.setdefault(teacher_key(strategy), model_teacher_kwargs(strategy, commit))
+    return planned
+
+
+def _read_json(uri: str, jsonl: bool = False) -> Any:
+    text = read_text(uri)
+    return [json.loads(line) for line in text.splitlines()] if jsonl else json.loads(text)
+
+
+def _write_jsonl(uri: str, rows: list[dict]) -> None:
+    write_text(uri, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+
+
+def finished_selection(cfg: SelectConfig) -> tuple[dict, dict] | None:
+    """The selection and sample costs that an earlier `sapray run` with this same config wrote, if any."""
+    try:
+        run = _read_json(child(cfg.output, "run.json"))
+        summary = _read_json(child(cfg.output, "selection.json"))
+        costs = _read_json(child(cfg.output, "sample_generation_cost.jsonl"), jsonl=True)
+    except (OSError, json.JSONDecodeError):  # not there (or unreadable): select again
+        return None
+    if run.get("config") != json.loads(json.dumps(cfg.model_dump())):
+        return None
+    return summary, {c.pop("strategy"): c for c in costs}
+
+
+def record_sample(output: str, teachers: TeacherRounds | None) -> dict[str, dict]:
+    """Write the sample's candidates and then its costs per strategy (the costs last: ``finished_selection``
+    needs them); the costs by strategy."""
+    sample_costs = teachers.cost if teachers else {}
+    if teachers:
+        fs, root = filesystem(child(output, "sample_candidates"))
+        fs.create_dir(root, recursive=True)
+        for name in teachers.names:
+            _write_jsonl(child(output, f"sample_candidates/{name}.jsonl"),
+                         [r for r in teachers.rows if r["strategy"] == name])
+    _write_jsonl(child(output, "sample_generation_cost.jsonl"),
+                 [{"strategy": k, **v} for k, v in sample_costs.items()])
+    return sample_costs
+
+
+def pick_for_full_set(cfg: SelectConfig, summary: dict, sample_costs: dict[str, dict]) -> str:
+    """The winner; with ``sample.pick: cheapest``, of the strategies the race's end allows (``choice_set``:
+    those certified good enough, or every contender after a budget stop) the one whose sample cost least
+    per question (money where priced, then generated tokens; data costs nothing)."""
+    if not summary.get("winner"):  # nothing was scored: every sampled response was rejected, or none came
+        raise InputError(f"no response of any strategy could be scored on the sample, so there is no winner to "
+                         f"generate the full set with; why each was rejected: {child(cfg.output, 'rejects')}/ "
+                         f"and {child(cfg.output, 'report.html')}")
+    pool = choice_set(summary.get("race") or {})
+    if cfg.sample.pick == "lowest_sap" or len(pool) < 2:
+        return summary["winner"]["strategy"]
+
+    def cost_per_question(name: str) -> tuple[float, float]:
+        c = sample_costs.get(name)
+        if not c or not c["questions"]:
+            return 0.0, 0.0
+        return (c["money"] or 0.0) / c["questions"], (c["prompt_tokens"] + c["completion_tokens"]) / c["questions"]
+
+    return min(pool, key=lambda n: (cost_per_question(n), pool.index(n)))
+
+
+def record_engine_starts(output: str, starts: dict[str, dict[str, int]]) -> None:
+    """Add each engine's starts per actor (counted by the actors, the full set's included) to run.json."""
+    uri = child(output, "run.json")
+    write_text(uri, json.dumps({**_read_json(uri), "engine_starts": starts}, indent=2) + "\n")
