@@ -3,8 +3,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sys
+from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
 
@@ -36,13 +38,13 @@ def friendly(command):
     return wrapper
 
 
-def _execute(cfg: SelectConfig, verbose: bool, restart: bool) -> None:
+def _execute(cfg: SelectConfig, verbose: bool, restart: bool, rehearsal=None) -> None:
     from sapray.jobs.select import run_select, write_selection
     from sapray.present.tables import render_table
 
-    with session(cfg.output, verbose):
-        result = run_select(cfg, on_round=console.say, restart=restart)
-        paths = write_selection(cfg.output, result, cfg.model_dump())
+    with job_session(cfg, verbose, rehearsal) as job:
+        result = run_select(job.cfg, on_round=console.say, restart=restart)
+        paths = write_selection(job.cfg.output, result, job.cfg.model_dump())
     counts = result.counts
     lines = [render_table(result.summary), "",
              f"rows: {counts['candidate_rows_in']} in = {counts['scored']} scored + {counts['rejected']} rejected + "
@@ -57,6 +59,7 @@ def _execute(cfg: SelectConfig, verbose: bool, restart: bool) -> None:
                  + (f", {t['sample_generation_s']:.0f} s sample generation" if t["sample_generation_s"] else "")
                  + f"); wrote {paths['report.html']}, selection.json and {len(paths) - 2} more files")
     console.result("\n".join(lines))
+    job.show_rehearsal()
 
 
 def _overrides(set_items: tuple[str, ...], **flags) -> list[str]:
@@ -89,6 +92,67 @@ def common_flags(f):
 def restart_flag(f):
     return click.option("--restart", is_flag=True, help="start over: empty the output's journal first (a rerun "
                         "without it continues from the journal, and refuses one a different config wrote)")(f)
+
+
+def rehearse_flags(f):
+    """--rehearse DEVICE [--devices N] [--time-scale X], read as one ``Rehearsal`` (``rehearsal``, None without)."""
+    for option in reversed([
+        click.option("--rehearse", "device", metavar="DEVICE", help="run the whole job with simulated engines (the "
+                     "target's and the teachers') at this device's measured rates (h200-llama3-8b, "
+                     "h200-llama3-8b-eager, cpu-smollm2-hf, cpu-smollm2-vllm), into OUTPUT/rehearsal, and project "
+                     "the real run; no endpoint is asked"),
+        click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
+                     help="with --rehearse: how many such devices (one simulated actor each)"),
+        click.option("--time-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
+                     help="with --rehearse: the simulated engines run this many times faster than the device"),
+    ]):
+        f = option(f)
+
+    @functools.wraps(f)
+    def wrapper(*args, device: str | None, devices: int, time_scale: float, **kwargs):
+        from sapray.dataplane.rehearsal import Rehearsal
+
+        try:
+            rehearsal = Rehearsal(device, devices, time_scale) if device else None
+        except ValueError as exc:
+            raise click.UsageError(str(exc)) from None
+        return f(*args, rehearsal=rehearsal, **kwargs)
+    return wrapper
+
+
+@dataclass
+class Job:
+    """A select, run or generate job's config to run, and a rehearsal's measurements once it ends."""
+
+    cfg: SelectConfig
+    rehearsed: dict | None = None
+
+    def show_rehearsal(self) -> None:
+        if self.rehearsed:
+            from sapray.dataplane.rehearsal import describe
+
+            console.result(describe(self.rehearsed))
+
+
+@contextlib.contextmanager
+def job_session(cfg: SelectConfig, verbose: bool, rehearsal=None, log_in_training_set: bool = False):
+    """The session a select, run or generate job runs in (its run.log in the output, or in the training set's).
+    With --rehearse the job runs ``cfg``'s simulated twin, writing into OUTPUT/rehearsal, and its measurements
+    (taken before the session stops Ray) go to the twin's rehearsal.json."""
+    meter = None
+    if rehearsal is not None:
+        from sapray.dataplane.rehearsal import Meter, rehearsed
+
+        meter = Meter(cfg.output)
+        cfg = rehearsed(cfg, rehearsal, str(meter.stats_dir))
+    job = Job(cfg)
+    with session(cfg.generate.output if log_in_training_set else cfg.output, verbose):
+        yield job
+        if meter:
+            from sapray.dataplane.rehearsal import write_rehearsal
+
+            job.rehearsed = meter.finish(rehearsal)
+            write_rehearsal(cfg.output, job.rehearsed)
 
 
 @click.group()
@@ -165,10 +229,11 @@ def select_config(config_path: str | None, candidate_args: tuple[str, ...], ques
 @select_inputs_flags
 @click.option("--print-config", is_flag=True, help="print the full resolved config as YAML and stop")
 @restart_flag
+@rehearse_flags
 @common_flags
 @friendly
 def select(config_path: str | None, candidate_args: tuple[str, ...], questions: str | None,
-           exemplar_file: str | None, pool: str | None, print_config: bool, restart: bool,
+           exemplar_file: str | None, pool: str | None, print_config: bool, restart: bool, rehearsal,
            set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     """Score every strategy's responses on a cost-bounded sample and name the most familiar.
 
@@ -180,7 +245,7 @@ def select(config_path: str | None, candidate_args: tuple[str, ...], questions: 
     if print_config:
         click.echo(yaml.safe_dump(cfg.model_dump(), sort_keys=False, allow_unicode=True), nl=False)
         return
-    _execute(cfg, verbose, restart)
+    _execute(cfg, verbose, restart, rehearsal)
 
 
 def demo_config() -> dict:
@@ -203,15 +268,16 @@ def demo_config() -> dict:
 
 @main.command()
 @restart_flag
+@rehearse_flags
 @common_flags
 @friendly
-def demo(restart: bool, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
+def demo(restart: bool, rehearsal, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     """Select among GSM8K's six real strategies for the embedded SmolLM2-135M-Instruct."""
     try:
         cfg = load_config(demo_config(), _overrides(set_items, **flags))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    _execute(cfg, verbose, restart)
+    _execute(cfg, verbose, restart, rehearsal)
 
 
 def _load(config_path: str, set_items, **flags) -> SelectConfig:
@@ -239,37 +305,41 @@ def _show_generation(metadata: dict) -> None:
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="YAML config with strategies")
 @click.option("--strategy", required=True, help="strategy to generate the full training set with")
+@rehearse_flags
 @common_flags
 @friendly
-def generate(config_path: str, strategy: str, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
+def generate(config_path: str, strategy: str, rehearsal, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     """Generate the full training set with one strategy (resumable: rerun the same command)."""
     from sapray.jobs.generate import run_generate
 
     cfg = _load(config_path, set_items, **flags)
-    with session(cfg.generate.output, verbose):
-        metadata = run_generate(cfg, strategy)
+    with job_session(cfg, verbose, rehearsal, log_in_training_set=True) as job:
+        metadata = run_generate(job.cfg, strategy)
     _show_generation(metadata)
+    job.show_rehearsal()
 
 
 @main.command()
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="YAML config with strategies")
 @restart_flag
+@rehearse_flags
 @common_flags
 @friendly
-def run(config_path: str, restart: bool, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
+def run(config_path: str, restart: bool, rehearsal, set_items: tuple[str, ...], verbose: bool, **flags) -> None:
     """Generate the sample with every strategy, select, then generate the full set with the winner."""
     from sapray.jobs.run import run_all
     from sapray.present.tables import render_table
 
     cfg = _load(config_path, set_items, **flags)
-    with session(cfg.output, verbose):
-        summary, costs, metadata = run_all(cfg, on_round=console.say, restart=restart)
+    with job_session(cfg, verbose, rehearsal) as job:
+        summary, costs, metadata = run_all(job.cfg, on_round=console.say, restart=restart)
     console.result(render_table(summary))
     for name, c in costs.items():
         console.result(f"sample generation {name}: {_tokens_and_money(c)}, {c['wall_s']:.1f} s, "
                        f"{c['rejected']} rejected")
     _show_generation(metadata)
+    job.show_rehearsal()
 
 
 @main.command("plan")
@@ -320,31 +390,24 @@ def plan_command(config_path: str | None, candidate_args: tuple[str, ...], quest
               help="the filter (overrides the config's method)")
 @click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE", help="override a config key")
 @click.option("--output", help="output folder or URI")
-@click.option("--rehearse", "device", metavar="DEVICE", help="run the whole job with simulated engines at this "
-              "device's measured rates (h200-llama3-8b, h200-llama3-8b-eager, cpu-smollm2-hf, cpu-smollm2-vllm), "
-              "into OUTPUT/rehearsal, and project the real run")
-@click.option("--devices", type=click.IntRange(min=1), default=1, show_default=True,
-              help="with --rehearse: how many such devices (one simulated actor each)")
-@click.option("--time-scale", type=click.FloatRange(min=0, min_open=True), default=1.0, show_default=True,
-              help="with --rehearse: the simulated engines run this many times faster than the device")
+@rehearse_flags
 @click.option("-v", "--verbose", is_flag=True, help="show Ray's and the workers' output on the console instead of "
               "in run.log")
 @restart_flag
 @friendly
 def filter_command(config_path: str, method: str | None, set_items: tuple[str, ...], output: str | None,
-                   device: str | None, devices: int, time_scale: float, verbose: bool, restart: bool) -> None:
+                   rehearsal, verbose: bool, restart: bool) -> None:
     """Keep the samples that will help: self-consistency, DS weight, LoBaSS or IFD."""
     import json
 
     from sapray.config import load_filter_config, read_yaml
-    from sapray.dataplane.rehearsal import Rehearsal, describe
+    from sapray.dataplane.rehearsal import describe
     from sapray.jobs.filter import run_filter, write_filter
 
     overrides = [*set_items, *([f"method={method}"] if method else []), *([f"output={output}"] if output else [])]
     try:
         cfg = load_filter_config(read_yaml(config_path), overrides)
-        rehearsal = Rehearsal(device, devices, time_scale) if device else None
-    except (ConfigError, ValueError) as exc:
+    except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
     with session(cfg.output, verbose):
         result = run_filter(cfg, restart, rehearsal)

@@ -136,9 +136,9 @@ class RayConfig(Strict):
 class TeacherConfig(Strict):
     """Who writes a strategy's responses: a model on an engine, an OpenAI-compatible endpoint, or a file."""
 
-    kind: Literal["vllm", "hf", "openai", "file"] = Field(
-        description="vllm or hf: a model on an engine actor; openai: an OpenAI-compatible endpoint; file: "
-        "responses written before")
+    kind: Literal["vllm", "hf", "sim", "openai", "file"] = Field(
+        description="vllm or hf: a model on an engine actor; sim: a simulated one (a rehearsal's, with the model's "
+        "tokenizer); openai: an OpenAI-compatible endpoint; file: responses written before")
     model: str | None = Field(None, description="vllm/hf: 'smollm2', a local HF directory or a Hub id; "
                               "openai: model name")
     revision: str | None = Field(None, description="vllm/hf with a Hub id: branch, tag or commit hash")
@@ -159,13 +159,19 @@ class TeacherConfig(Strict):
 
     @model_validator(mode="after")
     def needs(self) -> TeacherConfig:
-        required = {"vllm": ["model"], "hf": ["model"], "openai": ["model", "base_url"], "file": ["path"]}[self.kind]
+        required = {"vllm": ["model"], "hf": ["model"], "sim": ["model"], "openai": ["model", "base_url"],
+                    "file": ["path"]}[self.kind]
         missing = [k for k in required if getattr(self, k) is None]
         if missing:
             raise ValueError(f"a {self.kind} teacher needs {missing}")
-        if self.revision and self.kind not in ("vllm", "hf"):
-            raise ValueError(f"revision applies to vllm and hf teachers, not to a {self.kind} teacher")
+        if self.revision and not self.on_engine:
+            raise ValueError(f"revision applies to vllm, hf and sim teachers, not to a {self.kind} teacher")
         return self
+
+    @property
+    def on_engine(self) -> bool:
+        """A model on engine actors (hf, vllm, or simulated), which the driver tokenizes prompts for."""
+        return self.kind in ("hf", "vllm", "sim")
 
     def describe(self) -> str:
         if self.kind == "file":

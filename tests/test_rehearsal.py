@@ -81,3 +81,50 @@ def test_a_rehearsed_filter_is_the_real_job_with_simulated_engines(ray_local, sa
 def test_an_unknown_device_is_refused_before_anything_runs():
     with pytest.raises(ValueError, match="unknown device 'tpu-v9'"):
         Rehearsal("tpu-v9", 2)
+
+
+def test_a_rehearsed_run_simulates_every_teacher_and_asks_no_endpoint(tmp_path):
+    """`sapray run --rehearse`: the model teacher and the priced endpoint answer from simulated engines (the
+    endpoint is a closed port: asked, it would fail every row), the file teacher's over-length row is rejected
+    as the real job rejects it, and the outputs are the real run's, under OUTPUT/rehearsal."""
+    import yaml
+    from click.testing import CliRunner
+    from small_job import exemplar_rows, jsonl
+
+    from sapray.cli import main
+
+    questions = load_questions()[:4]
+    (tmp_path / "q.jsonl").write_text(jsonl(questions))
+    (tmp_path / "ex.jsonl").write_text(jsonl(exemplar_rows()))
+    answers = [{"question_id": q["question_id"], "response": "and so on " * (200 if k == 0 else 3)}
+               for k, q in enumerate(questions)]
+    (tmp_path / "file.jsonl").write_text(jsonl(answers))
+    strategies = [
+        {"name": "model", "teacher": {"kind": "hf", "model": TINY_RANDOM}, "prompt": "{question}", "max_tokens": 16},
+        {"name": "api", "teacher": {"kind": "openai", "base_url": "http://127.0.0.1:9/v1", "model": "gpt-4o",
+                                    "api_key_env": None, "price_per_million_prompt": 2.5,
+                                    "price_per_million_completion": 10.0}, "prompt": "{question}", "max_tokens": 16},
+        {"name": "file", "teacher": {"kind": "file", "path": str(tmp_path / "file.jsonl")}}]
+    config = {"model": TINY_RANDOM, "engine": "hf", "engine_args": {"max_length": 256},
+              "data": {"questions": str(tmp_path / "q.jsonl")}, "strategies": strategies,
+              "sample": {"max_questions": 4, "round_size": 4}, "exemplars": {"file": str(tmp_path / "ex.jsonl")},
+              "ray": {"actors": 1}, "output": str(tmp_path / "run"), "generate": {"output": str(tmp_path / "train")}}
+    (tmp_path / "run.yaml").write_text(yaml.safe_dump(config))
+    done = CliRunner().invoke(main, ["run", "--config", str(tmp_path / "run.yaml"), "--rehearse", "h200-llama3-8b",
+                                     "--devices", "2", "--time-scale", "10"])
+    assert done.exit_code == 0, done.output
+    out = tmp_path / "run" / "rehearsal"
+    assert sorted(p.name for p in (tmp_path / "run").iterdir()) == ["rehearsal"]  # nothing beside it
+    assert {"selection.json", "scores.parquet", "exemplars.jsonl", "run.json", "report.html", "journal", "rejects",
+            "sample_candidates", "sample_generation_cost.jsonl", "rehearsal.json"} <= {p.name for p in out.iterdir()}
+    assert {"metadata.json", "train", "parquet", "shards"} <= {p.name for p in (tmp_path / "train" /
+                                                                                   "rehearsal").iterdir()}
+    costs = {c["strategy"]: c for c in map(json.loads, (out / "sample_generation_cost.jsonl").read_text().splitlines())}
+    assert costs["api"]["money"] > 0 and costs["api"]["completion_tokens"] > 0  # priced as the endpoint would be
+    sampled = [json.loads(line) for line in (out / "sample_candidates" / "api.jsonl").read_text().splitlines()]
+    assert len(sampled) == 4 and not any(r.get("error") for r in sampled)  # no request was made
+    rejects = read_parts(out / "rejects")
+    assert [r["reason"] for r in rejects if "over-length" in r["reason"]], rejects
+    measured = json.loads((out / "rehearsal.json").read_text())
+    assert measured["tokens"] > 0 and measured["engine_actors"] >= 2  # the scorer's and the teachers'
+    assert "projected" in done.output and "rehearsal on 2 x h200-llama3-8b" in done.output

@@ -5,11 +5,13 @@ Every input row is read and validated, every context built and tokenized, every 
 written (into ``<output>/rehearsal``); only the engines are simulated. What it measures on this machine:
 - the engines' simulated device time (each ``SimEngine`` says what it waited, in device seconds);
 - the data plane's CPU time: every process of the job (the driver, Ray's daemons and workers) but the
-  simulated actors, and the driver's alone;
+  simulated actors, and the driver's alone; and the engine actors' own host work (select's actors tokenize),
+  which a real engine's host does too;
 - the tokens the engines were handed.
 From these it projects the real run on N such devices: the engines' time is their device seconds over N; the
-data plane's, its CPU seconds over the cores the cluster gives it; the driver's does not shrink with N. The
-largest bounds the run. ``cores_per_device`` is how many data-plane cores keep one device fed at its rate.
+data plane's, its CPU seconds (the engine actors' host work included) over the cores the cluster gives it; the
+driver's does not shrink with N. The largest bounds the run. ``cores_per_device`` is how many data-plane
+cores keep one device fed at its rate.
 """
 
 from __future__ import annotations
@@ -23,9 +25,9 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from sapray.config import ConfigError, FilterConfig, SelectConfig
+from sapray.config import FilterConfig, SelectConfig, TeacherConfig
 from sapray.core.costs import SIMULATED_DEVICES
-from sapray.storage import child
+from sapray.storage import child, write_text
 
 
 @dataclass(frozen=True)
@@ -54,13 +56,36 @@ class Rehearsal:
         return ray_cfg.model_copy(update={"actors": self.devices, "num_gpus_per_actor": 0, "num_cpus_per_actor": 0})
 
 
+def _simulated(teacher: TeacherConfig, target: SelectConfig, rehearsal: Rehearsal, stats_dir: str) -> TeacherConfig:
+    """A model or endpoint teacher as a simulated model teacher, at the rehearsal's device. An endpoint's prompts
+    are tokenized with the target's tokenizer (the endpoint's own is not at hand) and its prices kept, so the
+    rehearsal projects what its answers would cost; it asks no endpoint. File teachers stay as they are."""
+    if teacher.kind == "file":
+        return teacher
+    model, revision = (teacher.model, teacher.revision) if teacher.on_engine else (target.model, target.revision)
+    return TeacherConfig(kind="sim", model=model, revision=revision,
+                         engine_args=rehearsal.engine_args(teacher.engine_args, stats_dir),
+                         price_per_million_prompt=teacher.price_per_million_prompt,
+                         price_per_million_completion=teacher.price_per_million_completion)
+
+
 def rehearsed(cfg: FilterConfig | SelectConfig, rehearsal: Rehearsal, stats_dir: str) -> FilterConfig | SelectConfig:
-    """``cfg`` with simulated engines on ``rehearsal.devices`` actors, writing into ``<output>/rehearsal``."""
-    if isinstance(cfg, SelectConfig) and any(s.teacher.kind != "file" for s in cfg.strategies):
-        raise ConfigError("a rehearsal simulates the target's engines only: give the strategies' responses as data "
-                          "(teachers are not simulated yet)")
-    return cfg.model_copy(update={"engine": "sim", "engine_args": rehearsal.engine_args(cfg.engine_args, stats_dir),
-                                  "ray": rehearsal.ray(cfg.ray), "output": child(cfg.output, "rehearsal")})
+    """``cfg`` with simulated engines (the target's and the teachers') on ``rehearsal.devices`` actors each,
+    writing into ``<output>/rehearsal`` (and a training set into ``<generate.output>/rehearsal``)."""
+    update = {"engine": "sim", "engine_args": rehearsal.engine_args(cfg.engine_args, stats_dir),
+              "ray": rehearsal.ray(cfg.ray), "output": child(cfg.output, "rehearsal")}
+    if isinstance(cfg, SelectConfig):
+        update["strategies"] = [s.model_copy(update={"teacher": _simulated(s.teacher, cfg, rehearsal, stats_dir)})
+                                for s in cfg.strategies]
+        update["generate"] = cfg.generate.model_copy(update={"output": child(cfg.generate.output, "rehearsal")})
+    return cfg.model_copy(update=update)
+
+
+def write_rehearsal(output: str, result: dict[str, Any]) -> str:
+    """The rehearsal's measurements and projection as ``<output>/rehearsal.json`` (the rehearsal's own folder)."""
+    uri = child(output, "rehearsal.json")
+    write_text(uri, json.dumps(result, indent=2, sort_keys=True) + "\n")
+    return uri
 
 
 def _tree_cpu() -> dict[int, float]:
@@ -104,18 +129,24 @@ class Meter:
         spent = {pid: cpu_after[pid] - self.cpu_before.get(pid, 0.0) for pid in cpu_after}
         driver = spent.get(os.getpid(), 0.0)
         data_plane = sum(v for pid, v in spent.items() if pid not in simulated)
+        # the engine actors' own host work (select's actors tokenize; every actor converts Arrow), each process's
+        # latest report: a real engine's host does it too, so it counts toward the cores a device needs
+        actors_cpu = sum({e["pid"]: e.get("process_cpu_s", 0.0) for e in engines}.values())
         tokens = sum(e["scored"] + e["prompt"] + e["generated"] for e in engines)
         device_s = sum(e["waited_s"] for e in engines)
         cores = cores_per_device * rehearsal.devices if cores_per_device else float(os.cpu_count() or 1)
-        bounds = {"engines": device_s / rehearsal.devices, "data plane": data_plane / cores, "driver": driver}
+        bounds = {"engines": device_s / rehearsal.devices, "data plane": (data_plane + actors_cpu) / cores,
+                  "driver": driver}
         bound = max(bounds, key=bounds.get)
         rate = SIMULATED_DEVICES[rehearsal.device].score_tokens_per_s
         per_cpu_s = tokens / data_plane if data_plane else None
+        per_host_cpu_s = tokens / (data_plane + actors_cpu) if data_plane + actors_cpu else None
         return {
             "rehearsal": asdict(rehearsal), "wall_s": round(wall, 2), "engine_actors": len(engines),
             "tokens": tokens, "device_s": round(device_s, 4), "data_plane_cpu_s": round(data_plane, 2),
-            "driver_cpu_s": round(driver, 2), "tokens_per_data_plane_cpu_s": round(per_cpu_s) if per_cpu_s else None,
-            "cores_per_device": round(rate / per_cpu_s, 2) if per_cpu_s else None,
+            "engine_actors_cpu_s": round(actors_cpu, 2), "driver_cpu_s": round(driver, 2),
+            "tokens_per_data_plane_cpu_s": round(per_cpu_s) if per_cpu_s else None,
+            "cores_per_device": round(rate / per_host_cpu_s, 2) if per_host_cpu_s else None,
             "projection": {"data_plane_cores": cores, "bounds_s": {k: round(v, 2) for k, v in bounds.items()},
                            "wall_s": round(bounds[bound], 2), "bound_by": bound},
         }
@@ -128,7 +159,8 @@ def describe(result: dict[str, Any]) -> str:
             f"tokens to the engines in {result['wall_s']:.1f} s here\n"
             f"  engines     {result['device_s']:,.1f} device-s ({p['bounds_s']['engines']:,.1f} s on each device)\n"
             f"  data plane  {result['data_plane_cpu_s']:,.1f} CPU-s ({result['tokens_per_data_plane_cpu_s'] or 0:,} "
-            f"tokens per CPU-s); driver {result['driver_cpu_s']:,.1f} CPU-s\n"
+            f"tokens per CPU-s), {result['engine_actors_cpu_s']:,.1f} more in the engine actors' hosts; driver "
+            f"{result['driver_cpu_s']:,.1f} CPU-s\n"
             f"  projected   {p['wall_s']:,.1f} s on {r['devices']} devices with {p['data_plane_cores']:g} data-plane "
             f"cores, bound by the {p['bound_by']}; each device needs "
             f"{result['cores_per_device'] or 0:g} data-plane cores to stay fed at its scoring rate")

@@ -27,10 +27,9 @@ def planned_engines(cfg: SelectConfig) -> dict[str, tuple[type, dict[str, Any]]]
     """The engines of a run by key: the scorer and each teacher model or endpoint (file teachers hold none)."""
     planned = {"scorer": scorer_spec(cfg, Target.of(cfg))}
     for strategy in cfg.strategies:
-        kind = strategy.teacher.kind
-        if kind == "openai":
+        if strategy.teacher.kind == "openai":
             planned.setdefault(teacher_key(strategy), api_teacher_kwargs(strategy))
-        elif kind in ("hf", "vllm"):
+        elif strategy.teacher.on_engine:
             commit = locate(strategy.teacher.model, strategy.teacher.revision).commit
             planned.setdefault(teacher_key(strategy), model_teacher_kwargs(strategy, commit))
     return planned

@@ -175,7 +175,7 @@ def teacher_key(strategy: StrategyConfig) -> str:
     """Strategies with one key share engine actors: a model teacher's kind, model, revision and engine
     arguments (the prompt and sampling travel with each row); any other teacher is its strategy's own."""
     t = strategy.teacher
-    if t.kind in ("hf", "vllm"):
+    if t.on_engine:
         return json.dumps([t.kind, t.model, t.revision, t.engine_args], sort_keys=True)
     return f"strategy:{strategy.name}"
 

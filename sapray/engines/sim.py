@@ -99,7 +99,10 @@ class SimEngine:
         time.sleep(seconds / self.time_scale)
         if self.stats_dir:  # a rehearsal's: its stats after every call, one file per engine
             path = Path(self.stats_dir) / f"{os.getpid()}-{id(self)}.json"
-            path.with_suffix(".tmp").write_text(json.dumps({**self.stats(), "pid": os.getpid()}))
+            # the process's CPU time too: what the actor's host did (tokenizing, Arrow), which a real engine's
+            # host would do as well; dead actors can no longer be asked for it
+            path.with_suffix(".tmp").write_text(json.dumps({**self.stats(), "pid": os.getpid(),
+                                                            "process_cpu_s": round(time.process_time(), 3)}))
             path.with_suffix(".tmp").replace(path)
 
     def sequence_logprobs(self, requests: Sequence[EncodedRequest]) -> list[list[float]]:

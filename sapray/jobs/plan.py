@@ -135,7 +135,7 @@ def _unchecked(cfg: SelectConfig, sample: Sample) -> bool:
 
 def _prompt_tokens(strategy: StrategyConfig, questions: list[dict], target: Target) -> Figure:
     teacher = strategy.teacher
-    if teacher.kind in ("hf", "vllm"):
+    if teacher.on_engine:
         from transformers import AutoTokenizer
 
         tokenizer = AutoTokenizer.from_pretrained(locate(teacher.model, teacher.revision).path)
@@ -160,7 +160,7 @@ def _generation(cfg: SelectConfig, strategy: StrategyConfig, questions: list[dic
            "generated_tokens": asdict(generated),
            "money": asdict(Figure(money, "bound", "$", "prompt tokens counted, answers at max_tokens"))
            if money is not None else None}
-    if strategy.teacher.kind in ("hf", "vllm"):
+    if strategy.teacher.on_engine:
         where = place(model_teacher_kwargs(strategy, None)[1], cfg.ray)
         time = seconds_for(answers, strategy.teacher.kind, "generate", where, starts)
         time.note = "every answer at max_tokens; " + time.note
