@@ -6,7 +6,16 @@ from __future__ import annotations
 import pyarrow as pa
 import pytest
 
-from sapray.dataplane.journal import BatchMemo, Journal, JournalMismatch, batch_log, changes, input_identity
+from sapray.dataplane.journal import (
+    BatchMemo,
+    Journal,
+    JournalMismatch,
+    JournalUnreadable,
+    batch_log,
+    changes,
+    input_identity,
+    read_entry,
+)
 
 
 def test_entries_round_trip_and_a_half_written_one_is_not_an_entry(tmp_path):
@@ -51,3 +60,78 @@ def test_a_batch_memo_is_found_by_its_rows_orders(tmp_path):
     memo.put([4, 5], columns)
     assert memo.get([4, 5]).equals(columns)
     assert memo.get([4, 6]) is None and memo.get([5]) is None and memo.get([]) is None
+
+
+def test_an_entry_that_does_not_parse_is_computed_again_with_a_line_saying_so(tmp_path, capsys):
+    folder = tmp_path / "j"
+    journal = Journal(str(folder), {"model": "m"})
+    log = batch_log(journal, "batch")
+    batch = [{"row_id": "q1"}]
+    log(batch, [{"texts": ["x"]}])
+    journal.put("round-0001", {"scored": [1]})
+    entry = next(folder.glob("batch-*.json"))
+    entry.write_bytes(entry.read_bytes()[:5])  # a partial copy
+    again = Journal(str(folder), {"model": "m"})
+    assert again.entries == {"round-0001"}
+    assert batch_log(again, "batch")(batch) is None  # asked again, then journaled whole
+    assert f"{entry}: unreadable (JSONDecodeError" in capsys.readouterr().err
+    batch_log(again, "batch")(batch, [{"texts": ["y"]}])
+    assert batch_log(Journal(str(folder), {"model": "m"}), "batch")(batch) == [{"texts": ["y"]}]
+
+
+def test_an_unreadable_fingerprint_is_an_error_naming_it_and_restart_never_overwritten(tmp_path):
+    folder = tmp_path / "j"
+    Journal(str(folder), {"model": "m"}).put("round-0001", {})
+    fingerprint = folder / "fingerprint.json"
+    fingerprint.write_text('{"model": ')
+    with pytest.raises(JournalUnreadable, match=rf"{fingerprint}: unreadable.*--restart") as error:
+        Journal(str(folder), {"model": "m"})
+    assert "\n" not in str(error.value) and fingerprint.read_text() == '{"model": '
+    fingerprint.unlink()
+    fingerprint.mkdir()  # there, but no file can be read from it: an OSError that is not "not found"
+    with pytest.raises(JournalUnreadable, match="fingerprint.json: unreadable"):
+        Journal(str(folder), {"model": "m"})
+    fingerprint.rmdir()
+    assert Journal(str(folder), {"model": "m"}, restart=True).entries == set()
+
+
+def test_only_not_found_means_no_entry(tmp_path):
+    assert read_entry(str(tmp_path / "absent.json")) is None
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(JournalUnreadable):
+        read_entry(str(tmp_path / "folder.json"))
+
+
+def test_a_batch_memo_that_does_not_parse_is_computed_again(tmp_path, capsys):
+    memo = BatchMemo(str(tmp_path / "j"), "sums-score")
+    memo.put([1, 2], pa.table({"sum_0": [-1.0, -2.0]}))
+    part = next((tmp_path / "j").glob("*.parquet"))
+    part.write_bytes(part.read_bytes()[:20])
+    assert memo.get([1, 2]) is None and "unreadable" in capsys.readouterr().err
+
+
+def test_the_demo_on_an_output_whose_fingerprint_is_cut_short_says_so_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from sapray.cli import main
+
+    (tmp_path / "journal").mkdir()
+    (tmp_path / "journal" / "fingerprint.json").write_text('{"model": "smol')
+    done = CliRunner().invoke(main, ["demo", "--output", str(tmp_path)])
+    assert done.exit_code == 1 and "Traceback" not in done.output
+    assert done.output.strip().splitlines()[-1].startswith(f"Error: {tmp_path}/journal/fingerprint.json: unreadable")
+    assert "--restart" in done.output
+
+
+def test_on_s3_a_missing_entry_is_no_entry_and_a_cut_short_fingerprint_an_error(s3_env):
+    from conftest import BUCKET
+
+    from sapray.storage import child, write_text
+
+    folder = f"s3://{BUCKET}/journal-test"
+    assert read_entry(child(folder, "absent.json")) is None
+    Journal(folder, {"model": "m"}).put("round-0001", {"scored": [1]})
+    assert Journal(folder, {"model": "m"}).get("round-0001") == {"scored": [1]}
+    write_text(child(folder, "fingerprint.json"), '{"model"')
+    with pytest.raises(JournalUnreadable, match="fingerprint.json: unreadable.*--restart"):
+        Journal(folder, {"model": "m"})

@@ -10,7 +10,10 @@ shard, with the same results as a run that was never stopped:
 
 Each entry is written to a temporary name and moved into place (``read.write_text``), so an entry is there
 whole or not at all. A journal whose fingerprint differs from the job's is refused with the keys that
-changed, unless the job starts over (``restart``: the journal is emptied first).
+changed, unless the job starts over (``restart``: the journal is emptied first). An entry that is there but
+cannot be read or parsed (a partial copy of an output folder, a disk error) is computed again, with a console
+line naming it; a fingerprint that cannot be read is an error naming it (never overwritten: it is what tells
+whose journal this is).
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from sapray.console import console
 from sapray.core.errors import ConfigError
 from sapray.storage import child, filesystem, read_text, write_text, write_whole
 
@@ -33,6 +37,25 @@ FINGERPRINT = "fingerprint.json"
 
 class JournalMismatch(ConfigError):
     """The output's journal was written by a job that differs in what determines its contents."""
+
+
+class JournalUnreadable(ConfigError):
+    """A journal file is there but cannot be read or parsed."""
+
+
+def read_entry(uri: str) -> Any:
+    """A journal file's value; None when there is no such file. One that is there but cannot be read or parsed
+    is JournalUnreadable, naming it: only "not found" means "no entry"."""
+    fs, path = filesystem(uri)
+    try:
+        return json.loads(read_text(path, fs))
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8
+        # some object stores say "not found" as a plain OSError
+        if isinstance(exc, OSError) and fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return None
+        raise JournalUnreadable(f"{uri}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
 
 
 def sapray_version() -> str:
@@ -76,7 +99,8 @@ def changes(old: Any, new: Any, where: str = "") -> list[str]:
 
 
 class Journal:
-    """The entries of one job's journal folder (a local path or an object-store URI)."""
+    """The entries of one job's journal folder (a local path or an object-store URI), read once when it opens
+    (a journal holds rounds, batches of answers, exemplars: small)."""
 
     def __init__(self, folder: str, fingerprint: dict, restart: bool = False) -> None:
         self.folder = folder
@@ -84,29 +108,45 @@ class Journal:
         if restart and fs.get_file_info(path).type == pafs.FileType.Directory:
             fs.delete_dir_contents(path)
         fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))  # as it reads back
-        earlier = self.get(FINGERPRINT.removesuffix(".json"))
+        where = child(folder, FINGERPRINT)
+        try:
+            earlier = read_entry(where)
+        except JournalUnreadable as exc:
+            raise JournalUnreadable(f"{exc}: the journal's fingerprint cannot be read; run with --restart to start "
+                                    "over, or write to another output") from None
         if earlier is None:
-            write_text(child(folder, FINGERPRINT), json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+            write_text(where, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
         elif earlier != fingerprint:
             changed = "; ".join(changes(earlier, fingerprint)[:8])
             raise JournalMismatch(f"{folder} holds the journal of another run ({changed}): run with --restart to "
                                   "start over, or write to another output")
-        self.entries = {info.base_name.removesuffix(".json") for info in fs.get_file_info(pafs.FileSelector(path))
-                        if info.base_name.endswith(".json") and info.base_name != FINGERPRINT}
+        names = sorted(info.base_name.removesuffix(".json") for info in fs.get_file_info(pafs.FileSelector(path))
+                       if info.base_name.endswith(".json") and info.base_name != FINGERPRINT)
+        self.values: dict[str, Any] = {}
+        for name in names:
+            try:
+                value = read_entry(child(folder, f"{name}.json"))
+            except JournalUnreadable as exc:
+                console.say(f"journal: {exc}: computing it again")
+                continue
+            if value is not None:
+                self.values[name] = value
+
+    @property
+    def entries(self) -> set[str]:
+        return set(self.values)
 
     def __contains__(self, name: str) -> bool:
-        return name in self.entries
+        return name in self.values
 
     def get(self, name: str) -> Any:
-        """An entry's value, or None when the journal has no such entry."""
-        try:
-            return json.loads(read_text(child(self.folder, f"{name}.json")))
-        except (FileNotFoundError, OSError):
-            return None
+        """An entry's value, or None when the journal has no such entry (or it could not be read)."""
+        return self.values.get(name)
 
     def put(self, name: str, value: Any) -> None:
-        write_text(child(self.folder, f"{name}.json"), json.dumps(value, ensure_ascii=False, sort_keys=True))
-        self.entries.add(name)
+        text = json.dumps(value, ensure_ascii=False, sort_keys=True)
+        write_text(child(self.folder, f"{name}.json"), text)
+        self.values[name] = json.loads(text)  # as a rerun reads it back
 
 
 def batch_log(journal: Journal, scope: str) -> Callable[..., Any]:
@@ -116,7 +156,7 @@ def batch_log(journal: Journal, scope: str) -> Callable[..., Any]:
     def log(rows: list[dict], outputs: list[dict] | None = None) -> Any:
         name = f"{scope}-{digest(repr([(r.get('row_id'), r.get('strategy')) for r in rows]))}"
         if outputs is None:
-            return journal.get(name) if name in journal else None
+            return journal.get(name)
         journal.put(name, outputs)
         return None
     return log
@@ -141,11 +181,16 @@ class BatchMemo:
     def get(self, orders: list[int]) -> pa.Table | None:
         if not orders:
             return None
-        fs, path = filesystem(self._uri(orders))
+        uri = self._uri(orders)
+        fs, path = filesystem(uri)
         if fs.get_file_info(path).type != pafs.FileType.File:
             return None
-        with fs.open_input_file(path) as f:
-            return pq.read_table(f)
+        try:
+            with fs.open_input_file(path) as f:
+                return pq.read_table(f)
+        except (OSError, pa.ArrowInvalid) as exc:
+            console.say(f"journal: {uri}: unreadable ({type(exc).__name__}): computing it again")
+            return None
 
     def put(self, orders: list[int], columns: pa.Table) -> None:
         if orders:

@@ -39,8 +39,8 @@ def run_filter(cfg: FilterConfig, restart: bool = False, rehearsal: Rehearsal | 
     meter = Meter(cfg.output) if rehearsal else None
     if rehearsal:
         cfg = rehearsed(cfg, rehearsal, str(meter.stats_dir))
+    journal = Journal(child(cfg.output, "journal"), fingerprint(cfg), restart)  # before Ray: fails fast
     init_ray(cfg.ray)
-    journal = Journal(child(cfg.output, "journal"), fingerprint(cfg), restart)
     if memos(journal.folder):
         console.say(f"resuming: {memos(journal.folder):,} batch(es) of the earlier run from {journal.folder}")
     try:
