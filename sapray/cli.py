@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import functools
 import sys
+from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib import resources
 from pathlib import Path
 
@@ -36,11 +38,21 @@ def friendly(command):
     return wrapper
 
 
+@contextmanager
+def job_session(output: str, verbose: bool, lock: str | None = None) -> Iterator[None]:
+    """A job command's session (see sapray.present.session), holding its output's lock first (one run at a time
+    on an output: sapray.dataplane.lock); ``lock``: the lock file, when not ``<output>/lock.json``."""
+    from sapray.dataplane.lock import held, lock_of
+
+    with held(lock or lock_of(output)), session(output, verbose):
+        yield
+
+
 def _execute(cfg: SelectConfig, verbose: bool, restart: bool) -> None:
     from sapray.jobs.select import run_select, write_selection
     from sapray.present.tables import render_table
 
-    with session(cfg.output, verbose):
+    with job_session(cfg.output, verbose):
         result = run_select(cfg, on_round=console.say, restart=restart)
         paths = write_selection(cfg.output, result, cfg.model_dump())
     counts = result.counts
@@ -246,7 +258,7 @@ def generate(config_path: str, strategy: str, set_items: tuple[str, ...], verbos
     from sapray.jobs.generate import run_generate
 
     cfg = _load(config_path, set_items, **flags)
-    with session(cfg.generate.output, verbose):
+    with job_session(cfg.generate.output, verbose):
         metadata = run_generate(cfg, strategy)
     _show_generation(metadata)
 
@@ -263,7 +275,7 @@ def run(config_path: str, restart: bool, set_items: tuple[str, ...], verbose: bo
     from sapray.present.tables import render_table
 
     cfg = _load(config_path, set_items, **flags)
-    with session(cfg.output, verbose):
+    with job_session(cfg.output, verbose):
         summary, costs, metadata = run_all(cfg, on_round=console.say, restart=restart)
     console.result(render_table(summary))
     for name, c in costs.items():
@@ -346,7 +358,7 @@ def filter_command(config_path: str, method: str | None, set_items: tuple[str, .
         rehearsal = Rehearsal(device, devices, time_scale) if device else None
     except (ConfigError, ValueError) as exc:
         raise click.UsageError(str(exc)) from None
-    with session(cfg.output, verbose):
+    with job_session(cfg.output, verbose):
         result = run_filter(cfg, restart, rehearsal)
         paths = write_filter(result.output, result)
     c = result.summary["counts"]
@@ -463,6 +475,7 @@ def mine_command(set_items: tuple[str, ...], verbose: bool, restart: bool, batch
                  **options) -> None:
     """Mine exemplars alone: the target answers pool questions until n pass the answer checker."""
     from sapray.config import MineConfig, validate
+    from sapray.dataplane.lock import lock_of
     from sapray.dataplane.mining import write_mined
     from sapray.jobs.mine import run_mine
     from sapray.storage import parent
@@ -473,7 +486,7 @@ def mine_command(set_items: tuple[str, ...], verbose: bool, restart: bool, batch
         cfg = validate(MineConfig, raw, list(set_items))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    with session(parent(cfg.output), verbose):
+    with job_session(parent(cfg.output), verbose, lock_of(cfg.output, file=True)):
         result = run_mine(cfg, restart)
         path, sidecar = write_mined(cfg.output, result)
     p = result.provenance
