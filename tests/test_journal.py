@@ -3,14 +3,19 @@ and batch logs keyed by their rows."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
 from sapray.dataplane.journal import (
     BatchMemo,
     Journal,
+    Journaled,
     JournalMismatch,
     JournalUnreadable,
+    RowJournal,
+    RowJournalWriter,
     batch_log,
     changes,
     input_identity,
@@ -135,3 +140,44 @@ def test_on_s3_a_missing_entry_is_no_entry_and_a_cut_short_fingerprint_an_error(
     write_text(child(folder, "fingerprint.json"), '{"model"')
     with pytest.raises(JournalUnreadable, match="fingerprint.json: unreadable.*--restart"):
         Journal(folder, {"model": "m"})
+
+
+def test_rows_are_journaled_in_entries_of_journal_rows_and_merged_into_one_file_when_the_pass_ends(tmp_path):
+    folder = tmp_path / "j"
+    writer = RowJournalWriter(str(folder), "sums-score", 1000)
+    for start in range(0, 2_500, 32):  # batches of 32, as the engine actors send them, in any order
+        orders = list(range(start, min(start + 32, 2_500)))[::-1]
+        writer.add(pa.table({"reject": [""] * len(orders), "sum_0": [-o / 10 for o in orders], "order": orders}))
+    assert sorted(pq.read_metadata(p).num_rows for p in folder.glob("sums-score-*.parquet")) == [1000, 1000]
+    writer.close()
+    assert [p.name for p in folder.iterdir()] == ["sums-score.parquet"]
+    table = RowJournal(str(folder), "sums-score").load()
+    assert table.column("order").to_pylist() == list(range(2_500))
+    assert table.column("sum_0").to_pylist() == [-o / 10 for o in range(2_500)]
+
+
+def test_a_rerun_takes_journaled_rows_by_order_and_an_unreadable_entry_is_computed_again(tmp_path, capsys):
+    journal = RowJournal(str(tmp_path / "j"), "sums-score")
+    journal.write(pa.table({"sum_0": [-1.0, -2.0], "order": [7, 3]}))
+    journal.write(pa.table({"sum_0": [-2.0], "order": [3]}))  # a retried batch: journaled twice
+    journal.write(pa.table({"sum_0": [-9.0], "order": [9]}))
+    cut = max((tmp_path / "j").glob("*.parquet"), key=lambda p: p.stat().st_size)
+    cut.write_bytes(cut.read_bytes()[:30])
+    table = journal.load()
+    assert "computing its rows again" in capsys.readouterr().err
+    found, rows = Journaled(table).find(np.array([9, 3, 4, 7]))
+    kept = {3: -2.0, 7: -1.0, 9: -9.0}
+    assert set(table.column("order").to_pylist()) < set(kept)  # the cut entry's rows are not journaled
+    assert found.tolist() == [o in table.column("order").to_pylist() for o in (9, 3, 4, 7)]
+    assert rows.column("sum_0").to_pylist() == [kept[o] for o, f in zip((9, 3, 4, 7), found, strict=True) if f]
+
+
+def test_the_encoder_does_not_tokenize_rows_the_journal_holds(smollm2_path):
+    from sapray.dataplane.stages import EncodeRequests
+
+    encode = EncodeRequests("smollm2", None, "sim", {}, lambda row: [("", row["response"])], 1, "joint", "error",
+                            skip=np.array([1]))
+    out = encode(pa.table({"order": [0, 1], "response": ["two", "three"], "reject": ["", ""],
+                           "reject_stage": ["", ""]}))
+    lengths = [len(ids) for ids in out.column("continuation_ids_0").to_pylist()]
+    assert lengths[0] > 0 and lengths[1] == 0
