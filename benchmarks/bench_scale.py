@@ -7,7 +7,10 @@ engines at the named device's rates (``sapray filter --rehearse``): reading, val
 template and tokenizing, moving blocks, the journal, deciding and writing are real; the forward passes are
 not. It reports the tokens handed to the engines per CPU-second of the data plane (every process of the job
 but the simulated actors), the cores that feed one device at its scoring rate, the driver's peak RSS,
-the journal's files and bytes, and the wall time. Each configuration runs in a process of its own.
+the journal's files and bytes once merged, and the wall time; then the same command again on the same output,
+which finds every row in the journal: the seconds its journal takes to load (``rerun_find_place_s``: read the
+entries, find the rows journaled in every pass), the rerun's whole wall time and the tokens it hands the engines
+(none). Each configuration runs in a process of its own.
 
     PYTHONPATH=. .venv/bin/python benchmarks/bench_scale.py --samples 7914 --devices 1,8 \\
         --json benchmarks/results/bench_scale.json
@@ -44,20 +47,34 @@ def samples_file(data: Path, n: int, out: Path) -> Path:
 def one_run(args: argparse.Namespace) -> dict:
     """In this process: the rehearsed filter, and what it measured."""
     import resource
+    import time
 
     from sapray.config import load_filter_config
+    from sapray.dataplane.journal import RowJournal
     from sapray.dataplane.rehearsal import Rehearsal
-    from sapray.jobs.filter import run_filter, write_filter
+    from sapray.jobs.filter import everywhere, run_filter, write_filter
 
     cfg = load_filter_config({"method": "ifd", "input": args.input, "ifd": {"keep_fraction": 0.5},
-                              "ray": {"batch_size": args.batch_size, "shard_mb": args.shard_mb},
+                              "ray": {"batch_size": args.batch_size, "shard_mb": args.shard_mb,
+                                      "journal_rows": args.journal_rows},
                               "output": args.output})
-    result = run_filter(cfg, restart=True, rehearsal=Rehearsal(args.device, args.one_devices, args.time_scale))
+    rehearsal = Rehearsal(args.device, args.one_devices, args.time_scale)
+    result = run_filter(cfg, restart=True, rehearsal=rehearsal)
     write_filter(result.output, result)
     journal = [p for p in (Path(result.output) / "journal").rglob("*") if p.is_file()]
-    return {**result.summary["rehearsal"], "counts": result.summary["counts"],
-            "driver_peak_rss_mb": round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1),
-            "journal_files": len(journal), "journal_bytes": sum(p.stat().st_size for p in journal)}
+    peak_rss = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    started = time.monotonic()  # what a rerun of ifd does before its stages start: its one pass's journal loaded
+    found = everywhere([RowJournal(str(Path(result.output) / "journal"), "sums-score").load().column("order")
+                        .to_numpy()])
+    find_place_s = time.monotonic() - started
+    started = time.monotonic()
+    again = run_filter(cfg, rehearsal=rehearsal)
+    write_filter(again.output, again)
+    return {**result.summary["rehearsal"], "counts": result.summary["counts"], "driver_peak_rss_mb": peak_rss,
+            "journal_rows": args.journal_rows, "journal_files": len(journal),
+            "journal_bytes": sum(p.stat().st_size for p in journal), "rerun_rows_found": len(found),
+            "rerun_find_place_s": round(find_place_s, 3), "rerun_wall_s": round(time.monotonic() - started, 1),
+            "rerun_tokens": again.summary["rehearsal"]["tokens"]}
 
 
 def main() -> None:
@@ -71,6 +88,7 @@ def main() -> None:
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--shard-mb", type=float, default=1.0)
+    parser.add_argument("--journal-rows", type=int, default=1000)
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--json", default=None, help="also write the results here")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a single run, in this process
@@ -90,7 +108,8 @@ def main() -> None:
     for devices in [int(d) for d in args.devices.split(",")]:
         cmd = [sys.executable, __file__, "--one", "--input", str(samples), "--output", str(work / f"out-{devices}"),
                "--one-devices", str(devices), "--device", args.device, "--time-scale", str(args.time_scale),
-               "--batch-size", str(args.batch_size), "--shard-mb", str(args.shard_mb)]
+               "--batch-size", str(args.batch_size), "--shard-mb", str(args.shard_mb),
+               "--journal-rows", str(args.journal_rows)]
         done = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT,
                               env={**os.environ, "PYTHONPATH": str(ROOT)})
         if done.returncode:
@@ -100,8 +119,10 @@ def main() -> None:
         print(f"{devices:>3} x {args.device}: {row['tokens']:,} tokens, data plane {row['data_plane_cpu_s']:.1f} CPU-s "
               f"= {row['tokens_per_data_plane_cpu_s']:,} tokens/CPU-s ({row['cores_per_device']} cores per device); "
               f"driver {row['driver_cpu_s']:.1f} CPU-s, peak RSS {row['driver_peak_rss_mb']:.0f} MB; journal "
-              f"{row['journal_files']} files; wall {row['wall_s']:.1f} s; projected {row['projection']['wall_s']} s "
-              f"({row['projection']['bound_by']})", flush=True)
+              f"{row['journal_files']} files, {row['journal_bytes']:,} bytes; wall {row['wall_s']:.1f} s; projected "
+              f"{row['projection']['wall_s']} s ({row['projection']['bound_by']}); rerun: {row['rerun_rows_found']:,} "
+              f"rows found in {row['rerun_find_place_s']} s, {row['rerun_tokens']} tokens scored, wall "
+              f"{row['rerun_wall_s']} s", flush=True)
     report = {"machine": platform.processor() or platform.machine(), "cpus": os.cpu_count(), "results": results}
     if args.json:
         Path(args.json).write_text(json.dumps(report, indent=2) + "\n")

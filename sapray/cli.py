@@ -6,6 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
+from collections.abc import Iterator
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -36,6 +37,16 @@ def friendly(command):
             raise click.ClickException(str(exc)) from None
 
     return wrapper
+
+
+@contextlib.contextmanager
+def locked_session(output: str, verbose: bool, lock: str | None = None) -> Iterator[None]:
+    """A job command's session (see sapray.present.session), holding its output's lock first (one run at a time
+    on an output: sapray.dataplane.lock); ``lock``: the lock file, when not ``<output>/lock.json``."""
+    from sapray.dataplane.lock import held, lock_of
+
+    with held(lock or lock_of(output)), session(output, verbose):
+        yield
 
 
 def _execute(cfg: SelectConfig, verbose: bool, restart: bool, rehearsal=None) -> None:
@@ -146,7 +157,7 @@ def job_session(cfg: SelectConfig, verbose: bool, rehearsal=None, log_in_trainin
         meter = Meter(cfg.output)
         cfg = rehearsed(cfg, rehearsal, str(meter.stats_dir))
     job = Job(cfg)
-    with session(cfg.generate.output if log_in_training_set else cfg.output, verbose):
+    with locked_session(cfg.generate.output if log_in_training_set else cfg.output, verbose):
         yield job
         if meter:
             from sapray.dataplane.rehearsal import write_rehearsal
@@ -409,7 +420,7 @@ def filter_command(config_path: str, method: str | None, set_items: tuple[str, .
         cfg = load_filter_config(read_yaml(config_path), overrides)
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    with session(cfg.output, verbose):
+    with locked_session(cfg.output, verbose):
         result = run_filter(cfg, restart, rehearsal)
         paths = write_filter(result.output, result)
     c = result.summary["counts"]
@@ -526,6 +537,7 @@ def mine_command(set_items: tuple[str, ...], verbose: bool, restart: bool, batch
                  **options) -> None:
     """Mine exemplars alone: the target answers pool questions until n pass the answer checker."""
     from sapray.config import MineConfig, validate
+    from sapray.dataplane.lock import lock_of
     from sapray.dataplane.mining import write_mined
     from sapray.jobs.mine import run_mine
     from sapray.storage import parent
@@ -536,7 +548,7 @@ def mine_command(set_items: tuple[str, ...], verbose: bool, restart: bool, batch
         cfg = validate(MineConfig, raw, list(set_items))
     except ConfigError as exc:
         raise click.UsageError(str(exc)) from None
-    with session(parent(cfg.output), verbose):
+    with locked_session(parent(cfg.output), verbose, lock_of(cfg.output, file=True)):
         result = run_mine(cfg, restart)
         path, sidecar = write_mined(cfg.output, result)
     p = result.provenance

@@ -124,6 +124,9 @@ class RayConfig(Strict):
                             "prompts)")
     shard_mb: float = Field(64, gt=0, description="whole-dataset jobs read their input in pieces of about this "
                             "many MiB, each by one worker (a Parquet file by row groups)")
+    journal_rows: int = Field(1000, ge=1, description="a whole-dataset pass journals its finished rows in entries "
+                              "of this many (merged into one file per pass when it ends); a kill -9 computes "
+                              "about this many again, besides the batches in flight")
     num_cpus_per_actor: float | None = Field(None, ge=0, description="None: 1 (a CPU engine computes on one "
                                              "thread per CPU it has)")
     num_gpus_per_actor: float | None = Field(None, ge=0, description="None: vLLM tensor_parallel_size x "

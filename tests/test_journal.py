@@ -3,10 +3,24 @@ and batch logs keyed by their rows."""
 
 from __future__ import annotations
 
+import numpy as np
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 
-from sapray.dataplane.journal import BatchMemo, Journal, JournalMismatch, batch_log, changes, input_identity
+from sapray.dataplane.journal import (
+    BatchMemo,
+    Journal,
+    Journaled,
+    JournalMismatch,
+    JournalUnreadable,
+    RowJournal,
+    RowJournalWriter,
+    batch_log,
+    changes,
+    input_identity,
+    read_entry,
+)
 
 
 def test_entries_round_trip_and_a_half_written_one_is_not_an_entry(tmp_path):
@@ -51,3 +65,119 @@ def test_a_batch_memo_is_found_by_its_rows_orders(tmp_path):
     memo.put([4, 5], columns)
     assert memo.get([4, 5]).equals(columns)
     assert memo.get([4, 6]) is None and memo.get([5]) is None and memo.get([]) is None
+
+
+def test_an_entry_that_does_not_parse_is_computed_again_with_a_line_saying_so(tmp_path, capsys):
+    folder = tmp_path / "j"
+    journal = Journal(str(folder), {"model": "m"})
+    log = batch_log(journal, "batch")
+    batch = [{"row_id": "q1"}]
+    log(batch, [{"texts": ["x"]}])
+    journal.put("round-0001", {"scored": [1]})
+    entry = next(folder.glob("batch-*.json"))
+    entry.write_bytes(entry.read_bytes()[:5])  # a partial copy
+    again = Journal(str(folder), {"model": "m"})
+    assert again.entries == {"round-0001"}
+    assert batch_log(again, "batch")(batch) is None  # asked again, then journaled whole
+    assert f"{entry}: unreadable (JSONDecodeError" in capsys.readouterr().err
+    batch_log(again, "batch")(batch, [{"texts": ["y"]}])
+    assert batch_log(Journal(str(folder), {"model": "m"}), "batch")(batch) == [{"texts": ["y"]}]
+
+
+def test_an_unreadable_fingerprint_is_an_error_naming_it_and_restart_never_overwritten(tmp_path):
+    folder = tmp_path / "j"
+    Journal(str(folder), {"model": "m"}).put("round-0001", {})
+    fingerprint = folder / "fingerprint.json"
+    fingerprint.write_text('{"model": ')
+    with pytest.raises(JournalUnreadable, match=rf"{fingerprint}: unreadable.*--restart") as error:
+        Journal(str(folder), {"model": "m"})
+    assert "\n" not in str(error.value) and fingerprint.read_text() == '{"model": '
+    fingerprint.unlink()
+    fingerprint.mkdir()  # there, but no file can be read from it: an OSError that is not "not found"
+    with pytest.raises(JournalUnreadable, match="fingerprint.json: unreadable"):
+        Journal(str(folder), {"model": "m"})
+    fingerprint.rmdir()
+    assert Journal(str(folder), {"model": "m"}, restart=True).entries == set()
+
+
+def test_only_not_found_means_no_entry(tmp_path):
+    assert read_entry(str(tmp_path / "absent.json")) is None
+    (tmp_path / "folder.json").mkdir()
+    with pytest.raises(JournalUnreadable):
+        read_entry(str(tmp_path / "folder.json"))
+
+
+def test_a_batch_memo_that_does_not_parse_is_computed_again(tmp_path, capsys):
+    memo = BatchMemo(str(tmp_path / "j"), "sums-score")
+    memo.put([1, 2], pa.table({"sum_0": [-1.0, -2.0]}))
+    part = next((tmp_path / "j").glob("*.parquet"))
+    part.write_bytes(part.read_bytes()[:20])
+    assert memo.get([1, 2]) is None and "unreadable" in capsys.readouterr().err
+
+
+def test_the_demo_on_an_output_whose_fingerprint_is_cut_short_says_so_in_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from sapray.cli import main
+
+    (tmp_path / "journal").mkdir()
+    (tmp_path / "journal" / "fingerprint.json").write_text('{"model": "smol')
+    done = CliRunner().invoke(main, ["demo", "--output", str(tmp_path)])
+    assert done.exit_code == 1 and "Traceback" not in done.output
+    assert done.output.strip().splitlines()[-1].startswith(f"Error: {tmp_path}/journal/fingerprint.json: unreadable")
+    assert "--restart" in done.output
+
+
+def test_on_s3_a_missing_entry_is_no_entry_and_a_cut_short_fingerprint_an_error(s3_env):
+    from conftest import BUCKET
+
+    from sapray.storage import child, write_text
+
+    folder = f"s3://{BUCKET}/journal-test"
+    assert read_entry(child(folder, "absent.json")) is None
+    Journal(folder, {"model": "m"}).put("round-0001", {"scored": [1]})
+    assert Journal(folder, {"model": "m"}).get("round-0001") == {"scored": [1]}
+    write_text(child(folder, "fingerprint.json"), '{"model"')
+    with pytest.raises(JournalUnreadable, match="fingerprint.json: unreadable.*--restart"):
+        Journal(folder, {"model": "m"})
+
+
+def test_rows_are_journaled_in_entries_of_journal_rows_and_merged_into_one_file_when_the_pass_ends(tmp_path):
+    folder = tmp_path / "j"
+    writer = RowJournalWriter(str(folder), "sums-score", 1000)
+    for start in range(0, 2_500, 32):  # batches of 32, as the engine actors send them, in any order
+        orders = list(range(start, min(start + 32, 2_500)))[::-1]
+        writer.add(pa.table({"reject": [""] * len(orders), "sum_0": [-o / 10 for o in orders], "order": orders}))
+    assert sorted(pq.read_metadata(p).num_rows for p in folder.glob("sums-score-*.parquet")) == [1000, 1000]
+    writer.close()
+    assert [p.name for p in folder.iterdir()] == ["sums-score.parquet"]
+    table = RowJournal(str(folder), "sums-score").load()
+    assert table.column("order").to_pylist() == list(range(2_500))
+    assert table.column("sum_0").to_pylist() == [-o / 10 for o in range(2_500)]
+
+
+def test_a_rerun_takes_journaled_rows_by_order_and_an_unreadable_entry_is_computed_again(tmp_path, capsys):
+    journal = RowJournal(str(tmp_path / "j"), "sums-score")
+    journal.write(pa.table({"sum_0": [-1.0, -2.0], "order": [7, 3]}))
+    journal.write(pa.table({"sum_0": [-2.0], "order": [3]}))  # a retried batch: journaled twice
+    journal.write(pa.table({"sum_0": [-9.0], "order": [9]}))
+    cut = max((tmp_path / "j").glob("*.parquet"), key=lambda p: p.stat().st_size)
+    cut.write_bytes(cut.read_bytes()[:30])
+    table = journal.load()
+    assert "computing its rows again" in capsys.readouterr().err
+    found, rows = Journaled(table).find(np.array([9, 3, 4, 7]))
+    kept = {3: -2.0, 7: -1.0, 9: -9.0}
+    assert set(table.column("order").to_pylist()) < set(kept)  # the cut entry's rows are not journaled
+    assert found.tolist() == [o in table.column("order").to_pylist() for o in (9, 3, 4, 7)]
+    assert rows.column("sum_0").to_pylist() == [kept[o] for o, f in zip((9, 3, 4, 7), found, strict=True) if f]
+
+
+def test_the_encoder_does_not_tokenize_rows_the_journal_holds(smollm2_path):
+    from sapray.dataplane.stages import EncodeRequests
+
+    encode = EncodeRequests("smollm2", None, "sim", {}, lambda row: [("", row["response"])], 1, "joint", "error",
+                            skip=np.array([1]))
+    out = encode(pa.table({"order": [0, 1], "response": ["two", "three"], "reject": ["", ""],
+                           "reject_stage": ["", ""]}))
+    lengths = [len(ids) for ids in out.column("continuation_ids_0").to_pylist()]
+    assert lengths[0] > 0 and lengths[1] == 0

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import subprocess
 import sys
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 import yaml
 from conftest import kill_hard, load_candidates, load_questions, wait_until, without_timings
@@ -110,32 +112,38 @@ def selected(raw: dict, out: Path) -> None:
     write_selection(cfg.output, run_select(cfg), cfg.model_dump())
 
 
-def test_filter_resumes_batch_by_batch_after_kill_9(ray_local, tmp_path, capsys):
-    """IFD over 48 samples in batches of 4: killed once three batches are journaled by the scoring actor, and
-    its rerun killed again at seven; the last run scores only the batches the journal lacks; kept/, scores/
-    and rejects/ are byte for byte a whole run's."""
+def test_filter_resumes_row_by_row_after_kill_9_at_random_journal_events(ray_local, tmp_path, capsys):
+    """IFD over 48 samples in batches of 4, journaled in entries of 5 rows: killed once k entries are written,
+    its rerun killed again at a later k (both drawn, by journal event, never by time); the last run scores
+    only the rows the journal lacks and tokenizes none it holds; kept/, scores/ and rejects/ are byte for byte
+    a whole run's, and the journal ends as one file."""
     questions = {q["question_id"]: q["question"] for q in load_questions()}
     rows = [{"messages": [{"role": "user", "content": questions[c["question_id"]]},
                           {"role": "assistant", "content": c["response"]}], "sample_id": f"{c['question_id']}"}
             for c in load_candidates()[:48]]
     rows.insert(5, {"messages": [{"role": "user", "content": "no answer"}]})  # a reject, as in any real file
     raw = {"method": "ifd", "model": TINY_RANDOM, "input": write_jsonl(tmp_path / "samples.jsonl", rows),
-           "ifd": {"direction": "low", "keep_fraction": 0.5}, "ray": {"actors": 1, "batch_size": 4}}
+           "ifd": {"direction": "low", "keep_fraction": 0.5}, "ray": {"actors": 1, "batch_size": 4, "journal_rows": 5}}
     filtered(raw, tmp_path / "whole")
+    assert [p.name for p in (tmp_path / "whole" / "journal").glob("*.parquet")] == ["sums-score.parquet"]
     out = tmp_path / "resumed"
     path = tmp_path / "filter.yaml"
     path.write_text(yaml.safe_dump({**raw, "output": str(out)}))
     journal = out / "journal"
-    for at, log in ((3, "first.log"), (7, "second.log")):
-        killed(sapray("filter", "--config", str(path)), f"{at} batches journaled",
-               lambda at=at: len(list(journal.glob("sums-*.parquet"))) >= at, tmp_path / log)
-    assert "batch(es) of the earlier run" in (tmp_path / "second.log").read_text()  # it resumed
-    before = {p.name: p.stat().st_mtime_ns for p in journal.glob("sums-*.parquet")}
+    first, second = sorted(random.Random(40).sample(range(1, 9), 2))  # of 9 entries (48 rows, 5 an entry)
+    for at, log in ((first, "first.log"), (second, "second.log")):
+        killed(sapray("filter", "--config", str(path)), f"{at} journal entries written",
+               lambda at=at: len(list(journal.glob("sums-score-*.parquet"))) >= at, tmp_path / log)
+    entries = [pq.read_table(p) for p in journal.glob("sums-score-*.parquet")]
+    assert entries and all(t.num_rows == 5 for t in entries), [t.num_rows for t in entries]  # whole entries only
+    journaled = sum(t.num_rows for t in entries)
+    assert "samples scored by the earlier run" in (tmp_path / "second.log").read_text()  # it resumed
     capsys.readouterr()
     filtered(raw, out)
-    assert f"resuming: {len(before)} batch(es)" in capsys.readouterr().err
-    assert all(journal.joinpath(name).stat().st_mtime_ns == mtime for name, mtime in before.items())  # not redone
-    assert len(list(journal.glob("sums-*.parquet"))) == 12  # 48 usable samples, 4 a batch
+    assert f"resuming: {journaled} of 48 samples scored by the earlier run (not tokenized" in capsys.readouterr().err
+    assert [p.name for p in journal.glob("*.parquet")] == ["sums-score.parquet"]
+    assert pq.read_table(journal / "sums-score.parquet").column("order").to_pylist() == [
+        i for i in range(49) if i != 5]
     for folder in ("kept", "scores", "rejects"):
         assert parts(tmp_path / "whole" / folder) == parts(out / folder)
         same_files(tmp_path / "whole" / folder, out / folder, parts(out / folder))

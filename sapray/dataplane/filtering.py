@@ -174,23 +174,24 @@ SCORE_COLUMNS = {"dsweight": ("loss", "ds_weight", "shift"),
                  "ifd": ("nll_given_question", "nll_alone", "ifd")}
 
 
-def encode_samples(cfg: FilterConfig, ds, build: Callable[[dict], list], requests: int):
+def encode_samples(cfg: FilterConfig, ds, build: Callable[[dict], list], requests: int, skip: Any = None):
+    """Each row's requests tokenized (``stages.EncodeRequests``), but rows whose order is in ``skip``."""
     return ds.map_batches(
         stages.EncodeRequests, batch_format="pyarrow", batch_size=cfg.ray.batch_size,
         fn_constructor_kwargs={"model": cfg.model, "revision": cfg.revision, "engine": cfg.engine,
                                "engine_args": cfg.engine_args, "build": build, "requests": requests,
-                               "boundary": "joint", "overlong": cfg.overlong}, **stages.cpu_pool())
+                               "boundary": "joint", "overlong": cfg.overlong, "skip": skip}, **stages.cpu_pool())
 
 
 def score_samples(cfg: FilterConfig, ds, requests: int, prefix: str, model: str, revision: str | None,
-            engine_args: dict | None = None, drop_ids: bool = True, journal: str | None = None):
-    """Score every request of every row with an engine actor pool; sums and token counts come back (and go
-    to ``journal`` batch by batch, where a rerun finds them)."""
+            engine_args: dict | None = None, drop_ids: bool = True, journaled: Any = None, writer: Any = None):
+    """Score every request of every row with an engine actor pool; sums and token counts come back (rows in
+    ``journaled`` take its values; newly scored rows go to ``writer``: ``stages.ScoreSums``)."""
     # Resolved here first, so a missing model fails before any actor starts; actors load the same commit.
     spec = engine_spec(cfg, locate(model, revision).commit, model)
     pool = actor_pool(stages.ScoreSums, {
         "spec": spec.with_args({**spec.engine_args, **(engine_args or {})}), "requests": requests, "prefix": prefix,
-        "drop_ids": drop_ids, "journal": journal}, cfg.ray)
+        "drop_ids": drop_ids, "journaled": journaled, "writer": writer}, cfg.ray)
     return ds.map_batches(**pool, batch_format="pyarrow")
 
 

@@ -141,10 +141,12 @@ class EncodeRequests:
     """CPU stage: each row's scoring requests, tokenized as ``scoring.encode`` does for the engine.
 
     ``build(row)`` gives the row's (context, continuation) pairs, always as many; a request the rules
-    refuse (over-length, no tokens) makes the row a reject with the reason."""
+    refuse (over-length, no tokens) makes the row a reject with the reason. Rows whose ``order`` is in ``skip``
+    (a sorted array, or its object ref: rows the journal holds for every pass) are not tokenized."""
 
     def __init__(self, model: str, revision: str | None, engine: str, engine_args: dict[str, Any],
-                 build: Callable[[dict], list[tuple[Any, str]]], requests: int, boundary: str, overlong: str) -> None:
+                 build: Callable[[dict], list[tuple[Any, str]]], requests: int, boundary: str, overlong: str,
+                 skip: Any = None) -> None:
         from transformers import AutoConfig, AutoTokenizer
 
         from sapray.engines.base import max_length_of
@@ -157,15 +159,17 @@ class EncodeRequests:
             limit = min(limit, int(getattr(AutoConfig.from_pretrained(path), "max_position_embeddings", limit)))
         self.max_length, self.build, self.requests = limit, build, requests
         self.boundary, self.overlong = boundary, overlong
+        self.skip = _got(skip) if skip is not None else np.zeros(0, dtype=np.int64)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         from sapray.core.scoring import RequestError, ScoreRequest, encode
 
         rows = batch.to_pylist()
+        skipped = np.isin(batch.column("order").to_numpy(), self.skip)
         ids: list[list[tuple[list[int], list[int]]]] = []
-        for row in rows:
+        for row, journaled in zip(rows, skipped, strict=True):
             encoded = []
-            if not row["reject"]:
+            if not row["reject"] and not journaled:
                 try:
                     encoded = [(e.context_ids, e.continuation_ids) for e in (
                         encode(ScoreRequest(str(row["order"]), context, continuation), self.tokenizer,
@@ -181,35 +185,62 @@ class EncodeRequests:
         return out
 
 
+def _got(value: Any) -> Any:
+    """An object ref's value (a large value goes to the actors once, by ref), or the value itself."""
+    import ray
+
+    return ray.get(value) if isinstance(value, ray.ObjectRef) else value
+
+
+# what a scoring pass journals of each row beside its sums: the encoder's verdict, which a rerun takes
+# instead of tokenizing the row again
+VERDICT = ("reject", "reject_stage")
+
+
 class ScoreSums:
     """Engine actor: for each request of each row, the sum of the continuation's token log-probs
     (``{prefix}sum_{r}``) and its token count (``{prefix}tokens_{r}``); per-token values only with
-    ``token_logprobs`` (debugging). With ``drop_ids`` the token ids leave the rows here. With ``journal``,
-    each batch's sums are journaled as it is scored (``journal.BatchMemo``) and a batch found there is not
-    scored again."""
+    ``token_logprobs`` (debugging). With ``drop_ids`` the token ids leave the rows here. ``journaled`` (a
+    ``journal.RowJournal`` table, or its object ref): rows found there take its values instead of being scored
+    (their ids may be empty: not tokenized). ``writer``: the pass's ``journal.RowJournalWriter``, sent each
+    batch's newly scored rows before the batch goes on."""
 
     def __init__(self, spec: EngineSpec, requests: int, prefix: str, drop_ids: bool, token_logprobs: bool = False,
-                 num_cpus: float = 1, journal: str | None = None) -> None:
+                 num_cpus: float = 1, journaled: Any = None, writer: Any = None) -> None:
         from sapray.dataplane.actors import actor_engine
-        from sapray.dataplane.journal import BatchMemo
+        from sapray.dataplane.journal import Journaled
 
         self.engine = actor_engine(spec, num_cpus)
         self.requests, self.prefix, self.drop_ids, self.token_logprobs = requests, prefix, drop_ids, token_logprobs
-        self.memo = BatchMemo(journal, f"sums-{prefix or 'score'}") if journal else None
+        self.journaled, self.writer = Journaled(_got(journaled) if journaled is not None else None), writer
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        orders = batch.column("order").to_pylist()
-        columns = self.memo.get(orders) if self.memo else None
-        if columns is None:
-            columns = self._score(batch)
-            if self.memo:
-                self.memo.put(orders, columns)
+        import ray
+
+        found, known = self.journaled.find(batch.column("order").to_numpy())
+        todo = batch.filter(pa.array(~found)) if found.any() else batch
+        done = None
+        if todo.num_rows:
+            scored = self._score(todo)
+            done = pa.table({**{c: todo.column(c) for c in VERDICT}, **dict(zip(scored.column_names, scored.columns,
+                                                                                strict=True))})
+            if self.writer is not None:  # journaled before the batch goes on: a row out is a row journaled
+                ray.get(self.writer.add.remote(done.append_column("order", todo.column("order"))))
+        if known is not None:
+            known = known.select(done.column_names).cast(done.schema) if done is not None else known.drop(["order"])
+            # back in the batch's order: journaled rows first in the concatenation, then the newly scored
+            at = np.empty(batch.num_rows, dtype=np.int64)
+            at[found] = np.arange(known.num_rows)
+            at[~found] = known.num_rows + np.arange(batch.num_rows - known.num_rows)
+            done = pa.concat_tables([known, done] if done is not None else [known]).take(pa.array(at))
         out = batch
+        for c in VERDICT:
+            out = out.set_column(out.schema.get_field_index(c), c, done.column(c).cast(out.schema.field(c).type))
         if self.drop_ids:
             out = out.drop_columns([f"{kind}_ids_{r}" for r in range(self.requests)
                                     for kind in ("context", "continuation")])
-        for name in columns.column_names:
-            out = out.append_column(name, columns.column(name))
+        for name in done.column_names[len(VERDICT):]:
+            out = out.append_column(name, done.column(name))
         return out
 
     def _score(self, batch: pa.Table) -> pa.Table:

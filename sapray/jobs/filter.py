@@ -13,12 +13,16 @@ dropped (with its reason) or rejected (with its reason); the job checks that the
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
+
 from sapray.config import FilterConfig
 from sapray.console import console
 from sapray.dataplane import consistency, filtering, stages
 from sapray.dataplane.actors import GenerateActor, engine_spec
 from sapray.dataplane.filtering import FilterResult
-from sapray.dataplane.journal import Journal, job_fingerprint, memos
+from sapray.dataplane.journal import Journal, RowJournal, RowJournalWriter, job_fingerprint, memos
 from sapray.dataplane.outputs import write_filter_outputs
 from sapray.dataplane.questions import question_rejects, questions_dataset, unique_questions
 from sapray.dataplane.raydata import actor_pool, init_ray
@@ -39,10 +43,8 @@ def run_filter(cfg: FilterConfig, restart: bool = False, rehearsal: Rehearsal | 
     meter = Meter(cfg.output) if rehearsal else None
     if rehearsal:
         cfg = rehearsed(cfg, rehearsal, str(meter.stats_dir))
+    journal = Journal(child(cfg.output, "journal"), fingerprint(cfg), restart)  # before Ray: fails fast
     init_ray(cfg.ray)
-    journal = Journal(child(cfg.output, "journal"), fingerprint(cfg), restart)
-    if memos(journal.folder):
-        console.say(f"resuming: {memos(journal.folder):,} batch(es) of the earlier run from {journal.folder}")
     try:
         job = run_consistency if cfg.method == "consistency" else run_scored_filter
         counts, info, paths = job(cfg, journal.folder)
@@ -67,6 +69,8 @@ def write_filter(output: str, result: FilterResult) -> dict[str, str]:
 
 def run_scored_filter(cfg: FilterConfig, journal: str | None = None) -> tuple[dict, dict, dict[str, str]]:
     """dsweight, lobass or ifd over the whole input in the cluster: (counts, info, paths written)."""
+    import ray
+
     method = filtering.scored_method(cfg)
     requests = len(method.build({"question": "q", "response": "r"}))
     console.say(f"{cfg.method}: reading {cfg.input} in the cluster")
@@ -77,12 +81,25 @@ def run_scored_filter(cfg: FilterConfig, journal: str | None = None) -> tuple[di
                                                       read_rejects.map_batches(filtering.rejects_table,
                                                                                  batch_format="pyarrow")
                                                       .take(1)])
-    ds = filtering.encode_samples(cfg, usable, method.build, requests)
+    journals = [RowJournal(journal, f"sums-{prefix or 'score'}") if journal else None for prefix, *_ in method.passes]
+    journaled = [j.load() if j else None for j in journals]
+    skip = everywhere([t.column("order").to_numpy() if t is not None else None for t in journaled])
+    if len(skip):
+        console.say(f"resuming: {len(skip):,} of {n_usable:,} samples scored by the earlier run (not tokenized or "
+                    f"scored again) from {journal}")
+    ds = filtering.encode_samples(cfg, usable, method.build, requests, ray.put(skip))
     for n, (prefix, model, revision, extra) in enumerate(method.passes):
+        writer = ray.remote(num_cpus=0)(RowJournalWriter).remote(journals[n].folder, journals[n].name,
+                                                                 cfg.ray.journal_rows) if journals[n] else None
+        scoring = filtering.score_samples(cfg, ds, requests, prefix, model, revision, extra,
+                                          drop_ids=n == len(method.passes) - 1,
+                                          journaled=None if journaled[n] is None else ray.put(journaled[n]),
+                                          writer=writer)
         # each pass's actors hold a whole model: passes run one after the other, not side by side
-        ds = stages.materialized(filtering.score_samples(cfg, ds, requests, prefix, model, revision, extra,
-                                                         drop_ids=n == len(method.passes) - 1, journal=journal),
-                                 n_usable, f"{cfg.method}: scoring with {model}", console.progress)
+        ds = stages.materialized(scoring, n_usable, f"{cfg.method}: scoring with {model}", console.progress)
+        if writer is not None:
+            ray.get(writer.close.remote())  # the pass's last rows, and its entries merged into one file
+            ray.kill(writer)
     rule, columns = filtering.keep_rule(cfg), filtering.SCORE_COLUMNS[cfg.method]
     scored = ds.map_batches(filtering.ScoreColumns(method.score, columns, rule), batch_format="pyarrow").materialize()
     cut, distributions, eligible = filtering.keep_summaries(scored, columns, rule)
@@ -104,9 +121,18 @@ def run_scored_filter(cfg: FilterConfig, journal: str | None = None) -> tuple[di
     return counts, info, paths
 
 
+def everywhere(orders: list[np.ndarray | None]) -> np.ndarray:
+    """The sorted orders in every one of the passes' journals (none when a pass has no journal)."""
+    if not orders or any(o is None for o in orders):
+        return np.zeros(0, dtype=np.int64)
+    return functools.reduce(np.intersect1d, orders)
+
+
 def run_consistency(cfg: FilterConfig, journal: str | None = None) -> tuple[dict, dict, dict[str, str]]:
     """Self-consistency over every question in the cluster: rows in are the sampled answers; rejected
     question rows (unreadable, duplicate id) are counted apart and written to rejects/."""
+    if journal and memos(journal):
+        console.say(f"resuming: {memos(journal):,} batch(es) of the earlier run from {journal}")
     cc = cfg.consistency
     read, rows_read = questions_dataset(cfg.input, cfg.columns, cfg.ray)
     usable, read_rejects = stages.split_rejected(read)

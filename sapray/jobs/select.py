@@ -22,8 +22,8 @@ def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
     """The selection with its own scorer; ``on_round`` gets a line per round; ``restart`` empties the
     journal first (else a rerun continues from it)."""
     target = Target.of(cfg)
+    journal = open_journal(cfg, target.commit, restart)  # before Ray starts: a journal it cannot use fails fast
     init_ray(cfg.ray)
-    journal = open_journal(cfg, target.commit, restart)
     with Engines({"scorer": scorer_spec(cfg, target)}, cfg.ray, cfg.ray.resident_engines) as engines:
         return select_strategy(cfg, target, engines, journal,
                                on_look=round_lines(on_round, cfg.sample.confidence, cfg.sample.epsilon))
