@@ -49,6 +49,7 @@ import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -109,8 +110,25 @@ def tree_cpu() -> dict[int, float]:
     return out
 
 
-def spent(before: dict[int, float]) -> float:
-    return sum(v - before.get(pid, 0.0) for pid, v in tree_cpu().items())
+class CpuPoll:
+    """This process tree's CPU seconds from now on, polled: Ray ends workers while a job runs, and a process that
+    ended counts with what it had spent when last seen (as sapray.dataplane.rehearsal.Meter does)."""
+
+    def __init__(self) -> None:
+        self.before = tree_cpu()
+        self.seen = dict(self.before)
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(0.5):
+            self.seen.update(tree_cpu())
+
+    def spent(self) -> float:
+        self._stop.set()
+        self._poller.join()
+        return sum(v - self.before.get(pid, 0.0) for pid, v in {**self.seen, **tree_cpu()}.items())
 
 
 def listed(uri: str) -> tuple[int, int]:
@@ -151,12 +169,12 @@ def one_filter(args: argparse.Namespace) -> dict:
         raw["engine"] = args.engine
         ray["actors"] = args.one_devices
     cfg = load_filter_config(raw)
-    before, started = tree_cpu(), time.monotonic()
+    cpu, started = CpuPoll(), time.monotonic()
     result = run_filter(cfg, restart=args.restart, rehearsal=rehearsal)
     write_filter(result.output, result)
     journal = child(result.output, "journal")
     files, size = listed(journal)
-    out = {"wall_s": round(time.monotonic() - started, 2), "job_cpu_s": round(spent(before), 2),
+    out = {"wall_s": round(time.monotonic() - started, 2), "job_cpu_s": round(cpu.spent(), 2),
            **result.summary.get("rehearsal", {}), "counts": result.summary["counts"],
            "driver_peak_rss_mb": peak_rss_mb(), "journal_rows": args.journal_rows, "journal_files": files,
            "journal_bytes": size}
@@ -179,10 +197,10 @@ def one_cli(args: argparse.Namespace) -> dict:
     """In this process: a ``sapray`` command (``--cli``, JSON list), then the rehearsal.json it wrote."""
     from sapray.cli import main
 
-    before, started = tree_cpu(), time.monotonic()
+    cpu, started = CpuPoll(), time.monotonic()
     main(json.loads(args.cli), standalone_mode=False)
     measured = json.loads((Path(args.output) / "rehearsal" / "rehearsal.json").read_text())
-    return {"wall_s": round(time.monotonic() - started, 2), "job_cpu_s": round(spent(before), 2), **measured,
+    return {"wall_s": round(time.monotonic() - started, 2), "job_cpu_s": round(cpu.spent(), 2), **measured,
             "driver_peak_rss_mb": peak_rss_mb()}
 
 
