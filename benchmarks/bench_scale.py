@@ -216,7 +216,8 @@ def one(args: argparse.Namespace, extra: list[str], tree: Path = ROOT, env: dict
     done = subprocess.run(cmd, capture_output=True, text=True, cwd=tree, env=env)
     if done.returncode:
         sys.exit(done.stderr[-3000:])
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    # the job's line: the last JSON object printed (Ray may print after it)
+    return json.loads(next(line for line in reversed(done.stdout.splitlines()) if line.startswith("{")))
 
 
 def filter_flags(samples: Path, output: Path | str, devices: int, journal_rows: int | None, *more: str) -> list[str]:
