@@ -35,7 +35,8 @@ THROUGHPUT: dict[tuple[str, str, str], tuple[float, str, str]] = {
 # engines (reading, validating, building contexts, tokenizing, moving blocks, journal, outputs), measured by a
 # rehearsal (simulated engines; docs/scaling.md). (tokens per CPU-second, where and when measured)
 DATA_PLANE: tuple[float, str] = (
-    137082.0, "ifd filter of 7,914 GSM8K samples on 1 simulated H200, AVX2 EPYC, bench_scale.py, 2026-12-06")
+    150637.0, "rehearsed ifd filter of 100k GSM8K samples, 8 simulated H200s, AVX2 EPYC (2 cores, shared), "
+              "bench_scale.py --samples 100000 --devices 8, 2026-12-06")
 
 
 # Engine starts (seconds from a fresh process to a loaded engine: what an engine actor's start costs beside
