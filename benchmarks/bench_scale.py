@@ -221,8 +221,9 @@ def one(args: argparse.Namespace, extra: list[str], tree: Path = ROOT, env: dict
 
 
 def filter_flags(samples: Path, output: Path | str, devices: int, journal_rows: int | None, *more: str) -> list[str]:
+    # 0: no ray.journal_rows key (the tree before the row journal has none)
     return ["--input", str(samples), "--output", str(output), "--one-devices", str(devices),
-            *(["--journal-rows", str(journal_rows)] if journal_rows else []), *more]
+            "--journal-rows", str(journal_rows or 0), *more]
 
 
 def kill_hard(proc: subprocess.Popen) -> None:
