@@ -4,13 +4,16 @@ bytes with 1 or 3 simulated devices, and a projection from what it measured."""
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
 from conftest import load_candidates, load_questions, read_parts
 
 from sapray.config import load_filter_config
-from sapray.dataplane.rehearsal import Rehearsal, describe
+from sapray.dataplane.rehearsal import Meter, Rehearsal, describe
 from sapray.engines.models import TINY_RANDOM
 from sapray.jobs.filter import run_filter, write_filter
 
@@ -76,6 +79,21 @@ def test_a_rehearsed_filter_is_the_real_job_with_simulated_engines(ray_local, sa
     assert r1["projection"]["bound_by"] in ("engines", "data plane", "driver")
     assert r1["projection"]["wall_s"] == max(r1["projection"]["bounds_s"].values())
     assert "projected" in describe(r1) and "h200-llama3-8b" in describe(r1)
+
+
+def test_the_meter_counts_the_cpu_of_a_process_that_ended_during_the_job(tmp_path):
+    """Ray ends workers while a job runs (an operator's actors once it is done): their CPU still counts. A child
+    spends 0.3 CPU-s, waits until the meter has seen 0.2 of them (an event, not a time: /proc counts in clock ticks,
+    so the margin), and exits before the end."""
+    meter = Meter(str(tmp_path / "out"))
+    burn = "import sys, time\nwhile time.process_time() < 0.3: pass\nsys.stdin.read()"
+    child = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE)
+    while meter.cpu_seen.get(child.pid, 0.0) < 0.2:
+        assert child.poll() is None
+        time.sleep(0.05)  # leaves the CPU to the child and the meter
+    child.stdin.close()
+    child.wait()
+    assert meter.finish(Rehearsal("h200-llama3-8b", 1))["data_plane_cpu_s"] >= 0.2
 
 
 def test_an_unknown_device_is_refused_before_anything_runs():

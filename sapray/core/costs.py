@@ -31,6 +31,14 @@ THROUGHPUT: dict[tuple[str, str, str], tuple[float, str, str]] = {
 }
 
 
+# The data plane's own rate: tokens handed to the engines per CPU-second of every process of a job but its
+# engines (reading, validating, building contexts, tokenizing, moving blocks, journal, outputs), measured by a
+# rehearsal (simulated engines; docs/scaling.md). (tokens per CPU-second, where and when measured)
+DATA_PLANE: tuple[float, str] = (
+    150637.0, "rehearsed ifd filter of 100k GSM8K samples, 8 simulated H200s, AVX2 EPYC (2 cores, shared), "
+              "bench_scale.py --samples 100000 --devices 8, 2026-12-06")
+
+
 # Engine starts (seconds from a fresh process to a loaded engine: what an engine actor's start costs beside
 # Ray's own worker start), added once per start a stage pays. (engine, device) -> (seconds, where and when)
 STARTS: dict[tuple[str, str], tuple[float, str]] = {
@@ -80,6 +88,18 @@ def seconds_for(tokens: float, engine: str, work: str, where: Resources, starts:
             seconds += starts * start[0]
             note += f"; {starts} engine start(s) of {start[0]:.0f} s: {start[1]}"
     return Figure(round(seconds, 1), "estimate", "s", note)
+
+
+def data_plane_for(tokens: float, engine: str, work: str, where: Resources) -> Figure:
+    """The data plane's CPU-seconds for ``tokens`` at its measured rate, and the cores it needs beside each engine
+    actor to keep it fed at the actor's measured rate (the first sizing question of a cluster)."""
+    rate, source = DATA_PLANE
+    note = f"{rate:,.0f} tokens per data-plane CPU-s: {source}"
+    measured = THROUGHPUT.get((engine, "gpu" if where.num_gpus else "cpu", work))
+    if measured:
+        per_actor = measured[0] * (max(1.0, where.num_cpus) if measured[1] == "core" else 1)
+        note += f"; {per_actor / rate:.2f} data-plane cores per actor keep it at its {per_actor:,.0f} tokens/s"
+    return Figure(round(tokens / rate, 1), "estimate", "CPU-s", note)
 
 
 class SimulatedDevice(NamedTuple):

@@ -20,6 +20,7 @@ import hashlib
 import json
 import os
 import tempfile
+import threading
 import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -104,7 +105,13 @@ def _tree_cpu() -> dict[int, float]:
 
 
 class Meter:
-    """CPU and wall time of a rehearsed job, and what its simulated engines reported."""
+    """CPU and wall time of a rehearsed job, and what its simulated engines reported.
+
+    Ray ends processes while the job runs (an operator's workers once it has finished, the journal's writer),
+    and nobody reaps their CPU time into a process we can still read: the tree is polled every ``poll_s`` so a
+    process that ended counts with what it had spent when last seen (at most ``poll_s`` of its CPU lost)."""
+
+    poll_s = 0.5
 
     def __init__(self, output: str) -> None:
         # where the simulated engines write their stats: local, and the same for the same output, so the folder
@@ -115,6 +122,14 @@ class Meter:
         for old in self.stats_dir.glob("*.json"):
             old.unlink()
         self.cpu_before, self.started = _tree_cpu(), time.monotonic()
+        self.cpu_seen = dict(self.cpu_before)
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="rehearsal-meter", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.cpu_seen.update(_tree_cpu())
 
     def engines(self) -> list[dict[str, Any]]:
         return [json.loads(p.read_text()) for p in sorted(self.stats_dir.glob("*.json"))]
@@ -123,7 +138,9 @@ class Meter:
         """The measurements and the projection (``cores_per_device``: the data-plane cores the real cluster gives
         each device; None: as many as this machine has for all of them)."""
         wall = time.monotonic() - self.started
-        cpu_after = _tree_cpu()
+        self._stop.set()
+        self._poller.join()
+        cpu_after = {**self.cpu_seen, **_tree_cpu()}  # the processes that ended, as last seen
         engines = self.engines()
         simulated = {e["pid"] for e in engines}
         spent = {pid: cpu_after[pid] - self.cpu_before.get(pid, 0.0) for pid in cpu_after}

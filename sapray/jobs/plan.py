@@ -9,7 +9,8 @@ with its own, and marks every figure:
 - ``bound``: what it cannot exceed (the race may stop sooner; an answer may end before ``max_tokens``);
 - ``estimate``: a guess, said to be one (an API teacher's prompt tokens counted with the target's
   tokenizer; times: work over the measured throughputs in ``THROUGHPUT`` plus the engine starts the stage
-  pays, from ``STARTS``, both assuming the hardware they were measured on).
+  pays, from ``STARTS``, both assuming the hardware they were measured on; the data plane's CPU-seconds and
+  cores per engine actor: the scored tokens over the rehearsed data-plane rate, ``DATA_PLANE``).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any
 
 from sapray.config import SelectConfig, StrategyConfig
 from sapray.core import exemplars as ex
-from sapray.core.costs import Figure, Kind, seconds_for
+from sapray.core.costs import Figure, Kind, data_plane_for, seconds_for
 from sapray.core.metrics import context_kinds
 from sapray.core.sample import Budget, rounds
 from sapray.dataplane import stages
@@ -93,6 +94,7 @@ def plan_job(cfg: SelectConfig) -> dict[str, Any]:
                                      "tokens", f"{len(r)} questions")) for k, r in enumerate(by_round)],
             "actors": where.actors,
             "time": asdict(seconds_for(sum(per_round), cfg.engine, "score", where, starts(1))),
+            "data_plane": asdict(data_plane_for(sum(per_round), cfg.engine, "score", where)),
         },
         "exemplars": mined,
         "sample_generation": {

@@ -19,7 +19,9 @@ def render(plan: dict) -> str:
              f"  scoring         {figure(plan['scoring']['requests'])}",
              f"                  {figure(plan['scoring']['tokens'])}",
              *(f"                  round {k}: {figure(r)}" for k, r in enumerate(plan['scoring']['rounds'], 1)),
-             f"                  {figure(plan['scoring']['time'])}"]
+             f"                  {figure(plan['scoring']['time'])}",
+             *([f"  data plane      {figure(plan['scoring']['data_plane'])}"] if "data_plane" in plan["scoring"]
+               else [])]
     for name, g in plan["sample_generation"].items():
         lines.append(f"  sample {name} ({g['teacher']}): prompts {figure(g['prompt_tokens'])}; answers "
                      f"{figure(g['generated_tokens'])}" + (f"; {figure(g['money'])}" if g["money"] else "")
