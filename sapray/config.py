@@ -85,7 +85,7 @@ class SampleConfig(Strict):
         return self
 
 
-MetricName = Literal["sap", "ppl", "ifd"]
+MetricName = Literal["sap", "ppl", "ifd", "rsr", "sa_rsr"]
 
 
 class ExemplarConfig(Strict):

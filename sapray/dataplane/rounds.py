@@ -54,8 +54,10 @@ class TeacherRounds:
 
 def scored_request(row: dict) -> dict:
     """What a round keeps of a scoring actor's row (and journals): the continuation's log-prob sum (exactly
-    rounded, ``math.fsum``, so its NLL is the one the token log-probs give), the token counts, the error."""
+    rounded, ``math.fsum``, so its NLL is the one the token log-probs give), its clipped-rank sum, the token
+    counts, the error."""
     return {"request_id": row["request_id"], "logprob_sum": math.fsum(row["token_logprobs"]),
+            "rank_sum": int(row["rank_sum"]),
             **{k: int(row[k]) for k in ("n_context_tokens", "n_continuation_tokens", "truncated_tokens")},
             "error": row["error"], "actor": row["actor"]}
 
@@ -202,7 +204,7 @@ def collect_round(round_ids: list[str], live: list[str], requests: Requests, sco
                 rejects.append(Reject(c.get("source", ""), "; ".join(errors), "score", qid, name))
                 continue
             out.append({
-                "question_id": qid, "strategy": name, **candidate_metrics(by_kind),
+                "question_id": qid, "strategy": name, **candidate_metrics(by_kind, cfg.metrics),
                 "reward": c.get("reward"),
                 "exemplar_ids": [e.exemplar_id for e in chosen],
                 "exemplars_checked": all(e.checked for e in chosen),

@@ -22,6 +22,7 @@ from sapray.core.contexts import Layout
 from sapray.core.race import Race, RaceRule
 from sapray.core.reduce import cost_table, summarize
 from sapray.core.sample import Budget
+from sapray.core.scoring import SCORES_FORMAT
 from sapray.dataplane.journal import Journal, job_fingerprint
 from sapray.dataplane.mining import selection_exemplars
 from sapray.dataplane.read import CANDIDATE_STAGES, Reject
@@ -99,7 +100,7 @@ def fingerprint(cfg: SelectConfig, commit: str | None) -> dict:
     inputs = [cfg.data.questions, *cfg.data.candidate_sources().values(), cfg.exemplars.file, cfg.exemplars.pool,
               *(s.teacher.path for s in cfg.strategies if s.teacher.kind == "file")]
     return job_fingerprint({**kept, "sample": {k: v for k, v in config["sample"].items() if k != "pick"}},
-                           {"model": commit}, inputs, batch_size=cfg.ray.batch_size)
+                           {"model": commit}, inputs, batch_size=cfg.ray.batch_size, scores=SCORES_FORMAT)
 
 
 def open_journal(cfg: SelectConfig, commit: str | None, restart: bool) -> Journal:
