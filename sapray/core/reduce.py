@@ -65,6 +65,29 @@ def _reward_stats(scores: Sequence[dict], strategy: str) -> dict:
     return {"mean_reward": _r(mean_reward), "car": _r(metrics.car(mean_reward, mean_nll))}
 
 
+def _rsr_stats(scores: Sequence[dict], strategies: list[str], bootstrap: int, seed: int) -> dict[str, dict]:
+    """Per strategy, each rank-surprisal ratio its scores carry (``rsr``, ``sa_rsr``): the ratio of the
+    per-response means (``metrics.rsr_of_means``) and its 95% interval from the same paired resamples of
+    questions as SAP's (the ratio recomputed in each resample); none where no score carries it."""
+    out: dict[str, dict] = {name: {} for name in strategies}
+    for metric, kind in metrics.RSR_KIND.items():
+        if not any(metric in s for s in scores):
+            continue  # not asked for: the summary keeps its keys
+        _, ranks = _matrix(scores, strategies, f"rank_{kind}")
+        _, nlls = _matrix(scores, strategies, f"nll_{kind}")
+        boot = (bootstrap_means(ranks, bootstrap, seed) / np.maximum(bootstrap_means(nlls, bootstrap, seed),
+                                                                     metrics.RSR_GUARD)
+                if bootstrap and len(ranks) else None)  # the same seed: the same resampled questions for both
+        for j, name in enumerate(strategies):
+            scored = ~np.isnan(ranks[:, j])
+            value = metrics.rsr_of_means(ranks[scored, j], nlls[scored, j]) if scored.any() else math.nan
+            lo = hi = math.nan
+            if boot is not None and scored.sum() > 1:
+                lo, hi = np.nanpercentile(boot[:, j], [2.5, 97.5])
+            out[name] |= {metric: _r(value), f"ci95_{metric}": [_r(lo), _r(hi)]}
+    return out
+
+
 def _finite_mean(column: np.ndarray) -> float | None:
     """Mean of the finite values; None when there are none (a metric that was not scored)."""
     finite = column[np.isfinite(column)]
@@ -93,6 +116,7 @@ def summarize(scores: Sequence[dict], strategies: list[str], bootstrap: int = 10
     counts = (~np.isnan(sap)).sum(axis=0)
     per_strategy = {}
     boot = bootstrap_means(sap, bootstrap, seed) if bootstrap and len(sap) else None
+    ratios = _rsr_stats(scores, strategies, bootstrap, seed)
     for j, name in enumerate(strategies):
         column = sap[:, j][~np.isnan(sap[:, j])]
         lo = hi = float("nan")
@@ -107,6 +131,7 @@ def summarize(scores: Sequence[dict], strategies: list[str], bootstrap: int = 10
             **{f"mean_{key}": _finite_mean(_matrix(scores, strategies, key)[1][:, j])
                for key in ("ppl", "ifd", "length")},
             **_reward_stats(scores, name),
+            **ratios[name],
         }
     mean_of = {n: per_strategy[n]["mean_sap"] for n in strategies if per_strategy[n]["mean_sap"] is not None}
     contenders = [n for n in (contenders if contenders is not None else strategies) if n in mean_of]

@@ -428,8 +428,13 @@ def _interval_figure(figs: _Figures, race: dict, order: list[str], winner: str |
                          f"scored in{band}. An interval wholly above the band eliminates the strategy.")
 
 
-def _distribution_figure(figs: _Figures, scores: list[dict], order: list[str], winner: str | None) -> str | None:
-    data = [[s["sap"] for s in scores if s["strategy"] == name and s.get("sap") is not None] for name in order]
+def _distribution_figure(figs: _Figures, scores: list[dict], order: list[str], winner: str | None,
+                         metric: str = "sap", per: dict | None = None) -> str | None:
+    """Per-question values of ``metric`` per strategy; a rank-surprisal ratio's diamond is the strategy's own
+    ratio of means (``per``: selection.json's per_strategy), not the mean of its responses' ratios."""
+    label = metric.upper().replace("_", "-")
+    data = [[s[metric] for s in scores if s["strategy"] == name and s.get(metric) is not None
+             and not (isinstance(s[metric], float) and math.isnan(s[metric]))] for name in order]
     if not any(data):
         return None
     fig, ax = figs.new(7.2, 0.45 * len(order) + 1.2)
@@ -439,21 +444,24 @@ def _distribution_figure(figs: _Figures, scores: list[dict], order: list[str], w
     rng = np.random.default_rng(0)  # fixed jitter: the same data gives the same figure
     dots = max(len(v) for v in data) <= MAX_DOTS
     for y, (name, vals) in enumerate(zip(order, data, strict=True)):
+        mark = np.mean(vals) if per is None else per[name].get(metric)
         if not dots:  # thousands of dots would bloat the page; the box and the mean say enough
-            ax.plot([np.mean(vals)], [y], "D", color="#1e293b", markersize=5, zorder=4)
+            ax.plot([mark], [y], "D", color="#1e293b", markersize=5, zorder=4)
             continue
         jitter = rng.uniform(-0.18, 0.18, size=len(vals))
         ax.scatter(vals, y + jitter, s=12, alpha=0.7, color=ACCENT if name == winner else "#2563eb",
                    linewidths=0, zorder=3)
-        if vals:
-            ax.plot([np.mean(vals)], [y], "D", color="#1e293b", markersize=5, zorder=4)
+        if vals and mark is not None:
+            ax.plot([mark], [y], "D", color="#1e293b", markersize=5, zorder=4)
     ax.set_yticks(range(len(order)), order)
     ax.invert_yaxis()
-    ax.set_xlabel("SAP of one response (per question)")
+    ax.set_xlabel(f"{label} of one response (per question)")
     _style(ax)
     dot_note = "one dot per scored response, " if dots else ""
-    return figs.svg(fig, f"Per-question SAP for each strategy: {dot_note}box = quartiles, whiskers = 1.5 IQR, "
-                         "diamond = mean (the ranking statistic).")
+    diamond = ("mean (the ranking statistic)" if per is None else
+               f"the strategy's {label}, mean clipped rank over mean surprisal (a ratio of means)")
+    return figs.svg(fig, f"Per-question {label} for each strategy: {dot_note}box = quartiles, whiskers = 1.5 IQR, "
+                         f"diamond = {diamond}.")
 
 
 def _cost_rows(run: dict) -> list[dict]:
@@ -587,9 +595,10 @@ def _status(name: str, winner: str | None, eliminated: dict[str, int], contender
 def _ranking_section(figs: _Figures, sel: dict, order: list[str], winner: str | None,
                      eliminated: dict[str, int], contenders: list[str], certified: Collection[str] = ()) -> str:
     per = sel["per_strategy"]
-    extra = [k for k, label in (("mean_reward", "reward"), ("car", "CAR")) if any(k in per[n] for n in order)]
+    labels = {"rsr": "RSR", "sa_rsr": "SA-RSR", "mean_reward": "reward", "car": "CAR"}
+    extra = [k for k in labels if any(k in per[n] for n in order)]
     header = ["rank", "strategy", "status", "n", "mean SAP", "95% CI", "median", "geo-mean", "PPL", "IFD", "length",
-              *[{"mean_reward": "reward", "car": "CAR"}[k] for k in extra]]
+              *[labels[k] for k in extra]]
     rows, classes = [], []
     for rank, name in enumerate(order, start=1):
         s = per[name]
@@ -707,6 +716,10 @@ def render_selection(run: dict) -> str:
          _race_section(figs, race, scored, winner, colors, run["scores"], round_size)),
         ("distributions", "Per-question SAP", _distribution_figure(figs, run["scores"], scored, winner)
          or '<p class="muted">No per-question scores (scores.parquet is missing or empty).</p>'),
+        *((f"distributions-{m}", f"Per-question {m.upper().replace('_', '-')}",
+           _distribution_figure(figs, run["scores"], scored, winner, m, per)
+           or '<p class="muted">No per-question values of this metric in scores.parquet.</p>')
+          for m in ("rsr", "sa_rsr") if any(m in per[n] for n in scored) and run["scores"]),
         ("cost", "Cost by stage", _cost_section(figs, run)),
         ("exemplars", "Exemplars", _exemplar_section(run)),
         ("counts", "Counts", _counts_section(sel)),

@@ -8,16 +8,18 @@ def _fmt(x, width: int = 8, digits: int = 3) -> str:
 
 
 def render_table(summary: dict) -> str:
-    """The ranking as a fixed-width table, most familiar first."""
+    """The ranking as a fixed-width table, most familiar first (RSR and SA-RSR columns where scored)."""
+    ratios = [m for m in ("rsr", "sa_rsr") if any(m in s for s in summary["per_strategy"].values())]
     header = (f"{'rank':>4}  {'strategy':<20}{'n':>5}{'mean SAP':>10}{'95% CI':>20}{'median':>9}"
-              f"{'PPL':>9}{'IFD':>8}{'length':>8}")
+              f"{'PPL':>9}{'IFD':>8}" + "".join(f"{m.upper().replace('_', '-'):>9}" for m in ratios) + f"{'length':>8}")
     lines = [header, "-" * len(header)]
     for rank, name in enumerate(summary["ranking"], start=1):
         s = summary["per_strategy"][name]
         lo, hi = s["ci95_mean_sap"]
         ci = f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "-"
         lines.append(f"{rank:>4}  {name:<20}{s['n']:>5}{_fmt(s['mean_sap'], 10)}{ci:>20}{_fmt(s['median_sap'], 9)}"
-                     f"{_fmt(s['mean_ppl'], 9)}{_fmt(s['mean_ifd'], 8)}{_fmt(s['mean_length'], 8, 1)}")
+                     f"{_fmt(s['mean_ppl'], 9)}{_fmt(s['mean_ifd'], 8)}"
+                     + "".join(_fmt(s.get(m), 9) for m in ratios) + f"{_fmt(s['mean_length'], 8, 1)}")
     w = summary.get("winner")
     race = summary.get("race")
     if race:
