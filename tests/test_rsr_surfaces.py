@@ -79,6 +79,7 @@ def test_validate_reports_intervals_and_calibration_for_rsr_columns(tmp_path):
     assert result["metrics"]["sap"]["weighted_rho"] == pytest.approx(0.0)
 
 
+@pytest.mark.slow  # four plans, each reading the inputs: 30 to 60 s on two busy cores
 def test_plan_counts_no_context_for_sa_rsr_and_ppls_for_rsr(tmp_path):
     from small_job import DATA_DIR, exemplar_rows, jsonl, small_config
 
@@ -96,3 +97,42 @@ def test_plan_counts_no_context_for_sa_rsr_and_ppls_for_rsr(tmp_path):
     assert sap < sap_ppl
     assert tokens(["sap", "sa_rsr"]) == sap
     assert tokens(["sap", "rsr"]) == tokens(["sap", "ppl", "rsr", "sa_rsr"]) == sap_ppl
+
+
+def test_rank_by_must_be_scored_and_sap_need_not_be(tmp_path):
+    from sapray.config import load_config
+
+    raw = {"data": {"questions": "q.jsonl", "candidates": "c.jsonl"}}
+    assert load_config(raw).sample.rank_by == "sap"
+    assert load_config({**raw, "metrics": ["rsr"], "sample": {"rank_by": "rsr"}}).metrics == ["rsr"]
+    with pytest.raises(ValueError, match="must include 'sa_rsr'"):
+        load_config({**raw, "metrics": ["sap", "rsr"], "sample": {"rank_by": "sa_rsr"}})
+    with pytest.raises(ValueError, match="must include 'sap'"):
+        load_config({**raw, "metrics": ["rsr"]})
+
+
+def test_summary_ranked_by_rsr_names_the_lowest_ratio_of_means():
+    # b has the lower SAP everywhere but the higher RSR: ranked by RSR, a wins
+    scores = [{**row, "sap": 1.0 if row["strategy"] == "b" else 2.0} for row in SCORES]
+    by_sap = summarize(scores, ["a", "b"], bootstrap=100, min_questions=2)
+    by_rsr = summarize(scores, ["a", "b"], bootstrap=100, min_questions=2, rank_by="rsr")
+    assert by_sap["ranking"] == ["b", "a"] and by_rsr["ranking"] == ["a", "b"]
+    w = by_rsr["winner"]
+    assert w["rank_by"] == "rsr" and w["rsr"] == by_rsr["per_strategy"]["a"]["rsr"]
+    assert w["margin_rsr"] == pytest.approx(by_rsr["per_strategy"]["b"]["rsr"] - w["rsr"], abs=1e-6)
+    assert w["p_best"]["a"] > 0.5 and w["p_best"]["a"] + w["p_best"]["b"] == pytest.approx(1.0) and "mean_sap" not in w
+    text = render_table(by_rsr)
+    assert "winner: a (RSR " in text
+    unscored_sap = summarize([{k: v for k, v in r.items() if k != "sap"} | {"sap": float("nan")} for r in SCORES],
+                             ["a", "b"], bootstrap=0, rank_by="sa_rsr")
+    assert unscored_sap["per_strategy"]["a"]["n"] == 4 and unscored_sap["ranking"] == ["a", "b"]
+
+
+def test_round_line_names_the_races_statistic():
+    from sapray.present.lines import round_line
+
+    record = {"round": 3, "questions": 30, "leader": "a", "mean_sap": {"a": 2.4, "b": 5.0}, "eliminated": ["b"],
+              "intervals": {"b": {"lo": 1.2}}}
+    line = round_line(record, 0.95, 0.1, "RSR")
+    assert "leading a (RSR 2.400)" in line and "by >= 1.200 RSR" in line
+    assert "(mean SAP 2.400)" in round_line(record, 0.95, 0.1) and "1.200 SAP" in round_line(record, 0.95, 0.1)

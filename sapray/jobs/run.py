@@ -12,7 +12,7 @@ from typing import Any
 
 from sapray.config import SelectConfig
 from sapray.console import console
-from sapray.core.race import choice_set
+from sapray.core.race import choice_set, race_label
 from sapray.dataplane.fullset import generate_with
 from sapray.dataplane.outputs import write_outputs
 from sapray.dataplane.raydata import init_ray
@@ -128,7 +128,8 @@ def _select_and_record(cfg: SelectConfig, engines: Engines, on_round: Callable[[
     journal = open_journal(cfg, target.commit, restart)
     teachers = teacher_rounds(cfg, engines, journal) if cfg.strategies else None
     result = select_strategy(cfg, target, engines, journal, teachers,
-                             round_lines(on_round, cfg.sample.confidence, cfg.sample.epsilon))
+                             round_lines(on_round, cfg.sample.confidence, cfg.sample.epsilon,
+                                         race_label(cfg.sample.rank_by)))
     write_outputs(cfg.output, result, cfg.model_dump())
     write_report(cfg.output)
     sample_costs = teachers.cost if teachers else {}

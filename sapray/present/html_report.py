@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from sapray.core.race import race_label
+from sapray.core.reduce import RANK_KEYS
 from sapray.present.tables import actionable_line, gap_label
 from sapray.storage import child, filesystem, read_text
 
@@ -297,22 +299,30 @@ def _palette(names: list[str]) -> dict[str, str]:
 
 # ---------- selection ----------
 
+def _ranked_by(sel: dict) -> tuple[str, str, str]:
+    """(per-strategy key, its interval's key, label) of what the selection ranked by (``sample.rank_by``)."""
+    metric = (sel.get("race") or {}).get("rank_by") or (sel.get("winner") or {}).get("rank_by") or "sap"
+    key = RANK_KEYS[metric]
+    return key, "ci95_mean_sap" if metric == "sap" else f"ci95_{key}", race_label(metric)
+
+
 def _ranking_figure(figs: _Figures, sel: dict, order: list[str], winner: str | None, out: set[str]) -> str:
     per = sel["per_strategy"]
+    key, ci_key, label = _ranked_by(sel)
     fig, ax = figs.new(7.2, 0.42 * len(order) + 1.1)
     for y, name in enumerate(order):
         s = per[name]
-        lo, hi = (s.get("ci95_mean_sap") or [None, None])[:2]
+        lo, hi = (s.get(ci_key) or [None, None])[:2]
         color = ACCENT if name == winner else (MUTED if name in out else "#334155")
         if lo is not None and hi is not None:
             ax.plot([lo, hi], [y, y], color=color, linewidth=2.2, solid_capstyle="round")
-        ax.plot([s["mean_sap"]], [y], "o", color=color, markersize=8 if name == winner else 6.5, zorder=3)
+        ax.plot([s[key]], [y], "o", color=color, markersize=8 if name == winner else 6.5, zorder=3)
     ax.set_yticks(range(len(order)), order)
     ax.invert_yaxis()
-    ax.set_xlabel("mean SAP (lower = more familiar to the target)")
+    ax.set_xlabel(f"{label} (lower = more familiar to the target)")
     _style(ax)
-    return figs.svg(fig, "Mean SAP per strategy with its 95% bootstrap interval (questions resampled, paired); "
-                         "ranked first at the top" + (", winner in orange." if winner else "."))
+    return figs.svg(fig, f"{label[0].upper()}{label[1:]} per strategy with its 95% bootstrap interval (questions "
+                         "resampled, paired); ranked first at the top" + (", winner in orange." if winner else "."))
 
 
 def _heatmap(figs: _Figures, sel: dict, order: list[str]) -> str:
@@ -538,15 +548,16 @@ def _summary_line(sel: dict, winner: str | None) -> str:
     parts = []
     if winner:
         s = per.get(winner, {})
-        lo, hi = (s.get("ci95_mean_sap") or [None, None])[:2]
+        key, ci_key, label = _ranked_by(sel)
+        lo, hi = (s.get(ci_key) or [None, None])[:2]
         ci = f" (95% CI {_num(lo)}–{_num(hi)})" if lo is not None and hi is not None else ""
-        parts.append(f"Winner: <strong>{escape(winner)}</strong>, mean SAP {_num(w.get('mean_sap'))}{ci} over "
+        parts.append(f"Winner: <strong>{escape(winner)}</strong>, {label} {_num(w.get(key))}{ci} over "
                      f"{_num(s.get('n'))} questions")
         if w.get("runner_up"):
-            parts.append(f"ahead of {escape(w['runner_up'])} by {_num(w.get('margin_mean_sap'))}, more familiar on "
+            parts.append(f"ahead of {escape(w['runner_up'])} by {_num(w.get(f'margin_{key}'))}, more familiar on "
                          f"{_num(100 * w['win_rate_vs_runner_up'], 0)}% of paired questions"
                          if w.get("win_rate_vs_runner_up") is not None else
-                         f"ahead of {escape(w['runner_up'])} by {_num(w.get('margin_mean_sap'))}")
+                         f"ahead of {escape(w['runner_up'])} by {_num(w.get(f'margin_{key}'))}")
         if w.get("bootstrap_p_best") is not None:
             parts.append(f"best in {_num(100 * w['bootstrap_p_best'], 0)}% of bootstrap resamples")
     else:
@@ -701,7 +712,7 @@ def render_selection(run: dict) -> str:
     eliminated = (race or {}).get("eliminated") or {}
     contenders = [] if not race or race.get("ended") == "winner" else race.get("contenders") or []
     colors = _palette(order)
-    scored = [n for n in order if per[n].get("mean_sap") is not None]
+    scored = [n for n in order if per[n].get(_ranked_by(sel)[0]) is not None]
     config = (run["run"] or {}).get("config") or {}
     round_size = (config.get("sample") or {}).get("round_size")
     title = f"sapray selection: {sel.get('model', '?')}"

@@ -33,15 +33,24 @@ def render_table(summary: dict) -> str:
         lines += ["", f"NOT ENOUGH EVIDENCE: {evidence['reason']}"]
     if w:
         lines.append("")
-        line = f"{'provisional ' if w.get('provisional') else ''}winner: {w['strategy']} (mean SAP {w['mean_sap']:.3f})"
-        if w.get("margin_mean_sap") is not None:
-            line += (f", ahead of {w['runner_up']} by {w['margin_mean_sap']:.3f} on their shared questions; "
+        key, label = _ranked_by(w)
+        line = f"{'provisional ' if w.get('provisional') else ''}winner: {w['strategy']} ({label} {w[key]:.3f})"
+        if w.get(f"margin_{key}") is not None:
+            line += (f", ahead of {w['runner_up']} by {w[f'margin_{key}']:.3f} on their shared questions; "
                      "more familiar on "
                      f"{100 * w['win_rate_vs_runner_up']:.0f}% of paired questions")
         if w.get("bootstrap_p_best") is not None:
             line += f"; best in {100 * w['bootstrap_p_best']:.0f}% of bootstrap resamples"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _ranked_by(winner: dict) -> tuple[str, str]:
+    """(the winner's key in the summary, its label): mean SAP unless the race ranked by another metric."""
+    metric = winner.get("rank_by", "sap")
+    name = metric.upper().replace("_", "-")
+    return ("mean_sap", "mean SAP") if metric == "sap" else (
+        (f"mean_{metric}", f"mean {name}") if metric == "ppl" else (metric, name))
 
 
 def _f(x: float | None, digits: int = 3) -> str:
