@@ -11,6 +11,12 @@ contexts (``VLLMEngine.reads_prefix_cache``).
     PYTHONPATH=. python benchmarks/bench_scoring.py                       # tests/data/gsm8k_first20
     PYTHONPATH=. python benchmarks/bench_scoring.py --data ../shared/data/gsm8k --questions 50
     PYTHONPATH=. python benchmarks/bench_scoring.py --batch-tokens 2048,4096,8192,16384 --no-vllm
+    PYTHONPATH=. python benchmarks/bench_scoring.py --rank-overhead --no-vllm --no-baseline --repeats 5
+
+``--rank-overhead`` also times each hf path without the clipped-rank count that the rank-surprisal ratios
+(``rsr``, ``sa_rsr``) read (the engine's ``logprobs_and_ranks`` swapped for a log-prob-only twin, the
+computation before ranks were added), interleaved with the full one in every repeat: what turning the ratios
+on costs, since they need no forward of their own where PPL and SAP are scored.
 
 Baseline ("authors"): Hugging Face transformers, one example at a time, float32, full logits, labels
 with the context positions set to -100, the model's mean loss. All engines get the same token ids
@@ -130,6 +136,8 @@ def main() -> None:
                         help="time each engine this many times and keep the fastest (for a shared machine)")
     parser.add_argument("--no-baseline", action="store_true",
                         help="skip the authors' loop (no ratio column then)")
+    parser.add_argument("--rank-overhead", action="store_true",
+                        help="also time each hf path without the clipped-rank count (what rsr / sa_rsr cost)")
     parser.add_argument("--threads", type=int, default=None,
                         help="torch threads (default: torch's own); 1 is what an hf actor with one CPU computes with")
     args = parser.parse_args()
@@ -142,8 +150,16 @@ def main() -> None:
 
     from sapray.core.metrics import nll
     from sapray.core.scoring import EncodedRequest, encode_all
+    from sapray.engines import hf as hf_module
     from sapray.engines.hf import HFEngine
     from sapray.engines.models import resolve_model
+
+    with_ranks = hf_module.logprobs_and_ranks
+
+    def logprobs_only(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        """The computation before ranks: log_softmax and gather alone (ranks left 0)."""
+        picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        return torch.stack((picked, torch.zeros_like(picked)))
 
     print(f"machine: {machine()}")
     print(f"timing: fastest of {args.repeats} run(s) per engine, after a one-request warm-up")
@@ -176,23 +192,38 @@ def main() -> None:
         gc.collect()
 
     budgets = [int(b) for b in args.batch_tokens.split(",")]
-    variants = [(way, budget) for way in args.hf_paths.split(",") for budget in budgets]
+    counts = [True, False] if args.rank_overhead else [True]
+    variants = [(way, budget, ranks) for way in args.hf_paths.split(",") for budget in budgets for ranks in counts]
     for way in args.hf_paths.split(","):
         hf.packed = way == "packed"
         hf.sequence_logprobs(warm)
     best = dict.fromkeys(variants, math.inf)
-    nlls_by_variant: dict[tuple[str, int], list[float]] = {}
+    best_cpu = dict.fromkeys(variants, math.inf)  # process CPU seconds: what a busy shared machine leaves intact
+    nlls_by_variant: dict[tuple[str, int, bool], list[float]] = {}
     # rounds interleave the variants, so a burst of load from elsewhere does not land on one of them only
     for _ in range(args.repeats):
-        for way, budget in variants:
+        for way, budget, ranks in variants:
             hf.packed, hf.max_batch_tokens = way == "packed", budget
+            hf_module.logprobs_and_ranks = with_ranks if ranks else logprobs_only
+            cpu = time.process_time()
             lps, secs = timed(hf.sequence_logprobs, encoded)
-            best[way, budget] = min(best[way, budget], secs)
-            nlls_by_variant[way, budget] = [nll(x) for x in lps]
-            print(f"  hf {way} max_batch_tokens={budget}: {secs:.1f} s", flush=True)
-    for way, budget in variants:
-        rows.append((f"hf {way} (max_batch_tokens={budget})", len(encoded), tokens, best[way, budget],
-                     nlls_by_variant[way, budget]))
+            cpu = time.process_time() - cpu
+            best[way, budget, ranks] = min(best[way, budget, ranks], secs)
+            best_cpu[way, budget, ranks] = min(best_cpu[way, budget, ranks], cpu)
+            nlls_by_variant[way, budget, ranks] = [nll(x) for x in lps]
+            print(f"  hf {way} max_batch_tokens={budget}{'' if ranks else ' without ranks'}: {secs:.1f} s "
+                  f"({cpu:.1f} s CPU)", flush=True)
+    hf_module.logprobs_and_ranks = with_ranks
+    for way, budget, ranks in variants:
+        rows.append((f"hf {way} (max_batch_tokens={budget}){'' if ranks else ', no ranks'}", len(encoded), tokens,
+                     best[way, budget, ranks], nlls_by_variant[way, budget, ranks]))
+    if args.rank_overhead:
+        for way in args.hf_paths.split(","):
+            for budget in budgets:
+                print(f"  ranks cost hf {way} max_batch_tokens={budget}: "
+                      f"{best[way, budget, True] / best[way, budget, False] - 1:+.1%} wall time, "
+                      f"{best_cpu[way, budget, True] / best_cpu[way, budget, False] - 1:+.1%} CPU time "
+                      "(fastest of the repeats, against the same path without them)")
     del hf
     gc.collect()
 

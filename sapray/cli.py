@@ -454,7 +454,7 @@ def report_command(run_dir: str, output: str | None, validation_path: str | None
 
 @main.command("validate")
 @click.option("--results", help="one row per (model, task[, subset], strategy): accuracy and metric columns "
-              "(sap, ppl, ifd, length, reward, car); CSV, JSONL or Parquet")
+              "(sap, ppl, ifd, rsr, sa_rsr, length, reward, car); CSV, JSONL or Parquet")
 @click.option("--selection", "selections", multiple=True, metavar="TASK[:SUBSET]=PATH",
               help="a selection.json and the task (and subset) it scored; repeatable; needs --accuracy")
 @click.option("--accuracy", help="with --selection: table of strategy, accuracy (and optionally task, model)")

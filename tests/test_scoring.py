@@ -7,7 +7,7 @@ import math
 import pytest
 import torch
 
-from sapray.core.scoring import EncodedRequest, ScoreRequest, encode, score
+from sapray.core.scoring import EncodedRequest, ScoreRequest, TokenScores, encode, score
 
 # A real BPE merge across the boundary with the SmolLM2 tokenizer (found by search):
 # tok("Hello wor") = [Hello, ' wor'], tok("ld, how are you?") starts with 'ld', but
@@ -43,9 +43,9 @@ class RecordingEngine:
         self.max_length = max_length
         self.seen: list[EncodedRequest] = []
 
-    def sequence_logprobs(self, requests):
+    def sequence_scores(self, requests):
         self.seen.extend(requests)
-        return [[0.0] * len(r.continuation_ids) for r in requests]
+        return [TokenScores([0.0] * len(r.continuation_ids), [1] * len(r.continuation_ids)) for r in requests]
 
 
 @pytest.fixture(scope="module")

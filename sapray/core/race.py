@@ -55,6 +55,18 @@ share the race has always given each of the K (K - 1) / 2 pairs (its union bound
 which now covers the certificate as well; for two or three strategies it is smaller, so that the
 2 (K - 1) events above fit in ``1 - confidence``.
 
+Ranking by another metric (``sample.rank_by``): PPL is a mean like SAP and is raced the same way. A
+rank-surprisal ratio is a ratio of means, ``R_s = mean_i(r_i) / mean_i(u_i)`` (``r_i`` a response's mean
+clipped rank, ``u_i`` its mean surprisal), not a mean; the race works on its linearized per-question value
+(the delta method's influence function)
+
+    L_i(s) = R_s + (r_i(s) - R_s u_i(s)) / mean(u(s)),
+
+whose mean over the questions is exactly ``R_s`` and whose paired differences ``L_i(s) - c L_i(t)`` have
+mean ``R_s - c R_t`` and, to first order, that estimate's spread. Every rule above then applies to
+``L`` unchanged; the guarantee holds asymptotically (the linearization's error is of order 1/n, below the
+sequence's radius of order sqrt(log n / n)), and tests/test_race.py checks its error rate by simulation.
+
 Certifying ``mu_p <= (1 + epsilon) mu_s`` directly through ``D'`` makes the margin relative to the
 true mean without estimating it: the alternative, bounding ``mu*`` from below by a confidence sequence
 for a mean SAP, would carry the spread of SAP across questions (large) where ``D'`` carries only the
@@ -66,6 +78,7 @@ interval, so it can stop sooner with the same guarantee.
 from __future__ import annotations
 
 import math
+import warnings
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -75,6 +88,13 @@ METHOD = ("paired differences of per-question SAP against the leader; two-sided 
           "upper end of the same sequence for SAP(leader) - (1 + epsilon) SAP(s) at or below 0 for every other "
           "remaining s (epsilon-good identification, Even-Dar, Mannor & Mansour 2006); union bound over the "
           "2 (K - 1) one-sided events that involve the best strategy")
+
+
+def race_label(metric: str) -> str:
+    """What a race ranks by, in words: ``mean SAP``, ``mean PPL``; a rank-surprisal ratio is a ratio of means:
+    ``RSR``, ``SA-RSR``."""
+    name = metric.upper().replace("_", "-")
+    return f"mean {name}" if metric in ("sap", "ppl") else name
 
 
 def rho2_for(n_opt: float, alpha: float) -> float:
@@ -117,20 +137,44 @@ class Race:
     ended: str | None = None
     end_reason: str = ""
     certified: list[str] = field(default_factory=list)  # within epsilon of the best, at the end
+    metric: str = "sap"  # what it ranks by (sample.rank_by): the name its records and reasons give
+
+    @property
+    def label(self) -> str:
+        return race_label(self.metric)
 
     def __post_init__(self) -> None:
         self.remaining = list(self.strategies)
         self.column = {s: j for j, s in enumerate(self.strategies)}
         self.row: dict[str, int] = {}
-        self.sap: list[list[float]] = []  # question x strategy, NaN where not scored
+        self.sap: list[list[float]] = []  # question x strategy, NaN where not scored: the ranked values
+        self.denominators: list[list[float]] = []  # a ratio of means' per-question denominators, alike
         self.alpha = pair_alpha(self.rule.confidence, len(self.strategies))
         self.rho2 = rho2_for(self.rule.tuned_for, self.alpha)
 
-    def add(self, question_id: str, strategy: str, sap: float) -> None:
+    def add(self, question_id: str, strategy: str, sap: float, denominator: float | None = None) -> None:
+        """One question's value for a strategy; with ``denominator``, the race ranks the ratio of the means of
+        the values and of the denominators (a rank-surprisal ratio: mean clipped rank, mean surprisal)."""
         if question_id not in self.row:
             self.row[question_id] = len(self.sap)
             self.sap.append([math.nan] * len(self.strategies))
+            self.denominators.append([math.nan] * len(self.strategies))
         self.sap[self.row[question_id]][self.column[strategy]] = sap
+        if denominator is not None:
+            self.denominators[self.row[question_id]][self.column[strategy]] = denominator
+
+    def _values(self) -> np.ndarray:
+        """The per-question values the rules work on: as added, or for a ratio of means its linearized value
+        ``L_i = R + (x_i - R d_i) / mean(d)`` per strategy (module docstring), whose mean is the ratio."""
+        values = np.array(self.sap, dtype=float).reshape(-1, len(self.strategies))
+        denominators = np.array(self.denominators, dtype=float).reshape(values.shape)
+        if np.isnan(denominators).all():
+            return values
+        with warnings.catch_warnings(), np.errstate(invalid="ignore", divide="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)  # a strategy not scored yet: NaN, as unscored
+            mean_x, mean_d = np.nanmean(values, axis=0), np.nanmean(denominators, axis=0)
+            ratio = mean_x / np.maximum(mean_d, 1e-12)
+            return ratio + (values - ratio * denominators) / np.maximum(mean_d, 1e-12)
 
     def _means(self, values: np.ndarray) -> dict[str, float]:
         counts = (~np.isnan(values)).sum(axis=0)
@@ -167,7 +211,7 @@ class Race:
 
         ``decide=False`` records the intervals only (the fixed design: nothing is dropped or ended).
         """
-        values = np.array(self.sap, dtype=float).reshape(-1, len(self.strategies))
+        values = self._values()
         means = self._means(values)
         scored = [s for s in self.remaining if not math.isnan(means[s])]
         if not scored:  # every request so far was rejected: nothing to compare yet
@@ -208,13 +252,13 @@ class Race:
         if len(self.remaining) == 1:
             self.ended, self.certified = "winner", [leader]
             self.end_reason = (f"{leader} is the only strategy left: every other is worse by more than "
-                               f"{self.rule.epsilon:.0%} of its mean SAP ({self.rule.confidence:.0%} confidence)")
+                               f"{self.rule.epsilon:.0%} of its {self.label} ({self.rule.confidence:.0%} confidence)")
         elif worst <= 0:
             also = [p for p in self.contenders() if p != leader and self._certified(values, p)]
             self.ended, self.certified = "good_enough", [leader, *also]
             self.end_reason = (
-                f"{leader} is good enough: within {self.rule.epsilon:.0%} of the best strategy's mean SAP "
-                f"({self.rule.confidence:.0%} confidence; the upper bounds on mean SAP of {leader} minus "
+                f"{leader} is good enough: within {self.rule.epsilon:.0%} of the best strategy's {self.label} "
+                f"({self.rule.confidence:.0%} confidence; the upper bounds on {self.label} of {leader} minus "
                 f"{1 + self.rule.epsilon:g} x that of each other remaining strategy are at most {worst:.3f}, below 0)"
                 + (f"; so {'is' if len(also) == 1 else 'are'} {', '.join(also)}" if also else ""))
         return record
@@ -225,11 +269,12 @@ class Race:
 
     def contenders(self) -> list[str]:
         """The strategies still in the race, lowest mean SAP first."""
-        means = self._means(np.array(self.sap, dtype=float).reshape(-1, len(self.strategies)))
+        means = self._means(self._values())
         return sorted(self.remaining, key=lambda s: (means[s], s))
 
     def to_dict(self, stop: str) -> dict:
         return {
+            **({"rank_by": self.metric} if self.metric != "sap" else {}),  # a SAP race's record as it always was
             "stop": stop,
             "method": METHOD,
             "confidence": self.rule.confidence,

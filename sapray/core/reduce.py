@@ -15,6 +15,15 @@ import numpy as np
 
 from sapray.core import metrics
 
+# sample.rank_by -> its per-strategy key in the summary, and what the summary says it ranks by
+RANK_KEYS = {"sap": "mean_sap", "ppl": "mean_ppl", "rsr": "rsr", "sa_rsr": "sa_rsr"}
+STATISTIC = {"sap": "mean SAP per strategy (lower = more familiar, ranked first)",
+             "ppl": "mean PPL per strategy (lower = more familiar, ranked first)",
+             "rsr": "RSR per strategy: mean clipped rank over mean surprisal, the question alone as context "
+                    "(lower = more familiar, ranked first)",
+             "sa_rsr": "SA-RSR per strategy: mean clipped rank over mean surprisal in SAP's context "
+                       "(lower = more familiar, ranked first)"}
+
 
 def _matrix(scores: Sequence[dict], strategies: list[str], key: str) -> tuple[list[str], np.ndarray]:
     questions = sorted({s["question_id"] for s in scores})
@@ -65,6 +74,29 @@ def _reward_stats(scores: Sequence[dict], strategy: str) -> dict:
     return {"mean_reward": _r(mean_reward), "car": _r(metrics.car(mean_reward, mean_nll))}
 
 
+def _rsr_stats(scores: Sequence[dict], strategies: list[str], bootstrap: int, seed: int) -> dict[str, dict]:
+    """Per strategy, each rank-surprisal ratio its scores carry (``rsr``, ``sa_rsr``): the ratio of the
+    per-response means (``metrics.rsr_of_means``) and its 95% interval from the same paired resamples of
+    questions as SAP's (the ratio recomputed in each resample); none where no score carries it."""
+    out: dict[str, dict] = {name: {} for name in strategies}
+    for metric, kind in metrics.RSR_KIND.items():
+        if not any(metric in s for s in scores):
+            continue  # not asked for: the summary keeps its keys
+        _, ranks = _matrix(scores, strategies, f"rank_{kind}")
+        _, nlls = _matrix(scores, strategies, f"nll_{kind}")
+        boot = (bootstrap_means(ranks, bootstrap, seed) / np.maximum(bootstrap_means(nlls, bootstrap, seed),
+                                                                     metrics.RSR_GUARD)
+                if bootstrap and len(ranks) else None)  # the same seed: the same resampled questions for both
+        for j, name in enumerate(strategies):
+            scored = ~np.isnan(ranks[:, j])
+            value = metrics.rsr_of_means(ranks[scored, j], nlls[scored, j]) if scored.any() else math.nan
+            lo = hi = math.nan
+            if boot is not None and scored.sum() > 1:
+                lo, hi = np.nanpercentile(boot[:, j], [2.5, 97.5])
+            out[name] |= {metric: _r(value), f"ci95_{metric}": [_r(lo), _r(hi)]}
+    return out
+
+
 def _finite_mean(column: np.ndarray) -> float | None:
     """Mean of the finite values; None when there are none (a metric that was not scored)."""
     finite = column[np.isfinite(column)]
@@ -81,18 +113,36 @@ def evidence(paired_questions: int, min_questions: int) -> dict:
                       "to rank strategies; the order shown is no more than a hint."}
 
 
+def _resampled_statistic(scores: Sequence[dict], strategies: list[str], columns: list[int], rank_by: str,
+                         rows: np.ndarray, resamples: int, seed: int) -> np.ndarray:
+    """The ranking statistic of the strategies at ``columns`` in resamples of the question ``rows``: a mean,
+    or for a rank-surprisal ratio the ratio of the resampled means (the same resampled questions for both)."""
+    def values(key: str) -> np.ndarray:
+        return _matrix(scores, strategies, key)[1][np.ix_(rows, columns)]
+
+    if rank_by not in metrics.RSR_KIND:
+        return bootstrap_means(values(rank_by), resamples, seed)
+    kind = metrics.RSR_KIND[rank_by]
+    ranks, nlls = values(f"rank_{kind}"), values(f"nll_{kind}")
+    return bootstrap_means(ranks, resamples, seed) / np.maximum(bootstrap_means(nlls, resamples, seed),
+                                                                metrics.RSR_GUARD)
+
+
 def summarize(scores: Sequence[dict], strategies: list[str], bootstrap: int = 1000, seed: int = 0,
-              contenders: list[str] | None = None, min_questions: int = 10) -> dict:
+              contenders: list[str] | None = None, min_questions: int = 10, rank_by: str = "sap") -> dict:
     """Per-strategy statistics, the win-rate matrix and the ranking, as a JSON-ready dict.
 
     ``contenders`` (default: every strategy with scores) are the strategies still in the running;
-    the winner is the contender of lowest mean SAP, and P(best) is computed among the contenders
-    on the questions they were all scored on.
+    the winner is the contender of lowest ``rank_by`` statistic (mean SAP by default; ``RANK_KEYS``), and
+    P(best) is computed among the contenders on the questions they were all scored on. Win rates compare
+    the responses' own values of ``rank_by`` (a response's RSR for the ratios).
     """
     _, sap = _matrix(scores, strategies, "sap")
-    counts = (~np.isnan(sap)).sum(axis=0)
+    # questions scored per strategy: of the metric ranked by (SAP need not be scored when it does not rank)
+    counts = (~np.isnan(sap if rank_by == "sap" else _matrix(scores, strategies, rank_by)[1])).sum(axis=0)
     per_strategy = {}
     boot = bootstrap_means(sap, bootstrap, seed) if bootstrap and len(sap) else None
+    ratios = _rsr_stats(scores, strategies, bootstrap, seed)
     for j, name in enumerate(strategies):
         column = sap[:, j][~np.isnan(sap[:, j])]
         lo = hi = float("nan")
@@ -107,14 +157,17 @@ def summarize(scores: Sequence[dict], strategies: list[str], bootstrap: int = 10
             **{f"mean_{key}": _finite_mean(_matrix(scores, strategies, key)[1][:, j])
                for key in ("ppl", "ifd", "length")},
             **_reward_stats(scores, name),
+            **ratios[name],
         }
-    mean_of = {n: per_strategy[n]["mean_sap"] for n in strategies if per_strategy[n]["mean_sap"] is not None}
+    key = RANK_KEYS[rank_by]
+    mean_of = {n: per_strategy[n].get(key) for n in strategies if per_strategy[n].get(key) is not None}
     contenders = [n for n in (contenders if contenders is not None else strategies) if n in mean_of]
     ranked = sorted(contenders, key=lambda n: (mean_of[n], n)) + sorted(
         (n for n in mean_of if n not in contenders), key=lambda n: (mean_of[n], n))
-    win = win_rates(sap)
+    ranked_values = sap if rank_by == "sap" else _matrix(scores, strategies, rank_by)[1]
+    win = win_rates(ranked_values)
     index = {n: j for j, n in enumerate(strategies)}
-    together = sap[:, [index[n] for n in contenders]]
+    together = ranked_values[:, [index[n] for n in contenders]]
     paired = int((~np.isnan(together).any(axis=1)).sum()) if contenders else 0
     result = {
         "ranking": ranked,
@@ -126,21 +179,24 @@ def summarize(scores: Sequence[dict], strategies: list[str], bootstrap: int = 10
     }
     if ranked:
         first = ranked[0]
-        winner = {"strategy": first, "mean_sap": mean_of[first]}
+        # a SAP winner's record keeps its keys; another metric's names it
+        winner = {"strategy": first, key: mean_of[first], **({"rank_by": rank_by} if rank_by != "sap" else {})}
         if len(ranked) > 1:
             second = ranked[1]
-            both = ~np.isnan(sap[:, index[first]]) & ~np.isnan(sap[:, index[second]])
+            both = ~np.isnan(ranked_values[:, index[first]]) & ~np.isnan(ranked_values[:, index[second]])
+            margin = (_r(np.mean(ranked_values[both, index[second]] - ranked_values[both, index[first]]))
+                      if rank_by not in metrics.RSR_KIND else _r(mean_of[second] - mean_of[first]))
             winner.update({
                 "runner_up": second,
-                "margin_mean_sap": _r(np.mean(sap[both, index[second]] - sap[both, index[first]]))
-                if both.any() else None,
+                f"margin_{key}": margin if both.any() else None,
                 "win_rate_vs_runner_up": _r(win[index[first], index[second]]),
             })
         if not result["evidence"]["sufficient"]:
             winner["provisional"] = True
         elif bootstrap and len(contenders) > 1:
-            complete = together[~np.isnan(together).any(axis=1)]
-            means = bootstrap_means(complete, bootstrap, seed)
+            complete = ~np.isnan(together).any(axis=1)
+            means = _resampled_statistic(scores, strategies, [index[n] for n in contenders], rank_by, complete,
+                                         bootstrap, seed)
             best = np.argmin(means, axis=1)
             winner["bootstrap_p_best"] = _r(float(np.mean(best == contenders.index(first))))
             winner["p_best"] = {n: _r(float(np.mean(best == k))) for k, n in enumerate(contenders)}

@@ -62,12 +62,31 @@ class EncodedRequest:
         return self.context_ids + self.continuation_ids
 
 
+# What a journaled score carries, in job fingerprints: 2 added the clipped-rank sum, so a journal of
+# log-prob sums alone is not resumed into a job that reports the rank-surprisal ratio.
+SCORES_FORMAT = 2
+# The rank-surprisal ratio clips each token's rank here (arXiv 2601.14249, eq. 7; docs/concepts/rsr.md).
+RANK_CLIP = 100
+
+
+@dataclass(frozen=True)
+class TokenScores:
+    """What an engine gives for each continuation token: its log-probability and its rank among the
+    vocabulary, clipped at ``RANK_CLIP`` (1 + the tokens of higher logit; the engine's tie rule,
+    docs/concepts/rsr.md)."""
+
+    logprobs: list[float]
+    ranks: list[int]
+
+
 @dataclass
 class ScoreResult:
-    """Log-probabilities of the continuation's tokens, or the reason the request was rejected."""
+    """Log-probabilities and clipped ranks of the continuation's tokens, or the reason the request was
+    rejected."""
 
     request_id: str
     token_logprobs: list[float] = field(default_factory=list)
+    token_ranks: list[int] = field(default_factory=list)
     n_context_tokens: int = 0
     n_continuation_tokens: int = 0
     truncated_tokens: int = 0
@@ -77,16 +96,23 @@ class ScoreResult:
     def ok(self) -> bool:
         return self.error is None
 
+    @property
+    def rank_sum(self) -> int:
+        """The continuation's clipped ranks summed: the numerator of its rank-surprisal ratio."""
+        return sum(self.token_ranks)
+
 
 class ScoringEngine(Protocol):
-    """What an engine must offer: a tokenizer, a length limit, and log-probs of token sequences."""
+    """What an engine must offer: a tokenizer, a length limit, and log-probs (with clipped ranks) of
+    token sequences."""
 
     name: str
     tokenizer: Any
     max_length: int
 
-    def sequence_logprobs(self, requests: Sequence[EncodedRequest]) -> list[list[float]]:
-        """For each request, the log-probability of each continuation token given all before it."""
+    def sequence_scores(self, requests: Sequence[EncodedRequest]) -> list[TokenScores]:
+        """For each request, the log-probability and clipped rank of each continuation token given all
+        before it."""
         ...
 
 
@@ -201,14 +227,14 @@ def score(
     """
     slots = encode_all(requests, engine.tokenizer, engine.max_length, boundary, overlong)
     encoded = [s for s in slots if isinstance(s, EncodedRequest)]
-    logprobs = iter(engine.sequence_logprobs(encoded) if encoded else [])
+    scores = iter(engine.sequence_scores(encoded) if encoded else [])
     return [
-        slot if isinstance(slot, ScoreResult) else ScoreResult(
-            request_id=slot.request_id,
-            token_logprobs=next(logprobs),
-            n_context_tokens=len(slot.context_ids),
-            n_continuation_tokens=len(slot.continuation_ids),
-            truncated_tokens=slot.truncated_tokens,
-        )
+        slot if isinstance(slot, ScoreResult) else _result(slot, next(scores))
         for slot in slots
     ]
+
+
+def _result(slot: EncodedRequest, scores: TokenScores) -> ScoreResult:
+    return ScoreResult(request_id=slot.request_id, token_logprobs=scores.logprobs, token_ranks=scores.ranks,
+                       n_context_tokens=len(slot.context_ids), n_continuation_tokens=len(slot.continuation_ids),
+                       truncated_tokens=slot.truncated_tokens)

@@ -1,8 +1,8 @@
 """Judge metrics' rankings against downstream accuracy (METHOD.md §3).
 
 Input: one row per (model, task[, subset], strategy) with the strategy's fine-tuned ``accuracy`` and
-one column per metric present (sap, ppl, ifd, length: lower is better; reward, car: higher is
-better). Or selection.json files, each labelled with a task, plus an accuracy table keyed by strategy.
+one column per metric present (sap, ppl, ifd, rsr, sa_rsr, length: lower is better; reward, car: higher
+is better). Or selection.json files, each labelled with a task, plus an accuracy table keyed by strategy.
 
 For each metric and each (model, task) pair:
 - Spearman's rho between the metric's order and the accuracy order (average ranks for ties), signed
@@ -44,10 +44,11 @@ import numpy as np
 from sapray.core import uncertainty
 
 # metric column -> True when a lower value is better
-LOWER_IS_BETTER = {"sap": True, "ppl": True, "ifd": True, "length": True, "reward": False, "car": False}
-# selection.json per_strategy key for each metric
-SELECTION_KEYS = {"sap": "mean_sap", "ppl": "mean_ppl", "ifd": "mean_ifd", "length": "mean_length",
-                  "reward": "mean_reward", "car": "car"}
+LOWER_IS_BETTER = {"sap": True, "ppl": True, "ifd": True, "rsr": True, "sa_rsr": True, "length": True,
+                   "reward": False, "car": False}
+# selection.json per_strategy key for each metric (a strategy's RSR is a ratio of means, not a mean)
+SELECTION_KEYS = {"sap": "mean_sap", "ppl": "mean_ppl", "ifd": "mean_ifd", "rsr": "rsr", "sa_rsr": "sa_rsr",
+                  "length": "mean_length", "reward": "mean_reward", "car": "car"}
 TIE_RULE = ("ties share the mean of their ranks; rho is undefined (null) when all accuracies or all metric values "
             "of a subset are tied, and such a pair leaves the weighted mean with its weight; top-1 with several "
             "strategies tied on the best metric value is their mean accuracy")

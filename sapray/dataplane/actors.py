@@ -71,6 +71,7 @@ class ScoreActor:
         return {
             "request_id": [r.request_id for r in results],
             "token_logprobs": [r.token_logprobs for r in results],
+            "rank_sum": [r.rank_sum for r in results],
             "n_context_tokens": [r.n_context_tokens for r in results],
             "n_continuation_tokens": [r.n_continuation_tokens for r in results],
             "truncated_tokens": [r.truncated_tokens for r in results],

@@ -213,7 +213,7 @@ class ScoreColumns:
             eligible.append(ok)
             rank.append(self.rule.rank_value(scores) if ok else math.nan)
         out = batch.select([c for c in batch.column_names
-                            if not c.startswith(("sum_", "tokens_", "initial_", "reference_"))])
+                            if not c.startswith(("sum_", "ranks_", "tokens_", "initial_", "reference_"))])
         for c in self.columns:
             out = out.append_column(c, pa.array(values[c], pa.float64()))
         out = out.append_column("rank_key", pa.array(order_stats.sortable(np.array(rank, dtype=np.float64))))

@@ -19,7 +19,7 @@ from typing import Any
 
 from sapray.config import SelectConfig, StrategyConfig
 from sapray.console import console
-from sapray.core.metrics import candidate_metrics, context_kinds
+from sapray.core.metrics import RSR_KIND, candidate_metrics, context_kinds
 from sapray.core.race import Race
 from sapray.core.sample import Budget, rounds
 from sapray.dataplane.actors import ScoreActor
@@ -54,10 +54,20 @@ class TeacherRounds:
 
 def scored_request(row: dict) -> dict:
     """What a round keeps of a scoring actor's row (and journals): the continuation's log-prob sum (exactly
-    rounded, ``math.fsum``, so its NLL is the one the token log-probs give), the token counts, the error."""
+    rounded, ``math.fsum``, so its NLL is the one the token log-probs give), its clipped-rank sum, the token
+    counts, the error."""
     return {"request_id": row["request_id"], "logprob_sum": math.fsum(row["token_logprobs"]),
+            "rank_sum": int(row["rank_sum"]),
             **{k: int(row[k]) for k in ("n_context_tokens", "n_continuation_tokens", "truncated_tokens")},
             "error": row["error"], "actor": row["actor"]}
+
+
+def race_values(score: dict, metric: str) -> tuple[float, float | None]:
+    """What the race takes of a candidate's metrics: the value it ranks by, and for a rank-surprisal ratio (a
+    ratio of means) the response's mean clipped rank with its mean surprisal as the denominator."""
+    if metric in RSR_KIND:
+        return score[f"rank_{RSR_KIND[metric]}"], score[f"nll_{RSR_KIND[metric]}"]
+    return score[metric], None
 
 
 def round_entry(number: int) -> str:
@@ -147,7 +157,7 @@ class RaceRounds:
         new = collect_round(round_ids, live, self.requests, scored, self.rejects)
         self.scores.extend(new)
         for score in new:
-            self.race.add(score["question_id"], score["strategy"], score["sap"])
+            self.race.add(score["question_id"], score["strategy"], *race_values(score, self.race.metric))
         record = self.race.look(number, self.budget.tokens, self.budget.money if self.teachers else None,
                                 decide=self.confident)
         if self.teachers and record["eliminated"]:
@@ -161,10 +171,10 @@ class RaceRounds:
             return
         if self.budget.stopped_by == "all_questions":
             self.race.stop("exhausted", f"every eligible question was scored ({self.budget.questions}) before a "
-                           "confident decision; the contenders are ranked by mean SAP")
+                           f"confident decision; the contenders are ranked by {self.race.label}")
         else:
             self.race.stop("budget", f"the {self.budget.stopped_by} cap was reached before a confident decision; "
-                           "the contenders are ranked by mean SAP")
+                           f"the contenders are ranked by {self.race.label}")
 
 
 @contextlib.contextmanager
@@ -202,7 +212,7 @@ def collect_round(round_ids: list[str], live: list[str], requests: Requests, sco
                 rejects.append(Reject(c.get("source", ""), "; ".join(errors), "score", qid, name))
                 continue
             out.append({
-                "question_id": qid, "strategy": name, **candidate_metrics(by_kind),
+                "question_id": qid, "strategy": name, **candidate_metrics(by_kind, cfg.metrics),
                 "reward": c.get("reward"),
                 "exemplar_ids": [e.exemplar_id for e in chosen],
                 "exemplars_checked": all(e.checked for e in chosen),

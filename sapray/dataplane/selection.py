@@ -20,8 +20,9 @@ from sapray.console import console
 from sapray.core import exemplars as ex
 from sapray.core.contexts import Layout
 from sapray.core.race import Race, RaceRule
-from sapray.core.reduce import cost_table, summarize
+from sapray.core.reduce import RANK_KEYS, STATISTIC, cost_table, summarize
 from sapray.core.sample import Budget
+from sapray.core.scoring import SCORES_FORMAT
 from sapray.dataplane.journal import Journal, job_fingerprint
 from sapray.dataplane.mining import selection_exemplars
 from sapray.dataplane.read import CANDIDATE_STAGES, Reject
@@ -69,7 +70,7 @@ def select_strategy(cfg: SelectConfig, target: Target, engines: Engines, journal
     mining_placement = exemplar_info.pop("placement", {})  # where mining ran: run.json, not selection.json
     mining_s = time.monotonic() - t0
     s = cfg.sample
-    race = Race(strategies, RaceRule(s.confidence, s.epsilon, s.min_questions, s.tuned_for))
+    race = Race(strategies, RaceRule(s.confidence, s.epsilon, s.min_questions, s.tuned_for), metric=s.rank_by)
     loop = RaceRounds(cfg, Requests(cfg, target, pool, sample), race, Budget(s.max_questions, s.max_tokens,
                                                                             s.max_money), teachers, inputs.rows_in,
                       journal)
@@ -99,7 +100,7 @@ def fingerprint(cfg: SelectConfig, commit: str | None) -> dict:
     inputs = [cfg.data.questions, *cfg.data.candidate_sources().values(), cfg.exemplars.file, cfg.exemplars.pool,
               *(s.teacher.path for s in cfg.strategies if s.teacher.kind == "file")]
     return job_fingerprint({**kept, "sample": {k: v for k, v in config["sample"].items() if k != "pick"}},
-                           {"model": commit}, inputs, batch_size=cfg.ray.batch_size)
+                           {"model": commit}, inputs, batch_size=cfg.ray.batch_size, scores=SCORES_FORMAT)
 
 
 def open_journal(cfg: SelectConfig, commit: str | None, restart: bool) -> Journal:
@@ -172,9 +173,9 @@ def _summary(cfg: SelectConfig, loop: RaceRounds, strategies: list[str], inputs:
     race, s = loop.race, cfg.sample
     contenders = race.contenders()
     summary = summarize(loop.scores, strategies, cfg.bootstrap, s.seed, contenders=contenders,
-                        min_questions=s.min_questions)
+                        min_questions=s.min_questions, rank_by=s.rank_by)
     summary["ranking"] = contenders + sorted(race.eliminated, key=lambda n: (-race.eliminated[n], summary[
-        "per_strategy"][n]["mean_sap"] or math.inf, n))
+        "per_strategy"][n][RANK_KEYS[s.rank_by]] or math.inf, n))
     summary["race"] = race.to_dict(s.stop)
     summary["race"]["cost"] = cost_table(loop.scores, strategies, loop.budget.questions,
                                          loop.teachers.cost if loop.teachers else {})
@@ -182,6 +183,6 @@ def _summary(cfg: SelectConfig, loop: RaceRounds, strategies: list[str], inputs:
         "model": cfg.model, "engine": cfg.engine, "layout": cfg.layout, "boundary": layout.boundary,
         "metrics": list(cfg.metrics), "strategies": strategies, "strategy_set": inputs.chosen.to_dict(),
         "budget": loop.budget.to_dict(), "counts": counts, "candidates_joined": inputs.joined,
-        "exemplars": exemplar_info, "statistic": "mean SAP per strategy (lower = more familiar, ranked first)",
+        "exemplars": exemplar_info, "statistic": STATISTIC[s.rank_by],
     })
     return summary

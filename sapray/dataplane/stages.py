@@ -3,7 +3,8 @@ in the cluster; the driver receives counts, moments and histograms.
 
     read_dataset   shards (byte ranges, row groups, files) -> rows, parsed and validated in workers
     EncodeRequests CPU workers: each row's requests, rendered and tokenized (token ids out)
-    ScoreSums      engine actors: per request the sum of the continuation's log-probs and its length
+    ScoreSums      engine actors: per request the sum of the continuation's log-probs, of its clipped ranks, and
+                   its length
     moments        counts, means and variances per column, computed where the blocks are
     select         exact order statistics (``order_stats``): the keys at given ranks, in passes over the blocks
     write_*        Parquet and JSON lines part files, written by the workers (local paths or s3://)
@@ -199,7 +200,8 @@ VERDICT = ("reject", "reject_stage")
 
 class ScoreSums:
     """Engine actor: for each request of each row, the sum of the continuation's token log-probs
-    (``{prefix}sum_{r}``) and its token count (``{prefix}tokens_{r}``); per-token values only with
+    (``{prefix}sum_{r}``), the sum of its tokens' clipped ranks (``{prefix}ranks_{r}``, the rank-surprisal
+    ratio's numerator) and its token count (``{prefix}tokens_{r}``); per-token log-probs only with
     ``token_logprobs`` (debugging). With ``drop_ids`` the token ids leave the rows here. ``journaled`` (a
     ``journal.RowJournal`` table, or its object ref): rows found there take its values instead of being scored
     (their ids may be empty: not tokenized). ``writer``: the pass's ``journal.RowJournalWriter``, sent each
@@ -255,16 +257,18 @@ class ScoreSums:
                 if ok[i]:
                     slots.append((r, i))
                     encoded.append(EncodedRequest(str(i), contexts[i], continuations[i]))
-        logprobs = self.engine.sequence_logprobs(encoded) if encoded else []
+        scores = self.engine.sequence_scores(encoded) if encoded else []
         sums = np.zeros((self.requests, batch.num_rows))
+        ranks = np.zeros((self.requests, batch.num_rows), dtype=np.int64)
         tokens = np.zeros((self.requests, batch.num_rows), dtype=np.int64)
         per_token: list[list[list[float]]] = [[[] for _ in range(batch.num_rows)] for _ in range(self.requests)]
-        for (r, i), values in zip(slots, logprobs, strict=True):
-            sums[r, i], tokens[r, i] = math.fsum(values), len(values)
-            per_token[r][i] = values
+        for (r, i), values in zip(slots, scores, strict=True):
+            sums[r, i], ranks[r, i], tokens[r, i] = math.fsum(values.logprobs), sum(values.ranks), len(values.logprobs)
+            per_token[r][i] = values.logprobs
         columns = {}
         for r in range(self.requests):
             columns[f"{self.prefix}sum_{r}"] = pa.array(sums[r])
+            columns[f"{self.prefix}ranks_{r}"] = pa.array(ranks[r])
             columns[f"{self.prefix}tokens_{r}"] = pa.array(tokens[r])
             if self.token_logprobs:
                 columns[f"{self.prefix}token_logprobs_{r}"] = pa.array(per_token[r], pa.list_(pa.float64()))

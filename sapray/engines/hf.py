@@ -37,7 +37,7 @@ import numpy as np
 import torch
 
 from sapray.core import packing
-from sapray.core.scoring import EncodedRequest
+from sapray.core.scoring import RANK_CLIP, EncodedRequest, TokenScores
 from sapray.engines.base import DEFAULT_MAX_LENGTH, Generation, SamplingConfig
 
 
@@ -66,6 +66,26 @@ def packable(model: Any, max_length: int) -> bool:
             and getattr(config, "final_logit_softcapping", None) is None
             and getattr(config, "logit_scale", None) is None
             and model.get_output_embeddings() is not None)
+
+
+def logprobs_and_ranks(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """For rows of logits (..., vocabulary) and each row's target id (...): a (2, ...) fp32 tensor on their
+    device, the target's log-probability and its clipped strict rank, min(1 + #{v: z_v > z_target}, RANK_CLIP)
+    (ties count in the target's favour, as the reference rank-surprisal ratio's do). Both from the same fp32
+    logits, so one copy to the host carries both."""
+    logits = logits.float()
+    chosen = logits.gather(-1, targets.unsqueeze(-1))
+    logprobs = torch.log_softmax(logits, dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+    # Only the RANK_CLIP largest logits can lift the rank below the clip, so counting among them is exact after
+    # clipping; as the reference counts, and on a CPU a third of a full-row comparison's time (docs/concepts/rsr.md).
+    top = torch.topk(logits, min(RANK_CLIP, logits.shape[-1]), dim=-1).values
+    ranks = ((top > chosen).sum(-1) + 1).clamp_(max=RANK_CLIP)
+    return torch.stack((logprobs, ranks.float()))
+
+
+def _scores(values: list[list[float]]) -> TokenScores:
+    """A request's (2, tokens) host values as its TokenScores (ranks are whole numbers below 2^24: exact)."""
+    return TokenScores(values[0], [int(r) for r in values[1]])
 
 
 class HFEngine:
@@ -148,9 +168,13 @@ class HFEngine:
         """With ``max_padding`` set, padding stays under that share of the rows x width positions run."""
         return self.max_padding is None or rows * width - real_positions <= self.max_padding * rows * width
 
-    @torch.inference_mode()
     def sequence_logprobs(self, requests: Sequence[EncodedRequest]) -> list[list[float]]:
-        out: list[list[float]] = [[] for _ in requests]
+        """The continuation tokens' log-probs alone."""
+        return [s.logprobs for s in self.sequence_scores(requests)]
+
+    @torch.inference_mode()
+    def sequence_scores(self, requests: Sequence[EncodedRequest]) -> list[TokenScores]:
+        out: list[TokenScores] = [TokenScores([], []) for _ in requests]
         if self.share_contexts and self.packed:
             self._score_packed(requests, out)
             return out
@@ -166,7 +190,7 @@ class HFEngine:
         self._score_padded(requests, alone, out)
         return out
 
-    def _score_packed(self, requests: Sequence[EncodedRequest], out: list[list[float]]) -> None:
+    def _score_packed(self, requests: Sequence[EncodedRequest], out: list[TokenScores]) -> None:
         """Every request in packed rows (``sapray.core.packing``): a segment per context of at most
         ``max_length`` tokens, rows as wide as the longest segment, as many rows per forward as the
         padded-token budget holds."""
@@ -182,7 +206,7 @@ class HFEngine:
             width = max(sum(lengths[k] for k in row) for row in rows[start:start + per_pass])
             self._packed_forward(packing.layout(batch, continuations, width, self.pad_id), out)
 
-    def _packed_forward(self, packed: packing.PackedLayout, out: list[list[float]]) -> None:
+    def _packed_forward(self, packed: packing.PackedLayout, out: list[TokenScores]) -> None:
         # Every host array goes to the device before the forward starts: a copy from pageable host memory
         # waits for the queued kernels, so one issued mid-pass would leave the GPU idle while the host catches up.
         owners = sorted(packed.targets)
@@ -201,20 +225,20 @@ class HFEngine:
         hidden = self.model.get_decoder()(input_ids=ids, attention_mask=mask[:, None],
                                           position_ids=positions).last_hidden_state
         predicting = hidden[predictors[:, 0], predictors[:, 1]]
-        values = torch.empty(len(pairs), device=self.device)
+        values = torch.empty((2, len(pairs)), device=self.device)
         head = self.model.get_output_embeddings()
         for start, index, wanted in chunks:
-            logprobs = torch.log_softmax(head(predicting[start:start + self.max_logit_rows]).float(), dim=-1)
-            values[index] = logprobs[wanted[:, 0], wanted[:, 1]]
+            logits = head(predicting[start:start + self.max_logit_rows])
+            values[:, index] = logprobs_and_ranks(logits[wanted[:, 0]], wanted[:, 1])
         flat = values.cpu().tolist()  # the one device-to-host copy: the scores alone
         offset = 0
         for i in owners:
             n = len(packed.targets[i])
-            out[i] = flat[offset:offset + n]
+            out[i] = _scores([flat[0][offset:offset + n], flat[1][offset:offset + n]])
             offset += n
 
     def _score_shared_context(self, requests: Sequence[EncodedRequest], members: list[int],
-                              out: list[list[float]]) -> None:
+                              out: list[TokenScores]) -> None:
         """Run the common context once, then the continuations right-padded on copies of its KV cache."""
         from transformers import DynamicCache
 
@@ -222,9 +246,12 @@ class HFEngine:
         n_ctx = context.shape[1]
         first = self.model(input_ids=context, past_key_values=DynamicCache(config=self.model.config),
                            use_cache=True, logits_to_keep=1)
-        # one device-to-host copy, not one synchronizing .item() per member
-        first_logprobs = torch.log_softmax(first.logits[0, -1].float(), dim=-1).cpu()
         members = sorted(members, key=lambda i: len(requests[i].continuation_ids), reverse=True)
+        # every member's first token from the context's last position: one device-to-host copy, not one
+        # synchronizing .item() per member
+        starts = torch.tensor([requests[i].continuation_ids[0] for i in members], device=self.device)
+        firsts = logprobs_and_ranks(first.logits[0, -1].expand(len(members), -1), starts).cpu()
+        first_scores = {i: (firsts[0, k].item(), firsts[1, k].item()) for k, i in enumerate(members)}
         chunk: list[int] = []
         real = 0  # continuation tokens in the chunk
         for i in [*members, None]:
@@ -232,13 +259,13 @@ class HFEngine:
             n = len(requests[i].continuation_ids) if i is not None else 0
             if chunk and (i is None or not (self._fits(len(chunk) + 1, n_ctx + longest, longest)
                                             and self._dense_enough(len(chunk) + 1, longest, real + n))):
-                self._score_continuations(requests, chunk, first.past_key_values, first_logprobs, n_ctx, out)
+                self._score_continuations(requests, chunk, first.past_key_values, first_scores, n_ctx, out)
                 chunk, real = [], 0
             if i is not None:
                 chunk.append(i)
                 real += n
 
-    def _score_continuations(self, requests, chunk, context_cache, first_logprobs, n_ctx, out) -> None:
+    def _score_continuations(self, requests, chunk, context_cache, first_scores, n_ctx, out) -> None:
         width = len(requests[chunk[0]].continuation_ids)  # chunk is sorted longest first
         ids = torch.full((len(chunk), width), self.pad_id, dtype=torch.long)
         mask = torch.zeros((len(chunk), n_ctx + width), dtype=torch.long)
@@ -254,13 +281,12 @@ class HFEngine:
                             position_ids=positions.to(self.device), past_key_values=cache,
                             use_cache=True).logits[:, :-1].float()
         # The context's last position predicts the first continuation token; position j the token j+1.
-        picked = torch.log_softmax(logits, dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1).to(self.device))
-        picked = picked.squeeze(-1).cpu()
+        picked = logprobs_and_ranks(logits, ids[:, 1:].to(self.device)).cpu()
         for row, i in enumerate(chunk):
-            cont = requests[i].continuation_ids
-            out[i] = [first_logprobs[cont[0]].item(), *picked[row, :len(cont) - 1].tolist()]
+            n = len(requests[i].continuation_ids) - 1
+            out[i] = _scores([[first_scores[i][k], *picked[k, row, :n].tolist()] for k in (0, 1)])
 
-    def _score_padded(self, requests: Sequence[EncodedRequest], indices: list[int], out: list[list[float]]) -> None:
+    def _score_padded(self, requests: Sequence[EncodedRequest], indices: list[int], out: list[TokenScores]) -> None:
         lengths = {i: len(requests[i].input_ids) for i in indices}
         order = sorted(indices, key=lambda i: lengths[i], reverse=True)
         batches: list[list[int]] = []
@@ -290,12 +316,10 @@ class HFEngine:
                 logits_to_keep=keep,
             ).logits.float()
             # logits[:, j] predicts the token at position width - keep + j + 1.
-            logprobs = torch.log_softmax(logits[:, :-1], dim=-1)
-            targets = ids[:, width - keep + 1:].to(self.device)
-            picked = logprobs.gather(-1, targets.unsqueeze(-1)).squeeze(-1).cpu()
+            picked = logprobs_and_ranks(logits[:, :-1], ids[:, width - keep + 1:].to(self.device)).cpu()
             for row, i in enumerate(batch):
                 n = len(requests[i].continuation_ids)
-                out[i] = picked[row, keep - 1 - n:].tolist()
+                out[i] = _scores(picked[:, row, keep - 1 - n:].tolist())
 
     @torch.inference_mode()
     def generate(self, prompts: Sequence[list[int]], sampling: SamplingConfig) -> list[Generation]:

@@ -6,7 +6,8 @@ It takes the requests and prompts a real engine would take, with the target's ow
   ``time_scale`` (10: ten times faster than real time). It sleeps, so it uses no CPU while it waits, and it
   imports no torch, so dozens of its actors fit beside the data plane on one machine;
 - returns values derived from the token ids alone, the same in every run, batch and actor: each token's
-  log-probability is a function of it and the token before it (a valid log-probability in [log 0.05, 0]); each
+  log-probability is a function of it and the token before it (a valid log-probability in [log 0.05, 0]), and its
+  rank is floor(1 / its probability) (1 to 20: at most that many tokens could be as probable); each
   answer's length is a function of its prompt's ids, the sample's index and the seed, around
   ``answer_tokens``, one word a token.
 
@@ -31,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from sapray.core.costs import SIMULATED_DEVICES
-from sapray.core.scoring import EncodedRequest
+from sapray.core.scoring import RANK_CLIP, EncodedRequest, TokenScores
 from sapray.engines.base import DEFAULT_MAX_LENGTH, Generation, SamplingConfig
 
 _MIX = np.uint64(0x9E3779B97F4A7C15)  # 2^64 / golden ratio: an odd multiplier that spreads bits
@@ -55,6 +56,12 @@ def _unit(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 def token_logprobs(previous: Sequence[int], tokens: Sequence[int]) -> list[float]:
     """The simulated log-probability of each of ``tokens`` after the one before it (``previous[k]``)."""
     return np.log(_FLOOR + (1 - _FLOOR) * _unit(np.asarray(previous), np.asarray(tokens))).tolist()
+
+
+def token_ranks(logprobs: Sequence[float]) -> list[int]:
+    """The simulated rank of each token of log-probability ``logprobs[k]``: floor(1 / p), so a more probable
+    token never ranks worse (1e-9 absorbs exp's rounding where 1 / p is a whole number)."""
+    return [min(RANK_CLIP, int(np.exp(-lp) + 1e-9)) for lp in logprobs]
 
 
 class SimEngine:
@@ -106,11 +113,16 @@ class SimEngine:
             path.with_suffix(".tmp").replace(path)
 
     def sequence_logprobs(self, requests: Sequence[EncodedRequest]) -> list[list[float]]:
+        """The continuation tokens' log-probs alone."""
+        return [s.logprobs for s in self.sequence_scores(requests)]
+
+    def sequence_scores(self, requests: Sequence[EncodedRequest]) -> list[TokenScores]:
         out = []
         for r in requests:
             ids, start = r.input_ids, len(r.context_ids)
             previous = ids[start - 1:-1] if start else [0, *ids[:-1]]
-            out.append(token_logprobs(previous, ids[start:]))
+            logprobs = token_logprobs(previous, ids[start:])
+            out.append(TokenScores(logprobs, token_ranks(logprobs)))
         scored = sum(len(r.input_ids) for r in requests)
         self.tokens["scored"] += scored
         self._wait(self.call_overhead_s + scored / self.score_rate)

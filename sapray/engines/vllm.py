@@ -3,7 +3,10 @@
 Each request goes in as a ``TokensPrompt`` with ``SamplingParams(max_tokens=1, prompt_logprobs=0)``:
 vLLM returns, for every prompt position, only the log-probability of the actual token, and with
 ``flat_logprobs=True`` it returns them as flat lists rather than one dict per token, which keeps
-memory and GC flat. The one generated token is ignored.
+memory and GC flat. The one generated token is ignored. Each log-prob comes with vLLM's rank of the token,
+which counts ties against it (#{v: logprob_v >= logprob_token}, where the reference rank-surprisal ratio
+counts 1 + #{v: z_v > z_token}); sapray uses that rank as it comes, clipped at ``RANK_CLIP``: the two differ
+only on a tie with the token's own log-prob (docs/concepts/rsr.md).
 
 Shared contexts through the prefix cache: vLLM skips its prefix cache for prompt log-prob requests by
 default; where the installed vLLM lets a request read it (``skip_reading_prefix_cache=False``, vLLM PR
@@ -36,7 +39,7 @@ import os
 from collections.abc import Sequence
 from typing import Any
 
-from sapray.core.scoring import EncodedRequest
+from sapray.core.scoring import RANK_CLIP, EncodedRequest, TokenScores
 from sapray.engines.base import DEFAULT_MAX_LENGTH, Generation, SamplingConfig
 
 CPU_KVCACHE_GIB_DEFAULT = "2"
@@ -97,7 +100,11 @@ class VLLMEngine:
         self.recomputed = 0  # requests scored again because the cache reached into their continuation
 
     def sequence_logprobs(self, requests: Sequence[EncodedRequest]) -> list[list[float]]:
-        out: list[list[float]] = [[] for _ in requests]
+        """The continuation tokens' log-probs alone."""
+        return [s.logprobs for s in self.sequence_scores(requests)]
+
+    def sequence_scores(self, requests: Sequence[EncodedRequest]) -> list[TokenScores]:
+        out: list[TokenScores] = [TokenScores([], []) for _ in requests]
         order = sorted(range(len(requests)), key=lambda i: (requests[i].context_ids, requests[i].continuation_ids))
         ordered = [requests[i] for i in order]
         if self.reads_prefix_cache:
@@ -110,7 +117,7 @@ class VLLMEngine:
             outputs[k] = o
         self.recomputed += len(again)
         for i, o, r in zip(order, outputs, ordered, strict=True):
-            out[i] = _continuation_logprobs(o.prompt_logprobs, r)
+            out[i] = continuation_scores(o.prompt_logprobs, r)
         return out
 
     def _prompt_logprobs(self, requests: list[EncodedRequest], read_cache: bool) -> list[Any]:
@@ -150,17 +157,21 @@ def prompt_logprobs_read_the_cache() -> bool:
     return "skip_reading_prefix_cache" in getattr(SamplingParams, "__struct_fields__", ())
 
 
-def _continuation_logprobs(prompt_logprobs: Any, request: EncodedRequest) -> list[float]:
-    """Pick the actual token's log-prob at each continuation position (position 0 has none)."""
+def continuation_scores(prompt_logprobs: Any, request: EncodedRequest) -> TokenScores:
+    """Pick the actual token's log-prob and rank (vLLM's, ties against the token; clipped at RANK_CLIP) at each
+    continuation position (position 0 has none)."""
     ids = request.input_ids
     first = len(request.context_ids)
-    values = []
+    values, ranks = [], []
     flat = hasattr(prompt_logprobs, "start_indices")
     for pos in range(first, len(ids)):
         if flat:
             lo, hi = prompt_logprobs.start_indices[pos], prompt_logprobs.end_indices[pos]
-            match = [prompt_logprobs.logprobs[k] for k in range(lo, hi) if prompt_logprobs.token_ids[k] == ids[pos]]
-            values.append(match[0])
+            k = next(k for k in range(lo, hi) if prompt_logprobs.token_ids[k] == ids[pos])
+            value, rank = prompt_logprobs.logprobs[k], prompt_logprobs.ranks[k]
         else:
-            values.append(prompt_logprobs[pos][ids[pos]].logprob)
-    return values
+            entry = prompt_logprobs[pos][ids[pos]]
+            value, rank = entry.logprob, entry.rank
+        values.append(value)
+        ranks.append(min(RANK_CLIP, int(rank)))
+    return TokenScores(values, ranks)

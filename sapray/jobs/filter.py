@@ -19,6 +19,7 @@ import numpy as np
 
 from sapray.config import FilterConfig
 from sapray.console import console
+from sapray.core.scoring import SCORES_FORMAT
 from sapray.dataplane import consistency, filtering, stages
 from sapray.dataplane.actors import GenerateActor, engine_spec
 from sapray.dataplane.filtering import FilterResult
@@ -182,4 +183,4 @@ def fingerprint(cfg: FilterConfig) -> dict:
                "reference": locate(lb.reference_model, lb.reference_revision).commit if lb.reference_model else None}
     inputs = [cfg.input, cfg.dsweight.valid if cfg.dsweight else None, lb.reference_adapter]
     return job_fingerprint(cfg.model_dump(exclude={"output", "ray"}), commits, inputs, batch_size=cfg.ray.batch_size,
-                           shard_mb=cfg.ray.shard_mb)
+                           shard_mb=cfg.ray.shard_mb, scores=SCORES_FORMAT)

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from sapray.config import SelectConfig
 from sapray.console import console
+from sapray.core.race import race_label
 from sapray.dataplane.fullset import generate_with
 from sapray.dataplane.outputs import write_outputs
 from sapray.dataplane.raydata import init_ray
@@ -55,7 +56,8 @@ def run_all(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
             journal = open_journal(cfg, target.commit, restart)
             teachers = teacher_rounds(cfg, engines, journal) if cfg.strategies else None
             result = select_strategy(cfg, target, engines, journal, teachers,
-                                     round_lines(on_round, cfg.sample.confidence, cfg.sample.epsilon))
+                                     round_lines(on_round, cfg.sample.confidence, cfg.sample.epsilon,
+                                                 race_label(cfg.sample.rank_by)))
             write_outputs(cfg.output, result, cfg.model_dump())
             write_report(cfg.output)
             summary, sample_costs = result.summary, record_sample(cfg.output, teachers)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from sapray.config import SelectConfig
+from sapray.core.race import race_label
 from sapray.dataplane.outputs import write_outputs
 from sapray.dataplane.raydata import init_ray
 from sapray.dataplane.resident import Engines
@@ -26,7 +27,8 @@ def run_select(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
     init_ray(cfg.ray)
     with Engines({"scorer": scorer_spec(cfg, target)}, cfg.ray, cfg.ray.resident_engines) as engines:
         return select_strategy(cfg, target, engines, journal,
-                               on_look=round_lines(on_round, cfg.sample.confidence, cfg.sample.epsilon))
+                               on_look=round_lines(on_round, cfg.sample.confidence, cfg.sample.epsilon,
+                                                   race_label(cfg.sample.rank_by)))
 
 
 def write_selection(output: str, result: SelectResult, config: dict) -> dict[str, str]:

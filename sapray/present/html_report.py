@@ -25,6 +25,8 @@ import numpy as np
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
+from sapray.core.race import race_label
+from sapray.core.reduce import RANK_KEYS
 from sapray.present.tables import actionable_line, gap_label
 from sapray.storage import child, filesystem, read_text
 
@@ -297,22 +299,30 @@ def _palette(names: list[str]) -> dict[str, str]:
 
 # ---------- selection ----------
 
+def _ranked_by(sel: dict) -> tuple[str, str, str]:
+    """(per-strategy key, its interval's key, label) of what the selection ranked by (``sample.rank_by``)."""
+    metric = (sel.get("race") or {}).get("rank_by") or (sel.get("winner") or {}).get("rank_by") or "sap"
+    key = RANK_KEYS[metric]
+    return key, "ci95_mean_sap" if metric == "sap" else f"ci95_{key}", race_label(metric)
+
+
 def _ranking_figure(figs: _Figures, sel: dict, order: list[str], winner: str | None, out: set[str]) -> str:
     per = sel["per_strategy"]
+    key, ci_key, label = _ranked_by(sel)
     fig, ax = figs.new(7.2, 0.42 * len(order) + 1.1)
     for y, name in enumerate(order):
         s = per[name]
-        lo, hi = (s.get("ci95_mean_sap") or [None, None])[:2]
+        lo, hi = (s.get(ci_key) or [None, None])[:2]
         color = ACCENT if name == winner else (MUTED if name in out else "#334155")
         if lo is not None and hi is not None:
             ax.plot([lo, hi], [y, y], color=color, linewidth=2.2, solid_capstyle="round")
-        ax.plot([s["mean_sap"]], [y], "o", color=color, markersize=8 if name == winner else 6.5, zorder=3)
+        ax.plot([s[key]], [y], "o", color=color, markersize=8 if name == winner else 6.5, zorder=3)
     ax.set_yticks(range(len(order)), order)
     ax.invert_yaxis()
-    ax.set_xlabel("mean SAP (lower = more familiar to the target)")
+    ax.set_xlabel(f"{label} (lower = more familiar to the target)")
     _style(ax)
-    return figs.svg(fig, "Mean SAP per strategy with its 95% bootstrap interval (questions resampled, paired); "
-                         "ranked first at the top" + (", winner in orange." if winner else "."))
+    return figs.svg(fig, f"{label[0].upper()}{label[1:]} per strategy with its 95% bootstrap interval (questions "
+                         "resampled, paired); ranked first at the top" + (", winner in orange." if winner else "."))
 
 
 def _heatmap(figs: _Figures, sel: dict, order: list[str]) -> str:
@@ -428,8 +438,13 @@ def _interval_figure(figs: _Figures, race: dict, order: list[str], winner: str |
                          f"scored in{band}. An interval wholly above the band eliminates the strategy.")
 
 
-def _distribution_figure(figs: _Figures, scores: list[dict], order: list[str], winner: str | None) -> str | None:
-    data = [[s["sap"] for s in scores if s["strategy"] == name and s.get("sap") is not None] for name in order]
+def _distribution_figure(figs: _Figures, scores: list[dict], order: list[str], winner: str | None,
+                         metric: str = "sap", per: dict | None = None) -> str | None:
+    """Per-question values of ``metric`` per strategy; a rank-surprisal ratio's diamond is the strategy's own
+    ratio of means (``per``: selection.json's per_strategy), not the mean of its responses' ratios."""
+    label = metric.upper().replace("_", "-")
+    data = [[s[metric] for s in scores if s["strategy"] == name and s.get(metric) is not None
+             and not (isinstance(s[metric], float) and math.isnan(s[metric]))] for name in order]
     if not any(data):
         return None
     fig, ax = figs.new(7.2, 0.45 * len(order) + 1.2)
@@ -439,21 +454,24 @@ def _distribution_figure(figs: _Figures, scores: list[dict], order: list[str], w
     rng = np.random.default_rng(0)  # fixed jitter: the same data gives the same figure
     dots = max(len(v) for v in data) <= MAX_DOTS
     for y, (name, vals) in enumerate(zip(order, data, strict=True)):
+        mark = np.mean(vals) if per is None else per[name].get(metric)
         if not dots:  # thousands of dots would bloat the page; the box and the mean say enough
-            ax.plot([np.mean(vals)], [y], "D", color="#1e293b", markersize=5, zorder=4)
+            ax.plot([mark], [y], "D", color="#1e293b", markersize=5, zorder=4)
             continue
         jitter = rng.uniform(-0.18, 0.18, size=len(vals))
         ax.scatter(vals, y + jitter, s=12, alpha=0.7, color=ACCENT if name == winner else "#2563eb",
                    linewidths=0, zorder=3)
-        if vals:
-            ax.plot([np.mean(vals)], [y], "D", color="#1e293b", markersize=5, zorder=4)
+        if vals and mark is not None:
+            ax.plot([mark], [y], "D", color="#1e293b", markersize=5, zorder=4)
     ax.set_yticks(range(len(order)), order)
     ax.invert_yaxis()
-    ax.set_xlabel("SAP of one response (per question)")
+    ax.set_xlabel(f"{label} of one response (per question)")
     _style(ax)
     dot_note = "one dot per scored response, " if dots else ""
-    return figs.svg(fig, f"Per-question SAP for each strategy: {dot_note}box = quartiles, whiskers = 1.5 IQR, "
-                         "diamond = mean (the ranking statistic).")
+    diamond = ("mean (the ranking statistic)" if per is None else
+               f"the strategy's {label}, mean clipped rank over mean surprisal (a ratio of means)")
+    return figs.svg(fig, f"Per-question {label} for each strategy: {dot_note}box = quartiles, whiskers = 1.5 IQR, "
+                         f"diamond = {diamond}.")
 
 
 def _cost_rows(run: dict) -> list[dict]:
@@ -530,15 +548,16 @@ def _summary_line(sel: dict, winner: str | None) -> str:
     parts = []
     if winner:
         s = per.get(winner, {})
-        lo, hi = (s.get("ci95_mean_sap") or [None, None])[:2]
+        key, ci_key, label = _ranked_by(sel)
+        lo, hi = (s.get(ci_key) or [None, None])[:2]
         ci = f" (95% CI {_num(lo)}–{_num(hi)})" if lo is not None and hi is not None else ""
-        parts.append(f"Winner: <strong>{escape(winner)}</strong>, mean SAP {_num(w.get('mean_sap'))}{ci} over "
+        parts.append(f"Winner: <strong>{escape(winner)}</strong>, {label} {_num(w.get(key))}{ci} over "
                      f"{_num(s.get('n'))} questions")
         if w.get("runner_up"):
-            parts.append(f"ahead of {escape(w['runner_up'])} by {_num(w.get('margin_mean_sap'))}, more familiar on "
+            parts.append(f"ahead of {escape(w['runner_up'])} by {_num(w.get(f'margin_{key}'))}, more familiar on "
                          f"{_num(100 * w['win_rate_vs_runner_up'], 0)}% of paired questions"
                          if w.get("win_rate_vs_runner_up") is not None else
-                         f"ahead of {escape(w['runner_up'])} by {_num(w.get('margin_mean_sap'))}")
+                         f"ahead of {escape(w['runner_up'])} by {_num(w.get(f'margin_{key}'))}")
         if w.get("bootstrap_p_best") is not None:
             parts.append(f"best in {_num(100 * w['bootstrap_p_best'], 0)}% of bootstrap resamples")
     else:
@@ -587,9 +606,10 @@ def _status(name: str, winner: str | None, eliminated: dict[str, int], contender
 def _ranking_section(figs: _Figures, sel: dict, order: list[str], winner: str | None,
                      eliminated: dict[str, int], contenders: list[str], certified: Collection[str] = ()) -> str:
     per = sel["per_strategy"]
-    extra = [k for k, label in (("mean_reward", "reward"), ("car", "CAR")) if any(k in per[n] for n in order)]
+    labels = {"rsr": "RSR", "sa_rsr": "SA-RSR", "mean_reward": "reward", "car": "CAR"}
+    extra = [k for k in labels if any(k in per[n] for n in order)]
     header = ["rank", "strategy", "status", "n", "mean SAP", "95% CI", "median", "geo-mean", "PPL", "IFD", "length",
-              *[{"mean_reward": "reward", "car": "CAR"}[k] for k in extra]]
+              *[labels[k] for k in extra]]
     rows, classes = [], []
     for rank, name in enumerate(order, start=1):
         s = per[name]
@@ -692,7 +712,7 @@ def render_selection(run: dict) -> str:
     eliminated = (race or {}).get("eliminated") or {}
     contenders = [] if not race or race.get("ended") == "winner" else race.get("contenders") or []
     colors = _palette(order)
-    scored = [n for n in order if per[n].get("mean_sap") is not None]
+    scored = [n for n in order if per[n].get(_ranked_by(sel)[0]) is not None]
     config = (run["run"] or {}).get("config") or {}
     round_size = (config.get("sample") or {}).get("round_size")
     title = f"sapray selection: {sel.get('model', '?')}"
@@ -707,6 +727,10 @@ def render_selection(run: dict) -> str:
          _race_section(figs, race, scored, winner, colors, run["scores"], round_size)),
         ("distributions", "Per-question SAP", _distribution_figure(figs, run["scores"], scored, winner)
          or '<p class="muted">No per-question scores (scores.parquet is missing or empty).</p>'),
+        *((f"distributions-{m}", f"Per-question {m.upper().replace('_', '-')}",
+           _distribution_figure(figs, run["scores"], scored, winner, m, per)
+           or '<p class="muted">No per-question values of this metric in scores.parquet.</p>')
+          for m in ("rsr", "sa_rsr") if any(m in per[n] for n in scored) and run["scores"]),
         ("cost", "Cost by stage", _cost_section(figs, run)),
         ("exemplars", "Exemplars", _exemplar_section(run)),
         ("counts", "Counts", _counts_section(sel)),

@@ -8,16 +8,18 @@ def _fmt(x, width: int = 8, digits: int = 3) -> str:
 
 
 def render_table(summary: dict) -> str:
-    """The ranking as a fixed-width table, most familiar first."""
+    """The ranking as a fixed-width table, most familiar first (RSR and SA-RSR columns where scored)."""
+    ratios = [m for m in ("rsr", "sa_rsr") if any(m in s for s in summary["per_strategy"].values())]
     header = (f"{'rank':>4}  {'strategy':<20}{'n':>5}{'mean SAP':>10}{'95% CI':>20}{'median':>9}"
-              f"{'PPL':>9}{'IFD':>8}{'length':>8}")
+              f"{'PPL':>9}{'IFD':>8}" + "".join(f"{m.upper().replace('_', '-'):>9}" for m in ratios) + f"{'length':>8}")
     lines = [header, "-" * len(header)]
     for rank, name in enumerate(summary["ranking"], start=1):
         s = summary["per_strategy"][name]
         lo, hi = s["ci95_mean_sap"]
         ci = f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "-"
         lines.append(f"{rank:>4}  {name:<20}{s['n']:>5}{_fmt(s['mean_sap'], 10)}{ci:>20}{_fmt(s['median_sap'], 9)}"
-                     f"{_fmt(s['mean_ppl'], 9)}{_fmt(s['mean_ifd'], 8)}{_fmt(s['mean_length'], 8, 1)}")
+                     f"{_fmt(s['mean_ppl'], 9)}{_fmt(s['mean_ifd'], 8)}"
+                     + "".join(_fmt(s.get(m), 9) for m in ratios) + f"{_fmt(s['mean_length'], 8, 1)}")
     w = summary.get("winner")
     race = summary.get("race")
     if race:
@@ -31,15 +33,24 @@ def render_table(summary: dict) -> str:
         lines += ["", f"NOT ENOUGH EVIDENCE: {evidence['reason']}"]
     if w:
         lines.append("")
-        line = f"{'provisional ' if w.get('provisional') else ''}winner: {w['strategy']} (mean SAP {w['mean_sap']:.3f})"
-        if w.get("margin_mean_sap") is not None:
-            line += (f", ahead of {w['runner_up']} by {w['margin_mean_sap']:.3f} on their shared questions; "
+        key, label = _ranked_by(w)
+        line = f"{'provisional ' if w.get('provisional') else ''}winner: {w['strategy']} ({label} {w[key]:.3f})"
+        if w.get(f"margin_{key}") is not None:
+            line += (f", ahead of {w['runner_up']} by {w[f'margin_{key}']:.3f} on their shared questions; "
                      "more familiar on "
                      f"{100 * w['win_rate_vs_runner_up']:.0f}% of paired questions")
         if w.get("bootstrap_p_best") is not None:
             line += f"; best in {100 * w['bootstrap_p_best']:.0f}% of bootstrap resamples"
         lines.append(line)
     return "\n".join(lines)
+
+
+def _ranked_by(winner: dict) -> tuple[str, str]:
+    """(the winner's key in the summary, its label): mean SAP unless the race ranked by another metric."""
+    metric = winner.get("rank_by", "sap")
+    name = metric.upper().replace("_", "-")
+    return ("mean_sap", "mean SAP") if metric == "sap" else (
+        (f"mean_{metric}", f"mean {name}") if metric == "ppl" else (metric, name))
 
 
 def _f(x: float | None, digits: int = 3) -> str:
