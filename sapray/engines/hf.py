@@ -7,6 +7,14 @@ compute that context once, on one of two paths:
   under a 4D attention mask (each continuation sees the context and itself, never another; position ids
   restart after the context; ``sapray.core.packing``), several contexts per row; only the positions that
   predict a continuation token go through the LM head;
+- ``flex`` (``packed`` and ``flex``): the same segments without padding or a dense mask: concatenated into
+  rows of up to ``max_batch_tokens`` tokens, one row per forward, attention restricted by a FlexAttention
+  ``BlockMask`` built from the layout's tiles (``packing.block_structure``: tiles where one continuation
+  would see another are skipped, not masked). Layouts are built in a thread while the device runs, and a
+  call copies its scores to the host once. With ``compile`` each decoder layer is compiled (one graph per
+  row width, widths bucketed to at most 8; ``warmup_s`` records each width's first forward). The model's
+  SDPA attention is routed (``route_block_masks``): a BlockMask goes to FlexAttention, every other mask to
+  SDPA as before;
 - cached (``packed=False``): the context runs once, keeps its KV cache, and the continuations are
   scored together on copies of that cache, two or more small forwards per distinct context;
 - requests alone with their context (and all requests with ``share_contexts=False``) are sorted by
@@ -182,7 +190,8 @@ class HFEngine:
         self.flex = device.startswith("cuda") if flex is None else flex
         self.compile = device.startswith("cuda") if compile is None else compile  # the flex path's decoder
         self._compiled: Any = None
-        self.warmup_s: dict[int, float] = {}  # the flex path: row width -> its first forward's seconds (compiling)
+        # the flex path: "compiled|eager <row width>" -> the seconds of its first forward (compiling)
+        self.warmup_s: dict[str, float] = {}
         self.pad_id = self.tokenizer.pad_token_id if self.tokenizer.pad_token_id is not None else 0
 
     def _fits(self, rows: int, longest_sequence: int, longest_continuation: int) -> bool:
@@ -241,7 +250,9 @@ class HFEngine:
         if not requests:
             return
         continuations = [r.continuation_ids for r in requests]
-        segments = packing.segments([r.context_ids for r in requests], continuations, self.max_length)
+        # a context with more continuations than a row holds is repeated in as many segments as it needs
+        segments = packing.segments([r.context_ids for r in requests], continuations,
+                                    min(self.max_length, self.max_batch_tokens))
         lengths = [s.length(continuations) for s in segments]
         rows = packing.rows_of(lengths, max(self.max_batch_tokens, lengths[0]))
 
@@ -291,17 +302,25 @@ class HFEngine:
         block_mask = BlockMask.from_kv_blocks(*(t[None, None] for t in tiles), BLOCK_SIZE=packing.BLOCK,
                                               mask_mod=packing.mask_mod(segment, branch), seq_lengths=(width, width))
         decoder = self.model.get_decoder()
-        if self.compile:
-            if self._compiled is None:
-                self._compiled = torch.compile(decoder, dynamic=False)
-            decoder = self._compiled
-        first = width not in self.warmup_s
+        shape = f"{'compiled' if self.compile else 'eager'} {width}"
+        first = shape not in self.warmup_s
         start = time.perf_counter()
-        hidden = decoder(input_ids=ids, attention_mask=block_mask, position_ids=positions).last_hidden_state
+        if self.compile:
+            # Each layer compiled, not the whole decoder: the layers share one compiled graph per width (PyTorch's
+            # regional compilation), so warming up costs one layer's compilation. They stand in for the eager
+            # layers during this forward only; every other path, and plain forwards, run the model as it is.
+            if self._compiled is None:
+                self._compiled = torch.nn.ModuleList(torch.compile(layer, dynamic=False) for layer in decoder.layers)
+            eager, decoder.layers = decoder.layers, self._compiled
+        try:
+            hidden = decoder(input_ids=ids, attention_mask=block_mask, position_ids=positions).last_hidden_state
+        finally:
+            if self.compile:
+                decoder.layers = eager
         if first:  # the first forward of a width compiles (transformers compiles FlexAttention even when eager)
             if self.device.startswith("cuda"):
                 torch.cuda.synchronize()
-            self.warmup_s[width] = time.perf_counter() - start
+            self.warmup_s[shape] = time.perf_counter() - start
         return self._scores(hidden[0, predictors], chunks)
 
     def _packed_forward(self, packed: packing.PackedLayout, out: list[list[float]]) -> None:
