@@ -180,4 +180,6 @@ def test_packed_rows_are_the_default_on_gpus_and_the_cached_path_on_cpus(hf_engi
         engine = HFEngine.__new__(HFEngine)  # the engine's setup on a device name alone: nothing moves
         engine._setup(hf_engine.model, hf_engine.tokenizer, device, None, None, None, True, None, None)
         assert engine.packed is packed, device
+        # issue 41's plan on GPUs (the device check decides): the flex path, its layers compiled
+        assert engine.flex is engine.compile is device.startswith("cuda"), device
         assert engine.sequence_logprobs([]) == []  # nothing to score, on either path
