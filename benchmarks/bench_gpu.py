@@ -262,6 +262,7 @@ class ForwardCounter:
         self.calls = 0
         self.handle = model.get_decoder().register_forward_pre_hook(self._count, with_kwargs=True)
 
+    @torch.compiler.disable  # counted as it happens, also in front of a compiled decoder
     def _count(self, module: Any, args: tuple, kwargs: dict) -> None:
         ids = kwargs.get("input_ids", args[0] if args else None)
         self.positions += ids.numel()
@@ -287,11 +288,12 @@ def peak_memory_gib(device: str) -> float | None:
     return torch.cuda.max_memory_allocated() / 2**30 if device.startswith("cuda") else None
 
 
-PATHS = ("packed", "cached", "unshared")
+PATHS = ("packed", "cached", "unshared")  # the default rows; "flex" too on request (--paths)
 
 
 def use_path(engine: HFEngine, path: str) -> None:
-    engine.share_contexts, engine.packed = path != "unshared", path == "packed"
+    """``flex``: packed rows under a FlexAttention BlockMask (its decoder compiled as ``engine.compile`` says)."""
+    engine.share_contexts, engine.packed, engine.flex = path != "unshared", path in ("packed", "flex"), path == "flex"
 
 
 def measure(engine: HFEngine, shape: Shape, counter: ForwardCounter, requests: list[EncodedRequest],
@@ -305,10 +307,13 @@ def measure(engine: HFEngine, shape: Shape, counter: ForwardCounter, requests: l
     engine.max_padding = setting.max_padding
     calls = blocks(requests, setting.block_rows)
     # warm-up (kernels, allocator): two candidates, so both the shared and the padded path run
+    warm_start = time.perf_counter()
     engine.sequence_logprobs(calls[0][:6])
     for _ in range(warm_passes):
         for block in calls:
             engine.sequence_logprobs(block)
+    sync(engine.device)
+    warm_s = time.perf_counter() - warm_start
     reset_memory(engine.device)
     counter.reset()
     sync(engine.device)
@@ -331,6 +336,7 @@ def measure(engine: HFEngine, shape: Shape, counter: ForwardCounter, requests: l
         "padded_tokens": counter.positions, "seconds": seconds, "scored_tokens_per_s": scored / seconds,
         "computed_tokens_per_s": computed / seconds, "tflops": tflops,
         "mfu": tflops / peak if peak else None, "peak_memory_gib": peak_memory_gib(engine.device),
+        "warm_s": warm_s, "flex_compiled": engine.compile if path == "flex" else None,
     }
 
 
@@ -369,14 +375,18 @@ def compare(got: Sequence[Sequence[float]], expected: Sequence[Sequence[float]])
     return {"max_abs_logprob": max_abs, "max_rel_mean_nll": rel}
 
 
-PARITY_VARIANTS = {"packed": ("packed", None), "shared": ("cached", None), "unshared": ("unshared", None),
-                   "shared_padding_cap": ("cached", 0.25), "unshared_padding_cap": ("unshared", 0.25)}
+# variant: (path, max_padding); "flex" runs the flex path's decoder eager, "flex_compiled" compiled
+PARITY_VARIANTS = {"packed": ("packed", None), "flex": ("flex", None), "flex_compiled": ("flex", None),
+                   "shared": ("cached", None), "unshared": ("unshared", None), "shared_padding_cap": ("cached", 0.25),
+                   "unshared_padding_cap": ("unshared", 0.25)}
+DEFAULT_PARITY = tuple(v for v in PARITY_VARIANTS if v != "flex_compiled")
 
 
 @torch.inference_mode()
 def parity(engine: HFEngine, requests: list[EncodedRequest], tolerance: tuple[float, float],
-           relative: float | None) -> dict:
-    """Every engine path, with and without the padding cap, against plain forwards of the same model.
+           relative: float | None, variants: Sequence[str] = DEFAULT_PARITY) -> dict:
+    """The engine paths ``variants`` (of PARITY_VARIANTS; ``unshared``, the rule's reference, always) against
+    plain forwards of the same model.
 
     The engine runs with large budgets, so its batches have many rows of mixed lengths. With ``relative``
     (low-precision dtypes) the tolerances are that multiple of the padded batch's own deviation, floored
@@ -385,10 +395,14 @@ def parity(engine: HFEngine, requests: list[EncodedRequest], tolerance: tuple[fl
     reference, misaligned = zip(*(plain_logprobs(engine.model, r) for r in requests), strict=True)
     result: dict[str, Any] = {"requests": len(requests)}
     engine.max_batch_tokens, engine.max_logit_rows = 32768, 8192
-    for variant, (path, padding) in PARITY_VARIANTS.items():
+    variants = list(dict.fromkeys(["unshared", *variants]))
+    compiled = engine.compile
+    for variant in variants:
+        path, padding = PARITY_VARIANTS[variant]
         use_path(engine, path)
-        engine.max_padding = padding
+        engine.max_padding, engine.compile = padding, variant == "flex_compiled"
         result[variant] = compare(engine.sequence_logprobs(requests), reference)
+    engine.compile = compiled
     keys = ("max_abs_logprob", "max_rel_mean_nll")
     if relative is None:
         limits = tolerance
@@ -397,7 +411,7 @@ def parity(engine: HFEngine, requests: list[EncodedRequest], tolerance: tuple[fl
                        for floor, key in zip(tolerance, keys, strict=True))
         result["tolerance_rule"] = f"{relative}x the padded batch's (unshared) deviation, at least {tolerance}"
     result["tol_abs_logprob"], result["tol_rel_mean_nll"] = limits
-    ok = all(result[v][key] <= limit for v in PARITY_VARIANTS for key, limit in zip(keys, limits, strict=True))
+    ok = all(result[v][key] <= limit for v in variants for key, limit in zip(keys, limits, strict=True))
     # A check that cannot tell a one-token misalignment from agreement proves nothing.
     reach = max(abs(a - b) for r, m in zip(reference, misaligned, strict=True) for a, b in zip(r[:-1], m, strict=True))
     result["misaligned_max_abs_logprob"] = reach
@@ -576,8 +590,8 @@ def main(argv: Sequence[str] | None = None) -> int:
           "useful FLOPs only (see the docstring).")
     failed = [name for name, p in report["parity"].items() if not p["pass"]]
     for name, p in report["parity"].items():
-        worst = {key: max(p[v][key] for v in PARITY_VARIANTS) for key in ("max_abs_logprob", "max_rel_mean_nll")}
-        print(f"{'PASS' if p['pass'] else 'FAIL'} {name}: worst of {list(PARITY_VARIANTS)} against plain forwards: "
+        worst = {key: max(p[v][key] for v in DEFAULT_PARITY) for key in ("max_abs_logprob", "max_rel_mean_nll")}
+        print(f"{'PASS' if p['pass'] else 'FAIL'} {name}: worst of {list(DEFAULT_PARITY)} against plain forwards: "
               f"max |logprob diff| {worst['max_abs_logprob']:.3g} (tolerance {p['tol_abs_logprob']}), mean-NLL "
               f"rel. diff {worst['max_rel_mean_nll']:.3g} (tolerance {p['tol_rel_mean_nll']}); a one-token "
               f"misalignment would show {p['misaligned_max_abs_logprob']:.3g}")

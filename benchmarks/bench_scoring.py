@@ -4,9 +4,10 @@ Scores every GSM8K candidate with the SAP context and the plain-question (PPL) c
 layout (2 requests per candidate) and prints, per engine: requests, scored tokens (context +
 continuation tokens processed), seconds, tokens/s, the speed ratio against the baseline measured in
 the same run, and the largest relative difference of exp(NLL) from the baseline. Engine paths:
-hf ``cached`` (a shared context runs once, continuations on copies of its KV cache) and ``packed`` (one
-forward per batch of packed rows with a 4D mask); vllm without and with its prefix cache for shared
-contexts (``VLLMEngine.reads_prefix_cache``).
+hf ``cached`` (a shared context runs once, continuations on copies of its KV cache), ``packed`` (one
+forward per batch of packed rows with a 4D mask) and ``flex`` (packed rows without padding under a
+FlexAttention BlockMask), side by side, the engine's default on this device marked; vllm without and with
+its prefix cache for shared contexts (``VLLMEngine.reads_prefix_cache``).
 
     PYTHONPATH=. python benchmarks/bench_scoring.py                       # tests/data/gsm8k_first20
     PYTHONPATH=. python benchmarks/bench_scoring.py --data ../shared/data/gsm8k --questions 50
@@ -14,7 +15,7 @@ contexts (``VLLMEngine.reads_prefix_cache``).
     PYTHONPATH=. python benchmarks/bench_scoring.py --rank-overhead --no-vllm --no-baseline --repeats 5
 
 ``--rank-overhead`` also times each hf path without the clipped-rank count that the rank-surprisal ratios
-(``rsr``, ``sa_rsr``) read (the engine's ``logprobs_and_ranks`` swapped for a log-prob-only twin, the
+(``rsr``, ``sa_rsr``) read (the engine's ``token_scores`` swapped for a log-prob-only twin, the
 computation before ranks were added), interleaved with the full one in every repeat: what turning the ratios
 on costs, since they need no forward of their own where PPL and SAP are scored.
 
@@ -38,6 +39,16 @@ ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_DATA = ROOT / "tests" / "data" / "gsm8k_first20"
 MAX_LENGTH = 2048  # the vllm engine's default max_model_len; every engine gets the same encoding
 N_EXEMPLARS = 3
+HF_PATHS = ("cached", "packed", "flex")
+
+
+def use_path(engine, way: str) -> None:
+    """Put the hf engine on one of HF_PATHS (shared contexts on)."""
+    engine.packed, engine.flex = way in ("packed", "flex"), way == "flex"
+
+
+def path_of(engine) -> str:
+    return ("flex" if engine.flex else "packed") if engine.packed else "cached"
 
 
 def machine() -> str:
@@ -131,7 +142,7 @@ def main() -> None:
     parser.add_argument("--batch-tokens", default="8192",
                         help="comma-separated max_batch_tokens values to try for the hf engine")
     parser.add_argument("--no-vllm", action="store_true", help="skip the vllm engine")
-    parser.add_argument("--hf-paths", default="cached,packed", help="comma-separated hf paths: cached, packed")
+    parser.add_argument("--hf-paths", default=",".join(HF_PATHS), help=f"comma-separated hf paths, of {HF_PATHS}")
     parser.add_argument("--repeats", type=int, default=1,
                         help="time each engine this many times and keep the fastest (for a shared machine)")
     parser.add_argument("--no-baseline", action="store_true",
@@ -154,11 +165,11 @@ def main() -> None:
     from sapray.engines.hf import HFEngine
     from sapray.engines.models import resolve_model
 
-    with_ranks = hf_module.logprobs_and_ranks
+    with_ranks = hf_module.token_scores
 
-    def logprobs_only(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    def logprobs_only(logits: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor) -> torch.Tensor:
         """The computation before ranks: log_softmax and gather alone (ranks left 0)."""
-        picked = torch.log_softmax(logits.float(), dim=-1).gather(-1, targets.unsqueeze(-1)).squeeze(-1)
+        picked = torch.log_softmax(logits[rows].float(), dim=-1).gather(-1, tokens[:, None]).squeeze(-1)
         return torch.stack((picked, torch.zeros_like(picked)))
 
     print(f"machine: {machine()}")
@@ -194,17 +205,24 @@ def main() -> None:
     budgets = [int(b) for b in args.batch_tokens.split(",")]
     counts = [True, False] if args.rank_overhead else [True]
     variants = [(way, budget, ranks) for way in args.hf_paths.split(",") for budget in budgets for ranks in counts]
+    default_path = path_of(hf)
+    longest = sorted(encoded, key=lambda e: len(e.input_ids))[-1:]
     for way in args.hf_paths.split(","):
-        hf.packed = way == "packed"
+        use_path(hf, way)
+        # the flex path compiles FlexAttention for the first row width and again, for any width, at the second
+        start = time.perf_counter()
         hf.sequence_logprobs(warm)
+        hf.sequence_logprobs(longest)
+        print(f"  hf {way} warm-up: {time.perf_counter() - start:.1f} s", flush=True)
     best = dict.fromkeys(variants, math.inf)
     best_cpu = dict.fromkeys(variants, math.inf)  # process CPU seconds: what a busy shared machine leaves intact
     nlls_by_variant: dict[tuple[str, int, bool], list[float]] = {}
     # rounds interleave the variants, so a burst of load from elsewhere does not land on one of them only
     for _ in range(args.repeats):
         for way, budget, ranks in variants:
-            hf.packed, hf.max_batch_tokens = way == "packed", budget
-            hf_module.logprobs_and_ranks = with_ranks if ranks else logprobs_only
+            use_path(hf, way)
+            hf.max_batch_tokens = budget
+            hf_module.token_scores = with_ranks if ranks else logprobs_only
             cpu = time.process_time()
             lps, secs = timed(hf.sequence_logprobs, encoded)
             cpu = time.process_time() - cpu
@@ -213,10 +231,11 @@ def main() -> None:
             nlls_by_variant[way, budget, ranks] = [nll(x) for x in lps]
             print(f"  hf {way} max_batch_tokens={budget}{'' if ranks else ' without ranks'}: {secs:.1f} s "
                   f"({cpu:.1f} s CPU)", flush=True)
-    hf_module.logprobs_and_ranks = with_ranks
+    hf_module.token_scores = with_ranks
     for way, budget, ranks in variants:
-        rows.append((f"hf {way} (max_batch_tokens={budget}){'' if ranks else ', no ranks'}", len(encoded), tokens,
-                     best[way, budget, ranks], nlls_by_variant[way, budget, ranks]))
+        mark = ", the default" if way == default_path else ""
+        rows.append((f"hf {way} (max_batch_tokens={budget}{mark}){'' if ranks else ', no ranks'}", len(encoded),
+                     tokens, best[way, budget, ranks], nlls_by_variant[way, budget, ranks]))
     if args.rank_overhead:
         for way in args.hf_paths.split(","):
             for budget in budgets:
@@ -258,7 +277,7 @@ def main() -> None:
             gc.collect()
 
     base = rows[0] if not args.no_baseline else None
-    header = f"{'engine':<40} {'requests':>8} {'tokens':>9} {'seconds':>9} {'tokens/s':>9} {'ratio':>7} {'max rel':>9}"
+    header = f"{'engine':<52} {'requests':>8} {'tokens':>9} {'seconds':>9} {'tokens/s':>9} {'ratio':>7} {'max rel':>9}"
     print()
     print(header)
     print("-" * len(header))
@@ -269,7 +288,7 @@ def main() -> None:
             rel_s = f"{rel:9.1e}"
         else:
             rel_s = "-"
-        print(f"{name:<40} {n:>8} {tok:>9} {secs:>9.1f} {tok / secs:>9.0f} {ratio:>7} {rel_s:>9}")
+        print(f"{name:<52} {n:>8} {tok:>9} {secs:>9.1f} {tok / secs:>9.0f} {ratio:>7} {rel_s:>9}")
     print("\n'tokens': context + continuation tokens processed; 'ratio': baseline seconds / engine seconds.")
     print("'max rel': largest relative difference of per-request exp(NLL) from the baseline.")
     print(f"load average at end: {os.getloadavg()}")

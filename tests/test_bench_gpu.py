@@ -32,10 +32,10 @@ class Hiding(importlib.machinery.PathFinder):
         return importlib.machinery.PathFinder.find_spec(name, path, target)
 sys.meta_path = [Hiding if f is importlib.machinery.PathFinder else f for f in sys.meta_path]
 """
-RUN_BENCH = HIDE + f"""
+RUN_SCRIPT = HIDE + """
 import runpy
-sys.argv = ["bench_gpu.py", *sys.argv[1:]]
-runpy.run_path({str(ROOT / "benchmarks" / "bench_gpu.py")!r}, run_name="__main__")
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
 """
 
 
@@ -49,10 +49,10 @@ def _load_bench():
     return sys.modules["bench_gpu"]
 
 
-def run_blocked(*args: str) -> subprocess.CompletedProcess:
+def run_blocked(*args: str, script: str = "bench_gpu.py") -> subprocess.CompletedProcess:
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.run([sys.executable, "-c", RUN_BENCH, *args], cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=PATIENCE_S)
+    return subprocess.run([sys.executable, "-c", RUN_SCRIPT, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
+                          env=env, capture_output=True, text=True, timeout=PATIENCE_S)
 
 
 def test_the_blocked_packages_look_uninstalled():
@@ -98,10 +98,37 @@ def test_tiny_cpu_run_reports_every_row_and_passes_the_correctness_check(tokeniz
     for name in models:
         check = report["parity"][name]
         assert check["pass"] and check["sensitive"] and check["requests"] == 18
-        for variant in ("packed", "shared", "unshared", "shared_padding_cap", "unshared_padding_cap"):
+        for variant in ("packed", "flex", "shared", "unshared", "shared_padding_cap", "unshared_padding_cap"):
             assert check[variant]["max_abs_logprob"] <= check["tol_abs_logprob"] == 1e-4
         assert report["generation"][name]["generated_tokens"] > 0
     assert "PASS smollm2-135m" in done.stdout and "PASS llama3-8b" in done.stdout
+
+
+@pytest.mark.slow
+def test_the_device_check_runs_its_whole_plan_tiny_on_cpu(tokenizer_dir, tmp_path):
+    """benchmarks/bench_flex.py, the command prepared for the first device lent: every row and parity, on CPU."""
+    out = tmp_path / "flex.json"
+    done = run_blocked("--device", "cpu", "--tiny", "--tokenizer", str(tokenizer_dir), "--budget-s", "1e9",
+                       "--json", str(out), script="bench_flex.py")
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    report = json.loads(out.read_text())
+    assert report["pass"] is True and report["skipped"] == []
+    assert [(r["model"], r["path"], r["block_rows"], r["compiled"]) for r in report["rows"]] == [
+        ("llama3-8b", "packed", 36, False), ("llama3-8b", "flex", 36, False), ("llama3-8b", "flex", 36, True),
+        ("llama3-8b", "packed", 36, True), ("llama3-8b", "flex", 144, True),
+        ("smollm2-135m", "packed", 36, False), ("smollm2-135m", "flex", 36, False)]
+    for r in report["rows"]:
+        assert r["scored_tokens_per_s"] > 0 and 0 <= r["padding_share"] < 1 and r["warm_s"] > 0
+        assert r["flex_compiled"] == (r["compiled"] if r["path"] == "flex" else None)
+        if r["path"] == "flex":  # a width is compiled at most once a row, and at most 8 of them
+            assert 0 < len(r["flex_widths_first_forward_s"]) <= 8
+        if r["block_rows"] == 36:
+            assert r["profiled_span_s"] > 0 and r["gpu_idle_share"] is None  # no GPU: no idle share
+    for name, variants in (("llama3-8b", ("packed", "flex", "flex_compiled")), ("smollm2-135m", ("packed", "flex"))):
+        check = report["parity"][name]
+        assert check["pass"] and check["sensitive"]
+        for variant in ("unshared", *variants):
+            assert check[variant]["max_abs_logprob"] <= check["tol_abs_logprob"] == 1e-4
 
 
 def test_flop_count_by_hand():

@@ -51,3 +51,49 @@ def test_each_continuation_sees_its_context_and_itself_only():
                     6: [6], 7: [6, 7], 8: [6, 7, 8], 9: [6, 7, 8, 9], 10: [10]}.items():
         expected[q, keys] = True
     assert (ok == expected).all()
+
+
+def tiles_of_the_dense_mask(segment: np.ndarray, branch: np.ndarray, block: int) -> tuple[np.ndarray, np.ndarray]:
+    """(partial, full) tiles counted on the dense mask: the reference block_structure must agree with."""
+    ok = packing.allowed(segment[None], branch[None], np.arange(len(segment)))[0]
+    tiles = len(segment) // block
+    counts = ok.reshape(tiles, block, tiles, block).sum(axis=(1, 3))
+    return (counts > 0) & (counts < block * block), counts == block * block
+
+
+def flags(count: np.ndarray, indices: np.ndarray) -> np.ndarray:
+    out = np.zeros((len(count), len(count)), dtype=bool)
+    for q, n in enumerate(count):
+        out[q, indices[q, :n]] = True
+        assert list(indices[q, :n]) == sorted(indices[q, :n])
+    return out
+
+
+def test_block_structure_matches_the_dense_mask_tile_by_tile():
+    """Random segments of contexts and continuations (some longer than a tile, some shorter), padding at the end."""
+    rng = np.random.default_rng(0)
+    seen = np.zeros(2, dtype=int)  # trials with full tiles, with partial tiles: the check must see both kinds
+    for trial in range(20):
+        block = [4, 8, 16][trial % 3]
+        n = int(rng.integers(2, 6))
+        contexts = [list(rng.integers(1, 50, int(rng.integers(1, 40)))) for _ in range(n)]
+        which = rng.integers(0, n, 12)
+        continuations = [list(rng.integers(1, 50, int(rng.integers(1, 30)))) for _ in which]
+        segs = packing.segments([contexts[w] for w in which], continuations, max_tokens=10_000)
+        used = sum(s.length(continuations) for s in segs)
+        width = -(-(used + int(rng.integers(0, 2 * block))) // block) * block
+        packed = packing.layout([segs], continuations, width, pad_id=0)
+        partial, full = tiles_of_the_dense_mask(packed.segment[0], packed.branch[0], block)
+        p_count, p_idx, f_count, f_idx = packing.block_structure(packed.segment[0], packed.branch[0], block)
+        assert (flags(p_count, p_idx) == partial).all() and (flags(f_count, f_idx) == full).all()
+        seen += full.any(), partial.any()
+    assert (seen > 5).all()
+
+
+def test_mask_mod_is_the_allowed_rule():
+    segs = packing.segments(CONTEXTS, CONTINUATIONS, max_tokens=100)
+    packed = packing.layout([segs], CONTINUATIONS, width=11, pad_id=0)
+    allow = packing.mask_mod(packed.segment[0], packed.branch[0])
+    q, k = np.meshgrid(np.arange(11), np.arange(11), indexing="ij")
+    expected = packing.allowed(packed.segment, packed.branch, np.arange(11))[0]
+    assert (allow(0, 0, q, k) == expected).all()

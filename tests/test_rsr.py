@@ -13,7 +13,7 @@ from conftest import gsm8k_pairs
 from sapray.core import metrics
 from sapray.core.contexts import Layout, build_requests
 from sapray.core.scoring import RANK_CLIP, EncodedRequest, encode_all
-from sapray.engines.hf import logprobs_and_ranks
+from sapray.engines.hf import token_scores
 from sapray.engines.sim import token_logprobs, token_ranks
 
 
@@ -55,11 +55,11 @@ def test_hf_rank_is_strict_ties_count_for_the_token_and_clips():
     logits = torch.tensor([[2.0, 5.0, 5.0, 1.0, 5.0],    # target 1 ties two others at the top: rank 1
                            [2.0, 5.0, 5.0, 1.0, 5.0],    # target 0: three strictly higher, rank 4
                            [0.0, 0.0, 0.0, 0.0, 0.0]])  # all tied: rank 1
-    values = logprobs_and_ranks(logits, torch.tensor([1, 0, 3]))
+    values = token_scores(logits, torch.tensor([0, 1, 2]), torch.tensor([1, 0, 3]))
     assert values[1].tolist() == [1.0, 4.0, 1.0]
     assert values[0].tolist() == pytest.approx(torch.log_softmax(logits, -1)[[0, 1, 2], [1, 0, 3]].tolist())
     wide = torch.arange(300, dtype=torch.float32)[None].expand(2, -1)
-    assert logprobs_and_ranks(wide, torch.tensor([0, 250]))[1].tolist() == [RANK_CLIP, 50.0]
+    assert token_scores(wide, torch.tensor([0, 1]), torch.tensor([0, 250]))[1].tolist() == [RANK_CLIP, 50.0]
 
 
 def test_vllm_rank_counts_ties_against_the_token_and_sapray_clips_it():

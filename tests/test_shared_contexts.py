@@ -1,8 +1,9 @@
 """The hf engine's shared-context paths against plain one-sequence forwards of the same weights (float32, CPU).
 
-Both paths (``packed``: one forward per batch of packed rows under a 4D mask; ``cached``: the context once,
-continuations on copies of its KV cache) must give every continuation's log-probs as a forward of that
-context + continuation alone does: mean NLL within 1e-5 relative, the same token counts. The checks are
+The three paths (``packed``: one forward per batch of packed rows under a 4D mask; ``flex``: packed rows
+without padding under a FlexAttention BlockMask; ``cached``: the context once, continuations on copies of its
+KV cache) must give every continuation's log-probs as a forward of that context + continuation alone does:
+mean NLL within 1e-5 relative, the same token counts (and the flex path each token within 1e-4 nats). The checks are
 shown to fail on the two mistakes packing can make: a continuation that sees another continuation, and a
 log-prob read one position off.
 """
@@ -24,6 +25,7 @@ from sapray.core.scoring import EncodedRequest, encode_all
 pytestmark = pytest.mark.slow
 
 REL_TOL = 1e-5  # relative, on each request's mean NLL
+ABS_TOL = 1e-4  # nats, on each token's log-prob
 
 
 @pytest.fixture(scope="module")
@@ -65,18 +67,61 @@ def worst_relative(got: list[list[float]], expected: list[list[float]]) -> float
     return max(abs(nll(g) - nll(e)) / nll(e) for g, e in zip(got, expected, strict=True))
 
 
+def worst_token(got: list[list[float]], expected: list[list[float]]) -> float:
+    assert [len(g) for g in got] == [len(e) for e in expected]
+    return max(abs(a - b) for g, e in zip(got, expected, strict=True) for a, b in zip(g, e, strict=True))
+
+
 @pytest.fixture
 def engine(hf_engine):
     """The session's hf engine; each test sets its path, and the engine's own is restored after."""
-    saved = hf_engine.packed, hf_engine.share_contexts, hf_engine.max_batch_tokens
+    saved = hf_engine.packed, hf_engine.flex, hf_engine.share_contexts, hf_engine.max_batch_tokens
     yield hf_engine
-    hf_engine.packed, hf_engine.share_contexts, hf_engine.max_batch_tokens = saved
+    hf_engine.packed, hf_engine.flex, hf_engine.share_contexts, hf_engine.max_batch_tokens = saved
 
 
 @pytest.mark.parametrize("budget", [8192, 2048])  # 2048: several forwards, rows of one segment each
 def test_packed_path_equals_plain_forwards(engine, encoded, plain, budget):
-    engine.share_contexts, engine.packed, engine.max_batch_tokens = True, True, budget
+    engine.share_contexts, engine.packed, engine.flex, engine.max_batch_tokens = True, True, False, budget
     assert worst_relative(engine.sequence_logprobs(encoded), plain) < REL_TOL
+
+
+# 8192: every request in two rows; 1024: a context and its continuations (about 1,900 tokens) spread over
+# segments in several rows, each repeating the context
+@pytest.mark.parametrize("budget", [8192, 1024])
+def test_flex_path_equals_plain_forwards(engine, encoded, plain, budget):
+    engine.share_contexts, engine.packed, engine.flex, engine.max_batch_tokens = True, True, True, budget
+    got = engine.sequence_logprobs(encoded)
+    assert worst_relative(got, plain) < REL_TOL and worst_token(got, plain) < ABS_TOL
+    assert engine.compile is False  # the CPU default: the flex path's decoder eager
+
+
+def test_the_flex_path_builds_no_dense_mask(engine, first_question, monkeypatch):
+    """Every attention call of the flex path gets a BlockMask and goes to FlexAttention; no 4D mask is built."""
+    from torch.nn.attention.flex_attention import BlockMask
+    from transformers.integrations import flex_attention, sdpa_attention
+
+    def no_dense_mask(*args, **kwargs):
+        raise AssertionError("the flex path built the dense mask")
+
+    def no_sdpa(*args, **kwargs):
+        raise AssertionError("the flex path called SDPA")
+
+    masks = []
+    flex_forward = flex_attention.flex_attention_forward
+
+    def spy(module, query, key, value, attention_mask, **kwargs):
+        masks.append(attention_mask)
+        return flex_forward(module, query, key, value, attention_mask, **kwargs)
+
+    monkeypatch.setattr(packing, "allowed", no_dense_mask)
+    monkeypatch.setattr(sdpa_attention, "sdpa_attention_forward", no_sdpa)
+    monkeypatch.setattr(flex_attention, "flex_attention_forward", spy)
+    engine.share_contexts, engine.packed, engine.flex = True, True, True
+    requests, expected = first_question
+    assert worst_relative(engine.sequence_logprobs(requests), expected) < REL_TOL
+    layers = engine.model.config.num_hidden_layers
+    assert len(masks) % layers == 0 and masks and all(isinstance(m, BlockMask) for m in masks)
 
 
 def test_cached_path_equals_plain_forwards(engine, encoded, plain):
@@ -84,8 +129,9 @@ def test_cached_path_equals_plain_forwards(engine, encoded, plain):
     assert worst_relative(engine.sequence_logprobs(encoded), plain) < REL_TOL
 
 
-def test_packed_numbers_do_not_depend_on_request_order(engine, first_question):
-    engine.share_contexts, engine.packed = True, True
+@pytest.mark.parametrize("flex", [False, True])
+def test_packed_numbers_do_not_depend_on_request_order(engine, first_question, flex):
+    engine.share_contexts, engine.packed, engine.flex = True, True, flex
     subset, _ = first_question
     forward = engine.sequence_logprobs(subset)
     order = np.random.default_rng(0).permutation(len(subset))
@@ -93,18 +139,25 @@ def test_packed_numbers_do_not_depend_on_request_order(engine, first_question):
     assert [shuffled[k] for k in np.argsort(order)] == forward
 
 
-def test_the_check_sees_a_continuation_that_sees_another(engine, first_question, monkeypatch):
+@pytest.mark.parametrize("flex", [False, True])
+def test_the_check_sees_a_continuation_that_sees_another(engine, first_question, monkeypatch, flex):
     """Let every position see its whole segment's past, other continuations included: far off."""
     def segment_causal(segment, branch, columns):
         return (columns[None, :] <= columns[:, None])[None] & (segment[:, :, None] == segment[:, None, :])
 
+    # the flex path's mask and tiles: as if every position were its segment's context (branch 0)
+    mask_mod, block_structure = packing.mask_mod, packing.block_structure
     monkeypatch.setattr(packing, "allowed", segment_causal)
-    engine.share_contexts, engine.packed = True, True
+    monkeypatch.setattr(packing, "mask_mod", lambda segment, branch: mask_mod(segment, torch.zeros_like(branch)))
+    monkeypatch.setattr(packing, "block_structure",
+                        lambda segment, branch, *block: block_structure(segment, np.zeros_like(branch), *block))
+    engine.share_contexts, engine.packed, engine.flex = True, True, flex
     requests, expected = first_question
     assert worst_relative(engine.sequence_logprobs(requests), expected) > 100 * REL_TOL
 
 
-def test_the_check_sees_a_one_token_misalignment(engine, first_question, monkeypatch):
+@pytest.mark.parametrize("flex", [False, True])
+def test_the_check_sees_a_one_token_misalignment(engine, first_question, monkeypatch, flex):
     """Read each continuation token's log-prob one position late: far off."""
     layout = packing.layout
 
@@ -114,7 +167,7 @@ def test_the_check_sees_a_one_token_misalignment(engine, first_question, monkeyp
         return packed
 
     monkeypatch.setattr(packing, "layout", late)
-    engine.share_contexts, engine.packed = True, True
+    engine.share_contexts, engine.packed, engine.flex = True, True, flex
     requests, expected = first_question
     assert worst_relative(engine.sequence_logprobs(requests), expected) > 100 * REL_TOL
 
@@ -127,4 +180,6 @@ def test_packed_rows_are_the_default_on_gpus_and_the_cached_path_on_cpus(hf_engi
         engine = HFEngine.__new__(HFEngine)  # the engine's setup on a device name alone: nothing moves
         engine._setup(hf_engine.model, hf_engine.tokenizer, device, None, None, None, True, None, None)
         assert engine.packed is packed, device
+        # issue 41's plan on GPUs (the device check decides): the flex path, its layers compiled
+        assert engine.flex is engine.compile is device.startswith("cuda"), device
         assert engine.sequence_logprobs([]) == []  # nothing to score, on either path

@@ -18,9 +18,9 @@ the same forward passes.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import numpy as np
 
@@ -148,3 +148,64 @@ def allowed(segment: ArrayT, branch: ArrayT, columns: ArrayT) -> ArrayT:
     same_segment = segment[:, :, None] == segment[:, None, :]
     same_branch = (branch[:, None, :] == 0) | (branch[:, :, None] == branch[:, None, :])
     return causal[None] & same_segment & same_branch
+
+
+BLOCK = 128  # FlexAttention's default tile: the block mask says which BLOCK x BLOCK tiles attention computes
+
+
+def block_structure(segment: np.ndarray, branch: np.ndarray,
+                    block: int = BLOCK) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """The tiles of one row's ``allowed`` mask, without building it: (partial count, partial indices, full
+    count, full indices) per query tile, as ``BlockMask.from_kv_blocks`` takes them ([tiles], [tiles, tiles]
+    each, the listed key tiles first, in order). A full tile is computed without the mask, an empty one
+    skipped, a partial one masked elementwise.
+
+    ``segment`` and ``branch`` are one row of a layout, its width a multiple of ``block``. The mask is
+    counted by runs (maximal spans of one segment and branch): a run sees itself causally and, fully, the
+    context run of its segment before it; a tile is full when all block x block of its pairs are allowed.
+    """
+    width = len(segment)
+    if width % block:
+        raise ValueError(f"width {width} is not a multiple of the block size {block}")
+    tiles = width // block
+    change = np.flatnonzero((segment[1:] != segment[:-1]) | (branch[1:] != branch[:-1])) + 1
+    starts = np.concatenate(([0], change))
+    ends = np.concatenate((change, [width]))
+    allowed_pairs = np.zeros((tiles, tiles), dtype=np.int64)
+    edges = np.arange(tiles + 1) * block
+
+    def per_tile(start: int, end: int) -> tuple[int, np.ndarray]:
+        """The first tile a span touches and how many of its positions fall in each tile from there."""
+        first, last = start // block, (end - 1) // block
+        spans = np.minimum(edges[first + 1:last + 2], end) - np.maximum(edges[first:last + 1], start)
+        return first, spans
+
+    context: dict[int, tuple[int, np.ndarray]] = {}  # segment -> its context run, per tile
+    for start, end in zip(starts, ends, strict=True):
+        first, spans = per_tile(int(start), int(end))
+        n = len(spans)
+        # itself, causally: every pair across tiles, n(n+1)/2 on a tile's diagonal
+        own = np.tril(np.outer(spans, spans), -1) + np.diag(spans * (spans + 1) // 2)
+        allowed_pairs[first:first + n, first:first + n] += own
+        seg = int(segment[start])
+        if branch[start] == 0:
+            context[seg] = (first, spans)
+        elif seg in context:  # a continuation sees all of its segment's context, which came before it
+            c_first, c_spans = context[seg]
+            allowed_pairs[first:first + n, c_first:c_first + len(c_spans)] += np.outer(spans, c_spans)
+    full = allowed_pairs == block * block
+    partial = (allowed_pairs > 0) & ~full
+
+    def listed(flags: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return (flags.sum(axis=1).astype(np.int32),
+                np.argsort(~flags, axis=1, kind="stable").astype(np.int32))
+
+    return (*listed(partial), *listed(full))
+
+
+def mask_mod(segment: ArrayT, branch: ArrayT) -> Callable[[Any, Any, Any, Any], Any]:
+    """``allowed`` as FlexAttention's elementwise mask function over one row (batch and head ignored): the
+    same rule, indexed by (batch, head, query, key)."""
+    def allow(b: Any, h: Any, q: Any, k: Any) -> Any:
+        return (segment[q] == segment[k]) & (k <= q) & ((branch[k] == 0) | (branch[k] == branch[q]))
+    return allow
