@@ -214,7 +214,7 @@ def test_a_revision_on_a_local_model_or_an_api_teacher_is_refused(smollm2_path):
         locate(smollm2_path, "abc")
     with pytest.raises(ConfigError, match="applies to Hugging Face Hub ids only"):
         locate("smollm2", "abc")
-    with pytest.raises(ValueError, match="revision applies to vllm and hf teachers, not to a openai teacher"):
+    with pytest.raises(ValueError, match="revision applies to vllm, hf and sim teachers, not to a openai teacher"):
         TeacherConfig(kind="openai", model="gpt", base_url="http://x", revision="main")
     assert TeacherConfig(kind="vllm", model=REPO, revision="main").describe() == f"vllm:{REPO}@main"
     assert TeacherConfig(kind="vllm", model=REPO).describe() == f"vllm:{REPO}"
