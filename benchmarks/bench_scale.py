@@ -49,7 +49,6 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -96,41 +95,6 @@ def questions_and_candidates(data: Path, n: int, work: Path) -> tuple[Path, Path
     return work / "questions.jsonl", work / "candidates.jsonl"
 
 
-def tree_cpu() -> dict[int, float]:
-    """CPU seconds of this process and every process below it, by pid."""
-    import psutil
-
-    out = {}
-    for p in [psutil.Process(), *psutil.Process().children(recursive=True)]:
-        try:
-            t = p.cpu_times()
-            out[p.pid] = t.user + t.system
-        except psutil.Error:  # ended meanwhile
-            continue
-    return out
-
-
-class CpuPoll:
-    """This process tree's CPU seconds from now on, polled: Ray ends workers while a job runs, and a process that
-    ended counts with what it had spent when last seen (as sapray.dataplane.rehearsal.Meter does)."""
-
-    def __init__(self) -> None:
-        self.before = tree_cpu()
-        self.seen = dict(self.before)
-        self._stop = threading.Event()
-        self._poller = threading.Thread(target=self._poll, daemon=True)
-        self._poller.start()
-
-    def _poll(self) -> None:
-        while not self._stop.wait(0.5):
-            self.seen.update(tree_cpu())
-
-    def spent(self) -> float:
-        self._stop.set()
-        self._poller.join()
-        return sum(v - self.before.get(pid, 0.0) for pid, v in {**self.seen, **tree_cpu()}.items())
-
-
 def listed(uri: str) -> tuple[int, int]:
     """Objects and bytes under ``uri`` (a folder or a prefix)."""
     import pyarrow.fs as pafs
@@ -169,12 +133,14 @@ def one_filter(args: argparse.Namespace) -> dict:
         raw["engine"] = args.engine
         ray["actors"] = args.one_devices
     cfg = load_filter_config(raw)
-    cpu, started = CpuPoll(), time.monotonic()
+    from sapray.dataplane.rehearsal import TreeCpu
+
+    cpu, started = TreeCpu(), time.monotonic()
     result = run_filter(cfg, restart=args.restart, rehearsal=rehearsal)
     write_filter(result.output, result)
     journal = child(result.output, "journal")
     files, size = listed(journal)
-    out = {"wall_s": round(time.monotonic() - started, 2), "job_cpu_s": round(cpu.spent(), 2),
+    out = {"wall_s": round(time.monotonic() - started, 2), "job_cpu_s": round(sum(cpu.spent().values()), 2),
            **result.summary.get("rehearsal", {}), "counts": result.summary["counts"],
            "driver_peak_rss_mb": peak_rss_mb(), "journal_rows": args.journal_rows, "journal_files": files,
            "journal_bytes": size}
@@ -196,12 +162,13 @@ def one_filter(args: argparse.Namespace) -> dict:
 def one_cli(args: argparse.Namespace) -> dict:
     """In this process: a ``sapray`` command (``--cli``, JSON list), then the rehearsal.json it wrote."""
     from sapray.cli import main
+    from sapray.dataplane.rehearsal import TreeCpu
 
-    cpu, started = CpuPoll(), time.monotonic()
+    cpu, started = TreeCpu(), time.monotonic()
     main(json.loads(args.cli), standalone_mode=False)
     measured = json.loads((Path(args.output) / "rehearsal" / "rehearsal.json").read_text())
-    return {"wall_s": round(time.monotonic() - started, 2), "job_cpu_s": round(cpu.spent(), 2), **measured,
-            "driver_peak_rss_mb": peak_rss_mb()}
+    return {"wall_s": round(time.monotonic() - started, 2), "job_cpu_s": round(sum(cpu.spent().values()), 2),
+            **measured, "driver_peak_rss_mb": peak_rss_mb()}
 
 
 def one(args: argparse.Namespace, extra: list[str], tree: Path = ROOT, env: dict | None = None,

@@ -88,7 +88,7 @@ def test_the_meter_counts_the_cpu_of_a_process_that_ended_during_the_job(tmp_pat
     meter = Meter(str(tmp_path / "out"))
     burn = "import sys, time\nwhile time.process_time() < 0.3: pass\nsys.stdin.read()"
     child = subprocess.Popen([sys.executable, "-c", burn], stdin=subprocess.PIPE)
-    while meter.cpu_seen.get(child.pid, 0.0) < 0.2:
+    while meter.cpu.seen.get(child.pid, 0.0) < 0.2:
         assert child.poll() is None
         time.sleep(0.05)  # leaves the CPU to the child and the meter
     child.stdin.close()

@@ -104,14 +104,35 @@ def _tree_cpu() -> dict[int, float]:
     return out
 
 
-class Meter:
-    """CPU and wall time of a rehearsed job, and what its simulated engines reported.
-
-    Ray ends processes while the job runs (an operator's workers once it has finished, the journal's writer),
-    and nobody reaps their CPU time into a process we can still read: the tree is polled every ``poll_s`` so a
-    process that ended counts with what it had spent when last seen (at most ``poll_s`` of its CPU lost)."""
+class TreeCpu:
+    """This process tree's CPU seconds by pid from now on. Ray ends processes while a job runs (an operator's
+    workers once it has finished, the journal's writer), and nobody reaps their CPU time into a process we can
+    still read: the tree is polled every ``poll_s``, so a process that ended counts with what it had spent when
+    last seen (at most ``poll_s`` of its CPU lost)."""
 
     poll_s = 0.5
+
+    def __init__(self) -> None:
+        self.before = _tree_cpu()
+        self.seen = dict(self.before)
+        self._stop = threading.Event()
+        self._poller = threading.Thread(target=self._poll, name="tree-cpu", daemon=True)
+        self._poller.start()
+
+    def _poll(self) -> None:
+        while not self._stop.wait(self.poll_s):
+            self.seen.update(_tree_cpu())
+
+    def spent(self) -> dict[int, float]:
+        """Stop polling; each process's CPU seconds since the start."""
+        self._stop.set()
+        self._poller.join()
+        after = {**self.seen, **_tree_cpu()}  # the processes that ended, as last seen
+        return {pid: after[pid] - self.before.get(pid, 0.0) for pid in after}
+
+
+class Meter:
+    """CPU (``TreeCpu``) and wall time of a rehearsed job, and what its simulated engines reported."""
 
     def __init__(self, output: str) -> None:
         # where the simulated engines write their stats: local, and the same for the same output, so the folder
@@ -121,15 +142,7 @@ class Meter:
         self.stats_dir.mkdir(parents=True, exist_ok=True)
         for old in self.stats_dir.glob("*.json"):
             old.unlink()
-        self.cpu_before, self.started = _tree_cpu(), time.monotonic()
-        self.cpu_seen = dict(self.cpu_before)
-        self._stop = threading.Event()
-        self._poller = threading.Thread(target=self._poll, name="rehearsal-meter", daemon=True)
-        self._poller.start()
-
-    def _poll(self) -> None:
-        while not self._stop.wait(self.poll_s):
-            self.cpu_seen.update(_tree_cpu())
+        self.cpu, self.started = TreeCpu(), time.monotonic()
 
     def engines(self) -> list[dict[str, Any]]:
         return [json.loads(p.read_text()) for p in sorted(self.stats_dir.glob("*.json"))]
@@ -138,12 +151,9 @@ class Meter:
         """The measurements and the projection (``cores_per_device``: the data-plane cores the real cluster gives
         each device; None: as many as this machine has for all of them)."""
         wall = time.monotonic() - self.started
-        self._stop.set()
-        self._poller.join()
-        cpu_after = {**self.cpu_seen, **_tree_cpu()}  # the processes that ended, as last seen
+        spent = self.cpu.spent()
         engines = self.engines()
         simulated = {e["pid"] for e in engines}
-        spent = {pid: cpu_after[pid] - self.cpu_before.get(pid, 0.0) for pid in cpu_after}
         driver = spent.get(os.getpid(), 0.0)
         data_plane = sum(v for pid, v in spent.items() if pid not in simulated)
         # the engine actors' own host work (select's actors tokenize; every actor converts Arrow), each process's
