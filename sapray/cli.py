@@ -397,7 +397,7 @@ def plan_command(config_path: str | None, candidate_args: tuple[str, ...], quest
 @main.command("filter")
 @click.option("--config", "config_path", required=True, type=click.Path(exists=True, dir_okay=False),
               help="YAML filter config")
-@click.option("--method", type=click.Choice(["consistency", "dsweight", "lobass", "ifd"]),
+@click.option("--method", type=click.Choice(["consistency", "dsweight", "lobass", "ifd", "rsr"]),
               help="the filter (overrides the config's method)")
 @click.option("--set", "set_items", multiple=True, metavar="KEY=VALUE", help="override a config key")
 @click.option("--output", help="output folder or URI")
@@ -408,7 +408,7 @@ def plan_command(config_path: str | None, candidate_args: tuple[str, ...], quest
 @friendly
 def filter_command(config_path: str, method: str | None, set_items: tuple[str, ...], output: str | None,
                    rehearsal, verbose: bool, restart: bool) -> None:
-    """Keep the samples that will help: self-consistency, DS weight, LoBaSS or IFD."""
+    """Keep the samples that will help: self-consistency, DS weight, LoBaSS, IFD or RSR."""
     import json
 
     from sapray.config import load_filter_config, read_yaml

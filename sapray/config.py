@@ -427,10 +427,17 @@ class IFDConfig(Strict):
     keep_fraction: float = Field(0.5, ge=0, le=1, description="share of the samples kept")
 
 
+class RSRFilterConfig(Strict):
+    """method rsr: keep the samples the target finds most familiar, the lowest rank-surprisal ratio of the response
+    with its question as context (docs/concepts/rsr.md)."""
+
+    keep_fraction: float = Field(0.5, ge=0, le=1, description="share of the samples kept (lowest RSR)")
+
+
 class FilterConfig(Strict):
     """A filter job (``sapray filter``): one method over a whole set of samples."""
 
-    method: Literal["consistency", "dsweight", "lobass", "ifd"] = Field(
+    method: Literal["consistency", "dsweight", "lobass", "ifd", "rsr"] = Field(
         description="the filter; its section below holds its settings")
     input: str = Field(description="the samples (question and response columns, or chat messages; consistency: "
                        "questions); a file, folder or URI")
@@ -445,6 +452,7 @@ class FilterConfig(Strict):
     dsweight: DSWeightConfig | None = None
     lobass: LobassConfig = LobassConfig()
     ifd: IFDConfig = IFDConfig()
+    rsr: RSRFilterConfig = RSRFilterConfig()
     ray: RayConfig = RayConfig()
     output: str = Field("runs/filter", description="folder or URI for kept/, scores/, rejects/, summary.json and "
                         "report.html")

@@ -108,6 +108,37 @@ def test_ifd_both_directions_and_both_shared_context_paths(ray_local, samples_fi
                                                                  rel=1e-12)
 
 
+def test_rsr_keeps_the_lowest_ratio_and_matches_a_plain_recomputation(ray_local, samples_file, tmp_path):
+    """Each response with its question as chat context (the paper's): its rank-surprisal ratio against one plain
+    fp32 forward per sample (surprisal logsumexp(z) - z[y], strict rank clipped at 100), the lowest half kept."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sapray.core.scoring import RANK_CLIP, ScoreRequest, encode
+    from sapray.engines.models import resolve_model
+
+    result, scores = run({"method": "rsr", "model": TINY_RANDOM, "input": samples_file, "rsr": {"keep_fraction": 0.5}},
+                         tmp_path)
+    assert result.summary["counts"] == {"rows_in": 9, "kept": 4, "dropped": 4, "rejected": 1}
+    path = resolve_model(TINY_RANDOM, None)
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    for row in scores:
+        e = encode(ScoreRequest("r", [{"role": "user", "content": row["question"]}], row["response"]), tokenizer,
+                   2048, "joint", "reject")
+        with torch.no_grad():
+            logits = model(torch.tensor([e.context_ids + e.continuation_ids])).logits[0].float()
+        z = logits[len(e.context_ids) - 1:-1]
+        y = torch.tensor(e.continuation_ids)
+        chosen = z[torch.arange(len(y)), y]
+        surprisal = (torch.logsumexp(z, -1) - chosen).double().sum().item()
+        ranks = (1 + (z > chosen[:, None]).sum(-1)).clamp(max=RANK_CLIP).sum().item()
+        assert row["nll"] == pytest.approx(surprisal / len(y), rel=1e-5)
+        assert row["rsr"] == pytest.approx(ranks / surprisal, rel=1e-3)
+    kept = [r["rsr"] for r in scores if r["kept"]]
+    assert max(kept) <= min(r["rsr"] for r in scores if not r["kept"]) and result.summary["cut"] == max(kept)
+    assert all(r["reason"].startswith("rsr ") and "lowest 50%" in r["reason"] for r in scores if not r["kept"])
+
+
 def train_tiny_lora(base: str, samples: list[dict], out) -> str:
     """A real LoRA adapter: a few SGD steps on the samples' response tokens."""
     from peft import LoraConfig, get_peft_model

@@ -3,7 +3,8 @@ scores, the keep rule, the exact cut and distributions (order statistics over th
 
 Methods: ``dsweight`` (IWSI: keep the fraction of samples closest to a labeled valid set's loss), ``lobass``
 (keep the most learnable: the largest relative loss drop from the initial to the reference model) and ``ifd``
-(Cherry: keep high IFD, drop IFD > 1; or the reverse, low IFD). Input: rows with a question and a response,
+(Cherry: keep high IFD, drop IFD > 1; or the reverse, low IFD) and ``rsr`` (keep the lowest rank-surprisal
+ratio: the responses the target finds most familiar given their question). Input: rows with a question and a response,
 either as columns or as a ``messages`` list (first user turn = question, last assistant turn = response).
 """
 
@@ -119,6 +120,11 @@ def _ifd_scores(row: dict) -> dict:
             "ifd": metrics.ifd_of_nll(given_question, alone)}
 
 
+def _rsr_scores(row: dict) -> dict:
+    """The response given its question: its mean NLL and its rank-surprisal ratio (the paper's context)."""
+    return {"nll": _nll(row), "rsr": metrics.rsr_of_sums(row["ranks_0"], row["sum_0"])}
+
+
 def _lobass_scores(row: dict) -> dict:
     l0, l1 = _nll(row, "initial_"), _nll(row, "reference_")
     return {"loss_initial": l0, "loss_reference": l1, "learnability": filters.lobass_score(l0, l1)}
@@ -148,6 +154,8 @@ def keep_rule(cfg: FilterConfig) -> Rule:
         return Rule("shift", True, cfg.dsweight.keep_fraction)
     if cfg.method == "lobass":
         return Rule("learnability", False, cfg.lobass.keep_fraction)
+    if cfg.method == "rsr":
+        return Rule("rsr", True, cfg.rsr.keep_fraction)
     if cfg.ifd.direction == "high":  # Cherry: IFD > 1 means the question does not help; drop those first
         return Rule("ifd", False, cfg.ifd.keep_fraction, _ifd_at_most_one)
     return Rule("ifd", True, cfg.ifd.keep_fraction)
@@ -162,6 +170,8 @@ def _reason(cfg: FilterConfig, row: dict, cut: float | None) -> str:
         return f"shift {row['shift']:.4f} outside the lowest {cfg.dsweight.keep_fraction:.0%} (cut {cut})"
     if cfg.method == "lobass":
         return f"learnability {row['learnability']:.4f} outside the top {cfg.lobass.keep_fraction:.0%}"
+    if cfg.method == "rsr":
+        return f"rsr {row['rsr']:.4f} outside the lowest {cfg.rsr.keep_fraction:.0%}"
     direction = cfg.ifd.direction
     if direction == "high" and row["ifd"] > 1.0:
         return f"ifd {row['ifd']:.4f} > 1 (the question makes the response harder)"
@@ -171,7 +181,8 @@ def _reason(cfg: FilterConfig, row: dict, cut: float | None) -> str:
 
 SCORE_COLUMNS = {"dsweight": ("loss", "ds_weight", "shift"),
                  "lobass": ("loss_initial", "loss_reference", "learnability"),
-                 "ifd": ("nll_given_question", "nll_alone", "ifd")}
+                 "ifd": ("nll_given_question", "nll_alone", "ifd"),
+                 "rsr": ("nll", "rsr")}
 
 
 def encode_samples(cfg: FilterConfig, ds, build: Callable[[dict], list], requests: int, skip: Any = None):
@@ -350,7 +361,7 @@ class Method:
 
 
 def scored_method(cfg: FilterConfig) -> Method:
-    """dsweight (its valid set's mean loss scored first), lobass or ifd, as ``cfg`` sets it."""
+    """dsweight (its valid set's mean loss scored first), lobass, ifd or rsr, as ``cfg`` sets it."""
     if cfg.method == "dsweight":
         if cfg.dsweight is None:
             raise ValueError("method dsweight needs a dsweight section with a valid set")
@@ -369,6 +380,9 @@ def scored_method(cfg: FilterConfig) -> Method:
                                                       ("reference_", *reference)],
                       {"keep_fraction": lb.keep_fraction, "reference": lb.reference_model or lb.reference_adapter,
                        "reference_revision": lb.reference_revision})
+    if cfg.method == "rsr":
+        return Method(_chat_request, _rsr_scores, [("", cfg.model, cfg.revision, None)],
+                      {"keep_fraction": cfg.rsr.keep_fraction})
     return Method(_ifd_requests, _ifd_scores, [("", cfg.model, cfg.revision, None)],
                   {"direction": cfg.ifd.direction, "keep_fraction": cfg.ifd.keep_fraction})
 

@@ -3,9 +3,10 @@
 Methods: ``consistency`` (self-consistency: sample N answers per question, keep the majority's),
 ``dsweight`` (IWSI: keep the fraction of samples closest to a labeled valid set's loss),
 ``lobass`` (keep the most learnable: the largest relative loss drop from the initial to the
-reference model) and ``ifd`` (Cherry: keep high IFD, drop IFD > 1; or the reverse, low IFD).
+reference model), ``ifd`` (Cherry: keep high IFD, drop IFD > 1; or the reverse, low IFD) and ``rsr`` (keep the
+lowest rank-surprisal ratio).
 
-Input for dsweight, lobass and ifd: rows with a question and a response, either as columns or as a
+Input for dsweight, lobass, ifd and rsr: rows with a question and a response, either as columns or as a
 ``messages`` list (first user turn = question, last assistant turn = response). Input for
 consistency: questions (with a gold answer column when there is one). Every input row ends kept,
 dropped (with its reason) or rejected (with its reason); the job checks that the counts add up.
@@ -69,7 +70,7 @@ def write_filter(output: str, result: FilterResult) -> dict[str, str]:
 
 
 def run_scored_filter(cfg: FilterConfig, journal: str | None = None) -> tuple[dict, dict, dict[str, str]]:
-    """dsweight, lobass or ifd over the whole input in the cluster: (counts, info, paths written)."""
+    """dsweight, lobass, ifd or rsr over the whole input in the cluster: (counts, info, paths written)."""
     import ray
 
     method = filtering.scored_method(cfg)

@@ -35,7 +35,7 @@ MUTED = "#94a3b8"
 # the keep criterion of each filter method: (score column, True when low scores are kept)
 MAX_DOTS = 400  # per strategy, in the per-question figure
 FILTER_SCORE = {"dsweight": ("shift", True), "lobass": ("learnability", False), "ifd": ("ifd", None),
-                "consistency": ("agreement", None)}
+                "rsr": ("rsr", True), "consistency": ("agreement", None)}
 
 CSS = """
 body{font-family:system-ui,-apple-system,"Segoe UI",Roboto,"DejaVu Sans",sans-serif;color:#1e293b;
