@@ -123,6 +123,9 @@ def test_summary_ranked_by_rsr_names_the_lowest_ratio_of_means():
     assert w["p_best"]["a"] > 0.5 and w["p_best"]["a"] + w["p_best"]["b"] == pytest.approx(1.0) and "mean_sap" not in w
     text = render_table(by_rsr)
     assert "winner: a (RSR " in text
+    # a ratio of means has no paired mean difference: the margin and the win rate say what they are
+    assert "(the difference of their ratios of means); a lower ratio on 50% of paired questions" in text
+    assert "on their shared questions; more familiar on" in render_table(by_sap)
     unscored_sap = summarize([{k: v for k, v in r.items() if k != "sap"} | {"sap": float("nan")} for r in SCORES],
                              ["a", "b"], bootstrap=0, rank_by="sa_rsr")
     assert unscored_sap["per_strategy"]["a"]["n"] == 4 and unscored_sap["ranking"] == ["a", "b"]

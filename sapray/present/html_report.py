@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 
 from sapray.core.race import race_label
 from sapray.core.reduce import RANK_KEYS
-from sapray.present.tables import actionable_line, gap_label
+from sapray.present.tables import actionable_line, gap_label, margin_words
 from sapray.storage import child, filesystem, read_text
 
 ACCENT = "#c2410c"
@@ -406,7 +406,8 @@ def _running_figure(figs: _Figures, rounds: list[dict], order: list[str], elimin
 
 
 def _interval_figure(figs: _Figures, race: dict, order: list[str], winner: str | None) -> str | None:
-    """Each strategy's last anytime-valid interval for mean SAP(strategy) - mean SAP(leader)."""
+    """Each strategy's last anytime-valid interval for the ranked metric's (strategy) - (leader), mean SAP's
+    unless the race ranked by another (``sample.rank_by``)."""
     last: dict[str, tuple[int, dict]] = {}
     for r in race.get("rounds") or []:
         for name, iv in (r.get("intervals") or {}).items():
@@ -416,7 +417,8 @@ def _interval_figure(figs: _Figures, race: dict, order: list[str], winner: str |
     if not names:
         return None
     fig, ax = figs.new(7.2, 0.42 * len(names) + 1.2)
-    # the margin is epsilon times the leader's mean SAP, in SAP units: the last round's
+    # the margin is epsilon times the leader's value, in the ranked metric's units: the last round's
+    label = race_label(race.get("rank_by") or "sap")
     margin = next((r["margin"] for r in reversed(race.get("rounds") or []) if r.get("margin") is not None), None)
     if margin:
         ax.axvspan(-margin, margin, color="#f1f5f9", zorder=0)
@@ -430,10 +432,10 @@ def _interval_figure(figs: _Figures, race: dict, order: list[str], winner: str |
                     fontsize=7.5, color="#64748b")
     ax.set_yticks(range(len(names)), names)
     ax.invert_yaxis()
-    ax.set_xlabel("mean SAP minus the leader's (above 0: less familiar than the leader)")
+    ax.set_xlabel(f"{label} minus the leader's (above 0: less familiar than the leader)")
     _style(ax)
-    band = (f"; the shaded band is ± the margin, {margin:.3g} SAP ({race.get('epsilon')} of the leader's mean "
-            "SAP)") if margin else ""
+    band = (f"; the shaded band is ± the margin, {margin:.3g} {label.removeprefix('mean ')} "
+            f"({race.get('epsilon')} of the leader's {label})") if margin else ""
     return figs.svg(fig, "The race's anytime-valid intervals, each strategy's from the last round it was "
                          f"scored in{band}. An interval wholly above the band eliminates the strategy.")
 
@@ -554,7 +556,7 @@ def _summary_line(sel: dict, winner: str | None) -> str:
         parts.append(f"Winner: <strong>{escape(winner)}</strong>, {label} {_num(w.get(key))}{ci} over "
                      f"{_num(s.get('n'))} questions")
         if w.get("runner_up"):
-            parts.append(f"ahead of {escape(w['runner_up'])} by {_num(w.get(f'margin_{key}'))}, more familiar on "
+            parts.append(f"ahead of {escape(w['runner_up'])} by {_num(w.get(f'margin_{key}'))} {margin_words(w)} on "
                          f"{_num(100 * w['win_rate_vs_runner_up'], 0)}% of paired questions"
                          if w.get("win_rate_vs_runner_up") is not None else
                          f"ahead of {escape(w['runner_up'])} by {_num(w.get(f'margin_{key}'))}")

@@ -36,13 +36,20 @@ def render_table(summary: dict) -> str:
         key, label = _ranked_by(w)
         line = f"{'provisional ' if w.get('provisional') else ''}winner: {w['strategy']} ({label} {w[key]:.3f})"
         if w.get(f"margin_{key}") is not None:
-            line += (f", ahead of {w['runner_up']} by {w[f'margin_{key}']:.3f} on their shared questions; "
-                     "more familiar on "
-                     f"{100 * w['win_rate_vs_runner_up']:.0f}% of paired questions")
+            line += f", ahead of {w['runner_up']} by {w[f'margin_{key}']:.3f} {margin_words(w)} on "
+            line += f"{100 * w['win_rate_vs_runner_up']:.0f}% of paired questions"
         if w.get("bootstrap_p_best") is not None:
             line += f"; best in {100 * w['bootstrap_p_best']:.0f}% of bootstrap resamples"
         lines.append(line)
     return "\n".join(lines)
+
+
+def margin_words(winner: dict) -> str:
+    """What the margin is and what the win rate counts: a ratio of means (RSR) is not a mean of paired
+    differences, so its margin is the difference of the two strategies' ratios."""
+    if winner.get("rank_by") in ("rsr", "sa_rsr"):
+        return "(the difference of their ratios of means); a lower ratio"
+    return "on their shared questions; more familiar"
 
 
 def _ranked_by(winner: dict) -> tuple[str, str]:
