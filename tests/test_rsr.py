@@ -1,6 +1,7 @@
-"""The rank-surprisal ratio (RSR, arXiv 2601.14249): its definitions, each engine's tie rule, and the hf engine's
-ranks and surprisals against a plain recomputation (one example at a time, full fp32 logits, the reference's
-definition: surprisal logsumexp(z) - z[y], rank 1 + #{v: z_v > z[y]} clipped at 100)."""
+"""The rank-surprisal ratio (RSR, arXiv 2601.14249): its definitions and each engine's tie rule. The hf engine's
+ranks and surprisals on every path against a plain recomputation (one example at a time, full fp32 logits, the
+reference's definition: surprisal logsumexp(z) - z[y], rank 1 + #{v: z_v > z[y]} clipped at 100) are checked with
+the same plain forwards as its log-probs, in tests/test_shared_contexts.py."""
 
 from __future__ import annotations
 
@@ -8,11 +9,9 @@ import math
 
 import pytest
 import torch
-from conftest import gsm8k_pairs
 
 from sapray.core import metrics
-from sapray.core.contexts import Layout, build_requests
-from sapray.core.scoring import RANK_CLIP, EncodedRequest, encode_all
+from sapray.core.scoring import RANK_CLIP, EncodedRequest
 from sapray.engines.hf import token_scores
 from sapray.engines.sim import token_logprobs, token_ranks
 
@@ -86,53 +85,3 @@ def test_sim_ranks_are_deterministic_and_never_worse_for_a_likelier_token():
     order = sorted(range(500), key=lambda k: -logprobs[k])
     assert all(ranks[a] <= ranks[b] for a, b in zip(order[:-1], order[1:], strict=True))
     assert token_ranks([0.0, math.log(0.5), math.log(0.05)]) == [1, 2, 20]
-
-
-# --- hf against a plain recomputation -------------------------------------------------------------------
-
-@pytest.fixture(scope="module")
-def encoded(tokenizer) -> list[EncodedRequest]:
-    """Two GSM8K questions x 6 strategies x the SAP and PPL contexts (24 requests), plus one alone."""
-    requests = []
-    for k, row in enumerate(gsm8k_pairs(n_questions=2)):
-        requests += build_requests(Layout("chat"), f"row{k}", row["question"], row["response"], row["exemplars"],
-                                   ("sap", "ppl"), question_id=row["question_id"])
-    out = [s for s in encode_all(requests, tokenizer, 2048) if isinstance(s, EncodedRequest)]
-    assert len(out) == len(requests) == 24
-    return [*out, EncodedRequest("alone", out[0].context_ids[:40], out[0].continuation_ids[:30])]
-
-
-@pytest.fixture(scope="module")
-def plain(reference_model, encoded) -> list[tuple[list[float], list[int]]]:
-    """Each request alone, all its logits in fp32: (surprisals, clipped strict ranks), the reference's way."""
-    out = []
-    with torch.no_grad():
-        for r in encoded:
-            logits = reference_model(torch.tensor([r.input_ids])).logits[0].float()
-            rows = logits[len(r.context_ids) - 1:-1]
-            target = torch.tensor(r.continuation_ids)
-            chosen = rows.gather(1, target[:, None]).squeeze(1)
-            surprisal = torch.logsumexp(rows, dim=-1) - chosen
-            rank = (1 + (rows > chosen[:, None]).sum(-1)).clamp(max=100)
-            out.append((surprisal.tolist(), rank.tolist()))
-    return out
-
-
-@pytest.mark.slow  # the plain forwards and three engine paths: about a minute on two busy cores
-@pytest.mark.parametrize("path", ["packed", "cached", "padded"])
-def test_hf_ranks_and_surprisals_match_a_plain_recomputation(hf_engine, encoded, plain, path):
-    saved = hf_engine.packed, hf_engine.share_contexts
-    hf_engine.share_contexts, hf_engine.packed = path != "padded", path == "packed"
-    try:
-        got = hf_engine.sequence_scores(encoded)
-    finally:
-        hf_engine.packed, hf_engine.share_contexts = saved
-    same = total = 0
-    for scores, (surprisals, ranks) in zip(got, plain, strict=True):
-        assert len(scores.ranks) == len(ranks)
-        assert -math.fsum(scores.logprobs) == pytest.approx(math.fsum(surprisals), rel=1e-5)
-        same += sum(a == b for a, b in zip(scores.ranks, ranks, strict=True))
-        total += len(ranks)
-        assert metrics.rsr(scores.logprobs, scores.ranks) == pytest.approx(
-            sum(ranks) / max(math.fsum(surprisals), 1e-12), rel=1e-3)
-    assert same / total >= 0.999
