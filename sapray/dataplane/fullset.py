@@ -47,6 +47,7 @@ from sapray.storage import child, filesystem, read_text, write_text
 
 log = logging.getLogger(__name__)
 
+SPREAD_BATCHES = 4  # batches per block handed to the engines: small enough that every actor gets blocks
 # One shard entry per question: its training rows and rejects (JSON) and what they cost.
 ENTRY_SCHEMA = pa.schema([
     ("order", pa.int64()), ("question_id", pa.string()), ("rows_json", pa.string()), ("rejects_json", pa.string()),
@@ -313,6 +314,9 @@ def run_full_generation(strategy: StrategyConfig, questions: str | Sequence[dict
     console.say(f"full-scale generation with {strategy.name}: {n_usable - n_duplicates} questions, "
                 f"{n_usable - n_duplicates - n_todo} already done, {n_todo} to go")
     if n_todo:
+        # the join above hands back one block per id bucket (a single one up to 250k questions), and an engine actor
+        # takes a block whole: cut it again so that every actor gets work
+        todo = todo.repartition(target_num_rows_per_block=ray_cfg.batch_size * SPREAD_BATCHES)
         entries = _taught(strategy, todo, ray_cfg, pool).map_batches(
             _entries(Outcomes.of(strategy, gen), run), batch_format="pyarrow", batch_size=ray_cfg.batch_size,
             num_cpus=0, concurrency=stages.cpu_workers())
@@ -328,12 +332,11 @@ def run_full_generation(strategy: StrategyConfig, questions: str | Sequence[dict
                               by_stage)
 
 
-def generate_with(cfg: SelectConfig, name: str, pool: EnginePool | None = None) -> dict:
-    """The full training set of ``cfg`` with strategy ``name`` (``pool``: its teacher's resident engines, if any):
-    the questions file's questions, or, without one, the questions the candidate files hold (found in the
-    cluster as select finds them)."""
+def generate_with(cfg: SelectConfig, strategy: StrategyConfig, pool: EnginePool | None = None) -> dict:
+    """The full training set of ``cfg`` with ``strategy`` (``pool``: its teacher's resident engines, if any): the
+    questions file's questions, or, without one, the questions the candidate files hold (found in the cluster as
+    select finds them)."""
     init_ray(cfg.ray)
-    strategy = cfg.strategy(name)
     if cfg.data.questions:  # read by the workers
         return run_full_generation(strategy, cfg.data.questions, cfg.ray, cfg.generate, columns=cfg.data.columns,
                                    pool=pool)

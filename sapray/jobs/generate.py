@@ -9,4 +9,4 @@ from sapray.dataplane.fullset import generate_with
 
 def run_generate(cfg: SelectConfig, name: str) -> dict:
     """The full training set with strategy ``name``: its metadata.json."""
-    return generate_with(cfg, name)
+    return generate_with(cfg, cfg.strategy(name))

@@ -62,14 +62,15 @@ def run_all(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
             write_report(cfg.output)
             summary, sample_costs = result.summary, record_sample(cfg.output, teachers)
         winner = pick_for_full_set(cfg, summary, sample_costs)
-        key = teacher_key(cfg.strategy(winner))
+        strategy = cfg.strategy(winner)
+        key = teacher_key(strategy)
         for other in list(engines.pools):
             if other != key:
                 engines.release(other)
         engines.widen(key)
         console.say(f"full training set with {winner} (if stopped, `sapray generate --strategy {winner}` with the "
                     "same config resumes this step alone)")
-        metadata = generate_with(cfg, winner, engines.pools.get(key))
+        metadata = generate_with(cfg, strategy, engines.pools.get(key))
         if not done:
             record_engine_starts(cfg.output, engines.engine_starts())
     write_report(cfg.output)  # again, now with the sample and full-set costs
