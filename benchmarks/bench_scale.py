@@ -113,6 +113,43 @@ def peak_rss_mb() -> float:
     return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
 
 
+class RssTrace:
+    """The driver's RSS every 0.2 s and the job's console lines on one clock (``--rss-trace``): which step of the
+    job holds the memory that ``driver_peak_rss_mb`` reports."""
+
+    def __init__(self, path: str) -> None:
+        import threading
+
+        import psutil
+
+        from sapray.console import console
+
+        self.path, self.started, self.samples, self.lines = path, time.monotonic(), [], []
+        self.stop = threading.Event()
+        me = psutil.Process()
+        say = console.say
+
+        def said(line: str) -> None:
+            self.lines.append((round(time.monotonic() - self.started, 2), line))
+            say(line)
+
+        def sample() -> None:
+            while not self.stop.wait(0.2):
+                self.samples.append((round(time.monotonic() - self.started, 2), round(me.memory_info().rss / 2**20, 1)))
+
+        console.say = said
+        self.thread = threading.Thread(target=sample, daemon=True)
+        self.thread.start()
+
+    def mark(self, line: str) -> None:
+        self.lines.append((round(time.monotonic() - self.started, 2), line))
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join()
+        Path(self.path).write_text(json.dumps({"rss_mb": self.samples, "lines": self.lines}) + "\n")
+
+
 def one_filter(args: argparse.Namespace) -> dict:
     """In this process: one filter run (and with ``--rerun``, the same again), and what it measured."""
     from sapray.config import load_filter_config
@@ -135,9 +172,14 @@ def one_filter(args: argparse.Namespace) -> dict:
     cfg = load_filter_config(raw)
     from sapray.dataplane.rehearsal import TreeCpu
 
+    trace = RssTrace(args.rss_trace) if args.rss_trace else None
     cpu, started = TreeCpu(), time.monotonic()
     result = run_filter(cfg, restart=args.restart, rehearsal=rehearsal)
+    if trace:
+        trace.mark("run_filter returned; writing summary.json and report.html")
     write_filter(result.output, result)
+    if trace:
+        trace.mark("written")
     journal = child(result.output, "journal")
     files, size = listed(journal)
     out = {"wall_s": round(time.monotonic() - started, 2), "job_cpu_s": round(sum(cpu.spent().values()), 2),
@@ -150,12 +192,15 @@ def one_filter(args: argparse.Namespace) -> dict:
 
         started = time.monotonic()  # what a rerun of ifd does before its stages start: its one pass's journal loaded
         found = everywhere([RowJournal(journal, "sums-score").load().column("order").to_numpy()])
-        out["rerun_find_place_s"] = round(time.monotonic() - started, 3)
-        started = time.monotonic()
-        again = run_filter(cfg, rehearsal=rehearsal)
-        write_filter(again.output, again)
-        out.update(rerun_rows_found=len(found), rerun_wall_s=round(time.monotonic() - started, 1),
-                   rerun_tokens=again.summary.get("rehearsal", {}).get("tokens"))
+        out.update(rerun_find_place_s=round(time.monotonic() - started, 3), rerun_rows_found=len(found))
+        if not args.rerun_find_only:
+            started = time.monotonic()
+            again = run_filter(cfg, rehearsal=rehearsal)
+            write_filter(again.output, again)
+            out.update(rerun_wall_s=round(time.monotonic() - started, 1),
+                       rerun_tokens=again.summary.get("rehearsal", {}).get("tokens"))
+    if trace:
+        trace.close()
     return out
 
 
@@ -193,6 +238,10 @@ def filter_flags(samples: Path, output: Path | str, devices: int, journal_rows: 
             "--journal-rows", str(journal_rows or 0), *more]
 
 
+def traced(args: argparse.Namespace, work: Path, name: str) -> list[str]:
+    return ["--rss-trace", str(work / f"rss-{name}.json")] if args.rss_trace else []
+
+
 def kill_hard(proc: subprocess.Popen) -> None:
     """SIGKILL a job's process group and every process it started (Ray's run in sessions of their own)."""
     import psutil
@@ -212,7 +261,8 @@ def case_filter(args: argparse.Namespace, work: Path, samples: Path) -> list[dic
     for devices in [int(d) for d in args.devices.split(",")]:
         row = {"samples": args.samples, "devices": devices, **one(args, filter_flags(
             samples, work / f"out-{devices}", devices, args.journal_rows, "--restart",
-            *(["--one-rerun"] if args.rerun else [])))}
+            *(["--one-rerun"] if args.rerun else []), *(["--rerun-find-only"] if args.rerun_find_only else []),
+            *traced(args, work, f"filter-{devices}")))}
         rows.append(row)
         print(f"{devices:>3} x {args.device} (time scale {args.time_scale:g}): {row['tokens']:,} tokens, "
               f"{row['engine_actors']} actors, data plane {row['data_plane_cpu_s']:.1f} CPU-s = "
@@ -382,12 +432,18 @@ def main() -> None:
     parser.add_argument("--journal-rows", type=int, default=1000)
     parser.add_argument("--model", default="smollm2", help="the target (baseline's hf runs: e.g. smollm2-tiny-random)")
     parser.add_argument("--rerun", action=argparse.BooleanOptionalAction, default=True, help="filter: run again")
+    parser.add_argument("--rerun-find-only", action="store_true",
+                        help="filter: the rerun only loads its journal and finds its place (a 1M-row rerun's whole "
+                        "pass takes as long as the reading of the run)")
     parser.add_argument("--kills", type=int, default=5)
     parser.add_argument("--seed", type=int, default=40, help="kills: draws the journal events")
     parser.add_argument("--tree", help="baseline: another checkout's root (e.g. a git worktree of 8dcfd52)")
     parser.add_argument("--max-tokens", type=int, default=256, help="generate: the answers' limit")
     parser.add_argument("--max-questions", type=int, default=200, help="select: the race's sample")
     parser.add_argument("--workdir", default=None)
+    parser.add_argument("--rss-trace", nargs="?", const="yes", default=None,
+                        help="filter: the driver's RSS over time beside the job's console lines, rss-*.json in the "
+                        "work folder")
     parser.add_argument("--json", default=None, help="also append the results here")
     parser.add_argument("--one", action="store_true", help=argparse.SUPPRESS)  # a single job, in this process
     for hidden in ("--input", "--output", "--cli", "--engine"):
