@@ -15,6 +15,7 @@ import sys
 from html import unescape
 from pathlib import Path
 
+import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -248,6 +249,47 @@ def test_filter_report(tmp_path):
     assert "ifd 10 0.7830" in text and "1.4000" in text  # count, mean (7.83 / 10), max
     assert "keep threshold 0.62" in page and "IFD = 1 (dropped above)" in page
     assert "read empty response 1" in text
+
+
+def test_a_filter_report_over_many_samples_streams_its_scores(tmp_path):
+    """200k scored samples: the histograms, the threshold and the drop reasons come from the score files read a
+    batch at a time (the page's numbers are those of every value at once), and the report's Python allocations
+    stay far below what holding the rows would take (over 100 MB here)."""
+    import tracemalloc
+
+    from sapray.present.html_report import _ScoreHistogram
+
+    n = 200_000
+    rng = np.random.default_rng(0)
+    ifd = rng.gamma(4.0, 0.2, n)
+    kept = ifd <= np.quantile(ifd, 0.3)
+    (tmp_path / "scores").mkdir()
+    for k, part in enumerate(np.array_split(np.arange(n), 4)):
+        pq.write_table(pa.table({
+            "sample_id": [f"s{i}" for i in part], "ifd": ifd[part], "nll_alone": ifd[part] + 1.0, "kept": kept[part],
+            "source": [f"in.jsonl:{i + 1}" for i in part],
+            "reason": ["" if kept[i] else f"ifd {ifd[i]:.4f} outside the lowest 30%" for i in part]}),
+            tmp_path / "scores" / f"part-{k:05d}.parquet")
+    summary = {"method": "ifd", "direction": "low", "keep_fraction": 0.3,
+               "counts": {"rows_in": n, "kept": int(kept.sum()), "dropped": int((~kept).sum()), "rejected": 0},
+               "distributions": {"ifd": distribution(ifd.tolist()), "nll_alone": distribution((ifd + 1).tolist())}}
+    (tmp_path / "summary.json").write_text(json.dumps(summary))
+    files = sorted(str(p) for p in (tmp_path / "scores").iterdir())
+    histogram = _ScoreHistogram(files, "ifd")
+    edges, kept_counts, dropped_counts = histogram.counts()
+    assert (edges == np.histogram_bin_edges(ifd, bins=30)).all()
+    assert (kept_counts == np.histogram(ifd[kept], bins=edges)[0]).all()
+    assert (dropped_counts == np.histogram(ifd[~kept], bins=edges)[0]).all()
+    assert histogram.threshold(True) == ifd[kept].max() and histogram.threshold(False) == ifd[kept].min()
+    tracemalloc.start()
+    try:
+        page = Path(write_report(str(tmp_path))).read_text()
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert f"ifd # outside the lowest #% {int((~kept).sum())}" in _text(page)
+    assert f"threshold on ifd: {ifd[kept].max():.4g}" in _text(page)
+    assert peak < 40 * 2**20, peak
 
 
 @pytest.mark.slow

@@ -17,11 +17,12 @@ import math
 import re
 from collections import Counter
 from collections.abc import Collection, Iterable, Iterator
-from functools import partial
 from html import escape
 from typing import Any, NamedTuple
 
 import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 
@@ -91,13 +92,12 @@ def _jsonl(uri: str) -> list[dict] | None:
     return list(_jsonl_stream([uri]))
 
 
-def _parquet(uri: str, skip: Collection[str] = ()) -> list[dict] | None:
-    """The rows of a Parquet file, without the columns in ``skip``."""
+def _parquet(uri: str) -> list[dict] | None:
+    """The rows of a Parquet file."""
     fs, path = filesystem(uri)
     try:
         with fs.open_input_file(path) as f:
-            parquet = pq.ParquetFile(f)
-            return parquet.read(columns=[c for c in parquet.schema_arrow.names if c not in skip]).to_pylist()
+            return pq.ParquetFile(f).read().to_pylist()
     except (FileNotFoundError, OSError):
         return None
 
@@ -110,12 +110,6 @@ def _part_names(folder: str, ext: str) -> list[str] | None:
     except (FileNotFoundError, OSError):
         return None
     return [child(folder, name) for name in sorted(i.base_name for i in infos if i.base_name.endswith(ext))]
-
-
-def _parts(folder: str, read: Any, ext: str) -> list[dict] | None:
-    """The rows of a folder of part files, in part order."""
-    names = _part_names(folder, ext)
-    return None if names is None else [row for name in names for row in read(name) or []]
 
 
 def _jsonl_stream(uris: list[str]) -> Iterator[dict]:
@@ -161,11 +155,9 @@ def load_run(folder: str) -> dict:
         if run["summary"] is None:
             raise ReportError(f"{folder}: no selection.json or summary.json to report on")
         run["kind"] = "filter"
-        # part files since filters run in the cluster, single files before; texts are never shown, so a
-        # filter over a million samples does not load them
-        scores = partial(_parquet, skip=("question", "response"))
-        run["scores"] = (_parts(child(folder, "scores"), scores, ".parquet")
-                         or scores(child(folder, "scores.parquet")) or [])
+        # part files since filters run in the cluster, a single file before: read column by column, file by file
+        # when the page is drawn, so a filter over a million samples never has them all in memory
+        run["score_files"] = _part_names(child(folder, "scores"), ".parquet") or [child(folder, "scores.parquet")]
     run["reject_groups"] = _reject_groups(folder)
     if run["kind"] == "selection":
         run["scores"] = _parquet(child(folder, "scores.parquet")) or []
@@ -764,24 +756,77 @@ def _config_section(info: dict) -> str:
 
 # ---------- filter ----------
 
-def _threshold(rows: list[dict], column: str, low_kept: bool | None) -> float | None:
-    kept = [r[column] for r in rows if r.get("kept") and r.get(column) is not None]
-    if not kept or low_kept is None:
-        return None
-    return max(kept) if low_kept else min(kept)
+def _score_batches(uris: list[str], columns: list[str]) -> Iterator[pa.Table]:
+    """The ``columns`` (those a file has) of each scores file, a record batch at a time."""
+    for uri in uris:
+        fs, path = filesystem(uri)
+        try:
+            f = fs.open_input_file(path)
+        except (FileNotFoundError, OSError):
+            continue
+        with f:
+            parquet = pq.ParquetFile(f)
+            names = [c for c in columns if c in parquet.schema_arrow.names]
+            for batch in parquet.iter_batches(columns=names):
+                yield pa.Table.from_batches([batch])
 
 
-def _filter_figure(figs: _Figures, rows: list[dict], column: str, threshold: float | None, ifd_cut: bool,
+class _ScoreHistogram:
+    """One score column's kept and dropped counts over equal-width bins of its finite values, in two streamed
+    passes (the range, then the counts): the figure a list of every value would give, in memory of the bins."""
+
+    def __init__(self, files: list[str], column: str) -> None:
+        self.files, self.column = files, column
+        self.kept = self.dropped = self.finite = 0
+        self.low, self.high = math.inf, -math.inf
+        self.kept_low, self.kept_high = math.inf, -math.inf
+        for values, valid, kept in self._batches():
+            self.kept += int((valid & kept).sum())
+            self.dropped += int((valid & ~kept).sum())
+            finite = values[np.isfinite(values)]
+            self.finite += len(finite)
+            if len(finite):
+                self.low, self.high = min(self.low, finite.min()), max(self.high, finite.max())
+            kept_values = values[valid & kept]
+            if len(kept_values):
+                self.kept_low, self.kept_high = min(self.kept_low, kept_values.min()), max(self.kept_high,
+                                                                                         kept_values.max())
+
+    def _batches(self) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        for table in _score_batches(self.files, [self.column, "kept"]):
+            if self.column not in table.column_names:
+                continue
+            column = table.column(self.column)
+            yield (column.to_numpy(zero_copy_only=False).astype(np.float64),
+                   pc.is_valid(column).to_numpy(zero_copy_only=False),
+                   pc.fill_null(table.column("kept"), False).to_numpy(zero_copy_only=False))
+
+    def threshold(self, low_kept: bool | None) -> float | None:
+        """The last kept value: the largest when low scores are kept, else the smallest."""
+        if not self.kept or low_kept is None:
+            return None
+        return float(self.kept_high if low_kept else self.kept_low)
+
+    def counts(self) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """(bin edges, kept counts, dropped counts) over the finite values."""
+        edges = np.histogram_bin_edges([self.low, self.high], bins=min(30, max(5, self.finite // 3)))
+        kept, dropped = np.zeros(len(edges) - 1, np.int64), np.zeros(len(edges) - 1, np.int64)
+        for values, _, is_kept in self._batches():
+            finite = np.isfinite(values)
+            kept += np.histogram(values[finite & is_kept], bins=edges)[0]
+            dropped += np.histogram(values[finite & ~is_kept], bins=edges)[0]
+        return edges, kept, dropped
+
+
+def _filter_figure(figs: _Figures, scores: _ScoreHistogram, threshold: float | None, ifd_cut: bool,
                    main: bool) -> str | None:
-    kept = [r[column] for r in rows if r.get(column) is not None and r.get("kept")]
-    dropped = [r[column] for r in rows if r.get(column) is not None and not r.get("kept")]
-    values = [v for v in kept + dropped if math.isfinite(v)]
-    if not values:
+    if not scores.finite:
         return None
+    column = scores.column
     fig, ax = figs.new(6.6 if main else 4.6, 2.9 if main else 2.3)
-    bins = np.histogram_bin_edges(values, bins=min(30, max(5, len(values) // 3)))
-    ax.hist([[v for v in kept if math.isfinite(v)], [v for v in dropped if math.isfinite(v)]], bins=bins,
-            stacked=True, color=["#059669", "#cbd5e1"], label=[f"kept ({len(kept)})", f"dropped ({len(dropped)})"])
+    edges, kept, dropped = scores.counts()
+    ax.hist([edges[:-1], edges[:-1]], bins=edges, weights=[kept, dropped], stacked=True, color=["#059669", "#cbd5e1"],
+            label=[f"kept ({scores.kept})", f"dropped ({scores.dropped})"])
     if threshold is not None:
         ax.axvline(threshold, color=ACCENT, linewidth=1.8, linestyle="--", label=f"keep threshold {threshold:.4g}")
     if ifd_cut:
@@ -794,8 +839,17 @@ def _filter_figure(figs: _Figures, rows: list[dict], column: str, threshold: flo
                          + (" (the keep criterion)." if main else "."))
 
 
+def _dropped(files: list[str]) -> Iterator[tuple[str, str, str]]:
+    """("dropped", reason, source) of each scored sample that was not kept, streamed."""
+    for table in _score_batches(files, ["kept", "reason", "source"]):
+        dropped = table.filter(pc.invert(pc.fill_null(table.column("kept"), False)))
+        for reason, source in zip(dropped.column("reason").to_pylist(), dropped.column("source").to_pylist(),
+                                  strict=True):
+            yield "dropped", reason or "", source or ""
+
+
 def render_filter(run: dict) -> str:
-    summary, rows = run["summary"], run["scores"]
+    summary, files = run["summary"], run["score_files"]
     figs = _Figures()
     method = summary.get("method", "?")
     counts = summary.get("counts") or {}
@@ -803,7 +857,8 @@ def render_filter(run: dict) -> str:
     ifd_high = method == "ifd" and summary.get("direction", "high") == "high"
     if method == "ifd":
         low_kept = not ifd_high
-    threshold = _threshold(rows, column, low_kept) if column else None
+    main = _ScoreHistogram(files, column) if column else None
+    threshold = main.threshold(low_kept) if main else None
     total = counts.get("kept", 0) + counts.get("dropped", 0) + counts.get("rejected", 0)
     ok = total == counts.get("rows_in")
     fraction = summary.get("keep_fraction")
@@ -812,8 +867,8 @@ def render_filter(run: dict) -> str:
                                                            else "")
                     + (f"; threshold on {escape(column)}: {threshold:.4g}" if threshold is not None else "") + ".")
     dists = summary.get("distributions") or {}
-    main_fig = _filter_figure(figs, rows, column, threshold, ifd_high, True) if column else None
-    others = [_filter_figure(figs, rows, k, None, False, False) for k in dists if k != column]
+    main_fig = _filter_figure(figs, main, threshold, ifd_high, True) if main else None
+    others = [_filter_figure(figs, _ScoreHistogram(files, k), None, False, False) for k in dists if k != column]
     stats = ("count", "mean", "std", "min", "p10", "p25", "p50", "p75", "p90", "max")
     dist_rows = [[escape(k), *[_num(d.get(q), 4) for q in stats]] for k, d in dists.items()]
     scores_html = ((main_fig or "") + "".join(f for f in others if f)
@@ -826,8 +881,7 @@ def render_filter(run: dict) -> str:
     sections = [
         ("scores", "Score distributions", scores_html),
         ("counts", "Counts", counts_html),
-        ("drops", "Drop reasons", _reasons_table(_group_reasons(
-            ("dropped", r.get("reason", ""), r.get("source", "")) for r in rows if not r.get("kept")), stages=False)),
+        ("drops", "Drop reasons", _reasons_table(_group_reasons(_dropped(files)), stages=False)),
         ("rejects", "Rejected rows", _reasons_table(run["reject_groups"])),
         ("settings", "Settings", settings_html),
     ]
