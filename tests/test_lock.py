@@ -16,6 +16,7 @@ import pyarrow.fs as pafs
 import pytest
 from conftest import BUCKET, kill_hard, wait_until
 
+from sapray.core.errors import ConfigError
 from sapray.dataplane.lock import STALE_S, OutputHeld, held, lock_of
 from sapray.storage import filesystem, read_text, write_text
 
@@ -93,6 +94,16 @@ def test_a_holder_on_another_host_is_taken_over_only_once_its_heartbeat_is_stale
     with held(lock):
         assert contents(lock)["host"] == socket.gethostname()
     assert "no heartbeat for" in capsys.readouterr().err
+
+
+def test_a_lock_that_cannot_be_read_is_an_error_not_a_free_output(tmp_path):
+    """A lock file there but unreadable (here: a folder in its place; elsewhere a permission or a network error)
+    must not read as "nobody holds it": the run stops, naming it."""
+    lock = lock_of(str(tmp_path / "out"))
+    Path(lock).mkdir(parents=True)
+    with pytest.raises(ConfigError, match=r"lock\.json: the output's lock cannot be read"):
+        with held(lock):
+            pass
 
 
 def test_a_mine_output_file_has_its_lock_beside_it():
