@@ -139,25 +139,6 @@ def test_rsr_keeps_the_lowest_ratio_and_matches_a_plain_recomputation(ray_local,
     assert all(r["reason"].startswith("rsr ") and "lowest 50%" in r["reason"] for r in scores if not r["kept"])
 
 
-@pytest.mark.parametrize("blocks", [8, 200])  # 200: the pieces added up in the cluster before the driver
-def test_order_statistics_in_the_cluster_are_the_sorted_keys(ray_local, blocks):
-    import numpy as np
-    import ray
-
-    from sapray.core import order_stats
-    from sapray.dataplane import stages
-
-    values = np.round(np.random.default_rng(blocks).normal(size=3000), 2)  # ties at every digit
-    ds = ray.data.from_items([{"v": v} for v in values], override_num_blocks=blocks).materialize()
-    assert ds.num_blocks() == blocks
-    ranks = [1, 2, 17, 1500, 2999, 3000]
-    got = stages.select(ds, {"v": lambda b: order_stats.sortable(b.column("v").to_numpy())}, {"v": ranks})["v"]
-    keys = np.sort(order_stats.sortable(values))
-    assert [s.key for s in got] == [int(keys[r - 1]) for r in ranks]
-    assert [s.below for s in got] == [int((keys < keys[r - 1]).sum()) for r in ranks]
-    assert [s.equal for s in got] == [int((keys == keys[r - 1]).sum()) for r in ranks]
-
-
 def train_tiny_lora(base: str, samples: list[dict], out) -> str:
     """A real LoRA adapter: a few SGD steps on the samples' response tokens."""
     from peft import LoraConfig, get_peft_model

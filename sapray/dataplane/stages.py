@@ -305,45 +305,16 @@ def moments(ds, columns: list[str], where: str | None = None) -> tuple[int, dict
     return rows, out
 
 
-# Pieces of digit counts added up in the cluster, this many a task, when a dataset has more blocks than that:
-# each block's piece holds about three numbers per key at the first digit, so a million rows' pieces are
-# ~100 MB, which the driver would otherwise hold at once.
-SUM_PIECES = 64
-
-
-def _summed(widths: dict[str, int]) -> Callable[[dict[str, np.ndarray]], dict]:
-    """``digit_counts`` pieces (one a row) added up into one sparse piece per name."""
-    def fn(batch: dict[str, np.ndarray]) -> dict:
-        out = {}
-        for name, width in widths.items():
-            dense = add_counts((np.asarray(p, dtype=np.int64).reshape(3, -1) for p in batch[name]), width)
-            prefix, digit = np.nonzero(dense)
-            out[name] = [np.stack([prefix, digit, dense[prefix, digit]]).astype(np.int64).ravel()]
-        return out
-    return fn
-
-
 def select(ds, keys: dict[str, Callable[[pa.Table], np.ndarray]],
            ranks: dict[str, list[int]]) -> dict[str, list[Selected]]:
     """Exact order statistics: for each name, the uint64 keys at ``ranks[name]`` (1-based) of the keys
-    ``keys[name](block)`` gives for each block. ``order_stats.DIGITS`` passes over ``ds``; a materialized
-    dataset of more than ``SUM_PIECES`` blocks has its counts added up in the cluster (in two levels), so the
-    driver receives at most one bin per distinct digit, whatever the rows."""
-    from ray.data.dataset import MaterializedDataset
-
-    many = isinstance(ds, MaterializedDataset) and ds.num_blocks() > SUM_PIECES
-
+    ``keys[name](block)`` gives for each block. ``order_stats.DIGITS`` passes over ``ds``."""
     def count(prefixes: dict[str, np.ndarray], level: int) -> dict[str, np.ndarray]:
         def fn(batch: pa.Table) -> dict:
             return {name: [digit_counts(keys[name](batch), p, level).ravel()] for name, p in prefixes.items()}
-        widths = {name: len(p) for name, p in prefixes.items()}
-        pieces = ds.map_batches(fn, batch_format="pyarrow", batch_size=None)
-        if many:
-            pieces = (pieces.map_batches(_summed(widths), batch_format="numpy", batch_size=SUM_PIECES)
-                      .repartition(1).map_batches(_summed(widths), batch_format="numpy", batch_size=None))
-        parts = pieces.take_all()
-        return {name: add_counts((np.asarray(part[name], dtype=np.int64).reshape(3, -1) for part in parts), width)
-                for name, width in widths.items()}
+        parts = ds.map_batches(fn, batch_format="pyarrow", batch_size=None).take_all()
+        return {name: add_counts((np.asarray(part[name], dtype=np.int64).reshape(3, -1) for part in parts), len(p))
+                for name, p in prefixes.items()}
 
     wanted = {name: r for name, r in ranks.items() if r}
     return select_keys(wanted, count) if wanted else {}
