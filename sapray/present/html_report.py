@@ -112,15 +112,23 @@ def _part_names(folder: str, ext: str) -> list[str] | None:
     return [child(folder, name) for name in sorted(i.base_name for i in infos if i.base_name.endswith(ext))]
 
 
-def _jsonl_stream(uris: list[str]) -> Iterator[dict]:
-    """The rows of JSON lines files one at a time, so that a million rejects are never all in memory."""
+def _opened(uris: list[str], random_access: bool = False) -> Iterator[tuple[str, Any]]:
+    """Each file of ``uris`` that opens, with its open stream (a random-access file for Parquet); the others
+    skipped."""
     for uri in uris:
         fs, path = filesystem(uri)
         try:
-            stream = fs.open_input_stream(path)
+            handle = fs.open_input_file(path) if random_access else fs.open_input_stream(path)
         except (FileNotFoundError, OSError):
             continue
-        with stream, io.TextIOWrapper(stream, encoding="utf-8") as lines:
+        with handle:
+            yield uri, handle
+
+
+def _jsonl_stream(uris: list[str]) -> Iterator[dict]:
+    """The rows of JSON lines files one at a time, so that a million rejects are never all in memory."""
+    for uri, stream in _opened(uris):
+        with io.TextIOWrapper(stream, encoding="utf-8") as lines:
             for n, line in enumerate(lines, 1):
                 if line.strip():
                     try:
@@ -758,17 +766,11 @@ def _config_section(info: dict) -> str:
 
 def _score_batches(uris: list[str], columns: list[str]) -> Iterator[pa.Table]:
     """The ``columns`` (those a file has) of each scores file, a record batch at a time."""
-    for uri in uris:
-        fs, path = filesystem(uri)
-        try:
-            f = fs.open_input_file(path)
-        except (FileNotFoundError, OSError):
-            continue
-        with f:
-            parquet = pq.ParquetFile(f)
-            names = [c for c in columns if c in parquet.schema_arrow.names]
-            for batch in parquet.iter_batches(columns=names):
-                yield pa.Table.from_batches([batch])
+    for _, f in _opened(uris, random_access=True):
+        parquet = pq.ParquetFile(f)
+        names = [c for c in columns if c in parquet.schema_arrow.names]
+        for batch in parquet.iter_batches(columns=names):
+            yield pa.Table.from_batches([batch])
 
 
 class _ScoreHistogram:
