@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import sys
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
@@ -40,13 +40,18 @@ def friendly(command):
 
 
 @contextlib.contextmanager
-def locked_session(output: str, verbose: bool, lock: str | None = None) -> Iterator[None]:
+def locked_session(output: str, verbose: bool, lock: str | None = None,
+                   also: Sequence[str] = ()) -> Iterator[None]:
     """A job command's session (see sapray.present.session), holding its output's lock first (one run at a time
-    on an output: sapray.dataplane.lock); ``lock``: the lock file, when not ``<output>/lock.json``."""
+    on an output: sapray.dataplane.lock); ``lock``: the lock file, when not ``<output>/lock.json``; ``also``: the
+    other output folders the job writes (``sapray run``'s training set), each locked the same way."""
     from sapray.dataplane.lock import held, lock_of
 
-    with held(lock or lock_of(output)), session(output, verbose):
-        yield
+    with contextlib.ExitStack() as locks:
+        for uri in dict.fromkeys([lock or lock_of(output), *(lock_of(other) for other in also)]):
+            locks.enter_context(held(uri))
+        with session(output, verbose):
+            yield
 
 
 def _execute(cfg: SelectConfig, verbose: bool, restart: bool, rehearsal=None) -> None:
@@ -146,8 +151,10 @@ class Job:
 
 
 @contextlib.contextmanager
-def job_session(cfg: SelectConfig, verbose: bool, rehearsal=None, log_in_training_set: bool = False):
-    """The session a select, run or generate job runs in (its run.log in the output, or in the training set's).
+def job_session(cfg: SelectConfig, verbose: bool, rehearsal=None, log_in_training_set: bool = False,
+                writes_training_set: bool = False):
+    """The session a select, run or generate job runs in (its run.log in the output, or in the training set's;
+    ``writes_training_set``: ``sapray run``, which holds the training set's lock as well as the output's).
     With --rehearse the job runs ``cfg``'s simulated twin, writing into OUTPUT/rehearsal, and its measurements
     (taken before the session stops Ray) go to the twin's rehearsal.json."""
     meter = None
@@ -157,7 +164,8 @@ def job_session(cfg: SelectConfig, verbose: bool, rehearsal=None, log_in_trainin
         meter = Meter(cfg.output)
         cfg = rehearsed(cfg, rehearsal, str(meter.stats_dir))
     job = Job(cfg)
-    with locked_session(cfg.generate.output if log_in_training_set else cfg.output, verbose):
+    with locked_session(cfg.generate.output if log_in_training_set else cfg.output, verbose,
+                        also=[cfg.generate.output] if writes_training_set else []):
         yield job
         if meter:
             from sapray.dataplane.rehearsal import write_rehearsal
@@ -343,7 +351,7 @@ def run(config_path: str, restart: bool, rehearsal, set_items: tuple[str, ...], 
     from sapray.present.tables import render_table
 
     cfg = _load(config_path, set_items, **flags)
-    with job_session(cfg, verbose, rehearsal) as job:
+    with job_session(cfg, verbose, rehearsal, writes_training_set=True) as job:
         summary, costs, metadata = run_all(job.cfg, on_round=console.say, restart=restart)
     console.result(render_table(summary))
     for name, c in costs.items():

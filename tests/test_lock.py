@@ -15,6 +15,7 @@ from pathlib import Path
 import pyarrow.fs as pafs
 import pytest
 from conftest import BUCKET, kill_hard, wait_until
+from small_job import REPO
 
 from sapray.core.errors import ConfigError
 from sapray.dataplane.lock import STALE_S, OutputHeld, held, lock_of
@@ -81,6 +82,27 @@ def test_the_cli_says_in_one_line_that_another_run_holds_the_output(tmp_path):
     assert len(lines) == 1 and lines[0].startswith(f"Error: {output}/lock.json: another run holds this output "
                                                    f"(host {socket.gethostname()}, pid {proc.pid}")
     assert contents(lock_of(str(output))) is None  # the holder released it when it ended
+
+
+def test_run_holds_its_training_set_too_so_two_runs_never_write_one_training_set(tmp_path):
+    """`sapray run` writes its output and generate.output: a run on another output that holds this training set
+    stops this one before it starts, and the output's own lock is let go."""
+    train, output = tmp_path / "train", tmp_path / "out"
+    proc = holder(lock_of(str(train)), tmp_path)
+    try:
+        done = subprocess.run([sys.executable, "-m", "sapray", "run", "--config", str(REPO / "jobs/gsm8k_run.yaml"),
+                               "--output", str(output), "--set", f"generate.output={train}"],
+                              capture_output=True, text=True, env={k: v for k, v in os.environ.items()
+                                                                   if k != "RAY_ADDRESS"})
+    finally:
+        (tmp_path / "release").touch()
+        proc.wait()
+    assert done.returncode == 1, done.stderr
+    assert done.stderr.strip().splitlines() == [
+        f"Error: {train}/lock.json: another run holds this output (host {socket.gethostname()}, pid {proc.pid}, "
+        f"started {done.stderr.split('started ')[1].split(')')[0]}); wait for it to end, or write to another "
+        f"output (a holder on another host is taken over after {STALE_S:.0f} s without a heartbeat)"]
+    assert contents(lock_of(str(output))) is None and not (output / "run.log").exists()
 
 
 def test_a_holder_on_another_host_is_taken_over_only_once_its_heartbeat_is_stale(tmp_path, capsys):
