@@ -91,6 +91,13 @@ def rejected_rows(batch: pa.Table) -> pa.Table:
     return batch.filter(pc.not_equal(batch.column("reject"), ""))
 
 
+# Rows per block once a whole dataset is scored. What follows (score columns, the keep cut's order-statistic passes,
+# the decisions, the writers) makes a dozen passes over every block, a task per block each, and the driver's memory
+# grows with the tasks it launches: at 1M samples, blocks of 1,500 rows (the reader's) grew it by 69 MB over those
+# passes, blocks of this size by 28, and the passes took 31 s instead of 119 (docs/scaling.md).
+SUMMARY_BLOCK_ROWS = 16_384
+
+
 def split_rejected(ds) -> tuple[Any, Any]:
     """(usable rows, rejected rows), each materialized: a pipeline that starts from them has no CPU task
     ahead of its actor pools (with one engine actor per CPU, the CPU default, such a task would never

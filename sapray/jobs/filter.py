@@ -103,7 +103,8 @@ def run_scored_filter(cfg: FilterConfig, journal: str | None = None) -> tuple[di
             ray.get(writer.close.remote())  # the pass's last rows, and its entries merged into one file
             ray.kill(writer)
     rule, columns = filtering.keep_rule(cfg), filtering.SCORE_COLUMNS[cfg.method]
-    scored = ds.map_batches(filtering.ScoreColumns(method.score, columns, rule), batch_format="pyarrow").materialize()
+    scored = ds.map_batches(filtering.ScoreColumns(method.score, columns, rule), batch_format="pyarrow",
+                            batch_size=stages.SUMMARY_BLOCK_ROWS).materialize()
     cut, distributions, eligible = filtering.keep_summaries(scored, columns, rule)
     decided = scored.map_batches(filtering.Decide(cfg, cut), batch_format="pyarrow").materialize()
     counted = decided.map_batches(filtering.count_outcomes, batch_format="pyarrow", batch_size=None).take_all()
