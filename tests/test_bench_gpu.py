@@ -50,7 +50,10 @@ def _load_bench():
 
 
 def run_blocked(*args: str, script: str = "bench_gpu.py") -> subprocess.CompletedProcess:
-    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    # torch.compile traces as it does on the device (graphs, guards, a recompile per width) but runs the traced
+    # graphs with AOTAutograd's eager backend: inductor's C++ builds are what a CPU run would spend most of its
+    # minute on, and on the device it is inductor's Triton that compiles, which no CPU run checks anyway
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "TORCH_COMPILE_OVERRIDE_BACKENDS": ">=0:aot_eager"}
     return subprocess.run([sys.executable, "-c", RUN_SCRIPT, str(ROOT / "benchmarks" / script), *args], cwd=ROOT,
                           env=env, capture_output=True, text=True, timeout=PATIENCE_S)
 
