@@ -22,7 +22,8 @@ template and tokenizing, moving blocks, the journal, deciding and writing are re
 - ``generate``: ``sapray generate --rehearse`` over ``--samples`` questions (zero-shot, ``--max-tokens``), and
   the same command again (every shard already written).
 - ``select``: ``sapray select --rehearse`` over a long candidate table of ``--samples`` questions x 6
-  strategies (the read pass over every row, then the race over ``--max-questions``), and the same command again.
+  strategies (the read pass over every row, then the race over ``--max-questions``; ``--stop fixed``: all of
+  them scored, so scoring dominates), and the same command again.
 
 Reported: tokens handed to the engines per CPU-second of the data plane (every process of the job but the
 simulated actors) and the engine actors' own host CPU, the driver's peak RSS, the journal's objects and bytes,
@@ -397,7 +398,7 @@ def case_cli(args: argparse.Namespace, work: Path) -> list[dict]:
         journal = work / "train" / "rehearsal"
     else:
         config["data"] = {"questions": str(questions), "candidates": str(candidates)}
-        config["sample"] = {"max_questions": args.max_questions}
+        config["sample"] = {"max_questions": args.max_questions, **({"stop": args.stop} if args.stop else {})}
         command = ["select"]
         journal = work / "run" / "rehearsal" / "journal"
     (work / "job.yaml").write_text(yaml.safe_dump(config))
@@ -440,6 +441,9 @@ def main() -> None:
     parser.add_argument("--tree", help="baseline: another checkout's root (e.g. a git worktree of 8dcfd52)")
     parser.add_argument("--max-tokens", type=int, default=256, help="generate: the answers' limit")
     parser.add_argument("--max-questions", type=int, default=200, help="select: the race's sample")
+    parser.add_argument("--stop", choices=("confident", "fixed"), default=None,
+                        help="select: sample.stop (fixed: every question of the sample scored, no loser dropped, so "
+                        "scoring dominates and its rate is select's own)")
     parser.add_argument("--workdir", default=None)
     parser.add_argument("--rss-trace", nargs="?", const="yes", default=None,
                         help="filter: the driver's RSS over time beside the job's console lines, rss-*.json in the "

@@ -102,7 +102,7 @@ def test_run_holds_its_training_set_too_so_two_runs_never_write_one_training_set
         f"Error: {train}/lock.json: another run holds this output (host {socket.gethostname()}, pid {proc.pid}, "
         f"started {done.stderr.split('started ')[1].split(')')[0]}); wait for it to end, or write to another "
         f"output (a holder on another host is taken over after {STALE_S:.0f} s without a heartbeat)"]
-    assert contents(lock_of(str(output))) is None and not (output / "run.log").exists()
+    assert not output.exists()  # its lock let go, and the folder the lock made removed: nothing written
 
 
 def test_a_holder_on_another_host_is_taken_over_only_once_its_heartbeat_is_stale(tmp_path, capsys):

@@ -20,7 +20,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 
 import pyarrow.fs as pafs
@@ -107,6 +107,8 @@ def held(uri: str) -> Iterator[None]:
             "token": uuid.uuid4().hex}
     fs, path = filesystem(uri)
     local = "://" not in uri
+    folder = os.path.dirname(path) or "."
+    made_folder = local and not os.path.isdir(folder)  # removed again at the end if the run wrote nothing there
     if not (local and _create_exclusive(path, json.dumps(mine))):
         holder = _read(uri)
         if holder is not None and holder.get("token") != mine["token"]:
@@ -133,6 +135,9 @@ def held(uri: str) -> Iterator[None]:
         holder = _read(uri)
         if holder is not None and holder.get("token") == mine["token"]:
             fs.delete_file(path)
+            if made_folder:
+                with suppress(OSError):  # not empty: the run (or another) wrote there
+                    os.rmdir(folder)
 
 
 def _heartbeat(uri: str, mine: dict, stop: threading.Event) -> None:
