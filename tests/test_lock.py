@@ -67,20 +67,25 @@ def test_a_second_run_is_refused_naming_the_holder_and_takes_over_once_its_pid_i
     assert contents(lock) is None  # released on a normal exit
 
 
-def test_the_cli_says_in_one_line_that_another_run_holds_the_output(tmp_path):
-    output = tmp_path / "out"
-    proc = holder(lock_of(str(output)), tmp_path)
+def refused(held_output: Path, tmp_path: Path, *command: str) -> tuple[subprocess.CompletedProcess, int]:
+    """(``sapray COMMAND`` run while a second process holds ``held_output``, that holder's pid)."""
+    proc = holder(lock_of(str(held_output)), tmp_path)
     try:
-        done = subprocess.run([sys.executable, "-m", "sapray", "demo", "--output", str(output)],
-                              capture_output=True, text=True, env={k: v for k, v in os.environ.items()
-                                                                   if k != "RAY_ADDRESS"})
+        done = subprocess.run([sys.executable, "-m", "sapray", *command], capture_output=True, text=True,
+                              env={k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"})
     finally:
         (tmp_path / "release").touch()
         proc.wait()
+    return done, proc.pid
+
+
+def test_the_cli_says_in_one_line_that_another_run_holds_the_output(tmp_path):
+    output = tmp_path / "out"
+    done, pid = refused(output, tmp_path, "demo", "--output", str(output))
     assert done.returncode == 1, done.stderr
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith(f"Error: {output}/lock.json: another run holds this output "
-                                                   f"(host {socket.gethostname()}, pid {proc.pid}")
+                                                   f"(host {socket.gethostname()}, pid {pid}")
     assert contents(lock_of(str(output))) is None  # the holder released it when it ended
 
 
@@ -88,18 +93,11 @@ def test_run_holds_its_training_set_too_so_two_runs_never_write_one_training_set
     """`sapray run` writes its output and generate.output: a run on another output that holds this training set
     stops this one before it starts, and the output's own lock is let go."""
     train, output = tmp_path / "train", tmp_path / "out"
-    proc = holder(lock_of(str(train)), tmp_path)
-    try:
-        done = subprocess.run([sys.executable, "-m", "sapray", "run", "--config", str(REPO / "jobs/gsm8k_run.yaml"),
-                               "--output", str(output), "--set", f"generate.output={train}"],
-                              capture_output=True, text=True, env={k: v for k, v in os.environ.items()
-                                                                   if k != "RAY_ADDRESS"})
-    finally:
-        (tmp_path / "release").touch()
-        proc.wait()
+    done, pid = refused(train, tmp_path, "run", "--config", str(REPO / "jobs/gsm8k_run.yaml"), "--output",
+                        str(output), "--set", f"generate.output={train}")
     assert done.returncode == 1, done.stderr
     assert done.stderr.strip().splitlines() == [
-        f"Error: {train}/lock.json: another run holds this output (host {socket.gethostname()}, pid {proc.pid}, "
+        f"Error: {train}/lock.json: another run holds this output (host {socket.gethostname()}, pid {pid}, "
         f"started {done.stderr.split('started ')[1].split(')')[0]}); wait for it to end, or write to another "
         f"output (a holder on another host is taken over after {STALE_S:.0f} s without a heartbeat)"]
     assert not output.exists()  # its lock let go, and the folder the lock made removed: nothing written
