@@ -398,7 +398,7 @@ def case_cli(args: argparse.Namespace, work: Path) -> list[dict]:
         journal = work / "train" / "rehearsal"
     else:
         config["data"] = {"questions": str(questions), "candidates": str(candidates)}
-        config["sample"] = {"max_questions": args.max_questions, **({"stop": args.stop} if args.stop else {})}
+        config["sample"] = {"max_questions": args.max_questions, "stop": args.stop}
         command = ["select"]
         journal = work / "run" / "rehearsal" / "journal"
     (work / "job.yaml").write_text(yaml.safe_dump(config))
@@ -441,7 +441,7 @@ def main() -> None:
     parser.add_argument("--tree", help="baseline: another checkout's root (e.g. a git worktree of 8dcfd52)")
     parser.add_argument("--max-tokens", type=int, default=256, help="generate: the answers' limit")
     parser.add_argument("--max-questions", type=int, default=200, help="select: the race's sample")
-    parser.add_argument("--stop", choices=("confident", "fixed"), default=None,
+    parser.add_argument("--stop", choices=("confident", "fixed"), default="confident",
                         help="select: sample.stop (fixed: every question of the sample scored, no loser dropped, so "
                         "scoring dominates and its rate is select's own)")
     parser.add_argument("--workdir", default=None)

@@ -93,8 +93,9 @@ def rejected_rows(batch: pa.Table) -> pa.Table:
 
 # Rows per block once a whole dataset is scored. What follows (score columns, the keep cut's order-statistic passes,
 # the decisions, the writers) makes a dozen passes over every block, a task per block each, and the driver's memory
-# grows with the tasks it launches: at 1M samples, blocks of 1,500 rows (the reader's) grew it by 69 MB over those
-# passes, blocks of this size by 28, and the passes took 31 s instead of 119 (docs/scaling.md).
+# grows with the tasks it launches: at 1M samples, blocks of 1,500 rows (the reader's) raised its peak by 71 MB over
+# those passes, blocks of this size by 35, and the passes took 34 s instead of 106
+# (benchmarks/bench_summary_blocks.py; docs/scaling.md).
 SUMMARY_BLOCK_ROWS = 16_384
 
 
