@@ -54,7 +54,7 @@ def plain_loss(model, tokenizer, context_ids: list[int], continuation: str) -> f
         return model(input_ids=ids, labels=labels).loss.item()
 
 
-def test_dsweight(ray_local, samples_file, tmp_path, smollm2_path):
+def test_dsweight(ray_local, samples_file, tmp_path, reference_model, reference_tokenizer):
     valid = write_jsonl(tmp_path / "valid.jsonl", [
         {"question": q["question"], "answer": c["response"]}
         for q, c in zip(load_questions()[10:12], [c for c in load_candidates() if c["strategy"] == "human"][10:12],
@@ -64,10 +64,7 @@ def test_dsweight(ray_local, samples_file, tmp_path, smollm2_path):
     counts = result.summary["counts"]
     assert counts == {"rows_in": 9, "kept": 6, "dropped": 2, "rejected": 1}  # round(0.79 * 8 + 0.5) = 6
     # The authors' whole-string loss, recomputed plainly: start token, then 'Q: {q}\nA: {a}'.
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
-    model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
+    model, tokenizer = reference_model, reference_tokenizer
     start = [tokenizer.bos_token_id]
     valid_rows = [json.loads(line) for line in open(valid)]
     valid_mean = sum(plain_loss(model, tokenizer, start, f"Q: {v['question']}\nA: {v['answer']}")

@@ -43,12 +43,9 @@ def plain_sap(model, tokenizer, question: str, exemplars: list[str], response: s
 
 
 @pytest.mark.slow
-def test_mean_sap_equals_plain_computation(one_actor, smollm2_path):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def test_mean_sap_equals_plain_computation(one_actor, reference_model, reference_tokenizer):
     result, out = one_actor
-    tokenizer = AutoTokenizer.from_pretrained(smollm2_path)
-    model = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32).eval()
+    model, tokenizer = reference_model, reference_tokenizer
     questions = {q["question_id"]: q["question"] for q in load_questions()}
     responses = {(c["question_id"], c["strategy"]): c["response"] for c in load_candidates()}
     exemplars = {json.loads(line)["exemplar_id"]: json.loads(line)["text"]
