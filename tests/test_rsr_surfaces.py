@@ -139,3 +139,19 @@ def test_round_line_names_the_races_statistic():
     line = round_line(record, 0.95, 0.1, "RSR")
     assert "leading a (RSR 2.400)" in line and "by >= 1.200 RSR" in line
     assert "(mean SAP 2.400)" in round_line(record, 0.95, 0.1) and "1.200 SAP" in round_line(record, 0.95, 0.1)
+
+
+def test_the_ranking_table_keeps_its_columns_apart_whatever_the_values():
+    """A random-weight model's SAP runs to five digits before the point, and names can be long: every cell
+    stays a field of its own, and the table keeps its widths where values are small."""
+    small = summarize(SCORES, ["a", "b"], bootstrap=50)
+    lines = render_table(small).splitlines()
+    assert lines[0] == ("rank  strategy                n  mean SAP              95% CI   median      PPL     IFD"
+                        "      RSR   SA-RSR  length")
+    large = [{**r, "strategy": "a_strategy_named_at_length" if r["strategy"] == "a" else "b",
+              "sap": 40000.0 + r["sap"], "ppl": 45000.0 + r["ppl"]} for r in SCORES]
+    table = render_table(summarize(large, ["a_strategy_named_at_length", "b"], bootstrap=50)).splitlines()
+    for line in table[2:4]:
+        # rank, name, n, mean SAP, CI low, CI high, median, PPL, IFD, RSR, SA-RSR, length
+        assert len(line.split()) == 12, line
+        assert float(line.split()[3]) > 40000

@@ -3,23 +3,35 @@
 from __future__ import annotations
 
 
-def _fmt(x, width: int = 8, digits: int = 3) -> str:
-    return f"{x:>{width}.{digits}f}" if isinstance(x, float | int) else f"{'-':>{width}}"
+def _num(x, digits: int = 3) -> str:
+    return f"{x:.{digits}f}" if isinstance(x, float | int) else "-"
+
+
+def _columns(header: list[tuple[str, int]], rows: list[list[str]]) -> list[str]:
+    """Fixed-width lines: each column as wide as its header's width, or as its widest cell and two spaces
+    (values of any size stay apart); the second column (names) on the left, the others on the right."""
+    widths = [max(width, *(len(row[i]) + 2 for row in rows)) if rows else width
+              for i, (_, width) in enumerate(header)]
+    def line(cells: list[str]) -> str:
+        return "".join(c.ljust(w) if i == 1 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
+    head = line([name for name, _ in header])
+    return [head, "-" * len(head), *(line(row) for row in rows)]
 
 
 def render_table(summary: dict) -> str:
     """The ranking as a fixed-width table, most familiar first (RSR and SA-RSR columns where scored)."""
     ratios = [m for m in ("rsr", "sa_rsr") if any(m in s for s in summary["per_strategy"].values())]
-    header = (f"{'rank':>4}  {'strategy':<20}{'n':>5}{'mean SAP':>10}{'95% CI':>20}{'median':>9}"
-              f"{'PPL':>9}{'IFD':>8}" + "".join(f"{m.upper().replace('_', '-'):>9}" for m in ratios) + f"{'length':>8}")
-    lines = [header, "-" * len(header)]
+    header = [("rank", 4), ("  strategy", 22), ("n", 5), ("mean SAP", 10), ("95% CI", 20), ("median", 9),
+              ("PPL", 9), ("IFD", 8), *((m.upper().replace("_", "-"), 9) for m in ratios), ("length", 8)]
+    rows = []
     for rank, name in enumerate(summary["ranking"], start=1):
         s = summary["per_strategy"][name]
         lo, hi = s["ci95_mean_sap"]
         ci = f"[{lo:.3f}, {hi:.3f}]" if lo is not None else "-"
-        lines.append(f"{rank:>4}  {name:<20}{s['n']:>5}{_fmt(s['mean_sap'], 10)}{ci:>20}{_fmt(s['median_sap'], 9)}"
-                     f"{_fmt(s['mean_ppl'], 9)}{_fmt(s['mean_ifd'], 8)}"
-                     + "".join(_fmt(s.get(m), 9) for m in ratios) + f"{_fmt(s['mean_length'], 8, 1)}")
+        rows.append([str(rank), f"  {name}", str(s["n"]), _num(s["mean_sap"]), ci, _num(s["median_sap"]),
+                     _num(s["mean_ppl"]), _num(s["mean_ifd"]), *(_num(s.get(m)) for m in ratios),
+                     _num(s["mean_length"], 1)])
+    lines = _columns(header, rows)
     w = summary.get("winner")
     race = summary.get("race")
     if race:
