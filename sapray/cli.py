@@ -440,7 +440,6 @@ def filter_command(config_path: str, method: str | None, set_items: tuple[str, .
     console.result(f"wrote {paths['kept']}/ (the kept samples) and {len(paths) - 1} more")
 
 
-
 @main.command("report")
 @click.argument("run_dir")
 @click.option("--output", help="where to write the page (default: RUN_DIR/report.html)")

@@ -48,7 +48,6 @@ def test_every_module_of_the_package_sits_in_a_layer():
     assert top - {"__init__", "__main__", "data"} == layers
 
 
-
 def test_every_job_is_under_the_independence_contract():
     """A new module in sapray/jobs/ cannot import another job unseen: the contract names every one."""
     contracts = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["importlinter"]["contracts"]

@@ -60,10 +60,6 @@ TRAIN_SCHEMA = pa.schema([
     ("sampling", pa.string()), ("prompt_hash", pa.string())])
 
 
-
-
-
-
 def _gold_rejects(strategy: StrategyConfig):
     def fn(batch: pa.Table) -> pa.Table:
         rows = batch.to_pylist()
@@ -73,10 +69,6 @@ def _gold_rejects(strategy: StrategyConfig):
                 row["reject"], row["reject_stage"] = problem, "generate"
         return pa.Table.from_pylist(rows, schema=batch.schema)
     return fn
-
-
-
-
 
 
 # -- the teacher and the outcome --------------------------------------------------------------------
