@@ -343,29 +343,40 @@ def test_the_cli_says_what_is_wrong_without_a_traceback_when_nothing_is_usable(t
     assert len(error) == 1 and re.search(message, error[0]), done.stderr[-3000:]
 
 
+TEACHER_ROWS = [{**r, "strategy": s} for s in ("human", "socratic") for r in candidate_rows(s)]
+
+
+def file_teacher_set(tmp_path: Path, questions: Path, candidates: Path, name: str) -> tuple[dict, list[dict]]:
+    """``sapray generate`` with the file teacher ``socratic``: (metadata, training rows without the teacher's
+    file name)."""
+    raw = select_config(tmp_path, str(questions), {}, tmp_path / f"{name}-select")
+    raw["data"] = {"questions": str(questions), "candidates": str(candidates)}
+    raw["generate"] = {"output": str(tmp_path / name)}
+    metadata = run_generate(load_config(raw), "socratic")
+    rows = read_parts(tmp_path / name / "train")
+    assert all(r.pop("teacher") == f"file:{candidates}[socratic]" for r in rows)
+    return metadata, rows
+
+
+@pytest.fixture(scope="module")
+def clean_training_set(ray_local, tmp_path_factory) -> list[dict]:
+    """The training set from clean files, which every format's faulty files must give (made once)."""
+    tmp_path = tmp_path_factory.mktemp("clean")
+    questions, candidates = tmp_path / "q.jsonl", tmp_path / "c.jsonl"
+    questions.write_text(jsonl(QUESTIONS))
+    candidates.write_text(jsonl(TEACHER_ROWS))
+    return file_teacher_set(tmp_path, questions, candidates, "clean")[1]
+
+
 # datasets: over 20 s in both full runs (22.6 and 50.5 s), the other formats not in the quieter one
 @pytest.mark.parametrize("fmt", [pytest.param(f, marks=pytest.mark.slow) if f == "datasets" else f for f in FORMATS])
-def test_generate_with_a_file_teacher_writes_the_same_set_from_faulty_files(fmt, ray_local, tmp_path):
-    teacher_rows = [{**r, "strategy": s} for s in ("human", "socratic") for r in candidate_rows(s)]
-    metadata, train = {}, {}
-    for kind in ("clean", "faulty"):
-        if kind == "clean":
-            questions, candidates = tmp_path / "q.jsonl", tmp_path / "c.jsonl"
-            questions.write_text(jsonl(QUESTIONS))
-            candidates.write_text(jsonl(teacher_rows))
-        else:
-            questions, bad_questions = write_faulty(fmt, QUESTIONS, "question", tmp_path / "faulty-q")
-            candidates, bad_candidates = write_faulty(fmt, teacher_rows, "response", tmp_path / "faulty-c")
-        raw = select_config(tmp_path, str(questions), {}, tmp_path / f"{kind}-select")
-        raw["data"] = {"questions": str(questions), "candidates": str(candidates)}
-        raw["generate"] = {"output": str(tmp_path / kind)}
-        metadata[kind] = run_generate(load_config(raw), "socratic")
-        rows = read_parts(tmp_path / kind / "train")
-        assert all(r.pop("teacher") == f"file:{candidates}[socratic]" for r in rows)
-        train[kind] = rows
-    assert train["faulty"] == train["clean"] and len(train["clean"]) == len(QUESTIONS)
-    assert metadata["faulty"]["question_rows_rejected"] == len(bad_questions)
-    assert metadata["faulty"]["rows"] + metadata["faulty"]["rejected"] - len(bad_questions) == len(QUESTIONS)
+def test_generate_with_a_file_teacher_writes_the_same_set_from_faulty_files(fmt, clean_training_set, tmp_path):
+    questions, bad_questions = write_faulty(fmt, QUESTIONS, "question", tmp_path / "faulty-q")
+    candidates, bad_candidates = write_faulty(fmt, TEACHER_ROWS, "response", tmp_path / "faulty-c")
+    metadata, train = file_teacher_set(tmp_path, questions, candidates, "faulty")
+    assert train == clean_training_set and len(clean_training_set) == len(QUESTIONS)
+    assert metadata["question_rows_rejected"] == len(bad_questions)
+    assert metadata["rows"] + metadata["rejected"] - len(bad_questions) == len(QUESTIONS)
     rejects = read_parts(tmp_path / "faulty" / "rejects")
     assert sorted(r["source"] for r in rejects) == sorted(f"{questions}{w}" for w in bad_questions)
     assert bad_candidates  # the teacher file's bad rows cost no question its response
