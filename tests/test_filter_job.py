@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow.parquet as pq
 import pytest
 import torch
 from conftest import load_candidates, load_questions, read_parts
@@ -242,6 +243,9 @@ def test_same_bytes_whatever_the_actors_and_input_order_whatever_the_shards(
     assert [r["sample_id"] for r in many] == [r["sample_id"] for r in few]  # input order, across shards
     assert [r["source"] for r in many] == [f"{path}:{n}" for n in range(1, 28) if n % 9]
     assert [r["ifd"] for r in many] == pytest.approx([r["ifd"] for r in few], rel=1e-5)
+    # one block of 24 scored rows, six engine batches of 4: one row group, not one a batch
+    (scores,) = (tmp_path / "out-1-64" / "scores").iterdir()
+    assert pq.ParquetFile(scores).metadata.num_row_groups == 1
     rejects = read_parts(tmp_path / "out-1-64" / "rejects")
     assert [r["source"] for r in rejects] == [f"{path}:{n}" for n in (9, 18, 27)]
     assert all(r["reason"] == "no assistant turn after the first user turn in 'messages'" and r["stage"] == "read"
