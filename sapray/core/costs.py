@@ -35,8 +35,8 @@ THROUGHPUT: dict[tuple[str, str, str], tuple[float, str, str]] = {
 # engines (reading, validating, building contexts, tokenizing, moving blocks, journal, outputs), measured by a
 # rehearsal (simulated engines; docs/scaling.md). (tokens per CPU-second, where and when measured)
 DATA_PLANE: tuple[float, str] = (
-    150637.0, "rehearsed ifd filter of 100k GSM8K samples, 8 simulated H200s, AVX2 EPYC (2 cores, shared), "
-              "bench_scale.py --samples 100000 --devices 8, 2026-12-06")
+    268458.0, "rehearsed ifd filter of 100k GSM8K samples, 8 simulated H200s, AVX2 EPYC (2 cores, quiet), "
+              "bench_scale.py --samples 100000 --devices 8 --time-scale 10, 2026-12-06 (328,196 at 1M)")
 
 
 # Engine starts (seconds from a fresh process to a loaded engine: what an engine actor's start costs beside
