@@ -10,8 +10,8 @@ def _num(x, digits: int = 3) -> str:
 def _columns(header: list[tuple[str, int]], rows: list[list[str]]) -> list[str]:
     """Fixed-width lines: each column as wide as its header's width, or as its widest cell and two spaces
     (values of any size stay apart); the second column (names) on the left, the others on the right."""
-    widths = [max(width, *(len(row[i]) + 2 for row in rows)) if rows else width
-              for i, (_, width) in enumerate(header)]
+    widths = [max([width, *(len(row[i]) + 2 for row in rows)]) for i, (_, width) in enumerate(header)]
+
     def line(cells: list[str]) -> str:
         return "".join(c.ljust(w) if i == 1 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True)))
     head = line([name for name, _ in header])
