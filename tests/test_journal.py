@@ -9,7 +9,6 @@ import pyarrow.parquet as pq
 import pytest
 
 from sapray.dataplane.journal import (
-    BatchMemo,
     Journal,
     Journaled,
     JournalMismatch,
@@ -59,14 +58,6 @@ def test_batches_are_logged_by_their_rows_not_their_position(tmp_path):
     assert log(batch[:1]) is None and log([batch[1], batch[0]]) is None  # other rows: another batch
 
 
-def test_a_batch_memo_is_found_by_its_rows_orders(tmp_path):
-    memo = BatchMemo(str(tmp_path / "j"), "sums-score")
-    columns = pa.table({"sum_0": [-1.5, -2.0], "tokens_0": [3, 4]})
-    memo.put([4, 5], columns)
-    assert memo.get([4, 5]).equals(columns)
-    assert memo.get([4, 6]) is None and memo.get([5]) is None and memo.get([]) is None
-
-
 def test_an_entry_that_does_not_parse_is_computed_again_with_a_line_saying_so(tmp_path, capsys):
     folder = tmp_path / "j"
     journal = Journal(str(folder), {"model": "m"})
@@ -105,14 +96,6 @@ def test_only_not_found_means_no_entry(tmp_path):
     (tmp_path / "folder.json").mkdir()
     with pytest.raises(JournalUnreadable):
         read_entry(str(tmp_path / "folder.json"))
-
-
-def test_a_batch_memo_that_does_not_parse_is_computed_again(tmp_path, capsys):
-    memo = BatchMemo(str(tmp_path / "j"), "sums-score")
-    memo.put([1, 2], pa.table({"sum_0": [-1.0, -2.0]}))
-    part = next((tmp_path / "j").glob("*.parquet"))
-    part.write_bytes(part.read_bytes()[:20])
-    assert memo.get([1, 2]) is None and "unreadable" in capsys.readouterr().err
 
 
 def test_the_demo_on_an_output_whose_fingerprint_is_cut_short_says_so_in_one_line(tmp_path):
@@ -181,3 +164,30 @@ def test_the_encoder_does_not_tokenize_rows_the_journal_holds(smollm2_path):
                            "reject_stage": ["", ""]}))
     lengths = [len(ids) for ids in out.column("continuation_ids_0").to_pylist()]
     assert lengths[0] > 0 and lengths[1] == 0
+
+
+def test_the_answering_actor_takes_journaled_answers_by_order_and_journals_only_new_ones(smollm2_path, ray_local,
+                                                                                       tmp_path):
+    import ray
+
+    from sapray.dataplane.actors import GenerateActor
+    from sapray.dataplane.consistency import ZeroShotPrompts
+    from sapray.engines.base import EngineSpec
+
+    prompts = ZeroShotPrompts("smollm2", None, skip=pa.table({"order": [1]}))(
+        pa.table({"order": [0, 1, 2], "question": ["one?", "two?", "three?"]}))
+    assert [len(p) > 0 for p in prompts.column("prompt_ids").to_pylist()] == [True, False, True]
+    journaled = pa.table({"texts": [["journaled"]], "prompt_tokens": [5], "completion_tokens": [1],
+                          "finish_reasons": [["stop"]], "error": [""], "order": [1]})
+    folder = str(tmp_path / "j")
+    writer = ray.remote(num_cpus=0)(RowJournalWriter).remote(folder, "answers", 1000)
+    actor = GenerateActor(EngineSpec("sim", "smollm2", None, {}), {"max_tokens": 8, "seed": 0},
+                          journaled=ray.put(journaled), writer=writer)
+    out = actor({"order": np.array([0, 1, 2]), "prompt_ids": np.array(prompts.column("prompt_ids").to_pylist(),
+                                                                       dtype=object)})
+    assert out["texts"][1] == ["journaled"] and out["prompt_tokens"][1] == 5
+    assert all(t != ["journaled"] for i, t in enumerate(out["texts"]) if i != 1)
+    ray.get(writer.close.remote())
+    new = RowJournal(folder, "answers").load()
+    assert new.column("order").to_pylist() == [0, 2] and new.column("texts").to_pylist() == [out["texts"][0],
+                                                                                              out["texts"][2]]

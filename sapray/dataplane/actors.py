@@ -19,7 +19,7 @@ import pyarrow as pa
 
 from sapray.config import FilterConfig, MineConfig, SelectConfig, TeacherConfig
 from sapray.core.scoring import ScoreRequest, score
-from sapray.dataplane.journal import BatchMemo
+from sapray.dataplane.journal import Journaled
 from sapray.engines import load_engine
 from sapray.engines.base import Engine, EngineSpec, SamplingConfig
 from sapray.engines.models import resolve_model
@@ -80,29 +80,55 @@ class ScoreActor:
         }
 
 
+# what GenerateActor adds to each row (and journals)
+ANSWER_COLUMNS = ("texts", "prompt_tokens", "completion_tokens", "finish_reasons", "error")
+
+
 class GenerateActor:
     """Generates from token-id prompts: prompt_ids -> texts, finish reasons, token counts (other columns pass).
 
     A ``sampling_json`` column, where present, gives each row its own sampling (strategies that share a
-    teacher model share its actors); rows without one use ``sampling``. With ``journal``, each batch's
-    answers are journaled as they come (``journal.BatchMemo``, by the rows' ``order``) and a batch found
-    there is not generated again."""
+    teacher model share its actors); rows without one use ``sampling``. ``journaled`` (a ``journal.RowJournal``
+    table, or its object ref): rows found there by their ``order`` take its answers instead of being generated
+    (their prompts may be empty: not tokenized); ``writer``: the pass's ``journal.RowJournalWriter``, sent each
+    batch's new answers before the batch goes on (seeded sampling answers a prompt alike whatever its
+    batch-mates, so a resumed run writes the bytes of one never stopped)."""
 
-    def __init__(self, spec: EngineSpec, sampling: dict[str, Any], num_cpus: float = 1,
-                 journal: str | None = None) -> None:
+    def __init__(self, spec: EngineSpec, sampling: dict[str, Any], num_cpus: float = 1, journaled: Any = None,
+                 writer: Any = None) -> None:
         self.engine = actor_engine(spec, num_cpus)
         self.sampling = SamplingConfig(**sampling)
-        self.memo = BatchMemo(journal, "answers") if journal else None
+        self.journaled = Journaled(journaled)
+        self.writer = writer
         self.placement = _placement()
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
-        orders = [int(o) for o in batch["order"]] if self.memo else []
-        journaled = self.memo.get(orders) if self.memo else None
-        outputs = journaled.to_pydict() if journaled is not None else self._generate(batch)
-        if self.memo and journaled is None:
-            self.memo.put(orders, pa.table(outputs))
+        outputs = self._answers(batch)
         return {**{k: v for k, v in batch.items() if k not in ("prompt_ids", "sampling_json")},  # other columns pass
                 **outputs, "actor": [self.placement] * len(outputs["texts"])}
+
+    def _answers(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
+        """The batch's answers, journaled ones taken from the journal, the rest generated (and journaled)."""
+        if self.writer is None and not len(self.journaled.orders):
+            return self._generate(batch)
+        import ray
+
+        orders = np.asarray(batch["order"], dtype=np.int64)
+        found, known = self.journaled.find(orders)
+        todo = ~found
+        outputs = {k: [None] * len(orders) for k in ANSWER_COLUMNS}
+        if todo.any():
+            new = self._generate({k: np.asarray(v)[todo] for k, v in batch.items()})
+            if self.writer is not None:  # journaled before the batch goes on: a row out is a row journaled
+                ray.get(self.writer.add.remote(pa.table({**new, "order": orders[todo]})))
+            for k in ANSWER_COLUMNS:
+                for i, value in zip(np.flatnonzero(todo), new[k], strict=True):
+                    outputs[k][i] = value
+        if known is not None:
+            for k in ANSWER_COLUMNS:
+                for i, value in zip(np.flatnonzero(found), known.column(k).to_pylist(), strict=True):
+                    outputs[k][i] = value
+        return outputs
 
     def _generate(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         prompts = [list(map(int, p)) for p in batch["prompt_ids"]]

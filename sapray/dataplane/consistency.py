@@ -4,13 +4,21 @@ summary is made of."""
 
 from __future__ import annotations
 
+from typing import Any
+
 import pyarrow as pa
 import pyarrow.compute as pc
 
-from sapray.config import ConsistencyConfig
+from sapray.config import ConsistencyConfig, FilterConfig
+from sapray.console import console
 from sapray.core.answers import make_checker
 from sapray.core.exemplars import zero_shot_prompts
 from sapray.core.filters import voted_samples
+from sapray.dataplane import stages
+from sapray.dataplane.actors import GenerateActor, engine_spec
+from sapray.dataplane.journal import Journaled, RowJournal, row_writer
+from sapray.dataplane.raydata import actor_pool
+from sapray.engines.base import SamplingConfig
 
 # One row per sampled answer: what scores/ holds, in this column order.
 VOTE_SCHEMA = pa.schema([
@@ -20,18 +28,24 @@ VOTE_SCHEMA = pa.schema([
 
 
 class ZeroShotPrompts:
-    """CPU stage: the target's zero-shot chat prompt for each question, tokenized."""
+    """CPU stage: the target's zero-shot chat prompt for each question, tokenized; a question whose ``order``
+    is in ``skip`` (answered in a journal: a rerun) gets an empty prompt, not tokenized again."""
 
-    def __init__(self, model: str, revision: str | None) -> None:
+    def __init__(self, model: str, revision: str | None, skip: Any = None) -> None:
         from transformers import AutoTokenizer
 
         from sapray.engines.models import resolve_model
 
         self.tokenizer = AutoTokenizer.from_pretrained(resolve_model(model, revision))
+        self.skip = Journaled(skip)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
-        prompts = zero_shot_prompts(self.tokenizer, batch.column("question").to_pylist())
-        return batch.append_column("prompt_ids", pa.array(prompts, pa.list_(pa.int32())))
+        journaled, _ = self.skip.find(batch.column("order").to_numpy())
+        questions = batch.column("question").to_pylist()
+        todo = [q for q, done in zip(questions, journaled, strict=True) if not done]
+        prompts = iter(zero_shot_prompts(self.tokenizer, todo))
+        ids = [[] if done else next(prompts) for done in journaled]
+        return batch.append_column("prompt_ids", pa.array(ids, pa.list_(pa.int32())))
 
 
 class Vote:
@@ -53,3 +67,27 @@ def vote_sums(batch: pa.Table) -> dict:
     kept = batch.column("kept").to_numpy(zero_copy_only=False)
     return {"rows": [batch.num_rows], "kept": [int(kept.sum())],
             "without_majority": [batch.column("majority").null_count]}
+
+
+def sample_answers(cfg: FilterConfig, questions: Any, commit: str | None, journal: RowJournal | None) -> Any:
+    """``cc.samples`` answers to each question from the target (``commit``) in the cluster, materialized;
+    questions the ``journal`` answered (a rerun) are neither prompted nor sampled again, and newly answered
+    ones are journaled as they come."""
+    import ray
+
+    cc = cfg.consistency
+    sampling = SamplingConfig(temperature=cc.temperature, max_tokens=cc.max_tokens, n=cc.samples, seed=cc.seed)
+    journaled = journal.load() if journal else None
+    if journaled is not None:
+        console.say(f"resuming: {journaled.num_rows:,} questions answered by the earlier run (not prompted or "
+                    f"sampled again) from {journal.folder}")
+    skip = None if journaled is None else ray.put(journaled.select(["order"]))
+    prompts = questions.map_batches(ZeroShotPrompts, batch_format="pyarrow", batch_size=cfg.ray.batch_size,
+                                    fn_constructor_kwargs={"model": cfg.model, "revision": commit, "skip": skip},
+                                    **stages.cpu_pool())
+    with row_writer(journal, cfg.ray.journal_rows) as writer:
+        pool = actor_pool(GenerateActor, {"spec": engine_spec(cfg, commit), "sampling": sampling.__dict__,
+                                          "journaled": None if journaled is None else ray.put(journaled),
+                                          "writer": writer}, cfg.ray)
+        return stages.materialized(prompts.map_batches(**pool), questions.count(),
+                                   f"consistency: {cc.samples} answers per question", console.progress)

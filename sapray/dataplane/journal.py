@@ -8,7 +8,7 @@ shard, with the same results as a run that was never stopped:
                                  the inputs' sizes and times, sapray's version
     <journal>/<unit>.json        one finished unit each (mined exemplars, a teacher's batch, a scored round)
 
-A whole-dataset pass (a filter's scoring) journals rows, not batches (``RowJournal``): each row's computed
+A whole-dataset pass (a filter's scoring, self-consistency's sampling) journals rows, not batches (``RowJournal``): each row's computed
 columns under its input ``order``, in entries of about ``ray.journal_rows`` (1,000) rows, merged into one
 file per pass when the pass ends. The rows go to one writer actor (``RowJournalWriter``) as the engine
 actors finish them, and the writer cuts the entries: an engine actor buffering its own rows would lose up
@@ -30,10 +30,11 @@ whose journal this is).
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import uuid
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from importlib import metadata
 from typing import Any
 
@@ -181,46 +182,6 @@ def digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
-class BatchMemo:
-    """What an engine actor computed for one batch (its new columns), kept in a job's journal under the batch's
-    rows (their input ``order``), so a rerun cut into the same batches finds it instead of computing it again.
-    Written by the worker that computed it, as one Parquet file, there whole or not at all."""
-
-    def __init__(self, folder: str, name: str) -> None:
-        self.folder, self.name = folder, name
-
-    def _uri(self, orders: list[int]) -> str:
-        return child(self.folder, f"{self.name}-{orders[0]:012d}-{len(orders)}-{digest(repr(orders))}.parquet")
-
-    def get(self, orders: list[int]) -> pa.Table | None:
-        if not orders:
-            return None
-        uri = self._uri(orders)
-        fs, path = filesystem(uri)
-        if fs.get_file_info(path).type != pafs.FileType.File:
-            return None
-        try:
-            with fs.open_input_file(path) as f:
-                return pq.read_table(f)
-        except (OSError, pa.ArrowInvalid) as exc:
-            console.say(f"journal: {uri}: unreadable ({type(exc).__name__}): computing it again")
-            return None
-
-    def put(self, orders: list[int], columns: pa.Table) -> None:
-        if orders:
-            sink = pa.BufferOutputStream()
-            pq.write_table(columns, sink)
-            write_whole(self._uri(orders), sink.getvalue().to_pybytes())
-
-
-def memos(folder: str) -> int:
-    """How many batches a journal folder holds (``BatchMemo`` files)."""
-    fs, path = filesystem(folder)
-    if fs.get_file_info(path).type != pafs.FileType.Directory:
-        return 0
-    return sum(1 for info in fs.get_file_info(pafs.FileSelector(path)) if info.base_name.endswith(".parquet"))
-
-
 class RowJournal:
     """The rows one pass finished: ``<folder>/<name>-*.parquet`` entries (each an ``order`` column and the
     columns computed for those rows) while the pass runs, ``<folder>/<name>.parquet`` once it has ended."""
@@ -302,10 +263,30 @@ class RowJournalWriter:
         self.journal.merge()
 
 
-class Journaled:
-    """The journaled rows of a pass, looked up by ``order`` (an engine actor's copy)."""
+@contextlib.contextmanager
+def row_writer(journal: RowJournal | None, rows: int) -> Iterator[Any]:
+    """The pass's ``RowJournalWriter``, a Ray actor (None without a journal); once the pass has ended, its last
+    rows written and its entries merged into one file. (A pass that fails leaves its entries for the rerun.)"""
+    if journal is None:
+        yield None
+        return
+    import ray
 
-    def __init__(self, table: pa.Table | None) -> None:
+    writer = ray.remote(num_cpus=0)(RowJournalWriter).remote(journal.folder, journal.name, rows)
+    yield writer
+    ray.get(writer.close.remote())
+    ray.kill(writer)
+
+
+class Journaled:
+    """The journaled rows of a pass, looked up by ``order`` (an engine actor's copy): from a ``RowJournal``
+    table, its object ref (a large table goes to the actors once) or None (nothing journaled)."""
+
+    def __init__(self, table: pa.Table | Any) -> None:
+        if table is not None and not isinstance(table, pa.Table):
+            import ray
+
+            table = ray.get(table)
         self.table = table
         self.orders = table.column("order").to_numpy() if table is not None else np.zeros(0, dtype=np.int64)
 

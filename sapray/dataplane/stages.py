@@ -222,7 +222,7 @@ class ScoreSums:
 
         self.engine = actor_engine(spec, num_cpus)
         self.requests, self.prefix, self.drop_ids, self.token_logprobs = requests, prefix, drop_ids, token_logprobs
-        self.journaled, self.writer = Journaled(_got(journaled) if journaled is not None else None), writer
+        self.journaled, self.writer = Journaled(journaled), writer
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         import ray

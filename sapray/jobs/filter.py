@@ -22,15 +22,13 @@ from sapray.config import FilterConfig
 from sapray.console import console
 from sapray.core.scoring import SCORES_FORMAT
 from sapray.dataplane import consistency, filtering, stages
-from sapray.dataplane.actors import GenerateActor, engine_spec
 from sapray.dataplane.filtering import FilterResult
-from sapray.dataplane.journal import Journal, RowJournal, RowJournalWriter, job_fingerprint, memos
+from sapray.dataplane.journal import Journal, RowJournal, job_fingerprint, row_writer
 from sapray.dataplane.outputs import write_filter_outputs
 from sapray.dataplane.questions import question_rejects, questions_dataset, unique_questions
-from sapray.dataplane.raydata import actor_pool, init_ray
+from sapray.dataplane.raydata import init_ray
 from sapray.dataplane.read import InputError, Reject, nothing_usable
 from sapray.dataplane.rehearsal import Meter, Rehearsal, rehearsed
-from sapray.engines.base import SamplingConfig
 from sapray.engines.models import locate
 from sapray.present.html_report import write_report
 from sapray.storage import child
@@ -91,17 +89,13 @@ def run_scored_filter(cfg: FilterConfig, journal: str | None = None) -> tuple[di
                     f"scored again) from {journal}")
     ds = filtering.encode_samples(cfg, usable, method.build, requests, ray.put(skip))
     for n, (prefix, model, revision, extra) in enumerate(method.passes):
-        writer = ray.remote(num_cpus=0)(RowJournalWriter).remote(journals[n].folder, journals[n].name,
-                                                                 cfg.ray.journal_rows) if journals[n] else None
-        scoring = filtering.score_samples(cfg, ds, requests, prefix, model, revision, extra,
-                                          drop_ids=n == len(method.passes) - 1,
-                                          journaled=None if journaled[n] is None else ray.put(journaled[n]),
-                                          writer=writer)
-        # each pass's actors hold a whole model: passes run one after the other, not side by side
-        ds = stages.materialized(scoring, n_usable, f"{cfg.method}: scoring with {model}", console.progress)
-        if writer is not None:
-            ray.get(writer.close.remote())  # the pass's last rows, and its entries merged into one file
-            ray.kill(writer)
+        with row_writer(journals[n], cfg.ray.journal_rows) as writer:
+            scoring = filtering.score_samples(cfg, ds, requests, prefix, model, revision, extra,
+                                              drop_ids=n == len(method.passes) - 1,
+                                              journaled=None if journaled[n] is None else ray.put(journaled[n]),
+                                              writer=writer)
+            # each pass's actors hold a whole model: passes run one after the other, not side by side
+            ds = stages.materialized(scoring, n_usable, f"{cfg.method}: scoring with {model}", console.progress)
     rule, columns = filtering.keep_rule(cfg), filtering.SCORE_COLUMNS[cfg.method]
     scored = ds.map_batches(filtering.ScoreColumns(method.score, columns, rule), batch_format="pyarrow",
                             batch_size=stages.SUMMARY_BLOCK_ROWS).materialize()
@@ -134,8 +128,6 @@ def everywhere(orders: list[np.ndarray | None]) -> np.ndarray:
 def run_consistency(cfg: FilterConfig, journal: str | None = None) -> tuple[dict, dict, dict[str, str]]:
     """Self-consistency over every question in the cluster: rows in are the sampled answers; rejected
     question rows (unreadable, duplicate id) are counted apart and written to rejects/."""
-    if journal and memos(journal):
-        console.say(f"resuming: {memos(journal):,} batch(es) of the earlier run from {journal}")
     cc = cfg.consistency
     read, rows_read = questions_dataset(cfg.input, cfg.columns, cfg.ray)
     usable, read_rejects = stages.split_rejected(read)
@@ -145,14 +137,7 @@ def run_consistency(cfg: FilterConfig, journal: str | None = None) -> tuple[dict
     questions, duplicates = stages.split_rejected(unique_questions(usable, rows_read))
     # Resolved here first, so a missing model fails before any actor starts; actors load the same commit.
     commit = locate(cfg.model, cfg.revision).commit
-    sampling = SamplingConfig(temperature=cc.temperature, max_tokens=cc.max_tokens, n=cc.samples, seed=cc.seed)
-    prompts = questions.map_batches(consistency.ZeroShotPrompts, batch_format="pyarrow", batch_size=cfg.ray.batch_size,
-                                    fn_constructor_kwargs={"model": cfg.model, "revision": commit},
-                                    **stages.cpu_pool())
-    pool = actor_pool(GenerateActor, {"spec": engine_spec(cfg, commit), "sampling": sampling.__dict__,
-                                      "journal": journal}, cfg.ray)
-    sampled = stages.materialized(prompts.map_batches(**pool), questions.count(),
-                                  f"consistency: {cc.samples} answers per question", console.progress)
+    sampled = consistency.sample_answers(cfg, questions, commit, RowJournal(journal, "answers") if journal else None)
     sampling_sums = sampled.map_batches(consistency.sampling_sums, batch_format="pyarrow", batch_size=None).take_all()
     voted = sampled.map_batches(consistency.Vote(cc), batch_format="pyarrow").materialize()
     vote_sums = voted.map_batches(consistency.vote_sums, batch_format="pyarrow", batch_size=None).take_all()
