@@ -6,9 +6,21 @@ journal and the report all go through it, so a URI works wherever a path does.
 
 from __future__ import annotations
 
+import json
+from typing import Any
+
 import pyarrow.fs as pafs
 
-from sapray.core.errors import InputError
+from sapray.core.errors import ConfigError, InputError
+
+
+class Unreadable(ConfigError):
+    """A file that is there but cannot be read (``why``: the error) or parsed (``unparsable``)."""
+
+    def __init__(self, uri: str, exc: Exception) -> None:
+        self.why = f"{type(exc).__name__}: {str(exc).splitlines()[0][:120] if str(exc) else ''}"
+        self.unparsable = isinstance(exc, ValueError)
+        super().__init__(f"{uri}: unreadable ({self.why})")
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -45,6 +57,23 @@ def read_text(uri: str, fs: pafs.FileSystem | None = None) -> str:
         return data.decode("utf-8")
     except UnicodeDecodeError as exc:
         raise InputError(f"{uri}: not UTF-8 text (byte 0x{data[exc.start]:02x} at offset {exc.start})") from None
+
+
+def read_json(uri: str, lines: bool = False) -> Any:
+    """A whole JSON file's value (``lines``: a JSON-lines file's values), or None when there is no such file;
+    one that is there but cannot be read or parsed is ``Unreadable``, naming it: only "not found" means "no
+    file"."""
+    fs, path = filesystem(uri)
+    try:
+        text = read_text(path, fs)
+        return [json.loads(line) for line in text.splitlines()] if lines else json.loads(text)
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8 (InputError)
+        # some object stores say "not found" as a plain OSError
+        if isinstance(exc, OSError) and fs.get_file_info(path).type == pafs.FileType.NotFound:
+            return None
+        raise Unreadable(uri, exc) from None
 
 
 def write_text(uri: str, text: str) -> None:

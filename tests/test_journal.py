@@ -18,8 +18,8 @@ from sapray.dataplane.journal import (
     batch_log,
     changes,
     input_identity,
-    read_entry,
 )
+from sapray.storage import Unreadable, read_json
 
 
 def test_entries_round_trip_and_a_half_written_one_is_not_an_entry(tmp_path):
@@ -92,10 +92,10 @@ def test_an_unreadable_fingerprint_is_an_error_naming_it_and_restart_never_overw
 
 
 def test_only_not_found_means_no_entry(tmp_path):
-    assert read_entry(str(tmp_path / "absent.json")) is None
+    assert read_json(str(tmp_path / "absent.json")) is None
     (tmp_path / "folder.json").mkdir()
-    with pytest.raises(JournalUnreadable):
-        read_entry(str(tmp_path / "folder.json"))
+    with pytest.raises(Unreadable):
+        read_json(str(tmp_path / "folder.json"))
 
 
 def test_the_demo_on_an_output_whose_fingerprint_is_cut_short_says_so_in_one_line(tmp_path):
@@ -117,7 +117,7 @@ def test_on_s3_a_missing_entry_is_no_entry_and_a_cut_short_fingerprint_an_error(
     from sapray.storage import child, write_text
 
     folder = f"s3://{BUCKET}/journal-test"
-    assert read_entry(child(folder, "absent.json")) is None
+    assert read_json(child(folder, "absent.json")) is None
     Journal(folder, {"model": "m"}).put("round-0001", {"scored": [1]})
     assert Journal(folder, {"model": "m"}).get("round-0001") == {"scored": [1]}
     write_text(child(folder, "fingerprint.json"), '{"model"')

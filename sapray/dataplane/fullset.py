@@ -43,7 +43,7 @@ from sapray.dataplane.teachers import (
     prompt_ids,
 )
 from sapray.engines.models import locate
-from sapray.storage import child, filesystem, read_text, write_text
+from sapray.storage import child, filesystem, read_json, write_text
 
 log = logging.getLogger(__name__)
 
@@ -151,12 +151,11 @@ def _write_shard(folder: str, run: str):
 # -- shards of earlier runs, and the output's owner -------------------------------------------------
 
 def shard_files(output: str) -> list[str]:
-    """The complete shards in ``output``; a shard a killed run did not finish is deleted (its questions
-    run again)."""
+    """The complete shards in ``output`` (its shards folder created if need be); a shard a killed run did not
+    finish is deleted (its questions run again)."""
     folder = child(output, "shards")
     fs, path = filesystem(folder)
-    if fs.get_file_info(path).type == pafs.FileType.NotFound:
-        return []
+    fs.create_dir(path, recursive=True)
     found = []
     for info in sorted(fs.get_file_info(pafs.FileSelector(path)), key=lambda i: i.base_name):
         if info.base_name.endswith(".tmp"):
@@ -174,20 +173,22 @@ def _provenance(strategy: StrategyConfig) -> dict:
             "sampling": strategy.sampling().__dict__}
 
 
-def claim_output(output: str, strategy: StrategyConfig, resuming: bool) -> None:
-    """Record which strategy writes this output; resuming it with another strategy or prompt is an error."""
-    uri = child(output, "shards/manifest.json")
-    fs, path = filesystem(uri)
+def open_shards(output: str, strategy: StrategyConfig) -> list[str]:
+    """The shards an earlier run of ``strategy`` wrote in ``output`` (``shard_files``), with the strategy
+    recorded in the shards' manifest: resuming an output with another strategy or prompt is an error."""
     mine = _provenance(strategy)
-    if not resuming or fs.get_file_info(path).type == pafs.FileType.NotFound:
+    earlier = shard_files(output)
+    uri = child(output, "shards/manifest.json")
+    theirs = read_json(uri) if earlier else None
+    if theirs is None:
         write_text(uri, json.dumps(mine, indent=2, sort_keys=True) + "\n")
-        return
-    theirs = json.loads(read_text(path, fs))
+        return earlier
     changed = sorted(k for k in mine if theirs.get(k) != mine[k])
     if changed:
         raise ConfigError(f"{output} already holds a training set from strategy {theirs.get('strategy')!r} "
                           f"and it differs in {changed}: resuming would mix them; choose another "
                           f"generate.output or delete {output}")
+    return earlier
 
 
 def _read_shards(paths: list[str], columns: list[str] | None = None):
@@ -296,11 +297,8 @@ def run_full_generation(strategy: StrategyConfig, questions: str | Sequence[dict
     if not n_usable:
         raise nothing_usable("questions", [questions if isinstance(questions, str) else "the questions"],
                              [Reject(r["source"], r["reject"], r["reject_stage"]) for r in rejected.take(1)])
-    fs, root = filesystem(child(gen.output, "shards"))
-    fs.create_dir(root, recursive=True)
-    earlier = shard_files(gen.output)
+    earlier = open_shards(gen.output, strategy)
     done = _read_shards(earlier, ["question_id"]) if earlier else None
-    claim_output(gen.output, strategy, resuming=bool(earlier))
     todo, duplicates = stages.split_rejected(to_do(strategy, usable, done, ray_cfg, rows_in))
     n_duplicates, n_todo = duplicates.count(), todo.count()
     console.say(f"full-scale generation with {strategy.name}: {n_usable - n_duplicates} questions, "

@@ -8,17 +8,17 @@ shard, with the same results as a run that was never stopped:
                                  the inputs' sizes and times, sapray's version
     <journal>/<unit>.json        one finished unit each (mined exemplars, a teacher's batch, a scored round)
 
-A whole-dataset pass (a filter's scoring, self-consistency's sampling) journals rows, not batches (``RowJournal``): each row's computed
-columns under its input ``order``, in entries of about ``ray.journal_rows`` (1,000) rows, merged into one
-file per pass when the pass ends. The rows go to one writer actor (``RowJournalWriter``) as the engine
-actors finish them, and the writer cuts the entries: an engine actor buffering its own rows would lose up
-to an entry per actor at a ``kill -9`` (8 actors, 1,000 rows: 8,000 rows a kill, 4% of 1M after five),
-while the one writer loses at most the entry it is filling and the batches in flight (about 1,000 +
-actors x batch_size rows a kill: under 1% of 1M after five). A rerun loads the pass's entries, hands the
-journaled rows' columns to the engine actors (which score only the rest) and their orders to the tokenizing
-stage (which skips rows journaled in every pass), so it never tokenizes or scores a journaled row again; the
-rows keep their blocks, so the outputs are the bytes of a run never stopped (the engines score a row alike
-whatever its batch-mates).
+A whole-dataset pass (a filter's scoring, self-consistency's sampling) journals rows, not batches
+(``RowJournal``): each row's computed columns under its input ``order``, in entries of about
+``ray.journal_rows`` (1,000) rows, merged into one file per pass when the pass ends. The rows go to one writer
+actor (``RowJournalWriter``) as the engine actors finish them, and the writer cuts the entries: an engine actor
+buffering its own rows would lose up to an entry per actor at a ``kill -9`` (8 actors, 1,000 rows: 8,000 rows a
+kill, 4% of 1M after five), while the one writer loses at most the entry it is filling and the batches in
+flight (about 1,000 + actors x batch_size rows a kill: under 1% of 1M after five). A rerun loads the pass's
+entries, hands the journaled rows' columns to the engine actors (which score only the rest) and their orders to
+the tokenizing stage (which skips rows journaled in every pass), so it never tokenizes or scores a journaled
+row again; the rows keep their blocks, so the outputs are the bytes of a run never stopped (the engines score a
+row alike whatever its batch-mates).
 
 Each entry is written to a temporary name and moved into place (``read.write_text``), so an entry is there
 whole or not at all. A journal whose fingerprint differs from the job's is refused with the keys that
@@ -45,7 +45,7 @@ import pyarrow.parquet as pq
 
 from sapray.console import console
 from sapray.core.errors import ConfigError
-from sapray.storage import child, filesystem, read_text, write_text, write_whole
+from sapray.storage import Unreadable, child, filesystem, read_json, write_text, write_whole
 
 FINGERPRINT = "fingerprint.json"
 
@@ -56,21 +56,6 @@ class JournalMismatch(ConfigError):
 
 class JournalUnreadable(ConfigError):
     """A journal file is there but cannot be read or parsed."""
-
-
-def read_entry(uri: str) -> Any:
-    """A journal file's value; None when there is no such file. One that is there but cannot be read or parsed
-    is JournalUnreadable, naming it: only "not found" means "no entry"."""
-    fs, path = filesystem(uri)
-    try:
-        return json.loads(read_text(path, fs))
-    except FileNotFoundError:
-        return None
-    except (OSError, ValueError) as exc:  # ValueError: not JSON, not UTF-8
-        # some object stores say "not found" as a plain OSError
-        if isinstance(exc, OSError) and fs.get_file_info(path).type == pafs.FileType.NotFound:
-            return None
-        raise JournalUnreadable(f"{uri}: unreadable ({type(exc).__name__}: {str(exc).splitlines()[0][:120]})") from None
 
 
 def sapray_version() -> str:
@@ -113,39 +98,49 @@ def changes(old: Any, new: Any, where: str = "") -> list[str]:
     return [f"{where or 'the journal'}: {shown[0]} -> {shown[1]}"]
 
 
+def _read_folder(folder: str, fingerprint: dict, restart: bool) -> tuple[Any, dict[str, Any]]:
+    """(the fingerprint a journal folder holds or None, its entries by name: none when that fingerprint is not
+    ``fingerprint``), emptied first with ``restart``. An entry that cannot be read or parsed is left out
+    (computed again), with a console line; a fingerprint that cannot be read is an error naming it (never
+    overwritten: it is what tells whose journal this is)."""
+    fs, path = filesystem(folder)
+    if restart and fs.get_file_info(path).type == pafs.FileType.Directory:
+        fs.delete_dir_contents(path)
+    try:
+        earlier = read_json(child(folder, FINGERPRINT))
+    except Unreadable as exc:
+        raise JournalUnreadable(f"{exc}: the journal's fingerprint cannot be read; run with --restart to start "
+                                "over, or write to another output") from None
+    if earlier not in (None, fingerprint):
+        return earlier, {}
+    names = sorted(info.base_name for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
+                   if info.base_name.endswith(".json") and info.base_name != FINGERPRINT)
+    entries = {}
+    for name in names:
+        try:
+            value = read_json(child(folder, name))
+        except Unreadable as exc:
+            console.say(f"journal: {exc}: computing it again")
+            continue
+        if value is not None:
+            entries[name.removesuffix(".json")] = value
+    return earlier, entries
+
+
 class Journal:
     """The entries of one job's journal folder (a local path or an object-store URI), read once when it opens
     (a journal holds rounds, batches of answers, exemplars: small)."""
 
     def __init__(self, folder: str, fingerprint: dict, restart: bool = False) -> None:
         self.folder = folder
-        fs, path = filesystem(folder)
-        if restart and fs.get_file_info(path).type == pafs.FileType.Directory:
-            fs.delete_dir_contents(path)
         fingerprint = json.loads(json.dumps(fingerprint, sort_keys=True))  # as it reads back
-        where = child(folder, FINGERPRINT)
-        try:
-            earlier = read_entry(where)
-        except JournalUnreadable as exc:
-            raise JournalUnreadable(f"{exc}: the journal's fingerprint cannot be read; run with --restart to start "
-                                    "over, or write to another output") from None
+        earlier, self.values = _read_folder(folder, fingerprint, restart)
         if earlier is None:
-            write_text(where, json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
+            write_text(child(folder, FINGERPRINT), json.dumps(fingerprint, indent=2, sort_keys=True) + "\n")
         elif earlier != fingerprint:
             changed = "; ".join(changes(earlier, fingerprint)[:8])
             raise JournalMismatch(f"{folder} holds the journal of another run ({changed}): run with --restart to "
                                   "start over, or write to another output")
-        names = sorted(info.base_name.removesuffix(".json") for info in fs.get_file_info(pafs.FileSelector(path))
-                       if info.base_name.endswith(".json") and info.base_name != FINGERPRINT)
-        self.values: dict[str, Any] = {}
-        for name in names:
-            try:
-                value = read_entry(child(folder, f"{name}.json"))
-            except JournalUnreadable as exc:
-                console.say(f"journal: {exc}: computing it again")
-                continue
-            if value is not None:
-                self.values[name] = value
 
     @property
     def entries(self) -> set[str]:

@@ -23,11 +23,9 @@ from collections.abc import Iterator
 from contextlib import contextmanager, suppress
 from datetime import datetime, timezone
 
-import pyarrow.fs as pafs
-
 from sapray.console import console
 from sapray.core.errors import ConfigError
-from sapray.storage import child, filesystem, read_text, with_suffix, write_text
+from sapray.storage import Unreadable, child, filesystem, read_json, with_suffix, write_text
 
 LOCK = "lock.json"
 # how often the holder refreshes its heartbeat (the variable: for tests that wait for a beat)
@@ -49,16 +47,13 @@ def lock_of(output: str, file: bool = False) -> str:
 def _read(uri: str) -> dict | None:
     """The holder written in the lock; None when there is none, or only a lock file cut short (nobody's). A lock
     that is there but cannot be read is an error: taken for absent, it would let a second run in."""
-    fs, path = filesystem(uri)
     try:
-        return json.loads(read_text(path, fs))
-    except (FileNotFoundError, ValueError):
-        return None
-    except OSError as exc:
-        if fs.get_file_info(path).type == pafs.FileType.NotFound:  # some object stores say "not found" so
+        return read_json(uri)
+    except Unreadable as exc:
+        if exc.unparsable:  # a lock file cut short: nobody's
             return None
-        raise ConfigError(f"{uri}: the output's lock cannot be read ({type(exc).__name__}: "
-                          f"{str(exc).splitlines()[0][:120]}); another run may hold the output") from None
+        raise ConfigError(f"{uri}: the output's lock cannot be read ({exc.why}); another run may hold the "
+                          "output") from None
 
 
 def _gone(holder: dict) -> str | None:

@@ -180,7 +180,8 @@ def _file_teacher_answers(strategy: StrategyConfig, questions, ray_cfg: RayConfi
     if sum(p["by_text"] for p in parts):  # answers that carry no id take it from the one question with their text
         keyed = questions.map_batches(_as_join_rows("question", stages.by_text, buckets), batch_format="pyarrow").union(
             ds.map_batches(_as_join_rows("answer", stages.by_text, buckets), batch_format="pyarrow"))
-        ds = keyed.groupby("bucket").map_groups(_text_join, batch_format="pyarrow").materialize()
+        ds = stages.coalesced(keyed, buckets).groupby("bucket").map_groups(_text_join,
+                                                                          batch_format="pyarrow").materialize()
     lost = ds.map_batches(_unjoined, batch_format="pyarrow", batch_size=None).take_all()
     warn_unjoined(teacher.path, sum(p["count"] for p in lost), next((p["first"] for p in lost if p["first"]), ""))
     return ds
@@ -197,16 +198,17 @@ def to_do(strategy: StrategyConfig, questions, done, ray_cfg: RayConfig, rows: i
     if path:
         answers = _file_teacher_answers(strategy, questions, ray_cfg, buckets)
         parts.append(answers.map_batches(_as_join_rows("answer", stages.by_id, buckets), batch_format="pyarrow"))
-    return _joined_by_id(parts, path)
+    return _joined_by_id(parts, path, buckets)
 
 
 def unique_questions(questions, rows: int):
     """Each question id once, in input order; a later row with an id already seen becomes a duplicate
     reject (``reject_stage`` "questions"), as in every job."""
-    keyed = questions.map_batches(_as_join_rows("question", stages.by_id, stages.buckets_for(rows)),
-                                  batch_format="pyarrow")
-    return _joined_by_id([keyed], None)
+    buckets = stages.buckets_for(rows)
+    keyed = questions.map_batches(_as_join_rows("question", stages.by_id, buckets), batch_format="pyarrow")
+    return _joined_by_id([keyed], None, buckets)
 
 
-def _joined_by_id(parts: list, path: str | None):
-    return stages.union_all(parts).groupby("bucket").map_groups(_id_join(path), batch_format="pyarrow").sort("order")
+def _joined_by_id(parts: list, path: str | None, buckets: int):
+    return stages.coalesced(stages.union_all(parts), buckets).groupby("bucket").map_groups(
+        _id_join(path), batch_format="pyarrow").sort("order")

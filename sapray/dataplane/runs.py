@@ -20,7 +20,7 @@ from sapray.dataplane.rounds import TeacherRounds
 from sapray.dataplane.sample import Target, scorer_spec
 from sapray.dataplane.teachers import api_teacher_kwargs, model_teacher_kwargs, teacher_key
 from sapray.engines.models import locate
-from sapray.storage import child, filesystem, read_text, write_text
+from sapray.storage import Unreadable, child, read_json, write_text
 
 
 def planned_engines(cfg: SelectConfig) -> dict[str, tuple[type, dict[str, Any]]]:
@@ -35,24 +35,19 @@ def planned_engines(cfg: SelectConfig) -> dict[str, tuple[type, dict[str, Any]]]
     return planned
 
 
-def _read_json(uri: str, jsonl: bool = False) -> Any:
-    text = read_text(uri)
-    return [json.loads(line) for line in text.splitlines()] if jsonl else json.loads(text)
-
-
-def _write_jsonl(uri: str, rows: list[dict]) -> None:
-    write_text(uri, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+def _jsonl(rows: list[dict]) -> str:
+    return "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows)
 
 
 def finished_selection(cfg: SelectConfig) -> tuple[dict, dict] | None:
     """The selection and sample costs that an earlier `sapray run` with this same config wrote, if any."""
     try:
-        run = _read_json(child(cfg.output, "run.json"))
-        summary = _read_json(child(cfg.output, "selection.json"))
-        costs = _read_json(child(cfg.output, "sample_generation_cost.jsonl"), jsonl=True)
-    except (OSError, json.JSONDecodeError):  # not there (or unreadable): select again
+        run = read_json(child(cfg.output, "run.json"))
+        summary = read_json(child(cfg.output, "selection.json"))
+        costs = read_json(child(cfg.output, "sample_generation_cost.jsonl"), lines=True)
+    except Unreadable:  # select again
         return None
-    if run.get("config") != json.loads(json.dumps(cfg.model_dump())):
+    if None in (run, summary, costs) or run.get("config") != json.loads(json.dumps(cfg.model_dump())):
         return None
     return summary, {c.pop("strategy"): c for c in costs}
 
@@ -61,14 +56,11 @@ def record_sample(output: str, teachers: TeacherRounds | None) -> dict[str, dict
     """Write the sample's candidates and then its costs per strategy (the costs last: ``finished_selection``
     needs them); the costs by strategy."""
     sample_costs = teachers.cost if teachers else {}
-    if teachers:
-        fs, root = filesystem(child(output, "sample_candidates"))
-        fs.create_dir(root, recursive=True)
-        for name in teachers.names:
-            _write_jsonl(child(output, f"sample_candidates/{name}.jsonl"),
-                         [r for r in teachers.rows if r["strategy"] == name])
-    _write_jsonl(child(output, "sample_generation_cost.jsonl"),
-                 [{"strategy": k, **v} for k, v in sample_costs.items()])
+    files = {f"sample_candidates/{name}.jsonl": _jsonl([r for r in teachers.rows if r["strategy"] == name])
+             for name in (teachers.names if teachers else [])}
+    files["sample_generation_cost.jsonl"] = _jsonl([{"strategy": k, **v} for k, v in sample_costs.items()])
+    for name, text in files.items():  # in this order: the costs last
+        write_text(child(output, name), text)
     return sample_costs
 
 
@@ -96,4 +88,4 @@ def pick_for_full_set(cfg: SelectConfig, summary: dict, sample_costs: dict[str, 
 def record_engine_starts(output: str, starts: dict[str, dict[str, int]]) -> None:
     """Add each engine's starts per actor (counted by the actors, the full set's included) to run.json."""
     uri = child(output, "run.json")
-    write_text(uri, json.dumps({**_read_json(uri), "engine_starts": starts}, indent=2) + "\n")
+    write_text(uri, json.dumps({**read_json(uri), "engine_starts": starts}, indent=2) + "\n")

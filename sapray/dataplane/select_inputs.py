@@ -104,7 +104,7 @@ def _by_bucket(parts: list, key: Callable[[pa.Table], list], buckets: int, fn: C
         rows = sorted(table.drop_columns(["bucket"]).to_pylist(), key=lambda r: (r["kind"] != "question", r["order"]))
         return pa.Table.from_pylist(fn(rows), schema=ROW_SCHEMA)
     keyed = stages.union_all([p.map_batches(_keyed(key, buckets), batch_format="pyarrow") for p in parts])
-    return keyed.groupby("bucket").map_groups(group, batch_format="pyarrow").materialize()
+    return stages.coalesced(keyed, buckets).groupby("bucket").map_groups(group, batch_format="pyarrow").materialize()
 
 
 def _first_questions(rows: list[dict]) -> list[dict]:
