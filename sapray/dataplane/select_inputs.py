@@ -372,7 +372,7 @@ def read_selection_inputs(data: DataConfig, ray_cfg: RayConfig, generated: list[
     decided = joined_rows.map_batches(_decide(chosen, data_strategies), batch_format="pyarrow").materialize()
     after = _totals(decided)
     usable, rejects = stages.split_rejected(decided)
-    rejects = rejects.sort(["order", "kind"])  # in input order, files one after the other (not by hash bucket)
+    rejects = stages.in_order(rejects, ["order", "kind"])  # in input order, files one after the other (not by bucket)
     if question_rejects is not None:
         rejects = question_rejects.union(rejects)
     ids, complete = [], []

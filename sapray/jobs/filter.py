@@ -156,8 +156,8 @@ def run_consistency(cfg: FilterConfig, journal: str | None = None) -> tuple[dict
     stages.write_jsonl(voted.map_batches(filtering.kept_messages, batch_format="pyarrow"), paths["kept"])
     stages.write_parquet(voted, paths["scores"])
     # in input order, as a single reader would list them
-    stages.write_jsonl(read_rejects.union(duplicates).sort("order").map_batches(question_rejects(None),
-                                                                                batch_format="pyarrow"),
+    stages.write_jsonl(stages.in_order(read_rejects.union(duplicates)).map_batches(question_rejects(None),
+                                                                                   batch_format="pyarrow"),
                        paths["rejects"])
     return counts, info, paths
 
