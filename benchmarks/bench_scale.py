@@ -404,7 +404,7 @@ def case_cli(args: argparse.Namespace, work: Path) -> list[dict]:
     (work / "job.yaml").write_text(yaml.safe_dump(config))
     what = "training set" if args.case == "generate" else "journal"
     rows = []
-    for run in ("first", "again"):
+    for run in ("first", "again") if args.rerun else ("first",):
         cli = [*command, "--config", str(work / "job.yaml"), "--rehearse", args.device,
                "--devices", args.devices.split(",")[0], "--time-scale", str(args.time_scale)]
         row = one(args, ["--cli", json.dumps(cli), "--output", str(work / "run")])
@@ -432,7 +432,8 @@ def main() -> None:
     parser.add_argument("--shard-mb", type=float, default=1.0)
     parser.add_argument("--journal-rows", type=int, default=1000)
     parser.add_argument("--model", default="smollm2", help="the target (baseline's hf runs: e.g. smollm2-tiny-random)")
-    parser.add_argument("--rerun", action=argparse.BooleanOptionalAction, default=True, help="filter: run again")
+    parser.add_argument("--rerun", action=argparse.BooleanOptionalAction, default=True,
+                        help="run the same command again on the same output")
     parser.add_argument("--rerun-find-only", action="store_true",
                         help="filter: the rerun only loads its journal and finds its place (a 1M-row rerun's whole "
                         "pass takes as long as the reading of the run)")
