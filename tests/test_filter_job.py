@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 import torch
@@ -12,8 +13,9 @@ from helpers import write_jsonl
 
 from sapray.config import load_filter_config
 from sapray.core import filters
+from sapray.dataplane.journal import Journal
 from sapray.engines.models import TINY_RANDOM
-from sapray.jobs.filter import run_filter, write_filter
+from sapray.jobs.filter import fingerprint, run_filter, write_filter
 
 # Every test runs filter jobs on Ray Data, each over 20 s: make test-fast leaves the file out
 pytestmark = pytest.mark.slow
@@ -177,41 +179,35 @@ def test_lobass_with_a_trained_lora_adapter(ray_local, samples_file, tmp_path, s
 
 def test_self_consistency_in_the_cluster_same_bytes_whatever_the_batches_and_actors(ray_local, tmp_path, capsys):
     """Questions read, deduplicated, sampled and voted on in the cluster; a duplicate id and a broken line
-    are question rejects; one actor or two (one question per batch), or resumed from a journal holding one
-    question's answers: the same files."""
+    are question rejects; one actor, or two (one question per batch) resuming from a journal that holds the
+    first question's answers (as if stopped after its first entry): the same files."""
     questions = load_questions()[:2]
     path = tmp_path / "q.jsonl"
     write_jsonl(path, [*questions, {**questions[0], "question": "a later row with the same id"},
                        '{"question_id": "broken", "question": '])
-    outputs, summaries = {}, {}
     raw = {"method": "consistency", "input": str(path),
            "consistency": {"samples": 4, "temperature": 0.8, "max_tokens": 48, "seed": 1}}
-    for actors, batch_size in ((1, 16), (2, 1)):
+
+    def filtered(actors: int, batch_size: int, journaled=None) -> tuple[dict, dict, pa.Table]:
         out = tmp_path / f"out-{actors}"
         cfg = load_filter_config({**raw, "output": str(out), "ray": {"actors": actors, "batch_size": batch_size}})
+        if journaled is not None:
+            Journal(str(out / "journal"), fingerprint(cfg))
+            pq.write_table(journaled, out / "journal" / "answers-stopped.parquet")
         result = run_filter(cfg)
         write_filter(cfg.output, result)
-        summaries[actors] = result.summary
-        outputs[actors] = {f"{d}/{p.name}": p.read_bytes() for d in ("kept", "scores", "rejects")
-                           for p in sorted((out / d).iterdir())}
-    assert outputs[1] == outputs[2]
-    # the journal: one file of the two questions' answers; a run that stopped after the first question (its
-    # journal entry) answers only the second, and writes the same files
-    journal = tmp_path / "out-2" / "journal"
-    assert [p.name for p in journal.glob("*.parquet")] == ["answers.parquet"]
-    answers = pq.read_table(journal / "answers.parquet")
-    assert answers.column("order").to_pylist() == [0, 1] and answers.num_rows == 2
-    stopped = tmp_path / "out-stopped"
-    (stopped / "journal").mkdir(parents=True)
-    (stopped / "journal" / "fingerprint.json").write_bytes((journal / "fingerprint.json").read_bytes())
-    pq.write_table(answers.slice(0, 1), stopped / "journal" / "answers-stopped.parquet")
-    cfg = load_filter_config({**raw, "output": str(stopped), "ray": {"actors": 2, "batch_size": 1}})
+        assert [p.name for p in (out / "journal").glob("*.parquet")] == ["answers.parquet"]  # its entries merged
+        files = {f"{d}/{p.name}": p.read_bytes() for d in ("kept", "scores", "rejects")
+                 for p in sorted((out / d).iterdir())}
+        return result.summary, files, pq.read_table(out / "journal" / "answers.parquet")
+
+    summaries, outputs, journals = {}, {}, {}
+    summaries[1], outputs[1], journals[1] = filtered(1, 16)
+    assert journals[1].column("order").to_pylist() == [0, 1]
     capsys.readouterr()
-    write_filter(cfg.output, run_filter(cfg))
+    summaries[2], outputs[2], journals[2] = filtered(2, 1, journaled=journals[1].slice(0, 1))
     assert "resuming: 1 questions answered by the earlier run (not prompted" in capsys.readouterr().err
-    assert {f"{d}/{p.name}": p.read_bytes() for d in ("kept", "scores", "rejects")
-            for p in sorted((stopped / d).iterdir())} == outputs[1]
-    assert pq.read_table(stopped / "journal" / "answers.parquet").equals(answers)
+    assert outputs[1] == outputs[2] and journals[1].equals(journals[2])
     summary = summaries[1]
     assert summary == summaries[2]
     assert summary["counts"] == {"rows_in": 8, "kept": summary["counts"]["kept"],
