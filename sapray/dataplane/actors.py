@@ -80,10 +80,6 @@ class ScoreActor:
         }
 
 
-# what GenerateActor adds to each row (and journals)
-ANSWER_COLUMNS = ("texts", "prompt_tokens", "completion_tokens", "finish_reasons", "error")
-
-
 class GenerateActor:
     """Generates from token-id prompts: prompt_ids -> texts, finish reasons, token counts (other columns pass).
 
@@ -115,20 +111,12 @@ class GenerateActor:
 
         orders = np.asarray(batch["order"], dtype=np.int64)
         found, known = self.journaled.find(orders)
-        todo = ~found
-        outputs = {k: [None] * len(orders) for k in ANSWER_COLUMNS}
-        if todo.any():
-            new = self._generate({k: np.asarray(v)[todo] for k, v in batch.items()})
+        new = None
+        if not found.all():
+            new = pa.table(self._generate({k: np.asarray(v)[~found] for k, v in batch.items()}))
             if self.writer is not None:  # journaled before the batch goes on: a row out is a row journaled
-                ray.get(self.writer.add.remote(pa.table({**new, "order": orders[todo]})))
-            for k in ANSWER_COLUMNS:
-                for i, value in zip(np.flatnonzero(todo), new[k], strict=True):
-                    outputs[k][i] = value
-        if known is not None:
-            for k in ANSWER_COLUMNS:
-                for i, value in zip(np.flatnonzero(found), known.column(k).to_pylist(), strict=True):
-                    outputs[k][i] = value
-        return outputs
+                ray.get(self.writer.add.remote(new.append_column("order", pa.array(orders[~found]))))
+        return self.journaled.merged(found, known, new).to_pydict()
 
     def _generate(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         prompts = [list(map(int, p)) for p in batch["prompt_ids"]]

@@ -292,3 +292,15 @@ class Journaled:
         at = np.minimum(np.searchsorted(self.orders, orders), len(self.orders) - 1)
         found = self.orders[at] == orders
         return found, self.table.take(pa.array(at[found]))
+
+    @staticmethod
+    def merged(found: np.ndarray, known: pa.Table | None, done: pa.Table | None) -> pa.Table:
+        """A batch's columns back in its order: the journaled rows (``known``, as ``find`` gave them) where
+        ``found``, the newly computed ``done`` (the rest, in order) elsewhere, in ``done``'s types."""
+        if known is None:
+            return done
+        known = known.select(done.column_names).cast(done.schema) if done is not None else known.drop(["order"])
+        at = np.empty(len(found), dtype=np.int64)  # journaled rows first in the concatenation, then the new
+        at[found] = np.arange(known.num_rows)
+        at[~found] = known.num_rows + np.arange(len(found) - known.num_rows)
+        return pa.concat_tables([known, done] if done is not None else [known]).take(pa.array(at))

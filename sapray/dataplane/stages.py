@@ -250,13 +250,7 @@ class ScoreSums:
                                                                                 strict=True))})
             if self.writer is not None:  # journaled before the batch goes on: a row out is a row journaled
                 ray.get(self.writer.add.remote(done.append_column("order", todo.column("order"))))
-        if known is not None:
-            known = known.select(done.column_names).cast(done.schema) if done is not None else known.drop(["order"])
-            # back in the batch's order: journaled rows first in the concatenation, then the newly scored
-            at = np.empty(batch.num_rows, dtype=np.int64)
-            at[found] = np.arange(known.num_rows)
-            at[~found] = known.num_rows + np.arange(batch.num_rows - known.num_rows)
-            done = pa.concat_tables([known, done] if done is not None else [known]).take(pa.array(at))
+        done = self.journaled.merged(found, known, done)
         out = batch
         for c in VERDICT:
             out = out.set_column(out.schema.get_field_index(c), c, done.column(c).cast(out.schema.field(c).type))
