@@ -1,4 +1,6 @@
-"""The select job end to end on Ray Data with the hf engine (fast), on the 20-question test data."""
+"""The select job end to end on Ray Data with the hf engine, on the 20-question test data, scored by the tiny
+random-weight model: SAP against a plain computation of the same weights, and the same bytes from one actor or
+two (the 135M model's own SAP is checked in test_paper_layout.py and, against vLLM, in test_engine_parity.py)."""
 
 from __future__ import annotations
 
@@ -12,11 +14,12 @@ from conftest import load_candidates, load_questions
 from helpers import base_config, run, write_jsonl
 
 from sapray.config import ConfigError, load_config
+from sapray.engines.models import TINY_RANDOM, resolve_model
 from sapray.jobs.select import run_select
 
 # One question (six requests) a batch: the first round's two questions are two blocks, so a second
 # actor gets one of them (no more actors start than there are blocks).
-ONE_QUESTION_A_BATCH = {"ray.batch_size": 6}
+ONE_QUESTION_A_BATCH = {"ray.batch_size": 6, "model": TINY_RANDOM}
 
 
 @pytest.fixture(scope="module")
@@ -43,9 +46,13 @@ def plain_sap(model, tokenizer, question: str, exemplars: list[str], response: s
 
 
 @pytest.mark.slow
-def test_mean_sap_equals_plain_computation(one_actor, reference_model, reference_tokenizer):
+def test_mean_sap_equals_plain_computation(one_actor):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
     result, out = one_actor
-    model, tokenizer = reference_model, reference_tokenizer
+    path = resolve_model(TINY_RANDOM)
+    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    tokenizer = AutoTokenizer.from_pretrained(path)
     questions = {q["question_id"]: q["question"] for q in load_questions()}
     responses = {(c["question_id"], c["strategy"]): c["response"] for c in load_candidates()}
     exemplars = {json.loads(line)["exemplar_id"]: json.loads(line)["text"]

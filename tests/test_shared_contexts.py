@@ -1,4 +1,6 @@
-"""The hf engine's shared-context paths against plain one-sequence forwards of the same weights (float32, CPU).
+"""The hf engine's shared-context paths against plain one-sequence forwards of the same weights (float32, CPU):
+the tiny random-weight model, whose two layers take every path a 30-layer model does at a tenth of the time (on
+SmolLM2's own weights the cached path, the CPU default, is checked against vLLM in test_engine_parity.py).
 
 The three paths (``packed``: one forward per batch of packed rows under a 4D mask; ``flex``: packed rows
 without padding under a FlexAttention BlockMask; ``cached``: the context once, continuations on copies of its
@@ -25,12 +27,31 @@ from sapray.core.contexts import Layout, build_requests
 from sapray.core.metrics import nll, rsr
 from sapray.core.scoring import RANK_CLIP, EncodedRequest, TokenScores, encode_all
 
-# The module fixtures' plain forwards and the shared-context paths, 173-234 s for the file in two full runs
-# (3 to 6 of its 7 tests over 20 s): make test-fast leaves the file out
-pytestmark = pytest.mark.slow
-
 REL_TOL = 1e-5  # relative, on each request's mean NLL
 ABS_TOL = 1e-4  # nats, on each token's log-prob
+
+
+# The tiny model in place of conftest's SmolLM2 for this module (its engine, tokenizer and plain reference)
+@pytest.fixture(scope="module")
+def hf_engine():
+    from sapray.engines.hf import HFEngine
+    from sapray.engines.models import TINY_RANDOM, resolve_model
+
+    return HFEngine(resolve_model(TINY_RANDOM), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def tokenizer(hf_engine):
+    return hf_engine.tokenizer
+
+
+@pytest.fixture(scope="module")
+def reference_model():
+    from transformers import AutoModelForCausalLM
+
+    from sapray.engines.models import TINY_RANDOM, resolve_model
+
+    return AutoModelForCausalLM.from_pretrained(resolve_model(TINY_RANDOM), dtype=torch.float32).eval()
 
 
 @pytest.fixture(scope="module")
