@@ -338,6 +338,19 @@ def reference_tokenizer(smollm2_path):
     return AutoTokenizer.from_pretrained(smollm2_path)
 
 
+@pytest.fixture(scope="session")
+def tiny_reference():
+    """The tiny random-weight model and its tokenizer loaded plainly (float32, CPU, eval mode): the reference
+    for tests whose jobs it scores."""
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from sapray.engines.models import TINY_RANDOM
+
+    path = resolve_model(TINY_RANDOM)
+    return AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval(), AutoTokenizer.from_pretrained(path)
+
+
 # What may differ between two runs of one config (uninterrupted or resumed, one engine pool or one per round)
 TIMING_FIELDS = ("wall_s",)
 

@@ -1,4 +1,5 @@
-"""`sapray filter` end to end on the embedded SmolLM2 through Ray Data (hf engine, CPU)."""
+"""`sapray filter` end to end through Ray Data (hf engine, CPU), scored by the tiny random-weight model (its
+numbers against plain computations of its weights) but where a LoRA adapter trained on SmolLM2 is the point."""
 
 from __future__ import annotations
 
@@ -34,7 +35,8 @@ def samples_file(tmp_path_factory) -> str:
 
 
 def run(raw: dict, tmp_path):
-    cfg = load_filter_config({"ray": {"actors": 1, "batch_size": 16}, "output": str(tmp_path / "out"), **raw})
+    cfg = load_filter_config({"model": TINY_RANDOM, "ray": {"actors": 1, "batch_size": 16},
+                              "output": str(tmp_path / "out"), **raw})
     result = run_filter(cfg)
     write_filter(cfg.output, result)
     counts = result.summary["counts"]
@@ -57,7 +59,7 @@ def plain_loss(model, tokenizer, context_ids: list[int], continuation: str) -> f
         return model(input_ids=ids, labels=labels).loss.item()
 
 
-def test_dsweight(ray_local, samples_file, tmp_path, reference_model, reference_tokenizer):
+def test_dsweight(ray_local, samples_file, tmp_path, tiny_reference):
     valid = write_jsonl(tmp_path / "valid.jsonl", [
         {"question": q["question"], "answer": c["response"]}
         for q, c in zip(load_questions()[10:12], [c for c in load_candidates() if c["strategy"] == "human"][10:12],
@@ -67,7 +69,7 @@ def test_dsweight(ray_local, samples_file, tmp_path, reference_model, reference_
     counts = result.summary["counts"]
     assert counts == {"rows_in": 9, "kept": 6, "dropped": 2, "rejected": 1}  # round(0.79 * 8 + 0.5) = 6
     # The authors' whole-string loss, recomputed plainly: start token, then 'Q: {q}\nA: {a}'.
-    model, tokenizer = reference_model, reference_tokenizer
+    model, tokenizer = tiny_reference
     start = [tokenizer.bos_token_id]
     valid_rows = [json.loads(line) for line in open(valid)]
     valid_mean = sum(plain_loss(model, tokenizer, start, f"Q: {v['question']}\nA: {v['answer']}")
@@ -108,20 +110,16 @@ def test_ifd_both_directions_and_both_shared_context_paths(ray_local, samples_fi
                                                                  rel=1e-12)
 
 
-def test_rsr_keeps_the_lowest_ratio_and_matches_a_plain_recomputation(ray_local, samples_file, tmp_path):
+def test_rsr_keeps_the_lowest_ratio_and_matches_a_plain_recomputation(ray_local, samples_file, tmp_path,
+                                                                      tiny_reference):
     """Each response with its question as chat context (the paper's): its rank-surprisal ratio against one plain
     fp32 forward per sample (surprisal logsumexp(z) - z[y], strict rank clipped at 100), the lowest half kept."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     from sapray.core.scoring import RANK_CLIP, ScoreRequest, encode
-    from sapray.engines.models import resolve_model
 
-    result, scores = run({"method": "rsr", "model": TINY_RANDOM, "input": samples_file, "rsr": {"keep_fraction": 0.5}},
+    result, scores = run({"method": "rsr", "input": samples_file, "rsr": {"keep_fraction": 0.5}},
                          tmp_path)
     assert result.summary["counts"] == {"rows_in": 9, "kept": 4, "dropped": 4, "rejected": 1}
-    path = resolve_model(TINY_RANDOM, None)
-    tokenizer = AutoTokenizer.from_pretrained(path)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    model, tokenizer = tiny_reference
     for row in scores:
         e = encode(ScoreRequest("r", [{"role": "user", "content": row["question"]}], row["response"]), tokenizer,
                    2048, "joint", "reject")
@@ -165,7 +163,7 @@ def test_lobass_with_a_trained_lora_adapter(ray_local, samples_file, tmp_path, s
     rows = [json.loads(line) for line in open(samples_file)][:8]
     samples = [{"question": r["messages"][0]["content"], "response": r["messages"][1]["content"]} for r in rows]
     adapter = train_tiny_lora(smollm2_path, samples, tmp_path / "adapter")
-    result, scores = run({"method": "lobass", "input": samples_file,
+    result, scores = run({"method": "lobass", "model": "smollm2", "input": samples_file,
                           "lobass": {"reference_adapter": adapter, "keep_fraction": 0.25}}, tmp_path)
     assert result.summary["counts"] == {"rows_in": 9, "kept": 2, "dropped": 6, "rejected": 1}
     for r in scores:

@@ -14,7 +14,7 @@ from conftest import load_candidates, load_questions
 from helpers import base_config, run, write_jsonl
 
 from sapray.config import ConfigError, load_config
-from sapray.engines.models import TINY_RANDOM, resolve_model
+from sapray.engines.models import TINY_RANDOM
 from sapray.jobs.select import run_select
 
 # One question (six requests) a batch: the first round's two questions are two blocks, so a second
@@ -46,13 +46,9 @@ def plain_sap(model, tokenizer, question: str, exemplars: list[str], response: s
 
 
 @pytest.mark.slow
-def test_mean_sap_equals_plain_computation(one_actor):
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
+def test_mean_sap_equals_plain_computation(one_actor, tiny_reference):
     result, out = one_actor
-    path = resolve_model(TINY_RANDOM)
-    model = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
-    tokenizer = AutoTokenizer.from_pretrained(path)
+    model, tokenizer = tiny_reference
     questions = {q["question_id"]: q["question"] for q in load_questions()}
     responses = {(c["question_id"], c["strategy"]): c["response"] for c in load_candidates()}
     exemplars = {json.loads(line)["exemplar_id"]: json.loads(line)["text"]

@@ -46,12 +46,8 @@ def tokenizer(hf_engine):
 
 
 @pytest.fixture(scope="module")
-def reference_model():
-    from transformers import AutoModelForCausalLM
-
-    from sapray.engines.models import TINY_RANDOM, resolve_model
-
-    return AutoModelForCausalLM.from_pretrained(resolve_model(TINY_RANDOM), dtype=torch.float32).eval()
+def reference_model(tiny_reference):
+    return tiny_reference[0]
 
 
 @pytest.fixture(scope="module")
