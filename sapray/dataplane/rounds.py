@@ -19,7 +19,7 @@ from typing import Any
 
 from sapray.config import SelectConfig, StrategyConfig
 from sapray.console import console
-from sapray.core.metrics import RSR_KIND, candidate_metrics, context_kinds
+from sapray.core.metrics import RSR_KIND, candidate_metrics
 from sapray.core.race import Race
 from sapray.core.sample import Budget, rounds
 from sapray.dataplane.actors import ScoreActor
@@ -178,13 +178,12 @@ class RaceRounds:
 
 
 @contextlib.contextmanager
-def scoring_engines(cfg: SelectConfig, engines: Engines, first_round: int,
-                    strategies: int) -> Iterator[Callable[[list[list[dict]]], Iterator[dict]]]:
+def scoring_engines(cfg: SelectConfig, engines: Engines,
+                    first_requests: int) -> Iterator[Callable[[list[list[dict]]], Iterator[dict]]]:
     """What scores a round's blocks of request rows: the resident scorer, started for no more actors than the
-    first round has blocks, and released when the race ends; where engines are not resident, a pool per
-    round."""
-    requests = first_round * strategies * len(context_kinds(cfg.metrics))
-    n_blocks = -(-requests // cfg.ray.batch_size)
+    first round (``first_requests`` scoring requests) has blocks, and released when the race ends; where
+    engines are not resident, a pool per round."""
+    n_blocks = -(-first_requests // cfg.ray.batch_size)
     if starting := engines.to_start("scorer", n_blocks):
         console.say(f"scoring: starting {starting} {cfg.engine} engine actor(s) for {cfg.model}; they stay for "
                     "every round")

@@ -76,7 +76,7 @@ def select_strategy(cfg: SelectConfig, target: Target, engines: Engines, journal
                       journal)
     t0 = time.monotonic()
     first_round = min(len(sample.reachable), s.round_size) if loop.confident else len(sample.reachable)
-    with scoring_engines(cfg, engines, first_round, len(strategies)) as score_rows:
+    with scoring_engines(cfg, engines, first_round * len(strategies) * len(loop.requests.kinds)) as score_rows:
         loop.run(score_rows, on_look)
     scoring_s = time.monotonic() - t0 - loop.generation_s
     loop.end()
