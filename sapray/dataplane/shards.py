@@ -89,9 +89,9 @@ def plan_shards(uri: str, shard_bytes: int = SHARD_BYTES) -> list[Shard]:
         info = fs.get_file_info(path)
         if info.type == pafs.FileType.NotFound:
             raise InputError(f"{uri}: no such file")
-        if info.type != pafs.FileType.Directory:
-            return _file_shards(fs, path, uri, info.size, shard_bytes)
-        return [Shard(child(uri, p.base_name), "arrow") for p in dataset_parts(fs, path, uri)]
+        if info.type == pafs.FileType.Directory:
+            return [Shard(child(uri, p.base_name), "arrow") for p in dataset_parts(fs, path, uri)]
+        return _file_shards(fs, path, uri, info.size, shard_bytes)
     except (OSError, pa.ArrowException) as exc:
         raise InputError(f"{uri}: cannot be read: {exc}") from None
 
