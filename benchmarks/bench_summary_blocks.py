@@ -105,11 +105,10 @@ def one_case(samples: int, block_rows: int, output: str) -> dict:
     step("decide")
     decided.map_batches(filtering.count_outcomes, batch_format="pyarrow", batch_size=None).take_all()
     step("count")
-    paths = filtering.output_paths(output)
-    stages.write_jsonl(decided.map_batches(filtering.kept_messages, batch_format="pyarrow"), paths["kept"])
-    stages.write_parquet(decided.map_batches(filtering.scores_table(columns), batch_format="pyarrow"),
-                         paths["scores"])
-    stages.write_jsonl(decided.map_batches(filtering.rejects_table, batch_format="pyarrow"), paths["rejects"])
+    stages.write_folders(output, {
+        "kept": (decided.map_batches(filtering.kept_messages, batch_format="pyarrow"), "jsonl"),
+        "scores": (decided.map_batches(filtering.scores_table(columns), batch_format="pyarrow"), "parquet"),
+        "rejects": (decided.map_batches(filtering.rejects_table, batch_format="pyarrow"), "jsonl")})
     step("writes")
     watch.stop.set()
     return {"samples": samples, "block_rows": block_rows, "blocks": scored.num_blocks(),

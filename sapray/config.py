@@ -221,11 +221,22 @@ class StrategyConfig(Strict):
             raise ValueError(f"strategy {self.name!r}: the template uses {{examples}} but no examples are given")
         return self
 
+    @property
+    def engine_key(self) -> str:
+        """Strategies with one key share engine actors: a model teacher's kind, model, revision and engine
+        arguments (the prompt and sampling travel with each row); any other teacher is its strategy's own."""
+        t = self.teacher
+        if t.on_engine:
+            return json.dumps([t.kind, t.model, t.revision, t.engine_args], sort_keys=True)
+        return f"strategy:{self.name}"
+
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(temperature=self.temperature, top_p=self.top_p, max_tokens=self.max_tokens,
                               n=self.samples_per_question, seed=self.seed, stop=list(self.stop))
 
+    @property
     def prompt_hash(self) -> str:
+        """The prompt template's hash, recorded with every training row."""
         template = {"system": self.system, "prompt": self.prompt}
         if self.examples:  # only when used, so hashes of outputs written before examples existed still match
             template["examples"] = self.examples

@@ -31,14 +31,20 @@ def test_cpu_cluster_defaults_to_one_single_threaded_actor_per_cpu_as_memory_all
 
 
 def test_actor_memory_estimate(tmp_path, monkeypatch):
+    from sapray.config import TeacherConfig
+    from sapray.dataplane.actors import engine_spec
     from sapray.dataplane.placement import actor_bytes
+    from sapray.engines.models import locate
 
     (tmp_path / "model.safetensors").write_bytes(b"0" * 1000)
     (tmp_path / "config.json").write_text("{}")
-    assert actor_bytes("hf", str(tmp_path)) == 2000 + 2**30
+    # measured where the driver resolves the model, carried by the actors' spec
+    spec = engine_spec(TeacherConfig(kind="hf", model=str(tmp_path)), locate(str(tmp_path)))
+    assert spec.weights_bytes == 1000
+    assert actor_bytes("hf", spec.weights_bytes) == 2000 + 2**30
     monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "2")
-    assert actor_bytes("vllm", str(tmp_path)) == 2000 + 2**30 + 2 * 2**30
-    assert actor_bytes("hf", str(tmp_path / "absent")) is None
+    assert actor_bytes("vllm", spec.weights_bytes) == 2000 + 2**30 + 2 * 2**30
+    assert actor_bytes("hf", None) is None  # not measured
 
 
 def test_engines_that_take_turns_keep_their_actors_and_reserve_a_share():

@@ -43,8 +43,8 @@ def test_templates_fill_question_gold_examples_and_literal_braces():
         {"role": "user", "content": "Q: What is {x}?\nReference: 7\nReply as JSON {\"answer\": ...}"},
     ]
     plain = StrategyConfig(name="p", teacher={"kind": "vllm", "model": "smollm2"})
-    assert strategy.prompt_hash() != plain.prompt_hash()
-    assert plain.prompt_hash() == plain.model_copy(update={"examples": []}).prompt_hash()
+    assert strategy.prompt_hash != plain.prompt_hash
+    assert plain.prompt_hash == plain.model_copy(update={"examples": []}).prompt_hash
 
 
 @pytest.mark.slow

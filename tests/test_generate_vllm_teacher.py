@@ -15,7 +15,6 @@ from helpers import write_jsonl
 from test_generate import job, teacher_strategies
 
 from sapray.config import load_config
-from sapray.dataplane.teachers import teacher_key
 from sapray.engines.models import TINY_RANDOM
 from sapray.jobs.run import run_all
 
@@ -53,7 +52,7 @@ def test_run_with_a_vllm_teacher_starts_each_engine_once_with_the_outputs_of_a_p
     # each engine (the scorer, the vLLM teacher of both prompt styles) started once, counted by its actor; the
     # winner's full set, on the teacher's engine, started nothing more
     starts = json.loads((resident / "select" / "run.json").read_text())["engine_starts"]
-    teacher = teacher_key(load_config(raw).strategies[0])
+    teacher = load_config(raw).strategies[0].engine_key
     assert set(starts) == {"scorer", teacher}
     assert all(list(per_actor.values()) == [1] for per_actor in starts.values()), starts  # ray.actors: 1
 

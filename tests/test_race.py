@@ -152,8 +152,9 @@ def test_cheapest_pick_follows_the_races_end():
              "b": {"questions": 10, "money": 0.5, "prompt_tokens": 0, "completion_tokens": 0},
              "c": {"questions": 10, "money": 0.1, "prompt_tokens": 0, "completion_tokens": 0}}
     race = {"ended": "good_enough", "certified": ["a", "b"], "contenders": ["a", "b", "c"]}
-    summary = {"winner": {"strategy": "a"}, "race": race}
-    cheapest, lowest = (SimpleNamespace(sample=SimpleNamespace(pick=p)) for p in ("cheapest", "lowest_sap"))
+    summary = {"winner": {"strategy": "a"}, "race": race, "strategies": ["a", "b", "c"]}
+    cheapest, lowest = (SimpleNamespace(sample=SimpleNamespace(pick=p), strategy=lambda name: name)
+                        for p in ("cheapest", "lowest_sap"))
     assert choice_set(race) == ["a", "b"]
     assert pick_for_full_set(cheapest, summary, costs) == "b"  # c is cheaper, but not shown good enough
     assert pick_for_full_set(lowest, summary, costs) == "a"

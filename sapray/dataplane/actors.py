@@ -22,16 +22,16 @@ from sapray.core.scoring import ScoreRequest, score
 from sapray.dataplane.journal import Journaled
 from sapray.engines import load_engine
 from sapray.engines.base import Engine, EngineSpec, SamplingConfig
-from sapray.engines.models import resolve_model
+from sapray.engines.models import ResolvedModel, resolve_model
 
 
-def engine_spec(cfg: SelectConfig | FilterConfig | MineConfig | TeacherConfig, commit: str | None,
+def engine_spec(cfg: SelectConfig | FilterConfig | MineConfig | TeacherConfig, resolved: ResolvedModel,
                 model: str | None = None) -> EngineSpec:
     """The engine actors of a config: its engine (a teacher's kind), model (or ``model``: a filter's reference
-    model, scored with the same engine) and engine arguments, at ``commit``, the model's commit the driver
-    resolved (so every node loads that same commit)."""
+    model, scored with the same engine) and engine arguments, at the commit the driver ``resolved`` (so every
+    node loads that same commit), with the size of its weights."""
     engine = cfg.kind if isinstance(cfg, TeacherConfig) else cfg.engine
-    return EngineSpec(engine, model or cfg.model, commit, dict(cfg.engine_args))
+    return EngineSpec(engine, model or cfg.model, resolved.commit, dict(cfg.engine_args), resolved.weights_bytes)
 
 
 def actor_engine(spec: EngineSpec, num_cpus: float) -> Engine:

@@ -19,6 +19,7 @@ from sapray.dataplane.actors import GenerateActor, engine_spec
 from sapray.dataplane.journal import Journaled, RowJournal, row_writer
 from sapray.dataplane.raydata import actor_pool
 from sapray.engines.base import SamplingConfig
+from sapray.engines.models import ResolvedModel
 
 # One row per sampled answer: what scores/ holds, in this column order.
 VOTE_SCHEMA = pa.schema([
@@ -69,8 +70,9 @@ def vote_sums(batch: pa.Table) -> dict:
             "without_majority": [batch.column("majority").null_count]}
 
 
-def sample_answers(cfg: FilterConfig, questions: Any, commit: str | None, journal: RowJournal | None) -> Any:
-    """``cc.samples`` answers to each question from the target (``commit``) in the cluster, materialized;
+def sample_answers(cfg: FilterConfig, questions: Any, resolved: ResolvedModel, journal: RowJournal | None) -> Any:
+    """``cc.samples`` answers to each question from the target (as the driver ``resolved`` it) in the cluster,
+    materialized;
     questions the ``journal`` answered (a rerun) are neither prompted nor sampled again, and newly answered
     ones are journaled as they come."""
     import ray
@@ -83,10 +85,10 @@ def sample_answers(cfg: FilterConfig, questions: Any, commit: str | None, journa
                     f"sampled again) from {journal.folder}")
     skip = None if journaled is None else ray.put(journaled.select(["order"]))
     prompts = questions.map_batches(ZeroShotPrompts, batch_format="pyarrow", batch_size=cfg.ray.batch_size,
-                                    fn_constructor_kwargs={"model": cfg.model, "revision": commit, "skip": skip},
-                                    **stages.cpu_pool())
+                                    fn_constructor_kwargs={"model": cfg.model, "revision": resolved.commit,
+                                                           "skip": skip}, **stages.cpu_pool())
     with row_writer(journal, cfg.ray.journal_rows) as writer:
-        pool = actor_pool(GenerateActor, {"spec": engine_spec(cfg, commit), "sampling": sampling.__dict__,
+        pool = actor_pool(GenerateActor, {"spec": engine_spec(cfg, resolved), "sampling": sampling.__dict__,
                                           "journaled": None if journaled is None else ray.put(journaled),
                                           "writer": writer}, cfg.ray)
         return stages.materialized(prompts.map_batches(**pool), questions.count(),

@@ -36,7 +36,6 @@ from sapray.dataplane.read import (
 )
 from sapray.dataplane.shards import check_columns
 from sapray.engines.models import locate
-from sapray.storage import child
 
 
 @dataclass
@@ -199,7 +198,7 @@ def score_samples(cfg: FilterConfig, ds, requests: int, prefix: str, model: str,
     """Score every request of every row with an engine actor pool; sums and token counts come back (rows in
     ``journaled`` take its values; newly scored rows go to ``writer``: ``stages.ScoreSums``)."""
     # Resolved here first, so a missing model fails before any actor starts; actors load the same commit.
-    spec = engine_spec(cfg, locate(model, revision).commit, model)
+    spec = engine_spec(cfg, locate(model, revision), model)
     pool = actor_pool(stages.ScoreSums, {
         "spec": spec.with_args({**spec.engine_args, **(engine_args or {})}), "requests": requests, "prefix": prefix,
         "drop_ids": drop_ids, "journaled": journaled, "writer": writer}, cfg.ray)
@@ -385,8 +384,3 @@ def scored_method(cfg: FilterConfig) -> Method:
                       {"keep_fraction": cfg.rsr.keep_fraction})
     return Method(_ifd_requests, _ifd_scores, [("", cfg.model, cfg.revision, None)],
                   {"direction": cfg.ifd.direction, "keep_fraction": cfg.ifd.keep_fraction})
-
-
-def output_paths(output: str) -> dict[str, str]:
-    """The folders a filter's workers write: kept/, scores/ and rejects/."""
-    return {name: child(output, name) for name in ("kept", "scores", "rejects")}

@@ -19,7 +19,7 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from functools import partial
 
 import pyarrow as pa
@@ -42,7 +42,7 @@ from sapray.dataplane.teachers import (
     model_teacher_kwargs,
     prompt_ids,
 )
-from sapray.engines.models import locate
+from sapray.engines.models import ResolvedModel, locate
 from sapray.storage import child, filesystem, read_json, write_text
 
 log = logging.getLogger(__name__)
@@ -101,20 +101,22 @@ def _api_messages(strategy: StrategyConfig):
     return fn
 
 
-def _taught(strategy: StrategyConfig, ds, ray_cfg: RayConfig, pool: EnginePool | None = None):
+def _taught(strategy: StrategyConfig, ds, ray_cfg: RayConfig, model: ResolvedModel | None,
+            pool: EnginePool | None = None):
     """Each question with its teacher's output (texts, finish_reasons, tokens, error): from ``pool``, the
-    job's resident engines of this teacher, or else a pool of this pipeline's own. The CPU stages ahead of
-    the pool take no CPU from Ray (``stages.cpu_pool``)."""
+    job's resident engines of this teacher, or else a pool of this pipeline's own (a model teacher's engines
+    load the ``model`` the driver resolved). The CPU stages ahead of the pool take no CPU from Ray
+    (``stages.cpu_pool``)."""
     teacher = strategy.teacher
     if teacher.kind == "file":
         return ds
     if teacher.kind == "openai":
         asked = ds.map_batches(_api_messages(strategy), batch_format="pyarrow", num_cpus=0)
         return asked.map_batches(**(pool.stage() if pool else actor_pool(*api_teacher_kwargs(strategy), ray_cfg)))
-    commit = locate(teacher.model, teacher.revision).commit
     rendered = ds.map_batches(RenderPrompts, batch_format="pyarrow", batch_size=ray_cfg.batch_size,
-                              fn_constructor_kwargs={"strategy": strategy, "revision": commit}, **stages.cpu_pool())
-    return rendered.map_batches(**(pool.stage() if pool else actor_pool(*model_teacher_kwargs(strategy, commit),
+                              fn_constructor_kwargs={"strategy": strategy, "revision": model.commit},
+                              **stages.cpu_pool())
+    return rendered.map_batches(**(pool.stage() if pool else actor_pool(*model_teacher_kwargs(strategy, model),
                                                                          ray_cfg)))
 
 
@@ -138,14 +140,23 @@ def _entries(outcomes: Outcomes, run: str):
 
 def _write_shard(folder: str, run: str):
     """Each batch of entries as one Parquet file, written to a temporary name and then moved, so a shard
-    is there whole or not at all; named by its first question, so a retried task writes the same file."""
+    is there whole or not at all; named by its first question, so a retried task writes the same file.
+    Its URI and question count go back to the driver."""
     def fn(batch: pa.Table) -> dict:
-        fs, path = filesystem(child(folder, f"part-{run}-{min(batch.column('order').to_pylist()):012d}.parquet"))
+        uri = child(folder, f"part-{run}-{min(batch.column('order').to_pylist()):012d}.parquet")
+        fs, path = filesystem(uri)
         with fs.open_output_stream(path + ".tmp") as f:
             pq.write_table(batch, f)
         fs.move(path + ".tmp", path)
-        return {"questions": [batch.num_rows]}
+        return {"shard": [uri], "questions": [batch.num_rows]}
     return fn
+
+
+def _questions_written(written, shards: list[str]) -> Iterator[None]:
+    """One item per question as its shard is written (for the progress), each shard's URI added to ``shards``."""
+    for part in written.iter_rows():
+        shards.append(part["shard"])
+        yield from [None] * part["questions"]
 
 
 # -- shards of earlier runs, and the output's owner -------------------------------------------------
@@ -169,7 +180,7 @@ def shard_files(output: str) -> list[str]:
 
 
 def _provenance(strategy: StrategyConfig) -> dict:
-    return {"strategy": strategy.name, "teacher": strategy.teacher.describe(), "prompt_hash": strategy.prompt_hash(),
+    return {"strategy": strategy.name, "teacher": strategy.teacher.describe(), "prompt_hash": strategy.prompt_hash,
             "sampling": strategy.sampling().__dict__}
 
 
@@ -255,11 +266,10 @@ def write_training_set(output: str, strategy: StrategyConfig, entries, rejected_
         raise AssertionError(f"question {duplicate!r} appears in two shards of {output}")
     ordered = entries.sort("order").materialize()
     train = ordered.map_batches(_train_rows, batch_format="pyarrow").materialize()
-    stages.write_jsonl(train, child(output, "train"))
-    stages.write_parquet(train, child(output, "parquet"))
     input_rejects = rejected_questions.map_batches(question_rejects(strategy.name), batch_format="pyarrow")
-    stages.write_jsonl(input_rejects.union(ordered.map_batches(_entry_rejects, batch_format="pyarrow")),
-                       child(output, "rejects"))
+    stages.write_folders(output, {
+        "train": (train, "jsonl"), "parquet": (train, "parquet"),
+        "rejects": (input_rejects.union(ordered.map_batches(_entry_rejects, batch_format="pyarrow")), "jsonl")})
     parts = ordered.map_batches(partial(entry_totals, run=run), batch_format="pyarrow", batch_size=None).take_all()
     metadata = {
         **_provenance(strategy),
@@ -298,6 +308,10 @@ def run_full_generation(strategy: StrategyConfig, questions: str | Sequence[dict
         raise nothing_usable("questions", [questions if isinstance(questions, str) else "the questions"],
                              [Reject(r["source"], r["reject"], r["reject_stage"]) for r in rejected.take(1)])
     earlier = open_shards(gen.output, strategy)
+    folder = child(gen.output, "shards")  # where this run's shards go, beside them
+    # a model teacher's model, resolved once before any question is asked: its engines load this commit
+    model = locate(strategy.teacher.model, strategy.teacher.revision) if strategy.teacher.on_engine else None
+    shards = list(earlier)  # this run's shards join them as they are written
     done = _read_shards(earlier, ["question_id"]) if earlier else None
     todo, duplicates = stages.split_rejected(to_do(strategy, usable, done, ray_cfg, rows_in))
     n_duplicates, n_todo = duplicates.count(), todo.count()
@@ -307,17 +321,16 @@ def run_full_generation(strategy: StrategyConfig, questions: str | Sequence[dict
         # the join above hands back one block per id bucket (a single one up to 250k questions), and an engine actor
         # takes a block whole: cut it again so that every actor gets work
         todo = todo.repartition(target_num_rows_per_block=ray_cfg.batch_size * SPREAD_BATCHES)
-        entries = _taught(strategy, todo, ray_cfg, pool).map_batches(
+        entries = _taught(strategy, todo, ray_cfg, model, pool).map_batches(
             _entries(Outcomes.of(strategy, gen), run), batch_format="pyarrow", batch_size=ray_cfg.batch_size,
             num_cpus=0, concurrency=stages.cpu_workers())
-        written = entries.map_batches(_write_shard(child(gen.output, "shards"), run), batch_format="pyarrow",
+        written = entries.map_batches(_write_shard(folder, run), batch_format="pyarrow",
                                       batch_size=gen.shard_size, num_cpus=0, concurrency=1)
-        counts = (None for part in written.iter_rows() for _ in range(part["questions"]))
-        for _ in console.progress(counts, n_todo, f"{strategy.name}: generating"):
+        for _ in console.progress(_questions_written(written, shards), n_todo, f"{strategy.name}: generating"):
             pass
     rejected_questions = rejected.union(duplicates)
     by_stage = {r["reject_stage"]: r["count()"] for r in rejected_questions.groupby("reject_stage").count().take_all()}
-    return write_training_set(gen.output, strategy, _read_shards(shard_files(gen.output)), rejected_questions, run,
+    return write_training_set(gen.output, strategy, _read_shards(sorted(set(shards))), rejected_questions, run,
                               time.monotonic() - started, n_usable - n_duplicates + by_stage.get("generate", 0),
                               by_stage)
 
@@ -328,7 +341,7 @@ def generate_with(cfg: SelectConfig, strategy: StrategyConfig, pool: EnginePool 
     select finds them)."""
     init_ray(cfg.ray)
     if cfg.data.questions:  # read by the workers
-        return run_full_generation(strategy, cfg.data.questions, cfg.ray, cfg.generate, columns=cfg.data.columns,
-                                   pool=pool)
-    return run_full_generation(strategy, candidate_file_questions(cfg.data, cfg.ray), cfg.ray, cfg.generate,
-                               pool=pool)
+        questions, columns = cfg.data.questions, cfg.data.columns
+    else:
+        questions, columns = candidate_file_questions(cfg.data, cfg.ray), None
+    return run_full_generation(strategy, questions, cfg.ray, cfg.generate, columns=columns, pool=pool)

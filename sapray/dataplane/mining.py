@@ -64,10 +64,11 @@ def _mine_for_selection(cfg: SelectConfig, target: Target, compared: list[str],
     unchecked = cfg.exemplars.checker == "none" or not any(q.get("gold") for q in pool)
     if unchecked:  # nothing can be checked: ask only for the answers that will be used
         pool = pool[:need]
+    prompts = ex.zero_shot_prompts(target.tokenizer, [q["question"] for q in pool])
     console.say(f"mining exemplars: the target answers {len(pool)} questions (greedy, up to "
                 f"{cfg.exemplars.max_tokens} tokens each)" + ("; with no gold answer to check them against, its "
                                                              "answers are used unchecked" if unchecked else ""))
-    out = {r["row_id"]: r for r in greedy_answers(pool, target.tokenizer, engine_spec(cfg, target.commit), cfg.ray,
+    out = {r["row_id"]: r for r in greedy_answers(pool, prompts, engine_spec(cfg, target.model), cfg.ray,
                                                    cfg.exemplars.max_tokens, "mining exemplars")}
     placement = {}
     for row in out.values():
@@ -88,21 +89,20 @@ class MineResult:
     provenance: dict
 
 
-def greedy_answers(pool: Sequence[dict], tokenizer: Any, spec: EngineSpec, ray_cfg: RayConfig, max_tokens: int,
-                   what: str, log: BatchLog = unlogged) -> Iterator[dict]:
-    """The target's greedy zero-shot answers to ``pool``, streamed in pool order, one batch (``ray.batch_size``
-    questions, or fewer so that every actor gets one) at a time, ``what`` showing the progress; a batch in
-    ``log`` (a journal) comes from there, each other one is logged as it arrives. ``select`` and ``run`` mine
-    their exemplars here, ``mine`` too.
+def greedy_answers(pool: Sequence[dict], prompts: Sequence[list[int]], spec: EngineSpec, ray_cfg: RayConfig,
+                   max_tokens: int, what: str, log: BatchLog = unlogged) -> Iterator[dict]:
+    """The target's greedy answers to ``pool`` (its zero-shot ``prompts``, ``ex.zero_shot_prompts``), streamed in
+    pool order, one batch (``ray.batch_size`` questions, or fewer so that every actor gets one) at a time,
+    ``what`` showing the progress; a batch in ``log`` (a journal) comes from there, each other one is logged as
+    it arrives. ``select`` and ``run`` mine their exemplars here, ``mine`` too.
 
     Rows as ``GenerateActor`` returns them: row_id (the question id), texts, finish_reasons,
     completion_tokens, actor. ``spec.revision`` should be the commit the driver resolved, so every node loads it.
     """
-    prompts = ex.zero_shot_prompts(tokenizer, [q["question"] for q in pool])
     rows = [{"row_id": q["question_id"], "prompt_ids": p} for q, p in zip(pool, prompts, strict=True)]
     sampling = SamplingConfig(temperature=0.0, max_tokens=max_tokens)
-    kwargs = {"spec": spec, "sampling": sampling.__dict__}
-    return iter(console.progress(answers_in_batches(None, rows, GenerateActor, kwargs, ray_cfg, log), len(rows), what))
+    answers = answers_in_batches(None, rows, GenerateActor, {"spec": spec, "sampling": sampling.__dict__}, ray_cfg, log)
+    return iter(console.progress(answers, len(rows), what))
 
 
 def mine_until(

@@ -17,12 +17,12 @@ The jobs add ``report.html``, all of the above as one self-contained page (sapra
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from sapray.dataplane.stages import write_jsonl
+from sapray.dataplane.stages import write_folders
 from sapray.storage import child, filesystem, write_text
 
 
@@ -30,25 +30,29 @@ def _jsonl(rows: Sequence[dict]) -> str:
     return "".join(json.dumps(r, ensure_ascii=False, sort_keys=True) + "\n" for r in rows)
 
 
-def write_outputs(output: str, result, config: dict) -> dict[str, str]:
+def write_outputs(output: str, result, config: dict, last: Mapping[str, str] | None = None) -> dict[str, str]:
+    """The selection's files; then ``last`` (name -> text: a run's sample record), in its order."""
+    texts = {"selection.json": json.dumps(result.summary, indent=2, sort_keys=True) + "\n",
+             "rejects/part-scoring.jsonl": _jsonl([r.to_dict() for r in result.rejects]),
+             "exemplars.jsonl": _jsonl([e.to_dict() for e in result.exemplars]),
+             "run.json": json.dumps({"timings": result.timings, "actor_placement": result.placement,
+                                     "mining_placement": result.mining_placement,
+                                     "engine_starts": result.engine_starts, "config": config}, indent=2) + "\n"}
+    table = pa.Table.from_pylist(result.scores) if result.scores else pa.table({})
+    # the read pass's rejects, written by the workers (the folder replaced), then the driver's files beside them
+    if result.input_rejects is not None:
+        write_folders(output, {"rejects": (result.input_rejects, "jsonl")})
     fs, root = filesystem(output)
-    fs.create_dir(root, recursive=True)
+    fs.create_dir(child(root, "rejects"), recursive=True)
     paths = {name: child(output, name) for name in ("selection.json", "scores.parquet", "rejects",
                                                     "exemplars.jsonl", "run.json")}
-    write_text(paths["selection.json"], json.dumps(result.summary, indent=2, sort_keys=True) + "\n")
-    if result.input_rejects is not None:
-        write_jsonl(result.input_rejects, paths["rejects"])
-    fs.create_dir(child(root, "rejects"), recursive=True)
-    write_text(child(paths["rejects"], "part-scoring.jsonl"), _jsonl([r.to_dict() for r in result.rejects]))
-    write_text(paths["exemplars.jsonl"], _jsonl([e.to_dict() for e in result.exemplars]))
-    write_text(paths["run.json"], json.dumps({"timings": result.timings, "actor_placement": result.placement,
-                                              "mining_placement": result.mining_placement,
-                                              "engine_starts": result.engine_starts, "config": config},
-                                             indent=2) + "\n")
-    table = pa.Table.from_pylist(result.scores) if result.scores else pa.table({})
+    for name, text in texts.items():
+        write_text(child(output, name), text)
     pfs, ppath = filesystem(paths["scores.parquet"])
     with pfs.open_output_stream(ppath) as f:
         pq.write_table(table, f)
+    for name, text in (last or {}).items():
+        write_text(child(output, name), text)
     return paths
 
 

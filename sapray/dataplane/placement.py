@@ -36,7 +36,6 @@ import math
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from sapray.config import ConfigError, RayConfig
@@ -198,26 +197,23 @@ def cluster_view() -> tuple[dict[str, float], list[float], list[float]]:
             [float(n.get("CPU", 0)) for n in nodes])
 
 
-def actor_bytes(engine: str, model_path: str | None) -> float | None:
+def actor_bytes(engine: str, weights_bytes: int | None) -> float | None:
     """An engine actor's memory on CPU, roughly: its weights twice over (loading, and float32 for
     half-precision files) and 1 GiB of runtime, plus vLLM's CPU KV cache (VLLM_CPU_KVCACHE_SPACE, GiB,
-    4 when unset). None when the weights are not on this machine to measure."""
+    4 when unset). None when the weights were not measured."""
     if engine == "sim":  # no weights: a Ray worker, numpy and, where it encodes text, a tokenizer
         return SIM_ACTOR_BYTES
-    if not model_path or not Path(model_path).is_dir():
+    if weights_bytes is None:
         return None
-    weights = sum(f.stat().st_size for f in Path(model_path).glob("*") if f.suffix in (".safetensors", ".bin"))
     kv = float(os.environ.get("VLLM_CPU_KVCACHE_SPACE") or 4) * 2**30 if engine == "vllm" else 0.0
-    return 2 * weights + 2**30 + kv
+    return 2 * weights_bytes + 2**30 + kv
 
 
 def place(actor_kwargs: Mapping[str, Any], cfg: RayConfig, share: float = 1.0) -> Placement:
     """``plan`` for the actors of ``actor_kwargs`` on the connected cluster: the engine of their ``spec``
     (an API teacher, whose arguments hold no spec, holds no weights and takes no GPU)."""
-    from sapray.engines.models import locate
-
     spec: EngineSpec | None = actor_kwargs.get("spec")
     if spec is None:
         return plan("hf", {}, cfg.model_copy(update={"num_gpus_per_actor": 0}), *cluster_view(), share=share)
-    size = actor_bytes(spec.engine, locate(spec.model, spec.revision).path)
+    size = actor_bytes(spec.engine, spec.weights_bytes)
     return plan(spec.engine, spec.engine_args, cfg, *cluster_view(), actor_bytes=size, share=share)

@@ -28,7 +28,7 @@ from sapray.dataplane.raydata import cut, map_blocks
 from sapray.dataplane.read import Reject
 from sapray.dataplane.resident import EnginePool, Engines
 from sapray.dataplane.sample import Requests
-from sapray.dataplane.teachers import Cost, generate, teacher_key, teacher_money
+from sapray.dataplane.teachers import Cost, generate, teacher_money
 
 
 @dataclass
@@ -246,7 +246,7 @@ def teacher_rounds(cfg: SelectConfig, engines: Engines, journal: Journal) -> Tea
         def pools(key: str) -> EnginePool | None:
             if starting := engines.to_start(key):
                 console.say(f"starting {starting} engine actor(s) for the teacher of "
-                            f"{', '.join(n for n in names if teacher_key(by_name[n]) == key)}; they stay for "
+                            f"{', '.join(n for n in names if by_name[n].engine_key == key)}; they stay for "
                             "every round")
             return engines.pool(key)
 
@@ -264,8 +264,8 @@ def teacher_rounds(cfg: SelectConfig, engines: Engines, journal: Journal) -> Tea
 
     def drop(eliminated: list[str]) -> None:
         out.update(eliminated)
-        for key in {teacher_key(by_name[n]) for n in eliminated if n in by_name}:
-            if all(s.name in out for s in by_name.values() if teacher_key(s) == key):
+        for key in {by_name[n].engine_key for n in eliminated if n in by_name}:
+            if all(s.name in out for s in by_name.values() if s.engine_key == key):
                 engines.release(key)
 
     out: set[str] = set()

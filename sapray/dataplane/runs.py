@@ -13,12 +13,12 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sapray.config import SelectConfig
+from sapray.config import SelectConfig, StrategyConfig
 from sapray.core.race import choice_set
 from sapray.dataplane.read import InputError
 from sapray.dataplane.rounds import TeacherRounds
 from sapray.dataplane.sample import Target, scorer_spec
-from sapray.dataplane.teachers import api_teacher_kwargs, model_teacher_kwargs, teacher_key
+from sapray.dataplane.teachers import api_teacher_kwargs, model_teacher_kwargs
 from sapray.engines.models import locate
 from sapray.storage import Unreadable, child, read_json, write_text
 
@@ -28,10 +28,10 @@ def planned_engines(cfg: SelectConfig) -> dict[str, tuple[type, dict[str, Any]]]
     planned = {"scorer": scorer_spec(cfg, Target.of(cfg))}
     for strategy in cfg.strategies:
         if strategy.teacher.kind == "openai":
-            planned.setdefault(teacher_key(strategy), api_teacher_kwargs(strategy))
+            planned.setdefault(strategy.engine_key, api_teacher_kwargs(strategy))
         elif strategy.teacher.on_engine:
-            commit = locate(strategy.teacher.model, strategy.teacher.revision).commit
-            planned.setdefault(teacher_key(strategy), model_teacher_kwargs(strategy, commit))
+            resolved = locate(strategy.teacher.model, strategy.teacher.revision)
+            planned.setdefault(strategy.engine_key, model_teacher_kwargs(strategy, resolved))
     return planned
 
 
@@ -52,29 +52,29 @@ def finished_selection(cfg: SelectConfig) -> tuple[dict, dict] | None:
     return summary, {c.pop("strategy"): c for c in costs}
 
 
-def record_sample(output: str, teachers: TeacherRounds | None) -> dict[str, dict]:
-    """Write the sample's candidates and then its costs per strategy (the costs last: ``finished_selection``
-    needs them); the costs by strategy."""
+def sample_record(teachers: TeacherRounds | None) -> tuple[dict[str, str], dict[str, dict]]:
+    """The files of a run's sample, in the order to write them: its candidates per strategy, then its costs (last:
+    ``finished_selection`` takes them for a finished selection); and its costs by strategy."""
     sample_costs = teachers.cost if teachers else {}
     files = {f"sample_candidates/{name}.jsonl": _jsonl([r for r in teachers.rows if r["strategy"] == name])
              for name in (teachers.names if teachers else [])}
     files["sample_generation_cost.jsonl"] = _jsonl([{"strategy": k, **v} for k, v in sample_costs.items()])
-    for name, text in files.items():  # in this order: the costs last
-        write_text(child(output, name), text)
-    return sample_costs
+    return files, sample_costs
 
 
-def pick_for_full_set(cfg: SelectConfig, summary: dict, sample_costs: dict[str, dict]) -> str:
-    """The winner; with ``sample.pick: cheapest``, of the strategies the race's end allows (``choice_set``:
-    those certified good enough, or every contender after a budget stop) the one whose sample cost least
-    per question (money where priced, then generated tokens; data costs nothing)."""
+def pick_for_full_set(cfg: SelectConfig, summary: dict, sample_costs: dict[str, dict]) -> StrategyConfig:
+    """The strategy to generate the full set with: the winner; with ``sample.pick: cheapest``, of the strategies
+    the race's end allows (``choice_set``: those certified good enough, or every contender after a budget stop)
+    the one whose sample cost least per question (money where priced, then generated tokens; data costs
+    nothing)."""
     if not summary.get("winner"):  # nothing was scored: every sampled response was rejected, or none came
         raise InputError(f"no response of any strategy could be scored on the sample, so there is no winner to "
                          f"generate the full set with; why each was rejected: {child(cfg.output, 'rejects')}/ "
                          f"and {child(cfg.output, 'report.html')}")
+    by_name = {name: cfg.strategy(name) for name in summary["strategies"]}
     pool = choice_set(summary.get("race") or {})
     if cfg.sample.pick == "lowest_sap" or len(pool) < 2:
-        return summary["winner"]["strategy"]
+        return by_name[summary["winner"]["strategy"]]
 
     def cost_per_question(name: str) -> tuple[float, float]:
         c = sample_costs.get(name)
@@ -82,7 +82,7 @@ def pick_for_full_set(cfg: SelectConfig, summary: dict, sample_costs: dict[str, 
             return 0.0, 0.0
         return (c["money"] or 0.0) / c["questions"], (c["prompt_tokens"] + c["completion_tokens"]) / c["questions"]
 
-    return min(pool, key=lambda n: (cost_per_question(n), pool.index(n)))
+    return by_name[min(pool, key=lambda n: (cost_per_question(n), pool.index(n)))]
 
 
 def record_engine_starts(output: str, starts: dict[str, dict[str, int]]) -> None:

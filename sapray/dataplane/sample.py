@@ -21,7 +21,7 @@ from sapray.core.sample import sample_order
 from sapray.core.scoring import EncodedRequest, ScoreRequest, encode_all
 from sapray.dataplane.actors import ScoreActor, engine_spec
 from sapray.engines.base import max_length_of
-from sapray.engines.models import locate
+from sapray.engines.models import ResolvedModel, locate
 
 
 @dataclass
@@ -32,6 +32,10 @@ class Target:
     commit: str | None
     tokenizer: Any
     layout: Layout
+
+    @property
+    def model(self) -> ResolvedModel:
+        return ResolvedModel(self.path, self.commit)
 
     @classmethod
     def of(cls, cfg: SelectConfig) -> Target:
@@ -44,7 +48,7 @@ class Target:
 
 def scorer_spec(cfg: SelectConfig, target: Target) -> tuple[type, dict[str, Any]]:
     """The scoring engine actors: their class and arguments (they load the commit the driver resolved)."""
-    return ScoreActor, {"spec": engine_spec(cfg, target.commit), "boundary": target.layout.boundary,
+    return ScoreActor, {"spec": engine_spec(cfg, target.model), "boundary": target.layout.boundary,
                         "overlong": cfg.overlong}
 
 

@@ -30,7 +30,7 @@ from sapray.core.order_stats import Moments, Selected, add_counts, digit_counts,
 from sapray.dataplane.read import InputError
 from sapray.dataplane.shards import Shard, count_shard, offsets, plan_shards, read_shard
 from sapray.engines.base import EngineSpec
-from sapray.storage import filesystem
+from sapray.storage import child, filesystem
 
 # (index, source, row or the reason it is unusable) -> the output row, with ``reject`` set when it is out
 RowFn = Callable[[int, str, dict | str], dict]
@@ -350,28 +350,18 @@ def _names(ext: str):
     return Parts()
 
 
-def _jsonl_sink(path: str, **kwargs: Any):
+def _jsonl_datasink() -> type:
+    """The datasink of sapray's JSON lines: one JSON object per line (sorted keys, UTF-8 as is; Ray's own JSON
+    writer goes through pandas, which escapes every '/'). A class made on first use: Ray Data is imported by
+    the jobs that write, not by whoever imports this module."""
     from ray.data.datasource import BlockBasedFileDatasink
 
     class JsonLines(BlockBasedFileDatasink):
-        """One JSON object per line, as sapray writes JSON lines everywhere (sorted keys, UTF-8 as is;
-        Ray's own JSON writer goes through pandas, which escapes every '/')."""
-
         def write_block_to_file(self, block, file) -> None:
             file.write("".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n"
                                for row in block.to_arrow().to_pylist()).encode("utf-8"))
 
-    return JsonLines(path, file_format="jsonl", **kwargs)
-
-
-def write_jsonl(ds, uri: str) -> str:
-    """``ds`` as JSON lines part files in the folder ``uri``, replacing what an earlier run left there."""
-    from ray.data import SaveMode
-
-    fs, path = filesystem(uri)
-    ds.write_datasink(_jsonl_sink(path, filesystem=fs, filename_provider=_names("jsonl"), mode=SaveMode.OVERWRITE))
-    fs.create_dir(path, recursive=True)  # also when nothing was written: an empty folder says "none"
-    return uri
+    return JsonLines
 
 
 # Rows per Parquet row group. Without it Arrow's dataset writer makes a row group of every record batch it is
@@ -381,15 +371,25 @@ def write_jsonl(ds, uri: str) -> str:
 PARQUET_ROW_GROUP_ROWS = 65_536
 
 
-def write_parquet(ds, uri: str) -> str:
-    """``ds`` as Parquet part files in the folder ``uri``, replacing what an earlier run left there."""
+def write_folders(output: str, folders: dict[str, tuple[Any, str]]) -> dict[str, str]:
+    """Each dataset of ``folders`` (name -> (dataset, ``"jsonl"`` or ``"parquet"``)) as part files in that folder
+    of ``output``, written by the workers, replacing what an earlier run left there; a folder is there, empty,
+    when its dataset has no rows (it says "none"). The folders' URIs by name."""
     from ray.data import SaveMode
 
-    fs, path = filesystem(uri)
-    ds.write_parquet(path, filesystem=fs, filename_provider=_names("parquet"), mode=SaveMode.OVERWRITE,
-                     row_group_size=PARQUET_ROW_GROUP_ROWS)
-    fs.create_dir(path, recursive=True)
-    return uri
+    jsonl_sink = _jsonl_datasink()
+    uris = {name: child(output, name) for name in folders}
+    places = {name: filesystem(uri) for name, uri in uris.items()}
+    for name, (ds, kind) in folders.items():
+        fs, path = places[name]
+        if kind == "jsonl":
+            ds.write_datasink(jsonl_sink(path, file_format="jsonl", filesystem=fs, filename_provider=_names("jsonl"),
+                                         mode=SaveMode.OVERWRITE))
+        else:
+            ds.write_parquet(path, filesystem=fs, filename_provider=_names("parquet"), mode=SaveMode.OVERWRITE,
+                             row_group_size=PARQUET_ROW_GROUP_ROWS)
+        fs.create_dir(path, recursive=True)
+    return uris
 
 
 # -- progress of a whole-dataset pass --------------------------------------------------------------------

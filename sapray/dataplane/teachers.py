@@ -31,7 +31,7 @@ from sapray.dataplane.read import (
     joined_question,
     text_index,
 )
-from sapray.engines.models import locate
+from sapray.engines.models import ResolvedModel, locate
 
 log = logging.getLogger(__name__)
 
@@ -171,15 +171,6 @@ def api_teacher_kwargs(strategy: StrategyConfig) -> tuple[type, dict[str, Any]]:
         "requests_per_second": teacher.requests_per_second}
 
 
-def teacher_key(strategy: StrategyConfig) -> str:
-    """Strategies with one key share engine actors: a model teacher's kind, model, revision and engine
-    arguments (the prompt and sampling travel with each row); any other teacher is its strategy's own."""
-    t = strategy.teacher
-    if t.on_engine:
-        return json.dumps([t.kind, t.model, t.revision, t.engine_args], sort_keys=True)
-    return f"strategy:{strategy.name}"
-
-
 # The resident engine pool of a teacher key, or None: a pool for this pass alone
 # (``sapray.dataplane.resident.Engines.pool``).
 Pools = Callable[[str], Any]
@@ -232,7 +223,7 @@ def answers_in_batches(pool: Any, rows: list[dict], actor_cls: type, actor_kwarg
 
 def _stream(strategies: list[StrategyConfig], questions: dict[str, list[dict]], ray_cfg: RayConfig,
             progress: Progress, pools: Pools, log: Callable[[str], BatchLog]) -> Iterator[dict]:
-    """Teacher outputs per (strategy, question) of strategies with one ``teacher_key``: strategy, row_id,
+    """Teacher outputs per (strategy, question) of strategies with one ``engine_key``: strategy, row_id,
     texts, finish_reasons, prompt_tokens, completion_tokens, error (``log(key)``: the teacher's batch log)."""
     first = strategies[0]
     teacher = first.teacher
@@ -243,7 +234,7 @@ def _stream(strategies: list[StrategyConfig], questions: dict[str, list[dict]], 
         rows = [{"row_id": q["question_id"], "strategy": first.name, "messages_json": json.dumps(first.messages(q))}
                 for q in questions[first.name]]
         actor_cls, kwargs = api_teacher_kwargs(first)
-        key = teacher_key(first)
+        key = first.engine_key
         asked = answers_in_batches(pools(key), rows, actor_cls, kwargs, ray_cfg, log(key))
         yield from progress(asked, len(rows), f"{first.name}: asking {teacher.model}")
         return
@@ -255,8 +246,8 @@ def _stream(strategies: list[StrategyConfig], questions: dict[str, list[dict]], 
              "sampling_json": json.dumps(s.sampling().__dict__, sort_keys=True)}
             for s in strategies for q in questions[s.name]]
     names = ", ".join(s.name for s in strategies)
-    actor_cls, kwargs = model_teacher_kwargs(first, resolved.commit)
-    key = teacher_key(first)
+    actor_cls, kwargs = model_teacher_kwargs(first, resolved)
+    key = first.engine_key
     yield from progress(answers_in_batches(pools(key), rows, actor_cls, kwargs, ray_cfg, log(key)), len(rows),
                         f"{names}: generating")
 
@@ -267,9 +258,9 @@ def prompt_ids(tokenizer: Any, strategy: StrategyConfig, question: dict) -> list
     return tokenizer(text, add_special_tokens=False)["input_ids"]
 
 
-def model_teacher_kwargs(strategy: StrategyConfig, commit: str | None) -> tuple[type, dict[str, Any]]:
-    """The actor class and arguments of a model teacher (engine actors load ``commit`` of the model)."""
-    return GenerateActor, {"spec": engine_spec(strategy.teacher, commit), "sampling": strategy.sampling().__dict__}
+def model_teacher_kwargs(strategy: StrategyConfig, resolved: ResolvedModel) -> tuple[type, dict[str, Any]]:
+    """The actor class and arguments of a model teacher (engine actors load the commit the driver ``resolved``)."""
+    return GenerateActor, {"spec": engine_spec(strategy.teacher, resolved), "sampling": strategy.sampling().__dict__}
 
 
 def gold_problem(strategy: StrategyConfig, question: dict) -> str | None:
@@ -318,7 +309,7 @@ class Outcomes:
                 "messages": [*strategy.messages(q), {"role": "assistant", "content": text}],
                 "question_id": q["question_id"], "strategy": strategy.name, "response": text, "sample_index": k,
                 "finish_reason": finish,
-                "teacher": strategy.teacher.describe(), "sampling": sampling, "prompt_hash": strategy.prompt_hash(),
+                "teacher": strategy.teacher.describe(), "sampling": sampling, "prompt_hash": strategy.prompt_hash,
             })
         return rows, rejects, cost
 
@@ -329,15 +320,15 @@ def generate(strategies: list[StrategyConfig], questions: list[dict], ray_cfg: R
              ) -> Iterator[tuple[str, list[dict], list[Reject], Cost]]:
     """Per strategy and question: (strategy name, training rows, rejects, cost), strategy by strategy in
     the order given. Rows carry provenance; failures become rejects. Strategies with one model teacher
-    (``teacher_key``) are asked in one pass, so that teacher's engines load once, not once per strategy.
+    (``StrategyConfig.engine_key``) are asked in one pass, so that teacher's engines load once, not once per strategy.
     ``progress(items, total, what)`` shows each teacher's work as it streams (the job's console); ``pools``
-    gives the job's resident engines of a teacher, where it has them; ``log(teacher_key)`` its batch log
+    gives the job's resident engines of a teacher, where it has them; ``log(engine_key)`` its batch log
     (a job's journal)."""
     by_id = {q["question_id"]: q for q in questions}
     results: dict[str, list[tuple[list[dict], list[Reject], Cost]]] = {s.name: [] for s in strategies}
     groups: dict[str, list[StrategyConfig]] = {}
     for strategy in strategies:
-        groups.setdefault(teacher_key(strategy), []).append(strategy)
+        groups.setdefault(strategy.engine_key, []).append(strategy)
     for group in groups.values():
         usable: dict[str, list[dict]] = {}
         for strategy in group:

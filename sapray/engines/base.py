@@ -58,12 +58,15 @@ class Engine(ScoringEngine, Protocol):
 @dataclass(frozen=True)
 class EngineSpec:
     """What an engine actor loads: ``engine`` (hf or vllm) over ``model`` at ``revision`` (the commit the
-    driver resolved, so every node loads the same; None for a local model), built with ``engine_args``."""
+    driver resolved, so every node loads the same; None for a local model), built with ``engine_args``;
+    ``weights_bytes``, the size of its weight files where the driver resolved it (placement's memory estimate;
+    None: not measured)."""
 
     engine: EngineName
     model: str
     revision: str | None = None
     engine_args: dict[str, Any] = field(default_factory=dict)
+    weights_bytes: int | None = None
 
     def with_args(self, engine_args: Mapping[str, Any]) -> EngineSpec:
         """The same engine built with ``engine_args`` instead (those placement settled: parallelism, a share

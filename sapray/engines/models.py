@@ -133,6 +133,11 @@ class ResolvedModel:
     path: str  # a local directory both engines load
     commit: str | None  # a Hub id's commit hash (hand it to actors as their revision); else None
 
+    @property
+    def weights_bytes(self) -> int:
+        """The size of its weight files (safetensors, or PyTorch's .bin)."""
+        return sum(f.stat().st_size for f in Path(self.path).glob("*") if f.suffix in (".safetensors", ".bin"))
+
 
 def locate(model: str, revision: str | None = None) -> ResolvedModel:
     """``smollm2`` (or its tiny random twin), a local Hugging Face directory, or a Hub id at

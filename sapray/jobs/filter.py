@@ -106,12 +106,12 @@ def run_scored_filter(cfg: FilterConfig, journal: str | None = None) -> tuple[di
     counts["rejected"] += rows_in - n_usable
     if counts["kept"] + counts["dropped"] + counts["rejected"] != rows_in:
         raise AssertionError(f"row counts do not reconcile: {counts}")
-    paths = filtering.output_paths(cfg.output)
-    stages.write_jsonl(decided.map_batches(filtering.kept_messages, batch_format="pyarrow"), paths["kept"])
-    stages.write_parquet(decided.map_batches(filtering.scores_table(columns), batch_format="pyarrow"), paths["scores"])
-    # read rejects first, then those the encoder refused: the order a single reader gives
-    stages.write_jsonl(read_rejects.union(decided).map_batches(filtering.rejects_table, batch_format="pyarrow"),
-                       paths["rejects"])
+    paths = stages.write_folders(cfg.output, {
+        "kept": (decided.map_batches(filtering.kept_messages, batch_format="pyarrow"), "jsonl"),
+        "scores": (decided.map_batches(filtering.scores_table(columns), batch_format="pyarrow"), "parquet"),
+        # read rejects first, then those the encoder refused: the order a single reader gives
+        "rejects": (read_rejects.union(decided).map_batches(filtering.rejects_table, batch_format="pyarrow"),
+                    "jsonl")})
     # the last kept value of the keep column: rows beyond it were dropped (None: nothing kept)
     info = method.info | {"eligible": eligible, "distributions": distributions,
              "cut": None if cut.value is None else cut.value if rule.lowest else -cut.value}
@@ -136,8 +136,8 @@ def run_consistency(cfg: FilterConfig, journal: str | None = None) -> tuple[dict
                                                         for r in read_rejects.take(1)])
     questions, duplicates = stages.split_rejected(unique_questions(usable, rows_read))
     # Resolved here first, so a missing model fails before any actor starts; actors load the same commit.
-    commit = locate(cfg.model, cfg.revision).commit
-    sampled = consistency.sample_answers(cfg, questions, commit, RowJournal(journal, "answers") if journal else None)
+    resolved = locate(cfg.model, cfg.revision)
+    sampled = consistency.sample_answers(cfg, questions, resolved, RowJournal(journal, "answers") if journal else None)
     sampling_sums = sampled.map_batches(consistency.sampling_sums, batch_format="pyarrow", batch_size=None).take_all()
     voted = sampled.map_batches(consistency.Vote(cc), batch_format="pyarrow").materialize()
     vote_sums = voted.map_batches(consistency.vote_sums, batch_format="pyarrow", batch_size=None).take_all()
@@ -152,13 +152,12 @@ def run_consistency(cfg: FilterConfig, journal: str | None = None) -> tuple[dict
             "generated_tokens": sum(p["generated_tokens"] for p in sampling_sums), "distributions": distributions,
             "question_rows_rejected": rejected}
     counts = {"rows_in": rows, "kept": kept, "dropped": rows - kept, "rejected": 0}
-    paths = filtering.output_paths(cfg.output)
-    stages.write_jsonl(voted.map_batches(filtering.kept_messages, batch_format="pyarrow"), paths["kept"])
-    stages.write_parquet(voted, paths["scores"])
-    # in input order, as a single reader would list them
-    stages.write_jsonl(stages.in_order(read_rejects.union(duplicates)).map_batches(question_rejects(None),
-                                                                                   batch_format="pyarrow"),
-                       paths["rejects"])
+    paths = stages.write_folders(cfg.output, {
+        "kept": (voted.map_batches(filtering.kept_messages, batch_format="pyarrow"), "jsonl"),
+        "scores": (voted, "parquet"),
+        # in input order, as a single reader would list them
+        "rejects": (stages.in_order(read_rejects.union(duplicates)).map_batches(question_rejects(None),
+                                                                                batch_format="pyarrow"), "jsonl")})
     return counts, info, paths
 
 

@@ -15,6 +15,7 @@ import time
 
 from sapray.config import MineConfig
 from sapray.console import console
+from sapray.core.exemplars import zero_shot_prompts
 from sapray.core.sample import sample_order
 from sapray.dataplane.actors import engine_spec
 from sapray.dataplane.journal import Journal, batch_log, job_fingerprint
@@ -54,7 +55,8 @@ def run_mine(cfg: MineConfig, restart: bool = False) -> MineResult:
     done = sorted(name for name in journal.entries if name.startswith("batch-"))
     if done:
         console.say(f"resuming: {len(done)} batch(es) of answers from {journal.folder}")
-    answers = greedy_answers(pool, tokenizer, engine_spec(cfg, resolved.commit), cfg.ray, cfg.max_tokens,
+    prompts = zero_shot_prompts(tokenizer, [q["question"] for q in pool])
+    answers = greedy_answers(pool, prompts, engine_spec(cfg, resolved), cfg.ray, cfg.max_tokens,
                              "mining: answering", batch_log(journal, "batch"))
     mined, report, generated = mine_until(pool, answers, cfg.n, cfg.checker, cfg.regex, cfg.shortfall)
     by_id = {q["question_id"]: q for q in pool}

@@ -31,7 +31,7 @@ from sapray.dataplane.raydata import init_ray
 from sapray.dataplane.read import load_exemplar_file, read_questions
 from sapray.dataplane.sample import Requests, Sample, Target, scorer_spec
 from sapray.dataplane.select_inputs import read_selection_inputs
-from sapray.dataplane.teachers import model_teacher_kwargs, prompt_ids, teacher_key, teacher_money
+from sapray.dataplane.teachers import model_teacher_kwargs, prompt_ids, teacher_money
 from sapray.engines.models import locate
 
 
@@ -54,7 +54,7 @@ def plan_job(cfg: SelectConfig) -> dict[str, Any]:
     generated = [n for n in strategies if n in teachers]
     first_of: dict[str, str] = {}  # a teacher's engine starts once for all its strategies: counted on the first
     for name in generated:
-        first_of.setdefault(teacher_key(teachers[name]), name)
+        first_of.setdefault(teachers[name].engine_key, name)
     s = cfg.sample
     budget = Budget(s.max_questions, s.max_tokens, s.max_money)
 
@@ -99,7 +99,7 @@ def plan_job(cfg: SelectConfig) -> dict[str, Any]:
         "exemplars": mined,
         "sample_generation": {
             n: _generation(cfg, teachers[n], [sample.questions[q] for q in planned], target,
-                           starts(1) if n == first_of[teacher_key(teachers[n])] else 0)
+                           starts(1) if n == first_of[teachers[n].engine_key] else 0)
             for n in strategies if n in teachers},
     }
     if teachers:
@@ -163,7 +163,8 @@ def _generation(cfg: SelectConfig, strategy: StrategyConfig, questions: list[dic
            "money": asdict(Figure(money, "bound", "$", "prompt tokens counted, answers at max_tokens"))
            if money is not None else None}
     if strategy.teacher.on_engine:
-        where = place(model_teacher_kwargs(strategy, None)[1], cfg.ray)
+        resolved = locate(strategy.teacher.model, strategy.teacher.revision)
+        where = place(model_teacher_kwargs(strategy, resolved)[1], cfg.ray)
         time = seconds_for(answers, strategy.teacher.kind, "generate", where, starts)
         time.note = "every answer at max_tokens; " + time.note
         out["time"] = asdict(time)

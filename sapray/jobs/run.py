@@ -21,11 +21,10 @@ from sapray.dataplane.runs import (
     pick_for_full_set,
     planned_engines,
     record_engine_starts,
-    record_sample,
+    sample_record,
 )
 from sapray.dataplane.sample import Target
 from sapray.dataplane.selection import open_journal, select_strategy
-from sapray.dataplane.teachers import teacher_key
 from sapray.present.html_report import write_report
 from sapray.present.lines import round_lines
 
@@ -58,18 +57,18 @@ def run_all(cfg: SelectConfig, on_round: Callable[[str], None] | None = None,
             result = select_strategy(cfg, target, engines, journal, teachers,
                                      round_lines(on_round, cfg.sample.confidence, cfg.sample.epsilon,
                                                  race_label(cfg.sample.rank_by)))
-            write_outputs(cfg.output, result, cfg.model_dump())
+            sample_files, sample_costs = sample_record(teachers)
+            write_outputs(cfg.output, result, cfg.model_dump(), last=sample_files)  # its costs last: done
             write_report(cfg.output)
-            summary, sample_costs = result.summary, record_sample(cfg.output, teachers)
-        winner = pick_for_full_set(cfg, summary, sample_costs)
-        strategy = cfg.strategy(winner)
-        key = teacher_key(strategy)
+            summary = result.summary
+        strategy = pick_for_full_set(cfg, summary, sample_costs)
+        key = strategy.engine_key
         for other in list(engines.pools):
             if other != key:
                 engines.release(other)
         engines.widen(key)
-        console.say(f"full training set with {winner} (if stopped, `sapray generate --strategy {winner}` with the "
-                    "same config resumes this step alone)")
+        console.say(f"full training set with {strategy.name} (if stopped, `sapray generate --strategy "
+                    f"{strategy.name}` with the same config resumes this step alone)")
         metadata = generate_with(cfg, strategy, engines.pools.get(key))
         if not done:
             record_engine_starts(cfg.output, engines.engine_starts())
