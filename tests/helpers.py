@@ -1,5 +1,6 @@
 """Plain helpers several test modules share (fixtures are in conftest.py): writing JSON lines, and the
-small select job of test_select.py (the 135M model, 3 questions in rounds of 2) built and run in-process."""
+small select job of test_select.py (3 questions in rounds of 2; the 135M model unless a test names another, as
+test_select does the tiny random-weight one) built and run in-process."""
 
 from __future__ import annotations
 
