@@ -32,7 +32,7 @@ from sapray.dataplane.read import load_exemplar_file, read_questions
 from sapray.dataplane.sample import Requests, Sample, Target, scorer_spec
 from sapray.dataplane.select_inputs import read_selection_inputs
 from sapray.dataplane.teachers import model_teacher_kwargs, prompt_ids, teacher_money
-from sapray.engines.models import locate
+from sapray.engines.models import ResolvedModel, locate
 
 
 def plan_job(cfg: SelectConfig) -> dict[str, Any]:
@@ -135,12 +135,14 @@ def _unchecked(cfg: SelectConfig, sample: Sample) -> bool:
     return not any(q.get("gold") for q in sample.questions.values())
 
 
-def _prompt_tokens(strategy: StrategyConfig, questions: list[dict], target: Target) -> Figure:
+def _prompt_tokens(strategy: StrategyConfig, questions: list[dict], target: Target,
+                   model: ResolvedModel | None) -> Figure:
+    """A teacher's prompt tokens; ``model``: a model teacher's, resolved by the caller."""
     teacher = strategy.teacher
-    if teacher.on_engine:
+    if model is not None:
         from transformers import AutoTokenizer
 
-        tokenizer = AutoTokenizer.from_pretrained(locate(teacher.model, teacher.revision).path)
+        tokenizer = AutoTokenizer.from_pretrained(model.path)
         return Figure(sum(len(prompt_ids(tokenizer, strategy, q)) for q in questions), "exact", "tokens")
     if teacher.kind == "file":
         return Figure(0, "exact", "tokens", "responses read from a file")
@@ -152,7 +154,9 @@ def _generation(cfg: SelectConfig, strategy: StrategyConfig, questions: list[dic
                 starts: int) -> dict:
     """A teacher's tokens and money for ``questions``: prompts counted, answers at ``max_tokens``; its time with
     ``starts`` engine starts."""
-    prompt = _prompt_tokens(strategy, questions, target)
+    # a model teacher resolved once, for its tokenizer and its placement
+    model = locate(strategy.teacher.model, strategy.teacher.revision) if strategy.teacher.on_engine else None
+    prompt = _prompt_tokens(strategy, questions, target, model)
     answers = 0 if strategy.teacher.kind == "file" else (
         len(questions) * strategy.max_tokens * strategy.samples_per_question)
     generated = Figure(answers, "exact" if strategy.teacher.kind == "file" else "bound", "tokens",
@@ -162,9 +166,8 @@ def _generation(cfg: SelectConfig, strategy: StrategyConfig, questions: list[dic
            "generated_tokens": asdict(generated),
            "money": asdict(Figure(money, "bound", "$", "prompt tokens counted, answers at max_tokens"))
            if money is not None else None}
-    if strategy.teacher.on_engine:
-        resolved = locate(strategy.teacher.model, strategy.teacher.revision)
-        where = place(model_teacher_kwargs(strategy, resolved)[1], cfg.ray)
+    if model is not None:
+        where = place(model_teacher_kwargs(strategy, model)[1], cfg.ray)
         time = seconds_for(answers, strategy.teacher.kind, "generate", where, starts)
         time.note = "every answer at max_tokens; " + time.note
         out["time"] = asdict(time)
