@@ -350,10 +350,14 @@ def _names(ext: str):
     return Parts()
 
 
-def _jsonl_datasink() -> type:
-    """The datasink of sapray's JSON lines: one JSON object per line (sorted keys, UTF-8 as is; Ray's own JSON
-    writer goes through pandas, which escapes every '/'). A class made on first use: Ray Data is imported by
-    the jobs that write, not by whoever imports this module."""
+def _part_datasinks() -> dict[str, type]:
+    """sapray's part-file datasinks by kind; each writes a write task's blocks to one file, in block order.
+    JSON lines: one JSON object per line (sorted keys, UTF-8 as is; Ray's own JSON writer goes through pandas,
+    which escapes every '/'). Parquet: Ray's own writer hands the blocks to Arrow's threaded dataset writer,
+    which may write their record batches out of order (a filter's scores/ once held its blocks of 8 rows out of
+    place; tests/test_formats.py). Classes made on first use: Ray Data is imported by the jobs that write, not
+    by whoever imports this module."""
+    import pyarrow.parquet as pq
     from ray.data.datasource import BlockBasedFileDatasink
 
     class JsonLines(BlockBasedFileDatasink):
@@ -361,33 +365,33 @@ def _jsonl_datasink() -> type:
             file.write("".join(json.dumps(row, ensure_ascii=False, sort_keys=True) + "\n"
                                for row in block.to_arrow().to_pylist()).encode("utf-8"))
 
-    return JsonLines
+    class Parquet(BlockBasedFileDatasink):
+        def write_block_to_file(self, block, file) -> None:
+            pq.write_table(block.to_arrow(), file, row_group_size=PARQUET_ROW_GROUP_ROWS)
+
+    return {"jsonl": JsonLines, "parquet": Parquet}
 
 
-# Rows per Parquet row group. Without it Arrow's dataset writer makes a row group of every record batch it is
-# handed, and a block bundled from engine batches hands it one per batch: 100k scored samples were 2,900 row groups
-# of ~35 rows, twice the bytes of one group a file, and every reader (the report, pandas, datasets) paid for the
-# metadata (docs/scaling.md).
+# Rows per Parquet row group: a file's rows in groups of this many, whatever the blocks and engine batches they
+# came in (Ray's writer made a row group of every record batch: 100k scored samples were 2,900 row groups of ~35
+# rows, twice the bytes of one group a file, and every reader (the report, pandas, datasets) paid for the
+# metadata; docs/scaling.md).
 PARQUET_ROW_GROUP_ROWS = 65_536
 
 
 def write_folders(output: str, folders: dict[str, tuple[Any, str]]) -> dict[str, str]:
     """Each dataset of ``folders`` (name -> (dataset, ``"jsonl"`` or ``"parquet"``)) as part files in that folder
-    of ``output``, written by the workers, replacing what an earlier run left there; a folder is there, empty,
-    when its dataset has no rows (it says "none"). The folders' URIs by name."""
+    of ``output``, written by the workers, each file's rows in dataset order, replacing what an earlier run left
+    there; a folder is there, empty, when its dataset has no rows (it says "none"). The folders' URIs by name."""
     from ray.data import SaveMode
 
-    jsonl_sink = _jsonl_datasink()
+    sinks = _part_datasinks()
     uris = {name: child(output, name) for name in folders}
     places = {name: filesystem(uri) for name, uri in uris.items()}
     for name, (ds, kind) in folders.items():
         fs, path = places[name]
-        if kind == "jsonl":
-            ds.write_datasink(jsonl_sink(path, file_format="jsonl", filesystem=fs, filename_provider=_names("jsonl"),
-                                         mode=SaveMode.OVERWRITE))
-        else:
-            ds.write_parquet(path, filesystem=fs, filename_provider=_names("parquet"), mode=SaveMode.OVERWRITE,
-                             row_group_size=PARQUET_ROW_GROUP_ROWS)
+        ds.write_datasink(sinks[kind](path, file_format=kind, filesystem=fs, filename_provider=_names(kind),
+                                      mode=SaveMode.OVERWRITE))
         fs.create_dir(path, recursive=True)
     return uris
 
