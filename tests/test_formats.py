@@ -73,9 +73,9 @@ def test_a_parquet_part_holds_its_block_in_order_in_one_row_group(tmp_path):
     import pyarrow.parquet as pq
     from ray.data.block import BlockAccessor
 
-    from sapray.dataplane.stages import _part_datasinks
+    from sapray.dataplane.stages import part_datasinks
 
-    sink = _part_datasinks()["parquet"](str(tmp_path), file_format="parquet")
+    sink = part_datasinks()["parquet"](str(tmp_path), file_format="parquet")
     threads = pa.cpu_count()
     pa.set_cpu_count(4)
     try:

@@ -350,7 +350,7 @@ def _names(ext: str):
     return Parts()
 
 
-def _part_datasinks() -> dict[str, type]:
+def part_datasinks() -> dict[str, type]:
     """sapray's part-file datasinks by kind; each writes a write task's blocks to one file, in block order.
     JSON lines: one JSON object per line (sorted keys, UTF-8 as is; Ray's own JSON writer goes through pandas,
     which escapes every '/'). Parquet: Ray's own writer hands the blocks to Arrow's threaded dataset writer,
@@ -385,7 +385,7 @@ def write_folders(output: str, folders: dict[str, tuple[Any, str]]) -> dict[str,
     there; a folder is there, empty, when its dataset has no rows (it says "none"). The folders' URIs by name."""
     from ray.data import SaveMode
 
-    sinks = _part_datasinks()
+    sinks = part_datasinks()
     uris = {name: child(output, name) for name in folders}
     places = {name: filesystem(uri) for name, uri in uris.items()}
     for name, (ds, kind) in folders.items():
