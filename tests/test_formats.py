@@ -75,7 +75,7 @@ def test_a_parquet_part_holds_its_block_in_order_in_one_row_group(tmp_path):
 
     from sapray.dataplane.stages import part_datasinks
 
-    sink = part_datasinks()["parquet"](str(tmp_path), file_format="parquet")
+    sink = part_datasinks()["parquet"](str(tmp_path))
     threads = pa.cpu_count()
     pa.set_cpu_count(4)
     try:

@@ -20,6 +20,7 @@ import math
 import threading
 import zlib
 from collections.abc import Callable, Iterable, Iterator, Sequence
+from functools import partial
 from typing import Any
 
 import numpy as np
@@ -350,14 +351,16 @@ def _names(ext: str):
     return Parts()
 
 
-def part_datasinks() -> dict[str, type]:
-    """sapray's part-file datasinks by kind; each writes a write task's blocks to one file, in block order.
+def part_datasinks() -> dict[str, Callable[..., Any]]:
+    """sapray's part-file datasinks by kind, each made with (folder, filesystem=...) and replacing what the folder
+    held; each writes a write task's blocks to one file (``_names``), in block order.
     JSON lines: one JSON object per line (sorted keys, UTF-8 as is; Ray's own JSON writer goes through pandas,
     which escapes every '/'). Parquet: Ray's own writer hands the blocks to Arrow's threaded dataset writer,
     which may write their record batches out of order (a filter's scores/ once held its blocks of 8 rows out of
     place; tests/test_formats.py). Classes made on first use: Ray Data is imported by the jobs that write, not
     by whoever imports this module."""
     import pyarrow.parquet as pq
+    from ray.data import SaveMode
     from ray.data.datasource import BlockBasedFileDatasink
 
     class JsonLines(BlockBasedFileDatasink):
@@ -369,7 +372,8 @@ def part_datasinks() -> dict[str, type]:
         def write_block_to_file(self, block, file) -> None:
             pq.write_table(block.to_arrow(), file, row_group_size=PARQUET_ROW_GROUP_ROWS)
 
-    return {"jsonl": JsonLines, "parquet": Parquet}
+    return {kind: partial(sink, file_format=kind, filename_provider=_names(kind), mode=SaveMode.OVERWRITE)
+            for kind, sink in (("jsonl", JsonLines), ("parquet", Parquet))}
 
 
 # Rows per Parquet row group: a file's rows in groups of this many, whatever the blocks and engine batches they
@@ -383,15 +387,12 @@ def write_folders(output: str, folders: dict[str, tuple[Any, str]]) -> dict[str,
     """Each dataset of ``folders`` (name -> (dataset, ``"jsonl"`` or ``"parquet"``)) as part files in that folder
     of ``output``, written by the workers, each file's rows in dataset order, replacing what an earlier run left
     there; a folder is there, empty, when its dataset has no rows (it says "none"). The folders' URIs by name."""
-    from ray.data import SaveMode
-
     sinks = part_datasinks()
     uris = {name: child(output, name) for name in folders}
     places = {name: filesystem(uri) for name, uri in uris.items()}
     for name, (ds, kind) in folders.items():
         fs, path = places[name]
-        ds.write_datasink(sinks[kind](path, file_format=kind, filesystem=fs, filename_provider=_names(kind),
-                                      mode=SaveMode.OVERWRITE))
+        ds.write_datasink(sinks[kind](path, filesystem=fs))
         fs.create_dir(path, recursive=True)
     return uris
 
