@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import statistics
 import tempfile
@@ -86,7 +87,7 @@ def main() -> None:
                 seconds[name].append(time.perf_counter() - start)
                 misordered[name] += out_of_order(folder)
                 files[name] = len(list(folder.iterdir()))
-    result = {"date": str(date.today()), "machine": f"{platform.machine()}, {__import__('os').cpu_count()} CPUs",
+    result = {"date": str(date.today()), "machine": f"{platform.machine()}, {os.cpu_count()} CPUs",
               "rows": args.rows, "repeats": args.repeats, "block_rows": block, "engine_batch_rows": ENGINE_BATCH_ROWS,
               "writers": {name: {"median_s": statistics.median(s), "seconds": s, "files_per_write": files[name],
                                  "files_out_of_order": misordered[name]} for name, s in seconds.items()}}

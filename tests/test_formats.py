@@ -61,15 +61,15 @@ def test_training_set_loads_in_datasets_and_renders_with_the_chat_template(ray_l
         assert row["messages"][-1]["content"].strip() in text and "You are a careful tutor." in text
 
 
-
 BATCHES = [pa.table({"order": list(range(k * 8, k * 8 + 8))}) for k in range(64)]  # one block of 64 engine batches
 
 
 def test_a_parquet_part_holds_its_block_in_order_in_one_row_group(tmp_path):
     """A scored block arrives bundled from engine batches: many record batches. Arrow's threaded dataset writer,
-    which Ray's write_parquet uses, wrote such a block's batches out of order in about 6 of 10 writes here with a
-    pool of 4 threads (a Ray worker's pool has its CPUs', so it showed only at times: a filter's scores/ once held
-    blocks of 8 rows out of place in the suite). sapray's part file keeps them in order, in one row group."""
+    which Ray's write_parquet uses, wrote such a 64-batch table out of order in 57-64% of writes here with a pool
+    of 2 threads, and failed this test in 3 of 3 runs with the pool of 4 it sets (a Ray worker's pool has its
+    CPUs', so it showed only at times: a filter's scores/ once held blocks of 8 rows out of place in the suite).
+    sapray's part file keeps them in order, in one row group."""
     import pyarrow.parquet as pq
     from ray.data.block import BlockAccessor
 
